@@ -1,0 +1,178 @@
+"""Every setting of privdom, with its default, read once.
+
+Precedence (highest first): environment variables ``PRIVDOM_<NAME>`` (upper case), then the settings file
+``<data dir>/privdom.toml``, then the defaults below. Secrets (tokens, corp secrets) are read from the
+environment only and never from the settings file.
+
+The data directory is ``PRIVDOM_HOME`` (default ``./data``), always resolved to an absolute path because dbt
+and DuckDB run from other working directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+SETTINGS_FILE_NAME = "privdom.toml"
+TIMEZONE = "Asia/Shanghai"  # the business calendar of SPEC §2/§4; never the host's zone
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+
+
+class SettingsError(ValueError):
+    """A setting has a value privdom cannot use; the message names the setting and where it came from."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    # --- ingestion (SPEC §2) ---
+    max_quarantine_share: float = 0.05
+    placeholder_block_list: tuple[str, ...] = ()
+    # --- identity (SPEC §3) ---
+    identity_max_degree: int = 20
+    # --- metric windows (SPEC §4), in days ---
+    activation_window_days: int = 30
+    retention_start_days: int = 30
+    retention_end_days: int = 90
+    repurchase_window_days: int = 90
+    referral_window_days: int = 90
+    triangle_baseline_month: str | None = None  # 'YYYY-MM' or None: first month with all three axes > 0
+    # --- generator defaults for `privdom demo` ---
+    demo_customers: int = 2000
+    demo_days: int = 120
+    demo_seed: int = 42
+    demo_dirty_rate: float = 0.01
+    sources: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    # --- paths, all absolute ---
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_dir / "landing"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.data_dir / SETTINGS_FILE_NAME
+
+    @cached_property
+    def placeholder_values(self) -> tuple[str, ...]:
+        """Identifier values that never name a person (SPEC §3), lower-cased, built-ins first."""
+        from orchestration.contract import BUILTIN_PLACEHOLDERS
+
+        extra = tuple(v.strip().lower() for v in self.placeholder_block_list if v.strip())
+        return tuple(dict.fromkeys(BUILTIN_PLACEHOLDERS + extra))
+
+    def dbt_vars(self) -> dict[str, Any]:
+        """The settings dbt models read, passed as ``--vars`` to every dbt invocation (parse and build alike)."""
+        return {
+            "placeholder_values": list(self.placeholder_values),
+            "identity_max_degree": self.identity_max_degree,
+            "activation_window_days": self.activation_window_days,
+            "retention_start_days": self.retention_start_days,
+            "retention_end_days": self.retention_end_days,
+            "repurchase_window_days": self.repurchase_window_days,
+            "referral_window_days": self.referral_window_days,
+            "triangle_baseline_month": self.triangle_baseline_month or "",
+        }
+
+    def dbt_env(self) -> dict[str, str]:
+        """Environment variables profiles.yml reads; identical for `dbt parse` and `dbt build`."""
+        return {"PRIVDOM_WAREHOUSE": str(self.warehouse_path), "PRIVDOM_HOME": str(self.data_dir)}
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+_TUNABLE = [f.name for f in dataclasses.fields(Settings) if f.name not in ("data_dir", "sources")]
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "float":
+            out = float(value)
+            if not 0 <= out <= 1 and name.endswith(("share", "rate")):
+                raise ValueError("must be between 0 and 1")
+            return out
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("must be a whole number")
+            out = int(value)
+            if out < 0:
+                raise ValueError("must not be negative")
+            return out
+        if kind == "tuple[str, ...]":
+            if isinstance(value, str):
+                value = [v for v in value.split(",")]
+            return tuple(str(v) for v in value)
+        if kind == "str | None":
+            if value in (None, ""):
+                return None
+            text = str(value)
+            if name == "triangle_baseline_month":
+                import re
+
+                if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
+                    raise ValueError("must look like 2024-03")
+            return text
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name!r} from {origin}: {value!r} is not valid ({exc})") from None
+    return value
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    raw = data_dir or os.environ.get("PRIVDOM_HOME") or "data"
+    return Path(raw).expanduser().resolve()
+
+
+def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read settings for a data directory: defaults < settings file < environment < explicit overrides."""
+    root = resolve_data_dir(data_dir)
+    values: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    settings_file = root / SETTINGS_FILE_NAME
+    if settings_file.exists():
+        try:
+            doc = tomllib.loads(settings_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{settings_file}: not valid TOML ({exc})") from None
+        table = doc.get("privdom", doc)
+        for key, value in table.items():
+            if isinstance(value, dict):
+                sources[key] = value  # sections such as [segments] or [destinations], read by their modules
+                continue
+            if key not in _TUNABLE:
+                raise SettingsError(
+                    f"{settings_file}: unknown setting {key!r}; known settings: {', '.join(sorted(_TUNABLE))}"
+                )
+            values[key] = _coerce(key, value, str(settings_file))
+    for key in _TUNABLE:
+        env_name = f"PRIVDOM_{key.upper()}"
+        if env_name in os.environ:
+            values[key] = _coerce(key, os.environ[env_name], f"${env_name}")
+    for key, value in overrides.items():
+        if key not in _TUNABLE:
+            raise SettingsError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value, "the caller")
+    return Settings(data_dir=root, sources=sources, **values)
+
+
+def settings_as_json(settings: Settings) -> str:
+    return json.dumps({k: getattr(settings, k) for k in _TUNABLE}, default=str, indent=2)
