@@ -1,0 +1,41 @@
+-- Every distinct version of every order, oldest first. An identical re-delivery of a version (same content)
+-- is kept once, at its first delivery. version_rank = 1 is the order's current state: the latest updated_at,
+-- ties broken by the later batch, then the later row (SPEC §2).
+with source as (
+    select * from {{ source('raw', 'orders') }}
+),
+
+distinct_versions as (
+    {{ first_row_per('source', 'order_id, _row_hash', '_file_id, _row_number') }}
+),
+
+renamed as (
+    select
+        order_id,
+        updated_at,
+        created_at,
+        paid_at,
+        status,
+        coalesce(channel, 'unknown') as channel,
+        gross_amount,
+        discount_amount,
+        refund_amount,
+        points_redeemed,
+        nullif(trim(referral_code), '') as referral_code,
+        {{ clean_identifier('openid') }} as openid,
+        {{ clean_identifier('unionid') }} as unionid,
+        {{ clean_identifier('wecom_external_userid') }} as wecom_external_userid,
+        {{ clean_identifier('phone') }} as phone,
+        {{ clean_identifier('member_id') }} as member_id,
+        row_number() over (
+            partition by order_id
+            order by updated_at desc, _batch_date desc, _file_id desc, _row_number desc
+        ) as version_rank,
+        _file_id as file_id,
+        _batch_date as batch_date,
+        _row_number as row_number_in_file,
+        _loaded_at as loaded_at
+    from distinct_versions
+)
+
+select * from renamed

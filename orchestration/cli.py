@@ -1,0 +1,141 @@
+"""`privdom`: the command line. It launches the Dagster graph; it never re-implements a step of it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from orchestration.settings import REPO_ROOT, Settings, SettingsError, load_settings
+
+
+def _prepare_environment(settings: Settings) -> None:
+    """Point Dagster and dbt at this data directory; write the instance config if it is missing."""
+    from orchestration.dbt import apply_dbt_environment
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    instance_config = settings.dagster_home / "dagster.yaml"
+    template = Path(__file__).with_name("dagster.yaml")
+    if not instance_config.exists() or instance_config.read_bytes() != template.read_bytes():
+        shutil.copyfile(template, instance_config)
+    os.environ["PRIVDOM_HOME"] = str(settings.data_dir)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    apply_dbt_environment(settings)
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestration.generate import generate
+
+    started = time.perf_counter()
+    summary = generate(
+        settings.landing_dir,
+        customers=args.customers if args.customers is not None else settings.demo_customers,
+        days=args.days if args.days is not None else settings.demo_days,
+        seed=args.seed if args.seed is not None else settings.demo_seed,
+        dirty_rate=args.dirty_rate if args.dirty_rate is not None else settings.demo_dirty_rate,
+    )
+    print(summary.describe())
+    print(f"Landing files written to {settings.landing_dir} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestration.runner import run_pipeline
+
+    _prepare_environment(settings)
+    result = run_pipeline(settings, verbose=args.verbose)
+    print(result.describe())
+    return 0 if result.success else 1
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    print(f"privdom demo: synthetic data in {settings.data_dir}")
+    cmd_generate(args, settings)
+    return cmd_run(args, settings)
+
+
+def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestration import dbt as dbt_runner
+
+    _prepare_environment(settings)
+    dbt_runner.parse(settings)
+    webserver = Path(sys.executable).with_name("dagster")
+    cmd = [
+        str(webserver if webserver.exists() else "dagster"),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it")
+    os.chdir(REPO_ROOT)
+    os.execv(cmd[0], cmd) if os.path.isabs(cmd[0]) else os.execvp(cmd[0], cmd)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privdom",
+        description="Private-domain data pipeline: landing files → DuckDB warehouse → metrics → segments.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="data directory (default: $PRIVDOM_HOME, else ./data); holds landing/, warehouse.duckdb, exports/",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_generate_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--customers", type=int, help="number of customers (default: setting demo_customers, 2000)")
+        p.add_argument("--days", type=int, help="days of history (default: setting demo_days, 120)")
+        p.add_argument("--seed", type=int, help="random seed (default 42); same seed, same files")
+        p.add_argument("--dirty-rate", type=float, help="share of rows that break a contract rule (default 0.01)")
+
+    def add_data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("generate", help="write deterministic synthetic landing files")
+    add_generate_options(p)
+    add_data_dir(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run", help="materialize the whole asset graph in-process and print a summary")
+    p.add_argument("--verbose", action="store_true", help="show Dagster's event log")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="generate synthetic data, then run the pipeline on it")
+    add_generate_options(p)
+    p.add_argument("--verbose", action="store_true", help="show Dagster's event log")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ui", help="start the Dagster UI on this workspace")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    add_data_dir(p)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
+        return args.func(args, settings)
+    except SettingsError as exc:
+        print(f"privdom: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

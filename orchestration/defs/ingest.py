@@ -1,0 +1,120 @@
+"""One ingest asset per source (SPEC §2): new landing files → raw.<source>, with quarantine and the ledger.
+
+The contract checks run inside the asset, on the run's new rows, because that is where those rows are at
+hand: the Great Expectations suite on the rows as delivered, the ledger arithmetic, and the quarantine
+share. They show as asset checks of raw/<source>.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration.contract import CONTRACTS, SOURCES
+from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
+from orchestration.ingest import SourceIngestReport, ingest_source
+from orchestration.quality import validate_contract
+
+CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
+CHECK_QUARANTINE_SHARE = "quarantine_share"
+CHECK_CONTRACT = "contract_expectations"
+
+
+def _file_table(report: SourceIngestReport) -> str:
+    lines = ["| file | status | read | loaded | quarantined | error |", "|---|---|---:|---:|---:|---|"]
+    for f in report.files[:200]:
+        error = (f.error or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {f.path} | {f.status} | {f.rows_read} | {f.rows_loaded} | {f.rows_quarantined} | {error} |")
+    if len(report.files) > 200:
+        lines.append(f"| … {len(report.files) - 200} more | | | | | |")
+    return "\n".join(lines)
+
+
+def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.AssetCheckResult:
+    """Above max_quarantine_share: the run's blocking check fails (exports wait). At or below: it warns."""
+    share = report.quarantined_share or 0.0
+    metadata = {
+        "rows_read": report.rows_read,
+        "rows_quarantined": report.rows_quarantined,
+        "quarantined_share": float(share),
+        "max_quarantine_share": max_share,
+        "quarantined_by_rule": dict(sorted(report.quarantine_by_rule.items())),
+    }
+    if share > max_share:
+        return dg.AssetCheckResult(
+            check_name=CHECK_QUARANTINE_SHARE,
+            passed=False,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=f"{share:.2%} of this run's new rows were quarantined, above the {max_share:.2%} limit",
+        )
+    return dg.AssetCheckResult(
+        check_name=CHECK_QUARANTINE_SHARE,
+        passed=report.rows_quarantined == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+    )
+
+
+def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
+    key = dg.AssetKey(["raw", source])
+
+    @dg.asset(
+        key=key,
+        group_name="raw",
+        kinds={"duckdb", "python"},
+        pool=WAREHOUSE_POOL,
+        description=(
+            f"{CONTRACTS[source].description} Loaded from landing/{source}/ by content hash; rows that break "
+            "the contract go to raw.quarantine, every file is listed in raw.ingestion_ledger."
+        ),
+        check_specs=[
+            dg.AssetCheckSpec(CHECK_ROWS_RECONCILE, asset=key, description="For every file: rows read = rows loaded + rows quarantined."),
+            dg.AssetCheckSpec(CHECK_QUARANTINE_SHARE, asset=key, description="Share of this run's new rows quarantined, against max_quarantine_share (ERROR above it, WARN at or below)."),
+            dg.AssetCheckSpec(CHECK_CONTRACT, asset=key, description="Great Expectations suite of the raw data contract on this run's new rows as delivered; failures by rule must equal quarantine counts by rule."),
+        ],
+    )
+    def _ingest(context: dg.AssetExecutionContext, privdom: PrivdomResource):
+        settings = privdom.settings()
+        with privdom.connect() as con:
+            report = ingest_source(con, source, settings, load_id=context.run_id)
+            with con.cursor() as cur:
+                rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
+        for f in report.files:
+            if f.status == "rejected":
+                context.log.error(f"rejected {f.path}: {f.error}")
+        yield dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": rows_in_table,
+                "new_files": len(report.files),
+                "rows_read": report.rows_read,
+                "rows_loaded": report.rows_loaded,
+                "rows_quarantined": report.rows_quarantined,
+                "files_rejected": sum(1 for f in report.files if f.status == "rejected"),
+                "files": dg.MetadataValue.md(_file_table(report)) if report.files else "no new files",
+            }
+        )
+        mismatched = [f.path for f in report.files if f.rows_read != f.rows_loaded + f.rows_quarantined]
+        yield dg.AssetCheckResult(
+            check_name=CHECK_ROWS_RECONCILE,
+            passed=not mismatched,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"files_checked": len(report.files), "files_not_reconciling": mismatched[:20]},
+        )
+        yield quarantine_share_check(report, settings.max_quarantine_share)
+
+        validation = validate_contract(source, report.validation_frame)
+        agrees = validation.unexpected_by_rule == report.quarantine_by_rule
+        metadata = validation.to_metadata()
+        metadata["agrees_with_quarantine"] = agrees
+        yield dg.AssetCheckResult(
+            check_name=CHECK_CONTRACT,
+            passed=validation.success and agrees,
+            severity=dg.AssetCheckSeverity.WARN if agrees else dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=None if agrees else "Great Expectations and the quarantine disagree on rows per rule",
+        )
+
+    return _ingest
+
+
+ingest_assets = [_build_ingest_asset(source) for source in SOURCES]

@@ -1,0 +1,54 @@
+"""Resources shared by every asset: the privdom settings/warehouse and the dbt CLI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import dagster as dg
+import duckdb
+from dagster_dbt import DbtCliResource
+
+from orchestration import warehouse
+from orchestration.dbt import DBT_TARGET, apply_dbt_environment, dbt_executable
+from orchestration.settings import DBT_PROJECT_DIR, Settings, load_settings, resolve_data_dir
+
+# Pool shared by every asset that writes the warehouse: DuckDB allows one writer per file. The instance
+# config (dagster.yaml) limits it to 1, so a second run queues instead of failing on the file lock.
+WAREHOUSE_POOL = "warehouse"
+
+
+class PrivdomResource(dg.ConfigurableResource):
+    """Settings and warehouse access for one data directory (PRIVDOM_HOME)."""
+
+    data_dir: str
+
+    def settings(self) -> Settings:
+        return load_settings(self.data_dir)
+
+    @contextlib.contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        with warehouse.connection(self.settings().warehouse_path, read_only=read_only) as con:
+            yield con
+
+
+def current_settings() -> Settings:
+    settings = load_settings(resolve_data_dir())
+    apply_dbt_environment(settings)
+    return settings
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    settings = current_settings()
+    return dg.Definitions(
+        resources={
+            "privdom": PrivdomResource(data_dir=str(settings.data_dir)),
+            "dbt": DbtCliResource(
+                project_dir=str(DBT_PROJECT_DIR),
+                profiles_dir=str(DBT_PROJECT_DIR),
+                target=DBT_TARGET,
+                dbt_executable=str(dbt_executable()),
+            ),
+        }
+    )

@@ -1,0 +1,144 @@
+"""Run the whole asset graph through Dagster, in-process, and summarise what it did (`privdom run`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestration.contract import SOURCES
+from orchestration.settings import Settings
+from orchestration.warehouse import LAYER_SCHEMAS, connection
+
+
+@dataclass
+class CheckOutcome:
+    asset: str
+    check: str
+    passed: bool
+    severity: str
+    description: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    settings: Settings
+    run_id: str
+    success: bool
+    seconds: float
+    failed_steps: list[str] = field(default_factory=list)
+    checks: list[CheckOutcome] = field(default_factory=list)
+    ledger: list[tuple] = field(default_factory=list)
+    tables: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        s = self.settings
+        lines = [
+            "",
+            f"privdom run {self.run_id[:8]}: {'succeeded' if self.success else 'FAILED'} in {self.seconds:.1f} s",
+        ]
+        if self.failed_steps:
+            lines.append("  failed steps: " + ", ".join(self.failed_steps))
+        if self.ledger:
+            lines.append("")
+            lines.append("  ingestion ledger (all runs)     files  loaded  rejected  duplicate     rows loaded  quarantined")
+            for source, files, loaded, rejected, duplicate, rows_loaded, quarantined in self.ledger:
+                lines.append(
+                    f"    {source:<28} {files:>6} {loaded:>7} {rejected:>9} {duplicate:>10} {rows_loaded:>15,} {quarantined:>12,}"
+                )
+        if self.tables:
+            lines.append("")
+            lines.append("  warehouse tables")
+            for schema, table, rows in self.tables:
+                lines.append(f"    {schema + '.' + table:<40} {rows:>12,} rows")
+        failed = [c for c in self.checks if not c.passed]
+        lines.append("")
+        lines.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} did not pass")
+        for c in failed:
+            lines.append(f"    [{c.severity}] {c.asset} · {c.check}" + (f": {c.description}" if c.description else ""))
+        lines += [
+            "",
+            "  results",
+            f"    warehouse  {s.warehouse_path}   (duckdb -readonly {s.warehouse_path})",
+            f"    exports    {s.exports_dir}",
+            f"    landing    {s.landing_dir}",
+            "    UI         privdom ui   → http://127.0.0.1:3000 (runs, asset checks, lineage)",
+        ]
+        return "\n".join(lines)
+
+
+def _summarise_warehouse(path: Path) -> tuple[list[tuple], list[tuple[str, str, int]]]:
+    if not path.exists():
+        return [], []
+    with connection(path, read_only=True) as con:
+        ledger = con.execute(
+            """
+            select s.source,
+                   count(l.file_id),
+                   count(*) filter (where l.status = 'loaded'),
+                   count(*) filter (where l.status = 'rejected'),
+                   count(*) filter (where l.status = 'duplicate'),
+                   coalesce(sum(l.rows_loaded), 0),
+                   coalesce(sum(l.rows_quarantined), 0)
+            from (select unnest(?::varchar[]) as source) s
+            left join raw.ingestion_ledger l using (source)
+            group by s.source order by s.source
+            """,
+            [list(SOURCES)],
+        ).fetchall()
+        names = con.execute(
+            "select table_schema, table_name from information_schema.tables "
+            "where table_schema in (select unnest(?::varchar[])) order by 1, 2",
+            [list(LAYER_SCHEMAS)],
+        ).fetchall()
+        order = {name: i for i, name in enumerate(LAYER_SCHEMAS)}
+        tables = sorted(
+            ((schema, table, con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]) for schema, table in names),
+            key=lambda t: (order[t[0]], t[1]),
+        )
+    return ledger, tables
+
+
+def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult:
+    """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run."""
+    import dagster as dg
+
+    from orchestration import dbt as dbt_runner
+
+    dbt_runner.parse(settings)
+    from orchestration.definitions import build_definitions
+
+    defs = build_definitions()
+    job = defs.resolve_implicit_global_asset_job_def()
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}},
+        )
+        checks = []
+        for event in result.all_events:
+            if event.event_type_value == "ASSET_CHECK_EVALUATION":
+                data = event.event_specific_data
+                checks.append(
+                    CheckOutcome(
+                        asset=data.asset_key.to_user_string(),
+                        check=data.check_name,
+                        passed=data.passed,
+                        severity=data.severity.value,
+                        description=data.description,
+                    )
+                )
+        failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    ledger, tables = _summarise_warehouse(settings.warehouse_path)
+    return PipelineResult(
+        settings=settings,
+        run_id=result.run_id,
+        success=result.success,
+        seconds=time.perf_counter() - started,
+        failed_steps=failed_steps,
+        checks=checks,
+        ledger=ledger,
+        tables=tables,
+    )
