@@ -1,0 +1,181 @@
+"""Landing-zone files: discovery, batch dates, formats, content hashes and text encodings (SPEC §2)."""
+
+from __future__ import annotations
+
+import codecs
+import datetime as dt
+import gzip
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestration.contract import BATCH_DATE_HELP, SUPPORTED_SUFFIXES
+
+CHUNK = 4 * 1024 * 1024
+_DT_FOLDER = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+_DATE_IN_NAME = re.compile(r"(?<!\d)(\d{8})(?!\d)")
+_WHITESPACE = b" \t\r\n\x0b\x0c"
+UTF8_BOM = codecs.BOM_UTF8
+
+
+class FileRejected(Exception):
+    """The file cannot be loaded as a whole; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    path: Path  # absolute
+    rel_path: str  # relative to settings.landing_dir, posix
+    suffix: str | None  # the matched entry of SUPPORTED_SUFFIXES, None when unsupported
+    format: str | None  # csv / parquet / jsonl
+    compression: str  # gzip / none
+    batch_date: dt.date | None
+    batch_date_error: str | None
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.batch_date or dt.date.max, self.rel_path)
+
+
+def match_suffix(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return suffix
+    return None
+
+
+def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
+    """Batch date from a ``dt=YYYY-MM-DD`` folder (preferred) or a ``YYYYMMDD`` in the file name."""
+    parts = rel_path.split("/")
+    for folder in parts[:-1]:
+        m = _DT_FOLDER.match(folder)
+        if m:
+            try:
+                return dt.date.fromisoformat(m.group(1)), None
+            except ValueError:
+                return None, f"folder {folder!r} is not a real date"
+    bad = []
+    for m in _DATE_IN_NAME.finditer(parts[-1]):
+        text = m.group(1)
+        try:
+            return dt.datetime.strptime(text, "%Y%m%d").date(), None
+        except ValueError:
+            bad.append(text)
+    if bad:
+        return None, f"{', '.join(bad)} in the file name is not a real date"
+    return None, None
+
+
+def discover(landing_dir: Path, source: str) -> list[LandingFile]:
+    """Every file under landing/<source>/ (recursively), in (batch date, relative path) order.
+
+    Hidden files and files starting with ``_`` (``.DS_Store``, ``_SUCCESS`` markers) are not deliveries and are
+    not listed.
+    """
+    root = landing_dir / source
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.rglob("*"):
+        if not p.is_file():
+            continue
+        rel_parts = p.relative_to(root).parts
+        if any(part.startswith((".", "_")) for part in rel_parts):
+            continue
+        rel = p.relative_to(landing_dir).as_posix()
+        suffix = match_suffix(p.name)
+        bd, bd_err = batch_date_of(rel)
+        out.append(
+            LandingFile(
+                path=p,
+                rel_path=rel,
+                suffix=suffix,
+                format=SUPPORTED_SUFFIXES.get(suffix) if suffix else None,
+                compression="gzip" if suffix and suffix.endswith(".gz") else "none",
+                batch_date=bd,
+                batch_date_error=bd_err,
+            )
+        )
+    return sorted(out, key=lambda f: f.sort_key)
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def no_batch_date_message(f: LandingFile) -> str:
+    why = f" ({f.batch_date_error})" if f.batch_date_error else ""
+    return f"{f.rel_path}: no batch date{why}: {BATCH_DATE_HELP}"
+
+
+def unsupported_message(f: LandingFile) -> str:
+    return (
+        f"{f.rel_path}: unsupported file type; supported endings are "
+        f"{', '.join(SUPPORTED_SUFFIXES)}"
+    )
+
+
+def _chunks(f: LandingFile):
+    """The file's (decompressed) bytes in chunks; a corrupt gzip raises FileRejected."""
+    try:
+        opener = gzip.open if f.compression == "gzip" else open
+        with opener(f.path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                yield chunk
+    except (OSError, EOFError, zlib.error) as exc:
+        raise FileRejected(f"{f.rel_path}: unreadable: not a valid gzip file ({exc})") from None
+
+
+def sniff_text(f: LandingFile) -> tuple[str, bool]:
+    """Detect a text file's encoding: ``utf-8-sig`` (BOM), ``utf-8`` or ``gb18030``.
+
+    Returns (encoding, is_empty). One streaming pass for UTF-8 input, two for GB18030; never row by row.
+    Raises FileRejected when the bytes decode in neither UTF-8 nor GB18030.
+    """
+    encoding = None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    nonblank = False
+    first = True
+    try:
+        for chunk in _chunks(f):
+            if first:
+                first = False
+                if chunk.startswith(UTF8_BOM):
+                    encoding = "utf-8-sig"
+                    chunk = chunk[len(UTF8_BOM) :]
+            if not nonblank and chunk.strip(_WHITESPACE):
+                nonblank = True
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+        return encoding or "utf-8", not nonblank
+    except UnicodeDecodeError:
+        if encoding == "utf-8-sig":
+            raise FileRejected(f"{f.rel_path}: undecodable: starts with a UTF-8 byte order mark but is not valid UTF-8") from None
+    decoder = codecs.getincrementaldecoder("gb18030")()
+    try:
+        for chunk in _chunks(f):
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise FileRejected(
+            f"{f.rel_path}: undecodable: the bytes are neither UTF-8 nor GBK/GB18030 ({exc.reason} at byte {exc.start} of a chunk)"
+        ) from None
+    return "gb18030", not nonblank
+
+
+def transcode_to_utf8(f: LandingFile, encoding: str, target: Path) -> None:
+    """Write the (decompressed) file as plain UTF-8 without BOM, streaming in chunks."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(target, "w", encoding="utf-8", newline="") as out:
+        for chunk in _chunks(f):
+            out.write(decoder.decode(chunk))
+        out.write(decoder.decode(b"", final=True))

@@ -1,0 +1,280 @@
+"""Contract → DuckDB SQL: raw table DDL, delivered/typed value expressions and one predicate per rule kind.
+
+Naming inside a batch table: ``"d__<col>"`` is the delivered value (text, trimmed, empty → NULL) and
+``"t__<col>"`` the typed value (NULL when not convertible; the column default when absent).
+Every predicate is TRUE when the row *breaks* the rule, never NULL.
+"""
+
+from __future__ import annotations
+
+import re
+
+from orchestration.contract import (
+    ALL_ZEROS_PATTERN,
+    LINEAGE_COLUMNS,
+    MAINLAND_MOBILE_PATTERN,
+    Column,
+    Rule,
+    SourceContract,
+)
+from orchestration.settings import TIMEZONE
+
+SQL_TYPES = {
+    "string": "VARCHAR",
+    "enum": "VARCHAR",
+    "phone": "VARCHAR",
+    "timestamp": "TIMESTAMPTZ",
+    "decimal": "DECIMAL(18,2)",
+    "integer": "BIGINT",
+}
+
+# ISO-8601: date, T or space, hh:mm, optional :ss and fraction, optional offset Z / ±hh:mm / ±hhmm / ±hh.
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+# A plain decimal (no exponent, no thousands separators) that is a whole number of cents: digits after the
+# second decimal place must be zeros.
+DECIMAL_PATTERN = r"^[+-]?[0-9]+(\.[0-9]{0,2}0*)?$"
+# A whole number, optionally written with a zero fraction (``10.0``, as spreadsheets and JSON doubles write it).
+INTEGER_PATTERN = r"^[+-]?[0-9]+(\.0*)?$"
+PHONE_STRIP = r"[\s\-.()]"
+PHONE_PREFIX = r"^(\+86|0086|86)[0-9]{11}$"
+# Trimmed from every delivered text value: ASCII white space, no-break space and the ideographic space.
+TRIM_CHARS = " \t\r\n\x0b\x0c\u00a0\u3000"
+
+_INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+_FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def d(col: str) -> str:
+    return q(f"d__{col}")
+
+
+def t(col: str) -> str:
+    return q(f"t__{col}")
+
+
+def flag(rule: Rule) -> str:
+    return q(f"b__{rule.name}")
+
+
+def sql_list(values) -> str:
+    return "(" + ", ".join(lit(v) for v in values) + ")"
+
+
+# ------------------------------------------------------------------------------------------------- DDL
+def raw_table_ddl(c: SourceContract) -> str:
+    cols = [f"{q(col.name)} {SQL_TYPES[col.type]}" for col in c.columns]
+    cols += [f"{q(n)} {ty}" for n, ty in LINEAGE_COLUMNS]
+    return f"CREATE TABLE IF NOT EXISTS raw.{q(c.name)} (\n    " + ",\n    ".join(cols) + "\n)"
+
+
+QUARANTINE_DDL = """
+CREATE TABLE IF NOT EXISTS raw.quarantine (
+    source VARCHAR NOT NULL,
+    file_id BIGINT NOT NULL,
+    file_path VARCHAR NOT NULL,
+    batch_date DATE,
+    row_number BIGINT NOT NULL,
+    rule VARCHAR NOT NULL,
+    rules VARCHAR NOT NULL,
+    original_row VARCHAR NOT NULL,
+    load_id VARCHAR,
+    quarantined_at TIMESTAMPTZ NOT NULL
+)"""
+
+LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS raw.ingestion_ledger (
+    file_id BIGINT NOT NULL,
+    source VARCHAR NOT NULL,
+    file_path VARCHAR NOT NULL,
+    content_sha256 VARCHAR NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    format VARCHAR,
+    encoding VARCHAR,
+    compression VARCHAR,
+    batch_date DATE,
+    status VARCHAR NOT NULL,
+    rows_read BIGINT NOT NULL,
+    rows_loaded BIGINT NOT NULL,
+    rows_quarantined BIGINT NOT NULL,
+    error VARCHAR,
+    load_id VARCHAR,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL
+)"""
+
+
+# ------------------------------------------------------------------------------------------------- values
+def is_placeholder(expr: str, placeholders: tuple[str, ...]) -> str:
+    """SQL: the (trimmed) text `expr` is a placeholder (SPEC §3), compared lower-cased; NULL-safe → FALSE."""
+    return f"coalesce(lower({expr}) IN {sql_list(placeholders)} OR regexp_full_match({expr}, {lit(ALL_ZEROS_PATTERN)}), FALSE)"
+
+
+def delivered_expr(src: str | None, src_type: str | None) -> str:
+    if src is None:
+        return "CAST(NULL AS VARCHAR)"
+    if src_type == "VARCHAR":
+        return f"NULLIF(trim({q(src)}, {lit(TRIM_CHARS)}), '')"
+    return f"NULLIF(trim(CAST({q(src)} AS VARCHAR), {lit(TRIM_CHARS)}), '')"
+
+
+def _base(src_type: str | None) -> str:
+    return (src_type or "VARCHAR").split("(")[0].strip().upper()
+
+
+def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders: tuple[str, ...]) -> str:
+    """SQL for the typed value of `col`; reads ``d__<col>`` (text) and, for typed Parquet columns, the source."""
+    dv = d(col.name)
+    sqlt = SQL_TYPES[col.type]
+    base = _base(src_type)
+    x = q(src) if src is not None else None
+    if col.type == "string":
+        return dv
+    if col.type == "enum":
+        return f"lower({dv})"
+    if col.type == "phone":
+        stripped = f"regexp_replace({dv}, {lit(PHONE_STRIP)}, '', 'g')"
+        norm = f"(CASE WHEN regexp_full_match({stripped}, {lit(PHONE_PREFIX)}) THEN right({stripped}, 11) ELSE {stripped} END)"
+        return (
+            f"(CASE WHEN regexp_full_match({norm}, {lit(MAINLAND_MOBILE_PATTERN)}) THEN {norm} "
+            f"WHEN {is_placeholder(dv, placeholders)} THEN {dv} END)"
+        )
+    if col.type == "timestamp":
+        if x is not None and base in ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE", "DATETIME"):
+            conv = f"timezone({lit(TIMEZONE)}, CAST({x} AS TIMESTAMP))"
+        elif x is not None and (base.startswith("TIMESTAMP WITH TIME ZONE") or base == "TIMESTAMPTZ"):
+            conv = f"CAST({x} AS TIMESTAMPTZ)"
+        else:
+            conv = f"(CASE WHEN regexp_full_match({dv}, {lit(TIMESTAMP_PATTERN)}) THEN TRY_CAST({dv} AS TIMESTAMPTZ) END)"
+    elif col.type == "decimal":
+        if x is not None and base == "DECIMAL":
+            conv = f"(CASE WHEN {x} = round({x}, 2) THEN TRY_CAST({x} AS {sqlt}) END)"
+        elif x is not None and base in _FLOAT_TYPES:
+            conv = (
+                f"(CASE WHEN isfinite(CAST({x} AS DOUBLE)) AND abs(CAST({x} AS DOUBLE) - round(CAST({x} AS DOUBLE), 2)) <= 1e-9 "
+                f"THEN TRY_CAST(round(CAST({x} AS DOUBLE), 2) AS {sqlt}) END)"
+            )
+        elif x is not None and base in _INT_TYPES:
+            conv = f"TRY_CAST({x} AS {sqlt})"
+        else:
+            conv = f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) END)"
+    elif col.type == "integer":
+        if x is not None and base in _INT_TYPES:
+            conv = f"TRY_CAST({x} AS BIGINT)"
+        elif x is not None and (base in _FLOAT_TYPES or base == "DECIMAL"):
+            conv = f"(CASE WHEN isfinite(CAST({x} AS DOUBLE)) AND {x} = trunc({x}) THEN TRY_CAST({x} AS BIGINT) END)"
+        else:
+            conv = (
+                f"(CASE WHEN regexp_full_match({dv}, {lit(INTEGER_PATTERN)}) "
+                f"THEN TRY_CAST(regexp_replace({dv}, '\\.0*$', '') AS BIGINT) END)"
+            )
+    else:  # pragma: no cover - ColumnType is closed
+        raise NotImplementedError(f"column type {col.type!r}")
+    if col.default is not None:
+        return f"(CASE WHEN {dv} IS NULL THEN CAST({lit(col.default)} AS {sqlt}) ELSE {conv} END)"
+    return conv
+
+
+# ------------------------------------------------------------------------------------------------- rules
+def batch_limit_expr(batch_date_sql: str) -> str:
+    """batch date + 2 days, 00:00 Asia/Shanghai, as TIMESTAMPTZ."""
+    return f"timezone({lit(TIMEZONE)}, CAST(CAST({batch_date_sql} AS DATE) + 2 AS TIMESTAMP))"
+
+
+def identifier_count_expr(rule: Rule, placeholders: tuple[str, ...]) -> str:
+    parts = [f"CAST({d(c)} IS NOT NULL AND NOT {is_placeholder(d(c), placeholders)} AS INTEGER)" for c in rule.columns]
+    return "(" + " + ".join(parts) + ")"
+
+
+def unless_expr(rule: Rule) -> str:
+    if not rule.unless:
+        return "FALSE"
+    col, values = rule.unless
+    return f"coalesce(lower({d(col)}) IN {sql_list(values)}, FALSE)"
+
+
+def broken_expr(rule: Rule, contract: SourceContract, placeholders: tuple[str, ...], batch_limit: str) -> str:
+    """SQL boolean: the row breaks `rule` (never NULL)."""
+    k = rule.kind
+    cols = rule.columns
+    if k == "required":
+        e = f"{d(cols[0])} IS NULL"
+    elif k == "type":
+        e = f"{d(cols[0])} IS NOT NULL AND {t(cols[0])} IS NULL"
+    elif k == "in_set":
+        values = rule.values or contract.column(cols[0]).values
+        e = f"{d(cols[0])} IS NOT NULL AND lower({d(cols[0])}) NOT IN {sql_list(values)}"
+    elif k == "non_negative":
+        e = f"{t(cols[0])} < 0"
+    elif k == "not_after":
+        e = f"{t(cols[0])} > {t(cols[1])}"
+    elif k == "required_when":
+        e = f"{d(cols[0])} IS NULL AND lower({d(cols[1])}) IN {sql_list(rule.values)}"
+    elif k == "refund_matches_status":
+        refund, gross, discount, status = (t(c) for c in cols)
+        net = f"({gross} - {discount})"
+        e = (
+            f"{refund} IS NOT NULL AND {gross} IS NOT NULL AND {discount} IS NOT NULL AND {status} IS NOT NULL AND "
+            f"(CASE lower({status}) WHEN 'refunded' THEN {refund} <> {net} "
+            f"WHEN 'partially_refunded' THEN NOT ({refund} > 0 AND {refund} < {net}) "
+            f"ELSE {refund} <> 0 END)"
+        )
+    elif k == "any_identifier":
+        e = f"{identifier_count_expr(rule, placeholders)} = 0 AND NOT {unless_expr(rule)}"
+    elif k == "before_batch_limit":
+        e = "(" + " OR ".join(f"{t(c)} >= {batch_limit}" for c in cols) + ")"
+    else:
+        raise NotImplementedError(f"rule kind {k!r} (rule {rule.name!r} of {contract.name}) is not implemented by ingestion")
+    return f"coalesce({e}, FALSE)"
+
+
+def helper_name(rule: Rule, what: str) -> str:
+    return "h__" + re.sub(r"[^0-9a-zA-Z]+", "_", rule.name).strip("_") + "__" + what
+
+
+def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch_limit: str, file_id: int = 0) -> list[tuple[str, str]]:
+    """(frame column name, SQL over the batch table) for the GX validation frame: only what the rules need."""
+    typed: list[str] = [contract.key]
+    delivered: list[str] = []
+    helpers: dict[str, str] = {}
+    for r in contract.rules:
+        cols = r.columns
+        if r.kind == "required":
+            delivered.append(cols[0])
+        elif r.kind == "type":
+            typed.append(cols[0])
+            delivered.append(cols[0])
+        elif r.kind in ("in_set", "non_negative"):
+            typed.append(cols[0])
+        elif r.kind == "not_after":
+            typed += list(cols)
+        elif r.kind == "required_when":
+            delivered.append(cols[0])
+            typed.append(cols[1])
+        elif r.kind == "refund_matches_status":
+            typed += list(cols)
+            helpers["h__net_amount"] = f"({t(cols[1])} - {t(cols[2])})"
+        elif r.kind == "any_identifier":
+            helpers[helper_name(r, "count")] = identifier_count_expr(r, placeholders)
+            if r.unless:
+                typed.append(r.unless[0])
+        elif r.kind == "before_batch_limit":
+            typed += list(cols)
+            helpers["h__batch_limit"] = batch_limit
+        else:
+            raise NotImplementedError(f"rule kind {r.kind!r} (rule {r.name!r} of {contract.name}) is not implemented by ingestion")
+    out: list[tuple[str, str]] = [("_file_id", f"CAST({int(file_id)} AS BIGINT)"), ("_row_number", "_rn")]
+    for c in contract.column_names:  # contract order
+        if c in typed:
+            out.append((c, t(c)))
+        if c in delivered:
+            out.append((f"{c}__delivered", d(c)))
+    out += list(helpers.items())
+    return out
