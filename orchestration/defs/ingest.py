@@ -102,7 +102,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         )
         yield quarantine_share_check(report, settings.max_quarantine_share)
 
-        validation = validate_contract(source, report.validation_frame)
+        validation = validate_contract(source, report.frame)
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule
         metadata = validation.to_metadata()
         metadata["agrees_with_quarantine"] = agrees

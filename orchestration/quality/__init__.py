@@ -1,0 +1,235 @@
+"""The contract's expectations (SPEC §2) as Great Expectations 1.x suites, run on a run's rows as delivered.
+
+Ingestion hands over a pandas frame of the run's new rows *before* the quarantine split (see
+``SourceIngestReport.frame``): per contract column ``c`` the typed value ``c`` and the delivered text
+``c__delivered`` (only the columns the rules read), helper columns ``h__*`` (net amount, identifier counts,
+batch limit) and the row's ``_file_id`` / ``_row_number``. One ExpectationSuite per source is built from the
+contract, one or more expectations per rule by kind, each tagged ``meta={"rule": name}``. Rows that fail any
+expectation of a rule are counted once for that rule, so ``unexpected_by_rule`` equals ingestion's quarantine
+counts by rule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from orchestration.contract import Rule, SourceContract, contract as get_contract
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+_EXAMPLES = 5
+_PHONE_DIGITS = re.compile(r"^(\D*\d{3})(\d{4})(\d{4}\D*)$")
+
+
+def _helper(rule: Rule, what: str) -> str:
+    # must match orchestration.ingest.rules.helper_name
+    return "h__" + re.sub(r"[^0-9a-zA-Z]+", "_", rule.name).strip("_") + "__" + what
+
+
+def _py(values) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def _qcol(name: str) -> str:
+    return f"`{name}`"
+
+
+def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]]:
+    """(rule name, GX expectation class name, kwargs) for every rule of the contract, by kind."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    pair_ignore = {"ignore_row_if": "either_value_is_missing"}
+    for r in c.rules:
+        cols = r.columns
+        k = r.kind
+        if k == "required":
+            out.append((r.name, "ExpectColumnValuesToNotBeNull", {"column": f"{cols[0]}__delivered"}))
+        elif k == "type":
+            out.append((r.name, "ExpectColumnValuesToNotBeNull", {
+                "column": cols[0], "row_condition": f"{_qcol(cols[0] + '__delivered')}.notnull()"}))
+        elif k == "in_set":
+            values = list(r.values or c.column(cols[0]).values)
+            out.append((r.name, "ExpectColumnValuesToBeInSet", {"column": cols[0], "value_set": values}))
+        elif k == "non_negative":
+            out.append((r.name, "ExpectColumnValuesToBeBetween", {"column": cols[0], "min_value": 0}))
+        elif k == "not_after":
+            out.append((r.name, "ExpectColumnPairValuesAToBeGreaterThanB", {
+                "column_A": cols[1], "column_B": cols[0], "or_equal": True, **pair_ignore}))
+        elif k == "required_when":
+            out.append((r.name, "ExpectColumnValuesToNotBeNull", {
+                "column": f"{cols[0]}__delivered", "row_condition": f"{_qcol(cols[1])} in {_py(r.values)}"}))
+        elif k == "refund_matches_status":
+            refund, _gross, _discount, status = cols
+            s, net = _qcol(status), "`h__net_amount`"
+            judged = f"{s}.notnull() and {net}.notnull() and {_qcol(refund)}.notnull()"
+            out.append((r.name, "ExpectColumnPairValuesToBeEqual", {
+                "column_A": refund, "column_B": "h__net_amount", **pair_ignore,
+                "row_condition": f'{s} == "refunded" and {judged}'}))
+            out.append((r.name, "ExpectColumnValuesToBeBetween", {
+                "column": refund, "min_value": 0, "strict_min": True,
+                "row_condition": f'{s} == "partially_refunded" and {judged}'}))
+            out.append((r.name, "ExpectColumnPairValuesAToBeGreaterThanB", {
+                "column_A": "h__net_amount", "column_B": refund, "or_equal": False, **pair_ignore,
+                "row_condition": f'{s} == "partially_refunded" and {judged}'}))
+            out.append((r.name, "ExpectColumnValuesToBeInSet", {
+                "column": refund, "value_set": [0],
+                "row_condition": f'{s} not in ["refunded", "partially_refunded"] and {judged}'}))
+        elif k == "any_identifier":
+            kw: dict[str, Any] = {"column": _helper(r, "count"), "min_value": 1}
+            if r.unless:
+                kw["row_condition"] = f"{_qcol(r.unless[0])} not in {_py(r.unless[1])}"
+            out.append((r.name, "ExpectColumnValuesToBeBetween", kw))
+        elif k == "before_batch_limit":
+            for col in cols:
+                out.append((r.name, "ExpectColumnPairValuesAToBeGreaterThanB", {
+                    "column_A": "h__batch_limit", "column_B": col, "or_equal": False, **pair_ignore}))
+        else:
+            raise NotImplementedError(f"rule kind {k!r} (rule {r.name!r} of {c.name}) has no expectation")
+    return out
+
+
+def build_suite(source: str):
+    """The source's ExpectationSuite, built from the contract (each expectation's meta names its rule)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    c = get_contract(source)
+    suite = gx.ExpectationSuite(name=f"privdom_contract_{source}")
+    for rule, cls, kwargs in expectation_specs(c):
+        kwargs = dict(kwargs)
+        if "row_condition" in kwargs:
+            kwargs["condition_parser"] = "pandas"
+        suite.add_expectation(getattr(gxe, cls)(**kwargs, meta={"rule": rule}))
+    return suite
+
+
+def mask_phone(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    digits = re.sub(r"\D", "", value)
+    if len(digits) >= 7:
+        return digits[:3] + "****" + digits[-4:]
+    return "****"
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None:
+        return None
+    try:
+        if pd.isna(v):
+            return None
+    except (TypeError, ValueError):
+        pass
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, (str, int, float, bool)):
+        return v
+    return str(v)
+
+
+@dataclass
+class ContractValidation:
+    source: str
+    success: bool
+    evaluated_rows: int
+    unexpected_by_rule: dict[str, int] = field(default_factory=dict)  # every contract rule, 0 included
+    examples_by_rule: dict[str, list[dict]] = field(default_factory=dict)
+    expectation_results: list[dict] = field(default_factory=list)  # one summary per expectation
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "success": self.success,
+            "evaluated_rows": self.evaluated_rows,
+            "unexpected_rows": sum(self.unexpected_by_rule.values()),
+            "unexpected_by_rule": {k: v for k, v in self.unexpected_by_rule.items() if v},
+            "examples_by_rule": self.examples_by_rule,
+            "expectations": len(self.expectation_results),
+            "failed_expectations": [e for e in self.expectation_results if not e["success"]],
+        }
+
+
+def _context():
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    ctx = gx.get_context(mode="ephemeral")
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    except Exception:  # pragma: no cover - older/newer GX without the setting
+        pass
+    return ctx
+
+
+def validate_contract(source: str, frame: pd.DataFrame | None) -> ContractValidation:
+    """Run the source's contract suite on `frame` (a run's new rows as delivered) in one validation."""
+    c = get_contract(source)
+    counts = {r.name: 0 for r in c.rules}
+    if frame is None or len(frame) == 0:
+        return ContractValidation(source, True, 0, counts, {})
+    frame = frame.reset_index(drop=True)
+    ctx = _context()
+    suite = build_suite(source)
+    ds = ctx.data_sources.add_pandas(name=f"privdom_{source}")
+    asset = ds.add_dataframe_asset(name=f"{source}_new_rows")
+    bd = asset.add_batch_definition_whole_dataframe("run")
+    batch = bd.get_batch(batch_parameters={"dataframe": frame})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = batch.validate(suite, result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False})
+    rows_by_rule: dict[str, set[int]] = {r.name: set() for r in c.rules}
+    summaries = []
+    for res in result.results:
+        cfg = res.expectation_config
+        rule = (cfg.meta or {}).get("rule")
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            raise RuntimeError(f"GX expectation for rule {rule} raised: {res.exception_info.get('exception_message')}")
+        idx = res.result.get("unexpected_index_list") or []
+        idx = [i if isinstance(i, int) else int(next(iter(i.values())) if isinstance(i, dict) else i) for i in idx]
+        rows_by_rule[rule].update(idx)
+        summaries.append({
+            "rule": rule,
+            "expectation": cfg.type,
+            "column": cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')} vs {cfg.kwargs.get('column_B')}",
+            "success": bool(res.success),
+            "unexpected_count": int(res.result.get("unexpected_count") or 0),
+        })
+    phone_cols = {col.name for col in c.columns if col.type == "phone"}
+    examples: dict[str, list[dict]] = {}
+    rule_cols = {r.name: r for r in c.rules}
+    for name, rows in rows_by_rule.items():
+        counts[name] = len(rows)
+        if not rows:
+            continue
+        r = rule_cols[name]
+        show = ["_file_id", "_row_number", c.key] + [
+            col for col in frame.columns if col.split("__")[0] in r.columns or col.startswith(_helper(r, ""))
+            or (col == "h__net_amount" and r.kind == "refund_matches_status") or (col == "h__batch_limit" and r.kind == "before_batch_limit")
+        ]
+        show = [col for col in dict.fromkeys(show) if col in frame.columns]
+        sample = frame.loc[sorted(rows)[:_EXAMPLES], show]
+        ex = []
+        for rec in sample.to_dict(orient="records"):
+            out = {}
+            for k, v in rec.items():
+                v = _jsonable(v)
+                if k.split("__")[0] in phone_cols:
+                    v = mask_phone(v)
+                out[k] = v
+            ex.append(out)
+        examples[name] = ex
+    return ContractValidation(source, bool(result.success), len(frame), counts, examples, summaries)
+
+
+__all__ = ["ContractValidation", "validate_contract", "build_suite", "expectation_specs", "mask_phone"]

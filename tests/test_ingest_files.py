@@ -1,0 +1,253 @@
+"""Whole files: rejection, content-hash idempotency, formats and encodings, timestamps, amounts, phones."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from orchestration.contract import BATCH_DATE_HELP
+from orchestration.ingest import ingest_source
+
+CE_HEADER = "event_id,occurred_at,channel,event_type,openid,unionid,wecom_external_userid,phone,member_id,campaign,wecom_staff_userid\n"
+CE_GOOD = CE_HEADER + "e1,2024-01-31T10:00:00+08:00,wecom,add_contact,o1,,,,,,\n"
+
+
+def ledger(con):
+    return {r[0]: r[1:] for r in con.execute(
+        "SELECT file_path, status, error, rows_read, rows_loaded, rows_quarantined FROM raw.ingestion_ledger").fetchall()}
+
+
+def test_whole_file_rejections(con, settings, land):
+    land("channel_events/good_20240131.csv", CE_GOOD)
+    bad = {
+        "channel_events/nochannel_20240131.csv": ("event_id,occurred_at,event_type,openid\ne2,2024-01-31 10:00,follow,o2\n", "missing required column(s): channel"),
+        "channel_events/corrupt_20240131.parquet": (b"PAR1 this is not parquet PAR1", "not a valid Parquet file"),
+        "channel_events/corrupt_20240131.csv.gz": (b"plain text, not gzip", "not a valid gzip file"),
+        "channel_events/truncated_20240131.csv.gz": (gzip.compress(CE_GOOD.encode())[:-12], "gzip"),
+        "channel_events/broken_20240131.jsonl": ('{"event_id": "e3", "occurred_at": "2024-01-31 10:00",\n', "not valid JSON Lines"),
+        "channel_events/array_20240131.jsonl": ('["e3", "2024-01-31 10:00"]\n', "record 1 is not a JSON object"),
+        "channel_events/latin1_20240131.csv": (CE_HEADER.encode() + "e4,2024-01-31 10:00,wecom,follow,o4,,,,,café ü\n".encode("latin-1"), "undecodable"),
+        "channel_events/garbage_20240131.csv": (CE_HEADER.encode() + b"e5,\xff\xfe\x80\x80,wecom\n", "undecodable"),
+        "channel_events/zero_20240131.csv": (b"", "empty file"),
+        "channel_events/blank_20240131.jsonl": ("  \n\n \t\n", "empty file"),
+        "channel_events/export_20240131.xlsx": (b"PK\x03\x04 not really", "unsupported file type"),
+        "channel_events/events.csv": (CE_GOOD.replace("e1,", "e6,"), "no batch date"),
+        "channel_events/nodate_20241399.csv": (CE_GOOD.replace("e1,", "e7,"), "not a real date"),
+        "channel_events/ragged_20240131.csv": (CE_HEADER + 'e8,2024-01-31 10:00,wecom,follow,o8,,,,,,,extra,fields\n', "cannot be parsed as CSV"),
+        "channel_events/quote_20240131.csv": (CE_HEADER + 'e9,"2024-01-31 10:00,wecom,follow,o9,,,,,,\n', "cannot be parsed as CSV"),
+    }
+    for rel, (content, _) in bad.items():
+        land(rel, content)
+    report = ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    assert led["channel_events/good_20240131.csv"][:1] == ("loaded",)
+    for rel, (_, reason) in bad.items():
+        status, error, *rows = led[rel]
+        assert status == "rejected", (rel, led[rel])
+        assert rel.split("/")[-1] in error and reason in error, (rel, error)
+        assert rows == [0, 0, 0]
+    assert BATCH_DATE_HELP in led["channel_events/events.csv"][1]
+    assert ".csv, .csv.gz, .parquet, .jsonl, .jsonl.gz, .ndjson" in led["channel_events/export_20240131.xlsx"][1]
+    assert con.execute("SELECT list(event_id) FROM raw.channel_events").fetchone()[0] == ["e1"]
+    assert con.execute("SELECT count(*) FROM raw.quarantine").fetchone()[0] == 0
+    assert len(report.rejected) == len(bad) and report.rows_loaded == 1
+    # rejected files are recorded once: a re-run adds nothing
+    again = ingest_source(con, "channel_events", settings, "run2")
+    assert again.files == [] and again.files_skipped == len(bad) + 1
+    assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == len(bad) + 1
+
+
+def test_header_only_csv_loads_zero_rows_and_missing_source_is_empty(con, settings, land):
+    land("channel_events/ce_20240131.csv", CE_HEADER)
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert [(f.status, f.rows_read) for f in report.files] == [("loaded", 0)]
+    empty = ingest_source(con, "orders", settings, "t")  # no folder at all
+    assert empty.files == [] and empty.rows_read == 0 and empty.quarantined_share is None
+    assert con.execute("SELECT count(*) FROM raw.referrals").fetchone()[0] == 0
+
+
+def test_content_hash_idempotency(con, settings, land):
+    land("channel_events/ce_20240131.csv", CE_GOOD)
+    land("channel_events/dt=2024-02-01/copy_of_ce.csv", CE_GOOD)
+    report = ingest_source(con, "channel_events", settings, "run1")
+    assert [(f.path, f.status) for f in report.files] == [
+        ("channel_events/ce_20240131.csv", "loaded"), ("channel_events/dt=2024-02-01/copy_of_ce.csv", "duplicate")]
+    assert "channel_events/ce_20240131.csv" in report.files[1].error
+    assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone()[0] == 1
+    again = ingest_source(con, "channel_events", settings, "run2")
+    assert again.files == [] and again.rows_read == 0
+    assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == 2
+    # a new file re-delivering an event keeps both rows (staging dedups); they share the row hash
+    land("channel_events/ce_20240201.csv", CE_GOOD + "e2,2024-02-01 09:00,wecom,follow,o2,,,,,,\n")
+    ingest_source(con, "channel_events", settings, "run3")
+    assert con.execute("SELECT count(DISTINCT _row_hash), count(*) FROM raw.channel_events WHERE event_id = 'e1'").fetchone() == (1, 2)
+    assert [r[0] for r in con.execute("SELECT file_id FROM raw.ingestion_ledger ORDER BY file_id").fetchall()] == [1, 2, 3]
+
+
+# the same three channel events, delivered in every accepted format
+CE_CSV = (
+    CE_HEADER
+    + "e1,2024-01-31 10:00:00,WeCom,follow,o1,u1,,+86 138-0013-8000,,春节大促二维码,staff1\n"
+    + 'e2,2024-01-31 11:30:00,official_account,engage,o2,,,,m2,"会员日, 第二场",\n'
+    + "e3,2024-01-30 08:00:00,offline_store,register_member,,,,13900139000,m3,,\n"
+)
+ORDERS_CSV = (
+    "order_id,updated_at,created_at,paid_at,status,channel,gross_amount,discount_amount,refund_amount,points_redeemed,referral_code,openid,unionid,wecom_external_userid,phone,member_id\n"
+    "o1,2024-01-31 12:00:00,2024-01-31 10:00:00,2024-01-31 10:05:00,paid,mini_program,199.90,10.00,0,100,邀请码A,op1,,,,\n"
+    "o2,2024-01-31 13:00:00,2024-01-31 09:00:00,2024-01-31 09:01:00,partially_refunded,,88.00,0,8.80,0,,,,,13800138000,m9\n"
+)
+
+
+def test_every_format_gives_identical_raw_tables(con, settings, land):
+    ce_jsonl = (
+        '{"event_id": "e1", "occurred_at": "2024-01-31 10:00:00", "channel": "WeCom", "event_type": "follow", "openid": "o1", "unionid": "u1", "phone": "+86 138-0013-8000", "campaign": "春节大促二维码", "wecom_staff_userid": "staff1"}\n'
+        '{"event_id": "e2", "occurred_at": "2024-01-31 11:30:00", "channel": "official_account", "event_type": "engage", "openid": "o2", "member_id": "m2", "campaign": "会员日, 第二场", "extra": {"ignored": true}}\n'
+        '{"event_id": "e3", "occurred_at": "2024-01-30 08:00:00", "channel": "offline_store", "event_type": "register_member", "openid": null, "phone": 13900139000, "member_id": "m3"}\n'
+    )
+    land("channel_events/dt=2024-01-31/utf8.csv", CE_CSV)
+    land("channel_events/dt=2024-01-31/bom.csv", "\ufeff".encode() + CE_CSV.encode())
+    land("channel_events/dt=2024-01-31/gbk.csv", CE_CSV.encode("gbk"))
+    land("channel_events/dt=2024-01-31/gz.csv.gz", gzip.compress(CE_CSV.encode()))
+    land("channel_events/dt=2024-01-31/lines.jsonl", ce_jsonl)
+    land("channel_events/dt=2024-01-31/lines.jsonl.gz", gzip.compress(ce_jsonl.encode()))
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "event_id": ["e1", "e2", "e3"],
+        "occurred_at": pa.array([__import__("datetime").datetime(2024, 1, 31, 10), __import__("datetime").datetime(2024, 1, 31, 11, 30),
+                                 __import__("datetime").datetime(2024, 1, 30, 8)], pa.timestamp("us")),  # naive: Shanghai wall time
+        "channel": ["WeCom", "official_account", "offline_store"], "event_type": ["follow", "engage", "register_member"],
+        "openid": ["o1", "o2", None], "unionid": ["u1", None, None], "phone": ["+86 138-0013-8000", None, "13900139000"],
+        "member_id": [None, "m2", "m3"], "campaign": ["春节大促二维码", "会员日, 第二场", None], "wecom_staff_userid": ["staff1", None, None],
+    }), buf)
+    land("channel_events/dt=2024-01-31/typed.parquet", buf.getvalue())
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert [f.status for f in report.files] == ["loaded"] * 7 and report.rows_quarantined == 0
+    encodings = dict(con.execute("SELECT file_path.split('/')[-1], encoding FROM raw.ingestion_ledger").fetchall())
+    assert encodings == {"utf8.csv": "utf-8", "bom.csv": "utf-8-sig", "gbk.csv": "gb18030", "gz.csv.gz": "utf-8",
+                         "lines.jsonl": "utf-8", "lines.jsonl.gz": "utf-8", "typed.parquet": "binary"}
+    _assert_identical_per_file(con, "channel_events", "event_id")
+    row = con.execute("SELECT channel, phone, campaign, occurred_at = TIMESTAMPTZ '2024-01-31 02:00:00+00' FROM raw.channel_events WHERE event_id = 'e1' LIMIT 1").fetchone()
+    assert row == ("wecom", "13800138000", "春节大促二维码", True)
+
+
+def test_every_format_gives_identical_orders(con, settings, land):
+    land("orders/dt=2024-01-31/utf8.csv", ORDERS_CSV)
+    land("orders/dt=2024-01-31/gbk.csv", ORDERS_CSV.encode("gbk"))
+    land("orders/dt=2024-01-31/lines.ndjson",
+         '{"order_id": "o1", "updated_at": "2024-01-31 12:00:00", "created_at": "2024-01-31 10:00:00", "paid_at": "2024-01-31T10:05:00+08:00", "status": "paid", "channel": "mini_program", "gross_amount": 199.90, "discount_amount": 10, "refund_amount": 0, "points_redeemed": 100, "referral_code": "邀请码A", "openid": "op1"}\n'
+         '{"order_id": "o2", "updated_at": "2024-01-31T05:00:00Z", "created_at": "2024-01-31 09:00", "paid_at": "2024-01-31 09:01:00", "status": "partially_refunded", "gross_amount": "88", "refund_amount": 8.8, "points_redeemed": 0.0, "phone": "13800138000", "member_id": "m9"}\n')
+    ts = pa.timestamp("us")
+    dt = __import__("datetime").datetime
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "order_id": ["o1", "o2"],
+        "updated_at": pa.array([dt(2024, 1, 31, 12), dt(2024, 1, 31, 13)], ts),
+        "created_at": pa.array([dt(2024, 1, 31, 10), dt(2024, 1, 31, 9)], ts),
+        "paid_at": pa.array([dt(2024, 1, 31, 10, 5), dt(2024, 1, 31, 9, 1)], ts),
+        "status": ["paid", "partially_refunded"], "channel": ["mini_program", None],
+        "gross_amount": pa.array([Decimal("199.90"), Decimal("88.00")], pa.decimal128(12, 2)),
+        "discount_amount": pa.array([Decimal("10.000"), Decimal("0")], pa.decimal128(12, 3)),
+        "refund_amount": pa.array([0.0, 8.8], pa.float64()),
+        "points_redeemed": pa.array([100, 0], pa.int32()),
+        "referral_code": ["邀请码A", None], "openid": ["op1", None], "phone": [None, 13800138000], "member_id": [None, "m9"],
+    }), buf)
+    land("orders/dt=2024-01-31/typed.parquet", buf.getvalue())
+    report = ingest_source(con, "orders", settings, "t")
+    assert [f.status for f in report.files] == ["loaded"] * 4 and report.rows_quarantined == 0, report.to_metadata()
+    _assert_identical_per_file(con, "orders", "order_id")
+    assert con.execute("SELECT DISTINCT gross_amount FROM raw.orders WHERE order_id = 'o1'").fetchall() == [(Decimal("199.90"),)]
+
+
+def _assert_identical_per_file(con, source, key):
+    from orchestration.contract import CONTRACTS
+
+    cols = ", ".join(f'"{c}"' for c in CONTRACTS[source].column_names)
+    per_file = {}
+    for (file_id,) in con.execute(f"SELECT DISTINCT _file_id FROM raw.{source}").fetchall():
+        per_file[file_id] = con.execute(f"SELECT {cols}, _row_hash FROM raw.{source} WHERE _file_id = ? ORDER BY {key}", [file_id]).fetchall()
+    first = next(iter(per_file.values()))
+    for file_id, rows in per_file.items():
+        assert rows == first, (file_id, rows, first)
+
+
+def test_timestamp_offsets_map_to_the_right_instant(con, settings, land):
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "t1,2024-01-31T10:00:00+08:00,wecom,follow,o1,,,,,,",
+        "t2,2024-01-31T02:00:00Z,wecom,follow,o1,,,,,,",
+        "t3,2024-01-31T10:00:00,wecom,follow,o1,,,,,,",
+        "t4,2024-01-31 10:00,wecom,follow,o1,,,,,,",
+        "t5,2024-01-31 10:00:00.000+0800,wecom,follow,o1,,,,,,",
+        "t6,2024-01-30T21:00:00-05:00,wecom,follow,o1,,,,,,",
+        "t7,2024-01-31T11:00:00+09,wecom,follow,o1,,,,,,",
+        "t8,2024-01-31 10:00:00 +08:00,wecom,follow,o1,,,,,,",
+    ]) + "\n")
+    ingest_source(con, "channel_events", settings, "t")
+    got = dict(con.execute("SELECT event_id, epoch(occurred_at)::BIGINT FROM raw.channel_events").fetchall())
+    expected = 1706666400  # 2024-01-31 02:00:00 UTC
+    assert got == {f"t{i}": expected for i in range(1, 8)}
+    assert con.execute("SELECT rule FROM raw.quarantine").fetchall() == [("occurred_at.type",)]
+
+
+def test_parquet_double_amount_tolerance(con, settings, land):
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "order_id": ["a", "b", "c"], "updated_at": ["2024-01-31 12:00"] * 3, "created_at": ["2024-01-31 10:00"] * 3,
+        "status": ["created"] * 3, "member_id": ["m1"] * 3,
+        "gross_amount": pa.array([19.99, 19.990000000001, 19.999], pa.float64()),
+    }), buf)
+    land("orders/orders_20240131.parquet", buf.getvalue())
+    ingest_source(con, "orders", settings, "t")
+    assert con.execute("SELECT order_id, gross_amount FROM raw.orders ORDER BY 1").fetchall() == [("a", Decimal("19.99")), ("b", Decimal("19.99"))]
+    assert con.execute("SELECT row_number, rule, original_row FROM raw.quarantine").fetchall()[0][:2] == (3, "gross_amount.type")
+
+
+def test_decimal_and_integer_text_formats(con, settings, land):
+    land("orders/orders_20240131.csv",
+         "order_id,updated_at,created_at,status,gross_amount,points_redeemed,member_id\n"
+         "a,2024-01-31 12:00,2024-01-31 10:00,created,19.990,10.0,m1\n"
+         "b,2024-01-31 12:00,2024-01-31 10:00,created,+7,0,m1\n"
+         "c,2024-01-31 12:00,2024-01-31 10:00,created,1e3,0,m1\n"
+         "d,2024-01-31 12:00,2024-01-31 10:00,created,\"1,000.00\",0,m1\n"
+         "e,2024-01-31 12:00,2024-01-31 10:00,created,99999999999999999.00,0,m1\n"
+         "f,2024-01-31 12:00,2024-01-31 10:00,created,9999999999999999.99,0,m1\n")
+    ingest_source(con, "orders", settings, "t")
+    assert con.execute("SELECT order_id, gross_amount, points_redeemed FROM raw.orders ORDER BY 1").fetchall() == [
+        ("a", Decimal("19.99"), 10), ("b", Decimal("7.00"), 0), ("f", Decimal("9999999999999999.99"), 0)]
+    assert con.execute("SELECT list(row_number ORDER BY row_number) FROM raw.quarantine").fetchone()[0] == [3, 4, 5]
+
+
+def test_phone_spellings_normalise(con, settings, land):
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "p1,2024-01-31 10:00,wecom,follow,,,,+86 138-0013-8000,,,",
+        "p2,2024-01-31 10:00,wecom,follow,,,,8613800138000,,,",
+        "p3,2024-01-31 10:00,wecom,follow,,,,0086 138 0013 8000,,,",
+        "p4,2024-01-31 10:00,wecom,follow,,,,(138) 0013.8000,,,",
+        "p5,2024-01-31 10:00,wecom,follow,,,, 13800138000 ,,,",
+        "p6,2024-01-31 10:00,wecom,follow,o6,,, NULL ,,,",
+        "p7,2024-01-31 10:00,wecom,follow,o7,,,00000000000,,,",
+    ]) + "\n")
+    ingest_source(con, "channel_events", settings, "t")
+    got = dict(con.execute("SELECT event_id, phone FROM raw.channel_events").fetchall())
+    assert got == {**{f"p{i}": "13800138000" for i in range(1, 6)}, "p6": "NULL", "p7": "00000000000"}
+
+
+def test_rows_read_equals_loaded_plus_quarantined(con, settings, land):
+    from test_ingest_rules import CASES, GOOD, HEADERS
+
+    for source in HEADERS:
+        bad = [row for (s, _), (row, _) in CASES.items() if s == source]
+        land(f"{source}/dt=2024-01-31/a.csv", "\n".join([HEADERS[source], GOOD[source], *bad]) + "\n")
+        land(f"{source}/dt=2024-02-01/b.csv", "\n".join([HEADERS[source], GOOD[source]]) + "\n")
+        ingest_source(con, source, settings, "t")
+    rows = con.execute("SELECT file_path, rows_read, rows_loaded, rows_quarantined FROM raw.ingestion_ledger").fetchall()
+    assert len(rows) == 6
+    for path, read, loaded, quarantined in rows:
+        assert read == loaded + quarantined, path
+        source = path.split("/")[0]
+        fid = con.execute("SELECT file_id FROM raw.ingestion_ledger WHERE file_path = ?", [path]).fetchone()[0]
+        assert con.execute(f"SELECT count(*) FROM raw.{source} WHERE _file_id = ?", [fid]).fetchone()[0] == loaded
+        assert con.execute("SELECT count(*) FROM raw.quarantine WHERE file_id = ?", [fid]).fetchone()[0] == quarantined
