@@ -28,9 +28,29 @@ def _prepare_environment(settings: Settings) -> None:
     apply_dbt_environment(settings)
 
 
+GENERATED_MARKER = ".privdom-generated"
+
+
+def _refuse_foreign_landing(settings: Settings) -> str | None:
+    """`generate` replaces landing/<source>/ wholesale; never do that to files it did not write."""
+    landing = settings.landing_dir
+    if not landing.exists() or (landing / GENERATED_MARKER).exists():
+        return None
+    if any(p.is_file() for p in landing.rglob("*")):
+        return (
+            f"{landing} holds landing files that privdom generate did not write; generating would replace "
+            "them. Use an empty data directory (--data-dir DIR or PRIVDOM_HOME) for synthetic data."
+        )
+    return None
+
+
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     from orchestration.generate import generate
 
+    refusal = _refuse_foreign_landing(settings)
+    if refusal:
+        print(f"privdom: {refusal}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     summary = generate(
         settings.landing_dir,
@@ -38,6 +58,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         days=args.days if args.days is not None else settings.demo_days,
         seed=args.seed if args.seed is not None else settings.demo_seed,
         dirty_rate=args.dirty_rate if args.dirty_rate is not None else settings.demo_dirty_rate,
+    )
+    (settings.landing_dir / GENERATED_MARKER).write_text(
+        "Written by `privdom generate`; it may replace the files in this folder.\n", encoding="utf-8"
     )
     print(summary.describe())
     print(f"Landing files written to {settings.landing_dir} in {time.perf_counter() - started:.1f} s")
@@ -55,8 +78,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"privdom demo: synthetic data in {settings.data_dir}")
-    cmd_generate(args, settings)
-    return cmd_run(args, settings)
+    status = cmd_generate(args, settings)
+    return status if status else cmd_run(args, settings)
 
 
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,36 +1,24 @@
 """The dbt project as Dagster assets: staging → intermediate → marts → segments, tests as asset checks."""
 
-from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, DbtProjectPreparer, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt.dbt_project import using_dagster_dev
 
 from orchestration import dbt as dbt_runner
 from orchestration.defs.resources import WAREHOUSE_POOL, current_settings
 from orchestration.settings import DBT_PROJECT_DIR
 
 
-class _PrivdomPreparer(DbtProjectPreparer):
-    """`dbt parse` with privdom's vars and env (so build keeps partial parsing), under `dg dev`."""
-
-    def prepare_if_dev(self, project: DbtProject) -> None:
-        if self.using_dagster_dev() or not project.manifest_path.exists():
-            self.prepare(project)
-
-    def prepare(self, project: DbtProject) -> None:
-        dbt_runner.parse(current_settings())
-
-
-dbt_project = DbtProject(
-    project_dir=DBT_PROJECT_DIR,
-    profiles_dir=DBT_PROJECT_DIR,
-    target=dbt_runner.DBT_TARGET,
-    preparer=_PrivdomPreparer(),
-)
-dbt_project.prepare_if_dev()
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=dbt_runner.DBT_TARGET)
+# Under `dg dev` / `dagster dev`, re-parse so edits show up; the parse uses privdom's vars and env (the
+# default preparer would not, and build would then lose partial parsing). Elsewhere the manifest comes from
+# the `dbt parse` that `privdom run`, CI and the tests run first; a missing one is made here as a last resort.
+if using_dagster_dev() or not dbt_project.manifest_path.exists():
+    dbt_runner.parse(current_settings())
 
 
 class PrivdomDbtTranslator(DagsterDbtTranslator):
@@ -45,13 +33,32 @@ class PrivdomDbtTranslator(DagsterDbtTranslator):
         return dbt_resource_props.get("schema") or "dbt"
 
 
-@dbt_assets(
-    manifest=dbt_project.manifest_path,
-    project=dbt_project,
-    dagster_dbt_translator=PrivdomDbtTranslator(),
-    pool=WAREHOUSE_POOL,
-)
-def privdom_dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-    """dbt build (models and their tests) with privdom's settings passed as vars."""
-    settings = current_settings()
-    yield from dbt.cli(["build", *dbt_runner.dbt_vars_arg(settings)], context=context).stream()
+# The dbt graph is cut in three around the identity assets (Python, because stable keys are state, not a
+# model): staging → [identity graph] → identity inputs (first touch per component) → [customer keys] → the
+# rest. One @dbt_assets per part keeps Dagster's step graph acyclic.
+DBT_SELECTIONS = {
+    "dbt_staging": ("path:models/staging", None),
+    "dbt_identity_inputs": ("tag:identity_input", None),
+    "dbt_models": ("fqn:*", "path:models/staging tag:identity_input"),
+}
+
+
+def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsDefinition:
+    @dbt_assets(
+        name=name,
+        manifest=dbt_project.manifest_path,
+        project=dbt_project,
+        select=select,
+        exclude=exclude or "",
+        dagster_dbt_translator=PrivdomDbtTranslator(),
+        pool=WAREHOUSE_POOL,
+    )
+    def _dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource):
+        """dbt build (models and their tests) with privdom's settings passed as vars."""
+        settings = current_settings()
+        yield from dbt.cli(["build", *dbt_runner.dbt_vars_arg(settings)], context=context).stream()
+
+    return _dbt
+
+
+dbt_model_assets = [_build_dbt_assets(name, *selection) for name, selection in DBT_SELECTIONS.items()]

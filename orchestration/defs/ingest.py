@@ -5,7 +5,6 @@ hand: the Great Expectations suite on the rows as delivered, the ledger arithmet
 share. They show as asset checks of raw/<source>.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 

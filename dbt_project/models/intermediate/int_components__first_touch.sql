@@ -1,0 +1,56 @@
+{{ config(tags=['identity_input']) }}
+-- One row per identity component: when and how it was acquired (SPEC §4 "Acquired"). A component with no
+-- acquiring touch (only ending or consent events, or only appearances as a referrer or as the referee of a
+-- referral that never reached clicked) is acquired at its earliest row, channel unknown.
+with touches as (
+    select * from {{ ref('int_touches__unioned') }}
+),
+
+ranked_touches as (
+    {{ first_row_per('touches', 'component_id', 'touched_at, touch_priority, tie_breaker, record_id') }}
+),
+
+records as (
+    select * from {{ source('identity', 'int_identity__records') }}
+),
+
+-- Earliest row of each component, whatever it was: fallback acquisition time.
+record_times as (
+    select r.component_id, e.occurred_at as seen_at
+    from records as r
+    inner join {{ ref('stg_channel_events') }} as e
+        on r.source = 'channel_events' and r.record_id = e.event_id
+    union all
+    select r.component_id, o.created_at as seen_at
+    from records as r
+    inner join {{ ref('stg_orders') }} as o
+        on r.source = 'orders' and r.record_id = o.order_id
+    union all
+    select r.component_id, v.first_seen_at as seen_at
+    from records as r
+    inner join (
+        select referral_id, min(least(invited_at, updated_at)) as first_seen_at
+        from {{ ref('stg_referrals__versions') }}
+        group by referral_id
+    ) as v
+        on r.source = 'referrals' and r.record_id = v.referral_id
+),
+
+earliest_rows as (
+    select component_id, min(seen_at) as first_seen_at
+    from record_times
+    group by component_id
+)
+
+select
+    e.component_id,
+    coalesce(t.touched_at, e.first_seen_at) as acquired_at,
+    coalesce(t.acquisition_channel, 'unknown') as acquisition_channel,
+    t.acquisition_campaign,
+    t.referrer_component_id as acquisition_referrer_component_id,
+    t.touch_source as acquisition_source,
+    t.record_id as acquisition_record_id,
+    e.first_seen_at
+from earliest_rows as e
+left join ranked_touches as t
+    on t.component_id = e.component_id

@@ -1,0 +1,73 @@
+{{ config(tags=['identity_input']) }}
+-- Every touch that can acquire a customer (SPEC §4 "Acquired"), per identity component, with the fields
+-- the first-touch rule orders by. touch_priority breaks equal times: a referral wins, then a channel event,
+-- then an order; tie_breaker is the channel name (events, orders) or the referral_id.
+with records as (
+    select * from {{ source('identity', 'int_identity__records') }}
+),
+
+channel_event_touches as (
+    select
+        r.component_id,
+        e.occurred_at as touched_at,
+        2 as touch_priority,
+        e.channel as tie_breaker,
+        e.channel as acquisition_channel,
+        e.campaign as acquisition_campaign,
+        cast(null as varchar) as referrer_component_id,
+        'channel_events' as touch_source,
+        e.event_id as record_id
+    from {{ ref('stg_channel_events') }} as e
+    inner join records as r
+        on r.source = 'channel_events' and r.role = 'person' and r.record_id = e.event_id
+    where e.event_type not in ('unfollow', 'remove_contact', 'leave_group', 'opt_out', 'opt_in')
+),
+
+order_touches as (
+    select
+        r.component_id,
+        o.created_at as touched_at,
+        3 as touch_priority,
+        o.channel as tie_breaker,
+        o.channel as acquisition_channel,
+        cast(null as varchar) as acquisition_campaign,
+        cast(null as varchar) as referrer_component_id,
+        'orders' as touch_source,
+        o.order_id as record_id
+    from {{ ref('stg_orders') }} as o
+    inner join records as r
+        on r.source = 'orders' and r.role = 'buyer' and r.record_id = o.order_id
+),
+
+-- A referral touches its referee at the earliest updated_at at which it was seen clicked or later, so
+-- acquisition times never move when the referral later converts.
+referral_clicks as (
+    select referral_id, min(updated_at) as clicked_at
+    from {{ ref('stg_referrals__versions') }}
+    where status in ('clicked', 'registered', 'converted')
+    group by referral_id
+),
+
+referral_touches as (
+    select
+        referee.component_id,
+        c.clicked_at as touched_at,
+        1 as touch_priority,
+        c.referral_id as tie_breaker,
+        'referral' as acquisition_channel,
+        cast(null as varchar) as acquisition_campaign,
+        referrer.component_id as referrer_component_id,
+        'referrals' as touch_source,
+        c.referral_id as record_id
+    from referral_clicks as c
+    inner join records as referee
+        on referee.source = 'referrals' and referee.role = 'referee' and referee.record_id = c.referral_id
+    left join records as referrer
+        on referrer.source = 'referrals' and referrer.role = 'referrer' and referrer.record_id = c.referral_id
+)
+
+select * from referral_touches
+union all
+select * from channel_event_touches
+union all
+select * from order_touches

@@ -1,0 +1,109 @@
+"""Identity resolution (SPEC §3) as assets: the identity graph, then stable customer keys.
+
+The graph runs on the staged rows; the keys need each component's acquisition time, which dbt computes
+(int_components__first_touch: the one definition of "acquired"), so the two steps sit on either side of it.
+"""
+
+import dagster as dg
+
+from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
+from orchestration.identity import assign_customer_keys, build_identity_graph
+
+GRAPH_TABLES = ("int_identity__identifiers", "int_identity__records", "int_identity__shared_identifiers")
+STAGING_INPUTS = [dg.AssetKey(["staging", name]) for name in ("stg_channel_events", "stg_orders__versions", "stg_referrals__versions")]
+KEYS = dg.AssetKey(["intermediate", "int_customer_keys"])
+SHARED = dg.AssetKey(["intermediate", "int_identity__shared_identifiers"])
+
+
+@dg.multi_asset(
+    name="identity_graph",
+    group_name="intermediate",
+    pool=WAREHOUSE_POOL,
+    specs=[
+        dg.AssetSpec(
+            ["intermediate", table],
+            deps=STAGING_INPUTS,
+            kinds={"duckdb", "python"},
+            description={
+                "int_identity__identifiers": "Every identifier value (type, value) with its component, degree and whether it is shared.",
+                "int_identity__records": "The component of each staged record's person (channel event person, order buyer, referral referrer and referee).",
+                "int_identity__shared_identifiers": "Identifiers linked to more than identity_max_degree values of another type: not used for merging.",
+            }[table],
+        )
+        for table in GRAPH_TABLES
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_shared_identifiers",
+            asset=SHARED,
+            description="Warns when shared identifiers (a clerk's phone, a test account) appear; the top offenders are in the metadata.",
+        )
+    ],
+)
+def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
+    """Connected components of the identifier graph, computed in DuckDB by label propagation."""
+    settings = privdom.settings()
+    with privdom.connect() as con:
+        report = build_identity_graph(con, max_degree=settings.identity_max_degree)
+    metadata = report.to_metadata()
+    for table in GRAPH_TABLES:
+        yield dg.MaterializeResult(asset_key=["intermediate", table], metadata=metadata if table == "int_identity__identifiers" else {})
+    yield dg.AssetCheckResult(
+        asset_key=SHARED,
+        check_name="no_shared_identifiers",
+        passed=report.shared_identifiers == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"shared_identifiers": report.shared_identifiers, "top_offenders": report.top_shared},
+    )
+
+
+@dg.asset(
+    key=KEYS,
+    group_name="intermediate",
+    kinds={"duckdb", "python"},
+    pool=WAREHOUSE_POOL,
+    deps=[dg.AssetKey(["intermediate", "int_components__first_touch"]), dg.AssetKey(["intermediate", "int_identity__identifiers"])],
+    description=(
+        "The stable customer_key of each identity component. Keys live in the key registry (schema "
+        "identity_state), which is state, not a model: a merge keeps the key of the earliest-acquired customer "
+        "and is recorded in identity_state.customer_key_merges."
+    ),
+    check_specs=[
+        dg.AssetCheckSpec("one_key_per_component", asset=KEYS, description="Every component has exactly one customer_key and no key names two components."),
+        dg.AssetCheckSpec("identifier_maps_to_one_customer", asset=KEYS, description="Every identifier that is neither a placeholder nor shared maps to exactly one customer."),
+    ],
+)
+def int_customer_keys(context: dg.AssetExecutionContext, privdom: PrivdomResource):
+    with privdom.connect() as con:
+        report = assign_customer_keys(con, "intermediate.int_components__first_touch", run_id=context.run_id)
+        components_without_one_key, keys_on_two_components = con.execute(
+            """
+            select
+                (select count(*) from intermediate.int_components__first_touch f
+                 where (select count(*) from intermediate.int_customer_keys k where k.component_id = f.component_id) <> 1),
+                (select count(*) from (select customer_key from intermediate.int_customer_keys group by 1 having count(*) > 1))
+            """
+        ).fetchone()
+        identifiers_not_on_one = con.execute(
+            """
+            select count(*) from (
+                select i.identifier_type, i.identifier_value
+                from intermediate.int_identity__identifiers i
+                left join intermediate.int_customer_keys k using (component_id)
+                where not i.is_shared
+                group by 1, 2
+                having count(distinct k.customer_key) <> 1
+            )
+            """
+        ).fetchone()[0]
+    yield dg.MaterializeResult(metadata=report.to_metadata())
+    yield dg.AssetCheckResult(
+        check_name="one_key_per_component",
+        passed=components_without_one_key == 0 and keys_on_two_components == 0,
+        metadata={"components_without_exactly_one_key": components_without_one_key, "keys_on_two_components": keys_on_two_components},
+    )
+    yield dg.AssetCheckResult(
+        check_name="identifier_maps_to_one_customer",
+        passed=identifiers_not_on_one == 0,
+        metadata={"identifiers_not_on_exactly_one_customer": identifiers_not_on_one},
+    )

@@ -1,0 +1,373 @@
+"""Identity graph and stable customer keys (SPEC §3), on hand-made staging tables.
+
+Every expected answer below is worked out by hand from the rows of its test.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from orchestration.identity.graph import IdentityGraphError, build_identity_graph
+from orchestration.identity.keys import assign_customer_keys
+
+# ------------------------------------------------------------------------------------------------ helpers
+IDS = ("openid", "unionid", "wecom_external_userid", "phone", "member_id")
+
+EVENT_COLUMNS = {
+    "event_id": "VARCHAR", "occurred_at": "TIMESTAMPTZ", "channel": "VARCHAR", "event_type": "VARCHAR",
+    **{c: "VARCHAR" for c in IDS},
+    "campaign": "VARCHAR", "wecom_staff_userid": "VARCHAR", "file_id": "BIGINT", "batch_date": "DATE",
+    "loaded_at": "TIMESTAMPTZ",
+}
+ORDER_COLUMNS = {
+    "order_id": "VARCHAR", "updated_at": "TIMESTAMPTZ", "created_at": "TIMESTAMPTZ", "paid_at": "TIMESTAMPTZ",
+    "status": "VARCHAR", "channel": "VARCHAR", "gross_amount": "DECIMAL(18,2)", "discount_amount": "DECIMAL(18,2)",
+    "refund_amount": "DECIMAL(18,2)", "points_redeemed": "BIGINT", "referral_code": "VARCHAR",
+    **{c: "VARCHAR" for c in IDS},
+    "version_rank": "BIGINT", "file_id": "BIGINT", "batch_date": "DATE", "row_number_in_file": "BIGINT",
+    "loaded_at": "TIMESTAMPTZ",
+}
+REFERRAL_COLUMNS = {
+    "referral_id": "VARCHAR", "updated_at": "TIMESTAMPTZ", "invited_at": "TIMESTAMPTZ", "mechanism": "VARCHAR",
+    "status": "VARCHAR", "referrer_member_id": "VARCHAR", "referrer_unionid": "VARCHAR",
+    "referrer_phone": "VARCHAR", "referee_openid": "VARCHAR", "referee_unionid": "VARCHAR",
+    "referee_phone": "VARCHAR", "referee_member_id": "VARCHAR", "order_id": "VARCHAR",
+    "commission_amount": "DECIMAL(18,2)", "version_rank": "BIGINT", "file_id": "BIGINT", "batch_date": "DATE",
+    "row_number_in_file": "BIGINT", "loaded_at": "TIMESTAMPTZ",
+}
+DEFAULTS = {
+    "occurred_at": "2024-01-01 10:00:00", "updated_at": "2024-01-01 10:00:00", "created_at": "2024-01-01 09:00:00",
+    "invited_at": "2024-01-01 09:00:00", "channel": "wecom", "event_type": "engage", "status": "created",
+    "mechanism": "share_link", "gross_amount": "10.00", "discount_amount": "0", "refund_amount": "0",
+    "commission_amount": "0", "points_redeemed": 0, "version_rank": 1, "file_id": 1, "batch_date": "2024-01-01",
+    "loaded_at": "2024-01-02 00:00:00",
+}
+
+
+def _create(con, table: str, columns: dict[str, str], rows: list[dict]) -> None:
+    unknown = {k for r in rows for k in r} - set(columns)
+    assert not unknown, f"not a column of {table}: {unknown}"
+    con.execute(f"CREATE OR REPLACE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
+    for r in rows:
+        values = [r.get(c, DEFAULTS.get(c)) for c in columns]
+        con.execute(f"INSERT INTO {table} VALUES ({', '.join('?' for _ in columns)})", values)
+
+
+def stage(con, events=(), orders=(), referrals=()) -> None:
+    """Create staging.stg_channel_events / stg_orders__versions / stg_referrals__versions from dicts."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS staging")
+    _create(con, "staging.stg_channel_events", EVENT_COLUMNS, list(events))
+    _create(con, "staging.stg_orders__versions", ORDER_COLUMNS, list(orders))
+    _create(con, "staging.stg_referrals__versions", REFERRAL_COLUMNS, list(referrals))
+
+
+def ev(event_id, **ids):
+    return {"event_id": event_id, **ids}
+
+
+@pytest.fixture
+def db(tmp_path):
+    c = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    c.execute("SET TimeZone = 'Asia/Shanghai'")
+    yield c
+    c.close()
+
+
+def comp(con, typ, value):
+    row = con.execute(
+        "SELECT component_id FROM intermediate.int_identity__identifiers WHERE identifier_type = ? AND identifier_value = ?",
+        [typ, value],
+    ).fetchone()
+    assert row, f"no identifier {typ} {value}"
+    return row[0]
+
+
+def rec(con, source, record_id, role):
+    rows = con.execute(
+        "SELECT component_id FROM intermediate.int_identity__records WHERE source = ? AND record_id = ? AND role = ?",
+        [source, record_id, role],
+    ).fetchall()
+    assert len(rows) <= 1
+    return rows[0][0] if rows else None
+
+
+def n_customers(con):
+    return con.execute("SELECT count(DISTINCT component_id) FROM intermediate.int_identity__records").fetchone()[0]
+
+
+# first touches are given per identifier; a component's acquired_at is the earliest of its identifiers'
+def keys_run(con, run_id, touches: dict[tuple[str, str], str], now="2024-07-01 00:00:00", max_degree=20):
+    build_identity_graph(con, max_degree)
+    con.execute("CREATE OR REPLACE TABLE touch_input (identifier_type VARCHAR, identifier_value VARCHAR, acquired_at TIMESTAMPTZ)")
+    con.executemany("INSERT INTO touch_input VALUES (?, ?, ?)", [(t, v, at) for (t, v), at in touches.items()])
+    con.execute(
+        """
+        CREATE OR REPLACE TABLE first_touch AS
+        SELECT i.component_id, min(t.acquired_at) AS acquired_at
+        FROM intermediate.int_identity__identifiers i JOIN touch_input t USING (identifier_type, identifier_value)
+        GROUP BY 1
+        """
+    )
+    return assign_customer_keys(con, "first_touch", run_id, datetime.fromisoformat(now).replace(tzinfo=timezone.utc))
+
+
+def key_of(con, typ, value):
+    row = con.execute(
+        """
+        SELECT k.customer_key FROM intermediate.int_identity__identifiers i
+        JOIN intermediate.int_customer_keys k USING (component_id)
+        WHERE i.identifier_type = ? AND i.identifier_value = ?
+        """,
+        [typ, value],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def state_snapshot(con):
+    return {
+        t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+        for t in (
+            "identity_state.customer_keys", "identity_state.identifier_keys", "identity_state.customer_key_merges",
+            "identity_state.customer_key_splits", "intermediate.int_customer_keys",
+        )
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the graph
+def test_chain_across_identifier_types_is_one_customer(db):
+    stage(
+        db,
+        events=[
+            ev("e1", openid="oA", unionid="uA"),
+            ev("e2", unionid="uA", phone="13800000001"),
+            ev("e3", phone="13800000001", member_id="M1"),
+            ev("e4", openid="oZ"),
+        ],
+    )
+    report = build_identity_graph(db, 20)
+    a = comp(db, "openid", "oA")
+    assert comp(db, "unionid", "uA") == a
+    assert comp(db, "phone", "13800000001") == a
+    assert comp(db, "member_id", "M1") == a
+    assert comp(db, "openid", "oZ") != a
+    assert {rec(db, "channel_events", e, "person") for e in ("e1", "e2", "e3")} == {a}
+    assert n_customers(db) == 2
+    assert report.components == 2 and report.identifiers == 5 and report.shared_identifiers == 0
+    # star links: e1 1, e2 1, e3 1, e4 none
+    assert report.links == 3
+
+
+def test_shared_clerk_phone_does_not_merge_strangers(db):
+    clerk = "13800008000"
+    events = [ev(f"e{i}", openid=f"o{i}", phone=clerk) for i in range(30)]
+    events += [ev("only1", phone=clerk), ev("only2", phone=clerk)]
+    stage(db, events=events)
+    report = build_identity_graph(db, 20)
+    # 30 strangers + the clerk's singleton (it holds the two rows naming only the phone)
+    assert n_customers(db) == 31
+    assert len({comp(db, "openid", f"o{i}") for i in range(30)}) == 30
+    p = comp(db, "phone", clerk)
+    assert p not in {comp(db, "openid", f"o{i}") for i in range(30)}
+    assert rec(db, "channel_events", "only1", "person") == p
+    assert rec(db, "channel_events", "only2", "person") == p
+    assert rec(db, "channel_events", "e3", "person") == comp(db, "openid", "o3")
+    shared = db.execute("SELECT * FROM intermediate.int_identity__shared_identifiers").fetchall()
+    assert shared == [("phone", clerk, 30, "openid:30", 32)]
+    ident = db.execute(
+        "SELECT degree, is_shared FROM intermediate.int_identity__identifiers WHERE identifier_value = ?", [clerk]
+    ).fetchone()
+    assert ident == (30, True)
+    assert db.execute(
+        "SELECT max(degree), bool_or(is_shared) FROM intermediate.int_identity__identifiers WHERE identifier_type = 'openid'"
+    ).fetchone() == (1, False)
+    assert report.shared_identifiers == 1
+    assert report.top_shared == [{"identifier_type": "phone", "masked_value": "138****8000", "degree": 30}]
+    assert report.to_metadata()["top_shared"] == ["phone 138****8000 (degree 30)"]
+    assert report.links == 0
+    # at max_degree 30 the phone is not shared: one customer
+    build_identity_graph(db, 30)
+    assert n_customers(db) == 1
+
+
+def test_referral_never_links_referrer_to_referee(db):
+    stage(
+        db,
+        referrals=[
+            # one referral, three versions: referrer ids link across versions, referee ids too
+            {"referral_id": "r1", "version_rank": 3, "status": "invited", "referrer_member_id": "M_A",
+             "referrer_phone": "13800000001"},
+            {"referral_id": "r1", "version_rank": 2, "status": "clicked", "referrer_unionid": "uA",
+             "referee_openid": "oB"},
+            {"referral_id": "r1", "version_rank": 1, "status": "registered", "referee_phone": "13900000002"},
+            # invited, no referee yet
+            {"referral_id": "r2", "status": "invited", "referrer_unionid": "uA"},
+        ],
+    )
+    build_identity_graph(db, 20)
+    a = comp(db, "member_id", "M_A")
+    b = comp(db, "openid", "oB")
+    assert a != b
+    assert comp(db, "phone", "13800000001") == a and comp(db, "unionid", "uA") == a
+    assert comp(db, "phone", "13900000002") == b
+    assert rec(db, "referrals", "r1", "referrer") == a
+    assert rec(db, "referrals", "r1", "referee") == b
+    assert rec(db, "referrals", "r2", "referrer") == a
+    assert rec(db, "referrals", "r2", "referee") is None
+    assert n_customers(db) == 2
+
+
+def test_all_versions_of_an_order_name_one_buyer(db):
+    stage(
+        db,
+        orders=[
+            {"order_id": "O1", "version_rank": 2, "status": "created", "openid": "oX"},
+            {"order_id": "O1", "version_rank": 1, "status": "paid", "paid_at": "2024-01-01 09:30:00",
+             "phone": "13700000007"},
+            {"order_id": "O2", "openid": "oY"},
+        ],
+    )
+    build_identity_graph(db, 20)
+    x = comp(db, "openid", "oX")
+    assert comp(db, "phone", "13700000007") == x
+    assert rec(db, "orders", "O1", "buyer") == x
+    assert rec(db, "orders", "O2", "buyer") == comp(db, "openid", "oY") != x
+    assert n_customers(db) == 2
+
+
+def test_converted_referral_referee_is_the_buyer_of_its_order(db):
+    stage(
+        db,
+        orders=[{"order_id": "O9", "openid": "oBuyer"}],
+        referrals=[
+            {"referral_id": "r1", "version_rank": 2, "status": "clicked", "referrer_member_id": "M_R",
+             "referee_unionid": "uRef"},
+            {"referral_id": "r1", "version_rank": 1, "status": "converted", "referrer_member_id": "M_R",
+             "referee_unionid": "uRef", "order_id": "O9"},
+        ],
+    )
+    build_identity_graph(db, 20)
+    buyer = comp(db, "openid", "oBuyer")
+    assert comp(db, "unionid", "uRef") == buyer
+    assert rec(db, "referrals", "r1", "referee") == buyer == rec(db, "orders", "O9", "buyer")
+    assert rec(db, "referrals", "r1", "referrer") == comp(db, "member_id", "M_R") != buyer
+    assert n_customers(db) == 2
+
+
+def test_record_with_only_shared_identifiers_goes_to_first_shared_in_column_order(db):
+    # unionid U and phone P are both shared (3 openids each, max_degree 2); row 'both' names only U and P
+    events = [ev(f"u{i}", openid=f"ou{i}", unionid="U") for i in range(3)]
+    events += [ev(f"p{i}", openid=f"op{i}", phone="13600000006") for i in range(3)]
+    events += [ev("both", phone="13600000006", unionid="U")]
+    stage(db, events=events)
+    build_identity_graph(db, 2)
+    assert rec(db, "channel_events", "both", "person") == comp(db, "unionid", "U")
+    assert comp(db, "unionid", "U") != comp(db, "phone", "13600000006")
+    assert n_customers(db) == 7
+
+
+def test_label_propagation_guard_raises_a_clear_error(db):
+    # a chain of 40 identifiers through 39 rows needs several rounds; one round is not enough
+    stage(db, events=[ev(f"e{i}", openid=f"o{i:02d}", member_id=f"m{i + 1:02d}") for i in range(20)]
+          + [ev(f"f{i}", member_id=f"m{i:02d}", openid=f"o{i:02d}") for i in range(20)])
+    report = build_identity_graph(db, 20)
+    assert n_customers(db) == 1 and report.iterations > 1
+    with pytest.raises(IdentityGraphError, match="did not converge"):
+        build_identity_graph(db, 20, max_iterations=1)
+
+
+# ------------------------------------------------------------------------------------------------ stable keys
+def test_keys_merge_keeps_the_earlier_customer_and_records_the_bridge(db):
+    base = [ev("a1", openid="oA"), ev("c1", openid="oC", member_id="MC")]
+    touches = {("openid", "oA"): "2024-03-01 00:00:00+08", ("openid", "oC"): "2024-04-01 00:00:00+08"}
+    # run 1: A (acquired March) and C (April) -> keys in acquired_at order
+    stage(db, events=base)
+    r1 = keys_run(db, "run1", touches)
+    assert (r1.customers, r1.new_keys) == (2, 2)
+    assert key_of(db, "openid", "oA") == "C000000001"
+    assert key_of(db, "openid", "oC") == "C000000002"
+
+    # run 2: late data brings B, acquired in January: a new key, although B is older than A
+    base += [ev("b1", openid="oB", phone="13800000002")]
+    touches[("openid", "oB")] = "2024-01-01 00:00:00+08"
+    stage(db, events=base)
+    keys_run(db, "run2", touches)
+    assert key_of(db, "openid", "oB") == "C000000003"
+    assert key_of(db, "openid", "oA") == "C000000001"
+
+    # run 3: a new phone bridges A and B; B (January) is older, so B's key survives and A's is merged
+    base += [ev("x1", openid="oA", phone="13900000009"), ev("x2", phone="13900000009", openid="oB")]
+    stage(db, events=base)
+    r3 = keys_run(db, "run3", touches, now="2024-07-03 00:00:00")
+    assert (r3.customers, r3.new_keys, r3.merges, r3.splits) == (2, 0, 1, 0)
+    assert key_of(db, "openid", "oA") == key_of(db, "openid", "oB") == "C000000003"
+    assert key_of(db, "openid", "oC") == "C000000002"  # unrelated: unchanged
+    assert db.execute(
+        "SELECT merged_key, surviving_key, run_id, via_identifier_type, via_identifier_value "
+        "FROM identity_state.customer_key_merges"
+    ).fetchall() == [("C000000001", "C000000003", "run3", "phone", "139****0009")]
+    assert db.execute(
+        "SELECT customer_key, status, merged_into FROM identity_state.customer_keys ORDER BY 1"
+    ).fetchall() == [
+        ("C000000001", "merged", "C000000003"),
+        ("C000000002", "active", None),
+        ("C000000003", "active", None),
+    ]
+
+    # run 4: the same data again changes nothing
+    before = state_snapshot(db)
+    r4 = keys_run(db, "run4", touches, now="2024-07-04 00:00:00")
+    assert (r4.new_keys, r4.merges, r4.splits, r4.retired) == (0, 0, 0, 0)
+    assert state_snapshot(db) == before
+
+
+def test_merge_tie_on_acquired_at_keeps_the_smaller_key(db):
+    stage(db, events=[ev("a", openid="oA"), ev("b", openid="oB")])
+    touches = {("openid", "oA"): "2024-01-01 00:00:00+08", ("openid", "oB"): "2024-01-01 00:00:00+08"}
+    keys_run(db, "r1", touches)
+    ka, kb = key_of(db, "openid", "oA"), key_of(db, "openid", "oB")
+    stage(db, events=[ev("a", openid="oA"), ev("b", openid="oB"), ev("ab", openid="oA", unionid="uAB"),
+                      ev("ba", unionid="uAB", openid="oB")])
+    keys_run(db, "r2", touches)
+    assert key_of(db, "openid", "oA") == key_of(db, "openid", "oB") == min(ka, kb)
+    assert db.execute("SELECT via_identifier_type, via_identifier_value FROM identity_state.customer_key_merges").fetchall() == [
+        ("unionid", "uAB")
+    ]
+
+
+def test_split_when_an_identifier_becomes_shared(db):
+    clerk = "13800008000"
+    first = [ev(f"e{i}", openid=f"o{i:02d}", phone=clerk) for i in range(1, 16)] + [ev("z", openid="oZ")]
+    touches = {("openid", f"o{i:02d}"): f"2024-03-{i:02d} 00:00:00+08" for i in range(1, 31)}
+    touches[("openid", "o07")] = "2023-12-01 00:00:00+08"  # o07 holds the earliest first touch
+    touches[("openid", "oZ")] = "2024-06-01 00:00:00+08"
+    stage(db, events=first)
+    keys_run(db, "run1", touches)
+    # run 1: 15 openids share the phone (degree 15 <= 20): one customer
+    assert {key_of(db, "openid", f"o{i:02d}") for i in range(1, 16)} == {"C000000001"}
+    assert key_of(db, "openid", "oZ") == "C000000002"
+
+    # run 2: 15 more strangers use the clerk's phone: degree 30 > 20, the phone is shared, the customer splits
+    stage(db, events=first + [ev(f"e{i}", openid=f"o{i:02d}", phone=clerk) for i in range(16, 31)])
+    r2 = keys_run(db, "run2", touches)
+    assert (r2.customers, r2.new_keys, r2.kept_keys, r2.splits, r2.merges) == (31, 29, 2, 14, 0)
+    assert key_of(db, "openid", "o07") == "C000000001"  # the part holding the earliest first touch
+    assert key_of(db, "openid", "oZ") == "C000000002"  # unrelated: unchanged
+    # new keys in acquired_at order: o01 (March 1) first, o02 next, ..., o30 last
+    assert key_of(db, "openid", "o01") == "C000000003"
+    assert key_of(db, "openid", "o02") == "C000000004"
+    assert key_of(db, "openid", "o30") == "C000000031"
+    splits = db.execute(
+        "SELECT DISTINCT split_key, via_identifier_type, via_identifier_value FROM identity_state.customer_key_splits"
+    ).fetchall()
+    assert splits == [("C000000001", "phone", "138****8000")]
+    assert db.execute("SELECT count(*) FROM identity_state.customer_key_splits").fetchone()[0] == 14
+    assert db.execute("SELECT count(*) FROM identity_state.customer_keys WHERE status = 'active'").fetchone()[0] == 31
+    # the phone's singleton holds no row: not a customer, so it has no key
+    assert key_of(db, "phone", clerk) is None
+
+    before = state_snapshot(db)
+    keys_run(db, "run3", touches)
+    assert state_snapshot(db) == before
