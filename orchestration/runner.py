@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,7 @@ class PipelineResult:
     checks: list[CheckOutcome] = field(default_factory=list)
     ledger: list[tuple] = field(default_factory=list)
     tables: list[tuple[str, str, int]] = field(default_factory=list)
+    log_path: Path | None = None
 
     def describe(self) -> str:
         s = self.settings
@@ -37,8 +42,8 @@ class PipelineResult:
             "",
             f"privdom run {self.run_id[:8]}: {'succeeded' if self.success else 'FAILED'} in {self.seconds:.1f} s",
         ]
-        if self.failed_steps:
-            lines.append("  failed steps: " + ", ".join(self.failed_steps))
+        for step in self.failed_steps:
+            lines.append(f"  failed step: {step}")
         if self.ledger:
             lines.append("")
             lines.append("  ingestion ledger (all runs)     files  loaded  rejected  duplicate     rows loaded  quarantined")
@@ -64,6 +69,8 @@ class PipelineResult:
             f"    landing    {s.landing_dir}",
             "    UI         privdom ui   → http://127.0.0.1:3000 (runs, asset checks, lineage)",
         ]
+        if self.log_path:
+            lines.append(f"    run log    {self.log_path}")
         return "\n".join(lines)
 
 
@@ -99,6 +106,30 @@ def _summarise_warehouse(path: Path) -> tuple[list[tuple], list[tuple[str, str, 
     return ledger, tables
 
 
+@contextlib.contextmanager
+def _output_to(path: Path | None) -> Iterator[None]:
+    """Send this process's stdout/stderr (Dagster's and dbt's logs included) to a file, then restore them."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult:
     """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run."""
     import dagster as dg
@@ -111,11 +142,12 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
     defs = build_definitions()
     job = defs.resolve_implicit_global_asset_job_def()
     started = time.perf_counter()
-    with dg.DagsterInstance.get() as instance:
+    log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    with dg.DagsterInstance.get() as instance, _output_to(log_path):
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}},
         )
         checks = []
         for event in result.all_events:
@@ -130,7 +162,11 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
                         description=data.description,
                     )
                 )
-        failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        failed_steps = [
+            f"{e.step_key}: {_first_line(e.event_specific_data.error.message if e.event_specific_data.error else '')}"
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE"
+        ]
     ledger, tables = _summarise_warehouse(settings.warehouse_path)
     return PipelineResult(
         settings=settings,
@@ -141,4 +177,10 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
         checks=checks,
         ledger=ledger,
         tables=tables,
+        log_path=log_path,
     )
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""

@@ -39,3 +39,13 @@ def land(settings):
         return p
 
     return _land
+
+
+@pytest.fixture(scope="session")
+def dbt_manifest(tmp_path_factory):
+    """`dbt parse` once per session: @dbt_assets reads target/manifest.json when the definitions load."""
+    from orchestration import dbt as dbt_runner
+    from orchestration.settings import load_settings
+
+    data_dir = tmp_path_factory.mktemp("parse")
+    return dbt_runner.parse(load_settings(data_dir))

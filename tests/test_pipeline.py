@@ -1,0 +1,107 @@
+"""End to end, as a user runs it: `privdom generate` then `privdom run`, twice, through the console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from orchestration.contract import SOURCES
+
+pytestmark = pytest.mark.slow
+
+PRIVDOM = Path(sys.executable).with_name("privdom")
+
+
+def _privdom(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(PRIVDOM), "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=900
+    )
+
+
+def _snapshot(warehouse: Path) -> dict[str, object]:
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        out = {}
+        for table in ("raw.ingestion_ledger", "raw.quarantine", *(f"raw.{s}" for s in SOURCES)):
+            out[table] = con.execute(f"select count(*) from {table}").fetchone()[0]
+        out["ledger"] = con.execute(
+            "select source, file_path, content_sha256, status, rows_read, rows_loaded, rows_quarantined "
+            "from raw.ingestion_ledger order by file_id"
+        ).fetchall()
+        out["quarantine_by_rule"] = dict(
+            con.execute("select source || ':' || rule, count(*) from raw.quarantine group by 1").fetchall()
+        )
+        return out
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("demo")
+    from orchestration.generate import generate
+
+    summary = generate(data_dir / "landing", customers=400, days=150, seed=7, dirty_rate=0.02)
+    first = _privdom(data_dir, "run")
+    assert first.returncode == 0, first.stdout + first.stderr
+    snapshot = _snapshot(data_dir / "warehouse.duckdb")
+    second = _privdom(data_dir, "run")
+    return summary, data_dir, first, snapshot, second
+
+
+def test_run_prints_a_summary_with_where_the_results_are(demo):
+    _, data_dir, first, _, _ = demo
+    assert "succeeded" in first.stdout
+    assert str(data_dir / "warehouse.duckdb") in first.stdout
+    assert "staging.stg_orders" in first.stdout
+
+
+def test_ledger_lists_every_landing_file(demo):
+    _, data_dir, _, snapshot, _ = demo
+    landing = data_dir / "landing"
+    delivered = {
+        str(p.relative_to(landing))
+        for p in landing.rglob("*")
+        if p.is_file() and not p.name.startswith((".", "_"))
+    }
+    assert {row[1] for row in snapshot["ledger"]} == delivered
+    statuses = {row[1]: row[3] for row in snapshot["ledger"]}
+    assert list(statuses.values()).count("duplicate") == 1
+    for bad in demo[0].bad_files:
+        assert statuses[bad] == "rejected"
+    for _, _, _, status, read, loaded, quarantined in snapshot["ledger"]:
+        assert read == loaded + quarantined
+
+
+def test_injected_dirty_rows_are_quarantined_with_their_rule(demo):
+    summary, _, _, snapshot, _ = demo
+    quarantined = snapshot["quarantine_by_rule"]
+    injected = {k: v for k, v in summary.dirty_rows_by_rule.items() if v}
+    assert injected, "the generator injected no dirty rows"
+    for rule, count in injected.items():
+        # A dirty row copied into the re-delivered duplicate file is not loaded twice, so <= count.
+        assert 1 <= quarantined.get(rule, 0) <= count, rule
+    assert set(quarantined) <= set(injected), "rows quarantined for rules the generator did not break"
+
+
+def test_second_run_adds_nothing_and_loses_nothing(demo):
+    _, data_dir, _, snapshot, second = demo
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _snapshot(data_dir / "warehouse.duckdb") == snapshot
+
+
+def test_staging_holds_current_states(demo):
+    _, data_dir, _, _, _ = demo
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        for table, key in (("stg_channel_events", "event_id"), ("stg_orders", "order_id"), ("stg_referrals", "referral_id")):
+            rows, keys = con.execute(f"select count(*), count(distinct {key}) from staging.{table}").fetchone()
+            assert rows == keys > 0, table
+        raw_orders = con.execute("select count(distinct order_id) from raw.orders").fetchone()[0]
+        assert con.execute("select count(*) from staging.stg_orders").fetchone()[0] == raw_orders
+    finally:
+        con.close()
