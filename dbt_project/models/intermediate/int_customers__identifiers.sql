@@ -1,0 +1,132 @@
+-- One row per customer: one representative value per identifier type (SPEC §3), picked deterministically.
+-- Candidates are the identifier values the identity graph assigned to this customer and that are not shared
+-- (a shared value such as a shop clerk's phone is nobody's own identifier). Among them the value on the most
+-- recent row wins (an event's occurred_at, an order or referral version's updated_at), ties: the larger
+-- value. openid: a value seen on an official_account event first (the official-account handle, SPEC §2),
+-- else any openid by the same rule; openid_channel tells where it was seen. wecom_staff_userid: the staff
+-- member on the latest WeCom event of the customer that names one. Phones only leave masked and as
+-- SHA-256 of '86' || 11 digits (SPEC §5).
+with records as (
+    select r.source, r.record_id, r.role, r.component_id, k.customer_key
+    from {{ source('identity', 'int_identity__records') }} as r
+    inner join {{ source('identity', 'int_customer_keys') }} as k
+        on k.component_id = r.component_id
+),
+
+owned_identifiers as (
+    select identifier_type, identifier_value, component_id
+    from {{ source('identity', 'int_identity__identifiers') }}
+    where not coalesce(is_shared, false)
+),
+
+events as (
+    select * from {{ ref('stg_channel_events') }}
+),
+
+order_versions as (
+    select * from {{ ref('stg_orders__versions') }}
+),
+
+referral_versions as (
+    select * from {{ ref('stg_referrals__versions') }}
+),
+
+occurrences as (
+    {%- set n = namespace(first=true) %}
+    {%- for col in ['openid', 'unionid', 'wecom_external_userid', 'phone', 'member_id'] %}
+    {{ '' if n.first else 'union all' }}
+    select 'channel_events' as source, event_id as record_id, 'person' as role, '{{ col }}' as identifier_type,
+        {{ col }} as identifier_value, occurred_at as seen_at, channel as seen_channel
+    from events where {{ col }} is not null
+    union all
+    select 'orders', order_id, 'buyer', '{{ col }}', {{ col }}, updated_at, channel
+    from order_versions where {{ col }} is not null
+    {%- set n.first = false %}
+    {%- endfor %}
+    {%- for role, cols in [('referrer', ['member_id', 'unionid', 'phone']), ('referee', ['openid', 'unionid', 'phone', 'member_id'])] %}
+    {%- for col in cols %}
+    union all
+    select 'referrals', referral_id, '{{ role }}', '{{ col }}', {{ role }}_{{ col }}, updated_at, cast(null as {{ dbt.type_string() }})
+    from referral_versions where {{ role }}_{{ col }} is not null
+    {%- endfor %}
+    {%- endfor %}
+),
+
+candidates as (
+    select
+        r.customer_key,
+        o.identifier_type,
+        o.identifier_value,
+        o.seen_at,
+        o.seen_channel,
+        case when o.seen_channel = 'official_account' then 1 else 0 end as is_official_account
+    from occurrences as o
+    inner join records as r
+        on r.source = o.source and r.record_id = o.record_id and r.role = o.role
+    inner join owned_identifiers as i
+        on i.identifier_type = o.identifier_type
+        and i.identifier_value = o.identifier_value
+        and i.component_id = r.component_id
+),
+
+ranked as (
+    select
+        *,
+        row_number() over (
+            partition by customer_key, identifier_type
+            order by
+                case when identifier_type = 'openid' then is_official_account else 0 end desc,
+                seen_at desc,
+                identifier_value desc,
+                seen_channel desc
+        ) as pick_rank
+    from candidates
+),
+
+picked as (
+    select
+        customer_key,
+        max(case when identifier_type = 'openid' then identifier_value end) as openid,
+        max(case when identifier_type = 'openid' then seen_channel end) as openid_channel,
+        max(case when identifier_type = 'unionid' then identifier_value end) as unionid,
+        max(case when identifier_type = 'wecom_external_userid' then identifier_value end) as wecom_external_userid,
+        max(case when identifier_type = 'phone' then identifier_value end) as phone,
+        max(case when identifier_type = 'member_id' then identifier_value end) as member_id
+    from ranked
+    where pick_rank = 1
+    group by customer_key
+),
+
+staff_events as (
+    select r.customer_key, e.event_id, e.occurred_at, e.wecom_staff_userid
+    from events as e
+    inner join records as r
+        on r.source = 'channel_events' and r.role = 'person' and r.record_id = e.event_id
+    where e.channel = 'wecom' and e.wecom_staff_userid is not null
+),
+
+latest_staff as (
+    {{ first_row_per('staff_events', 'customer_key', 'occurred_at desc, event_id desc') }}
+),
+
+customers as (
+    select distinct customer_key from records
+)
+
+select
+    c.customer_key,
+    p.openid,
+    p.openid_channel,
+    p.unionid,
+    p.wecom_external_userid,
+    s.wecom_staff_userid,
+    p.member_id,
+    case when p.phone is not null
+        then substr(p.phone, 1, 3) || '****' || substr(p.phone, 8, 4)
+    end as phone_masked,
+    case when p.phone is not null then {{ privdom_sha256("'86' || p.phone") }} end as phone_sha256
+from customers as c
+left join picked as p
+    on p.customer_key = c.customer_key
+left join latest_staff as s
+    on s.customer_key = c.customer_key

@@ -1,0 +1,126 @@
+-- One row per customer: the owned relationships and consent as of the data's end (SPEC §4 "Reachable").
+-- Each relationship flag is set by the latest event of its pair, whatever channel the row names
+-- (follow/unfollow, add_contact/remove_contact, join_group/leave_group); on equal times the ending event
+-- wins. Consent: the latest of opt_out/opt_in; opt_out wins ties. Membership is for good, from the first
+-- register_member event or the first row carrying the customer's member_id (an event's occurred_at, an
+-- order's created_at, a referral's updated_at; every version counts).
+with customers as (
+    select customer_key from {{ ref('int_customers__keyed') }}
+),
+
+events as (
+    select * from {{ ref('int_channel_events__customers') }}
+    where customer_key is not null
+),
+
+pair_events as (
+    select
+        customer_key,
+        event_id,
+        occurred_at,
+        case
+            when event_type in ('follow', 'unfollow') then 'official_account'
+            when event_type in ('add_contact', 'remove_contact') then 'wecom'
+            when event_type in ('join_group', 'leave_group') then 'community_group'
+            when event_type in ('opt_out', 'opt_in') then 'consent'
+        end as relationship,
+        -- 1 for the event that ends the relationship (or withdraws consent): it wins ties
+        case when event_type in ('unfollow', 'remove_contact', 'leave_group', 'opt_out') then 1 else 0 end as is_ending
+    from events
+    where event_type in ('follow', 'unfollow', 'add_contact', 'remove_contact', 'join_group', 'leave_group', 'opt_out', 'opt_in')
+),
+
+latest_pair_events as (
+    {{ first_row_per('pair_events', 'customer_key, relationship', 'occurred_at desc, is_ending desc, event_id desc') }}
+),
+
+relationship_flags as (
+    select
+        customer_key,
+        max(case when relationship = 'official_account' and is_ending = 0 then 1 else 0 end) as follows_official_account,
+        max(case when relationship = 'wecom' and is_ending = 0 then 1 else 0 end) as is_wecom_contact,
+        max(case when relationship = 'community_group' and is_ending = 0 then 1 else 0 end) as in_community_group,
+        max(case when relationship = 'consent' and is_ending = 1 then 1 else 0 end) as opted_out,
+        max(case when relationship = 'official_account' then occurred_at end) as official_account_changed_at,
+        max(case when relationship = 'wecom' then occurred_at end) as wecom_changed_at,
+        max(case when relationship = 'community_group' then occurred_at end) as community_group_changed_at,
+        max(case when relationship = 'consent' then occurred_at end) as consent_changed_at
+    from latest_pair_events
+    group by customer_key
+),
+
+customer_keys as (
+    select r.source, r.record_id, r.role, k.customer_key
+    from {{ source('identity', 'int_identity__records') }} as r
+    inner join {{ source('identity', 'int_customer_keys') }} as k
+        on k.component_id = r.component_id
+),
+
+member_rows as (
+    select customer_key, occurred_at as member_at
+    from events
+    where event_type = 'register_member' or member_id is not null
+    union all
+    select k.customer_key, o.created_at as member_at
+    from {{ ref('stg_orders__versions') }} as o
+    inner join customer_keys as k
+        on k.source = 'orders' and k.role = 'buyer' and k.record_id = o.order_id
+    where o.member_id is not null
+    union all
+    select k.customer_key, v.updated_at as member_at
+    from {{ ref('stg_referrals__versions') }} as v
+    inner join customer_keys as k
+        on k.source = 'referrals' and k.record_id = v.referral_id
+        and (
+            (k.role = 'referrer' and v.referrer_member_id is not null)
+            or (k.role = 'referee' and v.referee_member_id is not null)
+        )
+),
+
+member_since as (
+    select customer_key, min(member_at) as member_since
+    from member_rows
+    group by customer_key
+),
+
+combined as (
+    select
+        c.customer_key,
+        coalesce(f.follows_official_account, 0) = 1 as follows_official_account,
+        coalesce(f.is_wecom_contact, 0) = 1 as is_wecom_contact,
+        coalesce(f.in_community_group, 0) = 1 as in_community_group,
+        m.member_since is not null as is_member,
+        m.member_since,
+        coalesce(f.opted_out, 0) = 1 as opted_out,
+        f.official_account_changed_at,
+        f.wecom_changed_at,
+        f.community_group_changed_at,
+        f.consent_changed_at
+    from customers as c
+    left join relationship_flags as f
+        on f.customer_key = c.customer_key
+    left join member_since as m
+        on m.customer_key = c.customer_key
+)
+
+select
+    customer_key,
+    follows_official_account,
+    is_wecom_contact,
+    in_community_group,
+    is_member,
+    member_since,
+    opted_out,
+    (follows_official_account or is_wecom_contact or in_community_group or is_member) and not opted_out as is_reachable,
+    -- live relationships in alphabetical order; concat_ws skips NULLs; NULL when there is none
+    nullif(concat_ws(',',
+        case when in_community_group then 'community_group' end,
+        case when is_member then 'member' end,
+        case when follows_official_account then 'official_account' end,
+        case when is_wecom_contact then 'wecom' end
+    ), '') as live_relationships,
+    official_account_changed_at,
+    wecom_changed_at,
+    community_group_changed_at,
+    consent_changed_at
+from combined
