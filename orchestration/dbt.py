@@ -32,6 +32,10 @@ def apply_dbt_environment(settings: Settings) -> None:
     """Export the env vars profiles.yml reads, for this process and the dbt processes it starts."""
     os.environ.update(settings.dbt_env())
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    # The graph is built in several dbt steps (see defs/dbt.py). "buildable" runs a test that spans two
+    # steps (e.g. marts reconciled against staging) in the later step, once all its parents are built,
+    # instead of in the first step where a parent does not exist yet.
+    os.environ["DBT_INDIRECT_SELECTION"] = "buildable"
 
 
 def parse(settings: Settings, *, quiet: bool = True) -> Path:

@@ -105,3 +105,43 @@ def test_staging_holds_current_states(demo):
         assert con.execute("select count(*) from staging.stg_orders").fetchone()[0] == raw_orders
     finally:
         con.close()
+
+
+def test_no_clear_phone_in_marts_or_segments(demo):
+    """SPEC §3/§5: marts and segments carry masked phones and SHA-256 only."""
+    _, data_dir, _, _, _ = demo
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        columns = con.execute(
+            "select table_schema, table_name, column_name from information_schema.columns "
+            "where table_schema in ('marts', 'segments') and data_type = 'VARCHAR'"
+        ).fetchall()
+        assert columns, "no marts tables were built"
+        for schema, table, column in columns:
+            leaks = con.execute(
+                f'select count(*) from "{schema}"."{table}" where regexp_matches("{column}", \'(^|[^0-9a-fA-F])1[3-9][0-9]{{9}}([^0-9a-fA-F]|$)\')'
+            ).fetchone()[0]
+            assert leaks == 0, f"{schema}.{table}.{column} holds clear phone numbers"
+        masked = con.execute("select count(*) from marts.dim_customers where phone_masked is not null").fetchone()[0]
+        assert masked > 0
+    finally:
+        con.close()
+
+
+def test_dim_customers_reconciles_with_staged_orders_to_the_cent(demo):
+    _, data_dir, _, _, _ = demo
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        dim, staged = con.execute(
+            """
+            select
+                (select sum(net_revenue) from marts.dim_customers),
+                (select sum(gross_amount - discount_amount - refund_amount) from staging.stg_orders
+                 where status in ('paid', 'shipped', 'completed', 'refunded', 'partially_refunded'))
+            """
+        ).fetchone()
+        assert dim == staged and dim > 0
+        rows, keys = con.execute("select count(*), count(distinct customer_key) from marts.dim_customers").fetchone()
+        assert rows == keys
+    finally:
+        con.close()

@@ -1,9 +1,24 @@
-"""Load landing-zone files of one source into schema ``raw`` (SPEC §2), one transaction per file."""
+"""Load landing-zone files of one source into schema ``raw`` (SPEC §2).
+
+One run of a source works in three phases, so that the per-file cost is a file read and nothing else:
+
+1. **Stage** (no transaction): every new file is read on its own into ``_privdom_src`` (whole-file rejections
+   are isolated per file, with their own messages) and appended, with its file id, batch date and row number,
+   to one temp table per *schema signature* (delivered column names and DuckDB types, in order).
+2. **Judge** (no transaction, temp tables only): one statement per signature types every value and evaluates
+   every contract rule for all the staged rows of that signature (the batch limit is computed from each row's
+   batch date), appending to one judged table.
+3. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
+   inserted set-wise, rows read = loaded + quarantined is verified for every file with one query per table,
+   then everything commits together. A crash or a failed check leaves none of the run's files recorded, so
+   the next run loads them again.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +35,10 @@ from . import rules as R
 _SRC = "_privdom_src"
 _JRAW = "_privdom_jraw"
 _JUDGED = "_privdom_judged"
-
-
-def _frame_table(source: str) -> str:
-    return f"_privdom_gx_{source}"
+_FILES = "_privdom_files"
+_GROUP = "_privdom_stage_{}"
+# lineage columns of a staging table (prefixed so they cannot meet a delivered column name)
+_FID, _BD, _RN = "__privdom_fid", "__privdom_bd", "__privdom_rn"
 
 
 @dataclass
@@ -110,10 +125,44 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return line if len(line) <= limit else line[:limit] + "…"
 
 
-def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, tmpdir: Path) -> str:
+class _Scratch:
+    """One temporary directory per run, created only when a file has to be transcoded."""
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._n = 0
+
+    def path(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="privdom-ingest-")
+        self._n += 1
+        return Path(self._tmp.name) / f"transcoded-{self._n}.txt"
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+class _Fallback(Exception):
+    """The fast read could not decide; read the file again the careful way."""
+
+
+def _starts_with_bom(f: fl.LandingFile) -> bool:
+    import gzip
+
+    opener = gzip.open if f.compression == "gzip" else open
+    with opener(f.path, "rb") as fh:
+        return fh.read(len(fl.UTF8_BOM)) == fl.UTF8_BOM
+
+
+def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch: _Scratch) -> str:
     """Read the file into temp table _SRC (one column per delivered column). Returns the encoding.
 
-    Raises FileRejected for every whole-file failure.
+    Raises FileRejected for every whole-file failure. Text files are first read directly as UTF-8 (DuckDB
+    rejects invalid UTF-8 itself, so valid files are not pre-scanned in Python); on any failure, or when the
+    file could be blank, the careful path runs: a streaming encoding sniff (UTF-8 / BOM / GB18030, blank
+    files), transcoding where needed, and the read again, so every rejection keeps its precise message.
     """
     if f.format is None:
         raise fl.FileRejected(fl.unsupported_message(f))
@@ -128,15 +177,31 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, tmpdir: 
             raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
         return "binary"
 
+    compression = "gzip" if f.compression == "gzip" else "none"
+    try:
+        bom = _starts_with_bom(f)
+        if not (bom and f.format == "jsonl"):  # DuckDB's JSON reader does not skip a BOM: transcode those
+            _read_text(con, f, f.path, compression, fast=True)
+            return "utf-8-sig" if bom else "utf-8"
+    except (_Fallback, fl.FileRejected, duckdb.Error, UnicodeDecodeError, OSError, EOFError, zlib.error):
+        pass
+
     encoding, empty = fl.sniff_text(f)
     if empty:
         raise fl.FileRejected(f"{f.rel_path}: empty file (no content but white space)")
-    path, compression = f.path, ("gzip" if f.compression == "gzip" else "none")
+    path = f.path
     if encoding == "gb18030" or (encoding == "utf-8-sig" and f.format == "jsonl"):
-        path, compression = tmpdir / "transcoded.txt", "none"
+        path, compression = scratch.path(), "none"
         fl.transcode_to_utf8(f, encoding, path)
+    _read_text(con, f, path, compression, fast=False)
+    return encoding
+
+
+def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool) -> None:
+    """CSV or JSON Lines (UTF-8, a BOM allowed for CSV) into _SRC. With fast=True, a file that could be blank
+    raises _Fallback (the caller sniffs it) instead of loading."""
     if f.format == "csv":
-        names = _csv_header(path, compression, f)
+        names = _csv_header(path, compression, f, require_content=fast)
         columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
         try:
             con.execute(
@@ -146,18 +211,21 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, tmpdir: 
             )
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})") from None
-        return encoding
+        return
     # JSON Lines: one object per line; values as their JSON text (numbers in DuckDB's shortest decimal form)
     try:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
             f"compression = {R.lit(compression)})"
         )
-        bad = con.execute(
-            f"SELECT n FROM (SELECT rowid + 1 AS n, json_type(json) AS ty FROM {_JRAW}) WHERE ty IS DISTINCT FROM 'OBJECT' ORDER BY n LIMIT 1"
+        n_records, bad = con.execute(
+            f"SELECT count(*), min(n) FILTER (WHERE ty IS DISTINCT FROM 'OBJECT') "
+            f"FROM (SELECT rowid + 1 AS n, json_type(json) AS ty FROM {_JRAW})"
         ).fetchone()
-        if bad:
-            raise fl.FileRejected(f"{f.rel_path}: unreadable: record {bad[0]} is not a JSON object")
+        if fast and n_records == 0:
+            raise _Fallback()
+        if bad is not None:
+            raise fl.FileRejected(f"{f.rel_path}: unreadable: record {bad} is not a JSON object")
         keys = [
             r[0]
             for r in con.execute(
@@ -175,18 +243,22 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, tmpdir: 
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}")
-    return encoding
 
 
-def _csv_header(path: Path, compression: str, f: fl.LandingFile) -> list[str]:
-    """Column names from the header line (UTF-8 by now); duplicates and blanks get unique names."""
+def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_content: bool = False) -> list[str]:
+    """Column names from the header line (UTF-8 by now); duplicates and blanks get unique names.
+
+    With require_content, a blank first line raises _Fallback (the file may be white space only)."""
     import csv
     import gzip
     import io
 
     opener = gzip.open if compression == "gzip" else open
     with opener(path, "rb") as fh:
-        line = fh.readline(1 << 20).decode("utf-8-sig")
+        raw = fh.readline(1 << 20)
+    if require_content and not raw.removeprefix(fl.UTF8_BOM).strip(b" \t\r\n\x0b\x0c"):
+        raise _Fallback()
+    line = raw.decode("utf-8-sig")
     try:
         header = next(csv.reader(io.StringIO(line), delimiter=",", quotechar='"', strict=True), [])
     except csv.Error as exc:
@@ -202,19 +274,26 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile) -> list[str]:
     return names
 
 
-def _source_columns(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
+def _signature(con: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]:
+    """(name as delivered, DuckDB type) of every column of _SRC, in order."""
+    return tuple((name, ty) for name, ty, *_ in con.execute(f"DESCRIBE {_SRC}").fetchall())
+
+
+def _source_columns(signature: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, str]]:
     """lower(trim(name)) → (name as delivered, DuckDB type); the first of equal names wins."""
     out: dict[str, tuple[str, str]] = {}
-    for name, ty, *_ in con.execute(f"DESCRIBE {_SRC}").fetchall():
+    for name, ty in signature:
         out.setdefault(name.strip().lower(), (name, ty))
     return out
 
 
 # ------------------------------------------------------------------------------------------------- judging
-def _judge(con, c: SourceContract, src_cols: dict[str, tuple[str, str]], settings: Settings, batch_limit: str) -> None:
-    """Build temp table _JUDGED: _rn, d__/t__ per contract column, b__ per rule, _broken, _rule, _rules."""
+def _judge_select(c: SourceContract, src_cols: dict[str, tuple[str, str]], settings: Settings, table: str) -> str:
+    """SELECT over a staging table: _fid, _bd, _rn, d__/t__ per contract column, b__ per rule, _broken, _rule,
+    _rules. The batch limit of each row comes from its own batch date, so one statement judges many files."""
     ph = settings.placeholder_values
-    inner = ["rowid + 1 AS _rn"]
+    batch_limit = R.batch_limit_expr("_bd")
+    inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn"]
     typed = []
     for col in c.columns:
         name, ty = src_cols.get(col.name, (None, None))
@@ -228,26 +307,55 @@ def _judge(con, c: SourceContract, src_cols: dict[str, tuple[str, str]], setting
     any_broken = " OR ".join(R.flag(r) for r in c.rules) or "FALSE"
     first_rule = "CASE " + " ".join(f"WHEN {R.flag(r)} THEN {R.lit(r.name)}" for r in c.rules) + " END"
     all_rules = "concat_ws(',', " + ", ".join(f"CASE WHEN {R.flag(r)} THEN {R.lit(r.name)} END" for r in c.rules) + ")"
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_JUDGED} AS "
-        f"SELECT *, {any_broken} AS _broken, {first_rule} AS _rule, {all_rules} AS _rules FROM ("
+    # an explicit projection with fixed types, so that every signature appends to the same judged table
+    out = ["_fid", "_bd", "_rn"]
+    out += [R.d(col.name) for col in c.columns]
+    out += [f"CAST({R.t(col.name)} AS {R.SQL_TYPES[col.type]}) AS {R.t(col.name)}" for col in c.columns]
+    out += [R.flag(r) for r in c.rules]
+    out += [f"{any_broken} AS _broken", f"{first_rule} AS _rule", f"{all_rules} AS _rules"]
+    return (
+        f"SELECT {', '.join(out)} FROM ("
         f"SELECT *, {', '.join(flags)} FROM ("
         f"SELECT *, {', '.join(typed)} FROM ("
-        f"SELECT {', '.join(inner)} FROM {_SRC} ORDER BY rowid)))"
+        f"SELECT {', '.join(inner)} FROM {table})))"
     )
 
 
-def _insert_ledger(con, file_id: int, source: str, f: fl.LandingFile, sha: str, size: int, encoding: str | None,
-                   status: str, counts: tuple[int, int, int], error: str | None, load_id: str, started: dt.datetime) -> None:
-    con.execute(
-        "INSERT INTO raw.ingestion_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [file_id, source, f.rel_path, sha, size, f.format, encoding, f.compression if f.format else None,
-         f.batch_date, status, *counts, error, load_id, started, dt.datetime.now(dt.timezone.utc)],
-    )
+# ------------------------------------------------------------------------------------------------- ledger
+_LEDGER_COLUMNS = 17
+
+
+def _ledger_row(file_id: int, source: str, f: fl.LandingFile, sha: str, size: int, encoding: str | None, status: str,
+                counts: tuple[int, int, int], error: str | None, load_id: str, started: dt.datetime) -> list[Any]:
+    return [file_id, source, f.rel_path, sha, size, f.format, encoding, f.compression if f.format else None,
+            f.batch_date, status, *counts, error, load_id, started, None]
+
+
+def _insert_ledger(con, rows: list[list[Any]], chunk: int = 200) -> None:
+    """Insert ledger rows with a few multi-row statements (finished_at: now, in UTC)."""
+    finished = dt.datetime.now(dt.timezone.utc)
+    one = "(" + ", ".join(["?"] * _LEDGER_COLUMNS) + ")"
+    for i in range(0, len(rows), chunk):
+        part = rows[i : i + chunk]
+        params = [v for r in part for v in (*r[:-1], finished)]
+        con.execute(
+            "INSERT INTO raw.ingestion_ledger SELECT * FROM (VALUES " + ", ".join([one] * len(part)) + ")", params
+        )
 
 
 def _next_file_id(con) -> int:
     return con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM raw.ingestion_ledger").fetchone()[0]
+
+
+@dataclass
+class _Staged:
+    result: FileResult
+    f: fl.LandingFile
+    sha: str
+    size: int
+    encoding: str
+    started: dt.datetime
+    group: int
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -255,110 +363,150 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                   *, keep_frame: bool = True) -> SourceIngestReport:
     """Load every new file of `source` from settings.landing_dir/<source>/ into raw.<source>.
 
-    Each file loads in its own transaction (raw rows, quarantine rows and its ledger row together). The
-    report carries the run's new rows before the quarantine split (``frame``) for the GX validation.
+    All files of the run load in one transaction (raw rows, quarantine rows and ledger rows of loaded,
+    rejected and duplicate files together); see the module docstring. The report carries the run's new rows
+    before the quarantine split (``frame``) for the GX validation.
     """
     c = get_contract(source)
     ensure_raw_schema(con)
     report = SourceIngestReport(source=source, load_id=load_id, quarantine_by_rule={r.name: 0 for r in c.rules})
     ph = settings.placeholder_values
-    frame_table = _frame_table(source)
-    con.execute(f"DROP TABLE IF EXISTS {frame_table}")
-    frame_created = False
 
     seen = {(p, h): s for p, h, s in con.execute(
         "SELECT file_path, content_sha256, status FROM raw.ingestion_ledger WHERE source = ?", [source]).fetchall()}
     loaded_at = {h: p for (p, h), s in seen.items() if s == "loaded"}
 
-    for f in fl.discover(settings.landing_dir, source):
-        sha, size = fl.sha256_of(f.path)
-        if (f.rel_path, sha) in seen:
-            report.files_skipped += 1
-            continue
-        started = dt.datetime.now(dt.timezone.utc)
-        if sha in loaded_at:
-            file_id = _next_file_id(con)
-            err = f"{f.rel_path}: duplicate: same content (sha256 {sha[:12]}…) as {loaded_at[sha]}, already loaded"
-            _insert_ledger(con, file_id, source, f, sha, size, None, "duplicate", (0, 0, 0), err, load_id, started)
-            report.files.append(FileResult(f.rel_path, "duplicate", file_id, f.batch_date, error=err))
-            seen[(f.rel_path, sha)] = "duplicate"
-            continue
-        with tempfile.TemporaryDirectory(prefix="privdom-ingest-") as tmp:
+    first_id = next_id = _next_file_id(con)
+    ledger_rows: list[list[Any]] = []
+    staged: list[_Staged] = []
+    groups: dict[tuple[tuple[str, str], ...], int] = {}  # schema signature → staging table number
+    scratch = _Scratch()
+    try:
+        # ---- 1. stage every new file
+        for f in fl.discover(settings.landing_dir, source):
+            sha, size = fl.sha256_of(f.path)
+            if (f.rel_path, sha) in seen:
+                report.files_skipped += 1
+                continue
+            started = dt.datetime.now(dt.timezone.utc)
+            file_id, next_id = next_id, next_id + 1
+            if sha in loaded_at:
+                err = f"{f.rel_path}: duplicate: same content (sha256 {sha[:12]}…) as {loaded_at[sha]}, already loaded"
+                ledger_rows.append(_ledger_row(file_id, source, f, sha, size, None, "duplicate", (0, 0, 0), err, load_id, started))
+                report.files.append(FileResult(f.rel_path, "duplicate", file_id, f.batch_date, error=err))
+                seen[(f.rel_path, sha)] = "duplicate"
+                continue
             try:
-                encoding = _read(con, f, size, Path(tmp))
-                src_cols = _source_columns(con)
+                encoding = _read(con, f, size, scratch)
+                signature = _signature(con)
+                src_cols = _source_columns(signature)
                 missing = [n for n in c.required_columns if n not in src_cols]
                 if missing:
                     raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}")
             except fl.FileRejected as exc:
-                file_id = _next_file_id(con)
-                _insert_ledger(con, file_id, source, f, sha, size, None, "rejected", (0, 0, 0), str(exc), load_id, started)
+                ledger_rows.append(_ledger_row(file_id, source, f, sha, size, None, "rejected", (0, 0, 0), str(exc), load_id, started))
                 report.files.append(FileResult(f.rel_path, "rejected", file_id, f.batch_date, error=str(exc)))
                 seen[(f.rel_path, sha)] = "rejected"
-                con.execute(f"DROP TABLE IF EXISTS {_SRC}")
                 continue
-        batch_limit = R.batch_limit_expr(R.lit(f.batch_date.isoformat()))
-        _judge(con, c, src_cols, settings, batch_limit)
-        counts_sql = ", ".join(["count(*)", "count(*) FILTER (WHERE _broken)"] + [f"count(*) FILTER (WHERE {R.flag(r)})" for r in c.rules])
-        row = con.execute(f"SELECT {counts_sql} FROM {_JUDGED}").fetchone()
-        n_read, n_quar, per_rule = row[0], row[1], row[2:]
-        n_loaded = n_read - n_quar
+            lineage = f"CAST({file_id} AS BIGINT) AS {R.q(_FID)}, DATE {R.lit(f.batch_date.isoformat())} AS {R.q(_BD)}, rowid + 1 AS {R.q(_RN)}"
+            if signature in groups:
+                con.execute(f"INSERT INTO {_GROUP.format(groups[signature])} SELECT {lineage}, * FROM {_SRC}")
+            else:
+                groups[signature] = len(groups)
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {_GROUP.format(groups[signature])} AS SELECT {lineage}, * FROM {_SRC}")
+            result = FileResult(f.rel_path, "loaded", file_id, f.batch_date)
+            report.files.append(result)
+            staged.append(_Staged(result, f, sha, size, encoding, started, groups[signature]))
+            seen[(f.rel_path, sha)] = "loaded"
+            loaded_at[sha] = f.rel_path
+        con.execute(f"DROP TABLE IF EXISTS {_SRC}")
 
-        con.execute("BEGIN TRANSACTION")
-        try:
-            file_id = _next_file_id(con)
-            cols = ", ".join(R.q(col.name) for col in c.columns) + ", " + ", ".join(R.q(n) for n, _ in LINEAGE_COLUMNS)
-            typed = ", ".join(R.t(col.name) for col in c.columns)
-            hash_expr = "md5(CAST(to_json(struct_pack(" + ", ".join(f"{R.q(col.name)} := {R.t(col.name)}" for col in c.columns) + ")) AS VARCHAR))"
-            con.execute(
-                f"INSERT INTO raw.{R.q(source)} ({cols}) SELECT {typed}, {file_id}, DATE {R.lit(f.batch_date.isoformat())}, "
-                f"_rn, {hash_expr}, now() FROM {_JUDGED} WHERE NOT _broken ORDER BY _rn"
-            )
-            if n_quar:
-                src_names = [n for n, _ in (r[:2] for r in con.execute(f"DESCRIBE {_SRC}").fetchall())]
-                original = "CAST(json_object(" + ", ".join(f"{R.lit(n)}, CAST(s.{R.q(n)} AS VARCHAR)" for n in src_names) + ") AS VARCHAR)"
-                con.execute(
-                    f"INSERT INTO raw.quarantine SELECT ?, {file_id}, ?, DATE {R.lit(f.batch_date.isoformat())}, j._rn, j._rule, "
-                    f"j._rules, {original}, ?, now() FROM {_JUDGED} j "
-                    f"JOIN (SELECT rowid + 1 AS _rn, * FROM {_SRC}) s ON s._rn = j._rn WHERE j._broken ORDER BY j._rn",
-                    [source, f.rel_path, load_id],
-                )
-            _insert_ledger(con, file_id, source, f, sha, size, encoding, "loaded", (n_read, n_loaded, n_quar), None, load_id, started)
-            check = con.execute(
-                "SELECT (SELECT count(*) FROM raw." + R.q(source) + " WHERE _file_id = ?) , (SELECT count(*) FROM raw.quarantine WHERE file_id = ?)",
-                [file_id, file_id],
-            ).fetchone()
-            if check[0] + check[1] != n_read or check[0] != n_loaded:
-                raise RuntimeError(f"{f.rel_path}: rows read {n_read} != loaded {check[0]} + quarantined {check[1]}")
-            if keep_frame:
-                fcols = R.frame_columns(c, ph, batch_limit, file_id)
+        # ---- 2. judge: one statement for all staged rows (a UNION ALL of one SELECT per schema signature)
+        if groups:
+            judge = " UNION ALL ".join(
+                _judge_select(c, _source_columns(signature), settings, _GROUP.format(k)) for signature, k in groups.items())
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_JUDGED} AS {judge}")
+        per_file: dict[int, tuple] = {}
+        if staged:
+            counts_sql = ", ".join(["count(*)", "count(*) FILTER (WHERE _broken)"] + [f"count(*) FILTER (WHERE {R.flag(r)})" for r in c.rules])
+            per_file = {row[0]: row[1:] for row in con.execute(f"SELECT _fid, {counts_sql} FROM {_JUDGED} GROUP BY _fid").fetchall()}
+        zero = (0, 0) + (0,) * len(c.rules)
+        for s in staged:
+            n_read, n_quar, *per_rule = per_file.get(s.result.file_id, zero)
+            s.result.rows_read, s.result.rows_quarantined, s.result.rows_loaded = n_read, n_quar, n_read - n_quar
+            report.rows_read += n_read
+            report.rows_loaded += n_read - n_quar
+            report.rows_quarantined += n_quar
+            for r, n in zip(c.rules, per_rule):
+                report.quarantine_by_rule[r.name] += n
+            r_ = s.result
+            ledger_rows.append(_ledger_row(r_.file_id, source, s.f, s.sha, s.size, s.encoding, "loaded",
+                                           (r_.rows_read, r_.rows_loaded, r_.rows_quarantined), None, load_id, s.started))
+        ledger_rows.sort(key=lambda r: r[0])
+
+        # ---- 3. load: one transaction for the run
+        if ledger_rows:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if staged:
+                    _load_rows(con, c, source, load_id, staged, groups)
+                _insert_ledger(con, ledger_rows)
+                if staged:
+                    _verify(con, source, staged, first_id)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        if keep_frame:
+            if staged:
+                fcols = R.frame_columns(c, ph, R.batch_limit_expr("_bd"))
+                fcols = [(name, "_fid" if name == "_file_id" else expr) for name, expr in fcols]
                 select = ", ".join(f"{expr} AS {R.q(name)}" for name, expr in fcols)
-                if frame_created:
-                    con.execute(f"INSERT INTO {frame_table} SELECT {select} FROM {_JUDGED} ORDER BY _rn")
-                else:
-                    con.execute(f"CREATE TEMP TABLE {frame_table} AS SELECT {select} FROM {_JUDGED} ORDER BY _rn")
-                    frame_created = True
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        finally:
-            con.execute(f"DROP TABLE IF EXISTS {_JUDGED}")
-            con.execute(f"DROP TABLE IF EXISTS {_SRC}")
-        seen[(f.rel_path, sha)] = "loaded"
-        loaded_at[sha] = f.rel_path
-        report.files.append(FileResult(f.rel_path, "loaded", file_id, f.batch_date, n_read, n_loaded, n_quar))
-        report.rows_read += n_read
-        report.rows_loaded += n_loaded
-        report.rows_quarantined += n_quar
-        for r, n in zip(c.rules, per_rule):
-            report.quarantine_by_rule[r.name] += n
-
-    if keep_frame:
-        if frame_created:
-            report.frame = con.execute(f"SELECT * FROM {frame_table} ORDER BY _file_id, _row_number").df()
-            con.execute(f"DROP TABLE IF EXISTS {frame_table}")
-        else:
-            names = [name for name, _ in R.frame_columns(c, ph, "NULL")]
-            report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+                report.frame = con.execute(f"SELECT {select} FROM {_JUDGED} ORDER BY _fid, _rn").df()
+            else:
+                names = [name for name, _ in R.frame_columns(c, ph, "NULL")]
+                report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+    finally:
+        scratch.cleanup()
+        for t in [_SRC, _JRAW, _JUDGED, _FILES, *(_GROUP.format(k) for k in groups.values())]:
+            con.execute(f"DROP TABLE IF EXISTS {t}")
     return report
+
+
+def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_Staged], groups: dict) -> None:
+    """Raw rows of every staged file with one INSERT; quarantine rows with one INSERT per signature."""
+    cols = ", ".join(R.q(col.name) for col in c.columns) + ", " + ", ".join(R.q(n) for n, _ in LINEAGE_COLUMNS)
+    typed = ", ".join(R.t(col.name) for col in c.columns)
+    hash_expr = "md5(CAST(to_json(struct_pack(" + ", ".join(f"{R.q(col.name)} := {R.t(col.name)}" for col in c.columns) + ")) AS VARCHAR))"
+    con.execute(
+        f"INSERT INTO raw.{R.q(source)} ({cols}) SELECT {typed}, _fid, _bd, _rn, {hash_expr}, now() "
+        f"FROM {_JUDGED} WHERE NOT _broken"  # insertion order: by signature, then file, then row; no sort
+    )
+    quarantined = {s.group for s in staged if s.result.rows_quarantined}
+    if not quarantined:
+        return
+    values = ", ".join(f"({s.result.file_id}, {R.lit(s.f.rel_path)})" for s in staged if s.result.rows_quarantined)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_FILES} AS SELECT * FROM (VALUES {values}) v(file_id, file_path)")
+    for signature, k in groups.items():
+        if k not in quarantined:
+            continue
+        original = "CAST(json_object(" + ", ".join(f"{R.lit(n)}, CAST(s.{R.q(n)} AS VARCHAR)" for n, _ in signature) + ") AS VARCHAR)"
+        con.execute(
+            f"INSERT INTO raw.quarantine SELECT ?, j._fid, p.file_path, j._bd, j._rn, j._rule, j._rules, {original}, ?, now() "
+            f"FROM (SELECT _fid, _bd, _rn, _rule, _rules FROM {_JUDGED} WHERE _broken) j "
+            f"JOIN {_GROUP.format(k)} s ON s.{R.q(_FID)} = j._fid AND s.{R.q(_RN)} = j._rn "
+            f"JOIN {_FILES} p ON p.file_id = j._fid ORDER BY j._fid, j._rn",
+            [source, load_id],
+        )
+
+
+def _verify(con, source: str, staged: list[_Staged], first_id: int) -> None:
+    """For every loaded file: rows read = rows in raw.<source> + rows in raw.quarantine (one query per table)."""
+    raw = dict(con.execute(f"SELECT _file_id, count(*) FROM raw.{R.q(source)} WHERE _file_id >= ? GROUP BY 1", [first_id]).fetchall())
+    quar = dict(con.execute("SELECT file_id, count(*) FROM raw.quarantine WHERE file_id >= ? GROUP BY 1", [first_id]).fetchall())
+    for s in staged:
+        r = s.result
+        loaded, quarantined = raw.get(r.file_id, 0), quar.get(r.file_id, 0)
+        if loaded + quarantined != r.rows_read or loaded != r.rows_loaded:
+            raise RuntimeError(f"{r.path}: rows read {r.rows_read} != loaded {loaded} + quarantined {quarantined}")
