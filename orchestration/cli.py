@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_generate_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--customers", type=int, help="number of customers (default: setting demo_customers, 2000)")
-        p.add_argument("--days", type=int, help="days of history (default: setting demo_days, 120)")
+        p.add_argument("--customers", type=int, help="number of customers (default: setting demo_customers, 3000)")
+        p.add_argument("--days", type=int, help="days of history (default: setting demo_days, 240)")
         p.add_argument("--seed", type=int, help="random seed (default 42); same seed, same files")
         p.add_argument("--dirty-rate", type=float, help="share of rows that break a contract rule (default 0.01)")
 

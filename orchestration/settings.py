@@ -46,8 +46,8 @@ class Settings:
     referral_window_days: int = 90
     triangle_baseline_month: str | None = None  # 'YYYY-MM' or None: first month with all three axes > 0
     # --- generator defaults for `privdom demo` ---
-    demo_customers: int = 2000
-    demo_days: int = 120
+    demo_customers: int = 3000
+    demo_days: int = 240
     demo_seed: int = 42
     demo_dirty_rate: float = 0.01
     sources: dict[str, Any] = field(default_factory=dict, compare=False)

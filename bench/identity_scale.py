@@ -1,6 +1,6 @@
 """Scale smoke benchmark of the identity library (not a test).
 
-    python -m orchestration.identity.bench [--customers 1000000] [--db path] [--threads N]
+    python bench/identity_scale.py [--customers 1000000] [--db path] [--threads N]
 
 Synthesises staging tables directly in DuckDB (deterministic, hash-based "randomness"): customers with an
 openid and some of unionid / phone / member_id / WeCom id, 1-3 channel events each naming the openid and one
