@@ -64,6 +64,18 @@ ALL_ZEROS_PATTERN = r"^0+$"
 # Mainland mobile numbers once normalised: 11 digits, 1 then 3-9 (SPEC §2).
 MAINLAND_MOBILE_PATTERN = r"^1[3-9][0-9]{9}$"
 
+
+
+def mask_phone(value: object) -> object:
+    """A phone as it may be shown (138****8000): check metadata, reports, marts. Non-text passes through."""
+    if not isinstance(value, str):
+        return value
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) >= 7:
+        return digits[:3] + "****" + digits[-4:]
+    return "****"
+
+
 ColumnType = Literal["string", "timestamp", "decimal", "integer", "enum", "phone"]
 
 

@@ -91,12 +91,6 @@ def mask_sql(type_expr: str, value_expr: str) -> str:
     )
 
 
-def mask_value(identifier_type: str, value: str) -> str:
-    if identifier_type == "phone" and len(value) == 11:
-        return f"{value[:3]}****{value[7:]}"
-    return value
-
-
 def occurrences_sql() -> str:
     """One row per (staged row, identifier column that is not NULL).
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import pandas as pd
 
-from orchestration.contract import Rule, SourceContract, contract as get_contract
+from orchestration.contract import Rule, SourceContract, mask_phone
+from orchestration.contract import contract as get_contract
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 _EXAMPLES = 5
-_PHONE_DIGITS = re.compile(r"^(\D*\d{3})(\d{4})(\d{4}\D*)$")
 
 
 def _helper(rule: Rule, what: str) -> str:
@@ -108,15 +108,6 @@ def build_suite(source: str):
             kwargs["condition_parser"] = "pandas"
         suite.add_expectation(getattr(gxe, cls)(**kwargs, meta={"rule": rule}))
     return suite
-
-
-def mask_phone(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    digits = re.sub(r"\D", "", value)
-    if len(digits) >= 7:
-        return digits[:3] + "****" + digits[-4:]
-    return "****"
 
 
 def _jsonable(v: Any) -> Any:
