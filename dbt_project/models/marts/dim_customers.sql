@@ -41,6 +41,14 @@ referrers as (
       and referee.acquired_at < {{ privdom_add_days('referrer.acquired_at', var('referral_window_days')) }}
 ),
 
+-- Customers acquired through a referral of this customer, any time (a customer is never their own referee).
+customers_referred as (
+    select acquisition_referrer_key as customer_key, count(*) as customers_referred
+    from customers
+    where acquisition_referrer_key is not null and acquisition_referrer_key <> customer_key
+    group by acquisition_referrer_key
+),
+
 -- Converted referrals (current state converted; self-referrals left out), all time and in the trailing 365 days
 -- before the data's end, by the first time each was seen converted.
 converted_referrals as (
@@ -84,6 +92,7 @@ select
     p.is_retained,
     p.is_repurchased,
     f.customer_key is not null as is_referrer,
+    coalesce(cref.customers_referred, 0) as customers_referred,
     p.last_activity_at,
     coalesce(cr.referrals_converted, 0) as referrals_converted,
     coalesce(cr.referrals_converted_12m, 0) as referrals_converted_12m,
@@ -113,3 +122,5 @@ left join referrers as f
     on f.customer_key = c.customer_key
 left join converted_referrals as cr
     on cr.customer_key = c.customer_key
+left join customers_referred as cref
+    on cref.customer_key = c.customer_key
