@@ -1,3 +1,4 @@
+{{ config(meta={'dagster': {'ref': {'name': 'dim_customers'}}}) }}
 -- SPEC §4 "Net revenue": the customers' net revenue adds up, to the cent, to the net revenue of the paid-like
 -- orders in staging (gross − discount − refund of each order's current state). Returns a row when it does not.
 with customers as (

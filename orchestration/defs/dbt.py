@@ -39,7 +39,10 @@ class PrivdomDbtTranslator(DagsterDbtTranslator):
 DBT_SELECTIONS = {
     "dbt_staging": ("path:models/staging", None),
     "dbt_identity_inputs": ("tag:identity_input", None),
-    "dbt_models": ("fqn:*", "path:models/staging tag:identity_input"),
+    # Selected by path, not as "everything but staging": a test that reconciles a mart with staging is then
+    # selected here (eager) and becomes an asset check of the mart; at run time "buildable" indirect selection
+    # runs it in this step, once both parents exist.
+    "dbt_models": ("path:models/intermediate path:models/marts path:models/segments", "tag:identity_input"),
 }
 
 

@@ -1,9 +1,8 @@
 -- One row per customer: the owned relationships and consent as of the data's end (SPEC §4 "Reachable").
--- Each relationship flag is set by the latest event of its pair, whatever channel the row names
--- (follow/unfollow, add_contact/remove_contact, join_group/leave_group); on equal times the ending event
--- wins. Consent: the latest of opt_out/opt_in; opt_out wins ties. Membership is for good, from the first
--- register_member event or the first row carrying the customer's member_id (an event's occurred_at, an
--- order's created_at, a referral's updated_at; every version counts).
+-- Each relationship's state is its latest state in int_customers__relationship_months (the one definition of
+-- the pair rules and their ties). Membership is for good, from the first register_member event or the first
+-- row carrying the customer's member_id (an event's occurred_at, an order's created_at, a referral's
+-- updated_at; every version counts).
 with customers as (
     select customer_key from {{ ref('int_customers__keyed') }}
 ),
@@ -13,39 +12,23 @@ events as (
     where customer_key is not null
 ),
 
-pair_events as (
-    select
-        customer_key,
-        event_id,
-        occurred_at,
-        case
-            when event_type in ('follow', 'unfollow') then 'official_account'
-            when event_type in ('add_contact', 'remove_contact') then 'wecom'
-            when event_type in ('join_group', 'leave_group') then 'community_group'
-            when event_type in ('opt_out', 'opt_in') then 'consent'
-        end as relationship,
-        -- 1 for the event that ends the relationship (or withdraws consent): it wins ties
-        case when event_type in ('unfollow', 'remove_contact', 'leave_group', 'opt_out') then 1 else 0 end as is_ending
-    from events
-    where event_type in ('follow', 'unfollow', 'add_contact', 'remove_contact', 'join_group', 'leave_group', 'opt_out', 'opt_in')
-),
-
-latest_pair_events as (
-    {{ first_row_per('pair_events', 'customer_key, relationship', 'occurred_at desc, is_ending desc, event_id desc') }}
+latest_states as (
+    select * from {{ ref('int_customers__relationship_months') }}
+    where valid_until_month is null
 ),
 
 relationship_flags as (
     select
         customer_key,
-        max(case when relationship = 'official_account' and is_ending = 0 then 1 else 0 end) as follows_official_account,
-        max(case when relationship = 'wecom' and is_ending = 0 then 1 else 0 end) as is_wecom_contact,
-        max(case when relationship = 'community_group' and is_ending = 0 then 1 else 0 end) as in_community_group,
-        max(case when relationship = 'consent' and is_ending = 1 then 1 else 0 end) as opted_out,
-        max(case when relationship = 'official_account' then occurred_at end) as official_account_changed_at,
-        max(case when relationship = 'wecom' then occurred_at end) as wecom_changed_at,
-        max(case when relationship = 'community_group' then occurred_at end) as community_group_changed_at,
-        max(case when relationship = 'consent' then occurred_at end) as consent_changed_at
-    from latest_pair_events
+        max(case when relationship = 'official_account' and is_live then 1 else 0 end) as follows_official_account,
+        max(case when relationship = 'wecom' and is_live then 1 else 0 end) as is_wecom_contact,
+        max(case when relationship = 'community_group' and is_live then 1 else 0 end) as in_community_group,
+        max(case when relationship = 'consent' and not is_live then 1 else 0 end) as opted_out,
+        max(case when relationship = 'official_account' then changed_at end) as official_account_changed_at,
+        max(case when relationship = 'wecom' then changed_at end) as wecom_changed_at,
+        max(case when relationship = 'community_group' then changed_at end) as community_group_changed_at,
+        max(case when relationship = 'consent' then changed_at end) as consent_changed_at
+    from latest_states
     group by customer_key
 ),
 

@@ -1,0 +1,33 @@
+-- One row per customer reachable from a root of the referral acquisition forest: how many referral hops
+-- separate them from a customer who was not acquired through a referral (SPEC §4 "generation"). Each customer
+-- has at most one acquirer (acquisition_referrer_key), so walking down from the roots visits each customer once
+-- and always ends. Roots: customers not acquired through a referral, or acquired through their own referral (a
+-- self-referral is left out of fission). Customers on a loop of acquisitions (A acquired by B's referral, B by
+-- A's), or below one, are never reached from a root and get no row: their referrals have no generation.
+-- referral_path lists the keys from the root down to the customer as '>K1>K2>…>', so a referral whose referee
+-- is already on its referrer's chain can be recognised (it closes a loop).
+with recursive customers as (
+    select customer_key, acquisition_referrer_key
+    from {{ ref('int_customers__keyed') }}
+),
+
+chains as (
+    select
+        customer_key,
+        0 as referral_depth,
+        '>' || customer_key || '>' as referral_path
+    from customers
+    where acquisition_referrer_key is null or acquisition_referrer_key = customer_key
+    union all
+    select
+        child.customer_key,
+        parent.referral_depth + 1,
+        parent.referral_path || child.customer_key || '>'
+    from chains as parent
+    inner join customers as child
+        on child.acquisition_referrer_key = parent.customer_key
+        and child.acquisition_referrer_key <> child.customer_key
+)
+
+select customer_key, referral_depth, referral_path
+from chains
