@@ -114,10 +114,10 @@ class ScriptedServer:
       "ok"        apply the batch (once per idempotency key) and answer 200
       "429"       answer 429 with Retry-After: 0, apply nothing
       "500"       answer 500, apply nothing
-      "timeout"   apply nothing, sleep past the client's timeout, then answer 200 (too late)
+      "timeout"   apply the batch, but answer only after the client's timeout (a slow receiver: the
+                  client's retry is a duplicate delivery)
       "drop"      apply the batch, then close the connection without answering (the client must retry:
                   its retry is a duplicate delivery, recognised by its idempotency key)
-      "dup-ok"    apply the batch and answer 200 (used for a batch the receiver already holds)
       "reject:K"  apply the batch except customer_key K and answer 200 listing K as rejected
     The server verifies every signature against `secret`.
     """
@@ -197,6 +197,7 @@ class ScriptedServer:
         if action == "500":
             return self._answer(handler, 500, {"error": "boom"})
         if action == "timeout":
+            self._apply(payload, key)
             time.sleep(self.sleep_seconds)
             return self._answer(handler, 200, {"ok": True, "late": True})
         if action == "drop":

@@ -11,10 +11,9 @@ import dagster as dg
 
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.defs.segments import (
-    CHECK_SUPPRESSION,
-    CHECK_UPSTREAM,
     DESTINATIONS,
     EXPORT_OPTIONS,
+    MEMBERS_GATES,
     MEMBERS_KEY,
     SEGMENT_DEFINITIONS,
     refuse_if_blocked,
@@ -78,7 +77,7 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
         ],
     )
     def segment_exports(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-        refuse_if_blocked(context, [MEMBERS_KEY], "exports")
+        refuse_if_blocked(context, MEMBERS_GATES, "exports")
         settings = privdom.settings()
         with privdom.connect(read_only=True) as con:
             for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
@@ -128,7 +127,6 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=key,
-        name=f"sync_{destination.name}",
         group_name="syncs",
         pool=WAREHOUSE_POOL,
         deps=[export_key(s) for s in destination.segments],
@@ -147,7 +145,7 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
         ],
     )
     def _sync(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-        blockers = [MEMBERS_KEY, *(export_key(s) for s in destination.segments)]
+        blockers = [*MEMBERS_GATES, *(dg.AssetCheckKey(export_key(s), CHECK_NO_SUPPRESSED) for s in destination.segments)]
         refuse_if_blocked(context, blockers, f"sync to {destination.name}")
         try:
             client = client_for(destination)

@@ -37,16 +37,17 @@ def load_segment_config():
     return definitions, options, destinations
 
 
-def failed_blocking_checks(context: dg.AssetExecutionContext, asset_keys: list[dg.AssetKey], *, ancestors: bool) -> list[str]:
-    """Checks (on `asset_keys`, or on all their ancestors) whose latest evaluation failed at ERROR severity.
+def failed_upstream_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> list[str]:
+    """Checks on any ancestor of `asset_key` whose latest evaluation failed at ERROR severity.
 
     The latest evaluation decides, whichever run made it: within `privdom run` that is this run's; when an
     export is materialized on its own, the last ingest's quarantine check still holds it back.
     """
-    graph = context.job_def.asset_layer.asset_graph  # the whole code location's graph (repository_def is unset in-process)
-    keys: set[dg.AssetKey] = set()
-    for key in asset_keys:
-        keys |= graph.get_ancestor_asset_keys(key) if ancestors else {key}
+    try:  # the code location's whole graph: runs launched from the UI or a schedule carry it
+        graph = context.repository_def.asset_graph
+    except Exception:  # in-process runs (privdom run) have none; their job is the whole graph
+        graph = context.job_def.asset_layer.asset_graph
+    keys = graph.get_ancestor_asset_keys(asset_key)
     failed = []
     for check_key in sorted(graph.get_check_keys_for_assets(keys), key=lambda k: (k.asset_key.to_user_string(), k.name)):
         record = context.instance.get_latest_asset_check_evaluation_record(check_key)
@@ -57,14 +58,26 @@ def failed_blocking_checks(context: dg.AssetExecutionContext, asset_keys: list[d
     return failed
 
 
-def refuse_if_blocked(context: dg.AssetExecutionContext, asset_keys: list[dg.AssetKey], what: str) -> None:
-    """Raise a Failure naming the blocking checks that failed (shown on the step in the Dagster UI)."""
-    failed = failed_blocking_checks(context, asset_keys, ancestors=False)
+def refuse_if_blocked(context: dg.AssetExecutionContext, check_keys: list[dg.AssetCheckKey], what: str) -> None:
+    """Raise a Failure naming the blocking checks whose latest evaluation failed (shown on the step in the UI).
+
+    The keys are named explicitly: a run of a subset (an export materialized on its own) does not carry the
+    other assets' checks in its job's graph, but their latest evaluations still hold.
+    """
+    failed = []
+    for check_key in check_keys:
+        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
+        evaluation = record.evaluation if record else None
+        if evaluation is not None and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({evaluation.description or 'failed'}; run {record.run_id[:8]})")
     if failed:
         raise dg.Failure(
             description=f"{what} withheld: a blocking check failed upstream: " + "; ".join(failed),
             metadata={"failed_checks": failed},
         )
+
+
+MEMBERS_GATES = [dg.AssetCheckKey(MEMBERS_KEY, CHECK_UPSTREAM), dg.AssetCheckKey(MEMBERS_KEY, CHECK_SUPPRESSION)]
 
 
 def _members_table(summaries) -> str:
@@ -120,7 +133,7 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
         ],
     )
     def segment_membership(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-        failed_upstream = failed_blocking_checks(context, [MEMBERS_KEY], ancestors=True)
+        failed_upstream = failed_upstream_checks(context, MEMBERS_KEY)
         computed_at = dt.datetime.now(dt.UTC)
         with privdom.connect() as con:
             summaries = build_membership(con, definitions, computed_at)

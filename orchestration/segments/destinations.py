@@ -214,8 +214,9 @@ class WebhookClient:
     """POSTs JSON batches: {destination, segment, segment_version, operation, idempotency_key, rows}.
 
     The idempotency key is the SHA-256 of the batch's content (destination, segment, version, operation,
-    rows), so a retried batch, or the same batch re-sent by a later sync, carries the same key and the same
-    body; the receiver applies a key once. Headers: `Idempotency-Key` and `X-Privdom-Signature:
+    rows) and the sync run, so every retry of a batch carries the same key and the same body and the
+    receiver applies a key once. A later sync that re-sends failed rows uses a new key: the receiver may
+    have rejected the old one for good, and re-applying an add or a remove changes nothing. Headers: `Idempotency-Key` and `X-Privdom-Signature:
     sha256=<hex HMAC-SHA256 of the body>`. A 2xx answer accepts the batch, except rows the receiver lists in
     an optional `{"rejected": [{"customer_key": ..., "error": ...}]}` body.
     """
@@ -234,13 +235,14 @@ class WebhookClient:
             raise DestinationUnavailable(f"destination {config.name!r}: environment variable {config.secret_env} (the webhook signing secret) is not set")
         return cls(config, secret, **kwargs)
 
-    def batch_body(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]]) -> tuple[str, bytes]:
-        content = {"destination": self.config.name, "segment": segment, "segment_version": segment_version, "operation": operation, "rows": list(rows)}
+    def batch_body(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> tuple[str, bytes]:
+        content = {"destination": self.config.name, "segment": segment, "segment_version": segment_version, "operation": operation,
+                   "sync_run_id": sync_run_id, "rows": list(rows)}
         key = hashlib.sha256(canonical_json(content)).hexdigest()[:40]
         return key, canonical_json({**content, "idempotency_key": key})
 
-    def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]]) -> list[RowOutcome]:
-        key, body = self.batch_body(segment, segment_version, operation, rows)
+    def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> list[RowOutcome]:
+        key, body = self.batch_body(segment, segment_version, operation, rows, sync_run_id)
         headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key, SIGNATURE_HEADER: sign(self.secret, body)}
         attempts = 0
 
@@ -384,13 +386,15 @@ class WeComClient:
             answer = _retrying(self.config, self.sleep)(attempt)
         except _Transient as exc:
             return False, attempts, f"gave up after {attempts} attempts: {exc}"
+        except DestinationUnavailable:
+            raise  # no token: the whole sync stops, the rows stay due
         except RuntimeError as exc:
             return False, attempts, str(exc)
         if answer.get("errcode") == 0:
             return True, attempts, None
         return False, attempts, f"errcode {answer.get('errcode')}: {answer.get('errmsg', '')}"
 
-    def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]]) -> list[RowOutcome]:
+    def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> list[RowOutcome]:
         tag_id = self.config.tags[segment]
         out = []
         for r in rows:

@@ -182,7 +182,7 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
             batch = rows[start : start + config.batch_size]
             if report.error is None:
                 try:
-                    outcomes = client.send(segment, segment_version, operation, [_payload(config, r) for r in batch])
+                    outcomes = client.send(segment, segment_version, operation, [_payload(config, r) for r in batch], run_id)
                 except DestinationUnavailable as exc:
                     report.error = str(exc)
             if report.error is not None:  # nothing more is sent this sync; the rows stay due
