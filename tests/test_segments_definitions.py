@@ -212,3 +212,15 @@ def test_the_code_location_refuses_to_load_a_bad_definition(tmp_path, dbt_manife
     )
     assert result.returncode != 0
     assert "segment 'broken_one'" in result.stderr and "unknown column 'no_such_column'" in result.stderr
+
+
+def test_the_rules_page_lists_every_column_and_operator():
+    from orchestration.segments.definitions import COLUMNS, OPERATORS_BY_KIND
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "segments.md").read_text(encoding="utf-8")
+    for name, col in COLUMNS.items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"| {col.kind} |" in row and all(v in row for v in (col.allowed or ()))
+    for kind, ops in OPERATORS_BY_KIND.items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| {kind} |"))
+        assert all(f"`{op}`" in row for op in ops), kind
