@@ -85,3 +85,24 @@ def _safe(rule, c):
         return bool(rule(c))
     except TypeError:  # a NULL (None) in a comparison: the customer does not match
         return False
+
+
+def test_a_quarantine_spike_holds_back_every_export_and_the_summary_says_why(tmp_path):
+    """The real raw quarantine check (ERROR above max_quarantine_share) gates the exports of that run."""
+    from orchestration.generate import generate
+
+    data_dir = tmp_path / "dirty"
+    generate(data_dir / "landing", customers=150, days=20, seed=3, dirty_rate=0.2)
+    run = subprocess.run([str(PRIVDOM), "--data-dir", str(data_dir), "run"], capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 1, run.stdout + run.stderr
+    out = run.stdout
+    assert "[ERROR] segments/segment_members · upstream_checks_passed: Exports and syncs wait:" in out, out
+    assert ":quarantine_share (" in out and "above the 5.00% limit" in out
+    assert "failed step: segment_membership" in out
+    assert not (data_dir / "exports").exists() or not any((data_dir / "exports").rglob("LATEST"))
+    # dbt still refreshed the marts with the good rows (the quarantine check does not stop dbt)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        assert con.execute("select count(*) from marts.dim_customers").fetchone()[0] > 0
+    finally:
+        con.close()

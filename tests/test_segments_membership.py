@@ -149,3 +149,34 @@ def test_a_missing_or_retyped_column_is_a_clear_error(warehouse, tmp_path):
     with pytest.raises(WarehouseShapeError, match="m_score is missing"):
         build_membership(con, load_segment_definitions(tmp_path, {}), DATA_END)
     con.close()
+
+
+def test_a_large_rebuild_reads_back_correctly_in_the_same_connection(tmp_path):
+    """Regression: DuckDB 2.0.0 returns no rows for grouped/filtered scans of a table created and filled with
+    more than a row group (~123k rows) in one transaction, until a checkpoint. The suppression check runs on
+    the same connection right after the rebuild, so membership must never be built that way."""
+    from tests.segments_helpers import DIM_DDL
+
+    warehouse = tmp_path / "w.duckdb"
+    con = connect(warehouse)
+    try:
+        con.execute(DIM_DDL)
+        con.execute(
+            """insert into marts.dim_customers (customer_key, acquired_at, paid_orders, net_revenue, points_redeemed,
+                   is_reachable, opted_out, is_member, is_activated, is_retained, is_repurchased, is_referrer,
+                   customers_referred, last_activity_at, referrals_converted, referrals_converted_12m, rfm_segment,
+                   lifecycle_stage, data_end_at)
+               select 'C' || range, ?, 1, 10, 0, range % 10 <> 0, false, false, true, false, false, false, 0, ?, 0, 0,
+                      'Hibernating', 'active', ?
+               from range(150000)""",
+            [days_before_end(200), days_before_end(5), DATA_END],
+        )
+        defs = parse_definitions([("d", {}), ("u", {"buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}})])
+        for _ in range(2):
+            (summary,) = build_membership(con, defs, DATA_END)
+            assert summary.members == 135000
+            assert con.execute("select segment, count(*) from segments.segment_members group by 1").fetchall() == [("buyers", 135000)]
+            con.execute("update segments.segment_members set customer_key = 'C10' where customer_key = 'C11'")  # C10 is unreachable
+            assert suppression_violations(con)[0] == 1
+    finally:
+        con.close()

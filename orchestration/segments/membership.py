@@ -94,31 +94,53 @@ where ({SUPPRESSION_SQL}) and {definition.sql}
 """
 
 
+def _table_shape(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tuple[str, str]]:
+    return con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = ? and table_name = ? order by ordinal_position",
+        [schema, table],
+    ).fetchall()
+
+
+DEFINITIONS_DDL = f"""create table {DEFINITIONS_TABLE} (
+    segment varchar primary key, segment_version integer, purpose varchar, campaign varchar,
+    rule json, defined_in varchar, enabled boolean, matched bigint, suppressed bigint, members bigint,
+    computed_at timestamptz, data_end_at timestamptz)"""
+
+
+def _ensure_tables(con: duckdb.DuckDBPyConnection, computed_at: dt.datetime) -> None:
+    """Create the two tables (again, when their columns changed) before the rebuilding transaction.
+
+    They are never created inside it: DuckDB 2.0.0 returns no rows for grouped or filtered scans of a table
+    created and filled with many rows in one transaction, until the next checkpoint (DECISIONS.md).
+    """
+    con.execute("create schema if not exists segments")
+    con.execute(f"create or replace temp table _segment_members_shape as {_member_select(_NOTHING)}", _params(_NOTHING, computed_at))
+    wanted = con.execute(
+        "select column_name, data_type from information_schema.columns where table_name = '_segment_members_shape' order by ordinal_position"
+    ).fetchall()
+    if _table_shape(con, "segments", "segment_members") != wanted:
+        con.execute(f"create or replace table {MEMBERS_TABLE} as select * from _segment_members_shape")
+    con.execute("drop table _segment_members_shape")
+    if not _table_shape(con, "segments", "segment_definitions"):
+        con.execute(DEFINITIONS_DDL)
+
+
 def build_membership(
     con: duckdb.DuckDBPyConnection, definitions: Sequence[SegmentDefinition], computed_at: dt.datetime
 ) -> list[SegmentSummary]:
     """Rebuild segment_members and segment_definitions for the enabled definitions, in one transaction."""
     check_dim_customers(con)
     enabled = [d for d in definitions if d.enabled]
-    con.execute("create schema if not exists segments")
+    _ensure_tables(con, computed_at)
     con.execute("begin transaction")
     try:
-        con.execute(f"create or replace table {MEMBERS_TABLE} as {_member_select(enabled[0]) if enabled else _member_select(_NOTHING)} limit 0", _params(enabled[0] if enabled else _NOTHING, computed_at))
+        con.execute(f"delete from {MEMBERS_TABLE}")
+        con.execute(f"delete from {DEFINITIONS_TABLE}")
         summaries = []
         for d in enabled:
-            con.execute(f"insert into {MEMBERS_TABLE} {_member_select(d)}", _params(d, computed_at))
-            matched, members = con.execute(
-                f"""select (select count(*) from {DIM_CUSTOMERS} d where {d.sql}),
-                           (select count(*) from {MEMBERS_TABLE} where segment = ?)""",
-                [*d.params, d.name],
-            ).fetchone()
+            members = con.execute(f"insert into {MEMBERS_TABLE} {_member_select(d)}", _params(d, computed_at)).fetchone()[0]
+            matched = con.execute(f"select count(*) from {DIM_CUSTOMERS} d where {d.sql}", list(d.params)).fetchone()[0]
             summaries.append(SegmentSummary(d.name, d.version, matched, members, matched - members))
-        con.execute(
-            f"""create or replace table {DEFINITIONS_TABLE} (
-                segment varchar primary key, segment_version integer, purpose varchar, campaign varchar,
-                rule json, defined_in varchar, enabled boolean, matched bigint, suppressed bigint, members bigint,
-                computed_at timestamptz, data_end_at timestamptz)"""
-        )
         by_name = {s.segment: s for s in summaries}
         for d in definitions:
             s = by_name.get(d.name)
