@@ -34,6 +34,7 @@ class PipelineResult:
     checks: list[CheckOutcome] = field(default_factory=list)
     ledger: list[tuple] = field(default_factory=list)
     tables: list[tuple[str, str, int]] = field(default_factory=list)
+    exports: list[tuple[str, str, int, int, int]] = field(default_factory=list)
     log_path: Path | None = None
 
     def describe(self) -> str:
@@ -56,6 +57,11 @@ class PipelineResult:
             lines.append("  warehouse tables")
             for schema, table, rows in self.tables:
                 lines.append(f"    {schema + '.' + table:<40} {rows:>12,} rows")
+        if self.exports:
+            lines.append("")
+            lines.append(f"  segment exports (LATEST in {s.exports_dir}/<segment>/)      rows    adds  removes")
+            for segment, export_id, rows, adds, removes in self.exports:
+                lines.append(f"    {segment:<28} {export_id:<24} {rows:>8,} {adds:>7,} {removes:>8,}")
         failed = [c for c in self.checks if not c.passed]
         lines.append("")
         lines.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} did not pass")
@@ -168,6 +174,7 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
             if e.event_type_value == "STEP_FAILURE"
         ]
     ledger, tables = _summarise_warehouse(settings.warehouse_path)
+    from orchestration.segments import summarise_exports
     return PipelineResult(
         settings=settings,
         run_id=result.run_id,
@@ -177,6 +184,7 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
         checks=checks,
         ledger=ledger,
         tables=tables,
+        exports=summarise_exports(settings.exports_dir),
         log_path=log_path,
     )
 

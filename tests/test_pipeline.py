@@ -197,3 +197,29 @@ def test_every_mart_column_is_described_in_dbt_docs(demo):
     undocumented = sorted(f"{t}.{c}" for t, c in columns if c not in documented.get(t, set()))
     assert not undocumented, undocumented
     assert set(documented) == {t for t, _ in columns}
+
+
+def test_every_segment_is_exported_after_a_run_and_a_rerun_adds_and_removes_nothing(demo):
+    """SPEC §6: exports/<segment>/<export_id>/ with its files and manifest, LATEST written last."""
+    import hashlib
+    import json
+
+    from orchestration.segments import load_segment_definitions
+
+    _, data_dir, first, _, second = demo
+    assert "segment exports" in first.stdout
+    exports = data_dir / "exports"
+    names = [d.name for d in load_segment_definitions(data_dir, {})]
+    assert len(names) == 6
+    for name in names:
+        latest = (exports / name / "LATEST").read_text(encoding="utf-8").strip()
+        folder = exports / name / latest
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["segment"] == name and manifest["export_id"] == latest
+        for f in manifest["files"]:
+            assert hashlib.sha256((folder / f["name"]).read_bytes()).hexdigest() == f["sha256"]
+        assert (folder / f"{name}.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+        # the second run exported again from the same data: same members, nothing added or removed
+        assert manifest["previous_export_id"] is not None
+        assert (manifest["adds"], manifest["removes"]) == (0, 0)
+        assert manifest["row_count"] == len([p for p in (folder / f"{name}.csv").read_text(encoding="utf-8-sig").splitlines()[1:] if p])

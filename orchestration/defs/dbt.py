@@ -42,7 +42,7 @@ DBT_SELECTIONS = {
     # Selected by path, not as "everything but staging": a test that reconciles a mart with staging is then
     # selected here (eager) and becomes an asset check of the mart; at run time "buildable" indirect selection
     # runs it in this step, once both parents exist.
-    "dbt_models": ("path:models/intermediate path:models/marts path:models/segments", "tag:identity_input"),
+    "dbt_models": ("path:models/intermediate path:models/marts", "tag:identity_input"),
 }
 
 

@@ -1,0 +1,199 @@
+"""Segment membership (SPEC §5): segments/segment_definitions and segments/segment_members, with the checks
+that gate every export and sync.
+
+Definitions, export options and destinations are read and validated here, when the code location loads: a
+bad definition stops the load with a message naming the segment.
+"""
+
+
+import datetime as dt
+import dagster as dg
+
+from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource, current_settings
+from orchestration.segments import (
+    build_membership,
+    export_options,
+    load_segment_definitions,
+    parse_destinations,
+    suppression_violations,
+)
+
+DIM_CUSTOMERS = dg.AssetKey(["marts", "dim_customers"])
+DEFINITIONS_KEY = dg.AssetKey(["segments", "segment_definitions"])
+MEMBERS_KEY = dg.AssetKey(["segments", "segment_members"])
+CHECK_UPSTREAM = "upstream_checks_passed"
+CHECK_SUPPRESSION = "no_suppressed_members"
+CHECK_NOT_EMPTY = "segments_not_empty"
+CHECK_DATA_AGE = "source_data_age"
+
+
+def load_segment_config():
+    """(definitions, export options, destinations) of the current data directory, validated."""
+    settings = current_settings()
+    definitions = load_segment_definitions(settings.data_dir, settings.sources)
+    options = export_options(settings.sources)
+    enabled = [d for d in definitions if d.enabled]
+    destinations = parse_destinations(settings.sources.get("destinations", {}), [d.name for d in enabled], str(settings.settings_file))
+    return definitions, options, destinations
+
+
+def failed_upstream_checks(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> list[str]:
+    """Checks on any ancestor of `asset_key` whose latest evaluation failed at ERROR severity.
+
+    The latest evaluation decides, whichever run made it: within `privdom run` that is this run's; when an
+    export is materialized on its own, the last ingest's quarantine check still holds it back.
+    """
+    try:  # the code location's whole graph: runs launched from the UI or a schedule carry it
+        graph = context.repository_def.asset_graph
+    except Exception:  # in-process runs (privdom run) have none; their job is the whole graph
+        graph = context.job_def.asset_layer.asset_graph
+    keys = graph.get_ancestor_asset_keys(asset_key)
+    failed = []
+    for check_key in sorted(graph.get_check_keys_for_assets(keys), key=lambda k: (k.asset_key.to_user_string(), k.name)):
+        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
+        evaluation = record.evaluation if record else None
+        if evaluation is not None and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            reason = evaluation.description or "failed"
+            failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]})")
+    return failed
+
+
+def refuse_if_blocked(context: dg.AssetExecutionContext, check_keys: list[dg.AssetCheckKey], what: str) -> None:
+    """Raise a Failure naming the blocking checks whose latest evaluation failed (shown on the step in the UI).
+
+    The keys are named explicitly: a run of a subset (an export materialized on its own) does not carry the
+    other assets' checks in its job's graph, but their latest evaluations still hold.
+    """
+    failed = []
+    for check_key in check_keys:
+        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
+        evaluation = record.evaluation if record else None
+        if evaluation is not None and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({evaluation.description or 'failed'}; run {record.run_id[:8]})")
+    if failed:
+        raise dg.Failure(
+            description=f"{what} withheld: a blocking check failed upstream: " + "; ".join(failed),
+            metadata={"failed_checks": failed},
+        )
+
+
+MEMBERS_GATES = [dg.AssetCheckKey(MEMBERS_KEY, CHECK_UPSTREAM), dg.AssetCheckKey(MEMBERS_KEY, CHECK_SUPPRESSION)]
+
+
+def _members_table(summaries) -> str:
+    lines = ["| segment | version | matched by rule | suppressed | members |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s.segment} | {s.version} | {s.matched} | {s.suppressed} | {s.members} |" for s in summaries]
+    return "\n".join(lines)
+
+
+def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
+    """The membership asset for these (validated) definitions; tests build it with their own."""
+
+    @dg.multi_asset(
+        name="segment_membership",
+        group_name="segments",
+        pool=WAREHOUSE_POOL,
+        specs=[
+            dg.AssetSpec(
+                DEFINITIONS_KEY,
+                deps=[DIM_CUSTOMERS],
+                kinds={"duckdb", "python"},
+                description="One row per segment definition (defaults, privdom.toml, segments/*.toml): version, purpose, campaign, rule, where it was defined, and how many customers it matched, suppressed and kept.",
+            ),
+            dg.AssetSpec(
+                MEMBERS_KEY,
+                deps=[DIM_CUSTOMERS],
+                kinds={"duckdb", "python"},
+                description=(
+                    "Members of every enabled segment, from marts.dim_customers: contact channel and handle, phone "
+                    "SHA-256, WeCom ids and the columns that explain membership. Opted-out and unreachable customers "
+                    "are never members, whatever a rule says."
+                ),
+            ),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_UPSTREAM,
+                asset=MEMBERS_KEY,
+                blocking=True,
+                description="No blocking (ERROR) check upstream failed at its latest evaluation (e.g. a raw quarantine share above max_quarantine_share). Exports and syncs wait otherwise.",
+            ),
+            dg.AssetCheckSpec(
+                CHECK_SUPPRESSION,
+                asset=MEMBERS_KEY,
+                blocking=True,
+                description="No member is opted out, unreachable or missing from marts.dim_customers (re-checked against dim_customers). Exports and syncs wait otherwise.",
+            ),
+            dg.AssetCheckSpec(CHECK_NOT_EMPTY, asset=MEMBERS_KEY, description="Warns when an enabled segment has no members."),
+            dg.AssetCheckSpec(
+                CHECK_DATA_AGE,
+                asset=MEMBERS_KEY,
+                description="Warns when the data's end is older than [exports] warn_data_age_days against the wall clock: a warning about the sources, never a reason to block.",
+            ),
+        ],
+    )
+    def segment_membership(context: dg.AssetExecutionContext, privdom: PrivdomResource):
+        failed_upstream = failed_upstream_checks(context, MEMBERS_KEY)
+        computed_at = dt.datetime.now(dt.UTC)
+        with privdom.connect() as con:
+            summaries = build_membership(con, definitions, computed_at)
+            violations, examples = suppression_violations(con)
+            data_end = con.execute("select max(data_end_at) from marts.dim_customers").fetchone()[0]
+        yield dg.MaterializeResult(
+            asset_key=DEFINITIONS_KEY,
+            metadata={"segments": len(definitions), "enabled": sum(d.enabled for d in definitions), "dagster/row_count": len(definitions)},
+        )
+        yield dg.MaterializeResult(
+            asset_key=MEMBERS_KEY,
+            metadata={
+                "dagster/row_count": sum(s.members for s in summaries),
+                "computed_at": computed_at.isoformat(),
+                "data_end_at": data_end.isoformat() if data_end else "",
+                "segments": dg.MetadataValue.md(_members_table(summaries)),
+            },
+        )
+        yield dg.AssetCheckResult(
+            asset_key=MEMBERS_KEY,
+            check_name=CHECK_UPSTREAM,
+            passed=not failed_upstream,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=("Exports and syncs wait: " + "; ".join(failed_upstream)) if failed_upstream else None,
+            metadata={"failed_checks": failed_upstream},
+        )
+        yield dg.AssetCheckResult(
+            asset_key=MEMBERS_KEY,
+            check_name=CHECK_SUPPRESSION,
+            passed=violations == 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{violations} members are opted out, unreachable or unknown: exports and syncs wait" if violations else None,
+            metadata={"violations": violations, "examples": [" ".join(e) for e in examples]},
+        )
+        empty = [s.segment for s in summaries if s.members == 0]
+        yield dg.AssetCheckResult(
+            asset_key=MEMBERS_KEY,
+            check_name=CHECK_NOT_EMPTY,
+            passed=not empty,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"empty segments: {', '.join(empty)}" if empty else None,
+            metadata={"empty_segments": empty},
+        )
+        age_days = (computed_at - data_end).total_seconds() / 86400 if data_end else None
+        yield dg.AssetCheckResult(
+            asset_key=MEMBERS_KEY,
+            check_name=CHECK_DATA_AGE,
+            passed=age_days is not None and age_days <= options.warn_data_age_days,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                f"the data ends {age_days:.1f} days before now (warn above {options.warn_data_age_days}): are the sources still delivering?"
+                if age_days is not None and age_days > options.warn_data_age_days
+                else None
+            ),
+            metadata={"data_age_days": round(age_days, 2) if age_days is not None else None, "warn_data_age_days": options.warn_data_age_days},
+        )
+
+    return segment_membership
+
+
+# Read and validated when the code location loads: a bad definition stops the load, naming the segment.
+SEGMENT_DEFINITIONS, EXPORT_OPTIONS, DESTINATIONS = load_segment_config()
+membership_asset = build_membership_asset(SEGMENT_DEFINITIONS, EXPORT_OPTIONS)

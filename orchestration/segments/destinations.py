@@ -1,0 +1,413 @@
+"""Destinations a segment is synced to (SPEC §5 "Delivery to marketing tools"): a webhook and WeCom tags.
+
+Configured in `$PRIVDOM_HOME/privdom.toml` as `[destinations.<name>]`; secrets come from environment
+variables named in the config, never from the file. HTTP goes through httpx, retries through tenacity:
+transient failures (timeouts, dropped connections, 5xx, 429, WeCom's rate-limit and busy codes) are retried
+with exponential backoff (honouring Retry-After, capped); anything else fails the rows concerned, which the
+next sync sends again.
+
+A client's `send(operation, rows)` returns one `RowOutcome` per row; it never raises for a row's failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import tenacity
+
+from orchestration.segments.definitions import NAME_PATTERN
+
+TYPES = ("webhook", "wecom")
+MODES = ("mirror", "additive")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WECOM_DEFAULT_BASE = "https://qyapi.weixin.qq.com"
+WECOM_RETRY_CODES = {45009: "API rate limit", -1: "system busy"}
+WECOM_TOKEN_CODES = {40014: "invalid access_token", 42001: "access_token expired"}
+RETRY_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
+SIGNATURE_HEADER = "X-Privdom-Signature"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class DestinationConfigError(ValueError):
+    """A destination is configured wrongly; the message names it."""
+
+
+class DestinationUnavailable(RuntimeError):
+    """The destination cannot be used at all this sync (no secret, token refused); rows stay unsent."""
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    name: str
+    type: str
+    segments: tuple[str, ...]
+    mode: str = "mirror"
+    url: str | None = None  # webhook
+    secret_env: str | None = None  # webhook: env var holding the HMAC secret
+    base_url: str = WECOM_DEFAULT_BASE  # wecom
+    corp_id_env: str = "PRIVDOM_WECOM_CORP_ID"
+    corp_secret_env: str = "PRIVDOM_WECOM_CORP_SECRET"
+    tags: Mapping[str, str] = field(default_factory=dict)  # wecom: segment -> tag id
+    batch_size: int = 500
+    timeout_seconds: float = 10.0
+    max_attempts: int = 5
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+
+
+@dataclass
+class RowOutcome:
+    customer_key: str
+    accepted: bool
+    attempts: int
+    error: str | None = None
+    batch_key: str | None = None
+
+
+_COMMON = {"type", "segments", "mode", "batch_size", "timeout_seconds", "max_attempts", "backoff_seconds", "max_backoff_seconds"}
+_FIELDS = {"webhook": _COMMON | {"url", "secret_env"}, "wecom": (_COMMON - {"segments"}) | {"base_url", "corp_id_env", "corp_secret_env", "tags"}}
+
+
+def _url_ok(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname in LOOPBACK  # plain http only to this machine (tests, a local relay)
+
+
+def parse_destinations(raw: Mapping[str, Any], segment_names: Sequence[str], origin: str = "privdom.toml") -> list[DestinationConfig]:
+    """Validate the `[destinations.<name>]` tables against the known segments; all problems at once."""
+    problems: list[str] = []
+    out = []
+    for name, table in raw.items():
+        where = f"destination {name!r} ({origin})"
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            problems.append(f"{where}: a destination name is lower-case letters, digits and '_', starting with a letter")
+            continue
+        if not isinstance(table, Mapping):
+            problems.append(f"{where}: must be a table")
+            continue
+        kind = table.get("type")
+        if kind not in TYPES:
+            problems.append(f"{where}: type must be one of {', '.join(TYPES)}, not {kind!r}")
+            continue
+        unknown = set(table) - _FIELDS[kind]
+        if unknown:
+            problems.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELDS[kind]))}")
+        values: dict[str, Any] = {"name": name, "type": kind}
+        mode = table.get("mode", "mirror")
+        if mode not in MODES:
+            problems.append(f"{where}: mode must be mirror or additive, not {mode!r}")
+        values["mode"] = mode
+        for key, low, high in (("batch_size", 1, 10_000), ("max_attempts", 1, 20)):
+            v = table.get(key, DestinationConfig.__dataclass_fields__[key].default)
+            if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+                problems.append(f"{where}: {key} must be a whole number from {low} to {high}, not {v!r}")
+            values[key] = v
+        for key in ("timeout_seconds", "backoff_seconds", "max_backoff_seconds"):
+            v = table.get(key, DestinationConfig.__dataclass_fields__[key].default)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 3600:
+                problems.append(f"{where}: {key} must be a number of seconds from 0 to 3600, not {v!r}")
+            values[key] = float(v) if isinstance(v, (int, float)) else v
+        if kind == "webhook":
+            segments = table.get("segments")
+            if not isinstance(segments, list) or not segments or not all(isinstance(s, str) for s in segments):
+                problems.append(f"{where}: segments must be a non-empty list of segment names")
+                segments = []
+            if not _url_ok(table.get("url")):
+                problems.append(f"{where}: url must be an https:// URL (http:// only to 127.0.0.1 or localhost), not {table.get('url')!r}")
+            secret_env = table.get("secret_env")
+            if not isinstance(secret_env, str) or not ENV_NAME.fullmatch(secret_env):
+                problems.append(f"{where}: secret_env must name the environment variable that holds the signing secret (e.g. PRIVDOM_CRM_SECRET), not {secret_env!r}")
+            values.update(url=table.get("url"), secret_env=secret_env)
+        else:
+            tags = table.get("tags")
+            if not isinstance(tags, Mapping) or not tags or not all(isinstance(v, str) and v for v in tags.values()):
+                problems.append(f"{where}: tags must be a table of segment = \"<WeCom tag id>\"")
+                tags = {}
+            segments = list(tags)
+            base_url = table.get("base_url", WECOM_DEFAULT_BASE)
+            if not _url_ok(base_url):
+                problems.append(f"{where}: base_url must be an https:// URL (http:// only to 127.0.0.1 or localhost), not {base_url!r}")
+            for key in ("corp_id_env", "corp_secret_env"):
+                v = table.get(key, DestinationConfig.__dataclass_fields__[key].default)
+                if not isinstance(v, str) or not ENV_NAME.fullmatch(v):
+                    problems.append(f"{where}: {key} must name an environment variable, not {v!r}")
+                values[key] = v
+            values.update(base_url=str(base_url).rstrip("/"), tags=dict(tags))
+        missing = [s for s in segments if s not in segment_names]
+        if missing:
+            problems.append(f"{where}: unknown segment(s) {', '.join(map(repr, missing))}; defined: {', '.join(segment_names)}")
+        values["segments"] = tuple(dict.fromkeys(segments))
+        out.append(values)
+    if problems:
+        raise DestinationConfigError("invalid destinations:\n  " + "\n  ".join(problems))
+    return [DestinationConfig(**v) for v in out]
+
+
+# ------------------------------------------------------------------------------------------------ retries
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _retrying(config: DestinationConfig, sleep: Callable[[float], None]) -> tenacity.Retrying:
+    backoff = tenacity.wait_exponential(multiplier=config.backoff_seconds, max=config.max_backoff_seconds)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            return min(exc.retry_after, config.max_backoff_seconds)
+        return backoff(state)
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(config.max_attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception_type(_Transient),
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+def _transport_error(exc: httpx.HTTPError) -> _Transient:
+    if isinstance(exc, httpx.TimeoutException):
+        return _Transient(f"timeout ({type(exc).__name__})")
+    return _Transient(f"connection error ({type(exc).__name__}: {exc})")
+
+
+# ------------------------------------------------------------------------------------------------ webhook
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+class WebhookClient:
+    """POSTs JSON batches: {destination, segment, segment_version, operation, idempotency_key, rows}.
+
+    The idempotency key is the SHA-256 of the batch's content (destination, segment, version, operation,
+    rows) and the sync run, so every retry of a batch carries the same key and the same body and the
+    receiver applies a key once. A later sync that re-sends failed rows uses a new key: the receiver may
+    have rejected the old one for good, and re-applying an add or a remove changes nothing. Headers: `Idempotency-Key` and `X-Privdom-Signature:
+    sha256=<hex HMAC-SHA256 of the body>`. A 2xx answer accepts the batch, except rows the receiver lists in
+    an optional `{"rejected": [{"customer_key": ..., "error": ...}]}` body.
+    """
+
+    def __init__(self, config: DestinationConfig, secret: str, *, http: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep):
+        self.config = config
+        self.secret = secret
+        self.http = http or httpx.Client(timeout=config.timeout_seconds)
+        self.sleep = sleep
+        self.requests_sent = 0
+
+    @classmethod
+    def from_environment(cls, config: DestinationConfig, **kwargs: Any) -> WebhookClient:
+        secret = os.environ.get(config.secret_env or "")
+        if not secret:
+            raise DestinationUnavailable(f"destination {config.name!r}: environment variable {config.secret_env} (the webhook signing secret) is not set")
+        return cls(config, secret, **kwargs)
+
+    def batch_body(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> tuple[str, bytes]:
+        content = {"destination": self.config.name, "segment": segment, "segment_version": segment_version, "operation": operation,
+                   "sync_run_id": sync_run_id, "rows": list(rows)}
+        key = hashlib.sha256(canonical_json(content)).hexdigest()[:40]
+        return key, canonical_json({**content, "idempotency_key": key})
+
+    def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> list[RowOutcome]:
+        key, body = self.batch_body(segment, segment_version, operation, rows, sync_run_id)
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key, SIGNATURE_HEADER: sign(self.secret, body)}
+        attempts = 0
+
+        def attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            self.requests_sent += 1
+            try:
+                response = self.http.post(self.config.url, content=body, headers=headers, timeout=self.config.timeout_seconds)
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc) from exc
+            if response.status_code in RETRY_HTTP_STATUS:
+                raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
+            return response
+
+        try:
+            response = _retrying(self.config, self.sleep)(attempt)
+        except _Transient as exc:
+            return [RowOutcome(r["customer_key"], False, attempts, f"gave up after {attempts} attempts: {exc}", key) for r in rows]
+        if not 200 <= response.status_code < 300:
+            error = f"HTTP {response.status_code}: {response.text[:200]}"
+            return [RowOutcome(r["customer_key"], False, attempts, error, key) for r in rows]
+        rejected: dict[str, str] = {}
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and isinstance(answer.get("rejected"), list):
+            for item in answer["rejected"]:
+                if isinstance(item, dict) and "customer_key" in item:
+                    rejected[str(item["customer_key"])] = str(item.get("error") or "rejected by the destination")
+        return [
+            RowOutcome(r["customer_key"], r["customer_key"] not in rejected, attempts, rejected.get(r["customer_key"]), key)
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+# -------------------------------------------------------------------------------------------------- WeCom
+
+
+class WeComClient:
+    """WeCom customer tags: `externalcontact/mark_tag`, one call per contact (the API takes one external_userid).
+
+    The access token comes from `GET /cgi-bin/gettoken?corpid=&corpsecret=` (corp id and secret from the
+    environment) and is cached until `expires_in` minus a safety margin; 40014/42001 refresh it and retry.
+    WeCom answers HTTP 200 with an `errcode`: 0 accepts the row; 45009 (rate limit) and -1 (busy) are retried
+    with backoff; any other code fails that row with WeCom's errmsg.
+    """
+
+    TOKEN_MARGIN_SECONDS = 300
+
+    def __init__(self, config: DestinationConfig, corp_id: str, corp_secret: str, *, http: httpx.Client | None = None,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.corp_id = corp_id
+        self.corp_secret = corp_secret
+        self.http = http or httpx.Client(timeout=config.timeout_seconds)
+        self.sleep = sleep
+        self.clock = clock
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self.token_requests = 0
+        self.requests_sent = 0
+
+    @classmethod
+    def from_environment(cls, config: DestinationConfig, **kwargs: Any) -> WeComClient:
+        corp_id, secret = os.environ.get(config.corp_id_env), os.environ.get(config.corp_secret_env)
+        missing = [n for n, v in ((config.corp_id_env, corp_id), (config.corp_secret_env, secret)) if not v]
+        if missing:
+            raise DestinationUnavailable(f"destination {config.name!r}: environment variable(s) {', '.join(missing)} (WeCom corp id / secret) not set")
+        return cls(config, corp_id, secret, **kwargs)
+
+    def _get_json(self, method: str, url: str, **kwargs: Any) -> dict:
+        try:
+            response = self.http.request(method, url, timeout=self.config.timeout_seconds, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from exc
+        if response.status_code in RETRY_HTTP_STATUS:
+            raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+        try:
+            answer = response.json()
+        except ValueError:
+            raise _Transient(f"HTTP 200 with a body that is not JSON: {response.text[:100]!r}") from None
+        if not isinstance(answer, dict) or "errcode" not in answer:
+            raise RuntimeError(f"unexpected answer {str(answer)[:200]}")
+        return answer
+
+    def token(self) -> str:
+        if self._token and self.clock() < self._token_expires:
+            return self._token
+
+        def fetch() -> dict:
+            self.token_requests += 1
+            answer = self._get_json("GET", f"{self.config.base_url}/cgi-bin/gettoken", params={"corpid": self.corp_id, "corpsecret": self.corp_secret})
+            if answer.get("errcode") in WECOM_RETRY_CODES:
+                raise _Transient(f"gettoken errcode {answer['errcode']}: {answer.get('errmsg', '')}")
+            return answer
+
+        try:
+            answer = _retrying(self.config, self.sleep)(fetch)
+        except (_Transient, RuntimeError) as exc:
+            raise DestinationUnavailable(f"destination {self.config.name!r}: gettoken failed: {exc}") from None
+        if answer.get("errcode") != 0 or not answer.get("access_token"):
+            raise DestinationUnavailable(
+                f"destination {self.config.name!r}: gettoken refused: errcode {answer.get('errcode')}: {answer.get('errmsg', '')}"
+            )
+        self._token = str(answer["access_token"])
+        expires_in = float(answer.get("expires_in", 7200))
+        self._token_expires = self.clock() + max(0.0, expires_in - min(self.TOKEN_MARGIN_SECONDS, expires_in / 2))
+        return self._token
+
+    def _invalidate(self) -> None:
+        self._token = None
+        self._token_expires = 0.0
+
+    def mark_tag(self, staff_userid: str, external_userid: str, tag_id: str, operation: str) -> tuple[bool, int, str | None]:
+        """(accepted, attempts, error) for one contact."""
+        body = {"userid": staff_userid, "external_userid": external_userid, "add_tag" if operation == "add" else "remove_tag": [tag_id]}
+        attempts = 0
+
+        def attempt() -> dict:
+            nonlocal attempts
+            attempts += 1
+            self.requests_sent += 1
+            token = self.token()
+            answer = self._get_json("POST", f"{self.config.base_url}/cgi-bin/externalcontact/mark_tag", params={"access_token": token}, json=body)
+            code = answer.get("errcode")
+            if code in WECOM_TOKEN_CODES:
+                self._invalidate()
+                raise _Transient(f"errcode {code}: {WECOM_TOKEN_CODES[code]}", retry_after=0.0)
+            if code in WECOM_RETRY_CODES:
+                raise _Transient(f"errcode {code}: {answer.get('errmsg') or WECOM_RETRY_CODES[code]}")
+            return answer
+
+        try:
+            answer = _retrying(self.config, self.sleep)(attempt)
+        except _Transient as exc:
+            return False, attempts, f"gave up after {attempts} attempts: {exc}"
+        except DestinationUnavailable:
+            raise  # no token: the whole sync stops, the rows stay due
+        except RuntimeError as exc:
+            return False, attempts, str(exc)
+        if answer.get("errcode") == 0:
+            return True, attempts, None
+        return False, attempts, f"errcode {answer.get('errcode')}: {answer.get('errmsg', '')}"
+
+    def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> list[RowOutcome]:
+        tag_id = self.config.tags[segment]
+        out = []
+        for r in rows:
+            ok, attempts, error = self.mark_tag(r["wecom_staff_userid"], r["wecom_external_userid"], tag_id, operation)
+            out.append(RowOutcome(r["customer_key"], ok, attempts, error, None))
+        return out
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def client_for(config: DestinationConfig, **kwargs: Any) -> WebhookClient | WeComClient:
+    """A client for a configured destination, its secrets read from the environment now."""
+    if config.type == "webhook":
+        return WebhookClient.from_environment(config, **kwargs)
+    return WeComClient.from_environment(config, **kwargs)

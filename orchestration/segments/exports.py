@@ -1,0 +1,367 @@
+"""File exports of segments (SPEC §5, §6): `exports/<segment>/<export_id>/` and `exports/<segment>/LATEST`.
+
+An export is written into a hidden folder (`.tmp-<export_id>`), checked (row counts, no suppressed customer,
+no clear phone), described by manifest.json (written last inside it), then renamed into place in one step;
+LATEST is replaced atomically after that. A reader that lists `exports/<segment>/` therefore sees either no
+export folder or a complete one, and LATEST always names a complete export. Old exports are renamed to a
+hidden name before they are deleted, for the same reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from orchestration.segments.definitions import EXPLAIN_COLUMNS, ExportOptions, SegmentDefinition
+from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
+
+LATEST = "LATEST"
+MANIFEST = "manifest.json"
+EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}
+BOM = b"\xef\xbb\xbf"
+# Columns of every members / adds row (stable, SPEC §5), in this order.
+ROW_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
+               *EXPLAIN_COLUMNS, "computed_at", "data_end_at")
+# A remove names the customer as the previous export did: its key and contact fields.
+REMOVE_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
+                  "computed_at", "data_end_at")
+# The free-text columns of an export row, where a clear phone could hide; every other column is typed.
+TEXT_COLUMNS = ("contact_channel", "contact_handle", "phone_sha256", "acquisition_campaign", "reachable_channels", "acquisition_channel")
+CLEAR_PHONE_REGEX = r"(^|[^0-9a-fA-F])1[3-9][0-9]{9}([^0-9a-fA-F]|$)"
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or failed its own verification; nothing of it was published."""
+
+
+@dataclass
+class ExportResult:
+    segment: str
+    export_id: str
+    path: Path
+    rows: int
+    adds: int
+    removes: int
+    previous_export_id: str | None
+    manifest: dict = field(repr=False)
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """`path` resolved, refusing anything (a symlink, say) that leads outside `root`."""
+    resolved = path.resolve()
+    if resolved != root.resolve() and not resolved.is_relative_to(root.resolve()):
+        raise ExportError(f"{path} resolves to {resolved}, outside the exports directory {root}: refusing to write there")
+    return resolved
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_export_id(now: dt.datetime, previous: str | None) -> str:
+    """`YYYYMMDDTHHMMSSZ-<6 hex>`; strictly after `previous`, so ids sort in export order."""
+    stamp = now.astimezone(dt.UTC).replace(microsecond=0)
+    if previous:
+        try:
+            before = dt.datetime.strptime(previous[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        except ValueError:
+            before = None
+        if before is not None and stamp <= before:
+            stamp = before + dt.timedelta(seconds=1)
+    return f"{stamp:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def latest_export_id(segment_dir: Path) -> str | None:
+    try:
+        value = (segment_dir / LATEST).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return value or None
+
+
+def read_manifest(export_dir: Path) -> dict:
+    return json.loads((export_dir / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _read_previous(con: duckdb.DuckDBPyConnection, export_dir: Path, segment: str) -> None:
+    """Load the previous export's members (key and contact fields, as text) into temp table previous_rows."""
+    manifest = read_manifest(export_dir)
+    if manifest["row_count"] == 0:
+        con.execute(
+            "create or replace temp table previous_rows (customer_key varchar, contact_channel varchar, contact_handle varchar, phone_sha256 varchar)"
+        )
+        return
+    members = {f["format"]: export_dir / f["name"] for f in manifest["files"] if f["kind"] == "members"}
+    cols = ", ".join(f"cast({c} as varchar) as {c}" for c in ("customer_key", "contact_channel", "contact_handle", "phone_sha256"))
+    fmt = next((f for f in ("parquet", "jsonl", "csv") if f in members), None)
+    if fmt is None:
+        raise ExportError(f"{export_dir}: the previous export of {segment!r} has no members file to diff against")
+    con.execute(f"create or replace temp table previous_rows as select {cols} from {_reader(members[fmt], fmt)}")
+
+
+def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, fmt: str, csv_bom: bool) -> None:
+    if fmt == "parquet":
+        con.execute(f"copy ({query}) to {_sql_path(path)} (format parquet, compression zstd)", params)
+    elif fmt == "jsonl":
+        con.execute(f"copy ({query}) to {_sql_path(path)} (format json)", params)
+    else:
+        target = path.with_name(path.name + ".nobom") if csv_bom else path
+        con.execute(f"copy ({query}) to {_sql_path(target)} (format csv, header true)", params)
+        if csv_bom:  # DuckDB writes no BOM; Excel needs one to open Chinese text as UTF-8
+            with open(path, "wb") as out, open(target, "rb") as src:
+                out.write(BOM)
+                shutil.copyfileobj(src, out, 1 << 20)
+            target.unlink()
+
+
+def _reader(path: Path, fmt: str) -> str:
+    """A DuckDB table function reading an export file back (CSV as text, so nothing is reinterpreted)."""
+    if fmt == "parquet":
+        return f"read_parquet({_sql_path(path)})"
+    if fmt == "jsonl":
+        return f"read_json({_sql_path(path)}, format = 'newline_delimited')"
+    return f"read_csv({_sql_path(path)}, header = true, all_varchar = true)"
+
+
+def _rows_in(con: duckdb.DuckDBPyConnection, path: Path, fmt: str) -> int:
+    if fmt == "jsonl":  # read_json would skip nothing, but count lines to catch a torn last line too
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    return con.execute(f"select count(*) from {_reader(path, fmt)}").fetchone()[0]
+
+
+def _keys_in(path: Path, fmt: str) -> str:
+    return f"select cast(customer_key as varchar) as customer_key from {_reader(path, fmt)}"
+
+
+def _verify(con: duckdb.DuckDBPyConnection, tmp: Path, files: list[dict], expected: dict[str, int]) -> None:
+    """Read the written files back: every file has the planned row count; in one file per kind (Parquet when
+    written: the fastest to read; the formats are written from one query) no suppressed or unknown customer
+    in members or adds, and no clear phone. Raises ExportError (and nothing is published) otherwise."""
+    order = {"parquet": 0, "csv": 1, "jsonl": 2}
+    deep = {kind: min((f for f in files if f["kind"] == kind), key=lambda f: order[f["format"]]) for kind in {f["kind"] for f in files}}
+    for f in files:
+        path = tmp / f["name"]
+        rows = _rows_in(con, path, f["format"])
+        if rows != expected[f["kind"]]:
+            raise ExportError(f"{f['name']}: {rows} rows written, {expected[f['kind']]} expected")
+        if rows == 0 or deep[f["kind"]] is not f:
+            continue
+        if f["kind"] != "removes":
+            bad = con.execute(
+                f"""select count(*) from ({_keys_in(path, f['format'])}) k
+                    left join {DIM_CUSTOMERS} d using (customer_key)
+                    where d.customer_key is null or d.opted_out or not d.is_reachable"""
+            ).fetchone()[0]
+            if bad:
+                raise ExportError(f"{f['name']}: {bad} opted-out, unreachable or unknown customers; export withheld")
+        text = TEXT_COLUMNS if f["kind"] != "removes" else TEXT_COLUMNS[:3]
+        leaks = con.execute(
+            f"select count(*) from {_reader(path, f['format'])} t "
+            f"where regexp_matches(concat_ws('|', {', '.join(f'cast(t.{c} as varchar)' for c in text)}), ?)",
+            [CLEAR_PHONE_REGEX],
+        ).fetchone()[0]
+        if leaks:
+            raise ExportError(f"{f['name']}: {leaks} rows hold what looks like a clear mobile number; export withheld")
+
+
+def export_segment(
+    con: duckdb.DuckDBPyConnection,
+    exports_dir: Path,
+    definition: SegmentDefinition,
+    options: ExportOptions,
+    *,
+    now: dt.datetime | None = None,
+) -> ExportResult:
+    """Write one export of a segment from segments.segment_members and publish it atomically."""
+    now = now or dt.datetime.now(dt.UTC)
+    formats = definition.formats or options.formats
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    segment_dir = _inside(exports_dir / definition.name, exports_dir)
+    segment_dir.mkdir(exist_ok=True)
+    previous_id = latest_export_id(segment_dir)
+    if previous_id is not None and not (segment_dir / previous_id / MANIFEST).is_file():
+        raise ExportError(f"{segment_dir / LATEST} names {previous_id!r}, which is not a complete export")
+    export_id = new_export_id(now, previous_id)
+    tmp = segment_dir / f".tmp-{export_id}"
+    final = segment_dir / export_id
+    tmp.mkdir()
+    try:
+        head = con.execute(
+            f"select max(segment_version), max(computed_at), max(data_end_at), count(*) from {MEMBERS_TABLE} where segment = ?",
+            [definition.name],
+        ).fetchone()
+        _, computed_at, data_end_at, rows = head
+        if rows == 0:  # an empty segment still states when it was computed and on which data
+            computed_at, data_end_at = con.execute(
+                "select computed_at, data_end_at from segments.segment_definitions where segment = ?", [definition.name]
+            ).fetchone()
+        if previous_id is not None:
+            _read_previous(con, segment_dir / previous_id, definition.name)
+        else:
+            con.execute(
+                "create or replace temp table previous_rows (customer_key varchar, contact_channel varchar, contact_handle varchar, phone_sha256 varchar)"
+            )
+        select_cols = ", ".join(f"m.{c}" for c in ROW_COLUMNS)
+        members_q = f"select {select_cols} from {MEMBERS_TABLE} m where m.segment = ? order by m.customer_key"
+        adds_q = (
+            f"select {select_cols} from {MEMBERS_TABLE} m where m.segment = ? "
+            "and m.customer_key not in (select customer_key from previous_rows) order by m.customer_key"
+        )
+        removes_q = (
+            "select cast(? as varchar) as segment, cast(? as integer) as segment_version, p.customer_key, p.contact_channel, "
+            "p.contact_handle, p.phone_sha256, cast(? as timestamptz) as computed_at, cast(? as timestamptz) as data_end_at "
+            f"from previous_rows p where p.customer_key not in (select customer_key from {MEMBERS_TABLE} where segment = ?) "
+            "order by p.customer_key"
+        )
+        plans = [
+            ("members", definition.name, members_q, [definition.name]),
+            ("adds", "adds", adds_q, [definition.name]),
+            ("removes", "removes", removes_q, [definition.name, definition.version, computed_at, data_end_at, definition.name]),
+        ]
+        expected = {
+            "members": rows,
+            "adds": con.execute(f"select count(*) from ({adds_q})", [definition.name]).fetchone()[0],
+            "removes": con.execute(f"select count(*) from ({removes_q})", plans[2][3]).fetchone()[0],
+        }
+        files = []
+        for kind, stem, query, params in plans:
+            for fmt in formats:
+                name = f"{stem}.{EXTENSIONS[fmt]}"
+                _copy(con, query, params, tmp / name, fmt, options.csv_bom)
+                files.append({"name": name, "kind": kind, "format": fmt, "rows": expected[kind]})
+        _verify(con, tmp, files, expected)
+        for f in files:
+            path = tmp / f["name"]
+            _fsync(path)
+            f["bytes"] = path.stat().st_size
+            f["sha256"] = _sha256(path)
+        manifest = {
+            "segment": definition.name,
+            "definition_version": definition.version,
+            "purpose": definition.purpose,
+            "campaign": definition.campaign,
+            "rule": definition.rule,
+            "export_id": export_id,
+            "previous_export_id": previous_id,
+            "exported_at": now.astimezone(dt.UTC).isoformat(),
+            "computed_at": computed_at.isoformat() if computed_at else None,
+            "data_end_at": data_end_at.isoformat() if data_end_at else None,
+            "row_count": rows,
+            "adds": expected["adds"],
+            "removes": expected["removes"],
+            "formats": list(formats),
+            "csv_bom": options.csv_bom,
+            "columns": {"members": list(ROW_COLUMNS), "adds": list(ROW_COLUMNS), "removes": list(REMOVE_COLUMNS)},
+            "suppression": "opted-out and unreachable customers are never exported",
+            "files": files,
+        }
+        manifest_tmp = tmp / (MANIFEST + ".tmp")
+        manifest_tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        _fsync(manifest_tmp)
+        os.replace(manifest_tmp, tmp / MANIFEST)
+        _fsync(tmp)
+        os.rename(tmp, final)  # the export appears complete, in one step
+        _fsync(segment_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        con.execute("drop table if exists previous_rows")
+    _write_latest(segment_dir, export_id)
+    _prune(segment_dir, keep=options.keep)
+    return ExportResult(definition.name, export_id, final, rows, expected["adds"], expected["removes"], previous_id, manifest)
+
+
+def _write_latest(segment_dir: Path, export_id: str) -> None:
+    tmp = segment_dir / f".{LATEST}.tmp"
+    tmp.write_text(export_id + "\n", encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, segment_dir / LATEST)
+    _fsync(segment_dir)
+
+
+def complete_exports(segment_dir: Path) -> list[str]:
+    """Export ids of the complete exports in a segment folder, oldest first."""
+    if not segment_dir.is_dir():
+        return []
+    return sorted(p.name for p in segment_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file())
+
+
+def _prune(segment_dir: Path, keep: int) -> None:
+    latest = latest_export_id(segment_dir)
+    ids = complete_exports(segment_dir)
+    for export_id in ids[: max(0, len(ids) - keep)]:
+        if export_id == latest:
+            continue
+        trash = segment_dir / f".trash-{export_id}"
+        os.rename(segment_dir / export_id, trash)  # disappears in one step, then is deleted
+        shutil.rmtree(trash, ignore_errors=True)
+    for leftover in segment_dir.glob(".tmp-*"):  # a crashed export's temporary folder
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def export_all(
+    con: duckdb.DuckDBPyConnection,
+    exports_dir: Path,
+    definitions: Sequence[SegmentDefinition],
+    options: ExportOptions,
+    now: dt.datetime | None = None,
+) -> list[ExportResult]:
+    now = now or dt.datetime.now(dt.UTC)
+    return [export_segment(con, exports_dir, d, options, now=now) for d in definitions if d.enabled]
+
+
+def export_freshness(con: duckdb.DuckDBPyConnection, exports_dir: Path, segment: str) -> dict:
+    """Whether the segment's LATEST export was built from the warehouse's current data end (SPEC §5)."""
+    current = con.execute(f"select max(data_end_at) from {DIM_CUSTOMERS}").fetchone()[0]
+    segment_dir = exports_dir / segment
+    latest = latest_export_id(segment_dir)
+    if latest is None:
+        return {"fresh": False, "latest": None, "export_data_end_at": None, "warehouse_data_end_at": current}
+    manifest = read_manifest(segment_dir / latest)
+    exported_end = dt.datetime.fromisoformat(manifest["data_end_at"]) if manifest["data_end_at"] else None
+    return {
+        "fresh": exported_end is not None and current is not None and exported_end == current,
+        "latest": latest,
+        "export_data_end_at": exported_end,
+        "warehouse_data_end_at": current,
+    }
+
+
+def summarise_exports(exports_dir: Path) -> list[tuple[str, str, int, int, int]]:
+    """(segment, latest export id, rows, adds, removes) for every segment folder with a LATEST."""
+    out = []
+    if not exports_dir.is_dir():
+        return out
+    for segment_dir in sorted(p for p in exports_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        latest = latest_export_id(segment_dir)
+        if latest and (segment_dir / latest / MANIFEST).is_file():
+            m = read_manifest(segment_dir / latest)
+            out.append((segment_dir.name, latest, m["row_count"], m["adds"], m["removes"]))
+    return out

@@ -1,0 +1,180 @@
+"""Segment membership in the warehouse: `segments.segment_members` and `segments.segment_definitions`.
+
+Membership reads `marts.dim_customers` only. Suppression (SPEC §5, PIPL) is part of the statement that
+selects members, before any rule: opted-out and unreachable customers are never members, whatever a
+definition says. `suppression_violations` re-checks the built table independently (the blocking check).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import duckdb
+
+from orchestration.segments.definitions import COLUMNS, EXPLAIN_COLUMNS, SegmentDefinition
+
+DIM_CUSTOMERS = "marts.dim_customers"
+MEMBERS_TABLE = "segments.segment_members"
+DEFINITIONS_TABLE = "segments.segment_definitions"
+
+# Where a marketing tool reaches the customer (SPEC §5): the WeCom contact, then the official-account openid,
+# then another openid with the channel it was seen on, then the phone's SHA-256.
+CONTACT_CHANNEL_SQL = """case
+        when d.wecom_external_userid is not null then 'wecom'
+        when d.openid is not null then coalesce(d.openid_channel, 'openid')
+        when d.phone_sha256 is not null then 'phone_sha256'
+    end"""
+CONTACT_HANDLE_SQL = "coalesce(d.wecom_external_userid, d.openid, d.phone_sha256)"
+SUPPRESSION_SQL = "d.is_reachable and not d.opted_out"
+
+_TYPES = {
+    "int": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"),
+    "decimal": ("DECIMAL",),
+    "bool": ("BOOLEAN",),
+    "text": ("VARCHAR",),
+    "timestamp": ("TIMESTAMP WITH TIME ZONE",),
+}
+REQUIRED_COLUMNS = ("customer_key", "openid", "openid_channel", "wecom_external_userid", "wecom_staff_userid", "phone_sha256", "data_end_at")
+
+
+class WarehouseShapeError(RuntimeError):
+    """marts.dim_customers lacks a column a segment needs, or has it with another type."""
+
+
+@dataclass(frozen=True)
+class SegmentSummary:
+    segment: str
+    version: int
+    matched: int  # customers the rule selects before suppression
+    members: int  # after suppression
+    suppressed: int
+
+
+def check_dim_customers(con: duckdb.DuckDBPyConnection) -> None:
+    found = dict(
+        con.execute(
+            "select column_name, data_type from information_schema.columns where table_schema = 'marts' and table_name = 'dim_customers'"
+        ).fetchall()
+    )
+    if not found:
+        raise WarehouseShapeError("marts.dim_customers does not exist yet: build the marts (privdom run) before segments")
+    problems = [f"{c} is missing" for c in REQUIRED_COLUMNS if c not in found]
+    for column, spec in COLUMNS.items():
+        kind = found.get(column)
+        if kind is None:
+            problems.append(f"{column} is missing")
+        elif not kind.startswith(_TYPES[spec.kind]):
+            problems.append(f"{column} is {kind}, segments expect {spec.kind}")
+    if problems:
+        raise WarehouseShapeError("marts.dim_customers does not have the columns segments read: " + "; ".join(problems))
+
+
+def _member_select(definition: SegmentDefinition) -> str:
+    # Whole numbers leave as BIGINT whatever width dbt gave them (sums are HUGEINT, which files do not carry well).
+    explain = ",\n    ".join(
+        f'cast(d."{c}" as bigint) as "{c}"' if COLUMNS[c].kind == "int" else f'd."{c}"' for c in EXPLAIN_COLUMNS
+    )
+    return f"""
+select
+    cast(? as varchar) as segment,
+    cast(? as integer) as segment_version,
+    d.customer_key,
+    {CONTACT_CHANNEL_SQL} as contact_channel,
+    {CONTACT_HANDLE_SQL} as contact_handle,
+    d.phone_sha256,
+    d.wecom_external_userid,
+    d.wecom_staff_userid,
+    {explain},
+    cast(? as timestamptz) as computed_at,
+    d.data_end_at
+from {DIM_CUSTOMERS} as d
+where ({SUPPRESSION_SQL}) and {definition.sql}
+"""
+
+
+def _table_shape(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> list[tuple[str, str]]:
+    return con.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = ? and table_name = ? order by ordinal_position",
+        [schema, table],
+    ).fetchall()
+
+
+DEFINITIONS_DDL = f"""create table {DEFINITIONS_TABLE} (
+    segment varchar primary key, segment_version integer, purpose varchar, campaign varchar,
+    rule json, defined_in varchar, enabled boolean, matched bigint, suppressed bigint, members bigint,
+    computed_at timestamptz, data_end_at timestamptz)"""
+
+
+def _ensure_tables(con: duckdb.DuckDBPyConnection, computed_at: dt.datetime) -> None:
+    """Create the two tables (again, when their columns changed) before the rebuilding transaction.
+
+    They are never created inside it: DuckDB 2.0.0 returns no rows for grouped or filtered scans of a table
+    created and filled with many rows in one transaction, until the next checkpoint (DECISIONS.md).
+    """
+    con.execute("create schema if not exists segments")
+    con.execute(f"create or replace temp table _segment_members_shape as {_member_select(_NOTHING)}", _params(_NOTHING, computed_at))
+    wanted = con.execute(
+        "select column_name, data_type from information_schema.columns where table_name = '_segment_members_shape' order by ordinal_position"
+    ).fetchall()
+    if _table_shape(con, "segments", "segment_members") != wanted:
+        con.execute(f"create or replace table {MEMBERS_TABLE} as select * from _segment_members_shape")
+    con.execute("drop table _segment_members_shape")
+    if not _table_shape(con, "segments", "segment_definitions"):
+        con.execute(DEFINITIONS_DDL)
+
+
+def build_membership(
+    con: duckdb.DuckDBPyConnection, definitions: Sequence[SegmentDefinition], computed_at: dt.datetime
+) -> list[SegmentSummary]:
+    """Rebuild segment_members and segment_definitions for the enabled definitions, in one transaction."""
+    check_dim_customers(con)
+    enabled = [d for d in definitions if d.enabled]
+    _ensure_tables(con, computed_at)
+    con.execute("begin transaction")
+    try:
+        con.execute(f"delete from {MEMBERS_TABLE}")
+        con.execute(f"delete from {DEFINITIONS_TABLE}")
+        summaries = []
+        for d in enabled:
+            members = con.execute(f"insert into {MEMBERS_TABLE} {_member_select(d)}", _params(d, computed_at)).fetchone()[0]
+            matched = con.execute(f"select count(*) from {DIM_CUSTOMERS} d where {d.sql}", list(d.params)).fetchone()[0]
+            summaries.append(SegmentSummary(d.name, d.version, matched, members, matched - members))
+        by_name = {s.segment: s for s in summaries}
+        for d in definitions:
+            s = by_name.get(d.name)
+            con.execute(
+                f"""insert into {DEFINITIONS_TABLE}
+                    select ?, ?, ?, ?, ?::json, ?, ?, ?, ?, ?, ?::timestamptz, (select max(data_end_at) from {DIM_CUSTOMERS})""",
+                [d.name, d.version, d.purpose, d.campaign, d.rule_json(), d.source, d.enabled,
+                 s.matched if s else None, s.suppressed if s else None, s.members if s else None, computed_at],
+            )
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+    return summaries
+
+
+def _params(d: SegmentDefinition, computed_at: dt.datetime) -> list:
+    return [d.name, d.version, computed_at, *d.params]
+
+
+_NOTHING = SegmentDefinition(name="none", version=1, purpose="-", campaign="", rule={"all": []}, source="-", sql="false")
+
+
+def suppression_violations(con: duckdb.DuckDBPyConnection, limit: int = 20) -> tuple[int, list[tuple[str, str, str]]]:
+    """Members that are opted out, unreachable or unknown in dim_customers: (count, first few with the reason)."""
+    query = f"""
+        select m.segment, m.customer_key,
+               case when d.customer_key is null then 'not in dim_customers'
+                    when d.opted_out then 'opted out'
+                    else 'unreachable' end as reason
+        from {MEMBERS_TABLE} m
+        left join {DIM_CUSTOMERS} d using (customer_key)
+        where d.customer_key is null or d.opted_out or not d.is_reachable
+        order by 1, 2
+    """
+    count = con.execute(f"select count(*) from ({query})").fetchone()[0]
+    return count, [tuple(r) for r in con.execute(f"{query} limit {int(limit)}").fetchall()]

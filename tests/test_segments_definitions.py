@@ -1,0 +1,226 @@
+"""Segment definitions are data: defaults, overrides, and validation errors that name the segment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from orchestration.segments import SegmentDefinitionError, compile_rule, load_segment_definitions, parse_definitions
+from orchestration.segments.definitions import DEFAULTS_FILE, _read_toml
+from tests.segments_helpers import customer, days_before_end, write_dim_customers
+
+DEFAULT_NAMES = {
+    "new_not_activated", "one_time_buyers", "at_risk_high_value", "champions_to_distributors", "dormant_reachable", "top_referrers",
+}
+
+
+def _user(name: str, **table) -> list:
+    base = {"version": 1, "purpose": "test", "campaign": "test", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}
+    base.update(table)
+    return [("defaults", {}), ("privdom.toml", {name: base})]
+
+
+def _error(layers) -> str:
+    with pytest.raises(SegmentDefinitionError) as info:
+        parse_definitions(layers)
+    return str(info.value)
+
+
+def test_the_six_defaults_load_with_version_purpose_and_campaign(tmp_path):
+    defs = load_segment_definitions(tmp_path, {})
+    assert {d.name for d in defs} == DEFAULT_NAMES
+    for d in defs:
+        assert d.version >= 1 and d.purpose and d.campaign and d.enabled and d.sql
+
+
+def test_a_user_definition_overrides_a_default_and_adds_new_ones(tmp_path):
+    (tmp_path / "segments").mkdir()
+    (tmp_path / "segments" / "vip.toml").write_text(
+        '[segments.vip]\nversion = 1\npurpose = "big spenders"\nrule = [{ column = "net_revenue", op = "gte", value = 1000 }]\n',
+        encoding="utf-8",
+    )
+    sources = {
+        "segments": {
+            "top_referrers": {"version": 2, "purpose": "5+ referrals", "campaign": "tier", "rule": [{"column": "referrals_converted_12m", "op": "gte", "value": 5}]},
+            "dormant_reachable": {"version": 1, "purpose": "off", "rule": [{"column": "paid_orders", "op": "eq", "value": 0}], "enabled": False},
+        }
+    }
+    defs = {d.name: d for d in load_segment_definitions(tmp_path, sources)}
+    assert defs["top_referrers"].version == 2 and defs["top_referrers"].params == (5,)
+    assert defs["top_referrers"].source.endswith("privdom.toml")
+    assert defs["dormant_reachable"].enabled is False
+    assert defs["vip"].source.endswith("vip.toml") and defs["vip"].campaign == ""
+
+
+def test_unknown_column_names_the_segment():
+    message = _error(_user("spenders", rule=[{"column": "salary", "op": "gt", "value": 1}]))
+    assert "segment 'spenders'" in message and "unknown column 'salary'" in message
+
+
+def test_identifier_columns_are_not_rule_columns():
+    message = _error(_user("by_phone", rule=[{"column": "phone_sha256", "op": "eq", "value": "x"}]))
+    assert "segment 'by_phone'" in message and "unknown column 'phone_sha256'" in message
+
+
+@pytest.mark.parametrize(
+    ("condition", "words"),
+    [
+        ({"column": "paid_orders", "op": "gte", "value": "three"}, "whole number"),
+        ({"column": "paid_orders", "op": "gte", "value": True}, "whole number"),
+        ({"column": "rfm_segment", "op": "eq", "value": "Champs"}, "not a value of 'rfm_segment'"),
+        ({"column": "lifecycle_stage", "op": "in", "value": ["new", "asleep"]}, "not a value of 'lifecycle_stage'"),
+        ({"column": "acquired_at", "op": "within_last_days", "value": -3}, "whole number of days"),
+        ({"column": "acquired_at", "op": "within_last_days", "value": "2024-01-01"}, "whole number of days"),
+        ({"column": "last_paid_at", "op": "between_days_ago", "value": [60, 14]}, "[fewer_days, more_days]"),
+        ({"column": "m_score", "op": "between", "value": [5, 4]}, "above high"),
+        ({"column": "is_member", "op": "eq", "value": "yes"}, "true/false"),
+        ({"column": "paid_orders", "op": "is_null", "value": 3}, "takes no value"),
+        ({"column": "paid_orders", "op": "gte"}, "needs a value"),
+    ],
+)
+def test_bad_value_names_the_segment(condition, words):
+    message = _error(_user("bad_value", rule=[condition]))
+    assert "segment 'bad_value'" in message and "bad value" in message and words in message
+
+
+def test_unknown_operator_and_fields_name_the_segment():
+    message = _error(_user("odd", rule=[{"column": "paid_orders", "op": "like", "value": 1}]))
+    assert "segment 'odd'" in message and "unknown operator 'like'" in message
+    message = _error(_user("odd2", sql="select 1"))
+    assert "segment 'odd2'" in message and "unknown field(s) sql" in message
+    message = _error(_user("odd3", rule=[{"column": "paid_orders", "op": "eq", "value": 1, "raw": "1=1"}]))
+    assert "segment 'odd3'" in message and "column, op and value" in message
+
+
+def test_missing_version_purpose_rule_name_the_segment():
+    message = _error([("defaults", {}), ("privdom.toml", {"bare": {"campaign": "x"}})])
+    assert "segment 'bare'" in message
+    assert "version" in message and "purpose" in message and "needs a rule" in message
+
+
+def test_duplicate_name_in_two_user_places_names_the_segment(tmp_path):
+    (tmp_path / "segments").mkdir()
+    table = '[segments.vip]\nversion = 1\npurpose = "p"\nrule = [{ column = "paid_orders", op = "gte", value = 3 }]\n'
+    (tmp_path / "segments" / "a.toml").write_text(table, encoding="utf-8")
+    (tmp_path / "segments" / "b.toml").write_text(table, encoding="utf-8")
+    with pytest.raises(SegmentDefinitionError) as info:
+        load_segment_definitions(tmp_path, {})
+    message = str(info.value)
+    assert "segment 'vip'" in message and "duplicate segment name" in message and "a.toml" in message and "b.toml" in message
+
+
+def test_duplicate_name_in_one_file_names_the_segment(tmp_path):
+    (tmp_path / "segments").mkdir()
+    table = '[segments.vip]\nversion = 1\npurpose = "p"\nrule = [{ column = "paid_orders", op = "gte", value = 3 }]\n'
+    (tmp_path / "segments" / "a.toml").write_text(table + table, encoding="utf-8")
+    with pytest.raises(SegmentDefinitionError) as info:
+        load_segment_definitions(tmp_path, {})
+    assert "'vip'" in str(info.value) and "twice" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", "Top", "x y", ".hidden", "a" * 64, "名单"])
+def test_names_that_could_escape_the_exports_folder_are_refused(name):
+    message = _error(_user(name))
+    assert f"segment {name!r}" in message and "no '/', '.' or spaces" in message
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"column": "paid_orders\"; drop table marts.dim_customers; --", "op": "eq", "value": 1},
+        {"column": "paid_orders", "op": "= 1 or 1=1 --", "value": 1},
+        {"column": "paid_orders", "op": "eq", "value": "1 or 1=1"},
+        {"column": "rfm_segment", "op": "eq", "value": "Champions' or '1'='1"},
+    ],
+)
+def test_sql_injection_attempts_are_refused_naming_the_segment(condition):
+    message = _error(_user("inject", rule=[condition]))
+    assert "segment 'inject'" in message
+
+
+def test_free_text_values_are_bound_parameters_never_sql(tmp_path):
+    """A campaign text full of SQL is just a value: it matches nothing and the table is intact."""
+    warehouse = tmp_path / "w.duckdb"
+    write_dim_customers(warehouse, [customer("C1", acquisition_campaign="spring"), customer("C2", acquisition_campaign="x'); drop table marts.dim_customers; --")])
+    evil = "x'); drop table marts.dim_customers; --"
+    (d,) = parse_definitions(_user("campaign_x", rule=[{"column": "acquisition_campaign", "op": "eq", "value": evil}]))
+    assert evil not in d.sql and d.params == (evil,)
+    con = duckdb.connect(str(warehouse))
+    rows = con.execute(f"select customer_key from marts.dim_customers d where {d.sql}", list(d.params)).fetchall()
+    assert rows == [("C2",)]
+    assert con.execute("select count(*) from marts.dim_customers").fetchone()[0] == 2
+    con.close()
+
+
+def test_compile_rule_refuses_an_unvalidated_column():
+    with pytest.raises(SegmentDefinitionError):
+        compile_rule({"column": "1=1) or (1", "op": "eq", "value": 1})
+
+
+def test_any_all_nest_and_null_never_matches(tmp_path):
+    warehouse = tmp_path / "w.duckdb"
+    write_dim_customers(
+        warehouse,
+        [
+            customer("C1", rfm_segment="Champions", m_score=5, paid_orders=4, last_paid_at=days_before_end(3), r_score=5, f_score=5),
+            customer("C2", lifecycle_stage="new", acquired_at=days_before_end(2)),
+            customer("C3"),  # neither
+        ],
+    )
+    rule = {"any": [{"all": [{"column": "m_score", "op": "gte", "value": 5}, {"column": "paid_orders", "op": "gt", "value": 3}]},
+                    {"column": "acquired_at", "op": "within_last_days", "value": 7}]}
+    (d,) = parse_definitions(_user("mixed", rule=rule))
+    con = duckdb.connect(str(warehouse))
+    keys = {r[0] for r in con.execute(f"select customer_key from marts.dim_customers d where {d.sql}", list(d.params)).fetchall()}
+    assert keys == {"C1", "C2"}
+    # m_score is NULL for C2 and C3: "not 5" must not select a customer without a score
+    (d2,) = parse_definitions(_user("not_five", rule=[{"column": "m_score", "op": "ne", "value": 5}]))
+    assert con.execute(f"select count(*) from marts.dim_customers d where {d2.sql}", list(d2.params)).fetchone()[0] == 0
+    con.close()
+
+
+def test_every_problem_is_reported_at_once():
+    layers = [("defaults", {}), ("privdom.toml", {
+        "one": {"version": 1, "purpose": "p", "rule": [{"column": "nope", "op": "eq", "value": 1}]},
+        "two": {"version": 0, "purpose": "p", "rule": [{"column": "paid_orders", "op": "eq", "value": 1}]},
+    })]
+    message = _error(layers)
+    assert "segment 'one'" in message and "segment 'two'" in message
+
+
+def test_shipped_defaults_file_is_the_one_loaded():
+    assert set(_read_toml(DEFAULTS_FILE)["segments"]) == DEFAULT_NAMES
+
+
+def test_the_code_location_refuses_to_load_a_bad_definition(tmp_path, dbt_manifest):
+    """Validation happens when Dagster loads the code location, with the segment's name in the error."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "privdom.toml").write_text(
+        '[segments.broken_one]\nversion = 1\npurpose = "p"\nrule = [{ column = "no_such_column", op = "eq", value = 1 }]\n',
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PRIVDOM_HOME": str(data)}
+    result = subprocess.run(
+        [sys.executable, "-c", "from orchestration.definitions import build_definitions; build_definitions()"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "segment 'broken_one'" in result.stderr and "unknown column 'no_such_column'" in result.stderr
+
+
+def test_the_rules_page_lists_every_column_and_operator():
+    from orchestration.segments.definitions import COLUMNS, OPERATORS_BY_KIND
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "segments.md").read_text(encoding="utf-8")
+    for name, col in COLUMNS.items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"| {col.kind} |" in row and all(v in row for v in (col.allowed or ()))
+    for kind, ops in OPERATORS_BY_KIND.items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| {kind} |"))
+        assert all(f"`{op}`" in row for op in ops), kind

@@ -1,0 +1,370 @@
+"""Syncs to a webhook and to WeCom tags against local HTTP servers on 127.0.0.1 that answer in a scripted
+order: 200, 429, 500, timeouts, dropped connections and duplicate deliveries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from orchestration.segments import (
+    DestinationConfigError,
+    WebhookClient,
+    WeComClient,
+    build_membership,
+    parse_definitions,
+    parse_destinations,
+    sync_segment,
+)
+from orchestration.segments.destinations import DestinationUnavailable, client_for
+from orchestration.warehouse import connect
+from tests.segments_helpers import ScriptedServer, customer, query, write_dim_customers
+
+SECRET = "s3cret"
+BUYERS = {"buyers": {"version": 1, "purpose": "anyone who paid", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}}
+
+
+def _defs():
+    return parse_definitions([("defaults", {}), ("privdom.toml", BUYERS)])
+
+
+def _webhook(url, **over):
+    table = {"type": "webhook", "url": url, "secret_env": "TEST_WEBHOOK_SECRET", "segments": ["buyers"],
+             "batch_size": 2, "timeout_seconds": 0.5, "max_attempts": 4, "backoff_seconds": 0.01, "max_backoff_seconds": 0.05}
+    table.update(over)
+    (config,) = parse_destinations({"crm": table}, ["buyers"])
+    return config
+
+
+def _buyer(key, **over):
+    return customer(key, paid_orders=1, wecom_external_userid=f"wm{key}", wecom_staff_userid="staff1", **over)
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    path = tmp_path / "warehouse.duckdb"
+    write_dim_customers(path, [_buyer(f"C{i}") for i in range(1, 8)] + [customer("N1")])
+    _rebuild(path)
+    return path
+
+
+def _rebuild(path):
+    con = connect(path)
+    try:
+        build_membership(con, _defs(), dt.datetime(2024, 7, 1, tzinfo=dt.UTC))
+    finally:
+        con.close()
+
+
+def _sql(path, statement):
+    con = connect(path)
+    try:
+        con.execute(statement)
+    finally:
+        con.close()
+    _rebuild(path)
+
+
+def _sync(path, config, client, run_id):
+    con = connect(path)
+    try:
+        return sync_segment(con, config, client, "buyers", 1, sync_run_id=run_id)
+    finally:
+        con.close()
+
+
+def _log(path, run_id):
+    return query(path, "select customer_key, operation, status, error, attempts, batch_key from segments.sync_log where sync_run_id = ? order by customer_key", [run_id])
+
+
+def _state(path):
+    return {r[0] for r in query(path, "select customer_key from segments.sync_state where destination = 'crm' and segment = 'buyers'")}
+
+
+def test_webhook_delivers_every_row_exactly_once_through_429_500_timeouts_drops_and_duplicates(warehouse):
+    # 7 members, batches of 2: [C1 C2] [C3 C4] [C5 C6] [C7]
+    script = [
+        "429", "ok",          # batch 1: rate limited, then accepted
+        "500", "drop", "ok",  # batch 2: server error; applied but the connection dropped; the retry is a duplicate
+        "timeout", "ok",      # batch 3: applied too slowly (client timed out); the retry is a duplicate
+        "ok",                 # batch 4
+    ]
+    with ScriptedServer(script, SECRET, sleep_seconds=1.0) as server:
+        config = _webhook(server.url + "/hook")
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        report = _sync(warehouse, config, client, "run-1")
+        requests_first = list(server.requests)
+        # every row took effect exactly once at the receiver, whatever was delivered twice
+        assert server.members == {f"C{i}": 1 for i in range(1, 8)}
+        assert server.bad_signatures == 0
+        assert sorted(server.applied_keys.values()) == [1, 1, 2, 2]  # two batches were delivered twice, same key
+        assert len(requests_first) == 8 and report.requests == 8
+        # the sync log tells the story: every row accepted once, with the attempts it took
+        log = _log(warehouse, "run-1")
+        assert [(k, op, status) for k, op, status, *_ in log] == [(f"C{i}", "add", "accepted") for i in range(1, 8)]
+        attempts = {k: a for k, _, _, _, a, _ in log}
+        assert attempts == {"C1": 2, "C2": 2, "C3": 3, "C4": 3, "C5": 2, "C6": 2, "C7": 1}
+        assert len({key for *_, key in log}) == 4  # one idempotency key per batch
+        assert (report.accepted, report.failed, report.to_add, report.to_remove) == (7, 0, 7, 0)
+        assert _state(warehouse) == {f"C{i}" for i in range(1, 8)}
+        # a second sync with no change sends nothing
+        again = _sync(warehouse, config, client, "run-2")
+        assert len(server.requests) == len(requests_first) and again.requests == 0
+        assert (again.to_add, again.to_remove) == (0, 0) and _log(warehouse, "run-2") == []
+
+
+def test_failed_rows_are_resent_next_sync_and_state_only_advances_for_accepted_rows(warehouse):
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=10)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        assert _state(warehouse) == {f"C{i}" for i in range(1, 8)}
+        # C6 and C7 leave the segment (mirror: removed), N1 joins; the destination is down for the removes
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key in ('C6', 'C7')")
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 2, wecom_external_userid = 'wmN1' where customer_key = 'N1'")
+        server.script = ["500", "500", "500", "500"]
+        report = _sync(warehouse, config, client, "run-2")
+        assert report.failed == 3 and report.accepted == 0 and "stopped sending" in report.error
+        log = _log(warehouse, "run-2")
+        assert [(k, op, status) for k, op, status, *_ in log] == [("C6", "remove", "failed"), ("C7", "remove", "failed"), ("N1", "add", "failed")]
+        assert "gave up after 4 attempts: HTTP 500" in log[0][3] and log[2][3].startswith("not sent")
+        assert _state(warehouse) == {f"C{i}" for i in range(1, 8)}  # nothing the destination did not accept
+        assert "N1" not in server.members and server.removed == {}
+        # next sync: the receiver rejects N1 once, accepts the rest
+        server.script = ["ok", "reject:N1"]
+        report = _sync(warehouse, config, client, "run-3")
+        assert (report.to_remove, report.to_add, report.accepted, report.failed) == (2, 1, 2, 1)
+        assert server.removed == {"C6": 1, "C7": 1}
+        assert _state(warehouse) == {f"C{i}" for i in range(1, 6)}
+        assert [r for r in _log(warehouse, "run-3") if r[0] == "N1"][0][2:4] == ("failed", "unknown contact")
+        # and again: only N1 is sent
+        report = _sync(warehouse, config, client, "run-4")
+        assert (report.to_add, report.to_remove, report.accepted) == (1, 0, 1)
+        assert server.requests[-1]["rows"] == ["N1"] and server.members["N1"] == 1
+        assert _state(warehouse) == {"C1", "C2", "C3", "C4", "C5", "N1"}
+        assert _sync(warehouse, config, client, "run-5").requests == 0
+
+
+def test_additive_mode_keeps_leavers_but_always_removes_opted_out_and_unreachable(warehouse):
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", mode="additive", batch_size=10)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")  # left, still reachable
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C2'")
+        _sql(warehouse, "update marts.dim_customers set is_reachable = false where customer_key = 'C3'")
+        report = _sync(warehouse, config, client, "run-2")
+        assert report.to_remove == 2 and server.removed == {"C2": 1, "C3": 1}
+        assert _state(warehouse) == {"C1", "C4", "C5", "C6", "C7"}
+        # mirror mode on the same change removes the leaver too
+        mirror = _webhook(server.url + "/hook", batch_size=10)
+        (mirror_cfg,) = parse_destinations({"crm_mirror": {**{k: getattr(mirror, k) for k in ("type", "url", "secret_env", "mode", "batch_size")}, "segments": ["buyers"]}}, ["buyers"])
+        con = connect(warehouse)
+        con.execute("insert into segments.sync_state (destination, segment, customer_key) values ('crm_mirror', 'buyers', 'C1')")
+        con.close()
+        con = connect(warehouse)
+        rep = sync_segment(con, mirror_cfg, WebhookClient(mirror_cfg, SECRET, sleep=lambda s: None), "buyers", 1, sync_run_id="m1")
+        con.close()
+        assert rep.to_remove == 1 and server.removed["C1"] == 1
+
+
+def test_a_definition_that_selects_the_suppressed_sends_none_of_them(warehouse):
+    """Even a members table that was tampered with: the sync re-checks dim_customers before sending."""
+    _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C1'")
+    _sql(warehouse, "update marts.dim_customers set is_reachable = false where customer_key = 'C2'")
+    con = connect(warehouse)
+    con.execute("insert into segments.segment_members (segment, segment_version, customer_key, wecom_external_userid, wecom_staff_userid) values ('buyers', 1, 'C1', 'wmC1', 'staff1'), ('buyers', 1, 'C2', 'wmC2', 'staff1')")
+    con.close()
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=100)
+        _sync(warehouse, config, WebhookClient(config, SECRET, sleep=lambda s: None), "run-1")
+        sent = {k for r in server.requests for k in r["rows"]}
+    assert sent == {"C3", "C4", "C5", "C6", "C7"}
+
+
+def test_wrong_signature_secret_is_refused_and_rows_fail(warehouse):
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=100)
+        report = _sync(warehouse, config, WebhookClient(config, "not-the-secret", sleep=lambda s: None), "run-1")
+        assert report.failed == 7 and server.members == {}
+    assert all(r[2] == "failed" and r[3].startswith("HTTP 401") for r in _log(warehouse, "run-1"))
+    assert _state(warehouse) == set()
+
+
+def test_idempotency_key_and_body_are_deterministic_and_signed():
+    config = _webhook("https://example.com/hook")
+    client = WebhookClient(config, SECRET)
+    rows = [{"customer_key": "C1", "contact_channel": "wecom", "contact_handle": "wm1", "phone_sha256": None}]
+    key1, body1 = client.batch_body("buyers", 1, "add", rows, "run-1")
+    key2, body2 = client.batch_body("buyers", 1, "add", rows, "run-1")
+    key3, _ = client.batch_body("buyers", 1, "remove", rows, "run-1")
+    key4, _ = client.batch_body("buyers", 1, "add", rows, "run-2")
+    assert (key1, body1) == (key2, body2) and len({key1, key3, key4}) == 3
+    import hashlib
+    import hmac
+
+    from orchestration.segments.destinations import sign
+
+    assert sign(SECRET, body1) == "sha256=" + hmac.new(SECRET.encode(), body1, hashlib.sha256).hexdigest()
+    assert json.loads(body1)["idempotency_key"] == key1
+
+
+def test_a_missing_secret_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TEST_WEBHOOK_SECRET", raising=False)
+    with pytest.raises(DestinationUnavailable, match="TEST_WEBHOOK_SECRET"):
+        client_for(_webhook("https://example.com/hook"))
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"type": "ftp"}, "type must be one of"),
+        ({"type": "webhook", "url": "http://example.com/x", "secret_env": "S", "segments": ["buyers"]}, "https://"),
+        ({"type": "webhook", "url": "https://x.example", "secret_env": "my secret", "segments": ["buyers"]}, "secret_env"),
+        ({"type": "webhook", "url": "https://x.example", "secret_env": "S", "segments": ["nope"]}, "unknown segment(s) 'nope'"),
+        ({"type": "webhook", "url": "https://x.example", "secret_env": "S", "segments": ["buyers"], "mode": "replace"}, "mode must be"),
+        ({"type": "wecom", "tags": {}}, "tags must be"),
+        ({"type": "wecom", "tags": {"buyers": "et1"}, "corp_secret": "plain"}, "unknown field(s) corp_secret"),
+    ],
+)
+def test_destination_config_errors_name_the_destination(table, words):
+    with pytest.raises(DestinationConfigError) as info:
+        parse_destinations({"crm": table}, ["buyers"])
+    assert "destination 'crm'" in str(info.value) and words in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------- WeCom
+
+
+class WeComServer:
+    """gettoken and externalcontact/mark_tag as WeCom's API documents them, answering from a script of errcodes."""
+
+    def __init__(self, script: list[int], token_expires_in: int = 7200):
+        self.script = list(script)
+        self.token_expires_in = token_expires_in
+        self.tokens_issued = 0
+        self.valid_tokens: set[str] = set()
+        self.calls: list[dict] = []
+        self.tags: dict[str, set[str]] = {}  # external_userid -> tag ids it carries
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, body):
+                data = json.dumps(body).encode()
+                self.send_response(200)  # WeCom answers 200 and reports errors in errcode
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                q = parse_qs(url.query)
+                if url.path != "/cgi-bin/gettoken" or q.get("corpid") != ["ww-corp"] or q.get("corpsecret") != ["corp-secret"]:
+                    return self._answer({"errcode": 40001, "errmsg": "invalid credential"})
+                with outer.lock:
+                    outer.tokens_issued += 1
+                    token = f"T{outer.tokens_issued}"
+                    outer.valid_tokens = {token}
+                return self._answer({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": outer.token_expires_in})
+
+            def do_POST(self):
+                url = urlsplit(self.path)
+                token = parse_qs(url.query).get("access_token", [""])[0]
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with outer.lock:
+                    code = outer.script.pop(0) if outer.script else 0
+                    outer.calls.append({"token": token, "body": body, "scripted": code})
+                    if code == 0 and token not in outer.valid_tokens:
+                        code = 42001
+                    if code == 0:
+                        tags = outer.tags.setdefault(body["external_userid"], set())
+                        tags.update(body.get("add_tag", []))
+                        tags.difference_update(body.get("remove_tag", []))
+                messages = {0: "ok", 45009: "api freq out of limit", -1: "system busy", 42001: "access_token expired", 40014: "invalid access_token", 40003: "invalid external_userid"}
+                return self._answer({"errcode": code, "errmsg": messages.get(code, "error")})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+def _wecom(base_url, **over):
+    table = {"type": "wecom", "base_url": base_url, "tags": {"buyers": "etBUYERS"}, "max_attempts": 4, "backoff_seconds": 0.01,
+             "corp_id_env": "TEST_WECOM_CORP_ID", "corp_secret_env": "TEST_WECOM_SECRET"}
+    table.update(over)
+    (config,) = parse_destinations({"crm": table}, ["buyers"])
+    return config
+
+
+def test_wecom_tags_with_rate_limits_busy_expired_token_and_a_bad_contact(warehouse):
+    _sql(warehouse, "update marts.dim_customers set wecom_external_userid = null where customer_key = 'C7'")  # no WeCom contact
+    # C1: rate limited, then ok. C2: busy, then ok. C3: token expired -> refresh -> ok. C4: invalid contact. C5, C6 ok.
+    script = [45009, 0, -1, 0, 42001, 0, 40003, 0, 0]
+    with WeComServer(script) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        report = _sync(warehouse, config, client, "run-1")
+        assert server.tokens_issued == 2  # cached, refreshed once after 42001
+        assert all(c["token"] == "T1" for c in server.calls[:5]) and all(c["token"] == "T2" for c in server.calls[5:])
+        assert server.calls[0]["body"] == {"userid": "staff1", "external_userid": "wmC1", "add_tag": ["etBUYERS"]}
+        assert {k for k, v in server.tags.items() if "etBUYERS" in v} == {"wmC1", "wmC2", "wmC3", "wmC5", "wmC6"}
+        log = {r[0]: r[2:5] for r in _log(warehouse, "run-1")}
+        assert log["C1"] == ("accepted", None, 2) and log["C3"] == ("accepted", None, 2)
+        assert log["C4"] == ("failed", "errcode 40003: invalid external_userid", 1)
+        assert log["C7"][0] == "skipped" and "no WeCom contact" in log["C7"][1]
+        assert (report.accepted, report.failed, report.skipped) == (5, 1, 1)
+        assert _state(warehouse) == {"C1", "C2", "C3", "C5", "C6"}
+        # next sync: only C4 is re-sent (C7 still has no contact); C1 leaves the segment: remove_tag
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")
+        calls_before = len(server.calls)
+        report = _sync(warehouse, config, client, "run-2")
+        sent = server.calls[calls_before:]
+        assert [c["body"] for c in sent] == [
+            {"userid": "staff1", "external_userid": "wmC1", "remove_tag": ["etBUYERS"]},
+            {"userid": "staff1", "external_userid": "wmC4", "add_tag": ["etBUYERS"]},
+        ]
+        assert "etBUYERS" not in server.tags["wmC1"] and "etBUYERS" in server.tags["wmC4"]
+        assert server.tokens_issued == 2
+        assert _state(warehouse) == {"C2", "C3", "C4", "C5", "C6"}
+        calls_before = len(server.calls)
+        _sync(warehouse, config, client, "run-3")
+        assert len(server.calls) == calls_before
+
+
+def test_wecom_token_is_cached_until_it_expires():
+    now = [1000.0]
+    with WeComServer([]) as server:
+        client = WeComClient(_wecom(server.url), "ww-corp", "corp-secret", sleep=lambda s: None, clock=lambda: now[0])
+        assert client.token() == "T1" and client.token() == "T1"
+        now[0] += 7200 - client.TOKEN_MARGIN_SECONDS - 1
+        assert client.token() == "T1"
+        now[0] += 2
+        assert client.token() == "T2" and server.tokens_issued == 2
+
+
+def test_wecom_refused_credentials_stop_the_sync_and_nothing_counts_as_delivered(warehouse):
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "wrong", sleep=lambda s: None), "run-1")
+        assert server.calls == []
+    assert report.accepted == 0 and report.failed == 7 and "gettoken refused: errcode 40001" in report.error
+    assert _state(warehouse) == set()

@@ -1,0 +1,290 @@
+"""File exports (SPEC §5/§6): formats, manifest, adds/removes, phones, atomic appearance, LATEST last."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from orchestration.segments import ExportError, ExportOptions, build_membership, export_segment, parse_definitions
+from orchestration.segments.exports import complete_exports, export_freshness, latest_export_id, new_export_id
+from orchestration.warehouse import connect
+from tests.segments_helpers import DATA_END, customer, phone_sha, write_dim_customers
+
+ALL_FORMATS = ExportOptions(formats=("csv", "parquet", "jsonl"))
+BUYERS = {"buyers": {"version": 3, "purpose": "anyone who paid", "campaign": "thanks", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}}
+
+
+def _defs(tables=BUYERS):
+    return parse_definitions([("defaults", {}), ("privdom.toml", tables)])
+
+
+def _buyer(key, **over):
+    return customer(key, paid_orders=1, last_paid_at=DATA_END - dt.timedelta(days=3), net_revenue=99.5, rfm_segment="New", **over)
+
+
+@pytest.fixture
+def world(tmp_path):
+    warehouse = tmp_path / "warehouse.duckdb"
+    exports = tmp_path / "exports"
+    write_dim_customers(warehouse, [
+        _buyer("C1", wecom_external_userid="wmA", wecom_staff_userid="staff1", acquisition_campaign="双十一"),
+        _buyer("C2", phone_sha256=phone_sha("13912345678"), phone_masked="139****5678", openid=None, openid_channel=None),
+        _buyer("C3"),
+        _buyer("C4", opted_out=True, is_reachable=False),
+        customer("C5"),  # no purchase
+    ])
+    return warehouse, exports
+
+
+def _membership(warehouse, defs, when=None):
+    con = connect(warehouse)
+    try:
+        build_membership(con, defs, when or dt.datetime(2024, 7, 1, tzinfo=dt.UTC))
+    finally:
+        con.close()
+
+
+def _export(warehouse, exports, definition, options=ALL_FORMATS, now=None):
+    con = connect(warehouse)
+    try:
+        return export_segment(con, exports, definition, options, now=now)
+    finally:
+        con.close()
+
+
+def _read(path):
+    con = duckdb.connect()
+    try:
+        if path.suffix == ".parquet":
+            return con.execute(f"select * from read_parquet('{path}') order by customer_key").fetchall()
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return con.execute(f"select * from read_csv('{path}', header = true, all_varchar = true) order by customer_key").fetchall()
+    finally:
+        con.close()
+
+
+def test_an_export_writes_every_format_adds_removes_and_a_manifest(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    result = _export(warehouse, exports, d)
+    folder = exports / "buyers" / result.export_id
+    assert latest_export_id(exports / "buyers") == result.export_id
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"buyers.csv", "buyers.parquet", "buyers.jsonl", "adds.csv", "adds.parquet", "adds.jsonl",
+                     "removes.csv", "removes.parquet", "removes.jsonl", "manifest.json"}
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["segment"] == "buyers" and manifest["definition_version"] == 3
+    assert manifest["row_count"] == 3 and manifest["adds"] == 3 and manifest["removes"] == 0
+    assert manifest["previous_export_id"] is None
+    assert dt.datetime.fromisoformat(manifest["data_end_at"]) == DATA_END
+    assert dt.datetime.fromisoformat(manifest["computed_at"]) == dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
+    for f in manifest["files"]:
+        assert hashlib.sha256((folder / f["name"]).read_bytes()).hexdigest() == f["sha256"], f["name"]
+        assert (folder / f["name"]).stat().st_size == f["bytes"]
+    # The same rows in every format: C4 (opted out) and C5 (no purchase) absent.
+    csv_rows, parquet_rows, json_rows = _read(folder / "buyers.csv"), _read(folder / "buyers.parquet"), _read(folder / "buyers.jsonl")
+    assert [r[2] for r in csv_rows] == [r[2] for r in parquet_rows] == [r["customer_key"] for r in json_rows] == ["C1", "C2", "C3"]
+    # computed_at and the data end on every row
+    table = pq.read_table(folder / "buyers.parquet")
+    assert set(table.column("data_end_at").to_pylist()) == {DATA_END}
+    assert all(r["computed_at"] and r["data_end_at"] for r in json_rows)
+    assert json_rows[0]["acquisition_campaign"] == "双十一"
+
+
+def test_csv_is_utf8_with_bom_by_default_and_without_when_asked(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d, ExportOptions(formats=("csv",)))
+    raw = (first.path / "buyers.csv").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and "双十一".encode() in raw
+    second = _export(warehouse, exports, d, ExportOptions(formats=("csv",), csv_bom=False))
+    assert (second.path / "buyers.csv").read_bytes().startswith(b"segment,")
+
+
+def test_phones_leave_only_as_sha256_of_86_and_11_digits(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    result = _export(warehouse, exports, d)
+    rows = {r["customer_key"]: r for r in _read(result.path / "buyers.jsonl")}
+    assert rows["C2"]["phone_sha256"] == hashlib.sha256(b"8613912345678").hexdigest()
+    assert rows["C2"]["contact_channel"] == "phone_sha256" and rows["C2"]["contact_handle"] == rows["C2"]["phone_sha256"]
+    assert rows["C1"]["contact_channel"] == "wecom" and rows["C1"]["contact_handle"] == "wmA"
+    for f in result.path.iterdir():
+        text = f.read_bytes().decode("utf-8", errors="replace")
+        assert "13912345678" not in text and "139****5678" not in text, f.name
+
+
+def test_adds_and_removes_against_the_previous_export_and_a_merge_shows_as_remove_plus_add(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    con = connect(warehouse)
+    # C3 refunds (no longer a buyer), C5 buys, C1 is merged into C9 (the surviving key).
+    con.execute("update marts.dim_customers set paid_orders = 0 where customer_key = 'C3'")
+    con.execute("update marts.dim_customers set paid_orders = 2 where customer_key = 'C5'")
+    con.execute("update marts.dim_customers set customer_key = 'C9' where customer_key = 'C1'")
+    con.close()
+    _membership(warehouse, [d])
+    second = _export(warehouse, exports, d)
+    assert second.previous_export_id == first.export_id and second.export_id > first.export_id
+    for fmt in ("csv", "parquet", "jsonl"):
+        adds = sorted(r["customer_key"] if isinstance(r, dict) else r[2] for r in _read(second.path / f"adds.{fmt}"))
+        removes = sorted(r["customer_key"] if isinstance(r, dict) else r[2] for r in _read(second.path / f"removes.{fmt}"))
+        assert adds == ["C5", "C9"], fmt
+        assert removes == ["C1", "C3"], fmt
+    removed = {r["customer_key"]: r for r in _read(second.path / "removes.jsonl")}
+    assert removed["C1"]["contact_handle"] == "wmA"  # named as the previous export named it
+    assert (second.rows, second.adds, second.removes) == (3, 2, 2)
+    # nothing changed: the third export adds and removes nothing
+    third = _export(warehouse, exports, d)
+    assert (third.adds, third.removes) == (0, 0)
+
+
+def test_an_empty_segment_exports_an_empty_file_with_its_dates(world):
+    warehouse, exports = world
+    (d,) = _defs({"nobody": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gt", "value": 100}]}})
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    assert first.rows == 0 and first.manifest["data_end_at"]
+    second = _export(warehouse, exports, d)
+    assert (second.adds, second.removes) == (0, 0)
+
+
+def test_export_ids_sort_by_time_even_within_one_second():
+    now = dt.datetime(2024, 7, 1, 8, 0, 0, tzinfo=dt.UTC)
+    first = new_export_id(now, None)
+    assert first.startswith("20240701T080000Z-") and len(first) == 23
+    second = new_export_id(now, first)
+    third = new_export_id(now, second)
+    assert first < second < third
+
+
+def test_old_exports_are_pruned_but_latest_kept(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    ids = [_export(warehouse, exports, d, ExportOptions(formats=("csv",), keep=2)).export_id for _ in range(4)]
+    assert complete_exports(exports / "buyers") == ids[-2:]
+    assert latest_export_id(exports / "buyers") == ids[-1]
+
+
+def test_an_exports_folder_that_leads_outside_is_refused(world, tmp_path):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    exports.mkdir()
+    os.symlink(outside, exports / "buyers")
+    with pytest.raises(ExportError, match="outside the exports directory"):
+        _export(warehouse, exports, d)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_suppressed_customer_in_membership_withholds_the_export(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    con = connect(warehouse)
+    con.execute("insert into segments.segment_members (segment, segment_version, customer_key, computed_at, data_end_at) select 'buyers', 3, 'C4', now(), data_end_at from marts.dim_customers limit 1")
+    con.close()
+    with pytest.raises(ExportError, match="opted-out, unreachable or unknown"):
+        _export(warehouse, exports, d)
+    assert complete_exports(exports / "buyers") == [first.export_id]
+    assert latest_export_id(exports / "buyers") == first.export_id
+    assert [p.name for p in (exports / "buyers").iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_freshness_compares_latest_with_the_warehouse_data_end(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    _export(warehouse, exports, d)
+    con = connect(warehouse)
+    assert export_freshness(con, exports, "buyers")["fresh"] is True
+    con.execute("update marts.dim_customers set data_end_at = data_end_at + interval 1 hour")
+    assert export_freshness(con, exports, "buyers")["fresh"] is False
+    assert export_freshness(con, exports, "never_exported")["fresh"] is False
+    con.close()
+
+
+READER = r"""
+import hashlib, json, os, sys, time
+segment_dir, stop_file = sys.argv[1], sys.argv[2]
+problems, seen, verified = [], set(), set()
+while not os.path.exists(stop_file):
+    if not os.path.isdir(segment_dir):
+        continue
+    try:
+        latest = open(os.path.join(segment_dir, "LATEST"), encoding="utf-8").read().strip()
+    except FileNotFoundError:
+        latest = None
+    if latest and not os.path.exists(os.path.join(segment_dir, latest, "manifest.json")):
+        problems.append(f"LATEST names {latest}, which is not complete")
+    for entry in os.listdir(segment_dir):
+        if entry.startswith(".") or entry == "LATEST" or entry in verified:
+            continue
+        seen.add(entry)
+        folder = os.path.join(segment_dir, entry)
+        try:
+            manifest = json.load(open(os.path.join(folder, "manifest.json"), encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"{entry} visible without its manifest")
+            continue
+        for f in manifest["files"]:
+            path = os.path.join(folder, f["name"])
+            if not os.path.exists(path) or hashlib.sha256(open(path, "rb").read()).hexdigest() != f["sha256"]:
+                problems.append(f"{entry}/{f['name']} incomplete while visible")
+        verified.add(entry)
+print(json.dumps({"problems": problems[:10], "seen": sorted(seen)}))
+"""
+
+
+def test_a_polling_reader_never_sees_a_partial_export_or_a_latest_ahead_of_its_files(tmp_path):
+    """Another process lists the exports folder as fast as it can while exports are written: every export
+    folder it can see is complete (manifest present, every file with its sha256), and LATEST always names one."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from tests.segments_helpers import COLUMN_ORDER, DIM_DDL
+
+    warehouse = tmp_path / "warehouse.duckdb"
+    exports = tmp_path / "exports"
+    rows = [_buyer(f"C{i:06d}", acquisition_campaign="campaign " * 20) for i in range(8_000)]
+    con = connect(warehouse)
+    con.execute(DIM_DDL)
+    con.register("rows_in", pa.table({c: [r[c] for r in rows] for c in COLUMN_ORDER if c != "net_revenue"}))
+    cols = ", ".join(c if c != "net_revenue" else "cast(99.5 as decimal(18, 2))" for c in COLUMN_ORDER)
+    con.execute(f"insert into marts.dim_customers select {cols} from rows_in")
+    con.close()
+    (d,) = _defs()
+    _membership(warehouse, [d])
+
+    stop_file = tmp_path / "stop"
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(exports / "buyers"), str(stop_file)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        written = [_export(warehouse, exports, d).export_id for _ in range(4)]
+    finally:
+        stop_file.write_text("stop")
+        out, _ = reader.communicate(timeout=60)
+    report = json.loads(out)
+    assert not report["problems"], report["problems"]
+    assert report["seen"], "the reader saw no export at all"
+    assert set(report["seen"]) <= set(written)
+    assert latest_export_id(exports / "buyers") == written[-1]

@@ -1,0 +1,138 @@
+"""Gating in Dagster: exports and syncs do not run when a blocking check upstream failed, and say why."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from orchestration.defs.exports import build_export_asset, build_sync_asset
+from orchestration.defs.resources import PrivdomResource
+from orchestration.defs.segments import build_membership_asset
+from orchestration.segments import ExportOptions, parse_definitions, parse_destinations
+from orchestration.segments import membership as membership_lib
+from tests.segments_helpers import ScriptedServer, customer, write_dim_customers
+
+DEFS = parse_definitions([("defaults", {}), ("privdom.toml", {
+    "buyers": {"version": 1, "purpose": "anyone who paid", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
+})])
+OPTIONS = ExportOptions(formats=("csv", "parquet"))
+
+
+def _upstream(quarantine_ok: bool):
+    """Stand-ins for raw/orders (with an ERROR quarantine check) and marts/dim_customers below it."""
+
+    @dg.asset(key=["raw", "orders"], check_specs=[dg.AssetCheckSpec("quarantine_share", asset=["raw", "orders"])])
+    def raw_orders():
+        yield dg.MaterializeResult()
+        yield dg.AssetCheckResult(
+            check_name="quarantine_share",
+            passed=quarantine_ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None if quarantine_ok else "7.50% of this run's new rows were quarantined, above the 5.00% limit",
+        )
+
+    @dg.asset(key=["marts", "dim_customers"], deps=[raw_orders])
+    def dim_customers():
+        return dg.MaterializeResult()
+
+    return [raw_orders, dim_customers]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dim_customers(data / "warehouse.duckdb", [
+        customer("C1", paid_orders=1), customer("C2", paid_orders=2), customer("C3", paid_orders=1, opted_out=True, is_reachable=False),
+    ])
+    return data
+
+
+def _run(data_dir, instance, assets, selection=None):
+    return dg.materialize(
+        assets,
+        instance=instance,
+        resources={"privdom": PrivdomResource(data_dir=str(data_dir))},
+        raise_on_error=False,
+        selection=selection,
+    )
+
+
+def _checks(result):
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e for e in result.get_asset_check_evaluations()}
+
+
+def _step_events(result, kind):
+    return {e.step_key: e for e in result.all_events if e.event_type_value == kind}
+
+
+def _assert_held_back(instance, result):
+    """Exports and syncs never started, and the run's log says why (shown on the steps in the UI)."""
+    started = set(_step_events(result, "STEP_START"))
+    assert "segment_membership" in started and "segment_exports" not in started and "syncs__crm" not in started
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    for step in ("segment_exports", "syncs__crm"):
+        assert any(f"Dependencies for step {step}" in m and "Not executing" in m for m in messages), step
+    failure = _step_events(result, "STEP_FAILURE")["segment_membership"]
+    assert "blocking asset check failed" in failure.event_specific_data.error.message
+
+
+def _segment_assets(server_url=None):
+    assets = [build_membership_asset(DEFS, OPTIONS), build_export_asset(DEFS, OPTIONS)]
+    if server_url:
+        (destination,) = parse_destinations({"crm": {
+            "type": "webhook", "url": server_url, "secret_env": "TEST_GATE_SECRET", "segments": ["buyers"], "backoff_seconds": 0.01,
+        }}, ["buyers"])
+        assets.append(build_sync_asset(destination, DEFS))
+    return assets
+
+
+def test_a_failed_quarantine_check_holds_back_exports_and_syncs_and_says_why(data_dir, monkeypatch):
+    monkeypatch.setenv("TEST_GATE_SECRET", "gate")
+    with dg.DagsterInstance.ephemeral() as instance, ScriptedServer([], "gate") as server:
+        result = _run(data_dir, instance, _upstream(quarantine_ok=False) + _segment_assets(server.url + "/hook"))
+        assert not result.success
+        gate = _checks(result)["segments/segment_members:upstream_checks_passed"]
+        assert not gate.passed and "raw/orders:quarantine_share" in gate.description and "above the 5.00% limit" in gate.description
+        failed = _step_events(result, "STEP_FAILURE")
+        assert "segment_membership" in failed  # the blocking check fails the step in the UI
+        _assert_held_back(instance, result)
+        assert not (data_dir / "exports").exists() or not any((data_dir / "exports").rglob("*.csv"))
+        assert server.requests == []
+
+        # Materialized on its own (from the UI, say), the export looks up the latest evaluations and refuses.
+        alone = _run(data_dir, instance, _upstream(True) + _segment_assets(), selection=[dg.AssetKey(["exports", "buyers"])])
+        assert not alone.success
+        (failure,) = _step_events(alone, "STEP_FAILURE").values()
+        message = failure.event_specific_data.error.message + str(failure.event_specific_data.user_failure_data)
+        assert "exports withheld" in message and "upstream_checks_passed" in message
+        assert not any((data_dir / "exports").rglob("*.csv")) if (data_dir / "exports").exists() else True
+
+        # Once the next ingest's check passes, everything flows.
+        ok = _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets(server.url + "/hook"))
+        assert ok.success
+        checks = _checks(ok)
+        assert checks["segments/segment_members:upstream_checks_passed"].passed
+        assert checks["exports/buyers:no_suppressed_customers"].passed and checks["exports/buyers:fresh"].passed
+        assert (data_dir / "exports" / "buyers" / "LATEST").exists()
+        assert sorted(k for r in server.requests for k in r["rows"]) == ["C1", "C2"]  # never C3 (opted out)
+
+
+def test_a_suppression_failure_blocks_every_file_and_request(data_dir, monkeypatch):
+    """If membership ever let an opted-out customer in, the blocking check stops exports and syncs."""
+    real_build = membership_lib.build_membership
+
+    def leaky_build(con, definitions, computed_at):
+        out = real_build(con, definitions, computed_at)
+        con.execute("insert into segments.segment_members (segment, segment_version, customer_key) values ('buyers', 1, 'C3')")
+        return out
+
+    monkeypatch.setattr("orchestration.defs.segments.build_membership", leaky_build)
+    monkeypatch.setenv("TEST_GATE_SECRET", "gate")
+    with dg.DagsterInstance.ephemeral() as instance, ScriptedServer([], "gate") as server:
+        result = _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets(server.url + "/hook"))
+        check = _checks(result)["segments/segment_members:no_suppressed_members"]
+        assert not check.passed and "opted out, unreachable or unknown" in check.description
+        _assert_held_back(instance, result)
+        assert server.requests == []
+    assert not (data_dir / "exports").exists() or not any((data_dir / "exports").rglob("*.*"))
