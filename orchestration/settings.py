@@ -66,6 +66,11 @@ class Settings:
         return self.data_dir / "exports"
 
     @property
+    def bi_dir(self) -> Path:
+        """The read-only copy for BI tools (orchestration/bi.py), replaced after each successful run."""
+        return self.data_dir / "bi"
+
+    @property
     def dagster_home(self) -> Path:
         return self.data_dir / "dagster"
 

@@ -74,7 +74,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
     )
     def _ingest(context: dg.AssetExecutionContext, privdom: PrivdomResource):
         settings = privdom.settings()
-        with privdom.connect() as con:
+        with privdom.writer(context), privdom.connect() as con:
             report = ingest_source(con, source, settings, load_id=context.run_id)
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
