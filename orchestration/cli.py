@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from orchestration.settings import REPO_ROOT, Settings, SettingsError, load_settings
+from orchestration.warehouse import WarehouseLockedError
 
 
 def _prepare_environment(settings: Settings) -> None:
@@ -156,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"privdom: {exc}", file=sys.stderr)
         return 2
+    except WarehouseLockedError as exc:
+        print(f"privdom: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.contract import SOURCES
+from orchestration.locking import warehouse_lock
 from orchestration.settings import Settings
-from orchestration.warehouse import LAYER_SCHEMAS, connection
+from orchestration.warehouse import LAYER_SCHEMAS, WarehouseLockedError, connect, ensure_not_locked
+
+# Runs started by `privdom run` carry this tag. Such a run can only be in progress while its process holds
+# the warehouse lock, so a tagged run still "started" when the next `privdom run` gets the lock was killed.
+LAUNCHER_TAG = "privdom/launcher"
 
 
 @dataclass
@@ -36,6 +41,7 @@ class PipelineResult:
     tables: list[tuple[str, str, int]] = field(default_factory=list)
     exports: list[tuple[str, str, int, int, int]] = field(default_factory=list)
     log_path: Path | None = None
+    summary_error: str | None = None
 
     def describe(self) -> str:
         s = self.settings
@@ -52,6 +58,9 @@ class PipelineResult:
                 lines.append(
                     f"    {source:<28} {files:>6} {loaded:>7} {rejected:>9} {duplicate:>10} {rows_loaded:>15,} {quarantined:>12,}"
                 )
+        if self.summary_error:
+            lines.append("")
+            lines.append(f"  (no table summary: {self.summary_error})")
         if self.tables:
             lines.append("")
             lines.append("  warehouse tables")
@@ -71,6 +80,7 @@ class PipelineResult:
             "",
             "  results",
             f"    warehouse  {s.warehouse_path}   (duckdb -readonly {s.warehouse_path})",
+            f"    BI copy    {s.bi_dir / 'warehouse.duckdb'}   (read-only copy of marts and segments for BI tools)",
             f"    exports    {s.exports_dir}",
             f"    landing    {s.landing_dir}",
             "    UI         privdom ui   → http://127.0.0.1:3000 (runs, asset checks, lineage)",
@@ -80,35 +90,52 @@ class PipelineResult:
         return "\n".join(lines)
 
 
-def _summarise_warehouse(path: Path) -> tuple[list[tuple], list[tuple[str, str, int]]]:
+def _summarise_warehouse(path: Path, *, wait_seconds: float = 10.0) -> tuple[list[tuple], list[tuple[str, str, int]]]:
+    """Ledger and table sizes, read-only. Waits a little if another process (not privdom: the lock is ours)
+    has the file open for writing, then gives up with WarehouseLockedError."""
     if not path.exists():
         return [], []
-    with connection(path, read_only=True) as con:
-        ledger = con.execute(
-            """
-            select s.source,
-                   count(l.file_id),
-                   count(*) filter (where l.status = 'loaded'),
-                   count(*) filter (where l.status = 'rejected'),
-                   count(*) filter (where l.status = 'duplicate'),
-                   coalesce(sum(l.rows_loaded), 0),
-                   coalesce(sum(l.rows_quarantined), 0)
-            from (select unnest(?::varchar[]) as source) s
-            left join raw.ingestion_ledger l using (source)
-            group by s.source order by s.source
-            """,
-            [list(SOURCES)],
-        ).fetchall()
-        names = con.execute(
-            "select table_schema, table_name from information_schema.tables "
-            "where table_schema in (select unnest(?::varchar[])) order by 1, 2",
-            [list(LAYER_SCHEMAS)],
-        ).fetchall()
-        order = {name: i for i, name in enumerate(LAYER_SCHEMAS)}
-        tables = sorted(
-            ((schema, table, con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]) for schema, table in names),
-            key=lambda t: (order[t[0]], t[1]),
-        )
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = connect(path, read_only=True)
+            break
+        except WarehouseLockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        return _summary_queries(con)
+    finally:
+        con.close()
+
+
+def _summary_queries(con) -> tuple[list[tuple], list[tuple[str, str, int]]]:
+    ledger = con.execute(
+        """
+        select s.source,
+               count(l.file_id),
+               count(*) filter (where l.status = 'loaded'),
+               count(*) filter (where l.status = 'rejected'),
+               count(*) filter (where l.status = 'duplicate'),
+               coalesce(sum(l.rows_loaded), 0),
+               coalesce(sum(l.rows_quarantined), 0)
+        from (select unnest(?::varchar[]) as source) s
+        left join raw.ingestion_ledger l using (source)
+        group by s.source order by s.source
+        """,
+        [list(SOURCES)],
+    ).fetchall()
+    names = con.execute(
+        "select table_schema, table_name from information_schema.tables "
+        "where table_schema in (select unnest(?::varchar[])) order by 1, 2",
+        [list(LAYER_SCHEMAS)],
+    ).fetchall()
+    order = {name: i for i, name in enumerate(LAYER_SCHEMAS)}
+    tables = sorted(
+        ((schema, table, con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]) for schema, table in names),
+        key=lambda t: (order[t[0]], t[1]),
+    )
     return ledger, tables
 
 
@@ -136,8 +163,40 @@ def _output_to(path: Path | None) -> Iterator[None]:
             os.close(saved[1])
 
 
+def _fail_abandoned_runs(instance) -> list[str]:
+    """Mark earlier `privdom run` runs that were killed (still "started") as failed and free their pool slots.
+
+    Called with the warehouse lock held: a live `privdom run` holds that lock for its whole run, so any
+    tagged run not finished now belongs to a dead process. Without this, a killed run's claimed slot of the
+    pool `warehouse` would keep every later run waiting.
+    """
+    import dagster as dg
+
+    abandoned = instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={LAUNCHER_TAG: "cli"},
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED],
+        )
+    )
+    for run in abandoned:
+        instance.report_run_failed(run, message="Marked failed by the next `privdom run`: its process ended without finishing it.")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return [run.run_id for run in abandoned]
+
+
 def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult:
-    """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run."""
+    """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run.
+
+    The run holds the data directory's warehouse lock from start to end: a second `privdom run` (or a run
+    launched from the UI) waits for it, saying so on stderr, instead of failing on DuckDB's file lock.
+    """
+    with warehouse_lock(settings.data_dir, what="privdom run"):
+        # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
+        ensure_not_locked(settings.warehouse_path)
+        return _run_pipeline_locked(settings, verbose=verbose)
+
+
+def _run_pipeline_locked(settings: Settings, *, verbose: bool) -> PipelineResult:
     import dagster as dg
 
     from orchestration import dbt as dbt_runner
@@ -150,9 +209,12 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
     started = time.perf_counter()
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with dg.DagsterInstance.get() as instance, _output_to(log_path):
+        for run_id in _fail_abandoned_runs(instance):
+            print(f"privdom: run {run_id} was left unfinished by a killed process; marked failed", flush=True)
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
+            tags={LAUNCHER_TAG: "cli"},
             run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}},
         )
         checks = []
@@ -173,9 +235,14 @@ def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult
             for e in result.all_events
             if e.event_type_value == "STEP_FAILURE"
         ]
-    ledger, tables = _summarise_warehouse(settings.warehouse_path)
+    summary_error = None
+    try:
+        ledger, tables = _summarise_warehouse(settings.warehouse_path)
+    except WarehouseLockedError as exc:
+        ledger, tables, summary_error = [], [], str(exc)
     from orchestration.segments import summarise_exports
     return PipelineResult(
+        summary_error=summary_error,
         settings=settings,
         run_id=result.run_id,
         success=result.success,

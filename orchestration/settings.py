@@ -45,6 +45,8 @@ class Settings:
     repurchase_window_days: int = 90
     referral_window_days: int = 90
     triangle_baseline_month: str | None = None  # 'YYYY-MM' or None: first month with all three axes > 0
+    # --- orchestration: first day of the daily (batch date) partitions, YYYY-MM-DD ---
+    partitions_start_date: str = "2020-01-01"
     # --- generator defaults for `privdom demo` ---
     demo_customers: int = 3000
     demo_days: int = 240
@@ -64,6 +66,11 @@ class Settings:
     @property
     def exports_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def bi_dir(self) -> Path:
+        """The read-only copy for BI tools (orchestration/bi.py), replaced after each successful run."""
+        return self.data_dir / "bi"
 
     @property
     def dagster_home(self) -> Path:
@@ -131,6 +138,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
                 if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
                     raise ValueError("must look like 2024-03")
+            return text
+        if name == "partitions_start_date":
+            import datetime
+
+            text = str(value)
+            datetime.date.fromisoformat(text)
             return text
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"setting {name!r} from {origin}: {value!r} is not valid ({exc})") from None

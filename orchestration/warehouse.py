@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,15 +31,39 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise WarehouseLockedError(
-                f"The warehouse {path} is in use by another process, and DuckDB allows one writer at a time. "
-                "Close the other connection (a notebook, a DuckDB shell, another `privdom run`) and try again; "
-                f"BI tools should read the published read-only copy instead. DuckDB said: {exc}"
-            ) from exc
+        if is_lock_conflict(str(exc)):
+            raise locked_error(path, str(exc)) from exc
         raise
     con.execute(f"SET TimeZone = '{TIMEZONE}'")
     return con
+
+
+def is_lock_conflict(text: str) -> bool:
+    """DuckDB's words for "another process holds the file" (also what dbt-duckdb reports)."""
+    lowered = text.lower()
+    return "could not set lock" in lowered or "conflicting lock" in lowered
+
+
+def locked_error(path: str | Path, detail: str) -> WarehouseLockedError:
+    holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", detail)
+    who = f" ({holder.group(1)}, PID {holder.group(2)})" if holder else ""
+    return WarehouseLockedError(
+        f"The warehouse {path} is in use by another process{who}, and DuckDB allows one writer at a time. "
+        "Close the other connection (a notebook, a DuckDB shell, a BI tool opened on warehouse.duckdb) and run "
+        "again; BI tools should read the published copy in bi/ instead. DuckDB said: "
+        + _lock_line(detail)
+    )
+
+
+def _lock_line(detail: str) -> str:
+    lines = [line.strip() for line in detail.strip().splitlines() if line.strip()] or [""]
+    return next((line for line in lines if "lock" in line.lower()), lines[0])[:400]
+
+
+def ensure_not_locked(path: str | Path) -> None:
+    """Raise WarehouseLockedError now, with a readable message, if another process holds the file."""
+    if Path(path).exists():
+        connect(path).close()
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from dagster_dbt.dbt_project import using_dagster_dev
 
 from orchestration import dbt as dbt_runner
-from orchestration.defs.resources import WAREHOUSE_POOL, current_settings
+from orchestration import preview, warehouse
+from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource, current_settings
 from orchestration.settings import DBT_PROJECT_DIR
 
 
@@ -56,12 +57,45 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
         dagster_dbt_translator=PrivdomDbtTranslator(),
         pool=WAREHOUSE_POOL,
     )
-    def _dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource):
-        """dbt build (models and their tests) with privdom's settings passed as vars."""
+    def _dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, privdom: PrivdomResource):
+        """dbt build (models and their tests) with privdom's settings passed as vars.
+
+        The events are collected until dbt exits (it holds DuckDB's write lock until then), then each
+        model's materialization gets its row count and a masked preview, read in this process.
+        """
         settings = current_settings()
-        yield from dbt.cli(["build", *dbt_runner.dbt_vars_arg(settings)], context=context).stream()
+        with privdom.writer(context):
+            warehouse.ensure_not_locked(settings.warehouse_path)
+            invocation = dbt.cli(["build", *dbt_runner.dbt_vars_arg(settings)], context=context, raise_on_error=False)
+            events = list(invocation.stream())
+            error = invocation.get_error()
+            with privdom.connect() as con:
+                for event in events:
+                    yield _with_table_metadata(context, con, event)
+        if error is not None:
+            text = str(error)
+            if warehouse.is_lock_conflict(text):
+                raise warehouse.locked_error(settings.warehouse_path, text) from error
+            raise error
 
     return _dbt
+
+
+def _with_table_metadata(context: dg.AssetExecutionContext, con, event):
+    if not isinstance(event, dg.Output):
+        return event
+    key = context.asset_key_for_output(event.output_name)
+    if len(key.path) != 2:
+        return event
+    schema, table = key.path
+    rows = preview.row_count(con, schema, table)
+    if rows is None:
+        return event
+    extra = {"dagster/row_count": rows}
+    sample = preview.preview_markdown(con, schema, table)
+    if sample:
+        extra["preview"] = dg.MetadataValue.md(sample)
+    return event.with_metadata({**event.metadata, **extra})
 
 
 dbt_model_assets = [_build_dbt_assets(name, *selection) for name, selection in DBT_SELECTIONS.items()]

@@ -79,7 +79,8 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
     def segment_exports(context: dg.AssetExecutionContext, privdom: PrivdomResource):
         refuse_if_blocked(context, MEMBERS_GATES, "exports")
         settings = privdom.settings()
-        with privdom.connect(read_only=True) as con:
+        # the writer lock also keeps two runs from publishing the same segment's LATEST at once
+        with privdom.writer(context), privdom.connect(read_only=True) as con:
             for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
                 d = by_key[key]
                 try:
@@ -153,7 +154,7 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
             raise dg.Failure(description=str(exc)) from None
         reports = []
         try:
-            with privdom.connect() as con:
+            with privdom.writer(context), privdom.connect() as con:
                 for segment in destination.segments:
                     report = sync_segment(con, destination, client, segment, versions[segment], sync_run_id=f"{context.run_id}:{destination.name}:{segment}")
                     context.log.info(f"{destination.name} · {segment}: {report.to_metadata()}")

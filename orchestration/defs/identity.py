@@ -43,7 +43,7 @@ SHARED = dg.AssetKey(["intermediate", "int_identity__shared_identifiers"])
 def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     """Connected components of the identifier graph, computed in DuckDB by label propagation."""
     settings = privdom.settings()
-    with privdom.connect() as con:
+    with privdom.writer(context), privdom.connect() as con:
         report = build_identity_graph(con, max_degree=settings.identity_max_degree)
     metadata = report.to_metadata()
     for table in GRAPH_TABLES:
@@ -74,7 +74,7 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     ],
 )
 def int_customer_keys(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-    with privdom.connect() as con:
+    with privdom.writer(context), privdom.connect() as con:
         report = assign_customer_keys(con, "intermediate.int_components__first_touch", run_id=context.run_id)
         components_without_one_key, keys_on_two_components = con.execute(
             """

@@ -9,6 +9,7 @@ share. They show as asset checks of raw/<source>.
 import dagster as dg
 
 from orchestration.contract import CONTRACTS, SOURCES
+from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.quality import validate_contract
@@ -62,9 +63,13 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         group_name="raw",
         kinds={"duckdb", "python"},
         pool=WAREHOUSE_POOL,
+        partitions_def=BATCH_DATE_PARTITIONS,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         description=(
             f"{CONTRACTS[source].description} Loaded from landing/{source}/ by content hash; rows that break "
-            "the contract go to raw.quarantine, every file is listed in raw.ingestion_ledger."
+            "the contract go to raw.quarantine, every file is listed in raw.ingestion_ledger. Partitioned by "
+            "batch date (Asia/Shanghai): a partitioned run loads the new files of its dates, an unpartitioned "
+            "run every new file."
         ),
         check_specs=[
             dg.AssetCheckSpec(CHECK_ROWS_RECONCILE, asset=key, description="For every file: rows read = rows loaded + rows quarantined."),
@@ -74,13 +79,26 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
     )
     def _ingest(context: dg.AssetExecutionContext, privdom: PrivdomResource):
         settings = privdom.settings()
-        with privdom.connect() as con:
-            report = ingest_source(con, source, settings, load_id=context.run_id)
+        dates = batch_date_range(context)
+        with privdom.writer(context), privdom.connect() as con:
+            report = ingest_source(con, source, settings, load_id=context.run_id, batch_dates=dates)
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
         for f in report.files:
             if f.status == "rejected":
                 context.log.error(f"rejected {f.path}: {f.error}")
+        if dates is None:
+            # An unpartitioned run records the batch dates it loaded as materialized partitions.
+            loaded = [f for f in report.files if f.status == "loaded"]
+            for partition in partition_keys_of(f.batch_date for f in loaded):
+                files = [f for f in loaded if f.batch_date and f.batch_date.isoformat() == partition]
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=key,
+                        partition=partition,
+                        metadata={"new_files": len(files), "rows_loaded": sum(f.rows_loaded for f in files)},
+                    )
+                )
         yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": rows_in_table,

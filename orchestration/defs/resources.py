@@ -9,12 +9,14 @@ import dagster as dg
 import duckdb
 from dagster_dbt import DbtCliResource
 
-from orchestration import warehouse
+from orchestration import locking, warehouse
 from orchestration.dbt import DBT_TARGET, apply_dbt_environment, dbt_executable
 from orchestration.settings import DBT_PROJECT_DIR, Settings, load_settings, resolve_data_dir
 
 # Pool shared by every asset that writes the warehouse: DuckDB allows one writer per file. The instance
-# config (dagster.yaml) limits it to 1, so a second run queues instead of failing on the file lock.
+# config (dagster.yaml) limits it to 1, so a second run queues instead of failing on the file lock. Each
+# writer also holds the data directory's lock file (orchestration/locking.py), which serialises writers of
+# different processes and instances and is released by the kernel when a killed run dies.
 WAREHOUSE_POOL = "warehouse"
 
 
@@ -30,6 +32,13 @@ class PrivdomResource(dg.ConfigurableResource):
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         with warehouse.connection(self.settings().warehouse_path, read_only=read_only) as con:
             yield con
+
+    @contextlib.contextmanager
+    def writer(self, context: dg.OpExecutionContext) -> Iterator[None]:
+        """Hold the warehouse writer lock for this step (a no-op re-entry under `privdom run`, which holds it)."""
+        what = f"Dagster run {context.run_id[:8]}, step {context.op_def.name}"
+        with locking.warehouse_lock(self.data_dir, what=what, log=context.log.info):
+            yield
 
 
 def current_settings() -> Settings:

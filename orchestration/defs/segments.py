@@ -135,7 +135,7 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
     def segment_membership(context: dg.AssetExecutionContext, privdom: PrivdomResource):
         failed_upstream = failed_upstream_checks(context, MEMBERS_KEY)
         computed_at = dt.datetime.now(dt.UTC)
-        with privdom.connect() as con:
+        with privdom.writer(context), privdom.connect() as con:
             summaries = build_membership(con, definitions, computed_at)
             violations, examples = suppression_violations(con)
             data_end = con.execute("select max(data_end_at) from marts.dim_customers").fetchone()[0]

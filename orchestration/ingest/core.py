@@ -360,8 +360,12 @@ class _Staged:
 
 # ------------------------------------------------------------------------------------------------- public
 def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Settings, load_id: str,
-                  *, keep_frame: bool = True) -> SourceIngestReport:
+                  *, keep_frame: bool = True,
+                  batch_dates: tuple[dt.date, dt.date] | None = None) -> SourceIngestReport:
     """Load every new file of `source` from settings.landing_dir/<source>/ into raw.<source>.
+
+    With ``batch_dates`` (first, last), only new files whose batch date is in that range load (a daily
+    partition or a backfill's range); files without a batch date are always judged (and rejected).
 
     All files of the run load in one transaction (raw rows, quarantine rows and ledger rows of loaded,
     rejected and duplicate files together); see the module docstring. The report carries the run's new rows
@@ -384,6 +388,8 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     try:
         # ---- 1. stage every new file
         for f in fl.discover(settings.landing_dir, source):
+            if batch_dates and f.batch_date is not None and not batch_dates[0] <= f.batch_date <= batch_dates[1]:
+                continue
             sha, size = fl.sha256_of(f.path)
             if (f.rel_path, sha) in seen:
                 report.files_skipped += 1

@@ -1,0 +1,72 @@
+"""Schedules and sensors: the pipeline running itself day after day.
+
+- ``landing_files_sensor`` (every minute): when files appear or change under landing/, one run of the whole
+  graph for the batch dates of those files (a partition range; the ingest assets load it in one step).
+- ``daily_full_graph`` (02:00 Asia/Shanghai): one unpartitioned run of the whole graph, which loads every
+  new file whatever its date (including files the sensor missed or whose run failed) and moves the data's
+  end forward for the marts and segments.
+
+Both start stopped: turn them on in the UI (Automation) or with `dagster schedule start` / `dagster sensor
+start`; they need the Dagster daemon, which `privdom ui` (dagster dev) runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from orchestration import landing
+from orchestration.defs.partitions import partition_keys_of
+from orchestration.defs.resources import current_settings
+from orchestration.settings import TIMEZONE
+
+WHOLE_GRAPH = dg.AssetSelection.all()
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def run_request_for(change: landing.LandingChange) -> dg.RunRequest:
+    """One run for all changed files: the partition range of their batch dates (unpartitioned if none is a
+    partition: undated files, or dates before partitions_start_date)."""
+    keys = partition_keys_of(change.batch_dates)
+    tags = {"privdom/trigger": "landing_files_sensor", "privdom/new_files": str(len(change.paths))}
+    if keys and len(keys) == len(change.batch_dates) and not change.undated:
+        if keys[0] == keys[-1]:
+            return dg.RunRequest(run_key=change.digest, partition_key=keys[0], tags=tags)
+        tags.update({RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]})
+    return dg.RunRequest(run_key=change.digest, tags=tags)
+
+
+@dg.sensor(
+    name="landing_files_sensor",
+    target=WHOLE_GRAPH,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Starts a run of the whole graph for the batch dates of new or changed landing files.",
+)
+def landing_files_sensor(context: dg.SensorEvaluationContext):
+    settings = current_settings()
+    current = landing.snapshot(settings.landing_dir)
+    previous = json.loads(context.cursor) if context.cursor else {}
+    change = landing.changes(previous, current)
+    if change is None:
+        return dg.SkipReason(f"no new landing files in {settings.landing_dir}")
+    context.update_cursor(json.dumps(current, sort_keys=True, separators=(",", ":")))
+    context.log.info(
+        f"{len(change.paths)} new or changed landing file(s), batch dates "
+        f"{change.batch_dates[0] if change.batch_dates else '-'} .. {change.batch_dates[-1] if change.batch_dates else '-'}"
+    )
+    return run_request_for(change)
+
+
+daily_full_graph = dg.ScheduleDefinition(
+    name="daily_full_graph",
+    cron_schedule="0 2 * * *",
+    execution_timezone=TIMEZONE,
+    target=WHOLE_GRAPH,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Every day at 02:00 Asia/Shanghai: the whole graph, every new landing file, unpartitioned.",
+    tags={"privdom/trigger": "daily_full_graph"},
+)
+

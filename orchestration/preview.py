@@ -1,0 +1,61 @@
+"""Row counts and masked previews of warehouse tables, for materialization metadata (the Dagster UI).
+
+A preview never shows a clear phone: a column named like a phone (other than ``phone_sha256`` /
+``phone_masked``) is masked as 138****8000, and any text value holding a mainland mobile number anywhere
+is masked the same way, so staging's clear phones stay in the warehouse.
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+
+from orchestration.contract import mask_phone
+
+_MOBILE_INSIDE = re.compile(r"(?<!\d)(?:\+?86[\s-]?)?1[3-9]\d(?:[\s-]?\d){8}(?!\d)")
+_SAFE_PHONE_COLUMNS = ("phone_sha256", "phone_masked")
+MAX_CELL = 40
+
+
+def mask_text(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    return _MOBILE_INSIDE.sub(lambda m: mask_phone(re.sub(r"\D", "", m.group(0))[-11:]), value)
+
+
+def _is_phone_column(name: str) -> bool:
+    lowered = name.lower()
+    return "phone" in lowered and not lowered.endswith(_SAFE_PHONE_COLUMNS)
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
+def row_count(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int | None:
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+    ).fetchone()[0]
+    if not exists:
+        return None
+    return con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]
+
+
+def preview_markdown(con: duckdb.DuckDBPyConnection, schema: str, table: str, limit: int = 5) -> str | None:
+    """`limit` rows of the table as a Markdown table, phones masked."""
+    if row_count(con, schema, table) is None:
+        return None
+    cur = con.execute(f'select * from "{schema}"."{table}" limit {int(limit)}')
+    columns = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for name, value in zip(columns, row):
+            value = mask_phone(value) if _is_phone_column(name) and value is not None else mask_text(value)
+            cells.append(_cell(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

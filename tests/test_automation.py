@@ -1,0 +1,117 @@
+"""Daily batch-date partitions, the landing sensor and the daily schedule (orchestration/defs/automation.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+
+import dagster as dg
+import duckdb
+import pytest
+
+from orchestration import landing
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, dbt_manifest):
+    from orchestration.generate import generate
+    from orchestration.settings import load_settings
+
+    data_dir = tmp_path / "data"
+    generate(data_dir / "landing", customers=60, days=12, seed=3, dirty_rate=0.0)
+    monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    from orchestration.definitions import build_definitions
+
+    defs = build_definitions()
+    return load_settings(data_dir), defs
+
+
+def _ledger(settings) -> list[tuple]:
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        return con.execute("select source, file_path, batch_date, status from raw.ingestion_ledger order by file_id").fetchall()
+    finally:
+        con.close()
+
+
+def _ingest_assets(defs):
+    repo = defs.get_repository_def()
+    return [repo.assets_defs_by_key[dg.AssetKey(["raw", s])] for s in ("channel_events", "orders", "referrals")]
+
+
+def test_a_partitioned_run_loads_only_its_batch_dates_and_an_unpartitioned_run_the_rest(env):
+    settings, defs = env
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(_ingest_assets(defs), partition_key="2024-01-03", instance=instance)
+        assert result.success
+        ledger = _ledger(settings)
+        dated = [row for row in ledger if row[2] is not None]
+        assert dated and {row[2] for row in dated} == {dt.date(2024, 1, 3)}
+
+        result = dg.materialize(
+            _ingest_assets(defs),
+            tags={"dagster/asset_partition_range_start": "2024-01-05", "dagster/asset_partition_range_end": "2024-01-07"},
+            instance=instance,
+        )
+        assert result.success
+        dates = {row[2] for row in _ledger(settings) if row[2] is not None}
+        assert dates == {dt.date(2024, 1, 3), dt.date(2024, 1, 5), dt.date(2024, 1, 6), dt.date(2024, 1, 7)}
+
+        assert dg.materialize(_ingest_assets(defs), instance=instance).success
+        delivered = {p for p in landing.snapshot(settings.landing_dir)}
+        assert {row[1] for row in _ledger(settings)} == delivered
+        # the unpartitioned run recorded the batch dates it loaded as materialized partitions
+        materialized = instance.get_materialized_partitions(dg.AssetKey(["raw", "orders"]))
+        order_dates = {row[2].isoformat() for row in _ledger(settings) if row[0] == "orders" and row[3] == "loaded"}
+        assert order_dates <= materialized
+
+
+def test_sensor_requests_one_run_for_the_dates_of_new_files_then_skips(env, tmp_path):
+    settings, defs = env
+    sensor = defs.get_repository_def().get_sensor_def("landing_files_sensor")
+    with dg.instance_for_test() as instance:
+        first = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=None))
+        assert len(first.run_requests) == 1
+        tags = first.run_requests[0].tags
+        assert (tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]) == ("2024-01-01", "2024-01-12")
+
+        again = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=first.cursor))
+        assert not again.run_requests and again.skip_message
+
+        # a late delivery for an old batch date: one run for that date's partition
+        source = settings.landing_dir / "channel_events" / "channel_events_20240102.csv"
+        late = settings.landing_dir / "channel_events" / "channel_events_20240102_late.csv"
+        shutil.copyfile(source, late)
+        os.utime(late)
+        late_tick = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance, cursor=again.cursor or first.cursor))
+        assert [r.partition_key for r in late_tick.run_requests] == ["2024-01-02"]
+        assert late_tick.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_sensor_run_request_runs_the_whole_graph(env):
+    """The sensor's request (a partition range over the whole graph) executes: raw partitions + dbt."""
+    settings, defs = env
+    sensor = defs.get_repository_def().get_sensor_def("landing_files_sensor")
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        request = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance)).run_requests[0]
+        result = job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
+        failures = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert result.success, failures
+        assert instance.get_materialized_partitions(dg.AssetKey(["raw", "referrals"])) >= {"2024-01-01", "2024-01-12"}
+        assert instance.get_latest_materialization_event(dg.AssetKey(["marts", "dim_customers"])) is not None
+        assert (settings.bi_dir / "warehouse.duckdb").exists()
+
+
+def test_daily_schedule_targets_the_whole_graph_at_2am_shanghai(env):
+    _, defs = env
+    schedule = defs.get_repository_def().get_schedule_def("daily_full_graph")
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.execution_timezone == "Asia/Shanghai"
+    with dg.instance_for_test() as instance:
+        data = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+    assert len(data.run_requests) == 1 and data.run_requests[0].partition_key is None
