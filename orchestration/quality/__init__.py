@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,7 @@ class ContractValidation:
     unexpected_by_rule: dict[str, int] = field(default_factory=dict)  # every contract rule, 0 included
     examples_by_rule: dict[str, list[dict]] = field(default_factory=dict)
     expectation_results: list[dict] = field(default_factory=list)  # one summary per expectation
+    seconds: float = 0.0  # wall time of the validation (bench/pipeline_scale.py counts it as "checks")
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -146,6 +148,7 @@ class ContractValidation:
             "examples_by_rule": self.examples_by_rule,
             "expectations": len(self.expectation_results),
             "failed_expectations": [e for e in self.expectation_results if not e["success"]],
+            "validation_seconds": round(self.seconds, 3),
         }
 
 
@@ -165,6 +168,7 @@ def _context():
 
 def validate_contract(source: str, frame: pd.DataFrame | None) -> ContractValidation:
     """Run the source's contract suite on `frame` (a run's new rows as delivered) in one validation."""
+    started = time.perf_counter()
     c = get_contract(source)
     counts = {r.name: 0 for r in c.rules}
     if frame is None or len(frame) == 0:
@@ -220,7 +224,8 @@ def validate_contract(source: str, frame: pd.DataFrame | None) -> ContractValida
                 out[k] = v
             ex.append(out)
         examples[name] = ex
-    return ContractValidation(source, bool(result.success), len(frame), counts, examples, summaries)
+    return ContractValidation(source, bool(result.success), len(frame), counts, examples, summaries,
+                              time.perf_counter() - started)
 
 
 __all__ = ["ContractValidation", "validate_contract", "build_suite", "expectation_specs", "mask_phone"]
