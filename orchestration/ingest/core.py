@@ -27,6 +27,7 @@ import duckdb
 import pandas as pd
 
 from orchestration.contract import CONTRACTS, LINEAGE_COLUMNS, SourceContract, contract as get_contract
+from orchestration.quality import compact_frame
 from orchestration.settings import TIMEZONE, Settings
 
 from . import files as fl
@@ -464,6 +465,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 fcols = [(name, "_fid" if name == "_file_id" else expr) for name, expr in fcols]
                 select = ", ".join(f"{expr} AS {R.q(name)}" for name, expr in fcols)
                 report.frame = con.execute(f"SELECT {select} FROM {_JUDGED} ORDER BY _fid, _rn").df()
+                compact_frame(source, report.frame)  # enum columns as categoricals (memory, GX speed)
             else:
                 names = [name for name, _ in R.frame_columns(c, ph, "NULL")]
                 report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})
