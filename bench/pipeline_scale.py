@@ -326,6 +326,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PRIVDOM_", "DAGSTER_"))}
     env["PRIVDOM_HOME"] = str(data)
     privdom = [sys.executable, "-m", "orchestration.cli", "--data-dir", str(data)]
+    load_start = os.getloadavg()
     free = shutil.disk_usage(data).free
     print(f"[{label(n)}] free disk {free / 2**30:.0f} GiB; generating …", flush=True)
 
@@ -348,7 +349,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     bare = run_bare(data, full.dbt_invocations, env, logs / "bare.log")
     print(f"[{label(n)}] bare engine {bare['seconds']:.1f} s (pipeline dbt {full.dbt_s:.1f} s)", flush=True)
     increment = None
-    if not args.no_increment:
+    wanted = None if args.increment_sizes is None else {parse_size(x) for x in args.increment_sizes.split(",") if x.strip()}
+    if not args.no_increment and (wanted is None or n in wanted):
         restore(side, data / "landing")
         increment = pipeline("run-increment.log")
         print(f"[{label(n)}] one new day: {increment.wall_s:.1f} s", flush=True)
@@ -364,6 +366,8 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         "bare": bare,
         "increment": asdict(increment) if increment else None,
         "last_day": last_day,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
     }
     if not args.keep:
         shutil.rmtree(data)
@@ -405,8 +409,9 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
     lines = [
         "# `privdom run` at scale",
         "",
-        f"Command: `.venv/bin/python bench/pipeline_scale.py --sizes {args.sizes} --days {args.days}`"
-        + (" --no-increment" if args.no_increment else "") + f". Started {started}.",
+        f"Command: `.venv/bin/python bench/pipeline_scale.py --days {args.days}` (sizes "
+        + ", ".join(label(n) for n in sorted(by)) + f"; runs started {started}; see the increment table for where the "
+        "one-new-day run was measured).",
         "",
         f"Machine: {mach['cpus']} CPUs ({mach['cpu_model']}), {mach['memory_gib']} GiB memory, Python {mach['python']}, "
         + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()) + f"; {mach['platform']}.",
@@ -420,8 +425,8 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
         "## Full run (whole history but the last day, fresh warehouse)",
         "",
         "| customers | raw rows | generate s | generate peak GiB | "
-        + " | ".join(f"{s} s" for s in STAGES) + " | Dagster run s | whole s | peak GiB | ingest rows/s |",
-        "|---|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---:|",
+        + " | ".join(f"{s} s" for s in STAGES) + " | Dagster run s | whole s | peak GiB | ingest rows/s | load (1 min) at start / end |",
+        "|---|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---:|---|",
     ]
     for n, r in sorted(by.items()):
         f = r["full"]
@@ -430,7 +435,8 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
         lines.append(
             f"| {label(n)} | {f['rows_read']:,} | {r['generate']['seconds']:.1f} | {gib(r['generate']['peak_bytes'])} | "
             + " | ".join(f"{st[s]:.1f}" for s in STAGES)
-            + f" | {f['dagster_s']:.1f} | {f['wall_s']:.1f} | {gib(f['peak_bytes'])} | {f['rows_read'] / ingest_s:,.0f} |"
+            + f" | {f['dagster_s']:.1f} | {f['wall_s']:.1f} | {gib(f['peak_bytes'])} | {f['rows_read'] / ingest_s:,.0f} | "
+            f"{r['load_start'][0]:.1f} / {r['load_end'][0]:.1f} |"
         )
     lines += [
         "",
@@ -505,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default=str(REPO / "bench" / "work"), help="where the data directories go (git-ignored)")
     p.add_argument("--output", default=str(REPO / "bench" / "results" / "pipeline_scale.md"))
     p.add_argument("--no-increment", action="store_true", help="skip the one-new-day run")
+    p.add_argument("--increment-sizes", help="run the one-new-day run only at these sizes (default: every size)")
+    p.add_argument("--merge", action="store_true",
+                   help="add to (or replace sizes in) the results already in --output's .json, instead of starting afresh")
     p.add_argument("--keep", action="store_true", help="keep the data directories")
     p.add_argument("--bare-db", help=argparse.SUPPRESS)
     p.add_argument("--bare-statements", help=argparse.SUPPRESS)
@@ -519,10 +528,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     mach = machine()
+    if args.merge and out.with_suffix(".json").exists():
+        previous = json.loads(out.with_suffix(".json").read_text())
+        load_before = tuple(previous["load_before"])
+        started = previous.get("started", started)
+        results = [r for r in previous["results"] if r["customers"] not in sizes]
     for n in sizes:
         results.append(bench_size(n, args))
+        results.sort(key=lambda r: r["customers"])
         # write after every size, so a long run leaves its figures behind
-        out.with_suffix(".json").write_text(json.dumps({"machine": mach, "load_before": load_before, "results": results}, indent=1))
+        out.with_suffix(".json").write_text(json.dumps({"machine": mach, "started": started, "load_before": load_before,
+                                                       "results": results}, indent=1))
         out.write_text(render(results, mach, load_before, os.getloadavg(), started, args))
     print(out.read_text())
     return 0
