@@ -515,12 +515,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge", action="store_true",
                    help="add to (or replace sizes in) the results already in --output's .json, instead of starting afresh")
     p.add_argument("--keep", action="store_true", help="keep the data directories")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="only render --output from the .json files of earlier runs (sizes run separately)")
     p.add_argument("--bare-db", help=argparse.SUPPRESS)
     p.add_argument("--bare-statements", help=argparse.SUPPRESS)
     p.add_argument("--bare-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.bare_db:
         return bare_main(args)
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        results = sorted({r["customers"]: r for part in parts for r in part["results"]}.values(), key=lambda r: r["customers"])
+        out = Path(args.output)
+        out.with_suffix(".json").write_text(json.dumps({**parts[0], "results": results}, indent=1))
+        out.write_text(render(results, parts[0]["machine"], tuple(parts[0]["load_before"]), os.getloadavg(),
+                              " and ".join(dict.fromkeys(p.get("started", "?") for p in parts)), args))
+        print(out.read_text())
+        return 0
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load_before = os.getloadavg()
