@@ -148,7 +148,7 @@ def classify(step: str, assets: list[str], has_checks: bool, is_dbt: bool) -> st
         return "ingest"
     if any("identity" in a or "customer_key" in a for a in assets) or "identity" in step:
         return "identity"
-    if roots & {"exports", "segments"} or "export" in step:
+    if roots & {"exports", "segments", "bi"} or "export" in step:  # segment membership, exports, the BI copy
         return "exports"
     if not assets and has_checks:
         return "checks"
