@@ -28,6 +28,12 @@ def test_gx_counts_equal_quarantine_counts(source, con, settings, land):
     assert set(v.examples_by_rule) == set(sql_counts)
     assert all(1 <= len(ex) <= 5 for ex in v.examples_by_rule.values())
     json.dumps(v.to_metadata())  # Dagster metadata must be JSON-serialisable
+    # validated in slices of 3 rows (GX sees each slice on its own): the same counts, rows and examples
+    sliced = validate_contract(source, report.frame, chunk_rows=3)
+    assert sliced.unexpected_by_rule == report.quarantine_by_rule
+    assert sliced.examples_by_rule == v.examples_by_rule
+    assert [e["unexpected_count"] for e in sliced.expectation_results] == [e["unexpected_count"] for e in v.expectation_results]
+    assert sliced.success is False and sliced.evaluated_rows == v.evaluated_rows
 
 
 def test_clean_batch_passes_and_empty_frame(con, settings, land):

@@ -262,7 +262,8 @@ def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch
             typed += list(cols)
             helpers["h__net_amount"] = f"({t(cols[1])} - {t(cols[2])})"
         elif r.kind == "any_identifier":
-            helpers[helper_name(r, "count")] = identifier_count_expr(r, placeholders)
+            # BIGINT: GX vectorises "between" on int64 columns only (int32 goes row by row in Python)
+            helpers[helper_name(r, "count")] = f"CAST({identifier_count_expr(r, placeholders)} AS BIGINT)"
             if r.unless:
                 typed.append(r.unless[0])
         elif r.kind == "before_batch_limit":

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +136,7 @@ class ContractValidation:
     unexpected_by_rule: dict[str, int] = field(default_factory=dict)  # every contract rule, 0 included
     examples_by_rule: dict[str, list[dict]] = field(default_factory=dict)
     expectation_results: list[dict] = field(default_factory=list)  # one summary per expectation
+    seconds: float = 0.0  # wall time of the validation (bench/pipeline_scale.py counts it as "checks")
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -146,6 +148,7 @@ class ContractValidation:
             "examples_by_rule": self.examples_by_rule,
             "expectations": len(self.expectation_results),
             "failed_expectations": [e for e in self.expectation_results if not e["success"]],
+            "validation_seconds": round(self.seconds, 3),
         }
 
 
@@ -153,6 +156,11 @@ def _context():
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    # GX fingerprints every pandas batch under 1 GB (md5 of pd.util.hash_pandas_object, twice per validation):
+    # metadata we do not use, and it cost more than the expectations themselves (docs/performance.md).
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    pandas_execution_engine.HASH_THRESHOLD = 0
     ctx = gx.get_context(mode="ephemeral")
     try:
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -163,39 +171,65 @@ def _context():
     return ctx
 
 
-def validate_contract(source: str, frame: pd.DataFrame | None) -> ContractValidation:
-    """Run the source's contract suite on `frame` (a run's new rows as delivered) in one validation."""
+# Rows per GX validation: GX's pandas engine copies the frame (all its columns) for every expectation with a
+# row condition or ignore_row_if, so validating in slices bounds that memory; counts add up over the slices
+# because the slices are disjoint.
+CHUNK_ROWS = 2_000_000
+
+
+def compact_frame(source: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Enum columns (typed and delivered) as pandas categoricals: GX's row filters then copy integer codes
+    instead of strings. Values are unchanged (an out-of-set value is a category like any other)."""
+    enums = {col.name for col in get_contract(source).columns if col.type == "enum"}
+    for name in frame.columns:
+        if name.split("__")[0] in enums and not isinstance(frame[name].dtype, pd.CategoricalDtype):
+            frame[name] = frame[name].astype("category")
+    return frame
+
+
+def validate_contract(source: str, frame: pd.DataFrame | None, *, chunk_rows: int = CHUNK_ROWS) -> ContractValidation:
+    """Run the source's contract suite on `frame` (a run's new rows as delivered), in slices of chunk_rows."""
+    started = time.perf_counter()
     c = get_contract(source)
     counts = {r.name: 0 for r in c.rules}
     if frame is None or len(frame) == 0:
         return ContractValidation(source, True, 0, counts, {})
-    frame = frame.reset_index(drop=True)
+    frame = compact_frame(source, frame.reset_index(drop=True))
     ctx = _context()
     suite = build_suite(source)
     ds = ctx.data_sources.add_pandas(name=f"privdom_{source}")
     asset = ds.add_dataframe_asset(name=f"{source}_new_rows")
     bd = asset.add_batch_definition_whole_dataframe("run")
-    batch = bd.get_batch(batch_parameters={"dataframe": frame})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = batch.validate(suite, result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False})
     rows_by_rule: dict[str, set[int]] = {r.name: set() for r in c.rules}
-    summaries = []
-    for res in result.results:
-        cfg = res.expectation_config
-        rule = (cfg.meta or {}).get("rule")
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            raise RuntimeError(f"GX expectation for rule {rule} raised: {res.exception_info.get('exception_message')}")
-        idx = res.result.get("unexpected_index_list") or []
-        idx = [i if isinstance(i, int) else int(next(iter(i.values())) if isinstance(i, dict) else i) for i in idx]
-        rows_by_rule[rule].update(idx)
-        summaries.append({
-            "rule": rule,
-            "expectation": cfg.type,
-            "column": cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')} vs {cfg.kwargs.get('column_B')}",
-            "success": bool(res.success),
-            "unexpected_count": int(res.result.get("unexpected_count") or 0),
-        })
+    summaries: list[dict] = []
+    success = True
+    for lo in range(0, len(frame), chunk_rows):
+        part = frame.iloc[lo : lo + chunk_rows]  # keeps the frame's index: unexpected indexes are frame rows
+        batch = bd.get_batch(batch_parameters={"dataframe": part})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = batch.validate(suite, result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False})
+        success = success and bool(result.success)
+        for i, res in enumerate(result.results):
+            cfg = res.expectation_config
+            rule = (cfg.meta or {}).get("rule")
+            if res.exception_info and res.exception_info.get("raised_exception"):
+                raise RuntimeError(f"GX expectation for rule {rule} raised: {res.exception_info.get('exception_message')}")
+            idx = res.result.get("unexpected_index_list") or []
+            idx = [i if isinstance(i, int) else int(next(iter(i.values())) if isinstance(i, dict) else i) for i in idx]
+            rows_by_rule[rule].update(idx)
+            n = int(res.result.get("unexpected_count") or 0)
+            if lo == 0:
+                summaries.append({
+                    "rule": rule,
+                    "expectation": cfg.type,
+                    "column": cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')} vs {cfg.kwargs.get('column_B')}",
+                    "success": bool(res.success),
+                    "unexpected_count": n,
+                })
+            else:
+                summaries[i]["success"] = summaries[i]["success"] and bool(res.success)
+                summaries[i]["unexpected_count"] += n
     phone_cols = {col.name for col in c.columns if col.type == "phone"}
     examples: dict[str, list[dict]] = {}
     rule_cols = {r.name: r for r in c.rules}
@@ -220,7 +254,8 @@ def validate_contract(source: str, frame: pd.DataFrame | None) -> ContractValida
                 out[k] = v
             ex.append(out)
         examples[name] = ex
-    return ContractValidation(source, bool(result.success), len(frame), counts, examples, summaries)
+    return ContractValidation(source, success, len(frame), counts, examples, summaries,
+                              time.perf_counter() - started)
 
 
 __all__ = ["ContractValidation", "validate_contract", "build_suite", "expectation_specs", "mask_phone"]
