@@ -75,7 +75,9 @@ def publish(
     bi_dir.mkdir(parents=True, exist_ok=True)
     final = bi_dir / BI_DATABASE_NAME
     tmp = bi_dir / f".{BI_DATABASE_NAME}.{os.getpid()}.tmp"
-    _remove(tmp, Path(str(tmp) + ".wal"))
+    # Left by a publisher that was killed (the caller holds the warehouse lock: no publisher is running).
+    _remove(*bi_dir.glob(f".{BI_DATABASE_NAME}.*.tmp"), *bi_dir.glob(f".{BI_DATABASE_NAME}.*.tmp.wal"))
+    _remove(*bi_dir.glob("parquet/*/.*.parquet.*.tmp"), *bi_dir.glob(".manifest.json.*.tmp"))
     tables = con.execute(
         "select table_schema, table_name from information_schema.tables "
         "where table_catalog = current_database() and table_schema in (select unnest(?::varchar[])) order by 1, 2",

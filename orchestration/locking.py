@@ -1,15 +1,19 @@
-"""One writer at a time per data directory, across processes: a lock file next to the warehouse.
+"""One writer at a time per data directory, across processes: lock files next to the warehouse.
 
 DuckDB allows one writing process per file and fails at once when another holds it. Dagster's pool
-``warehouse`` (limit 1) serialises the writing steps of runs that share the Dagster instance, but not a
-run that was killed while holding a slot, and not two runs' steps as whole runs. So every privdom writer
-also holds this lock: ``privdom run`` for its whole run (two runs launched at once then run one after the
-other), and every warehouse-writing asset for its step (so runs launched from the UI queue behind a CLI
-run and the other way round). The lock is ``flock`` on ``<data dir>/.privdom-warehouse.lock``: the kernel
-releases it when the holding process dies, however it dies, so a killed run never blocks the next one.
+``warehouse`` (limit 1) serialises the writing steps of runs that share the Dagster instance, but per step
+(two runs interleave), and a run killed while holding a slot keeps it. So privdom adds two ``flock`` locks,
+which the kernel releases when the holding process dies, however it dies:
 
-The lock is re-entrant within one process (the run holds it; its in-process steps take it again at no
-cost). The file records who holds it, so a waiting process can say what it waits for.
+- the **run lock** (``.privdom-run.lock``), held by ``privdom run`` for its whole run: two runs launched at
+  once run one after the other;
+- the **warehouse lock** (``.privdom-warehouse.lock``), held by every warehouse-writing step (inside its pool
+  slot) and by privdom's own reads of the warehouse outside steps: runs launched from the UI or the daemon
+  and CLI runs never write at the same time. Steps take it only after their pool slot, and nothing waits
+  for a slot while holding it, so the two cannot deadlock.
+
+Locks are re-entrant within one process. The file records who holds it, so a waiting process can say
+what it waits for.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOCK_FILE_NAME = ".privdom-warehouse.lock"
+RUN_LOCK_FILE_NAME = ".privdom-run.lock"
 
 _held: dict[str, list] = {}  # lock path -> [fd, depth], for this process
 _guard = threading.RLock()
@@ -34,14 +39,14 @@ class WarehouseBusyTimeout(TimeoutError):
     """The warehouse lock was not free within the time the caller allowed."""
 
 
-def lock_path(data_dir: str | os.PathLike[str]) -> Path:
-    return Path(data_dir) / LOCK_FILE_NAME
+def lock_path(data_dir: str | os.PathLike[str], name: str = LOCK_FILE_NAME) -> Path:
+    return Path(data_dir) / name
 
 
-def holder(data_dir: str | os.PathLike[str]) -> dict | None:
+def holder(data_dir: str | os.PathLike[str], name: str = LOCK_FILE_NAME) -> dict | None:
     """Who holds (or last held) the lock, as written by the holder: pid, what, since. None if unknown."""
     try:
-        text = lock_path(data_dir).read_text(encoding="utf-8").strip()
+        text = lock_path(data_dir, name).read_text(encoding="utf-8").strip()
         return json.loads(text) if text else None
     except (OSError, ValueError):
         return None
@@ -57,14 +62,15 @@ def describe_holder(info: dict | None) -> str:
 def warehouse_lock(
     data_dir: str | os.PathLike[str],
     *,
+    name: str = LOCK_FILE_NAME,
     what: str = "privdom",
     log: Callable[[str], None] | None = None,
     timeout: float | None = None,
     poll_seconds: float = 0.5,
     report_every: float = 30.0,
 ) -> Iterator[None]:
-    """Hold the data directory's writer lock; wait (logging who holds it) while another process has it."""
-    path = lock_path(data_dir)
+    """Hold one of the data directory's locks; wait (logging who holds it) while another process has it."""
+    path = lock_path(data_dir, name)
     key = str(path.resolve())
     with _guard:
         entry = _held.get(key)
@@ -94,14 +100,14 @@ def warehouse_lock(
                 now = time.monotonic()
                 if last_report is None or now - last_report >= report_every:
                     message = (
-                        f"waiting for the warehouse: {describe_holder(holder(data_dir))} is writing it "
+                        f"waiting for the warehouse: {describe_holder(holder(data_dir, name))} is using it "
                         f"(lock file {path})"
                     )
                     (log or _stderr)(message)
                     last_report = now
                 if timeout is not None and now - started >= timeout:
                     raise WarehouseBusyTimeout(
-                        f"the warehouse stayed in use by {describe_holder(holder(data_dir))} for {timeout:.0f} s"
+                        f"the warehouse stayed in use by {describe_holder(holder(data_dir, name))} for {timeout:.0f} s"
                     ) from None
                 time.sleep(poll_seconds)
         info = {"pid": os.getpid(), "what": what, "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -120,9 +126,9 @@ def warehouse_lock(
         os.close(fd)
 
 
-def is_held_here(data_dir: str | os.PathLike[str]) -> bool:
+def is_held_here(data_dir: str | os.PathLike[str], name: str = LOCK_FILE_NAME) -> bool:
     with _guard:
-        return str(lock_path(data_dir).resolve()) in _held
+        return str(lock_path(data_dir, name).resolve()) in _held
 
 
 def _stderr(message: str) -> None:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.contract import SOURCES
-from orchestration.locking import warehouse_lock
+from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
 from orchestration.settings import Settings
 from orchestration.warehouse import LAYER_SCHEMAS, WarehouseLockedError, connect, ensure_not_locked
 
 # Runs started by `privdom run` carry this tag. Such a run can only be in progress while its process holds
-# the warehouse lock, so a tagged run still "started" when the next `privdom run` gets the lock was killed.
+# the run lock, so a tagged run still "started" when the next `privdom run` gets the lock was killed.
 LAUNCHER_TAG = "privdom/launcher"
 
 
@@ -166,7 +166,7 @@ def _output_to(path: Path | None) -> Iterator[None]:
 def _fail_abandoned_runs(instance) -> list[str]:
     """Mark earlier `privdom run` runs that were killed (still "started") as failed and free their pool slots.
 
-    Called with the warehouse lock held: a live `privdom run` holds that lock for its whole run, so any
+    Called with the run lock held: a live `privdom run` holds that lock for its whole run, so any
     tagged run not finished now belongs to a dead process. Without this, a killed run's claimed slot of the
     pool `warehouse` would keep every later run waiting.
     """
@@ -187,12 +187,14 @@ def _fail_abandoned_runs(instance) -> list[str]:
 def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult:
     """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run.
 
-    The run holds the data directory's warehouse lock from start to end: a second `privdom run` (or a run
-    launched from the UI) waits for it, saying so on stderr, instead of failing on DuckDB's file lock.
+    The run holds the data directory's run lock from start to end: a second `privdom run` waits for it,
+    saying so on stderr, instead of failing on DuckDB's file lock. Its steps (and a UI run's) take the
+    warehouse lock one at a time (orchestration/locking.py).
     """
-    with warehouse_lock(settings.data_dir, what="privdom run"):
+    with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom run"):
         # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
-        ensure_not_locked(settings.warehouse_path)
+        with warehouse_lock(settings.data_dir, what="privdom run (checking the warehouse)"):
+            ensure_not_locked(settings.warehouse_path)
         return _run_pipeline_locked(settings, verbose=verbose)
 
 
@@ -237,7 +239,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool) -> PipelineResult
         ]
     summary_error = None
     try:
-        ledger, tables = _summarise_warehouse(settings.warehouse_path)
+        with warehouse_lock(settings.data_dir, what="privdom run (summary)"):
+            ledger, tables = _summarise_warehouse(settings.warehouse_path)
     except WarehouseLockedError as exc:
         ledger, tables, summary_error = [], [], str(exc)
     from orchestration.segments import summarise_exports

@@ -35,7 +35,7 @@ class PrivdomResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def writer(self, context: dg.OpExecutionContext) -> Iterator[None]:
-        """Hold the warehouse writer lock for this step (a no-op re-entry under `privdom run`, which holds it)."""
+        """Hold the warehouse lock for this step (taken inside the pool slot: see orchestration/locking.py)."""
         what = f"Dagster run {context.run_id[:8]}, step {context.op_def.name}"
         with locking.warehouse_lock(self.data_dir, what=what, log=context.log.info):
             yield
