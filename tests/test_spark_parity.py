@@ -149,7 +149,7 @@ def spark_build(duckdb_fixture, spark, tmp_path_factory):
     models = sorted(
         {(r.node.schema, r.node.alias) for r in result.result if r.node.resource_type == "model"}
     )
-    return settings, models
+    return settings, models, work
 
 
 # -------------------------------------------------------------------------------------- normalisation
@@ -214,7 +214,7 @@ def _spark_rows(spark, schema: str, table: str) -> tuple[list[tuple[str, str]], 
 
 
 def test_every_layer_table_is_built_on_both_engines(duckdb_fixture, spark_build, spark):
-    settings, models = spark_build
+    settings, models, _ = spark_build
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
     try:
         on_duckdb = set(
@@ -232,7 +232,7 @@ def test_every_layer_table_is_built_on_both_engines(duckdb_fixture, spark_build,
 
 
 def test_every_model_holds_the_same_rows_on_duckdb_and_spark(spark_build, spark):
-    settings, models = spark_build
+    settings, models, _ = spark_build
     assert len(models) >= 10
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
     problems = []
@@ -346,30 +346,51 @@ MACRO_EXPECTED = {
 }
 
 
-def _show(target: str, work: Path, vars_json: str) -> dict[str, object]:
-    result = _dbt(["show", "--target", target, "--inline", MACRO_CHECK_SQL, "--limit", "-1"], work, vars_json)
-    assert result.success, repr(result.exception)
-    table = result.result.results[0].agate_table
-    return dict(zip(table.column_names, table.rows[0]))
+def _compile_for_duckdb(settings, tmp_path: Path, vars_json: str) -> str:
+    """The macro query as compiled for DuckDB, by dbt in a subprocess (an in-process dbt-duckdb keeps DuckDB
+    objects alive until the interpreter exits)."""
+    env = {**os.environ, **settings.dbt_env(), "PRIVDOM_WAREHOUSE": str(tmp_path / "macros.duckdb")}
+    env["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("dbt")), "compile", "--inline", MACRO_CHECK_SQL,
+            "--output", "json", "--quiet", "--target", "duckdb",
+            "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR),
+            "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"), "--vars", vars_json,
+        ],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads(run.stdout[run.stdout.index("{"):])["compiled"]
 
 
-def test_portable_macros_give_the_same_answers_on_both_engines(spark_build, tmp_path):
-    settings, _ = spark_build
+def test_portable_macros_give_the_same_answers_on_both_engines(spark_build, spark, tmp_path):
+    """Whatever the session time zone: the calendar macros convert to Asia/Shanghai themselves."""
+    settings, _, work = spark_build
     vars_json = json.dumps(settings.dbt_vars(), sort_keys=True, separators=(",", ":"))
-    answers = {}
+    duckdb_sql = _compile_for_duckdb(settings, tmp_path, vars_json)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRIVDOM_WAREHOUSE", str(tmp_path / "macros.duckdb"))
+        for name, value in settings.dbt_env().items():
+            mp.setenv(name, value)
         mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-        for target in ("duckdb", "spark"):
-            answers[target] = _show(target, tmp_path / target, vars_json)
-    for target, got in answers.items():
-        mismatches = {k: (got.get(k), v) for k, v in MACRO_EXPECTED.items() if _plain(got.get(k)) != _plain(v)}
-        assert not mismatches, f"{target}: (got, expected) {mismatches}"
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, Decimal):
-        return float(value)
-    if hasattr(value, "date") and callable(value.date):
-        return value.date()
-    return value
+        compiled = _dbt(["compile", "--target", "spark", "--inline", MACRO_CHECK_SQL], work, vars_json)
+    assert compiled.success, repr(compiled.exception)
+    spark_sql = compiled.result.results[0].node.compiled_code
+    answers = {}
+    try:
+        for time_zone in ("Asia/Shanghai", "UTC", "America/New_York"):
+            con = duckdb.connect()
+            try:
+                con.execute(f"SET TimeZone = '{time_zone}'")
+                cursor = con.execute(duckdb_sql)
+                names = [d[0] for d in cursor.description]
+                answers[f"duckdb {time_zone}"] = dict(zip(names, cursor.fetchone()))
+            finally:
+                con.close()
+            spark.conf.set("spark.sql.session.timeZone", time_zone)
+            answers[f"spark {time_zone}"] = spark.sql(spark_sql).collect()[0].asDict()
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", "Asia/Shanghai")
+    for engine, got in answers.items():
+        mismatches = {k: (got.get(k), v) for k, v in MACRO_EXPECTED.items() if got.get(k) != v}
+        assert not mismatches, f"{engine}: (got, expected) {mismatches}"
