@@ -21,5 +21,5 @@
 {%- endmacro %}
 
 {% macro spark__privdom_regexp_full_match(expression, pattern) -%}
-    ({{ expression }} rlike '^{{ pattern }}$')
+    ({{ expression }} rlike '^(?:{{ pattern }})$')
 {%- endmacro %}

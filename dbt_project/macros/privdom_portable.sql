@@ -1,5 +1,10 @@
-{#- Engine-specific expressions behind adapter.dispatch, so the marts port to Spark: default__ is DuckDB.
-    Business calendar: Asia/Shanghai (SPEC §4). Windows are exact elapsed time: [t, t + N × 24 h). -#}
+{#- Engine-specific expressions behind adapter.dispatch, so the models build unchanged on DuckDB (default__)
+    and Spark (spark__; Databricks' dbt adapter falls back to spark__). Business calendar: Asia/Shanghai
+    (SPEC §4). Windows are exact elapsed time: [t, t + N × 24 h).
+    Timestamps are instants on both engines: DuckDB TIMESTAMPTZ, Spark TIMESTAMP (TIMESTAMP_LTZ). The spark__
+    calendar macros convert from the session time zone (current_timezone()) explicitly, so their results do
+    not depend on it; the spark target still sets spark.sql.session.timeZone = Asia/Shanghai, like DuckDB's
+    TimeZone, so that what a person reads matches. See docs/scale-out.md. -#}
 
 {#- SHA-256 of a string, lower-case hex (SPEC §5: phones leave only as sha256('86' || 11 digits)). -#}
 {% macro privdom_sha256(expression) -%}
@@ -50,8 +55,16 @@
     cast(date_trunc('{{ part }}', ({{ instant }}) at time zone 'Asia/Shanghai') as date)
 {%- endmacro %}
 
+{#- convert_timezone gives the Asia/Shanghai wall clock as a TIMESTAMP_NTZ; its date and trunc() need no zone. -#}
 {% macro spark__privdom_local_period_start(part, instant) -%}
-    cast(date_trunc('{{ part }}', from_utc_timestamp({{ instant }}, 'Asia/Shanghai')) as date)
+    {%- set local_date = "to_date(convert_timezone(current_timezone(), 'Asia/Shanghai', " ~ instant ~ "))" -%}
+    {%- if part | lower == 'day' -%}
+    {{ local_date }}
+    {%- elif part | lower in ('week', 'month', 'quarter', 'year') -%}
+    trunc({{ local_date }}, '{{ part | lower }}')
+    {%- else -%}
+    {{ exceptions.raise_compiler_error("privdom_local_period_start: part must be day, week, month, quarter or year, not " ~ part) }}
+    {%- endif -%}
 {%- endmacro %}
 
 {#- The instant at which an Asia/Shanghai calendar date (a DATE) begins, 00:00 Shanghai time. -#}
@@ -64,5 +77,5 @@
 {%- endmacro %}
 
 {% macro spark__privdom_local_date_start(date_expression) -%}
-    to_utc_timestamp(cast({{ date_expression }} as timestamp), 'Asia/Shanghai')
+    cast(convert_timezone('Asia/Shanghai', current_timezone(), cast(cast({{ date_expression }} as date) as timestamp_ntz)) as timestamp)
 {%- endmacro %}

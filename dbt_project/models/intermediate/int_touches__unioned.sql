@@ -14,7 +14,7 @@ channel_event_touches as (
         e.channel as tie_breaker,
         e.channel as acquisition_channel,
         e.campaign as acquisition_campaign,
-        cast(null as varchar) as referrer_component_id,
+        cast(null as {{ dbt.type_string() }}) as referrer_component_id,
         'channel_events' as touch_source,
         e.event_id as record_id
     from {{ ref('stg_channel_events') }} as e
@@ -30,8 +30,8 @@ order_touches as (
         3 as touch_priority,
         o.channel as tie_breaker,
         o.channel as acquisition_channel,
-        cast(null as varchar) as acquisition_campaign,
-        cast(null as varchar) as referrer_component_id,
+        cast(null as {{ dbt.type_string() }}) as acquisition_campaign,
+        cast(null as {{ dbt.type_string() }}) as referrer_component_id,
         'orders' as touch_source,
         o.order_id as record_id
     from {{ ref('stg_orders') }} as o
@@ -55,8 +55,8 @@ referral_touches as (
         1 as touch_priority,
         c.referral_id as tie_breaker,
         'referral' as acquisition_channel,
-        cast(null as varchar) as acquisition_campaign,
-        referrer.component_id as referrer_component_id,
+        cast(null as {{ dbt.type_string() }}) as acquisition_campaign,
+        cast(referrer.component_id as {{ dbt.type_string() }}) as referrer_component_id,
         'referrals' as touch_source,
         c.referral_id as record_id
     from referral_clicks as c
