@@ -136,3 +136,23 @@ def test_a_suppression_failure_blocks_every_file_and_request(data_dir, monkeypat
         _assert_held_back(instance, result)
         assert server.requests == []
     assert not (data_dir / "exports").exists() or not any((data_dir / "exports").rglob("*.*"))
+
+
+def test_an_export_that_fails_its_own_verification_is_not_published_and_holds_back_its_syncs(data_dir, monkeypatch):
+    from orchestration.segments import ExportError
+
+    def refusing_export(con, exports_dir, definition, options, **kwargs):
+        raise ExportError("buyers.csv: 1 opted-out, unreachable or unknown customers; export withheld")
+
+    monkeypatch.setattr("orchestration.defs.exports.export_segment", refusing_export)
+    monkeypatch.setenv("TEST_GATE_SECRET", "gate")
+    with dg.DagsterInstance.ephemeral() as instance, ScriptedServer([], "gate") as server:
+        result = _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets(server.url + "/hook"))
+        assert not result.success
+        check = _checks(result)["exports/buyers:no_suppressed_customers"]
+        assert not check.passed and "export withheld" in check.description
+        failure = _step_events(result, "STEP_FAILURE")["segment_exports"]
+        assert "blocking asset check failed" in failure.event_specific_data.error.message
+        assert "syncs__crm" not in _step_events(result, "STEP_START")
+        assert server.requests == []
+    assert not any((data_dir / "exports").rglob("LATEST")) if (data_dir / "exports").exists() else True
