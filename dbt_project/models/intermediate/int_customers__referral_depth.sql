@@ -1,3 +1,4 @@
+{{ privdom_require_recursive_cte() }}
 -- One row per customer reachable from a root of the referral acquisition forest: how many referral hops
 -- separate them from a customer who was not acquired through a referral (SPEC §4 "generation"). Each customer
 -- has at most one acquirer (acquisition_referrer_key), so walking down from the roots visits each customer once
