@@ -484,23 +484,35 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
     for n, r in sorted(by.items()):
         for s in r["full"]["steps"]:
             lines.append(f"| {label(n)} | {s['step']} | {s['stage']} | {s['seconds']:.1f} | {s['checks_seconds']:.1f} |")
-    if 1_000_000 in by:
-        r = by[1_000_000]
-        f = r["full"]
-        ingest_s = f["stages"]["ingest"] + sum(s["checks_seconds"] for s in f["steps"] if s["stage"] == "ingest")
-        got = {
-            "full run at 1M < 5 min": (f"{f['wall_s']:.0f} s", f["wall_s"] < TARGETS["full_run_1m_s"]),
-            "peak memory at 1M < 4 GiB": (f"{gib(f['peak_bytes'])} GiB", f["peak_bytes"] / 2**30 < TARGETS["peak_memory_1m_gib"]),
-            "ingestion ≥ 300k rows/s (validation, quarantine included)": (f"{f['rows_read'] / ingest_s:,.0f} rows/s", f["rows_read"] / ingest_s >= TARGETS["ingest_rows_per_s"]),
-            "dbt pipeline ÷ bare engine < 1.5": (f"{f['dbt_s'] / r['bare']['seconds']:.2f}", f["dbt_s"] / r["bare"]["seconds"] < TARGETS["dbt_over_bare"]),
-        }
-        if exps:
-            got["growth exponent 100k → 1M < 1.15 (whole run)"] = (f"{exps['whole']:.2f}", exps["whole"] < TARGETS["exponent"])
-        if r["increment"]:
-            share = r["increment"]["wall_s"] / f["wall_s"]
-            got["one new day on 1M history < 10% of a full run"] = (f"{share:.0%}", share < TARGETS["increment_share"])
-        lines += ["", "## Targets (issue 7)", "", "| target | measured | met |", "|---|---:|---|"]
-        lines += [f"| {k} | {v} | {'yes' if ok else 'no'} |" for k, (v, ok) in got.items()]
+    # targets: the 1M ones need the 1M run; the others are judged at the largest size run
+    big = max(by)
+    r = by[big]
+    f = r["full"]
+    at = "" if big == 1_000_000 else f" (at {label(big)})"
+    ingest_s = f["stages"]["ingest"] + sum(s["checks_seconds"] for s in f["steps"] if s["stage"] == "ingest")
+    got: dict[str, tuple[str, str]] = {}
+    if big == 1_000_000:
+        got["full run at 1M < 5 min"] = (f"{f['wall_s']:.0f} s", "yes" if f["wall_s"] < TARGETS["full_run_1m_s"] else "no")
+        got["peak memory at 1M < 4 GiB"] = (f"{gib(f['peak_bytes'])} GiB", "yes" if f["peak_bytes"] / 2**30 < TARGETS["peak_memory_1m_gib"] else "no")
+    else:
+        got["full run at 1M < 5 min"] = ("no 1M run", "not measured")
+        got["peak memory at 1M < 4 GiB"] = ("no 1M run", "not measured")
+    rate = f["rows_read"] / ingest_s
+    got["ingestion ≥ 300k rows/s (validation, quarantine included)"] = (f"{rate:,.0f} rows/s{at}", "yes" if rate >= TARGETS["ingest_rows_per_s"] else "no")
+    ratio = f["dbt_s"] / r["bare"]["seconds"]
+    got["dbt pipeline ÷ bare engine < 1.5"] = (f"{ratio:.2f}{at}", "yes" if ratio < TARGETS["dbt_over_bare"] else "no")
+    if exps:
+        got["growth exponent 100k → 1M < 1.15 (whole run)"] = (f"{exps['whole']:.2f}", "yes" if exps["whole"] < TARGETS["exponent"] else "no")
+    else:
+        got["growth exponent 100k → 1M < 1.15 (whole run)"] = ("needs 100k and 1M", "not measured")
+    inc = next((by[n] for n in sorted(by, reverse=True) if by[n]["increment"]), None)
+    if inc:
+        share = inc["increment"]["wall_s"] / inc["full"]["wall_s"]
+        where = "" if inc["customers"] == 1_000_000 else f" (at {label(inc['customers'])})"
+        got["one new day on 1M history < 10% of a full run"] = (f"{share:.0%}{where}", "yes" if share < TARGETS["increment_share"] else "no")
+    lines += ["", "## Targets (issue 7)", "", "| target | measured | met |", "|---|---:|---|"]
+    lines += [f"| {k} | {v} | {ok} |" for k, (v, ok) in got.items()]
+    lines += ["", "Causes of the gaps and the next steps: docs/performance.md, \"Where the targets stand\"."]
     return "\n".join(lines) + "\n"
 
 

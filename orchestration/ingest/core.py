@@ -2,10 +2,9 @@
 
 One run of a source works in three phases, so that the per-file cost is a file read and nothing else:
 
-1. **Stage** (no transaction): every new file is read on its own into a temp table (whole-file rejections
-   are isolated per file, with their own messages), kept as read; one temp view per *schema signature*
-   (delivered column names and DuckDB types, in order) is the UNION ALL of its files with their file id,
-   batch date and row number (no copy of the rows).
+1. **Stage** (no transaction): every new file is read on its own into ``_privdom_src`` (whole-file rejections
+   are isolated per file, with their own messages) and appended, with its file id, batch date and row number,
+   to one temp table per *schema signature* (delivered column names and DuckDB types, in order).
 2. **Judge** (no transaction, temp tables only): one statement per signature types every value and evaluates
    every contract rule for all the staged rows of that signature (the batch limit is computed from each row's
    batch date), appending to one judged table.
@@ -38,8 +37,7 @@ _SRC = "_privdom_src"
 _JRAW = "_privdom_jraw"
 _JUDGED = "_privdom_judged"
 _FILES = "_privdom_files"
-_GROUP = "_privdom_stage_{}"  # a view: UNION ALL of the per-file tables of one schema signature
-_FILE = "_privdom_file_{}"  # one file as read (renamed from _SRC), by file id
+_GROUP = "_privdom_stage_{}"
 # lineage columns of a staging table (prefixed so they cannot meet a delivered column name)
 _FID, _BD, _RN = "__privdom_fid", "__privdom_bd", "__privdom_rn"
 
@@ -387,8 +385,6 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     ledger_rows: list[list[Any]] = []
     staged: list[_Staged] = []
     groups: dict[tuple[tuple[str, str], ...], int] = {}  # schema signature → staging table number
-    members: dict[tuple[tuple[str, str], ...], list[str]] = {}  # signature → SELECT of each of its files
-    file_tables: list[str] = []
     scratch = _Scratch()
     try:
         # ---- 1. stage every new file
@@ -419,20 +415,18 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 report.files.append(FileResult(f.rel_path, "rejected", file_id, f.batch_date, error=str(exc)))
                 seen[(f.rel_path, sha)] = "rejected"
                 continue
-            # the file's table stays as read (a rename, no copy); the signature's view adds the lineage columns
-            con.execute(f"ALTER TABLE {_SRC} RENAME TO {_FILE.format(file_id)}")
-            file_tables.append(_FILE.format(file_id))
             lineage = f"CAST({file_id} AS BIGINT) AS {R.q(_FID)}, DATE {R.lit(f.batch_date.isoformat())} AS {R.q(_BD)}, rowid + 1 AS {R.q(_RN)}"
-            groups.setdefault(signature, len(groups))
-            members.setdefault(signature, []).append(f"SELECT {lineage}, * FROM {_FILE.format(file_id)}")
+            if signature in groups:
+                con.execute(f"INSERT INTO {_GROUP.format(groups[signature])} SELECT {lineage}, * FROM {_SRC}")
+            else:
+                groups[signature] = len(groups)
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {_GROUP.format(groups[signature])} AS SELECT {lineage}, * FROM {_SRC}")
             result = FileResult(f.rel_path, "loaded", file_id, f.batch_date)
             report.files.append(result)
             staged.append(_Staged(result, f, sha, size, encoding, started, groups[signature]))
             seen[(f.rel_path, sha)] = "loaded"
             loaded_at[sha] = f.rel_path
         con.execute(f"DROP TABLE IF EXISTS {_SRC}")
-        for signature, k in groups.items():
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {_GROUP.format(k)} AS " + " UNION ALL ".join(members[signature]))
 
         # ---- 2. judge: one statement for all staged rows (a UNION ALL of one SELECT per schema signature)
         if groups:
@@ -483,9 +477,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})
     finally:
         scratch.cleanup()
-        for k in groups.values():
-            con.execute(f"DROP VIEW IF EXISTS {_GROUP.format(k)}")
-        for t in [_SRC, _JRAW, _JUDGED, _FILES, *file_tables]:
+        for t in [_SRC, _JRAW, _JUDGED, _FILES, *(_GROUP.format(k) for k in groups.values())]:
             con.execute(f"DROP TABLE IF EXISTS {t}")
     return report
 
