@@ -20,8 +20,11 @@ PRIVDOM = Path(sys.executable).with_name("privdom")
 # When a row was loaded or a key assigned, and by which run: differ between any two runs by nature.
 VOLATILE_COLUMNS = {
     "_loaded_at", "loaded_at", "load_id", "started_at", "finished_at", "quarantined_at",
-    "created_at", "created_run_id", "closed_at", "closed_run_id", "merged_at", "split_at", "run_id",
+    "created_run_id", "closed_at", "closed_run_id", "merged_at", "split_at", "run_id",
+    "computed_at",  # when the segments were computed (wall clock, on every segment row and export)
 }
+# created_at is an order's own data everywhere but in the key registry, where it is when a key was assigned
+REGISTRY_SCHEMA = "identity_state"
 
 
 def _run(data_dir: Path) -> subprocess.CompletedProcess:
@@ -68,7 +71,7 @@ def snapshot(path: Path) -> dict[str, list]:
                     "select column_name from information_schema.columns where table_schema = ? and table_name = ? order by ordinal_position",
                     [schema, table],
                 ).fetchall()
-                if c not in VOLATILE_COLUMNS
+                if c not in VOLATILE_COLUMNS and not (c == "created_at" and schema == REGISTRY_SCHEMA)
             ]
             select = ", ".join(f'"{c}"' for c in cols)
             out[f"{schema}.{table}"] = con.execute(f'select {select} from "{schema}"."{table}" order by all').fetchall()
