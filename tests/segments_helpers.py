@@ -107,7 +107,26 @@ def query(warehouse: Path, sql: str, params=None) -> list[tuple]:
 # ----------------------------------------------------------------------------------- scripted HTTP server
 
 
-class ScriptedServer:
+class LocalHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 and a free port, started and stopped as a context manager."""
+
+    def _serve(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+class ScriptedServer(LocalHTTPServer):
     """An HTTP server on 127.0.0.1 whose answers follow a script, and a receiver that honours idempotency keys.
 
     `script` is a list of actions consumed one per request (then "ok" forever):
@@ -147,19 +166,7 @@ class ScriptedServer:
             def do_GET(self):
                 outer.handle(self, b"")
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(Handler)
 
     def next_action(self) -> str:
         with self.lock:

@@ -22,7 +22,7 @@ from orchestration.segments import (
 )
 from orchestration.segments.destinations import DestinationUnavailable, client_for
 from orchestration.warehouse import connect
-from tests.segments_helpers import ScriptedServer, customer, query, write_dim_customers
+from tests.segments_helpers import LocalHTTPServer, ScriptedServer, customer, query, write_dim_customers
 
 SECRET = "s3cret"
 BUYERS = {"buyers": {"version": 1, "purpose": "anyone who paid", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}}
@@ -240,7 +240,7 @@ def test_destination_config_errors_name_the_destination(table, words):
 # --------------------------------------------------------------------------------------------------- WeCom
 
 
-class WeComServer:
+class WeComServer(LocalHTTPServer):
     """gettoken and externalcontact/mark_tag as WeCom's API documents them, answering from a script of errcodes."""
 
     def __init__(self, script: list[int], token_expires_in: int = 7200):
@@ -292,19 +292,7 @@ class WeComServer:
                 messages = {0: "ok", 45009: "api freq out of limit", -1: "system busy", 42001: "access_token expired", 40014: "invalid access_token", 40003: "invalid external_userid"}
                 return self._answer({"errcode": code, "errmsg": messages.get(code, "error")})
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(Handler)
 
 
 def _wecom(base_url, **over):
