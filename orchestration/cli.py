@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from orchestration.runner import run_pipeline
 
     _prepare_environment(settings)
-    result = run_pipeline(settings, verbose=args.verbose)
+    result = run_pipeline(settings, verbose=args.verbose, full_refresh=getattr(args, "full_refresh", False))
     print(result.describe())
     return 0 if result.success else 1
 
@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="materialize the whole asset graph in-process and print a summary")
     p.add_argument("--verbose", action="store_true", help="show Dagster's event log")
+    p.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="rebuild the incremental dbt models from raw instead of taking in only newly loaded files",
+    )
     add_data_dir(p)
     p.set_defaults(func=cmd_run)
 

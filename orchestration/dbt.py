@@ -6,6 +6,8 @@ call privdom makes goes through `dbt_args` / `dbt_environment`.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import os
 import subprocess
@@ -16,6 +18,12 @@ from orchestration.settings import DBT_PROJECT_DIR, Settings
 
 DBT_TARGET = os.environ.get("PRIVDOM_DBT_TARGET", "duckdb")
 MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
+# Run tag that makes every dbt step of a run rebuild its incremental models from raw (`privdom run
+# --full-refresh`; in the UI, launch with this tag set to "true").
+FULL_REFRESH_TAG = "privdom/full_refresh"
+# What each dbt step's incremental models were last built with (see incremental_fingerprint); pipeline
+# bookkeeping, next to the ingestion ledger.
+INCREMENTAL_STATE_TABLE = "raw.dbt_incremental_state"
 
 
 def dbt_executable() -> Path:
@@ -26,6 +34,50 @@ def dbt_executable() -> Path:
 
 def dbt_vars_arg(settings: Settings) -> list[str]:
     return ["--vars", json.dumps(settings.dbt_vars(), sort_keys=True, separators=(",", ":"))]
+
+
+def incremental_fingerprint(settings: Settings) -> str:
+    """A digest of everything an incremental (staging) model's rows depend on besides raw data.
+
+    The placeholder list (a var that changes which identifiers are NULL), the staging models and the macros
+    (new SQL after an upgrade). When it differs from the one recorded at the last successful build, the
+    incremental models are rebuilt from raw (`--full-refresh`), so rows already built with the old rules are
+    never mixed with new ones. Other vars (metric windows) only reach tables that are rebuilt on every run.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings.dbt_vars()["placeholder_values"]).encode())
+    files = [
+        DBT_PROJECT_DIR / "dbt_project.yml",
+        *(DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"),
+        *(DBT_PROJECT_DIR / "macros").glob("*.sql"),
+    ]
+    for path in sorted(files):
+        digest.update(path.relative_to(DBT_PROJECT_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def recorded_fingerprint(con, step: str) -> str | None:
+    """The fingerprint recorded at `step`'s last successful build, None if never (or an older warehouse)."""
+    schema, table = INCREMENTAL_STATE_TABLE.split(".")
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+    ).fetchone()[0]
+    if not exists:
+        return None
+    row = con.execute(f"select fingerprint from {INCREMENTAL_STATE_TABLE} where step = ?", [step]).fetchone()
+    return row[0] if row else None
+
+
+def record_fingerprint(con, step: str, fingerprint: str) -> None:
+    con.execute("create schema if not exists raw")
+    con.execute(
+        f"create table if not exists {INCREMENTAL_STATE_TABLE} "
+        "(step varchar primary key, fingerprint varchar not null, recorded_at timestamptz not null)"
+    )
+    con.execute(
+        f"insert or replace into {INCREMENTAL_STATE_TABLE} values (?, ?, ?)",
+        [step, fingerprint, dt.datetime.now(dt.UTC)],
+    )
 
 
 def apply_dbt_environment(settings: Settings) -> None:

@@ -184,21 +184,22 @@ def _fail_abandoned_runs(instance) -> list[str]:
     return [run.run_id for run in abandoned]
 
 
-def run_pipeline(settings: Settings, *, verbose: bool = False) -> PipelineResult:
+def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: bool = False) -> PipelineResult:
     """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run.
 
     The run holds the data directory's run lock from start to end: a second `privdom run` waits for it,
     saying so on stderr, instead of failing on DuckDB's file lock. Its steps (and a UI run's) take the
-    warehouse lock one at a time (orchestration/locking.py).
+    warehouse lock one at a time (orchestration/locking.py). `full_refresh` rebuilds the incremental dbt
+    models from raw (they otherwise take in only the files loaded since their last build).
     """
     with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom run"):
         # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
         with warehouse_lock(settings.data_dir, what="privdom run (checking the warehouse)"):
             ensure_not_locked(settings.warehouse_path)
-        return _run_pipeline_locked(settings, verbose=verbose)
+        return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh)
 
 
-def _run_pipeline_locked(settings: Settings, *, verbose: bool) -> PipelineResult:
+def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: bool) -> PipelineResult:
     import dagster as dg
 
     from orchestration import dbt as dbt_runner
@@ -216,7 +217,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool) -> PipelineResult
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            tags={LAUNCHER_TAG: "cli"},
+            tags={LAUNCHER_TAG: "cli", **({dbt_runner.FULL_REFRESH_TAG: "true"} if full_refresh else {})},
             run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}},
         )
         checks = []

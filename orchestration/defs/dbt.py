@@ -64,12 +64,21 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
         model's materialization gets its row count and a masked preview, read in this process.
         """
         settings = current_settings()
+        fingerprint = dbt_runner.incremental_fingerprint(settings)
         with privdom.writer(context):
             warehouse.ensure_not_locked(settings.warehouse_path)
-            invocation = dbt.cli(["build", *dbt_runner.dbt_vars_arg(settings)], context=context, raise_on_error=False)
+            with privdom.connect() as con:
+                reason = _full_refresh_reason(context, dbt_runner.recorded_fingerprint(con, name), fingerprint)
+            args = ["build", *dbt_runner.dbt_vars_arg(settings)]
+            if reason:
+                context.log.info(f"incremental models of {name} are rebuilt from raw: {reason}")
+                args.append("--full-refresh")
+            invocation = dbt.cli(args, context=context, raise_on_error=False)
             events = list(invocation.stream())
             error = invocation.get_error()
             with privdom.connect() as con:
+                if error is None:
+                    dbt_runner.record_fingerprint(con, name, fingerprint)
                 for event in events:
                     yield _with_table_metadata(context, con, event)
         if error is not None:
@@ -79,6 +88,17 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             raise error
 
     return _dbt
+
+
+def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None, fingerprint: str) -> str | None:
+    """Why this step's incremental models must be rebuilt from raw, or None: they can take in new rows only."""
+    if context.run.tags.get(dbt_runner.FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes"):
+        return f"the run has tag {dbt_runner.FULL_REFRESH_TAG}"
+    if recorded is None:
+        return "no successful build of this step recorded yet"
+    if recorded != fingerprint:
+        return "the placeholder values or the staging SQL changed since the last build"
+    return None
 
 
 def _with_table_metadata(context: dg.AssetExecutionContext, con, event):

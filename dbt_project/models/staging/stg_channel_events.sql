@@ -1,7 +1,19 @@
 -- One row per event_id: its first delivery (SPEC §2: a re-delivery is a duplicate, and an event_id delivered
 -- again with different content keeps its first content). Placeholder identifiers become NULL.
+-- Incremental (append): a run takes the rows of files loaded since the last build and keeps those whose
+-- event_id is new. Every earlier delivery is in an older file, so the first delivery is the same as in a full
+-- refresh (macros/privdom_incremental.sql).
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail'
+) }}
+
 with source as (
     select * from {{ source('raw', 'channel_events') }}
+    {% if is_incremental() -%}
+    where {{ privdom_loaded_after_last_build() }}
+    {%- endif %}
 ),
 
 first_delivery as (
@@ -28,3 +40,6 @@ renamed as (
 )
 
 select * from renamed
+{% if is_incremental() -%}
+where not exists (select 1 from {{ this }} as built where built.event_id = renamed.event_id)
+{%- endif %}

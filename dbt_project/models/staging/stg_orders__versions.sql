@@ -1,8 +1,23 @@
 -- Every distinct version of every order, oldest first. An identical re-delivery of a version (same content)
 -- is kept once, at its first delivery. version_rank = 1 is the order's current state: the latest updated_at,
 -- ties broken by the later batch, then the later row (SPEC §2).
+-- Incremental (delete+insert by order_id): every order that a file loaded since the last build names is
+-- rebuilt from all of its raw rows, since a new version can change the rank of the old ones; the others
+-- are left as they are (macros/privdom_incremental.sql).
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='delete+insert',
+    unique_key='order_id',
+    on_schema_change='fail'
+) }}
+
 with source as (
     select * from {{ source('raw', 'orders') }}
+    {% if is_incremental() -%}
+    where order_id in (
+        select order_id from {{ source('raw', 'orders') }} where {{ privdom_loaded_after_last_build() }}
+    )
+    {%- endif %}
 ),
 
 distinct_versions as (

@@ -1,4 +1,12 @@
 -- The current state of each referral: its latest version (SPEC §2).
+-- Incremental (delete+insert by referral_id): the referrals with a version from a file newer than the newest one this
+-- model has taken in get their current state again.
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='delete+insert',
+    unique_key='referral_id',
+    on_schema_change='fail'
+) }}
 select
     referral_id, updated_at, invited_at, mechanism, status,
     referrer_member_id, referrer_unionid, referrer_phone,
@@ -7,3 +15,9 @@ select
     file_id, batch_date, row_number_in_file, loaded_at
 from {{ ref('stg_referrals__versions') }}
 where version_rank = 1
+{% if is_incremental() -%}
+    -- only the referrals whose versions were rebuilt since this model's last build (their file_id is newer)
+    and referral_id in (
+        select referral_id from {{ ref('stg_referrals__versions') }} where {{ privdom_loaded_after_last_build('file_id') }}
+    )
+{%- endif %}

@@ -1,7 +1,22 @@
 -- Every distinct version of every referral, oldest first; identical re-deliveries kept once. version_rank = 1
 -- is the referral's current state (latest updated_at; ties: the later batch, then the later row).
+-- Incremental (delete+insert by referral_id): every referral that a file loaded since the last build names is
+-- rebuilt from all of its raw rows, since a new version can change the rank of the old ones; the others
+-- are left as they are (macros/privdom_incremental.sql).
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='delete+insert',
+    unique_key='referral_id',
+    on_schema_change='fail'
+) }}
+
 with source as (
     select * from {{ source('raw', 'referrals') }}
+    {% if is_incremental() -%}
+    where referral_id in (
+        select referral_id from {{ source('raw', 'referrals') }} where {{ privdom_loaded_after_last_build() }}
+    )
+    {%- endif %}
 ),
 
 distinct_versions as (
