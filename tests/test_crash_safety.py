@@ -1,5 +1,5 @@
 """A `privdom run` killed (SIGKILL of its process group) at several points, then a normal run, leaves the
-same warehouse and BI copy as one uninterrupted run on the same landing files."""
+same warehouse, BI copy and exports as one uninterrupted run on the same landing files."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ VOLATILE_COLUMNS = {
     "_loaded_at", "loaded_at", "load_id", "started_at", "finished_at", "quarantined_at",
     "created_run_id", "closed_at", "closed_run_id", "merged_at", "split_at", "run_id",
     "computed_at",  # when the segments were computed (wall clock, on every segment row and export)
+    "recorded_at",  # when a dbt step recorded what its incremental models were built with
 }
 # created_at is an order's own data everywhere but in the key registry, where it is when a key was assigned
 REGISTRY_SCHEMA = "identity_state"
@@ -31,7 +32,7 @@ def _run(data_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(PRIVDOM), "--data-dir", str(data_dir), "run"], capture_output=True, text=True, timeout=900)
 
 
-def _killed_run(data_dir: Path, until, what: str) -> None:
+def _killed_run(data_dir: Path, until, what: str, poll: float = 0.05) -> None:
     """Start a run, wait until `until(data_dir)` is true, SIGKILL the whole process group (dbt included)."""
     proc = subprocess.Popen(
         [str(PRIVDOM), "--data-dir", str(data_dir), "run"],
@@ -41,7 +42,7 @@ def _killed_run(data_dir: Path, until, what: str) -> None:
     while not until(data_dir):
         assert proc.poll() is None, f"the run ended before the kill point: {what}"
         assert time.monotonic() < deadline, f"kill point never reached: {what}"
-        time.sleep(0.05)
+        time.sleep(poll)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
@@ -51,6 +52,11 @@ def _log_says(text: str):
         logs = sorted((data_dir / "logs").glob("run-*.log"), key=lambda p: p.stat().st_mtime)
         return bool(logs) and text in logs[-1].read_text(encoding="utf-8", errors="replace")
     return check
+
+
+def _exporting(data_dir: Path) -> bool:
+    """A segment export is being written (its hidden temporary folder exists)."""
+    return any((data_dir / "exports").glob("*/.tmp-*"))
 
 
 def _warehouse_written(data_dir: Path) -> bool:
@@ -96,19 +102,63 @@ def runs(tmp_path_factory):
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
     _killed_run(crashed, _warehouse_written, "during ingestion")
-    _killed_run(crashed, _log_says("START sql table model staging.stg_orders__versions"), "in the middle of dbt build (staging)")
+    _killed_run(crashed, _log_says("START sql incremental model staging.stg_orders__versions"), "in the middle of dbt build (staging)")
     _killed_run(crashed, _log_says("START sql table model marts.dim_customers"), "in the middle of dbt build (marts)")
+    _killed_run(crashed, _exporting, "in the middle of the segment exports", poll=0.001)
+    exported_before_the_kill = sorted(p.parent.name for p in (crashed / "exports").glob("*/LATEST"))
     final = _run(crashed)
-    return clean, crashed, final
+    return clean, crashed, final, exported_before_the_kill
+
+
+# An export's own identity and wall-clock times; everything else in the manifest must be equal.
+VOLATILE_MANIFEST_KEYS = {"export_id", "exported_at", "computed_at", "files"}
+
+
+def exports_snapshot(exports: Path) -> dict:
+    """Per segment: its folder listing (hidden leftovers included, export ids as positions), LATEST's manifest
+    without the volatile keys, and every file's rows read back (computed_at aside), sorted."""
+    con = duckdb.connect()
+    out = {}
+    try:
+        for segment_dir in sorted(p for p in exports.iterdir() if p.is_dir()):
+            latest = (segment_dir / "LATEST").read_text(encoding="utf-8").strip()
+            folder = segment_dir / latest
+            manifest = __import__("json").loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            files = {}
+            for f in manifest["files"]:
+                path = str(folder / f["name"])
+                reader = {"csv": f"read_csv('{path}', all_varchar = true)", "parquet": f"read_parquet('{path}')",
+                          "jsonl": f"read_json('{path}', format = 'newline_delimited')"}[f["format"]]
+                files[f["name"]] = (f["kind"], f["rows"], con.execute(f"select * exclude (computed_at) from {reader} order by all").fetchall())
+            out[segment_dir.name] = {
+                "listing": sorted("<LATEST>" if p.name == latest else p.name for p in segment_dir.iterdir()),
+                "manifest": {k: v for k, v in manifest.items() if k not in VOLATILE_MANIFEST_KEYS},
+                "files": files,
+            }
+    finally:
+        con.close()
+    return out
 
 
 def test_the_run_after_the_kills_succeeds(runs):
-    _, _, final = runs
+    _, _, final, _ = runs
     assert final.returncode == 0, final.stdout + final.stderr
 
 
+def test_exports_equal_an_uninterrupted_run(runs):
+    """Killed while writing one segment's export (others done or not started): the next run publishes each
+    segment once, as the uninterrupted run did, and leaves no temporary folder."""
+    clean, crashed, _, exported_before_the_kill = runs
+    expected, actual = exports_snapshot(clean / "exports"), exports_snapshot(crashed / "exports")
+    assert len(exported_before_the_kill) < len(expected)  # the kill came before the last segment's export
+    assert sorted(actual) == sorted(expected)
+    for segment in expected:
+        assert actual[segment] == expected[segment], segment
+        assert actual[segment]["listing"] == ["<LATEST>", "LATEST"], segment
+
+
 def test_warehouse_equals_an_uninterrupted_run(runs):
-    clean, crashed, _ = runs
+    clean, crashed, _, _ = runs
     expected, actual = snapshot(clean / "warehouse.duckdb"), snapshot(crashed / "warehouse.duckdb")
     assert sorted(actual) == sorted(expected)  # no leftover dbt temp/backup tables either
     for table in expected:
@@ -116,7 +166,7 @@ def test_warehouse_equals_an_uninterrupted_run(runs):
 
 
 def test_bi_copy_equals_an_uninterrupted_run(runs):
-    clean, crashed, _ = runs
+    clean, crashed, _, _ = runs
     assert snapshot(crashed / "bi" / "warehouse.duckdb") == snapshot(clean / "bi" / "warehouse.duckdb")
     assert not list((crashed / "bi").glob(".*.tmp"))
 
@@ -124,7 +174,7 @@ def test_bi_copy_equals_an_uninterrupted_run(runs):
 def test_killed_runs_are_marked_failed_and_hold_no_pool_slot(runs):
     import dagster as dg
 
-    _, crashed, _ = runs
+    _, crashed, _, _ = runs
     with dg.DagsterInstance.from_config(str(crashed / "dagster")) as instance:
         statuses = [r.status for r in instance.get_runs()]
         assert statuses.count(dg.DagsterRunStatus.SUCCESS) == 1

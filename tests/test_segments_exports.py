@@ -175,7 +175,12 @@ def test_old_exports_are_pruned_but_latest_kept(world):
     warehouse, exports = world
     (d,) = _defs()
     _membership(warehouse, [d])
-    ids = [_export(warehouse, exports, d, ExportOptions(formats=("csv",), keep=2)).export_id for _ in range(4)]
+    ids = []
+    for day in range(4):  # a new data end each time: an export of unchanged members would be skipped
+        con = connect(warehouse)
+        con.execute("update segments.segment_members set data_end_at = data_end_at + interval 1 day")
+        con.close()
+        ids.append(_export(warehouse, exports, d, ExportOptions(formats=("csv",), keep=2)).export_id)
     assert complete_exports(exports / "buyers") == ids[-2:]
     assert latest_export_id(exports / "buyers") == ids[-1]
 
@@ -288,3 +293,50 @@ def test_a_polling_reader_never_sees_a_partial_export_or_a_latest_ahead_of_its_f
     assert report["seen"], "the reader saw no export at all"
     assert set(report["seen"]) <= set(written)
     assert latest_export_id(exports / "buyers") == written[-1]
+
+
+def test_an_export_of_unchanged_members_is_not_written_again(world):
+    """A rerun on the same data (or the run after one killed mid-export) keeps LATEST instead of publishing a
+    copy with empty adds and removes; any changed value of a member, not only a new key, exports again."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    _membership(warehouse, [d], when=dt.datetime(2024, 7, 2, tzinfo=dt.UTC))  # recomputed later, same members
+    again = _export(warehouse, exports, d)
+    assert again.unchanged and again.export_id == first.export_id and (again.adds, again.removes) == (0, 0)
+    assert complete_exports(exports / "buyers") == [first.export_id]
+    assert again.manifest["members_digest"] == first.manifest["members_digest"]
+
+    con = connect(warehouse)
+    con.execute("update marts.dim_customers set wecom_external_userid = 'wmB' where customer_key = 'C1'")
+    con.close()
+    _membership(warehouse, [d])
+    changed = _export(warehouse, exports, d)
+    assert not changed.unchanged and changed.previous_export_id == first.export_id
+    assert (changed.adds, changed.removes) == (0, 0)  # same keys, but C1's contact handle is new
+    rows = {r["customer_key"]: r for r in _read(changed.path / "buyers.jsonl")}
+    assert rows["C1"]["contact_handle"] == "wmB"
+
+
+def test_what_a_killed_export_left_behind_is_removed_by_the_next(world):
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    segment_dir = exports / "buyers"
+    (segment_dir / ".tmp-20990101T000000Z-aaaaaa").mkdir()
+    (segment_dir / ".tmp-20990101T000000Z-aaaaaa" / "buyers.csv").write_text("half a file", encoding="utf-8")
+    (segment_dir / ".trash-20000101T000000Z-bbbbbb").mkdir()
+    (segment_dir / ".LATEST.tmp").write_text("nothing\n", encoding="utf-8")
+    # renamed into place, killed before LATEST named it: never published
+    unpublished = "20990101T000000Z-cccccc"
+    import shutil
+    shutil.copytree(first.path, segment_dir / unpublished)
+    con = connect(warehouse)
+    con.execute("update marts.dim_customers set paid_orders = 2 where customer_key = 'C5'")
+    con.close()
+    _membership(warehouse, [d])
+    second = _export(warehouse, exports, d)
+    assert sorted(p.name for p in segment_dir.iterdir()) == sorted([first.export_id, second.export_id, "LATEST"])
+    assert second.previous_export_id == first.export_id and second.adds == 1

@@ -101,6 +101,7 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
                         "adds": result.adds,
                         "removes": result.removes,
                         "previous_export_id": result.previous_export_id or "",
+                        "unchanged": result.unchanged,
                         "data_end_at": result.manifest["data_end_at"] or "",
                         "computed_at": result.manifest["computed_at"] or "",
                     },

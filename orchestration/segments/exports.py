@@ -53,6 +53,7 @@ class ExportResult:
     removes: int
     previous_export_id: str | None
     manifest: dict = field(repr=False)
+    unchanged: bool = False  # nothing differs from LATEST: no new export was written, LATEST stands
 
 
 def _inside(path: Path, root: Path) -> Path:
@@ -207,6 +208,13 @@ def export_segment(
     previous_id = latest_export_id(segment_dir)
     if previous_id is not None and not (segment_dir / previous_id / MANIFEST).is_file():
         raise ExportError(f"{segment_dir / LATEST} names {previous_id!r}, which is not a complete export")
+    _remove_leftovers(segment_dir, previous_id)
+    digest = _members_digest(con, definition.name)
+    if previous_id is not None:
+        previous = read_manifest(segment_dir / previous_id)
+        if _same_export(previous, definition, formats, options, digest):
+            return ExportResult(definition.name, previous_id, segment_dir / previous_id, previous["row_count"], 0, 0,
+                                previous.get("previous_export_id"), previous, unchanged=True)
     export_id = new_export_id(now, previous_id)
     tmp = segment_dir / f".tmp-{export_id}"
     final = segment_dir / export_id
@@ -273,6 +281,7 @@ def export_segment(
             "computed_at": computed_at.isoformat() if computed_at else None,
             "data_end_at": data_end_at.isoformat() if data_end_at else None,
             "row_count": rows,
+            "members_digest": digest,
             "adds": expected["adds"],
             "removes": expected["removes"],
             "formats": list(formats),
@@ -296,6 +305,44 @@ def export_segment(
     _write_latest(segment_dir, export_id)
     _prune(segment_dir, keep=options.keep)
     return ExportResult(definition.name, export_id, final, rows, expected["adds"], expected["removes"], previous_id, manifest)
+
+
+def _members_digest(con: duckdb.DuckDBPyConnection, segment: str) -> str:
+    """What the segment's member rows hold, computed_at (wall clock) aside: count and XOR of row hashes, and
+    the data end it was computed on (an empty segment has no rows to carry it)."""
+    cols = ", ".join(c for c in ROW_COLUMNS if c != "computed_at")
+    rows, xor = con.execute(
+        f"select count(*), coalesce(bit_xor(hash({cols})), 0) from {MEMBERS_TABLE} where segment = ?", [segment]
+    ).fetchone()
+    end = con.execute("select max(data_end_at) from segments.segment_definitions where segment = ?", [segment]).fetchone()[0]
+    return f"{rows}:{xor:016x}:{end.isoformat() if end else '-'}"
+
+
+def _same_export(previous: dict, definition: SegmentDefinition, formats, options: ExportOptions, digest: str) -> bool:
+    """An export now would repeat LATEST: same members (rows and values), definition, data end and files.
+
+    Exports are idempotent so that a rerun on unchanged data (or the run after one killed mid-export) does not
+    publish a copy whose adds and removes are empty. A run on new data always exports (its data end moved).
+    """
+    return (
+        previous.get("members_digest") == digest
+        and previous.get("definition_version") == definition.version
+        and previous.get("formats") == list(formats)
+        and previous.get("csv_bom") == options.csv_bom
+    )
+
+
+def _remove_leftovers(segment_dir: Path, latest: str | None) -> None:
+    """What a process killed mid-export left: temporary and trash folders, a temporary LATEST, and a complete
+    export that was renamed into place but never named by LATEST (newer than LATEST: never published)."""
+    for leftover in [*segment_dir.glob(".tmp-*"), *segment_dir.glob(".trash-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+    (segment_dir / f".{LATEST}.tmp").unlink(missing_ok=True)
+    for export_id in complete_exports(segment_dir):
+        if latest is None or export_id > latest:
+            trash = segment_dir / f".trash-{export_id}"
+            os.rename(segment_dir / export_id, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_latest(segment_dir: Path, export_id: str) -> None:
