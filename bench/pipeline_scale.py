@@ -22,7 +22,7 @@ For every size it
 
 It then writes a markdown table (and the raw figures as JSON next to it) with the machine, its load, the
 growth exponent from 100k to 1M (log(t_1M / t_100k) / log 10) and the issue-7 targets. DuckDB runs with its
-default memory limit and threads, as the pipeline does. Data directories live under --work-dir (git-ignored)
+memory limit (the setting duckdb_memory_limit, default 3GB) and default threads, as the pipeline does. Data directories live under --work-dir (git-ignored)
 and are deleted after each size unless --keep.
 """
 
@@ -246,10 +246,12 @@ def bare_statements(invocations: list[str]) -> list[tuple[str, str, str]]:
 
 def bare_main(args: argparse.Namespace) -> int:
     """Run the compiled SQL on one DuckDB connection (a child process, so its memory is its own)."""
+    from orchestration.settings import load_settings
     from orchestration.warehouse import connect
 
     statements = json.loads(Path(args.bare_statements).read_text())
-    con = connect(args.bare_db)
+    # the same memory limit as the pipeline's connections and dbt profile (the setting duckdb_memory_limit)
+    con = connect(args.bare_db, memory_limit=load_settings(Path(args.bare_db).parent).duckdb_memory_limit)
     times = []
     started = time.perf_counter()
     for uid, kind, sql in statements:
@@ -405,6 +407,8 @@ def gib(b: int) -> str:
 
 
 def render(results: list[dict], mach: dict, load_before, load_after, started: str, args: argparse.Namespace) -> str:
+    from orchestration.settings import load_settings
+
     by = {r["customers"]: r for r in results}
     lines = [
         "# `privdom run` at scale",
@@ -419,7 +423,7 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
         f"{' / '.join(f'{x:.2f}' for x in load_after)}"
         + (" — other work shared the CPUs, so the figures were taken under contention."
            if max(load_before[0], load_after[1]) > 0.5 else "."),
-        "DuckDB with its default memory limit and threads, as the pipeline runs it. Peak memory: the largest sum of",
+        f"DuckDB with memory_limit {load_settings(None).duckdb_memory_limit or 'default (80 % of RAM)'} and default threads, as the pipeline runs it. Peak memory: the largest sum of",
         "resident memory over the process tree (the run and its dbt subprocesses), sampled every 0.2 s.",
         "",
         "## Full run (whole history but the last day, fresh warehouse)",

@@ -47,6 +47,9 @@ class Settings:
     triangle_baseline_month: str | None = None  # 'YYYY-MM' or None: first month with all three axes > 0
     # --- orchestration: first day of the daily (batch date) partitions, YYYY-MM-DD ---
     partitions_start_date: str = "2020-01-01"
+    # --- engine: DuckDB's memory limit for every connection privdom and dbt open ("3GB", "512MB"; "" for
+    # DuckDB's own default, 80 % of RAM). Above it DuckDB spills to warehouse.duckdb.tmp/ instead of growing.
+    duckdb_memory_limit: str = "3GB"
     # --- generator defaults for `privdom demo` ---
     demo_customers: int = 3000
     demo_days: int = 240
@@ -103,7 +106,12 @@ class Settings:
 
     def dbt_env(self) -> dict[str, str]:
         """Environment variables profiles.yml reads; identical for `dbt parse` and `dbt build`."""
-        return {"PRIVDOM_WAREHOUSE": str(self.warehouse_path), "PRIVDOM_HOME": str(self.data_dir)}
+        return {
+            "PRIVDOM_WAREHOUSE": str(self.warehouse_path),
+            "PRIVDOM_HOME": str(self.data_dir),
+            # not PRIVDOM_DUCKDB_MEMORY_LIMIT: that is the setting's own override, read back by load_settings
+            "PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT": self.duckdb_memory_limit or "80%",
+        }
 
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
@@ -138,6 +146,13 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 
                 if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text):
                     raise ValueError("must look like 2024-03")
+            return text
+        if name == "duckdb_memory_limit":
+            import re
+
+            text = str(value).strip()
+            if text and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)", text, flags=re.IGNORECASE):
+                raise ValueError('must be a size such as "3GB" or "512MB", or "" for DuckDB\'s default')
             return text
         if name == "partitions_start_date":
             import datetime

@@ -18,8 +18,11 @@ class WarehouseLockedError(RuntimeError):
     """Another process holds DuckDB's write lock on the warehouse file."""
 
 
-def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse with the session settings every privdom connection needs.
+
+    `memory_limit` (the setting duckdb_memory_limit) caps DuckDB's memory for the whole database instance;
+    None or "" leaves DuckDB's default.
 
     DuckDB allows one writing process per file. When another process (a notebook, a second CLI, the UI's
     run) holds it, this raises WarehouseLockedError with a message that says what to do instead of DuckDB's
@@ -35,6 +38,8 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
             raise locked_error(path, str(exc)) from exc
         raise
     con.execute(f"SET TimeZone = '{TIMEZONE}'")
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
     return con
 
 
@@ -67,8 +72,10 @@ def ensure_not_locked(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def connection(path: str | Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = connect(path, read_only=read_only)
+def connection(
+    path: str | Path, *, read_only: bool = False, memory_limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = connect(path, read_only=read_only, memory_limit=memory_limit)
     try:
         yield con
     finally:

@@ -30,7 +30,8 @@ class PrivdomResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with warehouse.connection(self.settings().warehouse_path, read_only=read_only) as con:
+        settings = self.settings()
+        with warehouse.connection(settings.warehouse_path, read_only=read_only, memory_limit=settings.duckdb_memory_limit) as con:
             yield con
 
     @contextlib.contextmanager

@@ -1,0 +1,59 @@
+"""DuckDB's memory limit (setting duckdb_memory_limit): every privdom connection and dbt's use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from orchestration import dbt as dbt_runner
+from orchestration.settings import DBT_PROJECT_DIR, SettingsError, load_settings
+from orchestration.warehouse import connect
+
+
+def _limit(con) -> str:
+    return con.execute("select current_setting('memory_limit')").fetchone()[0]
+
+
+def test_the_default_limit_is_3gb_and_reaches_connections(tmp_path):
+    settings = load_settings(tmp_path)
+    assert settings.duckdb_memory_limit == "3GB"
+    con = connect(tmp_path / "w.duckdb", memory_limit=settings.duckdb_memory_limit)
+    try:
+        assert _limit(con) == "2.7 GiB"  # DuckDB shows 3 GB (10^9) in GiB
+    finally:
+        con.close()
+    assert settings.dbt_env()["PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT"] == "3GB"
+
+
+def test_an_empty_limit_leaves_duckdbs_default(tmp_path):
+    (tmp_path / "privdom.toml").write_text('duckdb_memory_limit = ""\n', encoding="utf-8")
+    settings = load_settings(tmp_path)
+    assert settings.duckdb_memory_limit == ""
+    assert settings.dbt_env()["PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT"] == "80%"  # DuckDB's own default, spelled out
+
+
+@pytest.mark.parametrize("value", ["lots", "3", "-1GB", "3 apples"])
+def test_a_limit_that_is_not_a_size_is_refused_with_the_settings_name(tmp_path, value):
+    (tmp_path / "privdom.toml").write_text(f'duckdb_memory_limit = "{value}"\n', encoding="utf-8")
+    with pytest.raises(SettingsError, match="duckdb_memory_limit"):
+        load_settings(tmp_path)
+
+
+def test_dbt_runs_with_the_limit(tmp_path):
+    settings = load_settings(tmp_path, duckdb_memory_limit="1GiB")
+    env = {**os.environ, **settings.dbt_env()}
+    result = subprocess.run(
+        [str(dbt_runner.dbt_executable()), "show", "--quiet", "--output", "json", "--inline",
+         "select current_setting('memory_limit') as memory_limit",
+         "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--target", "duckdb",
+         # its own target and log folders: the project's manifest and partial-parse state stay untouched
+         "--target-path", str(tmp_path / "target"), "--log-path", str(tmp_path / "logs"),
+         *dbt_runner.dbt_vars_arg(settings)],
+        cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = json.loads(result.stdout[result.stdout.index("{"):])
+    assert shown["show"] == [{"memory_limit": "1.0 GiB"}]
