@@ -48,4 +48,5 @@ def test_files_with_different_columns_keep_their_own_rows(con, settings, land):
     q = con.execute("SELECT file_id, row_number, rule, original_row FROM raw.quarantine ORDER BY file_id").fetchall()
     assert [(f, n, r) for f, n, r, _ in q] == [(1, 2, "channel.in_set"), (2, 1, "channel.in_set"), (3, 1, "timestamp.after_batch")]
     assert list(json.loads(q[0][3])) == header and list(json.loads(q[1][3])) == reordered
-    assert report.frame["_file_id"].tolist() == [1, 1, 2, 2, 3] and report.frame["_row_number"].tolist() == [1, 2, 1, 2, 1]
+    frame = report.frame.to_pandas()
+    assert frame["_file_id"].tolist() == [1, 1, 2, 2, 3] and frame["_row_number"].tolist() == [1, 2, 1, 2, 1]

@@ -119,7 +119,11 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         )
         yield quarantine_share_check(report, settings.max_quarantine_share)
 
-        validation = validate_contract(source, report.frame)
+        try:
+            validation = validate_contract(source, report.frame)
+        finally:
+            if hasattr(report.frame, "close"):
+                report.frame.close()
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule
         metadata = validation.to_metadata()
         metadata["agrees_with_quarantine"] = agrees

@@ -27,7 +27,7 @@ import duckdb
 import pandas as pd
 
 from orchestration.contract import CONTRACTS, LINEAGE_COLUMNS, SourceContract, contract as get_contract
-from orchestration.quality import compact_frame
+from orchestration.quality import SpilledFrame
 from orchestration.settings import TIMEZONE, Settings
 
 from . import files as fl
@@ -76,8 +76,9 @@ class SourceIngestReport:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     quarantine_by_rule: dict[str, int] = field(default_factory=dict)  # every contract rule, 0 included
-    # The run's new rows before the quarantine split, as orchestration.quality.validate_contract expects them.
-    frame: pd.DataFrame | None = None
+    # The run's new rows before the quarantine split, as orchestration.quality.validate_contract expects them:
+    # a SpilledFrame (Parquet in a temporary directory; close() removes it), or an empty pandas frame.
+    frame: SpilledFrame | pd.DataFrame | None = None
 
     @property
     def quarantined_share(self) -> float | None:
@@ -470,8 +471,8 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 fcols = R.frame_columns(c, ph, R.batch_limit_expr("_bd"))
                 fcols = [(name, "_fid" if name == "_file_id" else expr) for name, expr in fcols]
                 select = ", ".join(f"{expr} AS {R.q(name)}" for name, expr in fcols)
-                report.frame = con.execute(f"SELECT {select} FROM {_JUDGED} ORDER BY _fid, _rn").df()
-                compact_frame(source, report.frame)  # enum columns as categoricals (memory, GX speed)
+                # on disk, read back in slices by the validation: its memory does not grow with the run
+                report.frame = SpilledFrame.write(con, f"SELECT {select} FROM {_JUDGED}", "_file_id, _row_number")
             else:
                 names = [name for name, _ in R.frame_columns(c, ph, "NULL")]
                 report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})

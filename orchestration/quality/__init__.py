@@ -20,6 +20,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
 import pandas as pd
 
 from orchestration.contract import Rule, SourceContract, mask_phone
@@ -177,7 +181,7 @@ def _context():
 # Rows per GX validation: GX's pandas engine copies the frame (all its columns) for every expectation with a
 # row condition or ignore_row_if, so validating in slices bounds that memory; counts add up over the slices
 # because the slices are disjoint.
-CHUNK_ROWS = 4_000_000
+CHUNK_ROWS = 2_000_000
 
 
 def compact_frame(source: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -190,14 +194,97 @@ def compact_frame(source: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def validate_contract(source: str, frame: pd.DataFrame | None, *, chunk_rows: int = CHUNK_ROWS) -> ContractValidation:
+class SpilledFrame:
+    """A run's new rows as delivered, in a Parquet file, read back slice by slice.
+
+    Ingestion writes them from DuckDB (COPY) instead of handing over one pandas frame: 10M channel events as
+    pandas take several GiB, a slice of CHUNK_ROWS a fraction of it, so validation's memory no longer grows
+    with the run. Slices come back through DuckDB's own pandas conversion (`.df()`, session time zone
+    Asia/Shanghai), the same as a frame fetched from the warehouse. `__i` is the row's position in the run.
+    """
+
+    def __init__(self, directory: tempfile.TemporaryDirectory, path: Path, rows: int, columns: list[str]) -> None:
+        self._directory, self.path, self.rows, self.columns = directory, path, rows, columns
+
+    @classmethod
+    def write(cls, con, select_sql: str, order_by: str) -> SpilledFrame:
+        """COPY `select_sql` (ordered by `order_by`) to a Parquet file in a new temporary directory."""
+        directory = tempfile.TemporaryDirectory(prefix="privdom-frame-")
+        path = Path(directory.name) / "rows.parquet"
+        sql = f"SELECT row_number() OVER (ORDER BY {order_by}) - 1 AS __i, * FROM ({select_sql}) ORDER BY __i"
+        con.execute(f"COPY ({sql}) TO '{path.as_posix()}' (FORMAT parquet, COMPRESSION zstd)")
+        reader = cls._reader()
+        try:
+            rows = reader.execute("SELECT count(*) FROM read_parquet(?)", [str(path)]).fetchone()[0]
+            names = [d[0] for d in reader.execute("SELECT * FROM read_parquet(?) LIMIT 0", [str(path)]).description]
+        finally:
+            reader.close()
+        return cls(directory, path, rows, [n for n in names if n != "__i"])
+
+    @staticmethod
+    def _reader():
+        import duckdb
+
+        from orchestration.settings import TIMEZONE
+
+        con = duckdb.connect()
+        con.execute(f"SET TimeZone = '{TIMEZONE}'")
+        return con
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _query(self, where: str, params: list, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        cols = ", ".join(_qcol(c) for c in (columns or self.columns))
+        con = self._reader()
+        try:
+            frame = con.execute(
+                f"SELECT __i, {cols} FROM read_parquet(?) WHERE {where} ORDER BY __i", [str(self.path), *params]
+            ).df()
+        finally:
+            con.close()
+        return frame.set_index("__i").rename_axis(None)
+
+    def slices(self, rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+        for lo in range(0, self.rows, rows):
+            yield lo, self._query("__i >= ? AND __i < ?", [lo, lo + rows])
+
+    def take(self, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
+        return self._query("list_contains(?, __i)", [list(positions)], columns)
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self._query("true", [])
+
+    def close(self) -> None:
+        self._directory.cleanup()
+
+
+class _FrameInMemory:
+    """A pandas frame behind SpilledFrame's interface (tests, small inputs)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame = frame.reset_index(drop=True)
+        self.columns = list(self._frame.columns)
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def slices(self, rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
+        for lo in range(0, len(self._frame), rows):
+            yield lo, self._frame.iloc[lo : lo + rows]  # keeps the frame's index: positions in the run
+
+    def take(self, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
+        return self._frame.loc[list(positions), list(columns)]
+
+
+def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *, chunk_rows: int = CHUNK_ROWS) -> ContractValidation:
     """Run the source's contract suite on `frame` (a run's new rows as delivered), in slices of chunk_rows."""
     started = time.perf_counter()
     c = get_contract(source)
     counts = {r.name: 0 for r in c.rules}
     if frame is None or len(frame) == 0:
         return ContractValidation(source, True, 0, counts, {})
-    frame = compact_frame(source, frame.reset_index(drop=True))
+    frame = frame if isinstance(frame, SpilledFrame) else _FrameInMemory(frame)
     ctx = _context()
     ds = ctx.data_sources.add_pandas(name=f"privdom_{source}")
     asset = ds.add_dataframe_asset(name=f"{source}_new_rows")
@@ -222,8 +309,8 @@ def validate_contract(source: str, frame: pd.DataFrame | None, *, chunk_rows: in
     rows_by_rule: dict[str, set[int]] = {r.name: set() for r in c.rules}
     summaries: list[dict] = []
     success = True
-    for lo in range(0, len(frame), chunk_rows):
-        part = frame.iloc[lo : lo + chunk_rows]  # keeps the frame's index: unexpected indexes are frame rows
+    for lo, part in frame.slices(chunk_rows):  # indexed by position in the run: unexpected indexes are rows
+        part = compact_frame(source, part)
         results = []
         for suite, columns in per_rule:
             batch = bd.get_batch(batch_parameters={"dataframe": part[columns]})
@@ -265,7 +352,7 @@ def validate_contract(source: str, frame: pd.DataFrame | None, *, chunk_rows: in
             or (col == "h__net_amount" and r.kind == "refund_matches_status") or (col == "h__batch_limit" and r.kind == "before_batch_limit")
         ]
         show = [col for col in dict.fromkeys(show) if col in frame.columns]
-        sample = frame.loc[sorted(rows)[:_EXAMPLES], show]
+        sample = frame.take(sorted(rows)[:_EXAMPLES], show)
         ex = []
         for rec in sample.to_dict(orient="records"):
             out = {}
