@@ -181,7 +181,7 @@ def _context():
 # Rows per GX validation: GX's pandas engine copies the frame (all its columns) for every expectation with a
 # row condition or ignore_row_if, so validating in slices bounds that memory; counts add up over the slices
 # because the slices are disjoint.
-CHUNK_ROWS = 2_000_000
+CHUNK_ROWS = 1_000_000
 
 
 def compact_frame(source: str, frame: pd.DataFrame) -> pd.DataFrame:
