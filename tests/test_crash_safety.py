@@ -3,6 +3,7 @@ same warehouse, BI copy and exports as one uninterrupted run on the same landing
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -123,7 +124,7 @@ def exports_snapshot(exports: Path) -> dict:
         for segment_dir in sorted(p for p in exports.iterdir() if p.is_dir()):
             latest = (segment_dir / "LATEST").read_text(encoding="utf-8").strip()
             folder = segment_dir / latest
-            manifest = __import__("json").loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
             files = {}
             for f in manifest["files"]:
                 path = str(folder / f["name"])

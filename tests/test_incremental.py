@@ -10,6 +10,7 @@ referrals with versions in several deliveries, a re-delivered file, re-delivered
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def test_staging_models_are_incremental(history):
     assert [name for name, _ in materialized] == [
         "stg_channel_events", "stg_orders", "stg_orders__versions", "stg_referrals", "stg_referrals__versions",
     ]
-    manifest = __import__("json").loads((Path(__file__).parents[1] / "dbt_project" / "target" / "manifest.json").read_text())
+    manifest = json.loads((Path(__file__).parents[1] / "dbt_project" / "target" / "manifest.json").read_text())
     kinds = {n["name"]: n["config"]["materialized"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
     assert {kinds[name] for name, _ in materialized} == {"incremental"}
 

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import time
 
 import duckdb
@@ -331,7 +332,6 @@ def test_what_a_killed_export_left_behind_is_removed_by_the_next(world):
     (segment_dir / ".LATEST.tmp").write_text("nothing\n", encoding="utf-8")
     # renamed into place, killed before LATEST named it: never published
     unpublished = "20990101T000000Z-cccccc"
-    import shutil
     shutil.copytree(first.path, segment_dir / unpublished)
     con = connect(warehouse)
     con.execute("update marts.dim_customers set paid_orders = 2 where customer_key = 'C5'")

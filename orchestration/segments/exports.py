@@ -340,9 +340,14 @@ def _remove_leftovers(segment_dir: Path, latest: str | None) -> None:
     (segment_dir / f".{LATEST}.tmp").unlink(missing_ok=True)
     for export_id in complete_exports(segment_dir):
         if latest is None or export_id > latest:
-            trash = segment_dir / f".trash-{export_id}"
-            os.rename(segment_dir / export_id, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            _discard(segment_dir, export_id)
+
+
+def _discard(segment_dir: Path, export_id: str) -> None:
+    """Remove a complete export: it disappears in one step (a rename), then is deleted."""
+    trash = segment_dir / f".trash-{export_id}"
+    os.rename(segment_dir / export_id, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_latest(segment_dir: Path, export_id: str) -> None:
@@ -364,13 +369,8 @@ def _prune(segment_dir: Path, keep: int) -> None:
     latest = latest_export_id(segment_dir)
     ids = complete_exports(segment_dir)
     for export_id in ids[: max(0, len(ids) - keep)]:
-        if export_id == latest:
-            continue
-        trash = segment_dir / f".trash-{export_id}"
-        os.rename(segment_dir / export_id, trash)  # disappears in one step, then is deleted
-        shutil.rmtree(trash, ignore_errors=True)
-    for leftover in segment_dir.glob(".tmp-*"):  # a crashed export's temporary folder
-        shutil.rmtree(leftover, ignore_errors=True)
+        if export_id != latest:
+            _discard(segment_dir, export_id)
 
 
 def export_all(
