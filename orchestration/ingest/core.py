@@ -1,23 +1,28 @@
 """Load landing-zone files of one source into schema ``raw`` (SPEC §2).
 
-One run of a source works in three phases, so that the per-file cost is a file read and nothing else:
+One run of a source works in two phases, so that the per-file cost is a file read and a streaming judge:
 
-1. **Stage** (no transaction): every new file is read on its own into ``_privdom_src`` (whole-file rejections
-   are isolated per file, with their own messages) and appended, with its file id, batch date and row number,
-   to one temp table per *schema signature* (delivered column names and DuckDB types, in order).
-2. **Judge** (no transaction, temp tables only): one statement per signature types every value and evaluates
-   every contract rule for all the staged rows of that signature (the batch limit is computed from each row's
-   batch date), appending to one judged table.
-3. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
-   inserted set-wise, rows read = loaded + quarantined is verified for every file with one query per table,
-   then everything commits together. A crash or a failed check leaves none of the run's files recorded, so
-   the next run loads them again.
+1. **Stage and judge** (no transaction, in parallel): every new file is read on its own into a temp table of
+   the worker's connection (whole-file rejections are isolated per file, with their own messages), and one
+   statement types every value and evaluates every contract rule for its rows (the batch limit comes from the
+   file's batch date), writing them with their file id, batch date, row number, rule flags, row hash and, for
+   a broken row, its original values to one Parquet part per file in the run's spill directory. Files are
+   judged by ``ingest_workers()`` threads, each with its own DuckDB cursor; nothing of the run is kept in
+   memory, so memory does not grow with the run.
+2. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
+   inserted set-wise from the parts, rows read = loaded + quarantined is verified for every file with one
+   query per table, then everything commits together. A crash or a failed check leaves none of the run's
+   files recorded, so the next run loads them again.
+
+The same parts are the Great Expectations frame (``SpilledFrame``): validation reads them back in slices.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +38,10 @@ from orchestration.settings import TIMEZONE, Settings
 from . import files as fl
 from . import rules as R
 
+# temp tables: _SRC and _JRAW live in a worker's own cursor (DuckDB temp tables are per connection)
 _SRC = "_privdom_src"
 _JRAW = "_privdom_jraw"
-_JUDGED = "_privdom_judged"
 _FILES = "_privdom_files"
-_GROUP = "_privdom_stage_{}"
 # lineage columns of a staging table (prefixed so they cannot meet a delivered column name)
 _FID, _BD, _RN = "__privdom_fid", "__privdom_bd", "__privdom_rn"
 
@@ -290,12 +294,35 @@ def _source_columns(signature: tuple[tuple[str, str], ...]) -> dict[str, tuple[s
 
 
 # ------------------------------------------------------------------------------------------------- judging
-def _judge_select(c: SourceContract, src_cols: dict[str, tuple[str, str]], settings: Settings, table: str) -> str:
-    """SELECT over a staging table: _fid, _bd, _rn, d__/t__ per contract column, b__ per rule, _broken, _rule,
-    _rules. The batch limit of each row comes from its own batch date, so one statement judges many files."""
+def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[str], list[tuple[str, str]]]:
+    """What a part holds for the GX frame: (extra part columns as SQL over the judged columns, and per frame
+    column (frame name, part column)). Typed and delivered values are the part's own t__/d__ columns; only
+    the helper columns (net amount, identifier counts, batch limit) are stored in addition."""
+    extra: list[str] = []
+    select: list[tuple[str, str]] = []
+    for name, expr in R.frame_columns(c, settings.placeholder_values, R.batch_limit_expr("_bd")):
+        if name == "_file_id":
+            select.append((name, "_fid"))
+        elif name == "_row_number":
+            select.append((name, "_rn"))
+        elif name.startswith("h__"):
+            extra.append(f"{expr} AS {R.q(name)}")
+            select.append((name, name))
+        else:
+            select.append((name, expr.strip('"')))  # t__<col> or d__<col>
+    return extra, select
+
+
+def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], settings: Settings, table: str) -> str:
+    """SELECT over a staged file (`table`: its delivered columns plus lineage _FID, _BD, _RN): per row _fid,
+    _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of every column, the GX
+    helper columns, one flag b__ per rule, _broken, and, for a broken row, its first rule _rule, all its rules
+    _rules and its original values _original (JSON text), for a row that loads its _row_hash."""
     ph = settings.placeholder_values
+    src_cols = _source_columns(signature)
     batch_limit = R.batch_limit_expr("_bd")
     inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn"]
+    inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, (name, _) in enumerate(signature)]
     typed = []
     for col in c.columns:
         name, ty = src_cols.get(col.name, (None, None))
@@ -307,19 +334,35 @@ def _judge_select(c: SourceContract, src_cols: dict[str, tuple[str, str]], setti
         typed.append(f"{R.typed_expr(col, s_name, ty if s_name else None, ph)} AS {R.t(col.name)}")
     flags = [f"{R.broken_expr(r, c, ph, batch_limit)} AS {R.flag(r)}" for r in c.rules]
     any_broken = " OR ".join(R.flag(r) for r in c.rules) or "FALSE"
+    # fixed types (the typed expressions already have them; the casts make it explicit)
+    cast = ["_fid", "_bd", "_rn"]
+    cast += [R.q(f"o__{i}") for i in range(len(signature))]
+    cast += [R.d(col.name) for col in c.columns]
+    cast += [f"CAST({R.t(col.name)} AS {R.SQL_TYPES[col.type]}) AS {R.t(col.name)}" for col in c.columns]
+    cast += [R.flag(r) for r in c.rules]
+    cast.append(f"{any_broken} AS _broken")
     first_rule = "CASE " + " ".join(f"WHEN {R.flag(r)} THEN {R.lit(r.name)}" for r in c.rules) + " END"
     all_rules = "concat_ws(',', " + ", ".join(f"CASE WHEN {R.flag(r)} THEN {R.lit(r.name)} END" for r in c.rules) + ")"
-    # an explicit projection with fixed types, so that every signature appends to the same judged table
+    original = "CAST(json_object(" + ", ".join(
+        f"{R.lit(n)}, CAST({R.q(f'o__{i}')} AS VARCHAR)" for i, (n, _) in enumerate(signature)) + ") AS VARCHAR)"
+    row_hash = "md5(CAST(to_json(struct_pack(" + ", ".join(
+        f"{R.q(col.name)} := {R.t(col.name)}" for col in c.columns) + ")) AS VARCHAR))"
+    extra, _ = frame_projection(c, settings)
     out = ["_fid", "_bd", "_rn"]
+    out += [R.t(col.name) for col in c.columns]
     out += [R.d(col.name) for col in c.columns]
-    out += [f"CAST({R.t(col.name)} AS {R.SQL_TYPES[col.type]}) AS {R.t(col.name)}" for col in c.columns]
+    out += extra
     out += [R.flag(r) for r in c.rules]
-    out += [f"{any_broken} AS _broken", f"{first_rule} AS _rule", f"{all_rules} AS _rules"]
+    out += ["_broken", f"CASE WHEN _broken THEN {first_rule} END AS _rule",
+            f"CASE WHEN _broken THEN {all_rules} END AS _rules",
+            f"CASE WHEN _broken THEN {original} END AS _original",
+            f"CASE WHEN NOT _broken THEN {row_hash} END AS _row_hash"]
     return (
         f"SELECT {', '.join(out)} FROM ("
+        f"SELECT {', '.join(cast)} FROM ("
         f"SELECT *, {', '.join(flags)} FROM ("
         f"SELECT *, {', '.join(typed)} FROM ("
-        f"SELECT {', '.join(inner)} FROM {table})))"
+        f"SELECT {', '.join(inner)} FROM {table}))))"
     )
 
 
@@ -350,6 +393,15 @@ def _next_file_id(con) -> int:
 
 
 @dataclass
+class _Candidate:
+    file_id: int
+    f: fl.LandingFile
+    sha: str
+    size: int
+    started: dt.datetime
+
+
+@dataclass
 class _Staged:
     result: FileResult
     f: fl.LandingFile
@@ -357,7 +409,125 @@ class _Staged:
     size: int
     encoding: str
     started: dt.datetime
-    group: int
+
+
+def ingest_workers() -> int:
+    """Batches judged at once: one per CPU core, at most 4 (each statement also uses DuckDB's threads)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+# Files are judged in batches of consecutive files (by file id) of about this many bytes: one judge statement
+# per batch and schema signature (planning it costs ~40 ms, more than reading a small file), small enough that a
+# batch's rows sit in a worker's memory. Batches are cut by file size, so parts are the same for every run.
+BATCH_BYTES = 32 * 1024 * 1024
+_ACC = "_privdom_batch_{}"
+_PARQUET = "(FORMAT parquet, COMPRESSION zstd)"
+
+
+def _batches(cands: list[_Candidate]) -> list[list[_Candidate]]:
+    out: list[list[_Candidate]] = []
+    size = 0
+    for cand in cands:
+        if not out or size + cand.size > BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(cand)
+        size += cand.size
+    return out
+
+
+def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Settings, batch: list[_Candidate],
+                 spill: Path, name: str, scratch: _Scratch) -> tuple[dict[int, str | fl.FileRejected], list[Path]]:
+    """Read every file of `batch` (whole-file rejections per file) and write the judged rows of each schema
+    signature to one part. Returns (file id → encoding or FileRejected, the parts in order)."""
+    results: dict[int, str | fl.FileRejected] = {}
+    signatures: dict[tuple[tuple[str, str], ...], int] = {}
+    try:
+        for cand in batch:
+            f = cand.f
+            try:
+                encoding = _read(cur, f, cand.size, scratch)
+                signature = _signature(cur)
+                src_cols = _source_columns(signature)
+                missing = [n for n in c.required_columns if n not in src_cols]
+                if missing:
+                    raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}")
+            except fl.FileRejected as exc:
+                results[cand.file_id] = exc
+                continue
+            lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, DATE {R.lit(f.batch_date.isoformat())} AS {R.q(_BD)}, "
+                       f"rowid + 1 AS {R.q(_RN)}")
+            if signature in signatures:
+                cur.execute(f"INSERT INTO {_ACC.format(signatures[signature])} SELECT {lineage}, * FROM {_SRC}")
+            else:
+                signatures[signature] = len(signatures)
+                cur.execute(f"CREATE OR REPLACE TEMP TABLE {_ACC.format(signatures[signature])} AS SELECT {lineage}, * FROM {_SRC}")
+            results[cand.file_id] = encoding
+        cur.execute(f"DROP TABLE IF EXISTS {_SRC}")
+        parts = []
+        for signature, k in signatures.items():
+            part = spill / f"part-{name}-{k:03d}.parquet"
+            judge = _judge_select(c, signature, settings, _ACC.format(k))
+            cur.execute(f"COPY ({judge}) TO {R.lit(part.as_posix())} {_PARQUET}")
+            cur.execute(f"DROP TABLE {_ACC.format(k)}")
+            parts.append(part)
+        return results, parts
+    finally:
+        for t in [_SRC, *(_ACC.format(k) for k in signatures.values())]:
+            cur.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _stage_all(con: duckdb.DuckDBPyConnection, c: SourceContract, settings: Settings, cands: list[_Candidate],
+               spill: Path, name: str) -> tuple[dict[int, str | fl.FileRejected], list[Path]]:
+    """Stage `cands` in batches, ingest_workers() threads each with its own cursor. Returns (file id →
+    encoding or FileRejected, every part in batch order). Any other error stops the workers and is raised."""
+    batches = _batches(cands)
+    done: dict[int, tuple[dict[int, str | fl.FileRejected], list[Path]]] = {}
+    todo = list(reversed(range(len(batches))))
+    lock = threading.Lock()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        cur = con.cursor()
+        scratch = _Scratch()
+        try:
+            _set_timezone(cur)
+            while True:
+                with lock:
+                    if failure or not todo:
+                        return
+                    i = todo.pop()
+                result = _stage_batch(cur, c, settings, batches[i], spill, f"{name}{i:06d}", scratch)
+                with lock:
+                    done[i] = result
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            with lock:
+                failure.append(exc)
+        finally:
+            scratch.cleanup()
+            cur.close()
+
+    n = min(ingest_workers(), len(batches))
+    if n <= 1:
+        work()
+    else:
+        threads = [threading.Thread(target=work, name=f"privdom-ingest-{i}", daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if failure:
+        raise failure[0]
+    results: dict[int, str | fl.FileRejected] = {}
+    parts: list[Path] = []
+    for i in range(len(batches)):
+        results.update(done[i][0])
+        parts += done[i][1]
+    return results, parts
+
+
+def _parts_sql(parts: list[Path]) -> str:
+    return "read_parquet([" + ", ".join(R.lit(p.as_posix()) for p in parts) + "])"
 
 
 # ------------------------------------------------------------------------------------------------- public
@@ -376,7 +546,6 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     c = get_contract(source)
     ensure_raw_schema(con)
     report = SourceIngestReport(source=source, load_id=load_id, quarantine_by_rule={r.name: 0 for r in c.rules})
-    ph = settings.placeholder_values
 
     seen = {(p, h): s for p, h, s in con.execute(
         "SELECT file_path, content_sha256, status FROM raw.ingestion_ledger WHERE source = ?", [source]).fetchall()}
@@ -385,10 +554,15 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     first_id = next_id = _next_file_id(con)
     ledger_rows: list[list[Any]] = []
     staged: list[_Staged] = []
-    groups: dict[tuple[tuple[str, str], ...], int] = {}  # schema signature → staging table number
-    scratch = _Scratch()
+    spill_dir = tempfile.TemporaryDirectory(prefix="privdom-ingest-")
+    spill = Path(spill_dir.name)
+    keep_spill = False
     try:
-        # ---- 1. stage every new file
+        # ---- 1. stage and judge every new file. The first file of each content judges in parallel; a later
+        # file with the same content is a duplicate when that one loads, and is judged afterwards otherwise.
+        first: list[_Candidate] = []
+        later: list[_Candidate] = []
+        run_shas: set[str] = set()
         for f in fl.discover(settings.landing_dir, source):
             if batch_dates and f.batch_date is not None and not batch_dates[0] <= f.batch_date <= batch_dates[1]:
                 continue
@@ -396,48 +570,49 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
             if (f.rel_path, sha) in seen:
                 report.files_skipped += 1
                 continue
-            started = dt.datetime.now(dt.timezone.utc)
-            file_id, next_id = next_id, next_id + 1
+            cand = _Candidate(next_id, f, sha, size, dt.datetime.now(dt.timezone.utc))
+            next_id += 1
             if sha in loaded_at:
-                err = f"{f.rel_path}: duplicate: same content (sha256 {sha[:12]}…) as {loaded_at[sha]}, already loaded"
-                ledger_rows.append(_ledger_row(file_id, source, f, sha, size, None, "duplicate", (0, 0, 0), err, load_id, started))
-                report.files.append(FileResult(f.rel_path, "duplicate", file_id, f.batch_date, error=err))
-                seen[(f.rel_path, sha)] = "duplicate"
-                continue
-            try:
-                encoding = _read(con, f, size, scratch)
-                signature = _signature(con)
-                src_cols = _source_columns(signature)
-                missing = [n for n in c.required_columns if n not in src_cols]
-                if missing:
-                    raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}")
-            except fl.FileRejected as exc:
-                ledger_rows.append(_ledger_row(file_id, source, f, sha, size, None, "rejected", (0, 0, 0), str(exc), load_id, started))
-                report.files.append(FileResult(f.rel_path, "rejected", file_id, f.batch_date, error=str(exc)))
-                seen[(f.rel_path, sha)] = "rejected"
-                continue
-            lineage = f"CAST({file_id} AS BIGINT) AS {R.q(_FID)}, DATE {R.lit(f.batch_date.isoformat())} AS {R.q(_BD)}, rowid + 1 AS {R.q(_RN)}"
-            if signature in groups:
-                con.execute(f"INSERT INTO {_GROUP.format(groups[signature])} SELECT {lineage}, * FROM {_SRC}")
+                later.append(cand)  # a duplicate of a file loaded by an earlier run
+            elif sha in run_shas:
+                later.append(cand)
             else:
-                groups[signature] = len(groups)
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {_GROUP.format(groups[signature])} AS SELECT {lineage}, * FROM {_SRC}")
-            result = FileResult(f.rel_path, "loaded", file_id, f.batch_date)
-            report.files.append(result)
-            staged.append(_Staged(result, f, sha, size, encoding, started, groups[signature]))
-            seen[(f.rel_path, sha)] = "loaded"
-            loaded_at[sha] = f.rel_path
-        con.execute(f"DROP TABLE IF EXISTS {_SRC}")
+                run_shas.add(sha)
+                first.append(cand)
 
-        # ---- 2. judge: one statement for all staged rows (a UNION ALL of one SELECT per schema signature)
-        if groups:
-            judge = " UNION ALL ".join(
-                _judge_select(c, _source_columns(signature), settings, _GROUP.format(k)) for signature, k in groups.items())
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_JUDGED} AS {judge}")
+        def record(cand: _Candidate, result: str | fl.FileRejected | None) -> None:
+            f = cand.f
+            if result is None:
+                err = f"{f.rel_path}: duplicate: same content (sha256 {cand.sha[:12]}…) as {loaded_at[cand.sha]}, already loaded"
+                ledger_rows.append(_ledger_row(cand.file_id, source, f, cand.sha, cand.size, None, "duplicate", (0, 0, 0), err, load_id, cand.started))
+                report.files.append(FileResult(f.rel_path, "duplicate", cand.file_id, f.batch_date, error=err))
+            elif isinstance(result, fl.FileRejected):
+                ledger_rows.append(_ledger_row(cand.file_id, source, f, cand.sha, cand.size, None, "rejected", (0, 0, 0), str(result), load_id, cand.started))
+                report.files.append(FileResult(f.rel_path, "rejected", cand.file_id, f.batch_date, error=str(result)))
+            else:
+                res = FileResult(f.rel_path, "loaded", cand.file_id, f.batch_date)
+                report.files.append(res)
+                staged.append(_Staged(res, f, cand.sha, cand.size, result, cand.started))
+                loaded_at[cand.sha] = f.rel_path
+
+        results, parts = _stage_all(con, c, settings, first, spill, "a")
+        for cand in first:
+            record(cand, results[cand.file_id])
+        for cand in later:
+            if cand.sha in loaded_at:
+                record(cand, None)
+            else:
+                results, more = _stage_all(con, c, settings, [cand], spill, f"b{cand.file_id:09d}-")
+                record(cand, results[cand.file_id])
+                parts += more
+        report.files.sort(key=lambda r: r.file_id)
+        staged.sort(key=lambda s: s.result.file_id)
+
+        # ---- per-file counts, from the parts' flags
         per_file: dict[int, tuple] = {}
         if staged:
             counts_sql = ", ".join(["count(*)", "count(*) FILTER (WHERE _broken)"] + [f"count(*) FILTER (WHERE {R.flag(r)})" for r in c.rules])
-            per_file = {row[0]: row[1:] for row in con.execute(f"SELECT _fid, {counts_sql} FROM {_JUDGED} GROUP BY _fid").fetchall()}
+            per_file = {row[0]: row[1:] for row in con.execute(f"SELECT _fid, {counts_sql} FROM {_parts_sql(parts)} GROUP BY _fid").fetchall()}
         zero = (0, 0) + (0,) * len(c.rules)
         for s in staged:
             n_read, n_quar, *per_rule = per_file.get(s.result.file_id, zero)
@@ -452,12 +627,12 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                                            (r_.rows_read, r_.rows_loaded, r_.rows_quarantined), None, load_id, s.started))
         ledger_rows.sort(key=lambda r: r[0])
 
-        # ---- 3. load: one transaction for the run
+        # ---- 2. load: one transaction for the run
         if ledger_rows:
             con.execute("BEGIN TRANSACTION")
             try:
                 if staged:
-                    _load_rows(con, c, source, load_id, staged, groups)
+                    _load_rows(con, c, source, load_id, staged, parts)
                 _insert_ledger(con, ledger_rows)
                 if staged:
                     _verify(con, source, staged, first_id)
@@ -468,46 +643,41 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
         if keep_frame:
             if staged:
-                fcols = R.frame_columns(c, ph, R.batch_limit_expr("_bd"))
-                fcols = [(name, "_fid" if name == "_file_id" else expr) for name, expr in fcols]
-                select = ", ".join(f"{expr} AS {R.q(name)}" for name, expr in fcols)
-                # on disk, read back in slices by the validation: its memory does not grow with the run
-                report.frame = SpilledFrame.write(con, f"SELECT {select} FROM {_JUDGED}", "_file_id, _row_number")
+                # the parts are the frame: validation reads them back in slices, its memory does not grow with the run
+                _, select = frame_projection(c, settings)
+                report.frame = SpilledFrame(spill_dir, parts, [(s.result.file_id, s.result.rows_read) for s in staged], select)
+                keep_spill = True
             else:
-                names = [name for name, _ in R.frame_columns(c, ph, "NULL")]
+                names = [name for name, _ in frame_projection(c, settings)[1]]
                 report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})
     finally:
-        scratch.cleanup()
-        for t in [_SRC, _JRAW, _JUDGED, _FILES, *(_GROUP.format(k) for k in groups.values())]:
-            con.execute(f"DROP TABLE IF EXISTS {t}")
+        con.execute(f"DROP TABLE IF EXISTS {_FILES}")
+        if not keep_spill:
+            spill_dir.cleanup()
     return report
 
 
-def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_Staged], groups: dict) -> None:
-    """Raw rows of every staged file with one INSERT; quarantine rows with one INSERT per signature."""
+def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_Staged], part_paths: list[Path]) -> None:
+    """Raw rows of every staged file with one INSERT (in part order: by batch, schema signature, file and row),
+    quarantine rows with one more."""
+    parts = _parts_sql(part_paths)
     cols = ", ".join(R.q(col.name) for col in c.columns) + ", " + ", ".join(R.q(n) for n, _ in LINEAGE_COLUMNS)
     typed = ", ".join(R.t(col.name) for col in c.columns)
-    hash_expr = "md5(CAST(to_json(struct_pack(" + ", ".join(f"{R.q(col.name)} := {R.t(col.name)}" for col in c.columns) + ")) AS VARCHAR))"
     con.execute(
-        f"INSERT INTO raw.{R.q(source)} ({cols}) SELECT {typed}, _fid, _bd, _rn, {hash_expr}, now() "
-        f"FROM {_JUDGED} WHERE NOT _broken"  # insertion order: by signature, then file, then row; no sort
+        f"INSERT INTO raw.{R.q(source)} ({cols}) SELECT {typed}, _fid, _bd, _rn, _row_hash, now() "
+        f"FROM {parts} WHERE NOT _broken"
     )
-    quarantined = {s.group for s in staged if s.result.rows_quarantined}
+    quarantined = [s for s in staged if s.result.rows_quarantined]
     if not quarantined:
         return
-    values = ", ".join(f"({s.result.file_id}, {R.lit(s.f.rel_path)})" for s in staged if s.result.rows_quarantined)
+    values = ", ".join(f"({s.result.file_id}, {R.lit(s.f.rel_path)})" for s in quarantined)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {_FILES} AS SELECT * FROM (VALUES {values}) v(file_id, file_path)")
-    for signature, k in groups.items():
-        if k not in quarantined:
-            continue
-        original = "CAST(json_object(" + ", ".join(f"{R.lit(n)}, CAST(s.{R.q(n)} AS VARCHAR)" for n, _ in signature) + ") AS VARCHAR)"
-        con.execute(
-            f"INSERT INTO raw.quarantine SELECT ?, j._fid, p.file_path, j._bd, j._rn, j._rule, j._rules, {original}, ?, now() "
-            f"FROM (SELECT _fid, _bd, _rn, _rule, _rules FROM {_JUDGED} WHERE _broken) j "
-            f"JOIN {_GROUP.format(k)} s ON s.{R.q(_FID)} = j._fid AND s.{R.q(_RN)} = j._rn "
-            f"JOIN {_FILES} p ON p.file_id = j._fid ORDER BY j._fid, j._rn",
-            [source, load_id],
-        )
+    con.execute(
+        f"INSERT INTO raw.quarantine SELECT ?, j._fid, p.file_path, j._bd, j._rn, j._rule, j._rules, j._original, ?, now() "
+        f"FROM (SELECT _fid, _bd, _rn, _rule, _rules, _original FROM {parts} WHERE _broken) j "
+        f"JOIN {_FILES} p ON p.file_id = j._fid ORDER BY j._fid, j._rn",
+        [source, load_id],
+    )
 
 
 def _verify(con, source: str, staged: list[_Staged], first_id: int) -> None:

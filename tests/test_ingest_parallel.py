@@ -1,0 +1,100 @@
+"""Staging in batches on several workers: the same rows, quarantine and GX frame as one batch on one worker."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+import orchestration.ingest.core as core
+from orchestration.ingest import ingest_source
+from orchestration.quality import validate_contract
+from test_ingest_rules import CASES, GOOD, HEADERS
+
+SOURCE = "channel_events"
+
+
+def _land_history(land) -> None:
+    """Eight files of different sizes and two schema signatures; one is rejected, one re-delivers another."""
+    bad = [row for (s, _), (row, _) in CASES.items() if s == SOURCE]
+    header = HEADERS[SOURCE].split(",")
+    texts = {}
+    for day in range(1, 6):
+        rows = [GOOD[SOURCE].replace("g1,", f"d{day}r{i},") for i in range(day * 3)] + bad[: day + 1]
+        texts[day] = "\n".join([HEADERS[SOURCE], *rows]) + "\n"
+        land(f"{SOURCE}/dt=2024-02-0{day}/a.csv", texts[day])
+    # another signature: the columns in reverse order
+    rows = [",".join(GOOD[SOURCE].replace("g1,", f"rev{i},").split(",")[::-1]) for i in range(4)]
+    land(f"{SOURCE}/dt=2024-02-03/b.csv", "\n".join([",".join(header[::-1]), *rows, ",".join(bad[0].split(",")[::-1])]) + "\n")
+    land(f"{SOURCE}/dt=2024-02-04/broken.csv.gz", b"not gzip at all")
+    land(f"{SOURCE}/dt=2024-02-05/again.csv", texts[1])  # same content as day 1: a duplicate in the same run
+
+
+def _tables(con) -> dict[str, list]:
+    out = {}
+    for table, order, skip in (("raw.channel_events", "_file_id, _row_number", {"_loaded_at"}),
+                               ("raw.quarantine", "file_id, row_number", {"quarantined_at"}),
+                               ("raw.ingestion_ledger", "file_id", {"started_at", "finished_at"})):
+        cols = [r[0] for r in con.execute(f"DESCRIBE {table}").fetchall() if r[0] not in skip]
+        out[table] = con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}").fetchall()
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_small_batches_on_workers_equal_one_batch(settings, land, monkeypatch, workers):
+    _land_history(land)
+    one = duckdb.connect()
+    single = ingest_source(one, SOURCE, settings, "run")
+    expected, expected_frame = _tables(one), single.frame.to_pandas()
+    expected_gx = validate_contract(SOURCE, single.frame)
+
+    monkeypatch.setattr(core, "BATCH_BYTES", 1)  # every file a batch of its own
+    monkeypatch.setattr(core, "ingest_workers", lambda: workers)
+    many = duckdb.connect()
+    report = ingest_source(many, SOURCE, settings, "run")
+    assert len(report.frame._parts) >= 6  # one part per loaded file (and signature)
+    assert _tables(many) == expected
+    assert [(f.path, f.status, f.rows_read, f.rows_quarantined) for f in report.files] == [
+        (f.path, f.status, f.rows_read, f.rows_quarantined) for f in single.files]
+    assert [f.status for f in report.files].count("rejected") == 1
+    assert [f.status for f in report.files].count("duplicate") == 1
+
+    frame = report.frame.to_pandas()
+    assert frame.equals(expected_frame)
+    assert frame.index.tolist() == list(range(len(frame)))  # position in the run: file id, then row order
+    assert frame["_file_id"].is_monotonic_increasing
+    # slices of 4 rows: disjoint, every position once, each row where to_pandas has it
+    seen = []
+    for lo, part in report.frame.slices(4):
+        assert len(part) <= 4 or part["_file_id"].nunique() == 1
+        assert part.equals(frame.loc[part.index])
+        seen += part.index.tolist()
+    assert sorted(seen) == list(range(len(frame)))
+    picked = report.frame.take([0, len(frame) - 1, 7], ["_file_id", "_row_number", "event_id"])
+    assert picked.index.tolist() == [0, 7, len(frame) - 1]
+    assert picked.equals(frame.loc[[0, 7, len(frame) - 1], ["_file_id", "_row_number", "event_id"]])
+
+    gx = validate_contract(SOURCE, report.frame, chunk_rows=4)
+    assert gx.unexpected_by_rule == expected_gx.unexpected_by_rule == report.quarantine_by_rule
+    assert gx.examples_by_rule == expected_gx.examples_by_rule
+    report.frame.close()
+    single.frame.close()
+
+
+def test_a_worker_error_stops_the_run_and_loads_nothing(con, settings, land, monkeypatch):
+    _land_history(land)
+    monkeypatch.setattr(core, "BATCH_BYTES", 1)
+    monkeypatch.setattr(core, "ingest_workers", lambda: 2)
+    real = core._judge_select
+    calls = []
+
+    def judge(c, signature, settings_, table):
+        calls.append(table)
+        if len(calls) == 3:
+            return "SELECT no_such_column FROM " + table
+        return real(c, signature, settings_, table)
+
+    monkeypatch.setattr(core, "_judge_select", judge)
+    with pytest.raises(duckdb.BinderException):
+        ingest_source(con, SOURCE, settings, "run")
+    assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone()[0] == 0
