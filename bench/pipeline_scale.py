@@ -61,31 +61,43 @@ TARGETS = {
 
 # ------------------------------------------------------------------------------------------------ measuring
 class TreeMemory:
-    """Peak resident memory of a process and all its descendants, sampled in a thread."""
+    """Peak resident memory of a process and all its descendants, sampled in a thread; at the peak, how much
+    of it was the process itself (the `privdom run` Python process: Dagster, GX, its DuckDB connections) and
+    how much its children (dbt subprocesses), and when it was reached."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_root = 0  # the process itself, at the peak
+        self.peak_at = 0.0  # epoch seconds of the peak
+        self.root_max = 0  # the process itself, its own maximum
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
-        total = 0
+    def _sample(self) -> tuple[int, int]:
         try:
-            procs = [self.root, *self.root.children(recursive=True)]
+            children = self.root.children(recursive=True)
         except psutil.Error:
-            return 0
-        for p in procs:
+            return 0, 0
+        own = rest = 0
+        try:
+            own = self.root.memory_info().rss
+        except psutil.Error:
+            pass
+        for p in children:
             try:
-                total += p.memory_info().rss
+                rest += p.memory_info().rss
             except psutil.Error:
                 pass
-        return total
+        return own, rest
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            own, rest = self._sample()
+            self.root_max = max(self.root_max, own)
+            if own + rest > self.peak:
+                self.peak, self.peak_root, self.peak_at = own + rest, own, time.time()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:
@@ -102,6 +114,9 @@ class Timed:
     seconds: float
     peak_bytes: int
     returncode: int
+    peak_root_bytes: int = 0  # the process itself at the peak (the rest: its subprocesses)
+    peak_at: float = 0.0  # epoch seconds
+    root_max_bytes: int = 0  # the process itself, its own maximum
 
 
 def timed_command(cmd: list[str], env: dict[str, str], log: Path) -> Timed:
@@ -112,7 +127,7 @@ def timed_command(cmd: list[str], env: dict[str, str], log: Path) -> Timed:
         with TreeMemory(proc.pid) as mem:
             rc = proc.wait()
         seconds = time.perf_counter() - started
-    return Timed(seconds, mem.peak, rc)
+    return Timed(seconds, mem.peak, rc, mem.peak_root, mem.peak_at, mem.root_max)
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -137,6 +152,9 @@ class RunFigures:
     rows_read: int
     dbt_invocations: list[str]  # target dirs of this run's dbt invocations, in step order
     dbt_s: float  # wall time of the dbt steps
+    peak_root_bytes: int = 0  # the `privdom run` process at the peak; peak_bytes - this: dbt subprocesses
+    peak_step: str = ""  # the step running when the peak was sampled
+    root_max_bytes: int = 0  # the `privdom run` process, its own maximum
 
 
 def classify(step: str, assets: list[str], has_checks: bool, is_dbt: bool) -> str:
@@ -155,7 +173,7 @@ def classify(step: str, assets: list[str], has_checks: bool, is_dbt: bool) -> st
     return "other"
 
 
-def read_run(dagster_home: Path, wall_s: float, peak: int, warehouse: Path) -> RunFigures:
+def read_run(dagster_home: Path, timed: Timed, warehouse: Path) -> RunFigures:
     import dagster as dg
     from dagster import DagsterEventType as T
 
@@ -220,8 +238,10 @@ def read_run(dagster_home: Path, wall_s: float, peak: int, warehouse: Path) -> R
     with duckdb.connect(str(warehouse), read_only=True) as con:
         rows_read = con.execute(
             "SELECT coalesce(sum(rows_read), 0) FROM raw.ingestion_ledger WHERE load_id = ?", [run.run_id]).fetchone()[0]
-    return RunFigures(run.run_id, run.status.value == "SUCCESS", wall_s, (run_end or 0) - (run_start or 0), peak,
-                      stages, steps, int(rows_read), invocations, dbt_s)
+    at_peak = [st for st in order if starts[st] <= timed.peak_at <= ends.get(st, float("inf"))]
+    return RunFigures(run.run_id, run.status.value == "SUCCESS", timed.seconds, (run_end or 0) - (run_start or 0),
+                      timed.peak_bytes, stages, steps, int(rows_read), invocations, dbt_s,
+                      timed.peak_root_bytes, ", ".join(at_peak) or "outside the steps", timed.root_max_bytes)
 
 
 # ------------------------------------------------------------------------------------------------ bare engine
@@ -341,7 +361,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
 
     def pipeline(log_name: str) -> RunFigures:
         t = timed_command([*privdom, "run"], env, logs / log_name)
-        fig = read_run(data / "dagster", t.seconds, t.peak_bytes, data / "warehouse.duckdb")
+        fig = read_run(data / "dagster", t, data / "warehouse.duckdb")
         if t.returncode and fig.success:
             raise SystemExit(f"privdom run exited {t.returncode}; see {logs / log_name}")
         return fig
@@ -486,6 +506,18 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
                 continue
             lines.append(f"| {label(n)} | {r['last_day']} | {i['rows_read']:,} | " + " | ".join(f"{i['stages'][s]:.1f}" for s in STAGES)
                          + f" | {i['wall_s']:.1f} | {i['wall_s'] / r['full']['wall_s']:.0%} | {gib(i['peak_bytes'])} |")
+    split = [(n, kind, r[kind]) for n, r in sorted(by.items()) for kind in ("full", "increment")
+             if r.get(kind) and r[kind].get("peak_root_bytes")]
+    if split:
+        lines += ["", "## Where the peak memory is", "",
+                  "Sampled every 0.2 s: the `privdom run` process (Dagster, GX, its DuckDB connections) and its dbt "
+                  "subprocesses at the moment of the peak, the step running then, and the process's own maximum.", "",
+                  "| customers | run | peak GiB | privdom process GiB | dbt subprocesses GiB | step at the peak | privdom process max GiB |",
+                  "|---|---|---:|---:|---:|---|---:|"]
+        for n, kind, f_ in split:
+            lines.append(f"| {label(n)} | {'full' if kind == 'full' else 'one new day'} | {gib(f_['peak_bytes'])} | "
+                         f"{gib(f_['peak_root_bytes'])} | {gib(f_['peak_bytes'] - f_['peak_root_bytes'])} | "
+                         f"{f_['peak_step']} | {gib(f_['root_max_bytes'])} |")
     lines += ["", "## Steps of the full run", "", "| customers | step | stage | s | of which checks s |", "|---|---|---|---:|---:|"]
     for n, r in sorted(by.items()):
         for s in r["full"]["steps"]:

@@ -15,6 +15,17 @@ from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.quality import validate_contract
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
+
+
+def _release_free_memory() -> None:
+    """Hand the memory freed by the validation's pandas slices back to the OS (glibc keeps it in its arenas
+    otherwise, and `privdom run` runs every later step, dbt's beside it, in this same process)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 CHECK_QUARANTINE_SHARE = "quarantine_share"
 CHECK_CONTRACT = "contract_expectations"
 
@@ -124,6 +135,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         finally:
             if hasattr(report.frame, "close"):
                 report.frame.close()
+            _release_free_memory()
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule
         metadata = validation.to_metadata()
         metadata["agrees_with_quarantine"] = agrees
