@@ -15,6 +15,8 @@ from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.quality import validate_contract
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
+CHECK_QUARANTINE_SHARE = "quarantine_share"
+CHECK_CONTRACT = "contract_expectations"
 
 
 def _release_free_memory() -> None:
@@ -26,8 +28,6 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
-CHECK_QUARANTINE_SHARE = "quarantine_share"
-CHECK_CONTRACT = "contract_expectations"
 
 
 def _file_table(report: SourceIngestReport) -> str:

@@ -2,13 +2,14 @@
 
 One run of a source works in two phases, so that the per-file cost is a file read and a streaming judge:
 
-1. **Stage and judge** (no transaction, in parallel): every new file is read on its own into a temp table of
-   the worker's connection (whole-file rejections are isolated per file, with their own messages), and one
-   statement types every value and evaluates every contract rule for its rows (the batch limit comes from the
-   file's batch date), writing them with their file id, batch date, row number, rule flags, row hash and, for
-   a broken row, its original values to one Parquet part per file in the run's spill directory. Files are
-   judged by ``ingest_workers()`` threads, each with its own DuckDB cursor; nothing of the run is kept in
-   memory, so memory does not grow with the run.
+1. **Stage and judge** (no transaction, in parallel): new files form batches of consecutive files of about
+   ``BATCH_BYTES``. ``ingest_workers()`` threads, each with its own DuckDB cursor, take a batch at a time:
+   every file is read on its own into a temp table of the worker's connection (whole-file rejections are
+   isolated per file, with their own messages) and gathered per schema signature; then one statement per
+   signature types every value and evaluates every contract rule (the batch limit comes from each row's batch
+   date), writing the rows with their file id, batch date, row number, rule flags, row hash and, for a broken
+   row, its original values to one Parquet part in the run's spill directory. Only a batch at a time is held
+   in memory per worker, so memory does not grow with the run.
 2. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
    inserted set-wise from the parts, rows read = loaded + quarantined is verified for every file with one
    query per table, then everything commits together. A crash or a failed check leaves none of the run's
@@ -296,20 +297,17 @@ def _source_columns(signature: tuple[tuple[str, str], ...]) -> dict[str, tuple[s
 # ------------------------------------------------------------------------------------------------- judging
 def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[str], list[tuple[str, str]]]:
     """What a part holds for the GX frame: (extra part columns as SQL over the judged columns, and per frame
-    column (frame name, part column)). Typed and delivered values are the part's own t__/d__ columns; only
-    the helper columns (net amount, identifier counts, batch limit) are stored in addition."""
+    column (frame name, part column)). File id, row number, typed and delivered values are the part's own
+    _fid, _rn, t__ and d__ columns; only the helper columns (net amount, identifier counts, batch limit) are
+    stored in addition."""
     extra: list[str] = []
     select: list[tuple[str, str]] = []
     for name, expr in R.frame_columns(c, settings.placeholder_values, R.batch_limit_expr("_bd")):
-        if name == "_file_id":
-            select.append((name, "_fid"))
-        elif name == "_row_number":
-            select.append((name, "_rn"))
-        elif name.startswith("h__"):
+        if name.startswith("h__"):
             extra.append(f"{expr} AS {R.q(name)}")
             select.append((name, name))
         else:
-            select.append((name, expr.strip('"')))  # t__<col> or d__<col>
+            select.append((name, expr.strip('"')))  # _fid, _rn, t__<col> or d__<col>
     return extra, select
 
 
@@ -572,9 +570,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 continue
             cand = _Candidate(next_id, f, sha, size, dt.datetime.now(dt.timezone.utc))
             next_id += 1
-            if sha in loaded_at:
-                later.append(cand)  # a duplicate of a file loaded by an earlier run
-            elif sha in run_shas:
+            if sha in loaded_at or sha in run_shas:  # loaded by an earlier run, or a second copy in this one
                 later.append(cand)
             else:
                 run_shas.add(sha)

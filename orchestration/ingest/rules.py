@@ -246,8 +246,8 @@ def helper_name(rule: Rule, what: str) -> str:
     return "h__" + re.sub(r"[^0-9a-zA-Z]+", "_", rule.name).strip("_") + "__" + what
 
 
-def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch_limit: str, file_id: int = 0) -> list[tuple[str, str]]:
-    """(frame column name, SQL over the batch table) for the GX validation frame: only what the rules need."""
+def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch_limit: str) -> list[tuple[str, str]]:
+    """(frame column name, SQL over the judged columns) for the GX validation frame: only what the rules need."""
     typed: list[str] = [contract.key]
     delivered: list[str] = []
     helpers: dict[str, str] = {}
@@ -278,7 +278,7 @@ def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch
             helpers["h__batch_limit"] = batch_limit
         else:
             raise NotImplementedError(f"rule kind {r.kind!r} (rule {r.name!r} of {contract.name}) is not implemented by ingestion")
-    out: list[tuple[str, str]] = [("_file_id", f"CAST({int(file_id)} AS BIGINT)"), ("_row_number", "_rn")]
+    out: list[tuple[str, str]] = [("_file_id", "_fid"), ("_row_number", "_rn")]
     for c in contract.column_names:  # contract order
         if c in typed:
             out.append((c, t(c)))

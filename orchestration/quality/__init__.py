@@ -15,14 +15,13 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
-
-import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -201,9 +200,9 @@ class SpilledFrame:
     handing over one pandas frame: 10M channel events as pandas take several GiB, a slice of CHUNK_ROWS a
     fraction of it, so validation's memory does not grow with the run. `files` lists (file id, rows) of every
     file in the parts; `select` maps each frame column to its part column. Slices are runs of consecutive
-    files (a larger file in row ranges), read through DuckDB's own pandas conversion (`.df()`, session time
-    zone Asia/Shanghai), the same as a frame fetched from the warehouse, and indexed by the row's position in
-    the run (files in file id order, rows in file order).
+    files (a larger file in row ranges), read through DuckDB and Arrow (session time zone Asia/Shanghai,
+    decimals as doubles: the dtypes of a frame fetched from the warehouse with `.df()`), and indexed by the
+    row's position in the run (files in file id order, rows in file order).
     """
 
     def __init__(self, directory: tempfile.TemporaryDirectory, parts: Sequence[Path],
@@ -220,6 +219,7 @@ class SpilledFrame:
             self._offsets.append(n)
             n += rows
         self.rows = n
+        self._offset_of = {fid: off for (fid, _), off in zip(self._files, self._offsets)}
 
     @staticmethod
     def _reader():
@@ -252,8 +252,7 @@ class SpilledFrame:
             frame = con.sql(f"SELECT {cols} FROM read_parquet([{paths}]) WHERE {where}{order}").to_arrow_table().to_pandas()
         finally:
             con.close()
-        offset = {fid: self._offsets[i] for i, (fid, _) in enumerate(self._files)}
-        frame.index = (frame["_file_id"].map(offset) + frame["_row_number"] - 1).astype("int64").to_numpy()
+        frame.index = (frame["_file_id"].map(self._offset_of) + frame["_row_number"] - 1).astype("int64").to_numpy()
         return frame[list(columns or self.columns)]
 
     def slices(self, rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
