@@ -5,8 +5,8 @@
 Synthesises staging tables directly in DuckDB (deterministic, hash-based "randomness"): customers with an
 openid and some of unionid / phone / member_id / WeCom id, 1-3 channel events each naming the openid and one
 other identifier, some customers whose identifiers only meet through a chain of rows, orders with 1-2
-versions naming different identifiers, referrals (some converted), long chains of rows (to exercise label
-propagation) and clerk phones shared by hundreds of strangers. Then times build_identity_graph and
+versions naming different identifiers, referrals (some converted), long chains of rows (long paths through
+the graph) and clerk phones shared by hundreds of strangers. Then times build_identity_graph and
 assign_customer_keys (twice: a first run, then an idempotent re-run).
 """
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"synthesised in {time.perf_counter() - t0:.1f}s: {rows}")
 
     g = build_identity_graph(con, args.max_degree)
-    print(f"build_identity_graph: {g.seconds:.1f}s, {g.iterations} iterations, identifiers={g.identifiers}, "
+    print(f"build_identity_graph: {g.seconds:.1f}s, identifiers={g.identifiers}, "
           f"pseudo_nodes={g.pseudo_nodes}, links={g.links}, customers={g.components}, records={g.records}, "
           f"shared={g.shared_identifiers}")
     t1 = time.perf_counter()

@@ -41,7 +41,7 @@ SHARED = dg.AssetKey(["intermediate", "int_identity__shared_identifiers"])
     ],
 )
 def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-    """Connected components of the identifier graph, computed in DuckDB by label propagation."""
+    """Connected components of the identifier graph, computed from the staged rows in DuckDB (components with SciPy)."""
     settings = privdom.settings()
     with privdom.writer(context), privdom.connect() as con:
         report = build_identity_graph(con, max_degree=settings.identity_max_degree)

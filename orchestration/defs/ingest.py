@@ -13,21 +13,11 @@ from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_rang
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.quality import validate_contract
+from orchestration.warehouse import release_free_memory
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
 CHECK_QUARANTINE_SHARE = "quarantine_share"
 CHECK_CONTRACT = "contract_expectations"
-
-
-def _release_free_memory() -> None:
-    """Hand the memory freed by the validation's pandas slices back to the OS (glibc keeps it in its arenas
-    otherwise, and `privdom run` runs every later step, dbt's beside it, in this same process)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _file_table(report: SourceIngestReport) -> str:
@@ -135,7 +125,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         finally:
             if hasattr(report.frame, "close"):
                 report.frame.close()
-            _release_free_memory()
+            release_free_memory()
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule
         metadata = validation.to_metadata()
         metadata["agrees_with_quarantine"] = agrees

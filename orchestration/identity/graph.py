@@ -1,7 +1,9 @@
 """The identity graph of SPEC §3: identifiers, links, shared identifiers and connected components.
 
-Everything runs as SQL in the engine on an open DuckDB connection (no per-row Python). The SQL uses plain
-joins, group-bys, window functions and ``arg_min`` (Spark: ``min_by``), so it ports to Spark in spirit.
+Everything but the components runs as SQL in the engine on an open DuckDB connection (no per-row Python).
+The SQL uses plain joins, group-bys, window functions and ``arg_min`` (Spark: ``min_by``), so it ports to
+Spark in spirit; the components take the links out as two integer arrays into SciPy's compiled code
+(on Spark: GraphFrames' connected components).
 
 Graph
 -----
@@ -18,7 +20,7 @@ Graph
   ``referral_referee`` pseudo-node to the ``order`` pseudo-node of its ``order_id``.
 * Degree of an identifier: per other identifier type, the number of distinct values it shares a group with;
   ``degree`` is the largest. Above ``max_degree`` it is *shared*: it keeps no links (a singleton component).
-* Components: min-label propagation with hooking and pointer jumping on integer node ids (see
+* Components: SciPy's connected components over the links as integer node ids (see
   :func:`_connected_components`); the component id is the smallest node id of the component, node ids being
   the rank of ``(node_type, node_value)``: deterministic for given data, meaningful inside one run only.
 """
@@ -43,13 +45,6 @@ STG_REFERRAL_VERSIONS = "staging.stg_referrals__versions"
 PSEUDO_TYPES: dict[str, str] = {"buyer": "order", "referrer": "referral_referrer", "referee": "referral_referee"}
 TYPE_ORDER: dict[str, int] = {t: i + 1 for i, t in enumerate(IDENTIFIER_COLUMNS)}
 
-DEFAULT_MAX_ITERATIONS = 100
-
-
-class IdentityGraphError(RuntimeError):
-    """The identity graph could not be computed (e.g. label propagation did not converge)."""
-
-
 @dataclass(frozen=True)
 class GraphReport:
     identifiers: int  # identifier nodes (shared included), pseudo-nodes excluded
@@ -58,7 +53,6 @@ class GraphReport:
     components: int  # customers: distinct components that at least one record belongs to
     records: int  # rows of int_identity__records
     shared_identifiers: int
-    iterations: int  # label-propagation rounds, the last one being the round that found nothing to change
     seconds: float
     max_degree: int
     # the worst shared identifiers, plain dicts (JSON-ready for Dagster metadata):
@@ -74,7 +68,6 @@ class GraphReport:
             "components": self.components,
             "records": self.records,
             "shared_identifiers": self.shared_identifiers,
-            "iterations": self.iterations,
             "seconds": round(self.seconds, 3),
             "max_degree": self.max_degree,
             "top_shared": [f"{o['identifier_type']} {o['masked_value']} (degree {o['degree']})" for o in self.top_shared],
@@ -125,58 +118,43 @@ def _scalar(con, sql: str, params: list | None = None):
     return row[0] if row else None
 
 
-def _connected_components(con, max_iterations: int) -> int:
-    """Label propagation over ``_idg_edges(a, b)`` (a < b, integer node ids) into ``_idg_labels(n, p)``.
+def _connected_components(con) -> None:
+    """Connected components of ``_idg_edges(a, b)`` (integer node ids) into ``_idg_labels(n, p)``.
 
-    Every node starts as its own label. Each round:
-      1. for every link whose ends carry different labels pa <> pb, propose m = least(pa, pb) to both ends
-         and to the larger label itself (*hooking*: the whole tree under that label moves at once);
-      2. every node takes the smallest of its label and the proposals, then jumps to its label's label
-         (*pointer jumping / shortcutting*), which halves tree depths, so rounds grow ~ log(diameter).
-    Labels only decrease and stay inside the node's component; a round with no link across two labels
-    ends it, and then every component carries its smallest node id. Returns the number of rounds.
+    The links leave the engine once, as two integer arrays (``fetchnumpy``, no per-row Python); SciPy's
+    ``connected_components`` labels them in compiled code (a search over a sparse adjacency matrix, linear in
+    nodes + links whatever the graph's diameter), and every node's label ``p`` is the smallest node id of its
+    component.
+
+    It replaced min-label propagation in SQL (all links joined with all labels, once per round, ~log(diameter)
+    rounds), which at 1M customers took most of the graph's time (docs/performance.md, "Identity").
     """
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _idg_labels AS "
-        "SELECT n, n AS p FROM (SELECT a AS n FROM _idg_edges UNION SELECT b FROM _idg_edges)"
-    )
-    for iteration in range(1, max_iterations + 1):
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE _idg_cross AS
-            SELECT e.a, e.b, la.p AS pa, lb.p AS pb
-            FROM _idg_edges e
-            JOIN _idg_labels la ON la.n = e.a
-            JOIN _idg_labels lb ON lb.n = e.b
-            WHERE la.p <> lb.p
-            """
-        )
-        if _scalar(con, "SELECT count(*) FROM _idg_cross") == 0:
-            return iteration
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE _idg_labels AS
-            WITH proposals AS (
-                SELECT greatest(pa, pb) AS n, least(pa, pb) AS m FROM _idg_cross
-                UNION ALL SELECT a, least(pa, pb) FROM _idg_cross
-                UNION ALL SELECT b, least(pa, pb) FROM _idg_cross
-            ),
-            best AS (SELECT n, min(m) AS m FROM proposals GROUP BY n),
-            hooked AS (
-                SELECT l.n, CASE WHEN b.m < l.p THEN b.m ELSE l.p END AS p
-                FROM _idg_labels l LEFT JOIN best b ON b.n = l.n
-            )
-            SELECT h.n, j.p FROM hooked h JOIN hooked j ON j.n = h.p
-            """
-        )
-    raise IdentityGraphError(
-        f"identity graph: connected components did not converge within {max_iterations} label-propagation "
-        "rounds; the graph may be pathological (an extremely long chain) or max_iterations too low"
-    )
+    import numpy as np
+    import pyarrow as pa
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = con.execute("SELECT a, b FROM _idg_edges").fetchnumpy()
+    a = np.asarray(edges["a"], dtype=np.int64)
+    b = np.asarray(edges["b"], dtype=np.int64)
+    del edges
+    size = int(max(a.max(initial=0), b.max(initial=0))) + 1
+    graph = csr_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(size, size))
+    del a, b
+    _, component = connected_components(graph, directed=False, return_labels=True)
+    del graph
+    _, smallest = np.unique(component, return_index=True)  # first index of each label: its smallest node
+    labels = pa.table({"n": np.arange(size, dtype=np.int64), "p": smallest[component].astype(np.int64)})
+    con.register("_idg_labels_arrow", labels)
+    try:
+        # every id up to the largest linked one (ids without links are their own component, as below)
+        con.execute("CREATE OR REPLACE TEMP TABLE _idg_labels AS SELECT n, p FROM _idg_labels_arrow")
+    finally:
+        con.unregister("_idg_labels_arrow")
 
 
 def build_identity_graph(
-    con, max_degree: int, *, max_iterations: int = DEFAULT_MAX_ITERATIONS, top_n: int = 10
+    con, max_degree: int, *, top_n: int = 10
 ) -> GraphReport:
     """Build the identity graph from the three staging tables and write the int_identity__* tables.
 
@@ -189,45 +167,28 @@ def build_identity_graph(
     started = time.perf_counter()
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
 
-    # 1. Occurrences (row level) and memberships (group level: event / order / referral side).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _idg_occ AS {occurrences_sql()}")
+    # 1. Memberships (group level: event / order / referral side) from the occurrences (row level). A channel
+    #    event's occurrences are its memberships already (one value per identifier column, one version); the
+    #    versions of an order or a referral side collapse into one membership per identifier.
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _idg_members AS
+        WITH occ AS ({occurrences_sql()})
+        SELECT role, record_id, identifier_type, identifier_value, type_ord, version_rank
+        FROM occ WHERE source = 'channel_events'
+        UNION ALL
         SELECT role, record_id, identifier_type, identifier_value,
                min(type_ord) AS type_ord, min(version_rank) AS version_rank
-        FROM _idg_occ GROUP BY ALL
+        FROM occ WHERE source <> 'channel_events' GROUP BY ALL
         """
     )
 
-    # 2. Degrees: distinct co-occurring values of each other type, through the groups.
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
-        WITH pairs AS (
-            SELECT DISTINCT x.identifier_type AS t1, x.identifier_value AS v1,
-                            y.identifier_type AS t2, y.identifier_value AS v2
-            FROM _idg_members x
-            JOIN _idg_members y
-              ON y.role = x.role AND y.record_id = x.record_id AND y.identifier_type <> x.identifier_type
-        )
-        SELECT t1 AS identifier_type, v1 AS identifier_value, t2 AS other_type, count(*) AS n
-        FROM pairs GROUP BY ALL
-        """
-    )
-    con.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE _idg_degree AS
-        SELECT identifier_type, identifier_value, max(n) AS degree
-        FROM _idg_degree_by_type GROUP BY ALL
-        """
-    )
-
-    # 3. Nodes with deterministic integer ids: identifiers, then pseudo-nodes, ranked by (type, value).
+    # 2. Nodes with deterministic integer ids: identifiers, then pseudo-nodes, ranked by (type, value).
+    #    Everything after this works on the integer ids (joins and DISTINCTs on strings cost 2-3x more).
     pseudo_case = "CASE role " + " ".join(f"WHEN '{r}' THEN '{t}'" for r, t in PSEUDO_TYPES.items()) + " END"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _idg_nodes AS
+        CREATE OR REPLACE TEMP TABLE _idg_node_ids AS
         WITH all_nodes AS (
             SELECT DISTINCT identifier_type AS node_type, identifier_value AS node_value, FALSE AS is_pseudo
             FROM _idg_members
@@ -240,33 +201,52 @@ def build_identity_graph(
             SELECT DISTINCT 'order', order_id, TRUE FROM {STG_REFERRAL_VERSIONS}
             WHERE status = 'converted' AND order_id IS NOT NULL
         )
-        SELECT row_number() OVER (ORDER BY a.node_type, a.node_value) AS node_id,
-               a.node_type, a.node_value, a.is_pseudo,
-               coalesce(d.degree, 0) AS degree,
-               coalesce(d.degree, 0) > {int(max_degree)} AS is_shared
-        FROM all_nodes a
-        LEFT JOIN _idg_degree d
-          ON NOT a.is_pseudo AND d.identifier_type = a.node_type AND d.identifier_value = a.node_value
+        SELECT row_number() OVER (ORDER BY node_type, node_value) AS node_id, node_type, node_value, is_pseudo
+        FROM all_nodes
         """
     )
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _idg_members_n AS
-        SELECT m.role, m.record_id, m.type_ord, m.version_rank, n.node_id AS nid, n.is_shared,
-               p.node_id AS pseudo_nid
+        CREATE OR REPLACE TEMP TABLE _idg_memberships AS
+        SELECT m.role, m.record_id, m.type_ord, m.version_rank, n.node_id AS nid, p.node_id AS pseudo_nid
         FROM _idg_members m
-        JOIN _idg_nodes n ON n.node_type = m.identifier_type AND n.node_value = m.identifier_value
-        LEFT JOIN _idg_nodes p ON m.role <> 'person' AND p.node_type = {pseudo_case.replace('role', 'm.role', 1)}
-                              AND p.node_value = m.record_id
+        JOIN _idg_node_ids n ON n.node_type = m.identifier_type AND n.node_value = m.identifier_value
+        LEFT JOIN _idg_node_ids p ON m.role <> 'person' AND p.node_type = {pseudo_case.replace('role', 'm.role', 1)}
+                                 AND p.node_value = m.record_id
         """
     )
+
+    # 3. Degrees: distinct co-occurring values of each other type, through the groups.
+    type_name = "CASE other_ord " + " ".join(f"WHEN {o} THEN '{t}'" for t, o in TYPE_ORDER.items()) + " END"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
+        WITH pairs AS (
+            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
+            FROM _idg_memberships x
+            JOIN _idg_memberships y ON y.role = x.role AND y.record_id = x.record_id AND y.type_ord <> x.type_ord
+        )
+        SELECT nid, {type_name} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_nodes AS
+        SELECT n.node_id, n.node_type, n.node_value, n.is_pseudo,
+               coalesce(d.degree, 0) AS degree, coalesce(d.degree, 0) > {int(max_degree)} AS is_shared
+        FROM _idg_node_ids n
+        LEFT JOIN (SELECT nid, max(n) AS degree FROM _idg_degree_by_type GROUP BY nid) d ON d.nid = n.node_id
+        """
+    )
+    con.execute("CREATE OR REPLACE TEMP TABLE _idg_shared_ids AS SELECT node_id FROM _idg_nodes WHERE is_shared")
 
     # 4. Links (undirected, a < b), shared identifiers' memberships dropped.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_edges AS
         WITH ev AS (
-            SELECT record_id, nid, type_ord FROM _idg_members_n WHERE role = 'person' AND NOT is_shared
+            SELECT record_id, nid, type_ord FROM _idg_memberships
+            WHERE role = 'person' AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
         ),
         centre AS (
             SELECT record_id, arg_min(nid, type_ord) AS centre FROM ev GROUP BY record_id HAVING count(*) > 1
@@ -274,20 +254,21 @@ def build_identity_graph(
         raw_links AS (
             SELECT ev.nid AS x, c.centre AS y FROM ev JOIN centre c USING (record_id) WHERE ev.nid <> c.centre
             UNION ALL
-            SELECT nid, pseudo_nid FROM _idg_members_n WHERE role <> 'person' AND NOT is_shared
+            SELECT nid, pseudo_nid FROM _idg_memberships
+            WHERE role <> 'person' AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
             UNION ALL
             SELECT re.node_id, o.node_id
             FROM (SELECT DISTINCT referral_id, order_id FROM {STG_REFERRAL_VERSIONS}
                   WHERE status = 'converted' AND order_id IS NOT NULL) c
-            JOIN _idg_nodes re ON re.node_type = 'referral_referee' AND re.node_value = c.referral_id
-            JOIN _idg_nodes o ON o.node_type = 'order' AND o.node_value = c.order_id
+            JOIN _idg_node_ids re ON re.node_type = 'referral_referee' AND re.node_value = c.referral_id
+            JOIN _idg_node_ids o ON o.node_type = 'order' AND o.node_value = c.order_id
         )
         SELECT DISTINCT least(x, y) AS a, greatest(x, y) AS b FROM raw_links
         """
     )
 
     # 5. Connected components.
-    iterations = _connected_components(con, max_iterations)
+    _connected_components(con)
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _idg_node_labels AS
@@ -310,7 +291,8 @@ def build_identity_graph(
         f"""
         CREATE OR REPLACE TABLE {RECORDS_TABLE} AS
         WITH labelled AS (
-            SELECT m.*, nl.component_id FROM _idg_members_n m JOIN _idg_node_labels nl ON nl.node_id = m.nid
+            SELECT m.*, nl.component_id, nl.is_shared
+            FROM _idg_memberships m JOIN _idg_node_labels nl ON nl.node_id = m.nid
         ),
         -- a record's own choice: its first non-shared identifier, else its first shared one
         -- (current version first, then column order)
@@ -318,51 +300,44 @@ def build_identity_graph(
             SELECT role, record_id,
                    arg_min(component_id, CAST(is_shared AS INTEGER) * 1000000 + version_rank * 10 + type_ord)
                        AS own_component,
-                   bool_or(NOT is_shared) AS has_unshared,
                    any_value(pseudo_nid) AS pseudo_nid
             FROM labelled GROUP BY role, record_id
         ),
         components_with_identifiers AS (
             SELECT DISTINCT component_id FROM _idg_node_labels WHERE NOT is_pseudo AND NOT is_shared
-        ),
+        )
         -- orders and referral sides follow their pseudo-node when its component holds a customer's identifier
         -- (a converted referral's referee with shared ids only is the buyer of its order)
-        via_pseudo AS (
-            SELECT o.role, o.record_id, pl.component_id
-            FROM own o
-            JOIN _idg_node_labels pl ON pl.node_id = o.pseudo_nid
-            JOIN components_with_identifiers c ON c.component_id = pl.component_id
-        )
         SELECT CASE o.role WHEN 'person' THEN 'channel_events' WHEN 'buyer' THEN 'orders' ELSE 'referrals' END
                    AS source,
                o.record_id, o.role,
-               coalesce(v.component_id, o.own_component) AS component_id
-        FROM own o LEFT JOIN via_pseudo v USING (role, record_id)
-        ORDER BY source, record_id, role
+               coalesce(c.component_id, o.own_component) AS component_id
+        FROM own o
+        LEFT JOIN _idg_node_labels pl ON pl.node_id = o.pseudo_nid
+        LEFT JOIN components_with_identifiers c ON c.component_id = pl.component_id
         """
     )
     con.execute(
         f"""
         CREATE OR REPLACE TABLE {SHARED_TABLE} AS
         WITH shared AS (
-            SELECT node_type AS identifier_type, node_value AS identifier_value, degree
+            SELECT node_id, node_type AS identifier_type, node_value AS identifier_value, degree
             FROM _idg_node_labels WHERE is_shared
         ),
         row_counts AS (
             SELECT o.identifier_type, o.identifier_value,
                    count(DISTINCT (o.source, o.record_id, o.version_rank)) AS rows
-            FROM _idg_occ o JOIN shared s USING (identifier_type, identifier_value)
+            FROM ({occurrences_sql()}) o JOIN shared s USING (identifier_type, identifier_value)
             GROUP BY ALL
         ),
         by_type AS (
-            SELECT d.identifier_type, d.identifier_value,
-                   string_agg(d.other_type || ':' || d.n, ',' ORDER BY d.n DESC, d.other_type) AS degree_by_type
-            FROM _idg_degree_by_type d SEMI JOIN shared s USING (identifier_type, identifier_value)
-            GROUP BY ALL
+            SELECT d.nid, string_agg(d.other_type || ':' || d.n, ',' ORDER BY d.n DESC, d.other_type) AS degree_by_type
+            FROM _idg_degree_by_type d SEMI JOIN shared s ON s.node_id = d.nid
+            GROUP BY d.nid
         )
         SELECT s.identifier_type, s.identifier_value, s.degree, d.degree_by_type, r.rows
         FROM shared s
-        JOIN by_type d USING (identifier_type, identifier_value)
+        JOIN by_type d ON d.nid = s.node_id
         JOIN row_counts r USING (identifier_type, identifier_value)
         ORDER BY s.degree DESC, s.identifier_type, s.identifier_value
         """
@@ -382,7 +357,7 @@ def build_identity_graph(
         f"SELECT identifier_type, {mask_sql('identifier_type', 'identifier_value')}, degree "
         f"FROM {SHARED_TABLE} ORDER BY degree DESC, identifier_type, identifier_value LIMIT {int(top_n)}"
     ).fetchall()
-    for t in ("_idg_occ", "_idg_members", "_idg_degree_by_type", "_idg_members_n", "_idg_cross"):
+    for t in ("_idg_members", "_idg_degree_by_type", "_idg_memberships", "_idg_shared_ids", "_idg_node_ids"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     # _idg_nodes, _idg_node_labels, _idg_degree, _idg_edges, _idg_labels: dropped too (temp, per connection)
     for t in ("_idg_nodes", "_idg_node_labels", "_idg_degree", "_idg_edges", "_idg_labels"):
@@ -394,7 +369,6 @@ def build_identity_graph(
         components=int(counts[3]),
         records=int(counts[4]),
         shared_identifiers=int(counts[5]),
-        iterations=iterations,
         seconds=time.perf_counter() - started,
         max_degree=max_degree,
         top_shared=[{"identifier_type": t, "masked_value": v, "degree": int(d)} for t, v, d in top],

@@ -27,6 +27,7 @@ import pandas as pd
 
 from orchestration.contract import Rule, SourceContract, mask_phone
 from orchestration.contract import contract as get_contract
+from orchestration.warehouse import release_free_memory
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -373,6 +374,8 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
             else:
                 summaries[i]["success"] = summaries[i]["success"] and bool(res.success)
                 summaries[i]["unexpected_count"] += n
+        part = results = batch = result = None  # drop the slice (the batch holds its frame) before trimming
+        release_free_memory()  # the slice's pandas and Arrow memory, before the next slice is read
     phone_cols = {col.name for col in c.columns if col.type == "phone"}
     examples: dict[str, list[dict]] = {}
     rule_cols = {r.name: r for r in c.rules}
