@@ -69,6 +69,20 @@ candidates as (
         and i.component_id = r.component_id
 ),
 
+-- one row per value and channel (its latest sighting) before ranking: only that row can win, and the same
+-- value recurs on most of a customer's rows (an openid on every event), so the window sorts far fewer rows
+candidate_values as (
+    select
+        customer_key,
+        identifier_type,
+        identifier_value,
+        seen_channel,
+        max(is_official_account) as is_official_account,
+        max(seen_at) as seen_at
+    from candidates
+    group by customer_key, identifier_type, identifier_value, seen_channel
+),
+
 ranked as (
     select
         *,
@@ -80,7 +94,7 @@ ranked as (
                 identifier_value desc,
                 seen_channel desc
         ) as pick_rank
-    from candidates
+    from candidate_values
 ),
 
 picked as (
