@@ -269,24 +269,22 @@ def test_record_with_only_shared_identifiers_goes_to_first_shared_in_column_orde
 
 
 def test_a_long_chain_of_rows_is_one_customer_and_its_smallest_node_labels_it(db):
-    # 400 rows, each naming o_i and m_{i+1} or m_i and o_i: one chain through 401 identifiers, diameter ~800
-    # (the label propagation this replaced needed ~log2(800) rounds); a separate pair stays apart
+    # 400 rows: e_i names o_i and m_{i+1}, f_i names m_i and o_i, so m000-o000-m001-...-o199-m200 is one path of
+    # 400 links through 401 identifiers; a separate row names ox and ux.
+    # Node ids rank (type, value), no pseudo-nodes here: member_id m000..m200 are 1..201, openid o000..o199
+    # 202..401, ox 402, unionid ux 403. A component's id is its smallest node id: 1 for the chain, 402 for ox.
     n = 200
     stage(db, events=[ev(f"e{i}", openid=f"o{i:03d}", member_id=f"m{i + 1:03d}") for i in range(n)]
           + [ev(f"f{i}", member_id=f"m{i:03d}", openid=f"o{i:03d}") for i in range(n)]
           + [ev("x", openid="ox", unionid="ux")])
     build_identity_graph(db, 20)
     assert n_customers(db) == 2
-    rows = db.execute(
-        "SELECT count(DISTINCT component_id), min(component_id) FROM intermediate.int_identity__identifiers "
+    chain = db.execute(
+        "SELECT count(*), count(DISTINCT component_id), min(component_id) FROM intermediate.int_identity__identifiers "
         "WHERE identifier_value NOT IN ('ox', 'ux')"
     ).fetchone()
-    # node ids rank (type, value): member_id m000 sorts first of the chain's nodes
-    first = db.execute(
-        "SELECT min(component_id) FROM intermediate.int_identity__identifiers WHERE identifier_value = 'm000'"
-    ).fetchone()[0]
-    assert rows == (1, first)
-    assert comp(db, "openid", "ox") == comp(db, "unionid", "ux") != first
+    assert chain == (401, 1, 1)
+    assert comp(db, "openid", "ox") == comp(db, "unionid", "ux") == 402
 
 
 # ------------------------------------------------------------------------------------------------ stable keys

@@ -113,11 +113,6 @@ def occurrences_sql() -> str:
     return "\nUNION ALL\n".join(parts)
 
 
-def _scalar(con, sql: str, params: list | None = None):
-    row = con.execute(sql, params or []).fetchone()
-    return row[0] if row else None
-
-
 def _connected_components(con) -> None:
     """Connected components of ``_idg_edges(a, b)`` (integer node ids) into ``_idg_labels(n, p)``.
 
@@ -357,10 +352,9 @@ def build_identity_graph(
         f"SELECT identifier_type, {mask_sql('identifier_type', 'identifier_value')}, degree "
         f"FROM {SHARED_TABLE} ORDER BY degree DESC, identifier_type, identifier_value LIMIT {int(top_n)}"
     ).fetchall()
-    for t in ("_idg_members", "_idg_degree_by_type", "_idg_memberships", "_idg_shared_ids", "_idg_node_ids"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    # _idg_nodes, _idg_node_labels, _idg_degree, _idg_edges, _idg_labels: dropped too (temp, per connection)
-    for t in ("_idg_nodes", "_idg_node_labels", "_idg_degree", "_idg_edges", "_idg_labels"):
+    # every temp table of this function (temp tables are per connection, but the connection may live on)
+    for t in ("_idg_members", "_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
+              "_idg_shared_ids", "_idg_edges", "_idg_labels", "_idg_node_labels"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return GraphReport(
         identifiers=int(counts[0]),
