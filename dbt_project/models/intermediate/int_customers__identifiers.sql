@@ -6,17 +6,22 @@
 -- else any openid by the same rule; openid_channel tells where it was seen. wecom_staff_userid: the staff
 -- member on the latest WeCom event of the customer that names one. Phones only leave masked and as
 -- SHA-256 of '86' || 11 digits (SPEC §5).
-with records as (
-    select r.source, r.record_id, r.role, r.component_id, k.customer_key
-    from {{ source('identity', 'int_identity__records') }} as r
-    inner join {{ source('identity', 'int_customer_keys') }} as k
-        on k.component_id = r.component_id
+-- A value that is not shared belongs to one component, and every record it occurs on belongs to that
+-- component too (the identity graph links all non-shared identifiers of a record together, and an order or
+-- a referral side follows its pseudo-node, which they are linked to). So a value's owner is found from the
+-- value alone: its sightings are collapsed per value and channel first, then joined to their owner, without
+-- joining every sighting to its record.
+with customer_keys as (
+    -- one row per component of int_identity__records: every customer
+    select component_id, customer_key from {{ source('identity', 'int_customer_keys') }}
 ),
 
 owned_identifiers as (
-    select identifier_type, identifier_value, component_id
-    from {{ source('identity', 'int_identity__identifiers') }}
-    where not coalesce(is_shared, false)
+    select i.identifier_type, i.identifier_value, k.customer_key
+    from {{ source('identity', 'int_identity__identifiers') }} as i
+    inner join customer_keys as k
+        on k.component_id = i.component_id
+    where not coalesce(i.is_shared, false)
 ),
 
 events as (
@@ -35,52 +40,43 @@ occurrences as (
     {%- set n = namespace(first=true) %}
     {%- for col in ['openid', 'unionid', 'wecom_external_userid', 'phone', 'member_id'] %}
     {{ '' if n.first else 'union all' }}
-    select 'channel_events' as source, event_id as record_id, 'person' as role, '{{ col }}' as identifier_type,
-        {{ col }} as identifier_value, occurred_at as seen_at, channel as seen_channel
+    select '{{ col }}' as identifier_type, {{ col }} as identifier_value, occurred_at as seen_at,
+        channel as seen_channel
     from events where {{ col }} is not null
     union all
-    select 'orders', order_id, 'buyer', '{{ col }}', {{ col }}, updated_at, channel
+    select '{{ col }}', {{ col }}, updated_at, channel
     from order_versions where {{ col }} is not null
     {%- set n.first = false %}
     {%- endfor %}
     {%- for role, cols in [('referrer', ['member_id', 'unionid', 'phone']), ('referee', ['openid', 'unionid', 'phone', 'member_id'])] %}
     {%- for col in cols %}
     union all
-    select 'referrals', referral_id, '{{ role }}', '{{ col }}', {{ role }}_{{ col }}, updated_at, cast(null as {{ dbt.type_string() }})
+    select '{{ col }}', {{ role }}_{{ col }}, updated_at, cast(null as {{ dbt.type_string() }})
     from referral_versions where {{ role }}_{{ col }} is not null
     {%- endfor %}
     {%- endfor %}
 ),
 
-candidates as (
-    select
-        r.customer_key,
-        o.identifier_type,
-        o.identifier_value,
-        o.seen_at,
-        o.seen_channel,
-        case when o.seen_channel = 'official_account' then 1 else 0 end as is_official_account
-    from occurrences as o
-    inner join records as r
-        on r.source = o.source and r.record_id = o.record_id and r.role = o.role
-    inner join owned_identifiers as i
-        on i.identifier_type = o.identifier_type
-        and i.identifier_value = o.identifier_value
-        and i.component_id = r.component_id
+-- one row per value and channel (its latest sighting): only that row can win the ranking below, and the same
+-- value recurs on most of a customer's rows (an openid on every event)
+sightings as (
+    select identifier_type, identifier_value, seen_channel, max(seen_at) as seen_at
+    from occurrences
+    group by identifier_type, identifier_value, seen_channel
 ),
 
--- one row per value and channel (its latest sighting) before ranking: only that row can win, and the same
--- value recurs on most of a customer's rows (an openid on every event), so the window sorts far fewer rows
 candidate_values as (
     select
-        customer_key,
-        identifier_type,
-        identifier_value,
-        seen_channel,
-        max(is_official_account) as is_official_account,
-        max(seen_at) as seen_at
-    from candidates
-    group by customer_key, identifier_type, identifier_value, seen_channel
+        o.customer_key,
+        s.identifier_type,
+        s.identifier_value,
+        s.seen_channel,
+        case when s.seen_channel = 'official_account' then 1 else 0 end as is_official_account,
+        s.seen_at
+    from sightings as s
+    inner join owned_identifiers as o
+        on o.identifier_type = s.identifier_type
+        and o.identifier_value = s.identifier_value
 ),
 
 ranked as (
@@ -112,11 +108,9 @@ picked as (
 ),
 
 staff_events as (
-    select r.customer_key, e.event_id, e.occurred_at, e.wecom_staff_userid
-    from events as e
-    inner join records as r
-        on r.source = 'channel_events' and r.role = 'person' and r.record_id = e.event_id
-    where e.channel = 'wecom' and e.wecom_staff_userid is not null
+    select customer_key, event_id, occurred_at, wecom_staff_userid
+    from {{ ref('int_channel_events__customers') }}
+    where customer_key is not null and channel = 'wecom' and wecom_staff_userid is not null
 ),
 
 latest_staff as (
@@ -124,7 +118,7 @@ latest_staff as (
 ),
 
 customers as (
-    select distinct customer_key from records
+    select customer_key from customer_keys
 )
 
 select
