@@ -224,3 +224,39 @@ def test_every_segment_is_exported_after_a_run_and_a_rerun_on_the_same_data_keep
         assert manifest["previous_export_id"] is None
         assert (manifest["adds"], manifest["removes"]) == (manifest["row_count"], 0)
         assert manifest["row_count"] == len([p for p in (folder / f"{name}.csv").read_text(encoding="utf-8-sig").splitlines()[1:] if p])
+
+
+def test_the_dbt_unit_tests_pass_on_the_built_warehouse_and_privdom_run_skips_them(demo):
+    """`privdom run` builds with --exclude-resource-type unit_test (unit tests check the SQL, not the data);
+    the hand-worked dbt unit tests run here instead, all of them, against the demo's warehouse (they read the
+    parents' column types from it)."""
+    import json
+    import re
+
+    from orchestration import dbt as dbt_runner
+    from orchestration.settings import DBT_PROJECT_DIR, load_settings
+
+    _, data_dir, first, _, second = demo
+    run_ids = [re.search(r"privdom run ([0-9a-f]{8}): succeeded", p.stdout).group(1) for p in (first, second)]
+    target = DBT_PROJECT_DIR / "target"  # one folder per dbt step and run: <step>-<run id[:7]>-<hash>
+    run_dirs = [d for d in target.glob("dbt_*") if (d / "run_results.json").exists() and d.name.split("-")[1] in {r[:7] for r in run_ids}]
+    assert len(run_dirs) >= 3
+    ran = {r["unique_id"] for d in run_dirs for r in json.loads((d / "run_results.json").read_text())["results"]}
+    assert not [u for u in ran if u.startswith("unit_test.")], "a pipeline build ran unit tests"
+
+    settings = load_settings(data_dir)
+    dbt_runner.apply_dbt_environment(settings)
+    out = data_dir / "dbt-unit-tests"
+    proc = subprocess.run(
+        [str(dbt_runner.dbt_executable()), "test", "--select", "test_type:unit", "--target-path", str(out),
+         *dbt_runner.dbt_vars_arg(settings)],
+        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    results = json.loads((out / "run_results.json").read_text())["results"]
+    defined = sum(
+        len(re.findall(r"^  - name: ", p.read_text(encoding="utf-8"), flags=re.M))
+        for p in (DBT_PROJECT_DIR / "models").rglob("*unit_tests.yml")
+    )
+    assert defined >= 20
+    assert len(results) == defined and all(r["status"] == "pass" for r in results)

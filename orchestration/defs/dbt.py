@@ -58,7 +58,8 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
         pool=WAREHOUSE_POOL,
     )
     def _dbt(context: dg.AssetExecutionContext, dbt: DbtCliResource, privdom: PrivdomResource):
-        """dbt build (models and their tests) with privdom's settings passed as vars.
+        """dbt build (models and their data tests; unit tests run in the test suite) with privdom's settings
+        passed as vars.
 
         The events are collected until dbt exits (it holds DuckDB's write lock until then), then each
         model's materialization gets its row count and a masked preview, read in this process.
@@ -69,7 +70,9 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             warehouse.ensure_not_locked(settings.warehouse_path)
             with privdom.connect() as con:
                 reason = _full_refresh_reason(context, dbt_runner.recorded_fingerprint(con, name), fingerprint)
-            args = ["build", *dbt_runner.dbt_vars_arg(settings)]
+            # Unit tests check the SQL, not the data: the same code gives the same answer every run, so they run
+            # in the test suite (tests/test_pipeline.py), not in every build (dbt's advice for production).
+            args = ["build", "--exclude-resource-type", "unit_test", *dbt_runner.dbt_vars_arg(settings)]
             if reason:
                 context.log.info(f"incremental models of {name} are rebuilt from raw: {reason}")
                 args.append("--full-refresh")
