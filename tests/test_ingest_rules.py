@@ -161,3 +161,16 @@ def test_new_rule_of_known_kind_needs_no_code_and_unknown_kind_raises(con, setti
         ingest_source(con, "channel_events", settings, "t")
     with pytest.raises(NotImplementedError, match="astrology"):
         validate_contract("channel_events", report.frame)
+
+
+def test_all_zeros_without_a_regex_agrees_with_the_pattern(con):
+    """rules.all_zeros is ALL_ZEROS_PATTERN written without a regex: same answer (NULL included) on edge cases."""
+    from orchestration.contract import ALL_ZEROS_PATTERN
+    from orchestration.ingest.rules import all_zeros, lit
+
+    values = [None, "", "0", "00", "000000", "0 ", " 0", "00a", "a00", "10", "01", "0.0", "-0", "O", "０", "0\n"]
+    for v in values:
+        x = "NULL::VARCHAR" if v is None else lit(v)
+        fast, regex = con.execute(f"SELECT {all_zeros(x)}, regexp_full_match({x}, {lit(ALL_ZEROS_PATTERN)})").fetchone()
+        assert fast == regex, repr(v)
+    assert con.execute(f"SELECT {all_zeros(lit('000'))}").fetchone()[0] is True

@@ -114,7 +114,14 @@ CREATE TABLE IF NOT EXISTS raw.ingestion_ledger (
 # ------------------------------------------------------------------------------------------------- values
 def is_placeholder(expr: str, placeholders: tuple[str, ...]) -> str:
     """SQL: the (trimmed) text `expr` is a placeholder (SPEC §3), compared lower-cased; NULL-safe → FALSE."""
-    return f"coalesce(lower({expr}) IN {sql_list(placeholders)} OR regexp_full_match({expr}, {lit(ALL_ZEROS_PATTERN)}), FALSE)"
+    return f"coalesce(lower({expr}) IN {sql_list(placeholders)} OR {all_zeros(expr)}, FALSE)"
+
+
+def all_zeros(expr: str) -> str:
+    """SQL: `expr` matches ALL_ZEROS_PATTERN (one or more '0' and nothing else), without a regex: it is
+    evaluated for every identifier value of every row, and the regex was a sixth of the judging statement's
+    time. NULL for NULL, as regexp_full_match. [tests/test_ingest_rules.py checks both agree]"""
+    return f"(length({expr}) > 0 AND ltrim({expr}, '0') = '')"
 
 
 def trimmed(expr: str) -> str:
