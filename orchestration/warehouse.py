@@ -101,7 +101,7 @@ def release_free_memory() -> None:
 
     `privdom run` runs every step in one process, beside its dbt subprocesses. DuckDB allocates with glibc
     malloc here, and glibc keeps what a closed connection freed in its per-thread arenas; Arrow (the
-    validation's slices) keeps its own pool. Without this, a step's high-water mark stays resident for the
+    examples read back through Arrow) keeps its own pool. Without this, a step's high-water mark stays resident for the
     rest of the run. Costs a few milliseconds.
     """
     pyarrow = sys.modules.get("pyarrow")

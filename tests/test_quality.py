@@ -1,11 +1,15 @@
-"""GX contract validation: its counts by rule equal ingestion's quarantine counts (SPEC §2)."""
+"""GX contract validation (GX's SQL data source on DuckDB): its counts by rule equal ingestion's quarantine
+counts (SPEC §2)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
+import pandas as pd
 import pytest
 
+import orchestration.quality as quality
 from orchestration.contract import CONTRACTS
 from orchestration.ingest import ingest_source
 from orchestration.quality import build_suite, expectation_specs, mask_phone, validate_contract
@@ -28,12 +32,13 @@ def test_gx_counts_equal_quarantine_counts(source, con, settings, land):
     assert set(v.examples_by_rule) == set(sql_counts)
     assert all(1 <= len(ex) <= 5 for ex in v.examples_by_rule.values())
     json.dumps(v.to_metadata())  # Dagster metadata must be JSON-serialisable
-    # validated in slices of 3 rows (GX sees each slice on its own): the same counts, rows and examples
-    sliced = validate_contract(source, report.frame, chunk_rows=3)
-    assert sliced.unexpected_by_rule == report.quarantine_by_rule
-    assert sliced.examples_by_rule == v.examples_by_rule
-    assert [e["unexpected_count"] for e in sliced.expectation_results] == [e["unexpected_count"] for e in v.expectation_results]
-    assert sliced.success is False and sliced.evaluated_rows == v.evaluated_rows
+    # by hand, from the cases alone: every bad row of file a, the first five again in file b, each counted for
+    # its rule (or for every rule it is listed as breaking)
+    expected = Counter()
+    for i, ((_, rule), (_, breaks)) in enumerate((k, c) for k, c in CASES.items() if k[0] == source):
+        for r in breaks or (rule,):
+            expected[r] += 2 if i < 5 else 1
+    assert {k: n for k, n in v.unexpected_by_rule.items() if n} == dict(expected)
 
 
 def test_clean_batch_passes_and_empty_frame(con, settings, land):
@@ -66,3 +71,95 @@ def test_phone_masking_in_examples(con, settings, land):
     text = json.dumps(v.to_metadata(), ensure_ascii=False)
     assert "13900139000" not in text and "139-0013-9000" not in text
     assert v.unexpected_by_rule["event_type.in_set"] == 1
+
+
+# channel_events rows as ingestion's frame has them (typed, delivered, helpers), written by hand
+_LIMIT = pd.Timestamp("2024-02-02 00:00", tz="Asia/Shanghai")  # batch date 2024-01-31 + 2 days
+
+
+def _events_frame() -> pd.DataFrame:
+    at = pd.Timestamp("2024-01-31 10:00", tz="Asia/Shanghai")
+    return pd.DataFrame({
+        "_file_id": [7, 7, 7, 7],
+        "_row_number": [1, 2, 3, 4],
+        "event_id": ["e1", None, "e3", "e4"],
+        "event_id__delivered": ["e1", None, "e3", "e4"],
+        "occurred_at": [at, at, _LIMIT, at],
+        "occurred_at__delivered": ["2024-01-31 10:00"] * 2 + ["2024-02-02 00:00"] + ["2024-01-31 10:00"],
+        "channel": ["wecom", "wecom", "wecom", "weibo"],
+        "channel__delivered": ["wecom", "wecom", "wecom", "weibo"],
+        "event_type": ["add_contact"] * 4,
+        "event_type__delivered": ["add_contact"] * 4,
+        "phone": pd.array(["13800138000", None, None, None], dtype="string"),
+        "phone__delivered": pd.array(["13800138000", None, None, None], dtype="string"),
+        "h__identifier_required__count": [1, 1, 0, 1],
+        "h__batch_limit": [_LIMIT] * 4,
+    })
+
+
+def test_sql_validation_reports_broken_rows_on_one_kept_connection():
+    """Without GX keeping one DuckDB connection (quality._persist_duckdb_connections) every SQL metric comes back
+    empty and nothing would be counted: this frame's broken rows must be reported, by rule and by row."""
+    v = validate_contract("channel_events", _events_frame())  # a pandas frame: written to Parquet, same SQL path
+    assert {k: n for k, n in v.unexpected_by_rule.items() if n} == {
+        "event_id.required": 1,  # row 2
+        "identifier.required": 1,  # row 3: no identifier
+        "timestamp.after_batch": 1,  # row 3: at the limit, not before it
+        "channel.in_set": 1,  # row 4
+    }
+    assert v.evaluated_rows == 4 and v.success is False
+    assert [(e["_file_id"], e["_row_number"]) for e in v.examples_by_rule["timestamp.after_batch"]] == [(7, 3)]
+    assert v.examples_by_rule["timestamp.after_batch"][0]["occurred_at"] == "2024-02-02T00:00:00+08:00"
+    from great_expectations.execution_engine import sqlalchemy_execution_engine as see
+
+    assert "duckdb" in see._PERSISTED_CONNECTION_DIALECTS
+    quality._persist_duckdb_connections()  # idempotent
+    assert sum(d == "duckdb" for d in see._PERSISTED_CONNECTION_DIALECTS) == 1
+
+
+def test_without_a_kept_connection_validation_fails_loudly(monkeypatch):
+    from great_expectations.execution_engine import sqlalchemy_execution_engine as see
+
+    quality._persist_duckdb_connections()
+    monkeypatch.setattr(see, "_PERSISTED_CONNECTION_DIALECTS", tuple(d for d in see._PERSISTED_CONNECTION_DIALECTS if d != "duckdb"))
+    monkeypatch.setattr(quality, "_persist_duckdb_connections", lambda: None)
+    with pytest.raises(RuntimeError, match="persisted connection"):
+        validate_contract("channel_events", _events_frame())
+    # and were that check gone, GX's nested metric errors ("list index out of range") still stop it
+    monkeypatch.setattr(quality, "_check_persisted", lambda engine: None)
+    with pytest.raises(RuntimeError, match="list index out of range"):
+        validate_contract("channel_events", _events_frame())
+
+
+def test_a_nested_metric_error_raises():
+    """GX reports a SQL metric's error inside exception_info, keyed by metric id, and marks the expectation as
+    failed with no count: validation must raise instead of counting 0."""
+    frame = _events_frame()
+    frame["h__identifier_required__count"] = ["1", "1", "x", "1"]  # text: DuckDB cannot compare it with 1
+    with pytest.raises(RuntimeError, match=r"identifier\.required.*MetricConfigurationID.*Cannot compare"):
+        validate_contract("channel_events", frame)
+    assert quality._metric_errors({"raised_exception": False, "exception_message": None}) == []
+    assert quality._metric_errors({"m1": {"raised_exception": False}, "m2": {"raised_exception": True, "exception_message": "boom"}}) == ["m2: boom"]
+
+
+def test_null_unless_value_counts_like_the_quarantine(con, settings, land):
+    """referee.required applies unless status is invited: a NULL status is not invited (SQL's NOT IN alone would
+    skip those rows)."""
+    t = "2024-01-31 12:00,2024-01-30 09:00,share_link"
+    land("referrals/referrals_20240131.csv", "\n".join([
+        HEADERS["referrals"],
+        f"n1,{t},,m1,,,,,,,,0",  # no status, no referee: status.required, referee.required
+        f"n2,{t},invited,m1,,,,,,,,0",  # invited, no referee: fine
+        f"n3,{t}, Invited ,m1,,,,,,,,0",  # the same once trimmed and lower-cased: fine
+        f"n4,{t},registered,m1,,,,,,,,0",  # referee.required
+        f"n5,{t},bogus,m1,,,,,,,,0",  # status.in_set, referee.required
+        f"n6,{t},,m1,,,ro1,,,,,0",  # status.required
+        f"n7,{t},,m1,,,null,,,,,0",  # a placeholder is no referee: status.required, referee.required
+    ]) + "\n")
+    report = ingest_source(con, "referrals", settings, "run")
+    v = validate_contract("referrals", report.frame)
+    report.frame.close()
+    assert {k: n for k, n in v.unexpected_by_rule.items() if n} == {
+        "status.required": 3, "referee.required": 4, "status.in_set": 1}
+    assert v.unexpected_by_rule == report.quarantine_by_rule
+    assert [e["referral_id"] for e in v.examples_by_rule["referee.required"]] == ["n1", "n4", "n5", "n7"]

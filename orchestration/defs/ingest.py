@@ -121,7 +121,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
 
         try:
             validation = validate_contract(source, report.frame)
-        finally:  # validate_contract hands each slice's memory back as it goes
+        finally:  # the parts' temporary directory
             if hasattr(report.frame, "close"):
                 report.frame.close()
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule

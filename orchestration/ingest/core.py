@@ -15,7 +15,7 @@ One run of a source works in two phases, so that the per-file cost is a file rea
    query per table, then everything commits together. A crash or a failed check leaves none of the run's
    files recorded, so the next run loads them again.
 
-The same parts are the Great Expectations frame (``SpilledFrame``): validation reads them back in slices.
+The same parts are the Great Expectations frame (``SpilledFrame``): GX validates them in DuckDB.
 """
 
 from __future__ import annotations
@@ -639,7 +639,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
         if keep_frame:
             if staged:
-                # the parts are the frame: validation reads them back in slices, its memory does not grow with the run
+                # the parts are the frame: GX validates them in DuckDB, its memory does not grow with the run
                 _, select = frame_projection(c, settings)
                 report.frame = SpilledFrame(spill_dir, parts, [(s.result.file_id, s.result.rows_read) for s in staged], select)
                 keep_spill = True

@@ -1,25 +1,40 @@
-"""The contract's expectations (SPEC §2) as Great Expectations 1.x suites, run on a run's rows as delivered.
+"""The contract's expectations (SPEC §2) as Great Expectations 1.x suites, run by DuckDB on a run's rows as delivered.
 
-Ingestion hands over a pandas frame of the run's new rows *before* the quarantine split (see
-``SourceIngestReport.frame``): per contract column ``c`` the typed value ``c`` and the delivered text
-``c__delivered`` (only the columns the rules read), helper columns ``h__*`` (net amount, identifier counts,
-batch limit) and the row's ``_file_id`` / ``_row_number``. One ExpectationSuite per source is built from the
-contract, one or more expectations per rule by kind, each tagged ``meta={"rule": name}``. Rows that fail any
-expectation of a rule are counted once for that rule, so ``unexpected_by_rule`` equals ingestion's quarantine
-counts by rule.
+Ingestion writes a run's new rows *before* the quarantine split to Parquet parts and hands them over as a
+``SpilledFrame`` (see ``SourceIngestReport.frame``): per contract column ``c`` the typed value ``c`` and the
+delivered text ``c__delivered`` (only the columns the rules read), helper columns ``h__*`` (net amount,
+identifier counts, batch limit) and the row's ``_file_id`` / ``_row_number``. One ExpectationSuite per source
+is built from the contract, one or more expectations per rule by kind, each tagged ``meta={"rule": name}``.
+
+The suite runs on GX's SQL data source: GX compiles every expectation to SQL, and DuckDB (through the
+SQLAlchemy driver duckdb-engine, on an in-memory connection of its own) runs it over the Parquet parts, with
+a query asset ``SELECT <frame columns> FROM read_parquet([...parts...])``. Nothing is loaded into pandas. A
+pandas frame (tests, small inputs) is first written to a Parquet file in a temporary directory, so there is
+one validation path. Two things keep GX's SQL exact on DuckDB:
+
+* ``_persist_duckdb_connections``: GX must keep one connection for DuckDB (see there), else every SQL
+  metric comes back empty and every expectation fails without a count.
+* Row conditions are GX ``Condition`` objects (``Column(x) == v``, ``is_in``, ...), written so that SQL's
+  three-valued logic gives the quarantine's answer: where a NULL must count as "not in" (the
+  ``any_identifier`` rule's ``unless``), the condition says ``x IS NULL OR x NOT IN (...)``.
+
+Rows that fail any expectation of a rule are counted once for that rule (by ``_file_id``, ``_row_number``),
+so ``unexpected_by_rule`` equals ingestion's quarantine counts by rule.
 """
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import gc
-import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +48,10 @@ from orchestration.warehouse import release_free_memory
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 _EXAMPLES = 5
+_INDEX_COLUMNS = ["_file_id", "_row_number"]  # a row's identity in the run: what GX reports per unexpected row
+# GX's SQL metrics cut the unexpected index list at `partial_unexpected_count` (LIMIT in the query; 20 by
+# default), silently: every unexpected row must come back, so the limit is above any run's row count.
+_NO_LIMIT = 10**12
 
 
 def _helper(rule: Rule, what: str) -> str:
@@ -40,16 +59,28 @@ def _helper(rule: Rule, what: str) -> str:
     return "h__" + re.sub(r"[^0-9a-zA-Z]+", "_", rule.name).strip("_") + "__" + what
 
 
-def _py(values) -> str:
-    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
-def _qcol(name: str) -> str:
-    return f"`{name}`"
+def _all(*conditions):
+    out = conditions[0]
+    for c in conditions[1:]:
+        out = out & c
+    return out
 
 
 def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]]:
-    """(rule name, GX expectation class name, kwargs) for every rule of the contract, by kind."""
+    """(rule name, GX expectation class name, kwargs) for every rule of the contract, by kind.
+
+    Each rule's expectations flag exactly the rows that ingestion's predicate for that rule
+    (orchestration.ingest.rules.broken_expr) flags, in SQL's NULL semantics: a map expectation skips NULL
+    values of its column, `ignore_row_if="either_value_is_missing"` skips rows with a NULL in the pair, and a
+    row whose row_condition is NULL is not in the domain. Conditions are GX Condition objects (the only
+    conditions GX compiles to SQL); an OR may only be the outermost operator (GX rejects an OR inside an AND).
+    """
+    from great_expectations.expectations.row_conditions import Column
+
     out: list[tuple[str, str, dict[str, Any]]] = []
     pair_ignore = {"ignore_row_if": "either_value_is_missing"}
     for r in c.rules:
@@ -59,7 +90,7 @@ def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]
             out.append((r.name, "ExpectColumnValuesToNotBeNull", {"column": f"{cols[0]}__delivered"}))
         elif k == "type":
             out.append((r.name, "ExpectColumnValuesToNotBeNull", {
-                "column": cols[0], "row_condition": f"{_qcol(cols[0] + '__delivered')}.notnull()"}))
+                "column": cols[0], "row_condition": Column(f"{cols[0]}__delivered").is_not_null()}))
         elif k == "in_set":
             values = list(r.values or c.column(cols[0]).values)
             out.append((r.name, "ExpectColumnValuesToBeInSet", {"column": cols[0], "value_set": values}))
@@ -69,28 +100,33 @@ def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]
             out.append((r.name, "ExpectColumnPairValuesAToBeGreaterThanB", {
                 "column_A": cols[1], "column_B": cols[0], "or_equal": True, **pair_ignore}))
         elif k == "required_when":
+            # ingestion: lower(delivered) IN values, NULL -> not broken; SQL IN is NULL for NULL: the same
             out.append((r.name, "ExpectColumnValuesToNotBeNull", {
-                "column": f"{cols[0]}__delivered", "row_condition": f"{_qcol(cols[1])} in {_py(r.values)}"}))
+                "column": f"{cols[0]}__delivered", "row_condition": Column(cols[1]).is_in(list(r.values))}))
         elif k == "refund_matches_status":
             refund, _gross, _discount, status = cols
-            s, net = _qcol(status), "`h__net_amount`"
-            judged = f"{s}.notnull() and {net}.notnull() and {_qcol(refund)}.notnull()"
+            # ingestion judges a row only when refund, gross, discount and status are all present (the net
+            # amount is NULL when gross or discount is), so no branch below meets a NULL status
+            judged = (Column(status).is_not_null(), Column("h__net_amount").is_not_null(), Column(refund).is_not_null())
             out.append((r.name, "ExpectColumnPairValuesToBeEqual", {
                 "column_A": refund, "column_B": "h__net_amount", **pair_ignore,
-                "row_condition": f'{s} == "refunded" and {judged}'}))
+                "row_condition": _all(Column(status) == "refunded", *judged)}))
             out.append((r.name, "ExpectColumnValuesToBeBetween", {
                 "column": refund, "min_value": 0, "strict_min": True,
-                "row_condition": f'{s} == "partially_refunded" and {judged}'}))
+                "row_condition": _all(Column(status) == "partially_refunded", *judged)}))
             out.append((r.name, "ExpectColumnPairValuesAToBeGreaterThanB", {
                 "column_A": "h__net_amount", "column_B": refund, "or_equal": False, **pair_ignore,
-                "row_condition": f'{s} == "partially_refunded" and {judged}'}))
+                "row_condition": _all(Column(status) == "partially_refunded", *judged)}))
             out.append((r.name, "ExpectColumnValuesToBeInSet", {
                 "column": refund, "value_set": [0],
-                "row_condition": f'{s} not in ["refunded", "partially_refunded"] and {judged}'}))
+                "row_condition": _all(Column(status).is_not_in(["refunded", "partially_refunded"]), *judged)}))
         elif k == "any_identifier":
             kw: dict[str, Any] = {"column": _helper(r, "count"), "min_value": 1}
             if r.unless:
-                kw["row_condition"] = f"{_qcol(r.unless[0])} not in {_py(r.unless[1])}"
+                # ingestion: the rule does not apply when lower(delivered) IN values, and does when the value is
+                # NULL; SQL's `x NOT IN (...)` is NULL (row skipped) for a NULL x, hence the IS NULL
+                u, values = r.unless
+                kw["row_condition"] = Column(u).is_null() | Column(u).is_not_in(list(values))
             out.append((r.name, "ExpectColumnValuesToBeBetween", kw))
         elif k == "before_batch_limit":
             for col in cols:
@@ -112,9 +148,6 @@ def build_suite(source: str, rules: set[str] | None = None):
     for rule, cls, kwargs in expectation_specs(c):
         if rules is not None and rule not in rules:
             continue
-        kwargs = dict(kwargs)
-        if "row_condition" in kwargs:
-            kwargs["condition_parser"] = "pandas"
         suite.add_expectation(getattr(gxe, cls)(**kwargs, meta={"rule": rule}))
     return suite
 
@@ -160,51 +193,178 @@ class ContractValidation:
         }
 
 
+# ------------------------------------------------------------------------------------------------ GX on DuckDB
+class _DuckDBDialect:
+    """Stands for the dialect name "duckdb" in GX's tuple of GXSqlDialect members: GX tests membership with
+    `dialect_name in _PERSISTED_CONNECTION_DIALECTS` (a str) and `connection_string.startswith(d.value)`."""
+
+    value = "duckdb"
+
+    def __eq__(self, other: object) -> bool:
+        return str(getattr(other, "value", other)).lower() == "duckdb"
+
+    def __hash__(self) -> int:
+        return hash("duckdb")
+
+    def __repr__(self) -> str:
+        return "<privdom: GX dialect duckdb>"
+
+
+def _persist_duckdb_connections() -> None:
+    """Make GX keep one connection for DuckDB, as it does for sqlite. Idempotent.
+
+    Why: GX 1.24's SqlAlchemyExecutionEngine.execute_query runs a metric's query inside `with
+    get_connection()` and calls `fetchall()` after that block, i.e. after the connection went back to the pool.
+    duckdb-engine runs every statement in a DuckDB transaction, which SQLAlchemy rolls back when the
+    connection is returned, and the rollback discards the pending result: `fetchall()` gets no rows, every SQL
+    metric fails with "list index out of range", and GX reports each expectation as failed with an empty
+    result (the error only in `exception_info`, keyed by metric id). For the dialects named in
+    `_PERSISTED_CONNECTION_DIALECTS`, GX creates the engine with a StaticPool and keeps the connection open for
+    the engine's life, so results are fetched before anything is rolled back. `_check_persisted` verifies at
+    validation time that this is in effect.
+    """
+    from great_expectations.execution_engine import sqlalchemy_execution_engine as see
+
+    dialects = getattr(see, "_PERSISTED_CONNECTION_DIALECTS", None)
+    if not isinstance(dialects, tuple):
+        raise RuntimeError(
+            "great_expectations.execution_engine.sqlalchemy_execution_engine._PERSISTED_CONNECTION_DIALECTS is "
+            f"gone or no longer a tuple ({type(dialects).__name__}); privdom's fix for GX's SQL data source on "
+            "DuckDB (orchestration.quality._persist_duckdb_connections) must be revisited for this GX version")
+    if "duckdb" not in dialects:
+        see._PERSISTED_CONNECTION_DIALECTS = (*dialects, _DuckDBDialect())
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _forget_duckdb_engine_at_exit() -> None:
+    """At interpreter exit, drop duckdb-engine's module globals (its classes and functions). Idempotent.
+
+    Why: in a process that has also imported Great Expectations (importing duckdb-engine is enough; closing
+    and disposing of the engines changes nothing), duckdb-engine's classes and functions are still alive at
+    the end of interpreter shutdown, with DuckDB's Python types they refer to, and DuckDB's binding library
+    (nanobind) then reports those as leaked: every `privdom run` ended with a block of "nanobind: leaked ..."
+    lines on stderr. Why GX changes the shutdown order was not found. Dropping duckdb-engine's module globals
+    at exit lets them be freed in time (checked: no such lines after `privdom run`, pytest, a script). Exit
+    handlers run last registered first, so this runs before the ones registered earlier; nothing uses
+    duckdb-engine by then (validation closed and disposed of its engines)."""
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK.append(True)
+
+    def forget() -> None:
+        for name, module in list(sys.modules.items()):
+            if module is not None and (name == "duckdb_engine" or name.startswith("duckdb_engine.")):
+                namespace = vars(module)
+                for key in [k for k in namespace if not k.startswith("__")]:
+                    del namespace[key]
+
+    atexit.register(forget)
+
+
+def _check_persisted(execution_engine) -> None:
+    """Fail loudly unless GX hands out one and the same connection for DuckDB (see _persist_duckdb_connections):
+    without it every expectation would fail with no count instead of raising."""
+    from sqlalchemy.pool import StaticPool
+
+    with execution_engine.get_connection() as first:
+        pass
+    with execution_engine.get_connection() as second:
+        pass
+    if first is not second or first.closed or not isinstance(execution_engine.engine.pool, StaticPool):
+        raise RuntimeError(
+            "Great Expectations does not keep a persisted connection for DuckDB: its SQL metrics would come back "
+            "empty (orchestration.quality._persist_duckdb_connections no longer takes effect with this GX version)")
+
+
 def _context():
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    # GX fingerprints every pandas batch under 1 GB (md5 of pd.util.hash_pandas_object, twice per validation):
-    # metadata we do not use, and it cost more than the expectations themselves (docs/performance.md).
-    from great_expectations.execution_engine import pandas_execution_engine
-
-    pandas_execution_engine.HASH_THRESHOLD = 0
     ctx = gx.get_context(mode="ephemeral")
-    try:
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-        ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    except Exception:  # pragma: no cover - older/newer GX without the setting
-        pass
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     return ctx
 
 
-# Rows per GX validation: GX's pandas engine copies the frame (all its columns) for every expectation with a
-# row condition or ignore_row_if, so validating in slices bounds that memory; counts add up over the slices
-# because the slices are disjoint.
-CHUNK_ROWS = 1_000_000
+def _metric_errors(info: Any) -> list[str]:
+    """Exception messages in an ExpectationValidationResult's exception_info: GX puts an expectation's own error
+    at the top level, and a SQL metric's error in a dict keyed by metric id."""
+    if not info:
+        return []
+
+    def one(e: Any) -> str | None:
+        get = e.get if isinstance(e, dict) else (lambda k: getattr(e, k, None))
+        return str(get("exception_message")) if get("raised_exception") else None
+
+    if isinstance(info, dict) and "raised_exception" in info:
+        return [m for m in [one(info)] if m]
+    items = info.items() if isinstance(info, dict) else []
+    return [f"{key}: {m}" for key, e in items if (m := one(e))]
 
 
-def compact_frame(source: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Enum columns (typed and delivered) as pandas categoricals: GX's row filters then copy integer codes
-    instead of strings. Values are unchanged (an out-of-set value is a category like any other)."""
-    enums = {col.name for col in get_contract(source).columns if col.type == "enum"}
-    for name in frame.columns:
-        if name.split("__")[0] in enums and not isinstance(frame[name].dtype, pd.CategoricalDtype):
-            frame[name] = frame[name].astype("category")
-    return frame
+def _results(ctx, query: str, source: str, suite) -> list:
+    """Validate `suite` with GX's SQL data source on DuckDB over `query`; the ExpectationValidationResults."""
+    from orchestration.settings import TIMEZONE
+
+    _persist_duckdb_connections()
+    _forget_duckdb_engine_at_exit()
+    # in-memory: the warehouse file may be open in this process with another configuration, which DuckDB
+    # refuses; the parts are read by read_parquet. No temp tables: GX would copy the rows into one.
+    ds = ctx.data_sources.add_sql(name=f"privdom_{source}", connection_string="duckdb:///:memory:", create_temp_table=False)
+    ee = None
+    try:
+        asset = ds.add_query_asset(name=f"{source}_new_rows", query=query)
+        batch = asset.add_batch_definition_whole_table("run").get_batch()
+        ee = ds.get_execution_engine()
+        _check_persisted(ee)
+        with ee.get_connection() as con:  # the one connection every metric query runs on
+            # its session time zone: timestamps GX fetches back are shown in it (comparisons of TIMESTAMPTZ
+            # values do not depend on it); DuckDB's connect-time config cannot set it (ICU is not loaded yet)
+            con.exec_driver_sql(f"SET TimeZone = '{TIMEZONE}'")
+            # GX runs one query per metric (about 4 per expectation), each over every part: read each part's
+            # footer once (the parts do not change while they are validated)
+            con.exec_driver_sql("SET parquet_metadata_cache = true")
+            tz = con.exec_driver_sql("SELECT current_setting('TimeZone')").scalar()
+        if tz != TIMEZONE:  # pragma: no cover - a guard
+            raise RuntimeError(f"GX's DuckDB connection has time zone {tz!r}, not {TIMEZONE!r}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = batch.validate(suite, result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": _INDEX_COLUMNS,
+                "partial_unexpected_count": _NO_LIMIT,
+                "return_unexpected_index_query": False,
+            })
+        if ds.get_execution_engine() is not ee:  # pragma: no cover - a guard: the checks above were on it
+            raise RuntimeError("GX validated on another execution engine than the one checked")
+        return list(result.results)
+    finally:
+        # close and dispose of every connection and engine GX made for this validation: nothing of DuckDB
+        # stays referenced (an in-memory database lives as long as a connection to it does)
+        if getattr(ee, "_connection", None) is not None:  # GX's persisted connection
+            ee._connection.close()
+            ee._connection = None
+        if ee is not None:
+            ee.engine.dispose()
+        if getattr(ds, "_engine", None) is not None:  # the engine GX tested the connection with
+            ds._engine.dispose()
+        ds = ee = None
 
 
+# ------------------------------------------------------------------------------------------------ the rows
 class SpilledFrame:
-    """A run's new rows as delivered, in ingestion's Parquet parts, read back slice by slice.
+    """A run's new rows as delivered, in ingestion's Parquet parts (or one Parquet file of a pandas frame).
 
     Ingestion writes the judged rows of every batch of files to parts (orchestration.ingest.core) instead of
-    handing over one pandas frame: 10M channel events as pandas take several GiB, a slice of CHUNK_ROWS a
-    fraction of it, so validation's memory does not grow with the run. `files` lists (file id, rows) of every
-    file in the parts; `select` maps each frame column to its part column. Slices are runs of consecutive
-    files (a larger file in row ranges), read through DuckDB and Arrow (session time zone Asia/Shanghai,
-    decimals as doubles: the dtypes of a frame fetched from the warehouse with `.df()`), and indexed by the
-    row's position in the run (files in file id order, rows in file order).
+    handing over one pandas frame, and validation runs on them in DuckDB (`query`), so its memory does not grow
+    with the run. `files` lists (file id, rows) of every file in the parts; `select` maps each frame column to
+    its part column (the parts' own `_fid` and `_rn` are `_file_id` and `_row_number`). Rows read back with
+    `take` / `to_pandas` come through DuckDB and Arrow (session time zone Asia/Shanghai, decimals as doubles:
+    the dtypes of a frame fetched from the warehouse with `.df()`), indexed by the row's position in the run
+    (files in file id order, rows in file order).
     """
 
     def __init__(self, directory: tempfile.TemporaryDirectory, parts: Sequence[Path],
@@ -223,6 +383,33 @@ class SpilledFrame:
         self.rows = n
         self._offset_of = {fid: off for (fid, _), off in zip(self._files, self._offsets)}
 
+    @classmethod
+    def from_pandas(cls, frame: pd.DataFrame) -> SpilledFrame:
+        """The frame written to one Parquet file in a new temporary directory (close() removes it). A frame
+        without `_file_id` / `_row_number` is one file (id 0), its rows numbered from 1 in frame order."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        frame = frame.reset_index(drop=True)
+        if "_file_id" not in frame.columns or "_row_number" not in frame.columns:
+            frame = frame.assign(_file_id=0, _row_number=range(1, len(frame) + 1))
+        directory = tempfile.TemporaryDirectory(prefix="privdom-gx-")
+        path = Path(directory.name) / "frame.parquet"
+        try:
+            table = pa.Table.from_pandas(frame.rename(columns={"_file_id": "_fid", "_row_number": "_rn"}), preserve_index=False)
+            # a column of only None has Arrow's null type (an INTEGER to DuckDB): text, as the parts have it
+            table = table.cast(pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]))
+            pq.write_table(table, path)
+        except BaseException:
+            directory.cleanup()
+            raise
+        files = frame.groupby("_file_id").size()
+        rename = {"_file_id": "_fid", "_row_number": "_rn"}
+        out = cls(directory, [path], [(int(fid), int(n)) for fid, n in files.items()],
+                  [(name, rename.get(name, name)) for name in frame.columns])
+        del table, frame
+        return out
+
     @staticmethod
     def _reader():
         import duckdb
@@ -236,177 +423,156 @@ class SpilledFrame:
     def __len__(self) -> int:
         return self.rows
 
-    def _read(self, where: str, columns: Sequence[str] | None = None, *, ordered: bool = True) -> pd.DataFrame:
-        """Rows matching `where` (over the parts' _fid and _rn), indexed by position in the run (and in that
-        order when `ordered`). Through Arrow, which converts text twice as fast as `.df()`; decimals as
-        doubles, as `.df()` gives them."""
+    def _paths_sql(self) -> str:
+        return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in self._parts) + "]"
+
+    def query(self, columns: Sequence[str] | None = None) -> str:
+        """SQL over the parts: every frame column (or `columns`) under its frame name, values as stored (no
+        casts: decimals stay exact)."""
+        wanted = set(columns or self.columns)
+        cols = ", ".join(f"{_q(src)} AS {_q(name)}" for name, src in self._select if name in wanted)
+        return f"SELECT {cols} FROM read_parquet({self._paths_sql()})"
+
+    def position(self, file_id: int, row_number: int) -> int:
+        """A row's position in the run."""
+        return self._offset_of[int(file_id)] + int(row_number) - 1
+
+    def _read_arrow(self, where: str, columns: Sequence[str] | None = None):
+        """Rows matching `where` (over the parts' _fid and _rn) as an Arrow table, in run order, with
+        _file_id and _row_number; decimals as doubles, as `.df()` gives them."""
         wanted = set(columns or self.columns) | {"_file_id", "_row_number"}
-        paths = ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in self._parts)
+        paths = self._paths_sql()
         con = self._reader()
         try:
             if self._decimal is None:
                 self._decimal = {name for name, ty, *_ in con.execute(
-                    f"DESCRIBE SELECT * FROM read_parquet([{paths}])").fetchall() if ty.startswith("DECIMAL")}
+                    f"DESCRIBE SELECT * FROM read_parquet({paths})").fetchall() if ty.startswith("DECIMAL")}
             cols = ", ".join(
-                (f"CAST({_qcol(src)} AS DOUBLE)" if src in self._decimal else _qcol(src)) + f" AS {_qcol(name)}"
+                (f"CAST({_q(src)} AS DOUBLE)" if src in self._decimal else _q(src)) + f" AS {_q(name)}"
                 for name, src in self._select if name in wanted)
-            order = " ORDER BY _fid, _rn" if ordered else ""
-            frame = con.sql(f"SELECT {cols} FROM read_parquet([{paths}]) WHERE {where}{order}").to_arrow_table().to_pandas()
+            return con.sql(f"SELECT {cols} FROM read_parquet({paths}) WHERE {where} ORDER BY _fid, _rn").to_arrow_table()
         finally:
             con.close()
+
+    def _frame(self, table, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """An Arrow table of _read_arrow as pandas (through Arrow, which converts text twice as fast as
+        `.df()`), indexed by position in the run."""
+        frame = table.to_pandas()
         frame.index = (frame["_file_id"].map(self._offset_of) + frame["_row_number"] - 1).astype("int64").to_numpy()
         return frame[list(columns or self.columns)]
 
-    def slices(self, rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
-        """Disjoint slices of at most `rows` rows (but a file of more rows: row ranges of `rows`)."""
-        first = size = 0  # the slice being gathered: files first .. i-1, `size` rows
-        for i, (fid, n) in enumerate(self._files):
-            if size and size + n > rows:
-                yield self._offsets[first], self._read(f"_fid BETWEEN {self._files[first][0]} AND {self._files[i - 1][0]}", ordered=False)
-                size = 0
-            if size == 0:
-                first = i
-            if n > rows:
-                for lo in range(0, n, rows):
-                    yield self._offsets[i] + lo, self._read(f"_fid = {fid} AND _rn > {lo} AND _rn <= {lo + rows}", ordered=False)
-                first = i + 1
-                continue
-            size += n
-        if size:
-            yield self._offsets[first], self._read(f"_fid BETWEEN {self._files[first][0]} AND {self._files[-1][0]}", ordered=False)
-
-    def take(self, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
-        import bisect
-
+    def _where(self, positions: Sequence[int]) -> str:
         by_file: dict[int, list[int]] = {}
         for pos in positions:
             i = bisect.bisect_right(self._offsets, pos) - 1
             by_file.setdefault(self._files[i][0], []).append(pos - self._offsets[i] + 1)
-        if not by_file:
-            return pd.DataFrame(columns=list(columns))
         # _fid first: Parquet statistics skip the other parts' row groups
-        where = " OR ".join(f"(_fid = {fid} AND _rn IN ({', '.join(map(str, rns))}))" for fid, rns in sorted(by_file.items()))
-        return self._read(where, columns)
+        return " OR ".join(f"(_fid = {fid} AND _rn IN ({', '.join(map(str, rns))}))" for fid, rns in sorted(by_file.items()))
+
+    def take(self, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
+        """The rows at `positions` (in run order), `columns` of them, indexed by position."""
+        if not positions:
+            return pd.DataFrame(columns=list(columns))
+        return self._frame(self._read_arrow(self._where(positions), columns), columns)
+
+    def take_groups(self, groups: dict[Any, tuple[Sequence[int], Sequence[str]]]) -> dict[Any, pd.DataFrame]:
+        """`take(positions, columns)` for every group {key: (positions, columns)}, with one read of the parts
+        (each group converted on its own, so its dtypes are those `take` gives)."""
+        import pyarrow as pa
+
+        everything = sorted({p for positions, _ in groups.values() for p in positions})
+        if not everything:
+            return {key: pd.DataFrame(columns=list(columns)) for key, (_, columns) in groups.items()}
+        table = self._read_arrow(self._where(everything), sorted({c for _, columns in groups.values() for c in columns}))
+        row_of = {self.position(f, r): i for i, (f, r) in enumerate(zip(table["_file_id"].to_pylist(), table["_row_number"].to_pylist()))}
+        out = {}
+        for key, (positions, columns) in groups.items():
+            rows = pa.array(sorted(row_of[p] for p in positions), type=pa.int64())
+            out[key] = self._frame(table.take(rows).select(list(dict.fromkeys(["_file_id", "_row_number", *columns]))), columns)
+        return out
 
     def to_pandas(self) -> pd.DataFrame:
-        return self._read("true")
+        return self._frame(self._read_arrow("true"))
 
     def close(self) -> None:
         self._directory.cleanup()
 
 
-class _FrameInMemory:
-    """A pandas frame behind SpilledFrame's interface (tests, small inputs)."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self._frame = frame.reset_index(drop=True)
-        self.columns = list(self._frame.columns)
-
-    def __len__(self) -> int:
-        return len(self._frame)
-
-    def slices(self, rows: int) -> Iterator[tuple[int, pd.DataFrame]]:
-        for lo in range(0, len(self._frame), rows):
-            yield lo, self._frame.iloc[lo : lo + rows]  # keeps the frame's index: positions in the run
-
-    def take(self, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
-        return self._frame.loc[list(positions), list(columns)]
-
-
-def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *, chunk_rows: int = CHUNK_ROWS) -> ContractValidation:
-    """Run the source's contract suite on `frame` (a run's new rows as delivered), in slices of chunk_rows."""
+def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None) -> ContractValidation:
+    """Run the source's contract suite on `frame` (a run's new rows as delivered) in DuckDB, through GX's SQL
+    data source. A pandas frame is written to Parquet first (the same path as ingestion's parts)."""
     started = time.perf_counter()
     c = get_contract(source)
     counts = {r.name: 0 for r in c.rules}
     if frame is None or len(frame) == 0:
         return ContractValidation(source, True, 0, counts, {})
-    frame = frame if isinstance(frame, SpilledFrame) else _FrameInMemory(frame)
-    ctx = _context()
-    ds = ctx.data_sources.add_pandas(name=f"privdom_{source}")
-    asset = ds.add_dataframe_asset(name=f"{source}_new_rows")
-    bd = asset.add_batch_definition_whole_dataframe("run")
-    # GX's pandas engine copies the whole batch for every expectation with a row condition or ignore_row_if.
-    # So each rule that has such an expectation is validated on its own, on the columns it reads (small
-    # copies); the other rules together on the whole frame (no copies), in one validation.
-    specs = expectation_specs(c)
-    plain, per_rule = set(), []
-    for r in c.rules:
-        mine = [kw for rule, _, kw in specs if rule == r.name]
-        if not any("row_condition" in kw or "ignore_row_if" in kw for kw in mine):
-            plain.add(r.name)
-            continue
-        needed: set[str] = set()
-        for kw in mine:
-            needed |= {kw[k] for k in ("column", "column_A", "column_B") if k in kw}
-            needed |= set(re.findall(r"`([^`]+)`", kw.get("row_condition", "")))
-        per_rule.append((build_suite(source, {r.name}), [col for col in frame.columns if col in needed]))
-    if plain:
-        per_rule.insert(0, (build_suite(source, plain), list(frame.columns)))
-    rows_by_rule: dict[str, set[int]] = {r.name: set() for r in c.rules}
-    summaries: list[dict] = []
-    success = True
-    for lo, part in frame.slices(chunk_rows):  # indexed by position in the run: unexpected indexes are rows
-        part = compact_frame(source, part)
-        results = []
-        for suite, columns in per_rule:
-            batch = bd.get_batch(batch_parameters={"dataframe": part[columns]})
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                result = batch.validate(suite, result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False})
-            success = success and bool(result.success)
-            results += result.results
-        for i, res in enumerate(results):
+    ctx = _context()  # GX builds suites in the current context
+    suite = build_suite(source)
+    own = None if isinstance(frame, SpilledFrame) else SpilledFrame.from_pandas(frame)
+    rows = own or frame
+    try:
+        results = _results(ctx, rows.query(), source, suite)
+        rows_by_rule: dict[str, set[tuple[int, int]]] = {r.name: set() for r in c.rules}
+        summaries: list[dict] = []
+        success = True
+        for res in results:
             cfg = res.expectation_config
             rule = (cfg.meta or {}).get("rule")
-            if res.exception_info and res.exception_info.get("raised_exception"):
-                raise RuntimeError(f"GX expectation for rule {rule} raised: {res.exception_info.get('exception_message')}")
+            errors = _metric_errors(res.exception_info)
+            if errors:
+                raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source} raised: " + "; ".join(errors))
             idx = res.result.get("unexpected_index_list") or []
-            idx = [i if isinstance(i, int) else int(next(iter(i.values())) if isinstance(i, dict) else i) for i in idx]
-            rows_by_rule[rule].update(idx)
+            found = {(int(d["_file_id"]), int(d["_row_number"])) for d in idx}
             n = int(res.result.get("unexpected_count") or 0)
-            if lo == 0:
-                summaries.append({
-                    "rule": rule,
-                    "expectation": cfg.type,
-                    "column": cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')} vs {cfg.kwargs.get('column_B')}",
-                    "success": bool(res.success),
-                    "unexpected_count": n,
-                })
-            else:
-                summaries[i]["success"] = summaries[i]["success"] and bool(res.success)
-                summaries[i]["unexpected_count"] += n
-        part = results = batch = result = None  # drop the slice (the batch holds its frame) before trimming
-        # GX's validation objects hold the slice's frames in reference cycles, which only Python's cyclic
-        # collector frees, and it runs by object counts, not bytes: without this, in a Dagster run the slices
-        # of 10M channel events piled up to 2.6 GB, held for the rest of the run (docs/performance.md).
+            if len(idx) != n:  # GX's SQL lists are cut silently (partial_unexpected_count): never trust a short one
+                raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows "
+                                   f"but {len(idx)} listed")
+            rows_by_rule[rule] |= found
+            success = success and bool(res.success)
+            summaries.append({
+                "rule": rule,
+                "expectation": cfg.type,
+                "column": cfg.kwargs.get("column") or f"{cfg.kwargs.get('column_A')} vs {cfg.kwargs.get('column_B')}",
+                "success": bool(res.success),
+                "unexpected_count": n,
+            })
+        results = idx = ctx = suite = None
+        phone_cols = {col.name for col in c.columns if col.type == "phone"}
+        rule_of = {r.name: r for r in c.rules}
+        wanted: dict[str, tuple[list[int], list[str]]] = {}
+        for name, keys in rows_by_rule.items():
+            counts[name] = len(keys)
+            if not keys:
+                continue
+            r = rule_of[name]
+            show = ["_file_id", "_row_number", c.key] + [
+                col for col in rows.columns if col.split("__")[0] in r.columns or col.startswith(_helper(r, ""))
+                or (col == "h__net_amount" and r.kind == "refund_matches_status") or (col == "h__batch_limit" and r.kind == "before_batch_limit")
+            ]
+            show = [col for col in dict.fromkeys(show) if col in rows.columns]
+            wanted[name] = ([rows.position(*k) for k in sorted(keys)[:_EXAMPLES]], show)
+        examples: dict[str, list[dict]] = {}
+        for name, sample in rows.take_groups(wanted).items():  # one read of the parts for every rule's examples
+            ex = []
+            for rec in sample.to_dict(orient="records"):
+                out = {}
+                for k, v in rec.items():
+                    v = _jsonable(v)
+                    if k.split("__")[0] in phone_cols:
+                        v = mask_phone(v)
+                    out[k] = v
+                ex.append(out)
+            examples[name] = ex
+        evaluated = len(rows)
+    finally:
+        if own is not None:
+            own.close()
+        # GX's validation objects hold results in reference cycles, which only Python's cyclic collector
+        # frees (it runs by object counts, not bytes); then DuckDB's and Arrow's freed memory goes back to the OS
         gc.collect()
-        release_free_memory()  # the slice's pandas and Arrow memory, before the next slice is read
-    phone_cols = {col.name for col in c.columns if col.type == "phone"}
-    examples: dict[str, list[dict]] = {}
-    rule_cols = {r.name: r for r in c.rules}
-    for name, rows in rows_by_rule.items():
-        counts[name] = len(rows)
-        if not rows:
-            continue
-        r = rule_cols[name]
-        show = ["_file_id", "_row_number", c.key] + [
-            col for col in frame.columns if col.split("__")[0] in r.columns or col.startswith(_helper(r, ""))
-            or (col == "h__net_amount" and r.kind == "refund_matches_status") or (col == "h__batch_limit" and r.kind == "before_batch_limit")
-        ]
-        show = [col for col in dict.fromkeys(show) if col in frame.columns]
-        sample = frame.take(sorted(rows)[:_EXAMPLES], show)
-        ex = []
-        for rec in sample.to_dict(orient="records"):
-            out = {}
-            for k, v in rec.items():
-                v = _jsonable(v)
-                if k.split("__")[0] in phone_cols:
-                    v = mask_phone(v)
-                out[k] = v
-            ex.append(out)
-        examples[name] = ex
-    return ContractValidation(source, success, len(frame), counts, examples, summaries,
+        release_free_memory()
+    return ContractValidation(source, success, evaluated, counts, examples, summaries,
                               time.perf_counter() - started)
 
 
-__all__ = ["ContractValidation", "validate_contract", "build_suite", "expectation_specs", "mask_phone"]
+__all__ = ["ContractValidation", "SpilledFrame", "validate_contract", "build_suite", "expectation_specs", "mask_phone"]
