@@ -419,7 +419,9 @@ def ingest_workers() -> int:
 # batch's rows sit in a worker's memory. Batches are cut by file size, so parts are the same for every run.
 BATCH_BYTES = 32 * 1024 * 1024
 _ACC = "_privdom_batch_{}"
-_PARQUET = "(FORMAT parquet, COMPRESSION zstd)"
+# LZ4, not zstd: the parts are temporary and read twice (the load, GX's scans); at 1M orders (4.3M rows) the
+# parts are 696 MB instead of 401 MB, ingestion 55 s instead of 61 s and GX 18 s instead of 21 s.
+_PARQUET = "(FORMAT parquet, COMPRESSION lz4)"
 
 
 def _batches(cands: list[_Candidate]) -> list[list[_Candidate]]:
