@@ -22,7 +22,7 @@ For every size it
 
 It then writes a markdown table (and the raw figures as JSON next to it) with the machine, its load, the
 growth exponent from 100k to 1M (log(t_1M / t_100k) / log 10) and the issue-7 targets. DuckDB runs with its
-memory limit (the setting duckdb_memory_limit, default 3GB) and default threads, as the pipeline does. Data directories live under --work-dir (git-ignored)
+memory limit (the setting duckdb_memory_limit, default 2.5GB) and default threads, as the pipeline does. Data directories live under --work-dir (git-ignored)
 and are deleted after each size unless --keep.
 """
 

@@ -49,7 +49,9 @@ class Settings:
     partitions_start_date: str = "2020-01-01"
     # --- engine: DuckDB's memory limit for every connection privdom and dbt open ("3GB", "512MB"; "" for
     # DuckDB's own default, 80 % of RAM). Above it DuckDB spills to warehouse.duckdb.tmp/ instead of growing.
-    duckdb_memory_limit: str = "3GB"
+    # 2.5GB, not more: DuckDB goes up to ~0.5 GB above its limit in some statements (the identity graph's
+    # degree self-join), and the whole run must stay under 4 GiB at 1M customers (docs/performance.md).
+    duckdb_memory_limit: str = "2.5GB"
     # --- generator defaults for `privdom demo` ---
     demo_customers: int = 3000
     demo_days: int = 240

@@ -17,15 +17,15 @@ def _limit(con) -> str:
     return con.execute("select current_setting('memory_limit')").fetchone()[0]
 
 
-def test_the_default_limit_is_3gb_and_reaches_connections(tmp_path):
+def test_the_default_limit_is_2_5gb_and_reaches_connections(tmp_path):
     settings = load_settings(tmp_path)
-    assert settings.duckdb_memory_limit == "3GB"
+    assert settings.duckdb_memory_limit == "2.5GB"
     con = connect(tmp_path / "w.duckdb", memory_limit=settings.duckdb_memory_limit)
     try:
-        assert _limit(con) == "2.7 GiB"  # DuckDB shows 3 GB (10^9) in GiB
+        assert _limit(con) == "2.3 GiB"  # DuckDB shows 2.5 GB (10^9) in GiB
     finally:
         con.close()
-    assert settings.dbt_env()["PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT"] == "3GB"
+    assert settings.dbt_env()["PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT"] == "2.5GB"
 
 
 def test_an_empty_limit_leaves_duckdbs_default(tmp_path):
