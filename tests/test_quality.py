@@ -163,3 +163,23 @@ def test_null_unless_value_counts_like_the_quarantine(con, settings, land):
         "status.required": 3, "referee.required": 4, "status.in_set": 1}
     assert v.unexpected_by_rule == report.quarantine_by_rule
     assert [e["referral_id"] for e in v.examples_by_rule["referee.required"]] == ["n1", "n4", "n5", "n7"]
+
+
+def test_the_memory_limit_reaches_gx_duckdb_connection():
+    """GX's DuckDB runs under the setting duckdb_memory_limit, like every other DuckDB privdom opens (the
+    statements GX's connection executes are watched through SQLAlchemy's events)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    seen: list[str] = []
+
+    def watch(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", watch)
+    try:
+        v = validate_contract("channel_events", _events_frame(), memory_limit="64MB")
+    finally:
+        event.remove(Engine, "before_cursor_execute", watch)
+    assert "SET memory_limit = '64MB'" in seen
+    assert v.unexpected_by_rule["channel.in_set"] == 1  # and the validation ran under it

@@ -120,7 +120,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         yield quarantine_share_check(report, settings.max_quarantine_share)
 
         try:
-            validation = validate_contract(source, report.frame)
+            validation = validate_contract(source, report.frame, memory_limit=settings.duckdb_memory_limit)
         finally:  # the parts' temporary directory
             if hasattr(report.frame, "close"):
                 report.frame.close()

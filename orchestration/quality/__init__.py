@@ -305,7 +305,7 @@ def _metric_errors(info: Any) -> list[str]:
     return [f"{key}: {m}" for key, e in items if (m := one(e))]
 
 
-def _results(ctx, query: str, source: str, suite) -> list:
+def _results(ctx, query: str, source: str, suite, memory_limit: str | None = None) -> list:
     """Validate `suite` with GX's SQL data source on DuckDB over `query`; the ExpectationValidationResults."""
     from orchestration.settings import TIMEZONE
 
@@ -327,6 +327,8 @@ def _results(ctx, query: str, source: str, suite) -> list:
             # GX runs one query per metric (about 4 per expectation), each over every part: read each part's
             # footer once (the parts do not change while they are validated)
             con.exec_driver_sql("SET parquet_metadata_cache = true")
+            if memory_limit:  # the setting duckdb_memory_limit, as for every other DuckDB privdom opens
+                con.exec_driver_sql(f"SET memory_limit = '{memory_limit}'")
             tz = con.exec_driver_sql("SELECT current_setting('TimeZone')").scalar()
         if tz != TIMEZONE:  # pragma: no cover - a guard
             raise RuntimeError(f"GX's DuckDB connection has time zone {tz!r}, not {TIMEZONE!r}")
@@ -336,6 +338,9 @@ def _results(ctx, query: str, source: str, suite) -> list:
                 "result_format": "COMPLETE",
                 "unexpected_index_column_names": _INDEX_COLUMNS,
                 "partial_unexpected_count": _NO_LIMIT,
+                # the row identities as two lists, not one dict per row with the checked values: a delivery
+                # with millions of broken rows must not take GBs of Python objects
+                "exclude_unexpected_values": True,
                 "return_unexpected_index_query": False,
             })
         if ds.get_execution_engine() is not ee:  # pragma: no cover - a guard: the checks above were on it
@@ -498,7 +503,7 @@ class SpilledFrame:
         self._directory.cleanup()
 
 
-def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None) -> ContractValidation:
+def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *, memory_limit: str | None = None) -> ContractValidation:
     """Run the source's contract suite on `frame` (a run's new rows as delivered) in DuckDB, through GX's SQL
     data source. A pandas frame is written to Parquet first (the same path as ingestion's parts)."""
     started = time.perf_counter()
@@ -511,8 +516,11 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None) ->
     own = None if isinstance(frame, SpilledFrame) else SpilledFrame.from_pandas(frame)
     rows = own or frame
     try:
-        results = _results(ctx, rows.query(), source, suite)
-        rows_by_rule: dict[str, set[tuple[int, int]]] = {r.name: set() for r in c.rules}
+        results = _results(ctx, rows.query(), source, suite, memory_limit)
+        import numpy as np
+
+        # a row's identity as one int64: file id in the high 32 bits, row number in the low 32
+        keys_by_rule: dict[str, list[np.ndarray]] = {r.name: [] for r in c.rules}
         summaries: list[dict] = []
         success = True
         for res in results:
@@ -521,13 +529,17 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None) ->
             errors = _metric_errors(res.exception_info)
             if errors:
                 raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source} raised: " + "; ".join(errors))
-            idx = res.result.get("unexpected_index_list") or []
-            found = {(int(d["_file_id"]), int(d["_row_number"])) for d in idx}
+            # exclude_unexpected_values: [] or [{"_file_id": [...], "_row_number": [...]}]
+            idx = res.result.get("unexpected_index_list") or [{"_file_id": [], "_row_number": []}]
+            fids = np.asarray(idx[0]["_file_id"], dtype=np.int64)
+            rns = np.asarray(idx[0]["_row_number"], dtype=np.int64)
             n = int(res.result.get("unexpected_count") or 0)
-            if len(idx) != n:  # GX's SQL lists are cut silently (partial_unexpected_count): never trust a short one
+            if len(fids) != n:  # GX's SQL lists are cut silently (partial_unexpected_count): never trust a short one
                 raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows "
-                                   f"but {len(idx)} listed")
-            rows_by_rule[rule] |= found
+                                   f"but {len(fids)} listed")
+            keys_by_rule[rule].append((fids << 32) | rns)
+            res.result.pop("unexpected_index_list", None)  # GX keeps a second copy in partial_unexpected_index_list
+            res.result.pop("partial_unexpected_index_list", None)
             success = success and bool(res.success)
             summaries.append({
                 "rule": rule,
@@ -536,13 +548,14 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None) ->
                 "success": bool(res.success),
                 "unexpected_count": n,
             })
-        results = idx = ctx = suite = None
+        results = idx = fids = rns = ctx = suite = None
         phone_cols = {col.name for col in c.columns if col.type == "phone"}
         rule_of = {r.name: r for r in c.rules}
         wanted: dict[str, tuple[list[int], list[str]]] = {}
-        for name, keys in rows_by_rule.items():
+        for name, arrays in keys_by_rule.items():
+            keys = np.unique(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.int64)  # a row once per rule
             counts[name] = len(keys)
-            if not keys:
+            if not len(keys):
                 continue
             r = rule_of[name]
             show = ["_file_id", "_row_number", c.key] + [
@@ -550,7 +563,7 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None) ->
                 or (col == "h__net_amount" and r.kind == "refund_matches_status") or (col == "h__batch_limit" and r.kind == "before_batch_limit")
             ]
             show = [col for col in dict.fromkeys(show) if col in rows.columns]
-            wanted[name] = ([rows.position(*k) for k in sorted(keys)[:_EXAMPLES]], show)
+            wanted[name] = ([rows.position(int(k) >> 32, int(k) & 0xFFFFFFFF) for k in keys[:_EXAMPLES]], show)
         examples: dict[str, list[dict]] = {}
         for name, sample in rows.take_groups(wanted).items():  # one read of the parts for every rule's examples
             ex = []
