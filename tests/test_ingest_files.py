@@ -134,6 +134,19 @@ def test_every_format_gives_identical_raw_tables(con, settings, land):
     assert row == ("wecom", "13800138000", "春节大促二维码", True)
 
 
+def test_jsonl_records_keep_file_order_whatever_their_keys(con, settings, land):
+    # the JSON Lines reader extracts all keys in one call over a subquery; keys named like its internal
+    # columns ("_n", "_v") must neither shift the values nor change the row order
+    land("channel_events/dt=2024-01-31/odd_keys.jsonl",
+         '{"_n": 9, "event_id": "e1", "occurred_at": "2024-01-31 10:00:00", "channel": "wecom", "event_type": "follow", "openid": "o1", "_v": "x"}\n'
+         '{"_n": 1, "event_id": "e2", "occurred_at": "2024-01-31 11:00:00", "channel": "wecom", "event_type": "engage", "openid": "o2"}\n'
+         '{"_n": 5, "_v": [1, 2], "event_id": "e3", "occurred_at": "2024-01-31 12:00:00", "channel": "wecom", "event_type": "engage", "member_id": "m3"}\n')
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert [f.status for f in report.files] == ["loaded"] and report.rows_quarantined == 0
+    rows = con.execute("SELECT _row_number, event_id, openid, member_id FROM raw.channel_events ORDER BY _row_number").fetchall()
+    assert rows == [(1, "e1", "o1", None), (2, "e2", "o2", None), (3, "e3", None, "m3")]
+
+
 def test_every_format_gives_identical_orders(con, settings, land):
     land("orders/dt=2024-01-31/utf8.csv", ORDERS_CSV)
     land("orders/dt=2024-01-31/gbk.csv", ORDERS_CSV.encode("gbk"))

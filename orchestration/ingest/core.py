@@ -242,10 +242,15 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         if not keys:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')} FROM {_JRAW}")
         else:
-            select = ", ".join(
-                f"json_extract_string(json, {R.lit('$.' + R.q(k))}) AS {R.q(k)}" for k in keys
+            # one json_extract_string over the list of paths parses each record once (one call per key parsed
+            # it once per key: 4x slower at 16 keys); the values are the same
+            paths = "[" + ", ".join(R.lit("$." + R.q(k)) for k in keys) + "]"
+            # (qualified names: a key may be called anything, "_v" and "_n" included)
+            select = ", ".join(f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1))
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select} "
+                f"FROM (SELECT json_extract_string(json, {paths}) AS _v, rowid AS _n FROM {_JRAW}) AS _s ORDER BY _s._n"
             )
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select} FROM {_JRAW} ORDER BY rowid")
     except duckdb.Error as exc:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
