@@ -380,3 +380,56 @@ def test_split_when_an_identifier_becomes_shared(db):
     before = state_snapshot(db)
     keys_run(db, "run3", touches)
     assert state_snapshot(db) == before
+
+
+def test_graph_tables_change_together_or_not_at_all(db, monkeypatch):
+    # a failure after the first output table is written leaves all three as the last good build left them
+    stage(db, events=[ev("e1", openid="oA", unionid="uA"), ev("e2", openid="oB")])
+    build_identity_graph(db, 20)
+    before = {t: db.execute(f"SELECT * FROM intermediate.{t} ORDER BY ALL").fetchall()
+              for t in ("int_identity__identifiers", "int_identity__records", "int_identity__shared_identifiers")}
+    stage(db, events=[ev("e1", openid="oA", unionid="uA"), ev("e2", openid="oB", unionid="uA"), ev("e3", phone="13800000001")])
+
+    class FailOnRecords:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            if "CREATE OR REPLACE TABLE intermediate.int_identity__records" in sql:
+                raise RuntimeError("disk full")
+            return self.con.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.con, name)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_identity_graph(FailOnRecords(db), 20)
+    after = {t: db.execute(f"SELECT * FROM intermediate.{t} ORDER BY ALL").fetchall() for t in before}
+    assert after == before
+    # and the next build goes through: e1 and e2 now share uA
+    build_identity_graph(db, 20)
+    assert rec(db, "channel_events", "e1", "person") == rec(db, "channel_events", "e2", "person")
+    assert n_customers(db) == 2
+
+
+def test_events_keep_their_component_after_deletes_and_appends(db):
+    # channel events are grouped by the staging table's rowid; deleted rows and later appends must not shift
+    # one event's identifiers onto another event
+    stage(db, events=[ev(f"e{i}", openid=f"o{i}") for i in range(6)])
+    db.execute("DELETE FROM staging.stg_channel_events WHERE event_id IN ('e1', 'e3')")
+    db.execute("INSERT INTO staging.stg_channel_events (event_id, occurred_at, channel, event_type, openid, member_id) "
+               "VALUES ('e9', TIMESTAMPTZ '2024-01-01 10:00:00+08', 'wecom', 'engage', 'o9', 'M5')")
+    build_identity_graph(db, 20)
+    for i in (0, 2, 4, 5, 9):
+        assert rec(db, "channel_events", f"e{i}", "person") == comp(db, "openid", f"o{i}"), i
+    assert rec(db, "channel_events", "e1", "person") is None
+    assert comp(db, "member_id", "M5") == comp(db, "openid", "o9")
+    assert n_customers(db) == 5
+
+
+def test_channel_events_must_be_a_table(db):
+    stage(db, events=[ev("e1", openid="oA")])
+    db.execute("ALTER TABLE staging.stg_channel_events RENAME TO stg_channel_events_t")
+    db.execute("CREATE VIEW staging.stg_channel_events AS SELECT * FROM staging.stg_channel_events_t")
+    with pytest.raises(RuntimeError, match="staging.stg_channel_events must be a table .* found view"):
+        build_identity_graph(db, 20)

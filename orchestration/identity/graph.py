@@ -84,30 +84,34 @@ def mask_sql(type_expr: str, value_expr: str) -> str:
     )
 
 
-def occurrences_sql() -> str:
+def occurrences_sql(*, event_rowid: bool = False) -> str:
     """One row per (staged row, identifier column that is not NULL).
 
     Columns: source, record_id, role, version_rank (1 for channel events), type_ord (the identifier type's
     position in the column order openid, unionid, wecom_external_userid, phone, member_id), identifier_type,
     identifier_value. Staging has already trimmed values, nulled placeholders and normalised phones.
+    With ``event_rowid``, also ``event_rowid``: a channel event's DuckDB ``rowid`` in the staging table (one
+    integer per event, for grouping without string keys; NULL for orders and referrals).
     """
+    ev_extra = ", rowid AS event_rowid" if event_rowid else ""
+    other_extra = ", NULL::BIGINT" if event_rowid else ""
     parts: list[str] = []
     for col in IDENTIFIER_COLUMNS:
         parts.append(
             f"SELECT 'channel_events' AS source, event_id AS record_id, 'person' AS role, 1 AS version_rank, "
-            f"{TYPE_ORDER[col]} AS type_ord, '{col}' AS identifier_type, {col} AS identifier_value "
+            f"{TYPE_ORDER[col]} AS type_ord, '{col}' AS identifier_type, {col} AS identifier_value{ev_extra} "
             f"FROM {STG_CHANNEL_EVENTS} WHERE {col} IS NOT NULL"
         )
     for col in IDENTIFIER_COLUMNS:
         parts.append(
-            f"SELECT 'orders', order_id, 'buyer', version_rank, {TYPE_ORDER[col]}, '{col}', {col} "
+            f"SELECT 'orders', order_id, 'buyer', version_rank, {TYPE_ORDER[col]}, '{col}', {col}{other_extra} "
             f"FROM {STG_ORDER_VERSIONS} WHERE {col} IS NOT NULL"
         )
     for role, cols in (("referrer", REFERRER_COLUMNS), ("referee", REFEREE_COLUMNS)):
         for col in cols:
             typ = col.removeprefix(f"{role}_")
             parts.append(
-                f"SELECT 'referrals', referral_id, '{role}', version_rank, {TYPE_ORDER[typ]}, '{typ}', {col} "
+                f"SELECT 'referrals', referral_id, '{role}', version_rank, {TYPE_ORDER[typ]}, '{typ}', {col}{other_extra} "
                 f"FROM {STG_REFERRAL_VERSIONS} WHERE {col} IS NOT NULL"
             )
     return "\nUNION ALL\n".join(parts)
@@ -160,21 +164,44 @@ def build_identity_graph(
     if max_degree < 0:
         raise ValueError("max_degree must not be negative")
     started = time.perf_counter()
+    kind = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        STG_CHANNEL_EVENTS.split("."),
+    ).fetchone()
+    if kind is None or kind[0] != "BASE TABLE":
+        # the graph numbers channel events by their rowid, which only a table has
+        raise RuntimeError(
+            f"{STG_CHANNEL_EVENTS} must be a table (build the dbt staging models first); found "
+            f"{'nothing' if kind is None else kind[0].lower()}"
+        )
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+    # One transaction: the three tables change together or not at all, and every statement reads the same
+    # snapshot of staging (channel events are numbered by rowid in the first statement and joined back by it
+    # in the records statement).
+    con.execute("BEGIN TRANSACTION")
+    try:
+        report = _build(con, max_degree, top_n, started)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return report
 
+
+def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
     # 1. Memberships (group level: event / order / referral side) from the occurrences (row level). A channel
     #    event's occurrences are its memberships already (one value per identifier column, one version); the
     #    versions of an order or a referral side collapse into one membership per identifier.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_members AS
-        WITH occ AS ({occurrences_sql()})
-        SELECT role, record_id, identifier_type, identifier_value, type_ord, version_rank
+        WITH occ AS ({occurrences_sql(event_rowid=True)})
+        SELECT role, record_id, identifier_type, identifier_value, type_ord, version_rank, event_rowid
         FROM occ WHERE source = 'channel_events'
         UNION ALL
         SELECT role, record_id, identifier_type, identifier_value,
-               min(type_ord) AS type_ord, min(version_rank) AS version_rank
-        FROM occ WHERE source <> 'channel_events' GROUP BY ALL
+               min(type_ord) AS type_ord, min(version_rank) AS version_rank, NULL::BIGINT AS event_rowid
+        FROM occ WHERE source <> 'channel_events' GROUP BY role, record_id, identifier_type, identifier_value
         """
     )
 
@@ -200,10 +227,15 @@ def build_identity_graph(
         FROM all_nodes
         """
     )
+    # Every group gets one integer, gid, and the memberships keep no strings: the self-join, the stars and
+    # the records group on integers, not on (role, record_id) strings. An order or a referral side is its
+    # pseudo-node (one per group: gid > 0, its node_value is the record_id); a channel event, which has none,
+    # is -1 - its rowid in the staging table (gid < 0; one row per event_id there).
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_memberships AS
-        SELECT m.role, m.record_id, m.type_ord, m.version_rank, n.node_id AS nid, p.node_id AS pseudo_nid
+        SELECT CASE WHEN m.role = 'person' THEN -1 - m.event_rowid ELSE p.node_id END AS gid,
+               m.type_ord, m.version_rank, n.node_id AS nid
         FROM _idg_members m
         JOIN _idg_node_ids n ON n.node_type = m.identifier_type AND n.node_value = m.identifier_value
         LEFT JOIN _idg_node_ids p ON m.role <> 'person' AND p.node_type = {pseudo_case.replace('role', 'm.role', 1)}
@@ -219,7 +251,7 @@ def build_identity_graph(
         WITH pairs AS (
             SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
             FROM _idg_memberships x
-            JOIN _idg_memberships y ON y.role = x.role AND y.record_id = x.record_id AND y.type_ord <> x.type_ord
+            JOIN _idg_memberships y ON y.gid = x.gid AND y.type_ord <> x.type_ord
         )
         SELECT nid, {type_name} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
         """
@@ -240,17 +272,17 @@ def build_identity_graph(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_edges AS
         WITH ev AS (
-            SELECT record_id, nid, type_ord FROM _idg_memberships
-            WHERE role = 'person' AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
+            SELECT gid, nid, type_ord FROM _idg_memberships
+            WHERE gid < 0 AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
         ),
         centre AS (
-            SELECT record_id, arg_min(nid, type_ord) AS centre FROM ev GROUP BY record_id HAVING count(*) > 1
+            SELECT gid, arg_min(nid, type_ord) AS centre FROM ev GROUP BY gid HAVING count(*) > 1
         ),
         raw_links AS (
-            SELECT ev.nid AS x, c.centre AS y FROM ev JOIN centre c USING (record_id) WHERE ev.nid <> c.centre
+            SELECT ev.nid AS x, c.centre AS y FROM ev JOIN centre c USING (gid) WHERE ev.nid <> c.centre
             UNION ALL
-            SELECT nid, pseudo_nid FROM _idg_memberships
-            WHERE role <> 'person' AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
+            SELECT nid, gid FROM _idg_memberships
+            WHERE gid > 0 AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
             UNION ALL
             SELECT re.node_id, o.node_id
             FROM (SELECT DISTINCT referral_id, order_id FROM {STG_REFERRAL_VERSIONS}
@@ -282,6 +314,7 @@ def build_identity_graph(
         ORDER BY identifier_type, identifier_value
         """
     )
+    pseudo_role = "CASE pl.node_type " + " ".join(f"WHEN '{t}' THEN '{r}'" for r, t in PSEUDO_TYPES.items()) + " END"
     con.execute(
         f"""
         CREATE OR REPLACE TABLE {RECORDS_TABLE} AS
@@ -292,23 +325,25 @@ def build_identity_graph(
         -- a record's own choice: its first non-shared identifier, else its first shared one
         -- (current version first, then column order)
         own AS (
-            SELECT role, record_id,
+            SELECT gid,
                    arg_min(component_id, CAST(is_shared AS INTEGER) * 1000000 + version_rank * 10 + type_ord)
-                       AS own_component,
-                   any_value(pseudo_nid) AS pseudo_nid
-            FROM labelled GROUP BY role, record_id
+                       AS own_component
+            FROM labelled GROUP BY gid
         ),
         components_with_identifiers AS (
             SELECT DISTINCT component_id FROM _idg_node_labels WHERE NOT is_pseudo AND NOT is_shared
         )
+        SELECT 'channel_events' AS source, e.event_id AS record_id, 'person' AS role, o.own_component AS component_id
+        FROM own o JOIN (SELECT -1 - rowid AS gid, event_id FROM {STG_CHANNEL_EVENTS}) e USING (gid)
+        UNION ALL
         -- orders and referral sides follow their pseudo-node when its component holds a customer's identifier
         -- (a converted referral's referee with shared ids only is the buyer of its order)
-        SELECT CASE o.role WHEN 'person' THEN 'channel_events' WHEN 'buyer' THEN 'orders' ELSE 'referrals' END
-                   AS source,
-               o.record_id, o.role,
-               coalesce(c.component_id, o.own_component) AS component_id
+        SELECT CASE pl.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END,
+               pl.node_value,
+               {pseudo_role},
+               coalesce(c.component_id, o.own_component)
         FROM own o
-        LEFT JOIN _idg_node_labels pl ON pl.node_id = o.pseudo_nid
+        JOIN _idg_node_labels pl ON pl.node_id = o.gid
         LEFT JOIN components_with_identifiers c ON c.component_id = pl.component_id
         """
     )
