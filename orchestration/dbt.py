@@ -90,9 +90,72 @@ def apply_dbt_environment(settings: Settings) -> None:
     os.environ["DBT_INDIRECT_SELECTION"] = "buildable"
 
 
-def parse(settings: Settings, *, quiet: bool = True) -> Path:
-    """`dbt parse` with privdom's env and vars; writes target/manifest.json (read by @dbt_assets at import)."""
+PARSE_STAMP_PATH = DBT_PROJECT_DIR / "target" / "privdom_parse_fingerprint.txt"
+# not project files: dbt's outputs, installed packages, the per-user id file
+_NOT_PROJECT = ("target", "logs", "dbt_packages", ".user.yml")
+
+
+def parse_fingerprint(settings: Settings) -> str:
+    """A digest of everything `dbt parse` reads: every file of the dbt project, the vars, the target, the
+    PRIVDOM_* and DBT_* environment (profiles.yml reads PRIVDOM_* through env_var) and the dbt versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
     apply_dbt_environment(settings)
+    digest = hashlib.sha256()
+    context = {
+        "vars": dbt_vars_arg(settings)[1],
+        "target": DBT_TARGET,
+        "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(("PRIVDOM_", "DBT_"))),
+        "versions": [installed(d) for d in ("dbt-core", "dbt-duckdb", "dbt-spark")],
+    }
+    digest.update(json.dumps(context, sort_keys=True).encode() + b"\0")
+    files = [
+        p for p in DBT_PROJECT_DIR.rglob("*")
+        if p.is_file() and p.relative_to(DBT_PROJECT_DIR).parts[0] not in _NOT_PROJECT
+    ]
+    for path in sorted(files):
+        digest.update(path.relative_to(DBT_PROJECT_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def parse_if_changed(settings: Settings, *, quiet: bool = True) -> bool:
+    """`dbt parse` unless target/manifest.json was written by a parse of exactly this project, vars, target,
+    environment and dbt version (see parse_fingerprint). Returns whether it parsed.
+
+    A parse costs 3-6 s even when dbt's partial parsing has nothing to redo; `privdom run` pays it on every
+    run otherwise."""
+    expected = _parse_stamp(parse_fingerprint(settings))
+    try:
+        recorded = PARSE_STAMP_PATH.read_text(encoding="utf-8")
+    except OSError:
+        recorded = None
+    if expected is not None and recorded == expected:
+        return False
+    parse(settings, quiet=quiet)
+    return True
+
+
+def _parse_stamp(fingerprint: str) -> str | None:
+    """The fingerprint and the manifest's size and mtime: a manifest written since by another dbt command
+    (a `dbt build` by hand, with other vars) is not taken for ours. None when there is no manifest."""
+    try:
+        st = MANIFEST_PATH.stat()
+    except OSError:
+        return None
+    return f"{fingerprint}\nmanifest {st.st_size} {st.st_mtime_ns}\n"
+
+
+def parse(settings: Settings, *, quiet: bool = True) -> Path:
+    """`dbt parse` with privdom's env and vars; writes target/manifest.json (read by @dbt_assets at import)
+    and the fingerprint parse_if_changed compares."""
+    fingerprint = parse_fingerprint(settings)  # before dbt runs: an edit made meanwhile means a parse next time
+    PARSE_STAMP_PATH.unlink(missing_ok=True)
     cmd = [
         str(dbt_executable()),
         "parse",
@@ -108,4 +171,7 @@ def parse(settings: Settings, *, quiet: bool = True) -> Path:
     result = subprocess.run(cmd, cwd=DBT_PROJECT_DIR, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"dbt parse failed:\n{result.stdout}\n{result.stderr}")
+    stamp = _parse_stamp(fingerprint)
+    if stamp is not None:
+        PARSE_STAMP_PATH.write_text(stamp, encoding="utf-8")
     return MANIFEST_PATH

@@ -204,7 +204,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
 
     from orchestration import dbt as dbt_runner
 
-    dbt_runner.parse(settings)
+    dbt_runner.parse_if_changed(settings)
     from orchestration.definitions import build_definitions
 
     defs = build_definitions()

@@ -1,0 +1,104 @@
+"""`privdom run` skips `dbt parse` when nothing it reads changed (orchestration/dbt.py: parse_if_changed).
+
+dbt itself is replaced by a fake that writes a manifest and counts its calls, on a copy of the dbt project,
+so the tests check the decision, not dbt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from orchestration import dbt as dbt_runner
+from orchestration.settings import DBT_PROJECT_DIR, load_settings
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    copy = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT_DIR, copy, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages", ".user.yml"))
+    monkeypatch.setattr(dbt_runner, "DBT_PROJECT_DIR", copy)
+    monkeypatch.setattr(dbt_runner, "MANIFEST_PATH", copy / "target" / "manifest.json")
+    monkeypatch.setattr(dbt_runner, "PARSE_STAMP_PATH", copy / "target" / "privdom_parse_fingerprint.txt")
+    calls: list[list[str]] = []
+
+    def fake_dbt(cmd, **kwargs):
+        assert cmd[1] == "parse"
+        calls.append(cmd)
+        (copy / "target").mkdir(exist_ok=True)
+        (copy / "target" / "manifest.json").write_text("{}", encoding="utf-8")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(dbt_runner.subprocess, "run", fake_dbt)
+    monkeypatch.delenv("PRIVDOM_SPARK_HOST", raising=False)
+    saved = dict(os.environ)  # parse exports the profile's env vars into this process
+    yield copy, calls
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_parses_once_then_only_when_something_it_reads_changes(project, tmp_path, monkeypatch):
+    copy, calls = project
+    settings = load_settings(tmp_path / "data")
+    assert dbt_runner.parse_if_changed(settings) is True
+    assert dbt_runner.parse_if_changed(settings) is False
+    assert len(calls) == 1
+
+    # a model edited
+    model = copy / "models" / "marts" / "fct_orders.sql"
+    model.write_text(model.read_text(encoding="utf-8") + "\n-- edited\n", encoding="utf-8")
+    assert dbt_runner.parse_if_changed(settings) is True
+    assert dbt_runner.parse_if_changed(settings) is False
+
+    # a new file (a generic test, a macro) counts too
+    (copy / "macros" / "new_macro.sql").write_text("{% macro m() %}1{% endmacro %}\n", encoding="utf-8")
+    assert dbt_runner.parse_if_changed(settings) is True
+
+    # another data directory: other profile env vars (the warehouse path)
+    other = load_settings(tmp_path / "other")
+    assert dbt_runner.parse_if_changed(other) is True
+    assert dbt_runner.parse_if_changed(settings) is True  # and back
+
+    # an environment variable profiles.yml reads
+    monkeypatch.setenv("PRIVDOM_SPARK_HOST", "cluster.example")
+    assert dbt_runner.parse_if_changed(settings) is True
+    assert dbt_runner.parse_if_changed(settings) is False
+
+    # a manifest written since by another dbt command (`dbt build` by hand, other vars) is not ours
+    (copy / "target" / "manifest.json").write_text('{"other": true}', encoding="utf-8")
+    assert dbt_runner.parse_if_changed(settings) is True
+    assert dbt_runner.parse_if_changed(settings) is False
+
+    # dbt's outputs are not inputs: a new file under target/ or logs/ changes nothing
+    (copy / "target" / "run_results.json").write_text("{}", encoding="utf-8")
+    (copy / "logs").mkdir(exist_ok=True)
+    (copy / "logs" / "dbt.log").write_text("x", encoding="utf-8")
+    assert dbt_runner.parse_if_changed(settings) is False
+    assert len(calls) == 7
+
+
+def test_parses_when_the_manifest_is_missing_or_the_last_parse_failed(project, tmp_path, monkeypatch):
+    copy, calls = project
+    settings = load_settings(tmp_path / "data")
+    assert dbt_runner.parse_if_changed(settings) is True
+    (copy / "target" / "manifest.json").unlink()
+    assert dbt_runner.parse_if_changed(settings) is True
+    assert len(calls) == 2
+
+    # a failed parse leaves no fingerprint behind: the next run parses again
+    def failing(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2, "", "Compilation Error in model x")
+
+    monkeypatch.setattr(dbt_runner.subprocess, "run", failing)
+    model = copy / "models" / "marts" / "fct_orders.sql"
+    model.write_text(model.read_text(encoding="utf-8") + "\n-- edited\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="dbt parse failed"):
+        dbt_runner.parse_if_changed(settings)
+    assert not dbt_runner.PARSE_STAMP_PATH.exists()
+    with pytest.raises(RuntimeError, match="dbt parse failed"):
+        dbt_runner.parse_if_changed(settings)
+    assert len(calls) == 4
