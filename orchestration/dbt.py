@@ -6,12 +6,15 @@ call privdom makes goes through `dbt_args` / `dbt_environment`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from orchestration.settings import DBT_PROJECT_DIR, Settings
@@ -92,7 +95,9 @@ def apply_dbt_environment(settings: Settings) -> None:
 
 PARSE_STAMP_PATH = DBT_PROJECT_DIR / "target" / "privdom_parse_fingerprint.txt"
 # not project files: dbt's outputs, installed packages, the per-user id file
-_NOT_PROJECT = ("target", "logs", "dbt_packages", ".user.yml")
+_NOT_PROJECT = frozenset(("target", "logs", "dbt_packages", ".user.yml"))
+# what dbt parses with (its built-in macros live in dbt-adapters)
+_DBT_DISTRIBUTIONS = ("dbt-core", "dbt-adapters", "dbt-common", "dbt-duckdb", "dbt-spark", "duckdb")
 
 
 def parse_fingerprint(settings: Settings) -> str:
@@ -112,16 +117,32 @@ def parse_fingerprint(settings: Settings) -> str:
         "vars": dbt_vars_arg(settings)[1],
         "target": DBT_TARGET,
         "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(("PRIVDOM_", "DBT_"))),
-        "versions": [installed(d) for d in ("dbt-core", "dbt-duckdb", "dbt-spark")],
+        "versions": [installed(d) for d in _DBT_DISTRIBUTIONS],
     }
     digest.update(json.dumps(context, sort_keys=True).encode() + b"\0")
-    files = [
-        p for p in DBT_PROJECT_DIR.rglob("*")
-        if p.is_file() and p.relative_to(DBT_PROJECT_DIR).parts[0] not in _NOT_PROJECT
-    ]
+    files: list[Path] = []
+    for root, dirs, names in os.walk(DBT_PROJECT_DIR):
+        top = Path(root) == DBT_PROJECT_DIR
+        if top:  # dbt's outputs are not walked (target/ grows with every run)
+            dirs[:] = [d for d in dirs if d not in _NOT_PROJECT]
+        files += [Path(root) / n for n in names if not (top and n in _NOT_PROJECT)]
     for path in sorted(files):
         digest.update(path.relative_to(DBT_PROJECT_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _parse_lock() -> Iterator[None]:
+    """One parse at a time per project (privdom runs of other data directories, `privdom ui`): the stamp must
+    describe the manifest this process's parse wrote, not one another parse wrote in between."""
+    path = DBT_PROJECT_DIR / "target" / ".privdom-parse.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def parse_if_changed(settings: Settings, *, quiet: bool = True) -> bool:
@@ -130,32 +151,43 @@ def parse_if_changed(settings: Settings, *, quiet: bool = True) -> bool:
 
     A parse costs 3-6 s even when dbt's partial parsing has nothing to redo; `privdom run` pays it on every
     run otherwise."""
-    expected = _parse_stamp(parse_fingerprint(settings))
-    try:
-        recorded = PARSE_STAMP_PATH.read_text(encoding="utf-8")
-    except OSError:
-        recorded = None
-    if expected is not None and recorded == expected:
-        return False
-    parse(settings, quiet=quiet)
+    fingerprint = parse_fingerprint(settings)
+    with _parse_lock():
+        expected = _parse_stamp(fingerprint)
+        try:
+            recorded = PARSE_STAMP_PATH.read_text(encoding="utf-8")
+        except OSError:
+            recorded = None
+        if expected is not None and recorded == expected:
+            return False
+        _parse_locked(settings, fingerprint, quiet=quiet)
     return True
 
 
 def _parse_stamp(fingerprint: str) -> str | None:
-    """The fingerprint and the manifest's size and mtime: a manifest written since by another dbt command
-    (a `dbt build` by hand, with other vars) is not taken for ours. None when there is no manifest."""
-    try:
-        st = MANIFEST_PATH.stat()
-    except OSError:
-        return None
-    return f"{fingerprint}\nmanifest {st.st_size} {st.st_mtime_ns}\n"
+    """The fingerprint and digests of the manifest and dbt's partial-parse file: a manifest written since by
+    another dbt command (a `dbt build` by hand, other vars) is not taken for ours. None without a manifest."""
+    lines = [fingerprint]
+    for path in (MANIFEST_PATH, MANIFEST_PATH.with_name("partial_parse.msgpack")):
+        try:
+            lines.append(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}")
+        except OSError:
+            if path == MANIFEST_PATH:
+                return None
+            lines.append(f"{path.name} -")
+    return "\n".join(lines) + "\n"
 
 
 def parse(settings: Settings, *, quiet: bool = True) -> Path:
     """`dbt parse` with privdom's env and vars; writes target/manifest.json (read by @dbt_assets at import)
-    and the fingerprint parse_if_changed compares."""
-    fingerprint = parse_fingerprint(settings)  # before dbt runs: an edit made meanwhile means a parse next time
-    PARSE_STAMP_PATH.unlink(missing_ok=True)
+    and the stamp parse_if_changed compares."""
+    fingerprint = parse_fingerprint(settings)
+    with _parse_lock():
+        return _parse_locked(settings, fingerprint, quiet=quiet)
+
+
+def _parse_locked(settings: Settings, fingerprint: str, *, quiet: bool) -> Path:
+    PARSE_STAMP_PATH.unlink(missing_ok=True)  # a failed parse leaves no stamp: the next run parses again
     cmd = [
         str(dbt_executable()),
         "parse",

@@ -67,17 +67,37 @@ def test_parses_once_then_only_when_something_it_reads_changes(project, tmp_path
     assert dbt_runner.parse_if_changed(settings) is True
     assert dbt_runner.parse_if_changed(settings) is False
 
-    # a manifest written since by another dbt command (`dbt build` by hand, other vars) is not ours
-    (copy / "target" / "manifest.json").write_text('{"other": true}', encoding="utf-8")
+    # a manifest written since by another dbt command (`dbt build` by hand, other vars) is not ours, even
+    # one of the same size with the old mtime
+    manifest = copy / "target" / "manifest.json"
+    st = manifest.stat()
+    manifest.write_text("[]", encoding="utf-8")
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert dbt_runner.parse_if_changed(settings) is True
     assert dbt_runner.parse_if_changed(settings) is False
+
+    # other vars (a setting passed to dbt), another DBT_* variable, another dbt version
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "privdom.toml").write_text('placeholder_block_list = ["test"]\n', encoding="utf-8")
+    blocked = load_settings(tmp_path / "data")
+    assert dbt_runner.parse_if_changed(blocked) is True
+    assert dbt_runner.parse_if_changed(blocked) is False
+    monkeypatch.setenv("DBT_PARTIAL_PARSE", "false")
+    assert dbt_runner.parse_if_changed(blocked) is True
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda d: "9.9.9" if d == "dbt-adapters" else real_version(d))
+    assert dbt_runner.parse_if_changed(blocked) is True
+    assert dbt_runner.parse_if_changed(blocked) is False
+    settings = blocked
 
     # dbt's outputs are not inputs: a new file under target/ or logs/ changes nothing
     (copy / "target" / "run_results.json").write_text("{}", encoding="utf-8")
     (copy / "logs").mkdir(exist_ok=True)
     (copy / "logs" / "dbt.log").write_text("x", encoding="utf-8")
     assert dbt_runner.parse_if_changed(settings) is False
-    assert len(calls) == 7
+    assert len(calls) == 10
 
 
 def test_parses_when_the_manifest_is_missing_or_the_last_parse_failed(project, tmp_path, monkeypatch):

@@ -136,9 +136,9 @@ def test_every_format_gives_identical_raw_tables(con, settings, land):
 
 def test_jsonl_records_keep_file_order_whatever_their_keys(con, settings, land):
     # the JSON Lines reader extracts all keys in one call over a subquery; keys named like its internal
-    # columns ("_n", "_v") must neither shift the values nor change the row order
+    # columns ("_n", "_v") must neither shift the values nor change the row order, and no key is path syntax
     land("channel_events/dt=2024-01-31/odd_keys.jsonl",
-         '{"_n": 9, "event_id": "e1", "occurred_at": "2024-01-31 10:00:00", "channel": "wecom", "event_type": "follow", "openid": "o1", "_v": "x"}\n'
+         '{"_n": 9, "*": 1, "a/b~c": 2, "event_id": "e1", "occurred_at": "2024-01-31 10:00:00", "channel": "wecom", "event_type": "follow", "openid": "o1", "_v": "x"}\n'
          '{"_n": 1, "event_id": "e2", "occurred_at": "2024-01-31 11:00:00", "channel": "wecom", "event_type": "engage", "openid": "o2"}\n'
          '{"_n": 5, "_v": [1, 2], "event_id": "e3", "occurred_at": "2024-01-31 12:00:00", "channel": "wecom", "event_type": "engage", "member_id": "m3"}\n')
     report = ingest_source(con, "channel_events", settings, "t")

@@ -165,7 +165,8 @@ def build_identity_graph(
         raise ValueError("max_degree must not be negative")
     started = time.perf_counter()
     kind = con.execute(
-        "SELECT table_type FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
         STG_CHANNEL_EVENTS.split("."),
     ).fetchone()
     if kind is None or kind[0] != "BASE TABLE":
@@ -181,11 +182,21 @@ def build_identity_graph(
     con.execute("BEGIN TRANSACTION")
     try:
         report = _build(con, max_degree, top_n, started)
-        con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
+    con.execute("COMMIT")  # a failed commit raises its own error (DuckDB has then ended the transaction)
     return report
+
+
+def _rollback(con) -> None:
+    """Roll back, keeping the original error: DuckDB may already have ended the transaction."""
+    import duckdb
+
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:

@@ -243,8 +243,9 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')} FROM {_JRAW}")
         else:
             # one json_extract_string over the list of paths parses each record once (one call per key parsed
-            # it once per key: 4x slower at 16 keys); the values are the same
-            paths = "[" + ", ".join(R.lit("$." + R.q(k)) for k in keys) + "]"
+            # it once per key: 4x slower at 16 keys); the values are the same. JSON Pointer paths (RFC 6901),
+            # so that no key is taken for path syntax ("*", "", quotes, backslashes, "/", "~")
+            paths = "[" + ", ".join(R.lit("/" + k.replace("~", "~0").replace("/", "~1")) for k in keys) + "]"
             # (qualified names: a key may be called anything, "_v" and "_n" included)
             select = ", ".join(f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1))
             con.execute(
@@ -639,10 +640,13 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 _insert_ledger(con, ledger_rows)
                 if staged:
                     _verify(con, source, staged, first_id)
-                con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                try:
+                    con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # DuckDB may already have ended the transaction: keep the original error
                 raise
+            con.execute("COMMIT")  # a failed commit raises its own error (DuckDB has then ended the transaction)
 
         if keep_frame:
             if staged:
