@@ -12,6 +12,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -207,3 +209,23 @@ def _parse_locked(settings: Settings, fingerprint: str, *, quiet: bool) -> Path:
     if stamp is not None:
         PARSE_STAMP_PATH.write_text(stamp, encoding="utf-8")
     return MANIFEST_PATH
+
+
+# dagster-dbt gives every dbt invocation a target directory of its own, target/<step>-<run id>-<random>/
+# (compiled SQL, run_results.json, a manifest: ~4.5 MB for the ~155 nodes of a run), and never removes it.
+INVOCATION_DIRS_KEPT = 10
+
+
+def prune_invocation_dirs(step: str, keep: int = INVOCATION_DIRS_KEPT) -> int:
+    """Remove all but the newest `keep` invocation directories of dbt step `step` (by mtime); returns how many
+    were removed. Only directories named as dagster-dbt names them are touched."""
+    pattern = re.compile(rf"{re.escape(step)}-[0-9a-f]{{7}}-[0-9a-f]{{7}}")
+    target = DBT_PROJECT_DIR / "target"
+    try:
+        dirs = [d for d in target.iterdir() if d.is_dir() and pattern.fullmatch(d.name)]
+    except FileNotFoundError:
+        return 0
+    dirs.sort(key=lambda d: d.stat().st_mtime_ns, reverse=True)
+    for d in dirs[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(dirs[keep:])

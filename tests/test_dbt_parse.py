@@ -122,3 +122,26 @@ def test_parses_when_the_manifest_is_missing_or_the_last_parse_failed(project, t
     with pytest.raises(RuntimeError, match="dbt parse failed"):
         dbt_runner.parse_if_changed(settings)
     assert len(calls) == 4
+
+
+def test_old_dbt_target_directories_are_pruned_per_step(tmp_path, monkeypatch):
+    # dagster-dbt leaves target/<step>-<run id>-<random>/ behind for every invocation; the newest few per step stay
+    monkeypatch.setattr(dbt_runner, "DBT_PROJECT_DIR", tmp_path)
+    target = tmp_path / "target"
+    target.mkdir()
+    names = [f"dbt_models-{i:07x}-abcdef{i % 10}" for i in range(14)] + ["dbt_staging-0000001-1234567"]
+    for i, name in enumerate(names):
+        d = target / name
+        (d / "compiled").mkdir(parents=True)
+        (d / "run_results.json").write_text("{}", encoding="utf-8")
+        os.utime(d, ns=(i * 10**9, i * 10**9))
+    keep_anyway = ["dbt_models-notours", "dbt_models-0000001-1234567-x"]  # not named as dagster-dbt names them
+    for name in keep_anyway:
+        (target / name).mkdir()
+    (target / "manifest.json").write_text("{}", encoding="utf-8")
+
+    assert dbt_runner.prune_invocation_dirs("dbt_models", keep=10) == 4
+    left = sorted(p.name for p in target.iterdir())
+    assert left == sorted(names[4:] + keep_anyway + ["manifest.json"])  # the 4 oldest models dirs went
+    assert dbt_runner.prune_invocation_dirs("dbt_models", keep=10) == 0
+    assert dbt_runner.prune_invocation_dirs("dbt_identity_inputs") == 0

@@ -84,6 +84,10 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                     dbt_runner.record_fingerprint(con, name, fingerprint)
                 for event in events:
                     yield _with_table_metadata(context, con, event)
+        # this invocation's target directory stays (run_results.json for whoever reads it); older ones go
+        removed = dbt_runner.prune_invocation_dirs(name)
+        if removed:
+            context.log.debug(f"removed {removed} old dbt target directories of {name}")
         if error is not None:
             text = str(error)
             if warehouse.is_lock_conflict(text):
