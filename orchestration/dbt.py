@@ -104,7 +104,8 @@ _DBT_DISTRIBUTIONS = ("dbt-core", "dbt-adapters", "dbt-common", "dbt-duckdb", "d
 
 def parse_fingerprint(settings: Settings) -> str:
     """A digest of everything `dbt parse` reads: every file of the dbt project, the vars, the target, the
-    PRIVDOM_* and DBT_* environment (profiles.yml reads PRIVDOM_* through env_var) and the dbt versions."""
+    PRIVDOM_* and DBT_* environment (profiles.yml reads PRIVDOM_* through env_var; call it after
+    apply_dbt_environment, as parse does) and the dbt versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(dist: str) -> str | None:
@@ -113,7 +114,6 @@ def parse_fingerprint(settings: Settings) -> str:
         except PackageNotFoundError:
             return None
 
-    apply_dbt_environment(settings)
     digest = hashlib.sha256()
     context = {
         "vars": dbt_vars_arg(settings)[1],
@@ -153,6 +153,7 @@ def parse_if_changed(settings: Settings, *, quiet: bool = True) -> bool:
 
     A parse costs 3-6 s even when dbt's partial parsing has nothing to redo; `privdom run` pays it on every
     run otherwise."""
+    apply_dbt_environment(settings)
     fingerprint = parse_fingerprint(settings)
     with _parse_lock():
         expected = _parse_stamp(fingerprint)
@@ -183,6 +184,7 @@ def _parse_stamp(fingerprint: str) -> str | None:
 def parse(settings: Settings, *, quiet: bool = True) -> Path:
     """`dbt parse` with privdom's env and vars; writes target/manifest.json (read by @dbt_assets at import)
     and the stamp parse_if_changed compares."""
+    apply_dbt_environment(settings)
     fingerprint = parse_fingerprint(settings)
     with _parse_lock():
         return _parse_locked(settings, fingerprint, quiet=quiet)

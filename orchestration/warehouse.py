@@ -74,6 +74,23 @@ def ensure_not_locked(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN … COMMIT around the block; on an error, ROLLBACK and re-raise that error. A ROLLBACK that fails
+    (DuckDB may already have ended the transaction) never replaces the original error; a failed COMMIT raises
+    its own (DuckDB has then ended the transaction)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+    con.execute("COMMIT")
+
+
+@contextlib.contextmanager
 def connection(
     path: str | Path, *, read_only: bool = False, memory_limit: str | None = None
 ) -> Iterator[duckdb.DuckDBPyConnection]:

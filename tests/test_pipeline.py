@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import yaml
 
 from orchestration.contract import SOURCES
 
@@ -255,8 +256,6 @@ def test_the_dbt_unit_tests_pass_on_the_built_warehouse_and_privdom_run_skips_th
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     results = json.loads((out / "run_results.json").read_text())["results"]
-    import yaml
-
     defined = sum(
         len((yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("unit_tests") or [])
         for p in (DBT_PROJECT_DIR / "models").rglob("*.yml")

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from orchestration.contract import IDENTIFIER_COLUMNS, REFEREE_COLUMNS, REFERRER_COLUMNS
+from orchestration.warehouse import transaction
 
 SCHEMA = "intermediate"
 IDENTIFIERS_TABLE = f"{SCHEMA}.int_identity__identifiers"
@@ -179,24 +180,8 @@ def build_identity_graph(
     # One transaction: the three tables change together or not at all, and every statement reads the same
     # snapshot of staging (channel events are numbered by rowid in the first statement and joined back by it
     # in the records statement).
-    con.execute("BEGIN TRANSACTION")
-    try:
-        report = _build(con, max_degree, top_n, started)
-    except BaseException:
-        _rollback(con)
-        raise
-    con.execute("COMMIT")  # a failed commit raises its own error (DuckDB has then ended the transaction)
-    return report
-
-
-def _rollback(con) -> None:
-    """Roll back, keeping the original error: DuckDB may already have ended the transaction."""
-    import duckdb
-
-    try:
-        con.execute("ROLLBACK")
-    except duckdb.Error:
-        pass
+    with transaction(con):
+        return _build(con, max_degree, top_n, started)
 
 
 def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:

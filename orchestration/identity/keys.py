@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from orchestration.identity.graph import IDENTIFIERS_TABLE, RECORDS_TABLE, TYPE_ORDER, mask_sql, occurrences_sql
+from orchestration.warehouse import transaction
 
 STATE_SCHEMA = "identity_state"
 CUSTOMER_KEYS = f"{STATE_SCHEMA}.customer_keys"
@@ -218,8 +219,7 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
     _via_identifiers(con, n_merges)
 
     # 6. One transaction for the output table and every state table.
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(
             f"CREATE OR REPLACE TABLE {OUTPUT_TABLE} AS "
             "SELECT component_id, customer_key FROM _ck_assign ORDER BY component_id"
@@ -301,10 +301,6 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
             """,
             [run_id],
         ).fetchone()
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     for t in ("_ck_customers", "_ck_identifiers", "_ck_claims", "_ck_won", "_ck_assign", "_ck_merges",
               "_ck_splits", "_ck_merge_via", "_ck_split_via"):
         con.execute(f"DROP TABLE IF EXISTS {t}")

@@ -35,6 +35,7 @@ import pandas as pd
 from orchestration.contract import CONTRACTS, LINEAGE_COLUMNS, SourceContract, contract as get_contract
 from orchestration.quality import SpilledFrame
 from orchestration.settings import TIMEZONE, Settings
+from orchestration.warehouse import transaction
 
 from . import files as fl
 from . import rules as R
@@ -633,20 +634,12 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
         # ---- 2. load: one transaction for the run
         if ledger_rows:
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(con):
                 if staged:
                     _load_rows(con, c, source, load_id, staged, parts)
                 _insert_ledger(con, ledger_rows)
                 if staged:
                     _verify(con, source, staged, first_id)
-            except BaseException:
-                try:
-                    con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass  # DuckDB may already have ended the transaction: keep the original error
-                raise
-            con.execute("COMMIT")  # a failed commit raises its own error (DuckDB has then ended the transaction)
 
         if keep_frame:
             if staged:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import duckdb
 
 from orchestration.segments.definitions import COLUMNS, EXPLAIN_COLUMNS, SegmentDefinition
+from orchestration.warehouse import transaction
 
 DIM_CUSTOMERS = "marts.dim_customers"
 MEMBERS_TABLE = "segments.segment_members"
@@ -132,8 +133,7 @@ def build_membership(
     check_dim_customers(con)
     enabled = [d for d in definitions if d.enabled]
     _ensure_tables(con, computed_at)
-    con.execute("begin transaction")
-    try:
+    with transaction(con):
         con.execute(f"delete from {MEMBERS_TABLE}")
         con.execute(f"delete from {DEFINITIONS_TABLE}")
         summaries = []
@@ -150,10 +150,6 @@ def build_membership(
                 [d.name, d.version, d.purpose, d.campaign, d.rule_json(), d.source, d.enabled,
                  s.matched if s else None, s.suppressed if s else None, s.members if s else None, computed_at],
             )
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
     return summaries
 
 

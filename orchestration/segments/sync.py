@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from orchestration.segments.destinations import DestinationConfig, DestinationUnavailable, RowOutcome
 from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
+from orchestration.warehouse import transaction
 
 STATE_TABLE = "segments.sync_state"
 LOG_TABLE = "segments.sync_log"
@@ -130,30 +131,26 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
     )
     accepted = [by_key[o.customer_key] for o in outcomes if o.accepted]
     state_rows = pa.table({c: pa.array([r.get(c) for r in accepted], pa.string()) for c in CONTACT_FIELDS})
-    con.execute("begin transaction")
     try:
-        con.register("batch_log", table)
-        con.execute(
-            f"insert into {LOG_TABLE} select ?, ?, ?, ?, customer_key, ?, status, error, attempts, batch_key from batch_log",
-            [run_id, now, config.name, segment, operation],
-        )
-        con.register("batch_state", state_rows)
-        if operation == "add":
-            cols = ", ".join(CONTACT_FIELDS)
+        with transaction(con):
+            con.register("batch_log", table)
             con.execute(
-                f"insert or replace into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id) "
-                f"select ?, ?, {cols}, ?, ?, ? from batch_state",
-                [config.name, segment, version, now, run_id],
+                f"insert into {LOG_TABLE} select ?, ?, ?, ?, customer_key, ?, status, error, attempts, batch_key from batch_log",
+                [run_id, now, config.name, segment, operation],
             )
-        else:
-            con.execute(
-                f"delete from {STATE_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_state)",
-                [config.name, segment],
-            )
-        con.execute("commit")
-    except BaseException:
-        con.execute("rollback")
-        raise
+            con.register("batch_state", state_rows)
+            if operation == "add":
+                cols = ", ".join(CONTACT_FIELDS)
+                con.execute(
+                    f"insert or replace into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id) "
+                    f"select ?, ?, {cols}, ?, ?, ? from batch_state",
+                    [config.name, segment, version, now, run_id],
+                )
+            else:
+                con.execute(
+                    f"delete from {STATE_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_state)",
+                    [config.name, segment],
+                )
     finally:
         con.unregister("batch_log")
         con.unregister("batch_state")
