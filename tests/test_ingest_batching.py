@@ -50,3 +50,56 @@ def test_files_with_different_columns_keep_their_own_rows(con, settings, land):
     assert list(json.loads(q[0][3])) == header and list(json.loads(q[1][3])) == reordered
     frame = report.frame.to_pandas()
     assert frame["_file_id"].tolist() == [1, 1, 2, 2, 3] and frame["_row_number"].tolist() == [1, 2, 1, 2, 1]
+
+
+def test_files_of_one_schema_keep_their_order_and_row_numbers(con, settings, land):
+    """Files of the same schema are judged in one statement over all of them: every row keeps its own file,
+    row number and place, and the GX frame's delivered event id (a string column: stored once) is the text."""
+    header = HEADERS["channel_events"]
+    row = GOOD["channel_events"].split(",")
+
+    def line(event_id: str, channel: str = "wecom") -> str:
+        r = row.copy()
+        r[0], r[2] = event_id, channel
+        return ",".join(r)
+
+    land("channel_events/a_20240131.csv", "\n".join([header, line("a1"), line("a2", "weibo"), line(" a3 ")]) + "\n")
+    land("channel_events/b_20240131.csv", "\n".join([header, line("b1"), line("b2")]) + "\n")
+    land("channel_events/c_20240131.csv", "\n".join([header, line("c1", "weibo"), line("c2"), line("c3"), line("c4")]) + "\n")
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert [(f.file_id, f.rows_read, f.rows_loaded, f.rows_quarantined) for f in report.files] == [
+        (1, 3, 2, 1), (2, 2, 2, 0), (3, 4, 3, 1)]
+    # rows land in file and row order (the table's own order, not only when sorted)
+    assert con.execute("SELECT event_id, _file_id, _row_number FROM raw.channel_events ORDER BY rowid").fetchall() == [
+        ("a1", 1, 1), ("a3", 1, 3), ("b1", 2, 1), ("b2", 2, 2), ("c2", 3, 2), ("c3", 3, 3), ("c4", 3, 4)]
+    assert con.execute("SELECT file_id, row_number, json_extract_string(original_row, '$.event_id') FROM raw.quarantine "
+                       "ORDER BY file_id").fetchall() == [(1, 2, "a2"), (3, 1, "c1")]
+    frame = report.frame.to_pandas()
+    assert list(zip(frame["_file_id"], frame["_row_number"], frame["event_id__delivered"])) == [
+        (1, 1, "a1"), (1, 2, "a2"), (1, 3, "a3"), (2, 1, "b1"), (2, 2, "b2"),
+        (3, 1, "c1"), (3, 2, "c2"), (3, 3, "c3"), (3, 4, "c4")]
+    assert frame["channel"].tolist() == ["wecom", "weibo", "wecom", "wecom", "wecom", "weibo", "wecom", "wecom", "wecom"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings, land, tmp_path, fmt):
+    """An extra column named like DuckDB's row id (any case, any type) is just an extra column: row numbers
+    still count the file's rows, and the column's values stay in the quarantined original row."""
+    header = HEADERS["channel_events"] + ",RowID"
+    rows = [GOOD["channel_events"] + ",77", GOOD["channel_events"].replace("wecom,", "weibo,").replace("g1", "g2") + ",78"]
+    if fmt == "csv":
+        land("channel_events/x_20240131.csv", "\n".join([header, *rows]) + "\n")
+    else:
+        import duckdb
+
+        csv = tmp_path / "x.csv"
+        csv.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+        out = tmp_path / "x.parquet"
+        duckdb.connect().execute(f"COPY (SELECT * REPLACE (CAST(RowID AS INTEGER) AS RowID) FROM read_csv('{csv}', all_varchar = true)) "
+                                 f"TO '{out}' (FORMAT parquet)")
+        land("channel_events/x_20240131.parquet", out.read_bytes())
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert [(f.status, f.rows_read, f.rows_loaded, f.rows_quarantined) for f in report.files] == [("loaded", 2, 1, 1)]
+    assert con.execute("SELECT event_id, _row_number FROM raw.channel_events").fetchall() == [("g1", 1)]
+    number, original = con.execute("SELECT row_number, original_row FROM raw.quarantine").fetchone()
+    assert number == 2 and json.loads(original)["RowID"] == "78"
