@@ -66,3 +66,21 @@ if __name__ == "__main__":  # regenerate the stored list
         keys |= {f"{k.asset_key.to_user_string()}:{k.name}" for k in repo.asset_graph.asset_check_keys}
     EXPECTED.write_text("# asset keys and asset checks (asset:check) of the code location\n" + "\n".join(sorted(keys)) + "\n", encoding="utf-8")
     print(f"wrote {len(keys)} keys to {EXPECTED}")
+
+
+def test_dbt_steps_do_not_build_a_dbt_adapter_in_process():
+    """dagster-dbt builds a dbt adapter in the Dagster process before every invocation (~1.7 s), for
+    metadata privdom does not fetch; privdom's resource skips it through dagster-dbt's own hook. If a
+    dagster-dbt upgrade renames the hook, this fails instead of the saving silently disappearing."""
+    import inspect
+
+    from dagster_dbt import DbtCliResource
+
+    from orchestration.defs.resources import PrivdomDbtCliResource, resources
+
+    hook = DbtCliResource._initialize_dbt_core_adapter
+    assert list(inspect.signature(hook).parameters) == ["self", "args"]
+    assert "_initialize_dbt_core_adapter" in inspect.getsource(DbtCliResource.cli)
+    dbt = resources().resources["dbt"]
+    assert isinstance(dbt, PrivdomDbtCliResource)
+    assert dbt._initialize_dbt_core_adapter(["build"]) is None
