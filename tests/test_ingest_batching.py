@@ -52,9 +52,12 @@ def test_files_with_different_columns_keep_their_own_rows(con, settings, land):
     assert frame["_file_id"].tolist() == [1, 1, 2, 2, 3] and frame["_row_number"].tolist() == [1, 2, 1, 2, 1]
 
 
-def test_files_of_one_schema_keep_their_order_and_row_numbers(con, settings, land):
-    """Files of the same schema are judged in one statement over all of them: every row keeps its own file,
-    row number and place, and the GX frame's delivered event id (a string column: stored once) is the text."""
+@pytest.mark.parametrize("small_file_rows", [1, 3, 10**6], ids=["each-file-its-own-input", "mixed", "all-appended"])
+def test_files_of_one_schema_keep_their_order_and_row_numbers(con, settings, land, monkeypatch, small_file_rows):
+    """Files of the same schema are judged in one statement over all of them, whether each file is an input of
+    its own, small ones are appended together, or both: every row keeps its own file, row number and place,
+    and the GX frame's delivered event id (a string column: stored once) is the text."""
+    monkeypatch.setattr(core, "SMALL_FILE_ROWS", small_file_rows)
     header = HEADERS["channel_events"]
     row = GOOD["channel_events"].split(",")
 
@@ -81,10 +84,13 @@ def test_files_of_one_schema_keep_their_order_and_row_numbers(con, settings, lan
     assert frame["channel"].tolist() == ["wecom", "weibo", "wecom", "wecom", "wecom", "weibo", "wecom", "wecom", "wecom"]
 
 
+@pytest.mark.parametrize("small_file_rows", [1, 10**6], ids=["own-input", "appended"])
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings, land, tmp_path, fmt):
+def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings, land, tmp_path, monkeypatch, fmt,
+                                                                   small_file_rows):
     """An extra column named like DuckDB's row id (any case, any type) is just an extra column: row numbers
     still count the file's rows, and the column's values stay in the quarantined original row."""
+    monkeypatch.setattr(core, "SMALL_FILE_ROWS", small_file_rows)
     header = HEADERS["channel_events"] + ",RowID"
     rows = [GOOD["channel_events"] + ",77", GOOD["channel_events"].replace("wecom,", "weibo,").replace("g1", "g2") + ",78"]
     if fmt == "csv":
