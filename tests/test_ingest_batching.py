@@ -52,7 +52,8 @@ def test_files_with_different_columns_keep_their_own_rows(con, settings, land):
     assert frame["_file_id"].tolist() == [1, 1, 2, 2, 3] and frame["_row_number"].tolist() == [1, 2, 1, 2, 1]
 
 
-@pytest.mark.parametrize("small_file_rows", [1, 3, 10**6], ids=["each-file-its-own-input", "mixed", "all-appended"])
+@pytest.mark.parametrize("small_file_rows", [1, 3, 4, 10**6],
+                         ids=["each-file-its-own-input", "large-small-large", "small-small-large", "all-appended"])
 def test_files_of_one_schema_keep_their_order_and_row_numbers(con, settings, land, monkeypatch, small_file_rows):
     """Files of the same schema are judged in one statement over all of them, whether each file is an input of
     its own, small ones are appended together, or both: every row keeps its own file, row number and place,
@@ -92,20 +93,27 @@ def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings,
     still count the file's rows, and the column's values stay in the quarantined original row."""
     monkeypatch.setattr(core, "SMALL_FILE_ROWS", small_file_rows)
     header = HEADERS["channel_events"] + ",RowID"
-    rows = [GOOD["channel_events"] + ",77", GOOD["channel_events"].replace("wecom,", "weibo,").replace("g1", "g2") + ",78"]
-    if fmt == "csv":
-        land("channel_events/x_20240131.csv", "\n".join([header, *rows]) + "\n")
-    else:
-        import duckdb
+    good = GOOD["channel_events"]
+    files = {  # two files of one schema: the second is appended to the first when both are small
+        "x": [good + ",77", good.replace("wecom,", "weibo,").replace("g1", "g2") + ",78"],
+        "y": [good.replace("g1", "g3") + ",5"],
+    }
+    for stem, rows in files.items():
+        if fmt == "csv":
+            land(f"channel_events/{stem}_20240131.csv", "\n".join([header, *rows]) + "\n")
+        else:
+            import duckdb
 
-        csv = tmp_path / "x.csv"
-        csv.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-        out = tmp_path / "x.parquet"
-        duckdb.connect().execute(f"COPY (SELECT * REPLACE (CAST(RowID AS INTEGER) AS RowID) FROM read_csv('{csv}', all_varchar = true)) "
-                                 f"TO '{out}' (FORMAT parquet)")
-        land("channel_events/x_20240131.parquet", out.read_bytes())
+            csv = tmp_path / f"{stem}.csv"
+            csv.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+            out = tmp_path / f"{stem}.parquet"
+            duckdb.connect().execute(f"COPY (SELECT * REPLACE (CAST(RowID AS INTEGER) AS RowID) FROM read_csv('{csv}', all_varchar = true)) "
+                                     f"TO '{out}' (FORMAT parquet)")
+            land(f"channel_events/{stem}_20240131.parquet", out.read_bytes())
     report = ingest_source(con, "channel_events", settings, "t")
-    assert [(f.status, f.rows_read, f.rows_loaded, f.rows_quarantined) for f in report.files] == [("loaded", 2, 1, 1)]
-    assert con.execute("SELECT event_id, _row_number FROM raw.channel_events").fetchall() == [("g1", 1)]
+    assert [(f.status, f.rows_read, f.rows_loaded, f.rows_quarantined) for f in report.files] == [
+        ("loaded", 2, 1, 1), ("loaded", 1, 1, 0)]
+    assert con.execute("SELECT event_id, _file_id, _row_number FROM raw.channel_events ORDER BY 2").fetchall() == [
+        ("g1", 1, 1), ("g3", 2, 1)]
     number, original = con.execute("SELECT row_number, original_row FROM raw.quarantine").fetchone()
     assert number == 2 and json.loads(original)["RowID"] == "78"

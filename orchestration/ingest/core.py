@@ -323,8 +323,9 @@ def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[str], 
 
 
 def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], settings: Settings, table: str) -> str:
-    """SELECT over a staged file (`table`: its delivered columns plus lineage _FID, _BD, _RN): per row _fid,
-    _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of every column, the GX
+    """SELECT over staged files (`table`: their delivered columns plus lineage _FID, _BD, _RN): per row _fid,
+    _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of the columns the GX frame
+    reads as delivered text (frame_projection: not for string columns, whose typed value is that text), the GX
     helper columns, one flag b__ per rule, _broken, and, for a broken row, its first rule _rule, all its rules
     _rules and its original values _original (JSON text), for a row that loads its _row_hash."""
     ph = settings.placeholder_values
