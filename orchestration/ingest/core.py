@@ -487,31 +487,27 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
             except fl.FileRejected as exc:
                 results[cand.file_id] = exc
                 continue
-            columns = "*"
-            if any(name.lower() == "rowid" for name, _ in signature):
-                # a delivered column called rowid (any case) hides DuckDB's row id: renamed in the file's table,
-                # it keeps its delivered name in the judge
-                for i, (name, _) in enumerate(signature):
-                    if name.lower() == "rowid":
-                        cur.execute(f"ALTER TABLE {_SRC} RENAME COLUMN {R.q(name)} TO {R.q(f'__privdom_rowid_{i}')}")
-                columns = ", ".join(R.q(f"__privdom_rowid_{i}" if name.lower() == "rowid" else name) + f" AS {R.q(name)}"
-                                    for i, (name, _) in enumerate(signature))
+            # a delivered column called rowid (any case) hides DuckDB's row id: renamed in the file's table, it
+            # keeps its delivered name in the judge
+            renamed = {i: f"__privdom_rowid_{i}" for i, (name, _) in enumerate(signature) if name.lower() == "rowid"}
+            for i, new_name in renamed.items():
+                cur.execute(f"ALTER TABLE {_SRC} RENAME COLUMN {R.q(signature[i][0])} TO {R.q(new_name)}")
+            columns = ", ".join(f"{R.q(renamed.get(i, name))} AS {R.q(name)}" for i, (name, _) in enumerate(signature)) if renamed else "*"
             lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, DATE {R.lit(f.batch_date.isoformat())} AS {R.q(_BD)}, "
                        f"rowid + 1 AS {R.q(_RN)}, {columns}")
             arms = signatures.setdefault(signature, [])
             small = cur.execute(f"SELECT count(*) FROM {_SRC}").fetchone()[0] < SMALL_FILE_ROWS
             if small and arms and arms[-1].accumulates:
                 cur.execute(f"INSERT INTO {arms[-1].table} SELECT {lineage} FROM {_SRC}")
-            elif small:
-                table = _FILE.format(len(tables))
-                cur.execute(f"CREATE TEMP TABLE {table} AS SELECT {lineage} FROM {_SRC}")
-                tables.append(table)
-                arms.append(_Arm(table, f"SELECT * FROM {table}", True))
             else:
                 table = _FILE.format(len(tables))
-                cur.execute(f"ALTER TABLE {_SRC} RENAME TO {table}")
-                tables.append(table)
-                arms.append(_Arm(table, f"SELECT {lineage} FROM {table}", False))
+                tables.append(table)  # dropped in `finally` (IF EXISTS) whether or not the next statement ran
+                if small:
+                    cur.execute(f"CREATE TEMP TABLE {table} AS SELECT {lineage} FROM {_SRC}")
+                    arms.append(_Arm(table, f"SELECT * FROM {table}", True))
+                else:
+                    cur.execute(f"ALTER TABLE {_SRC} RENAME TO {table}")
+                    arms.append(_Arm(table, f"SELECT {lineage} FROM {table}", False))
             results[cand.file_id] = encoding
         cur.execute(f"DROP TABLE IF EXISTS {_SRC}")
         parts = []
