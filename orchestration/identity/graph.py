@@ -118,6 +118,10 @@ def occurrences_sql(*, event_rowid: bool = False) -> str:
     return "\nUNION ALL\n".join(parts)
 
 
+def _any_not_null(columns: tuple[str, ...]) -> str:
+    return " OR ".join(f"{c} IS NOT NULL" for c in columns)
+
+
 def _connected_components(con) -> None:
     """Connected components of ``_idg_edges(a, b)`` (integer node ids) into ``_idg_labels(n, p)``.
 
@@ -185,57 +189,55 @@ def build_identity_graph(
 
 
 def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
-    # 1. Memberships (group level: event / order / referral side) from the occurrences (row level). A channel
-    #    event's occurrences are its memberships already (one value per identifier column, one version); the
-    #    versions of an order or a referral side collapse into one membership per identifier.
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _idg_members AS
-        WITH occ AS ({occurrences_sql(event_rowid=True)})
-        SELECT role, record_id, identifier_type, identifier_value, type_ord, version_rank, event_rowid
-        FROM occ WHERE source = 'channel_events'
-        UNION ALL
-        SELECT role, record_id, identifier_type, identifier_value,
-               min(type_ord) AS type_ord, min(version_rank) AS version_rank, NULL::BIGINT AS event_rowid
-        FROM occ WHERE source <> 'channel_events' GROUP BY role, record_id, identifier_type, identifier_value
-        """
-    )
-
-    # 2. Nodes with deterministic integer ids: identifiers, then pseudo-nodes, ranked by (type, value).
+    # 1. Nodes with deterministic integer ids: identifiers, then pseudo-nodes, ranked by (type, value), read
+    #    straight from staging. A pseudo-node exists for a group with at least one identifier (an order, a
+    #    referral side) and for both ends of a converted referral's link to its order.
     #    Everything after this works on the integer ids (joins and DISTINCTs on strings cost 2-3x more).
     pseudo_case = "CASE role " + " ".join(f"WHEN '{r}' THEN '{t}'" for r, t in PSEUDO_TYPES.items()) + " END"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_node_ids AS
         WITH all_nodes AS (
-            SELECT DISTINCT identifier_type AS node_type, identifier_value AS node_value, FALSE AS is_pseudo
-            FROM _idg_members
+            SELECT identifier_type AS node_type, identifier_value AS node_value, FALSE AS is_pseudo
+            FROM ({occurrences_sql()})
             UNION
-            SELECT DISTINCT {pseudo_case}, record_id, TRUE FROM _idg_members WHERE role <> 'person'
+            SELECT 'order', order_id, TRUE FROM {STG_ORDER_VERSIONS} WHERE {_any_not_null(IDENTIFIER_COLUMNS)}
             UNION
-            SELECT DISTINCT 'referral_referee', referral_id, TRUE FROM {STG_REFERRAL_VERSIONS}
+            SELECT 'referral_referrer', referral_id, TRUE FROM {STG_REFERRAL_VERSIONS} WHERE {_any_not_null(REFERRER_COLUMNS)}
+            UNION
+            SELECT 'referral_referee', referral_id, TRUE FROM {STG_REFERRAL_VERSIONS} WHERE {_any_not_null(REFEREE_COLUMNS)}
+            UNION
+            SELECT 'referral_referee', referral_id, TRUE FROM {STG_REFERRAL_VERSIONS}
             WHERE status = 'converted' AND order_id IS NOT NULL
             UNION
-            SELECT DISTINCT 'order', order_id, TRUE FROM {STG_REFERRAL_VERSIONS}
+            SELECT 'order', order_id, TRUE FROM {STG_REFERRAL_VERSIONS}
             WHERE status = 'converted' AND order_id IS NOT NULL
         )
         SELECT row_number() OVER (ORDER BY node_type, node_value) AS node_id, node_type, node_value, is_pseudo
         FROM all_nodes
         """
     )
-    # Every group gets one integer, gid, and the memberships keep no strings: the self-join, the stars and
-    # the records group on integers, not on (role, record_id) strings. An order or a referral side is its
-    # pseudo-node (one per group: gid > 0, its node_value is the record_id); a channel event, which has none,
-    # is -1 - its rowid in the staging table (gid < 0; one row per event_id there).
+    # 2. Memberships: each occurrence of an identifier in a staged row (occurrences_sql) as integers. Every
+    #    group gets one integer, gid, so that the self-join, the stars and the records group on integers, not on
+    #    (role, record_id) strings: an order or a referral side is its pseudo-node (one per group: gid > 0, its
+    #    node_value is the record_id), and its versions collapse into one membership per identifier; a channel
+    #    event, which has none, is -1 - its rowid in the staging table (gid < 0; one row per event_id there,
+    #    one value per identifier column, one version: its occurrences are its memberships already).
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_memberships AS
-        SELECT CASE WHEN m.role = 'person' THEN -1 - m.event_rowid ELSE p.node_id END AS gid,
-               m.type_ord, m.version_rank, n.node_id AS nid
-        FROM _idg_members m
-        JOIN _idg_node_ids n ON n.node_type = m.identifier_type AND n.node_value = m.identifier_value
-        LEFT JOIN _idg_node_ids p ON m.role <> 'person' AND p.node_type = {pseudo_case.replace('role', 'm.role', 1)}
-                                 AND p.node_value = m.record_id
+        WITH occ AS (
+            SELECT o.role, o.record_id, o.type_ord, o.version_rank, o.event_rowid, n.node_id AS nid
+            FROM ({occurrences_sql(event_rowid=True)}) o
+            JOIN _idg_node_ids n ON n.node_type = o.identifier_type AND n.node_value = o.identifier_value
+        )
+        SELECT -1 - event_rowid AS gid, type_ord, version_rank, nid FROM occ WHERE role = 'person'
+        UNION ALL
+        SELECT p.node_id AS gid, min(occ.type_ord) AS type_ord, min(occ.version_rank) AS version_rank, occ.nid
+        FROM occ
+        JOIN _idg_node_ids p ON p.node_type = {pseudo_case.replace('role', 'occ.role', 1)} AND p.node_value = occ.record_id
+        WHERE occ.role <> 'person'
+        GROUP BY p.node_id, occ.nid
         """
     )
 
@@ -384,7 +386,7 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         f"FROM {SHARED_TABLE} ORDER BY degree DESC, identifier_type, identifier_value LIMIT {int(top_n)}"
     ).fetchall()
     # every temp table of this function (temp tables are per connection, but the connection may live on)
-    for t in ("_idg_members", "_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
+    for t in ("_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
               "_idg_shared_ids", "_idg_edges", "_idg_labels", "_idg_node_labels"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return GraphReport(
