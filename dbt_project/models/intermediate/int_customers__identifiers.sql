@@ -40,11 +40,14 @@ occurrences as (
     {%- set n = namespace(first=true) %}
     {%- for col in ['openid', 'unionid', 'wecom_external_userid', 'phone', 'member_id'] %}
     {{ '' if n.first else 'union all' }}
+    {#- the channel only counts for openid (official-account preference, openid_channel): other types'
+        sightings collapse per value below (fewer groups: 5.3M instead of 8.1M at 1M customers) #}
+    {%- set channel = 'channel' if col == 'openid' else 'cast(null as ' ~ dbt.type_string() ~ ')' %}
     select '{{ col }}' as identifier_type, {{ col }} as identifier_value, occurred_at as seen_at,
-        channel as seen_channel
+        {{ channel }} as seen_channel
     from events where {{ col }} is not null
     union all
-    select '{{ col }}', {{ col }}, updated_at, channel
+    select '{{ col }}', {{ col }}, updated_at, {{ channel }}
     from order_versions where {{ col }} is not null
     {%- set n.first = false %}
     {%- endfor %}
@@ -58,7 +61,8 @@ occurrences as (
 ),
 
 -- one row per value and channel (its latest sighting): only that row can win the ranking below, and the same
--- value recurs on most of a customer's rows (an openid on every event)
+-- value recurs on most of a customer's rows (an openid on every event). Only openids keep their channel; for
+-- the other types the ranking's channel tie-break orders rows of one value, so it never changes the pick
 sightings as (
     select identifier_type, identifier_value, seen_channel, max(seen_at) as seen_at
     from occurrences
