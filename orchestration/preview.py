@@ -36,16 +36,17 @@ def _cell(value: object) -> str:
 
 
 def row_count(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int | None:
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-    ).fetchone()[0]
-    if not exists:
+    """Rows of a table; None when there is no such table, or it is a view (counting would compute it)."""
+    kind = con.execute(
+        "select table_type from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+    ).fetchone()
+    if kind is None or kind[0] != "BASE TABLE":
         return None
     return con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]
 
 
 def preview_markdown(con: duckdb.DuckDBPyConnection, schema: str, table: str, limit: int = 5) -> str | None:
-    """`limit` rows of the table as a Markdown table, phones masked."""
+    """`limit` rows of the table as a Markdown table, phones masked (None for a view, see row_count)."""
     if row_count(con, schema, table) is None:
         return None
     cur = con.execute(f'select * from "{schema}"."{table}" limit {int(limit)}')
