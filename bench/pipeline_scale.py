@@ -227,7 +227,7 @@ def read_run(dagster_home: Path, timed: Timed, warehouse: Path) -> RunFigures:
             results = json.loads((d / "run_results.json").read_text())["results"]
             tests_s += sum(x["execution_time"] for x in results if x["unique_id"].startswith("test."))
         s = StepTiming(step, classify(step, assets.get(step, []), step in has_checks, bool(inv)),
-                       ends.get(step, starts[step]) - starts[step], sorted(assets.get(step, [])),
+                       ends.get(step, starts[step]) - starts[step], sorted(set(assets.get(step, []))),  # ingest: one event per partition
                        checks.get(step, 0.0) + tests_s)
         steps.append(s)
     stages = {k: 0.0 for k in STAGES}
@@ -258,7 +258,8 @@ def bare_statements(invocations: list[str]) -> list[tuple[str, str, str]]:
             if node is None or not node.get("compiled_code"):
                 continue  # unit tests: dbt's own fixtures, nothing to run on the engine
             if node["resource_type"] == "model":
-                out.append((uid, "model", f"CREATE OR REPLACE TABLE {node['relation_name']} AS (\n{node['compiled_code']}\n)"))
+                kind = "VIEW" if node["config"].get("materialized") == "view" else "TABLE"
+                out.append((uid, "model", f"CREATE OR REPLACE {kind} {node['relation_name']} AS (\n{node['compiled_code']}\n)"))
             elif node["resource_type"] == "test":
                 out.append((uid, "test", f"SELECT count(*) FROM (\n{node['compiled_code']}\n)"))
     return out
