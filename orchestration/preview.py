@@ -38,7 +38,9 @@ def _cell(value: object) -> str:
 def row_count(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int | None:
     """Rows of a table; None when there is no such table, or it is a view (counting would compute it)."""
     kind = con.execute(
-        "select table_type from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
+        "select table_type from information_schema.tables "
+        "where table_catalog = current_database() and table_schema = ? and table_name = ?",
+        [schema, table],
     ).fetchone()
     if kind is None or kind[0] != "BASE TABLE":
         return None

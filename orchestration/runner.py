@@ -129,7 +129,8 @@ def _summary_queries(con) -> tuple[list[tuple], list[tuple[str, str, int]]]:
     names = con.execute(
         # tables only: a view's rows are computed when read (int_touches__unioned: the 11M touches at 1M)
         "select table_schema, table_name from information_schema.tables "
-        "where table_schema in (select unnest(?::varchar[])) and table_type = 'BASE TABLE' order by 1, 2",
+        "where table_catalog = current_database() and table_schema in (select unnest(?::varchar[])) "
+        "and table_type = 'BASE TABLE' order by 1, 2",
         [list(LAYER_SCHEMAS)],
     ).fetchall()
     order = {name: i for i, name in enumerate(LAYER_SCHEMAS)}

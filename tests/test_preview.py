@@ -36,3 +36,15 @@ def test_preview_masks_phones_and_skips_views():
         "| C2 |  | no phone |",
     ]
     assert preview.preview_markdown(con, "intermediate", "v") is None
+
+
+def test_run_summary_counts_tables_and_leaves_views_out():
+    from orchestration.ingest import ensure_raw_schema
+    from orchestration.runner import _summary_queries
+
+    con = _con()
+    ensure_raw_schema(con)
+    ledger, tables = _summary_queries(con)
+    assert [row[0] for row in ledger] == ["channel_events", "orders", "referrals"]
+    assert ("intermediate", "t", 2) in tables
+    assert not [t for t in tables if t[1] == "v"]

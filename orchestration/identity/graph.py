@@ -182,8 +182,8 @@ def build_identity_graph(
         )
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     # One transaction: the three tables change together or not at all, and every statement reads the same
-    # snapshot of staging (channel events are numbered by rowid in the first statement and joined back by it
-    # in the records statement).
+    # snapshot of staging (channel events are numbered by rowid in the memberships statement and joined back
+    # by it in the records statement).
     with transaction(con):
         return _build(con, max_degree, top_n, started)
 
