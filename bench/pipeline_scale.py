@@ -398,6 +398,17 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ report
+def code_version() -> str:
+    """The commit the benchmark runs (short hash), "+ uncommitted changes" when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes" if dirty else "")
+
+
 def machine() -> dict:
     model = "unknown"
     try:
@@ -414,6 +425,7 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = "-"
     return {
+        "code": code_version(),
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -437,6 +449,8 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
         f"Command: `.venv/bin/python bench/pipeline_scale.py --days {args.days}` (sizes "
         + ", ".join(label(n) for n in sorted(by)) + f"; runs started {started}; see the increment table for where the "
         "one-new-day run was measured).",
+        "",
+        f"Code: {mach.get('code', 'not recorded')}.",
         "",
         f"Machine: {mach['cpus']} CPUs ({mach['cpu_model']}), {mach['memory_gib']} GiB memory, Python {mach['python']}, "
         + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()) + f"; {mach['platform']}.",
