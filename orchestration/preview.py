@@ -35,21 +35,26 @@ def _cell(value: object) -> str:
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
-def row_count(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int | None:
-    """Rows of a table; None when there is no such table, or it is a view (counting would compute it)."""
+def _is_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    """A base table of this database: not missing, and not a view (reading a view computes it)."""
     kind = con.execute(
         "select table_type from information_schema.tables "
         "where table_catalog = current_database() and table_schema = ? and table_name = ?",
         [schema, table],
     ).fetchone()
-    if kind is None or kind[0] != "BASE TABLE":
+    return kind is not None and kind[0] == "BASE TABLE"
+
+
+def row_count(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int | None:
+    """Rows of a table; None when there is no such table, or it is a view (counting would compute it)."""
+    if not _is_table(con, schema, table):
         return None
     return con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0]
 
 
 def preview_markdown(con: duckdb.DuckDBPyConnection, schema: str, table: str, limit: int = 5) -> str | None:
     """`limit` rows of the table as a Markdown table, phones masked (None for a view, see row_count)."""
-    if row_count(con, schema, table) is None:
+    if not _is_table(con, schema, table):
         return None
     cur = con.execute(f'select * from "{schema}"."{table}" limit {int(limit)}')
     columns = [d[0] for d in cur.description]
