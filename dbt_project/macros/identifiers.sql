@@ -1,15 +1,30 @@
 {#- SPEC §3: placeholder identifier values never name a person. The list is the privdom setting
     placeholder_values (built-ins plus the configured block list), passed in as a dbt var; "all zeros" is a
-    pattern. Returns the identifier, or NULL when it is a placeholder. -#}
-{% macro clean_identifier(column) -%}
+    pattern. Returns the identifier, trimmed, or NULL when it is a placeholder.
+
+    `trimmed` names a column already holding trim(column) (see trimmed_identifiers): the model then trims each
+    value once instead of three times. The cheap tests run first: only a value no longer than the longest
+    placeholder is lower-cased and looked up, only one starting with '0' meets the pattern (lower-casing never
+    shortens a value). At 1M customers this took stg_channel_events' six identifiers from ~1.4 to ~0.5 µs a
+    value (docs/performance.md). -#}
+{% macro clean_identifier(column, trimmed=none) -%}
+    {%- set value = trimmed if trimmed else 'trim(' ~ column ~ ')' -%}
+    {%- set placeholders = var('placeholder_values') -%}
     case
         when {{ column }} is null then null
-        when lower(trim({{ column }})) in (
-            {%- for value in var('placeholder_values') %}'{{ value | replace("'", "''") }}'{{ "," if not loop.last }}{% endfor -%}
+        when length({{ value }}) <= {{ placeholders | map('length') | max }} and lower({{ value }}) in (
+            {%- for placeholder in placeholders %}'{{ placeholder | replace("'", "''") }}'{{ "," if not loop.last }}{% endfor -%}
         ) then null
-        when {{ privdom_regexp_full_match('trim(' ~ column ~ ')', '0+') }} then null
-        else trim({{ column }})
+        when {{ value }} like '0%' and {{ privdom_regexp_full_match(value, '0+') }} then null
+        else {{ value }}
     end
+{%- endmacro %}
+
+{#- `trim(<column>) as <column>__trimmed` for each column, for clean_identifier(column, column ~ '__trimmed'). -#}
+{% macro trimmed_identifiers(columns) -%}
+    {%- for column in columns %}
+        trim({{ column }}) as {{ column }}__trimmed{{ "," if not loop.last }}
+    {%- endfor %}
 {%- endmacro %}
 
 {% macro privdom_regexp_full_match(expression, pattern) -%}

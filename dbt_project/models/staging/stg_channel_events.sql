@@ -20,23 +20,30 @@ first_delivery as (
     {{ first_row_per('source', 'event_id', '_file_id, _row_number') }}
 ),
 
+trimmed as (
+    select
+        *,
+        {{ trimmed_identifiers(['openid', 'unionid', 'wecom_external_userid', 'phone', 'member_id', 'wecom_staff_userid']) }}
+    from first_delivery
+),
+
 renamed as (
     select
         event_id,
         occurred_at,
         channel,
         event_type,
-        {{ clean_identifier('openid') }} as openid,
-        {{ clean_identifier('unionid') }} as unionid,
-        {{ clean_identifier('wecom_external_userid') }} as wecom_external_userid,
-        {{ clean_identifier('phone') }} as phone,
-        {{ clean_identifier('member_id') }} as member_id,
+        {{ clean_identifier('openid', 'openid__trimmed') }} as openid,
+        {{ clean_identifier('unionid', 'unionid__trimmed') }} as unionid,
+        {{ clean_identifier('wecom_external_userid', 'wecom_external_userid__trimmed') }} as wecom_external_userid,
+        {{ clean_identifier('phone', 'phone__trimmed') }} as phone,
+        {{ clean_identifier('member_id', 'member_id__trimmed') }} as member_id,
         nullif(trim(campaign), '') as campaign,
-        {{ clean_identifier('wecom_staff_userid') }} as wecom_staff_userid,
+        {{ clean_identifier('wecom_staff_userid', 'wecom_staff_userid__trimmed') }} as wecom_staff_userid,
         _file_id as file_id,
         _batch_date as batch_date,
         _loaded_at as loaded_at
-    from first_delivery
+    from trimmed
 )
 
 select * from renamed

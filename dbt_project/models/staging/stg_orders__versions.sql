@@ -24,6 +24,13 @@ distinct_versions as (
     {{ first_row_per('source', 'order_id, _row_hash', '_file_id, _row_number') }}
 ),
 
+trimmed as (
+    select
+        *,
+        {{ trimmed_identifiers(['openid', 'unionid', 'wecom_external_userid', 'phone', 'member_id']) }}
+    from distinct_versions
+),
+
 renamed as (
     select
         order_id,
@@ -37,11 +44,11 @@ renamed as (
         refund_amount,
         points_redeemed,
         nullif(trim(referral_code), '') as referral_code,
-        {{ clean_identifier('openid') }} as openid,
-        {{ clean_identifier('unionid') }} as unionid,
-        {{ clean_identifier('wecom_external_userid') }} as wecom_external_userid,
-        {{ clean_identifier('phone') }} as phone,
-        {{ clean_identifier('member_id') }} as member_id,
+        {{ clean_identifier('openid', 'openid__trimmed') }} as openid,
+        {{ clean_identifier('unionid', 'unionid__trimmed') }} as unionid,
+        {{ clean_identifier('wecom_external_userid', 'wecom_external_userid__trimmed') }} as wecom_external_userid,
+        {{ clean_identifier('phone', 'phone__trimmed') }} as phone,
+        {{ clean_identifier('member_id', 'member_id__trimmed') }} as member_id,
         row_number() over (
             partition by order_id
             order by updated_at desc, _batch_date desc, _file_id desc, _row_number desc
@@ -50,7 +57,7 @@ renamed as (
         _batch_date as batch_date,
         _row_number as row_number_in_file,
         _loaded_at as loaded_at
-    from distinct_versions
+    from trimmed
 )
 
 select * from renamed

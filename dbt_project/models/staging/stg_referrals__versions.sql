@@ -23,6 +23,13 @@ distinct_versions as (
     {{ first_row_per('source', 'referral_id, _row_hash', '_file_id, _row_number') }}
 ),
 
+trimmed as (
+    select
+        *,
+        {{ trimmed_identifiers(['referrer_member_id', 'referrer_unionid', 'referrer_phone', 'referee_openid', 'referee_unionid', 'referee_phone', 'referee_member_id']) }}
+    from distinct_versions
+),
+
 renamed as (
     select
         referral_id,
@@ -30,13 +37,13 @@ renamed as (
         invited_at,
         mechanism,
         status,
-        {{ clean_identifier('referrer_member_id') }} as referrer_member_id,
-        {{ clean_identifier('referrer_unionid') }} as referrer_unionid,
-        {{ clean_identifier('referrer_phone') }} as referrer_phone,
-        {{ clean_identifier('referee_openid') }} as referee_openid,
-        {{ clean_identifier('referee_unionid') }} as referee_unionid,
-        {{ clean_identifier('referee_phone') }} as referee_phone,
-        {{ clean_identifier('referee_member_id') }} as referee_member_id,
+        {{ clean_identifier('referrer_member_id', 'referrer_member_id__trimmed') }} as referrer_member_id,
+        {{ clean_identifier('referrer_unionid', 'referrer_unionid__trimmed') }} as referrer_unionid,
+        {{ clean_identifier('referrer_phone', 'referrer_phone__trimmed') }} as referrer_phone,
+        {{ clean_identifier('referee_openid', 'referee_openid__trimmed') }} as referee_openid,
+        {{ clean_identifier('referee_unionid', 'referee_unionid__trimmed') }} as referee_unionid,
+        {{ clean_identifier('referee_phone', 'referee_phone__trimmed') }} as referee_phone,
+        {{ clean_identifier('referee_member_id', 'referee_member_id__trimmed') }} as referee_member_id,
         nullif(trim(order_id), '') as order_id,
         commission_amount,
         row_number() over (
@@ -47,7 +54,7 @@ renamed as (
         _batch_date as batch_date,
         _row_number as row_number_in_file,
         _loaded_at as loaded_at
-    from distinct_versions
+    from trimmed
 )
 
 select * from renamed
