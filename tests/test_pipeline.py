@@ -262,3 +262,39 @@ def test_the_dbt_unit_tests_pass_on_the_built_warehouse_and_privdom_run_skips_th
     )
     assert defined >= 20
     assert len(results) == defined and all(r["status"] == "pass" for r in results)
+
+
+def test_event_id_conflicts_warns_with_every_event_id_delivered_with_other_content(demo):
+    """SPEC §2: the `event_id_conflicts` data test (a warning) counts the event_ids delivered again with
+    different content. Expected count worked out here from the raw rows' content columns, not their hashes."""
+    import json
+    import re
+
+    from orchestration.contract import contract
+    from orchestration.settings import DBT_PROJECT_DIR
+
+    _, data_dir, first, _, _ = demo
+    run_id = re.search(r"privdom run ([0-9a-f]{8}): succeeded", first.stdout).group(1)
+    results = [
+        r
+        for d in (DBT_PROJECT_DIR / "target").glob(f"dbt_staging-{run_id[:7]}-*")
+        if (d / "run_results.json").exists()
+        for r in json.loads((d / "run_results.json").read_text())["results"]
+        if r["unique_id"] == "test.privdom.event_id_conflicts"
+    ]
+    assert len(results) == 1
+    content = ", ".join(c.name for c in contract("channel_events").columns)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        expected, deliveries = con.execute(
+            f"select count(*), sum(n) from (select event_id, count(*) as n, count(distinct ({content})) as contents "
+            "from raw.channel_events group by event_id) where contents > 1"
+        ).fetchone()
+        redelivered_same = con.execute(
+            f"select count(*) from (select event_id from raw.channel_events group by event_id "
+            f"having count(*) > 1 and count(distinct ({content})) = 1)"
+        ).fetchone()[0]
+    finally:
+        con.close()
+    assert expected > 0 and redelivered_same > 0  # the demo has both: conflicts and identical re-deliveries
+    assert results[0]["status"] == "warn" and results[0]["failures"] == expected
