@@ -433,3 +433,29 @@ def test_channel_events_must_be_a_table(db):
     db.execute("CREATE VIEW staging.stg_channel_events AS SELECT * FROM staging.stg_channel_events_t")
     with pytest.raises(RuntimeError, match="staging.stg_channel_events must be a table .* found view"):
         build_identity_graph(db, 20)
+
+
+def test_occurrences_of_some_sources_are_those_rows_of_all_sources(db):
+    """The memberships statement reads channel events and orders/referrals separately (occurrences_sql's
+    `sources`); together they must be every occurrence, each once. Hand count: e1 names 2 identifiers, O1's two
+    versions 1 each, R1 3 (referrer member_id; referee openid and phone)."""
+    from orchestration.identity.graph import occurrences_sql
+
+    stage(
+        db,
+        events=[ev("e1", openid="o1", phone="13700000001")],
+        orders=[{"order_id": "O1", "version_rank": 1, "openid": "o1"},
+                {"order_id": "O1", "version_rank": 2, "member_id": "m1"}],
+        referrals=[{"referral_id": "R1", "referrer_member_id": "m9", "referee_openid": "o2",
+                    "referee_phone": "13700000002"}],
+    )
+    cols = "source, record_id, role, version_rank, type_ord, identifier_type, identifier_value"
+    every = db.execute(f"SELECT {cols} FROM ({occurrences_sql()}) ORDER BY ALL").fetchall()
+    events = db.execute(f"SELECT {cols}, event_rowid FROM ({occurrences_sql(event_rowid=True, sources=('channel_events',))})").fetchall()
+    others = db.execute(f"SELECT {cols} FROM ({occurrences_sql(sources=('orders', 'referrals'))})").fetchall()
+    assert len(every) == 7 and len(events) == 2 and len(others) == 5
+    assert sorted([r[:-1] for r in events] + others) == every
+    assert {r[-1] for r in events} == {0}  # e1 is the table's first row
+    assert ("referrals", "R1", "referrer", 1, 5, "member_id", "m9") in others  # member_id is the 5th type
+    with pytest.raises(ValueError, match="sources"):
+        occurrences_sql(sources=("orders", "clicks"))
