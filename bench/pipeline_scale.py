@@ -18,7 +18,9 @@ For every size it
    on DuckDB in one connection, on a copy of the warehouse, to measure the pipeline's dbt time over the bare
    engine's;
 5. puts the withheld day back into the landing zone and runs `privdom run` again: one new day on top of the
-   history.
+   history;
+6. times a fixed workload (`yardstick`) before and after each size, so that runs made at different times, of
+   different code, can be compared by the machine's speed then (generation's time changes with its code).
 
 It then writes a markdown table (and the raw figures as JSON next to it) with the machine, its load, the
 growth exponent from 100k to 1M (log(t_1M / t_100k) / log 10) and the issue-7 targets. DuckDB runs with its
@@ -339,6 +341,37 @@ def label(n: int) -> str:
     return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else str(n)
 
 
+# A fixed workload: one DuckDB statement (a string-keyed window over 6M rows, as in the pipeline's models) and
+# a pure-Python loop (Dagster, GX and dbt run Python too). The same for every run of this script, whatever the
+# pipeline's code, so runs made on different days can be compared by it.
+_YARDSTICK = """
+import json, time, duckdb
+c = duckdb.connect()
+c.execute("SET memory_limit = '2.5GB'")
+t = time.perf_counter()
+c.execute(
+    "SELECT count(*), sum(r) FROM ("
+    "  SELECT k, row_number() OVER (PARTITION BY k ORDER BY v DESC, i) AS r"
+    "  FROM (SELECT i, 'key-' || (i * 7919 % 700001)::VARCHAR AS k, (i * 104729) % 1000 AS v FROM range(6000000) t(i))"
+    ") WHERE r = 1"
+).fetchall()
+sql = time.perf_counter() - t
+t = time.perf_counter()
+d = {}
+for i in range(3_000_000):
+    k = str(i % 5003)
+    d[k] = d.get(k, 0) + i
+py = time.perf_counter() - t
+print(json.dumps({"sql_s": sql, "python_s": py, "seconds": sql + py}))
+"""
+
+
+def yardstick() -> dict:
+    """Seconds for the fixed workload, in a child process (the pipeline runs in its own)."""
+    out = subprocess.run([sys.executable, "-c", _YARDSTICK], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_size(n: int, args: argparse.Namespace) -> dict:
     data = (Path(args.work_dir).resolve() / f"pipeline-{label(n)}")
     if data.exists():
@@ -350,6 +383,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
     env["PRIVDOM_HOME"] = str(data)
     privdom = [sys.executable, "-m", "orchestration.cli", "--data-dir", str(data)]
     load_start = os.getloadavg()
+    yard_start = yardstick()
     free = shutil.disk_usage(data).free
     print(f"[{label(n)}] free disk {free / 2**30:.0f} GiB; generating …", flush=True)
 
@@ -391,6 +425,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict:
         "last_day": last_day,
         "load_start": load_start,
         "load_end": os.getloadavg(),
+        "yardstick": {"start": yard_start, "end": yardstick()},
     }
     if not args.keep:
         shutil.rmtree(data)
@@ -439,6 +474,11 @@ def gib(b: int) -> str:
     return f"{b / 2**30:.2f}"
 
 
+def _yardstick_cell(r: dict) -> str:
+    y = r.get("yardstick")  # absent in results from before it was measured
+    return f"{y['start']['seconds']:.2f} / {y['end']['seconds']:.2f}" if y else "—"
+
+
 def render(results: list[dict], mach: dict, load_before, load_after, started: str, args: argparse.Namespace) -> str:
     from orchestration.settings import load_settings
 
@@ -466,8 +506,8 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
         "## Full run (whole history but the last day, fresh warehouse)",
         "",
         "| customers | raw rows | generate s | generate peak GiB | "
-        + " | ".join(f"{s} s" for s in STAGES) + " | Dagster run s | whole s | peak GiB | ingest rows/s | load (1 min) at start / end |",
-        "|---|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---:|---|",
+        + " | ".join(f"{s} s" for s in STAGES) + " | Dagster run s | whole s | peak GiB | ingest rows/s | load (1 min) at start / end | yardstick s at start / end |",
+        "|---|---:|---:|---:|" + "---:|" * len(STAGES) + "---:|---:|---:|---:|---|---|",
     ]
     for n, r in sorted(by.items()):
         f = r["full"]
@@ -477,13 +517,15 @@ def render(results: list[dict], mach: dict, load_before, load_after, started: st
             f"| {label(n)} | {f['rows_read']:,} | {r['generate']['seconds']:.1f} | {gib(r['generate']['peak_bytes'])} | "
             + " | ".join(f"{st[s]:.1f}" for s in STAGES)
             + f" | {f['dagster_s']:.1f} | {f['wall_s']:.1f} | {gib(f['peak_bytes'])} | {f['rows_read'] / ingest_s:,.0f} | "
-            f"{r['load_start'][0]:.1f} / {r['load_end'][0]:.1f} |"
+            f"{r['load_start'][0]:.1f} / {r['load_end'][0]:.1f} | {_yardstick_cell(r)} |"
         )
     lines += [
         "",
         "\"checks\" holds the Great Expectations validation inside the ingest steps and dbt's data tests inside the",
         "dbt steps; \"ingest rows/s\" is raw rows read ÷ the ingest steps' time, validation and quarantine included;",
-        "\"whole\" is the `privdom run` process (imports and `dbt parse` included).",
+        "\"whole\" is the `privdom run` process (imports and `dbt parse` included). \"yardstick\" is a fixed workload",
+        "(`_YARDSTICK` in bench/pipeline_scale.py: a DuckDB window over 6M rows and a Python loop) timed before and",
+        "after each size: compare runs made at different times by it, since the machine's speed varies.",
         "",
         "Rows read by source (all files): "
         + "; ".join(f"{label(n)}: " + ", ".join(f"{k} {v:,}" for k, v in r["rows_by_source"].items()) for n, r in sorted(by.items())),
