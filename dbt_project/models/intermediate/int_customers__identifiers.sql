@@ -50,26 +50,26 @@ referral_versions as (
 } %}
 sightings as (
     {%- for col in ['openid', 'unionid', 'wecom_external_userid', 'phone', 'member_id'] %}
-    {%- set channel = 'channel' if col == 'openid' else none %}
+    {%- set keeps_channel = col == 'openid' %}
     {{ '' if loop.first else 'union all' }}
     select
         '{{ col }}' as identifier_type,
         identifier_value,
-        {{ 'seen_channel' if channel else 'cast(null as ' ~ dbt.type_string() ~ ')' }} as seen_channel,
+        {{ 'seen_channel' if keeps_channel else 'cast(null as ' ~ dbt.type_string() ~ ')' }} as seen_channel,
         max(seen_at) as seen_at
     from (
-        select {{ col }} as identifier_value, occurred_at as seen_at{{ ', channel as seen_channel' if channel }}
+        select {{ col }} as identifier_value, occurred_at as seen_at{{ ', channel as seen_channel' if keeps_channel }}
         from events where {{ col }} is not null
         union all
-        select {{ col }}, updated_at{{ ', channel' if channel }}
+        select {{ col }}, updated_at{{ ', channel' if keeps_channel }}
         from order_versions where {{ col }} is not null
         {%- for referral_col in referral_columns[col] %}
         union all
-        select {{ referral_col }}, updated_at{{ ', cast(null as ' ~ dbt.type_string() ~ ')' if channel }}
+        select {{ referral_col }}, updated_at{{ ', cast(null as ' ~ dbt.type_string() ~ ')' if keeps_channel }}
         from referral_versions where {{ referral_col }} is not null
         {%- endfor %}
     ) as {{ col }}_sightings
-    group by identifier_value{{ ', seen_channel' if channel }}
+    group by identifier_value{{ ', seen_channel' if keeps_channel }}
     {%- endfor %}
 ),
 

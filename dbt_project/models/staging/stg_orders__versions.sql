@@ -44,11 +44,11 @@ renamed as (
         refund_amount,
         points_redeemed,
         nullif(trim(referral_code), '') as referral_code,
-        {{ clean_identifier('openid', 'openid__trimmed') }} as openid,
-        {{ clean_identifier('unionid', 'unionid__trimmed') }} as unionid,
-        {{ clean_identifier('wecom_external_userid', 'wecom_external_userid__trimmed') }} as wecom_external_userid,
-        {{ clean_identifier('phone', 'phone__trimmed') }} as phone,
-        {{ clean_identifier('member_id', 'member_id__trimmed') }} as member_id,
+        {{ clean_identifier('openid', trimmed=true) }} as openid,
+        {{ clean_identifier('unionid', trimmed=true) }} as unionid,
+        {{ clean_identifier('wecom_external_userid', trimmed=true) }} as wecom_external_userid,
+        {{ clean_identifier('phone', trimmed=true) }} as phone,
+        {{ clean_identifier('member_id', trimmed=true) }} as member_id,
         row_number() over (
             partition by order_id
             order by updated_at desc, _batch_date desc, _file_id desc, _row_number desc
