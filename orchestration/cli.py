@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,13 +20,20 @@ def _prepare_environment(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     instance_config = settings.dagster_home / "dagster.yaml"
-    template = Path(__file__).with_name("dagster.yaml")
-    if not instance_config.exists() or instance_config.read_bytes() != template.read_bytes():
-        shutil.copyfile(template, instance_config)
+    text = instance_config_text(settings)
+    if not instance_config.exists() or instance_config.read_text(encoding="utf-8") != text:
+        instance_config.write_text(text, encoding="utf-8")
     os.environ["PRIVDOM_HOME"] = str(settings.data_dir)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
     apply_dbt_environment(settings)
+
+
+def instance_config_text(settings: Settings) -> str:
+    """The Dagster instance config of this data directory: orchestration/dagster.yaml with the absolute path
+    of its event log (a JSON string is a YAML string, whatever the path holds)."""
+    template = Path(__file__).with_name("dagster.yaml").read_text(encoding="utf-8")
+    return template.replace("{event_log_dir}", json.dumps(str(settings.dagster_home / "history" / "runs")))
 
 
 GENERATED_MARKER = ".privdom-generated"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
 
 import dagster as dg
 import duckdb
 from dagster_dbt import DbtCliResource
+from packaging.version import Version
 
 from orchestration import locking, warehouse
 from orchestration.dbt import DBT_TARGET, apply_dbt_environment, dbt_executable
@@ -51,6 +55,16 @@ class PrivdomDbtCliResource(DbtCliResource):
 
     def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001, ANN202 - dagster-dbt's hook
         return None
+
+    @cached_property
+    def _cli_version(self) -> Version:
+        """dagster-dbt asks the dbt executable for its version (`dbt --version`, a process that imports dbt:
+        ~2.6 s once per run) to tell dbt Core from Fusion. The dbt next to this interpreter is the installed
+        dbt-core distribution, whose version the package metadata gives at once; any other executable is
+        asked as dagster-dbt asks it."""
+        if Path(self.dbt_executable) == dbt_executable() and dbt_executable().is_absolute():
+            return Version(importlib.metadata.version("dbt-core"))
+        return DbtCliResource._cli_version.func(self)  # ty: ignore[unresolved-attribute]
 
 
 def current_settings() -> Settings:
