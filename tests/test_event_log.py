@@ -4,11 +4,14 @@ dagster-dbt's dbt version without a `dbt --version` process (orchestration/defs/
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -103,13 +106,40 @@ def test_connections_are_kept_per_file_and_closed_beyond_the_limit(data_settings
             storage.store_event(_log_entry(f"run-{i}", "x"))
         assert len(storage._engines) == KEPT_FILES
         assert "run-a" not in storage._engines  # least recently used, closed
+        assert _open_files(storage, "run-a") == 0 and _open_files(storage, f"run-{KEPT_FILES + 1}") > 0
         assert [e.user_message for e in instance.all_logs("run-a")] == ["one", "two"]  # reopened to read
         storage.wipe()
-        assert storage._engines == {} or set(storage._engines) <= {"index"}
+        assert set(storage._engines) == {"index"}  # closed before the files went; the index was emptied after
         assert instance.all_logs("run-a") == []
         storage.store_event(_log_entry("run-a", "after wipe"))
         assert [e.user_message for e in instance.all_logs("run-a")] == ["after wipe"]
     assert storage._engines == {}  # the instance's dispose closed them
+
+
+def _open_files(storage, shard: str) -> int:
+    """This process's open file descriptors on a shard's file (its -wal and -shm included)."""
+    path = storage.path_for_shard(shard)
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).startswith(path)) if fds.exists() else 0
+
+
+def test_a_run_file_deleted_by_another_process_is_opened_again_not_written_blind(data_settings):
+    """`dagster run wipe` in another process deletes the run files this process has open. A kept connection
+    would go on writing into the deleted file, where nobody reads; privdom's storage notices the file is
+    gone, and what it writes next is in the new file that every process reads."""
+    with dg.DagsterInstance.from_config(str(data_settings.dagster_home)) as instance:
+        storage = instance.event_log_storage
+        storage.store_event(_log_entry("run-a", "before"))
+        wipe = (
+            "import dagster as dg, sys\n"
+            "with dg.DagsterInstance.from_config(sys.argv[1]) as i:\n"
+            "    i.event_log_storage.wipe()\n"
+        )
+        subprocess.run([sys.executable, "-c", wipe, str(data_settings.dagster_home)], check=True)
+        assert instance.all_logs("run-a") == []  # not the wiped event through the old file
+        storage.store_event(_log_entry("run-a", "after wipe"))
+    with dg.DagsterInstance.from_config(str(data_settings.dagster_home)) as other:
+        assert [e.user_message for e in other.all_logs("run-a")] == ["after wipe"]
 
 
 def test_a_watcher_of_the_run_file_sees_each_event_while_the_connection_stays_open(data_settings):
@@ -128,7 +158,6 @@ def test_a_watcher_of_the_run_file_sees_each_event_while_the_connection_stays_op
 
         storage.watch("live", None, callback)
         try:
-            time.sleep(0.5)  # the file watcher starts
             storage.store_event(_log_entry("live", "second"))
             storage.store_event(_log_entry("live", "third"))
             assert arrived.wait(10), f"the watcher saw only {seen}"
