@@ -98,9 +98,9 @@ def test_connections_are_kept_per_file_and_closed_beyond_the_limit(data_settings
     with dg.DagsterInstance.from_config(str(data_settings.dagster_home)) as instance:
         storage = instance.event_log_storage
         storage.store_event(_log_entry("run-a", "one"))
-        engine = storage._engines["run-a"]
+        engine = storage._engines["run-a"][0]
         storage.store_event(_log_entry("run-a", "two"))
-        assert storage._engines["run-a"] is engine  # the same engine, not a new one per write
+        assert storage._engines["run-a"][0] is engine  # the same engine, not a new one per write
         assert [e.user_message for e in instance.all_logs("run-a")] == ["one", "two"]
         for i in range(KEPT_FILES + 2):
             storage.store_event(_log_entry(f"run-{i}", "x"))

@@ -62,7 +62,8 @@ class PrivdomDbtCliResource(DbtCliResource):
         ~2.6 s once per run) to tell dbt Core from Fusion. The dbt next to this interpreter is the installed
         dbt-core distribution, whose version the package metadata gives at once; any other executable is
         asked as dagster-dbt asks it."""
-        if Path(self.dbt_executable) == dbt_executable() and dbt_executable().is_absolute():
+        ours = dbt_executable()
+        if ours.is_absolute() and Path(self.dbt_executable) == ours:
             return Version(importlib.metadata.version("dbt-core"))
         return DbtCliResource._cli_version.func(self)  # ty: ignore[unresolved-attribute]
 
