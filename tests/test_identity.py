@@ -413,8 +413,7 @@ def test_graph_tables_change_together_or_not_at_all(db, monkeypatch):
 
 
 def test_events_keep_their_component_after_deletes_and_appends(db):
-    # channel events are grouped by the staging table's rowid; deleted rows and later appends must not shift
-    # one event's identifiers onto another event
+    # deleted rows and later appends must not shift one event's identifiers onto another event
     stage(db, events=[ev(f"e{i}", openid=f"o{i}") for i in range(6)])
     db.execute("DELETE FROM staging.stg_channel_events WHERE event_id IN ('e1', 'e3')")
     db.execute("INSERT INTO staging.stg_channel_events (event_id, occurred_at, channel, event_type, openid, member_id) "
@@ -427,12 +426,44 @@ def test_events_keep_their_component_after_deletes_and_appends(db):
     assert n_customers(db) == 5
 
 
-def test_channel_events_must_be_a_table(db):
-    stage(db, events=[ev("e1", openid="oA")])
+def test_channel_events_missing_says_build_staging_first(db):
+    stage(db)
+    db.execute("DROP TABLE staging.stg_channel_events")
+    with pytest.raises(RuntimeError, match="staging.stg_channel_events does not exist: build the dbt staging models first"):
+        build_identity_graph(db, 20)
+
+
+def test_channel_events_may_be_a_view(db):
+    stage(db, events=[ev("e1", openid="oA", phone="13700000001"), ev("e2", phone="13700000001")])
     db.execute("ALTER TABLE staging.stg_channel_events RENAME TO stg_channel_events_t")
     db.execute("CREATE VIEW staging.stg_channel_events AS SELECT * FROM staging.stg_channel_events_t")
-    with pytest.raises(RuntimeError, match="staging.stg_channel_events must be a table .* found view"):
-        build_identity_graph(db, 20)
+    build_identity_graph(db, 20)
+    assert rec(db, "channel_events", "e1", "person") == rec(db, "channel_events", "e2", "person") == comp(db, "openid", "oA")
+    assert n_customers(db) == 1
+
+
+def test_events_with_the_same_identifiers_share_a_group_and_each_keeps_its_record(db):
+    """Channel events are grouped by their tuple of identifiers (NULL equal to NULL). Worked by hand:
+    e1 and e2 carry (openid oA, phone P): one group, linking oA and P; e3 carries oA alone, e5 P alone: both
+    join that component through their identifier. e4 carries unionid "oA": the same text as e1's openid but
+    another type, so another node and another customer. e6 and e7 carry nothing but member M7: a second
+    tuple seen twice, a third customer. Every event has exactly one record."""
+    p = "13700000001"
+    stage(db, events=[
+        ev("e1", openid="oA", phone=p), ev("e2", openid="oA", phone=p), ev("e3", openid="oA"),
+        ev("e4", unionid="oA"), ev("e5", phone=p), ev("e6", member_id="M7"), ev("e7", member_id="M7"),
+    ])
+    build_identity_graph(db, 20)
+    a = comp(db, "openid", "oA")
+    assert comp(db, "phone", p) == a
+    for e in ("e1", "e2", "e3", "e5"):
+        assert rec(db, "channel_events", e, "person") == a, e
+    assert rec(db, "channel_events", "e4", "person") == comp(db, "unionid", "oA") != a
+    assert rec(db, "channel_events", "e6", "person") == rec(db, "channel_events", "e7", "person") == comp(db, "member_id", "M7")
+    assert db.execute(
+        "SELECT count(*), count(DISTINCT record_id) FROM intermediate.int_identity__records WHERE source = 'channel_events'"
+    ).fetchone() == (7, 7)
+    assert n_customers(db) == 3
 
 
 def test_occurrences_of_some_sources_are_those_rows_of_all_sources(db):
@@ -451,11 +482,10 @@ def test_occurrences_of_some_sources_are_those_rows_of_all_sources(db):
     )
     cols = "source, record_id, role, version_rank, type_ord, identifier_type, identifier_value"
     every = db.execute(f"SELECT {cols} FROM ({occurrences_sql()}) ORDER BY ALL").fetchall()
-    events = db.execute(f"SELECT {cols}, event_rowid FROM ({occurrences_sql(event_rowid=True, sources=('channel_events',))})").fetchall()
+    events = db.execute(f"SELECT {cols} FROM ({occurrences_sql(sources=('channel_events',))})").fetchall()
     others = db.execute(f"SELECT {cols} FROM ({occurrences_sql(sources=('orders', 'referrals'))})").fetchall()
     assert len(every) == 7 and len(events) == 2 and len(others) == 5
-    assert sorted([r[:-1] for r in events] + others) == every
-    assert {r[-1] for r in events} == {0}  # e1 is the table's first row
+    assert sorted(events + others) == every
     assert ("referrals", "R1", "referrer", 1, 5, "member_id", "m9") in others  # member_id is the 5th type
     with pytest.raises(ValueError, match="sources"):
         occurrences_sql(sources=("orders", "clicks"))

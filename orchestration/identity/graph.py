@@ -12,7 +12,8 @@ Graph
   referral_id)`` and ``('referral_referee', referral_id)``.
 * A *group* is what co-occurrence means: one channel event (its row), one order (all its versions), one side
   of one referral (all its versions). Each occurrence of an identifier in a staged row is a membership of the
-  row's group.
+  row's group. (Channel events with the same identifiers have the same memberships; the SQL keeps one group
+  per such tuple and gives every event of it the tuple's component.)
 * Links: a channel event links each identifier to the row's first non-shared identifier (a star, in column
   order); an order links every non-shared identifier of every version to its ``order`` pseudo-node; a
   referral links referrer ids to its ``referral_referrer`` pseudo-node and referee ids to its
@@ -88,39 +89,44 @@ def mask_sql(type_expr: str, value_expr: str) -> str:
 OCCURRENCE_SOURCES = ("channel_events", "orders", "referrals")
 
 
-def occurrences_sql(*, event_rowid: bool = False, sources: tuple[str, ...] = OCCURRENCE_SOURCES) -> str:
+def occurrences_sql(*, sources: tuple[str, ...] = OCCURRENCE_SOURCES) -> str:
     """One row per (staged row, identifier column that is not NULL), of the staging tables of `sources`.
 
     Columns: source, record_id, role, version_rank (1 for channel events), type_ord (the identifier type's
     position in the column order openid, unionid, wecom_external_userid, phone, member_id), identifier_type,
     identifier_value. Staging has already trimmed values, nulled placeholders and normalised phones.
-    With ``event_rowid``, also ``event_rowid``: a channel event's DuckDB ``rowid`` in the staging table (one
-    integer per event, for grouping without string keys; NULL for orders and referrals).
     """
     unknown = set(sources) - set(OCCURRENCE_SOURCES)
     if unknown or not sources:
         raise ValueError(f"sources must be some of {OCCURRENCE_SOURCES}, got {sources!r}")
-    ev_extra = ", rowid AS event_rowid" if event_rowid else ""
-    other_extra = ", NULL::BIGINT AS event_rowid" if event_rowid else ""
-
-    def part(source: str, record_id: str, role: str, version_rank: str, typ: str, column: str, extra: str, table: str) -> str:
+    def part(source: str, record_id: str, role: str, version_rank: str, typ: str, column: str, table: str) -> str:
         # every part names its columns: the first one present names the union's
         return (f"SELECT '{source}' AS source, {record_id} AS record_id, '{role}' AS role, {version_rank} AS version_rank, "
-                f"{TYPE_ORDER[typ]} AS type_ord, '{typ}' AS identifier_type, {column} AS identifier_value{extra} "
+                f"{TYPE_ORDER[typ]} AS type_ord, '{typ}' AS identifier_type, {column} AS identifier_value "
                 f"FROM {table} WHERE {column} IS NOT NULL")
 
     parts: list[str] = []
     if "channel_events" in sources:
-        parts += [part("channel_events", "event_id", "person", "1", col, col, ev_extra, STG_CHANNEL_EVENTS)
+        parts += [part("channel_events", "event_id", "person", "1", col, col, STG_CHANNEL_EVENTS)
                   for col in IDENTIFIER_COLUMNS]
     if "orders" in sources:
-        parts += [part("orders", "order_id", "buyer", "version_rank", col, col, other_extra, STG_ORDER_VERSIONS)
+        parts += [part("orders", "order_id", "buyer", "version_rank", col, col, STG_ORDER_VERSIONS)
                   for col in IDENTIFIER_COLUMNS]
     if "referrals" in sources:
         for role, cols in (("referrer", REFERRER_COLUMNS), ("referee", REFEREE_COLUMNS)):
-            parts += [part("referrals", "referral_id", role, "version_rank", col.removeprefix(f"{role}_"), col, other_extra,
+            parts += [part("referrals", "referral_id", role, "version_rank", col.removeprefix(f"{role}_"), col,
                            STG_REFERRAL_VERSIONS) for col in cols]
     return "\nUNION ALL\n".join(parts)
+
+
+def _event_group_occurrences() -> str:
+    """One row per (channel events' group of ``_idg_event_groups``, identifier column that is not NULL): gid,
+    type_ord, identifier_type, identifier_value (the columns of occurrences_sql that the graph reads)."""
+    return "\nUNION ALL\n".join(
+        f"SELECT gid, {TYPE_ORDER[col]} AS type_ord, '{col}' AS identifier_type, {col} AS identifier_value "
+        f"FROM _idg_event_groups WHERE {col} IS NOT NULL"
+        for col in IDENTIFIER_COLUMNS
+    )
 
 
 def _any_not_null(columns: tuple[str, ...]) -> str:
@@ -179,21 +185,36 @@ def build_identity_graph(
         "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
         STG_CHANNEL_EVENTS.split("."),
     ).fetchone()
-    if kind is None or kind[0] != "BASE TABLE":
-        # the graph numbers channel events by their rowid, which only a table has
-        raise RuntimeError(
-            f"{STG_CHANNEL_EVENTS} must be a table (build the dbt staging models first); found "
-            f"{'nothing' if kind is None else kind[0].lower()}"
-        )
+    if kind is None:
+        raise RuntimeError(f"{STG_CHANNEL_EVENTS} does not exist: build the dbt staging models first")
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     # One transaction: the three tables change together or not at all, and every statement reads the same
-    # snapshot of staging (channel events are numbered by rowid in the memberships statement and joined back
-    # by it in the records statement).
+    # snapshot of staging (channel events are grouped in the first statement and joined back to their groups
+    # in the records statement).
     with transaction(con):
         return _build(con, max_degree, top_n, started)
 
 
 def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
+    # 0. Channel events' groups: one per distinct tuple of identifiers (at 1M customers 9.8M events have 3.9M
+    #    tuples). Events with the same identifiers have the same memberships, the same pairs for the degrees,
+    #    the same star links and the same own component, so the graph works on the tuples, and the records
+    #    statement gives each event its tuple's component (joined back on the five columns, NULL matching
+    #    NULL). gid < 0, numbered in any order: no output depends on a gid's value. An event without any
+    #    identifier is in no group and has no record, as before. (Per event instead, at 1M: the graph 40 s,
+    #    per tuple 32-33 s; docs/performance.md, "Identity".)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_event_groups AS
+        SELECT -row_number() OVER () AS gid, *
+        FROM (
+            SELECT {", ".join(IDENTIFIER_COLUMNS)}
+            FROM {STG_CHANNEL_EVENTS}
+            WHERE {_any_not_null(IDENTIFIER_COLUMNS)}
+            GROUP BY {", ".join(IDENTIFIER_COLUMNS)}
+        )
+        """
+    )
     # 1. Nodes with deterministic integer ids: identifiers, then pseudo-nodes, ranked by (type, value), read
     #    straight from staging. A pseudo-node exists for a group with at least one identifier (an order, a
     #    referral side) and for both ends of a converted referral's link to its order.
@@ -204,7 +225,10 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         CREATE OR REPLACE TEMP TABLE _idg_node_ids AS
         WITH all_nodes AS (
             SELECT identifier_type AS node_type, identifier_value AS node_value, FALSE AS is_pseudo
-            FROM ({occurrences_sql()})
+            FROM ({_event_group_occurrences()})
+            UNION
+            SELECT identifier_type, identifier_value, FALSE
+            FROM ({occurrences_sql(sources=("orders", "referrals"))})
             UNION
             SELECT 'order', order_id, TRUE FROM {STG_ORDER_VERSIONS} WHERE {_any_not_null(IDENTIFIER_COLUMNS)}
             UNION
@@ -225,16 +249,15 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
     # 2. Memberships: each occurrence of an identifier in a staged row (occurrences_sql) as integers. Every
     #    group gets one integer, gid, so that the self-join, the stars and the records group on integers, not on
     #    (role, record_id) strings: an order or a referral side is its pseudo-node (one per group: gid > 0, its
-    #    node_value is the record_id), and its versions collapse into one membership per identifier; a channel
-    #    event, which has none, is -1 - its rowid in the staging table (gid < 0; one row per event_id there,
-    #    one value per identifier column, one version: its occurrences are its memberships already).
-    #    The two branches read their own sources' occurrences: one shared CTE of all 23M occurrences (at 1M
-    #    customers) was materialised and scanned twice, a third of the statement's time.
+    #    node_value is the record_id), and its versions collapse into one membership per identifier; channel
+    #    events are their tuple's group (step 0: gid < 0, one value per identifier column, one version, so its
+    #    occurrences are its memberships already). The two branches read their own sources' occurrences: one
+    #    shared CTE of all occurrences was materialised and scanned twice, a third of the statement's time.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_memberships AS
-        SELECT -1 - o.event_rowid AS gid, o.type_ord, o.version_rank, n.node_id AS nid
-        FROM ({occurrences_sql(event_rowid=True, sources=("channel_events",))}) o
+        SELECT o.gid, o.type_ord, 1 AS version_rank, n.node_id AS nid
+        FROM ({_event_group_occurrences()}) o
         JOIN _idg_node_ids n ON n.node_type = o.identifier_type AND n.node_value = o.identifier_value
         UNION ALL
         SELECT p.node_id AS gid, min(o.type_ord) AS type_ord, min(o.version_rank) AS version_rank, n.node_id AS nid
@@ -336,7 +359,9 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
             SELECT DISTINCT component_id FROM _idg_node_labels WHERE NOT is_pseudo AND NOT is_shared
         )
         SELECT 'channel_events' AS source, e.event_id AS record_id, 'person' AS role, o.own_component AS component_id
-        FROM own o JOIN (SELECT -1 - rowid AS gid, event_id FROM {STG_CHANNEL_EVENTS}) e USING (gid)
+        FROM {STG_CHANNEL_EVENTS} e
+        JOIN _idg_event_groups g ON {" AND ".join(f"g.{c} IS NOT DISTINCT FROM e.{c}" for c in IDENTIFIER_COLUMNS)}
+        JOIN own o ON o.gid = g.gid
         UNION ALL
         -- orders and referral sides follow their pseudo-node when its component holds a customer's identifier
         -- (a converted referral's referee with shared ids only is the buyer of its order)
@@ -390,7 +415,7 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         f"FROM {SHARED_TABLE} ORDER BY degree DESC, identifier_type, identifier_value LIMIT {int(top_n)}"
     ).fetchall()
     # every temp table of this function (temp tables are per connection, but the connection may live on)
-    for t in ("_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
+    for t in ("_idg_event_groups", "_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
               "_idg_shared_ids", "_idg_edges", "_idg_labels", "_idg_node_labels"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return GraphReport(
