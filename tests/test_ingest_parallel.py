@@ -94,3 +94,81 @@ def test_a_worker_error_stops_the_run_and_loads_nothing(con, settings, land, mon
         ingest_source(con, SOURCE, settings, "run")
     assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == 0
     assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone()[0] == 0
+
+
+def test_validation_in_a_thread_during_the_load_equals_validation_afterwards(settings, land, monkeypatch):
+    """ingest_source(validate=...) runs the suite on the judged rows while they load: the same result as
+    validating the returned frame afterwards, and it really overlaps the load (it starts before the load ends)."""
+    import threading
+
+    _land_history(land)
+    loading = threading.Event()
+    seen_during_load: list[bool] = []
+    real_load = core._load_rows
+
+    def load(*args, **kwargs):
+        loading.set()
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            loading.clear()
+
+    def validate(frame):
+        started_in_load = loading.wait(timeout=30)
+        seen_during_load.append(started_in_load)
+        return validate_contract(SOURCE, frame)
+
+    monkeypatch.setattr(core, "_load_rows", load)
+    con = duckdb.connect()
+    report = ingest_source(con, SOURCE, settings, "run", validate=validate)
+    threaded = report.validation.result(timeout=120)
+    after = validate_contract(SOURCE, report.frame)
+    assert seen_during_load == [True]
+    assert threaded.unexpected_by_rule == after.unexpected_by_rule == report.quarantine_by_rule
+    assert threaded.examples_by_rule == after.examples_by_rule
+    assert threaded.expectation_results == after.expectation_results
+    report.frame.close()
+
+
+def test_a_validation_error_surfaces_from_the_future_after_the_rows_loaded(con, settings, land):
+    _land_history(land)
+
+    def validate(frame):
+        raise RuntimeError("suite exploded")
+
+    report = ingest_source(con, SOURCE, settings, "run", validate=validate)
+    with pytest.raises(RuntimeError, match="suite exploded"):
+        report.validation.result(timeout=60)
+    assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone()[0] == report.rows_loaded > 0
+    report.frame.close()
+
+
+def test_a_failed_load_waits_for_the_validation_before_removing_the_parts(con, settings, land, monkeypatch):
+    """The validation thread reads the parts; the load's failure must not delete them under it."""
+    import threading
+    import time
+
+    _land_history(land)
+    release = threading.Event()
+    read: list[int] = []
+
+    def validate(frame):
+        release.wait(timeout=30)
+        time.sleep(0.2)  # still reading after the load has failed
+        read.append(len(frame.to_pandas()))
+        return "done"
+
+    def load(*args, **kwargs):
+        release.set()
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(core, "_load_rows", load)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingest_source(con, SOURCE, settings, "run", validate=validate)
+    assert len(read) == 1 and read[0] > 0  # the parts were all there when it read them
+    assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == 0
+
+
+def test_an_empty_run_is_validated_before_returning(con, settings, land):
+    report = ingest_source(con, SOURCE, settings, "run", validate=lambda frame: len(frame))
+    assert report.validation.done() and report.validation.result() == 0

@@ -81,7 +81,9 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         settings = privdom.settings()
         dates = batch_date_range(context)
         with privdom.writer(context), privdom.connect() as con:
-            report = ingest_source(con, source, settings, load_id=context.run_id, batch_dates=dates)
+            # the contract suite runs on the judged rows in a thread while they load (report.validation)
+            report = ingest_source(con, source, settings, load_id=context.run_id, batch_dates=dates,
+                                   validate=lambda frame: validate_contract(source, frame, memory_limit=settings.duckdb_memory_limit))
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
         for f in report.files:
@@ -120,7 +122,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         yield quarantine_share_check(report, settings.max_quarantine_share)
 
         try:
-            validation = validate_contract(source, report.frame, memory_limit=settings.duckdb_memory_limit)
+            validation = report.validation.result()
         finally:  # the parts' temporary directory
             if hasattr(report.frame, "close"):
                 report.frame.close()

@@ -15,7 +15,9 @@ One run of a source works in two phases, so that the per-file cost is a file rea
    query per table, then everything commits together. A crash or a failed check leaves none of the run's
    files recorded, so the next run loads them again.
 
-The same parts are the Great Expectations frame (``SpilledFrame``): GX validates them in DuckDB.
+The same parts are the Great Expectations frame (``SpilledFrame``): GX validates them in DuckDB. Given a
+``validate`` function, ``ingest_source`` runs it on the frame in a thread while phase 2 loads (the parts are
+final once judged), so the validation and the load overlap instead of following each other.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import os
 import tempfile
 import threading
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +89,9 @@ class SourceIngestReport:
     # The run's new rows before the quarantine split, as orchestration.quality.validate_contract expects them:
     # a SpilledFrame (Parquet in a temporary directory; close() removes it), or an empty pandas frame.
     frame: SpilledFrame | pd.DataFrame | None = None
+    # With ingest_source(validate=...): its result on `frame`, computed in a thread while the rows load (see
+    # _validate_in_thread); `.result()` returns it or raises what it raised.
+    validation: Future | None = None
 
     @property
     def quarantined_share(self) -> float | None:
@@ -573,6 +580,22 @@ def _stage_all(con: duckdb.DuckDBPyConnection, c: SourceContract, settings: Sett
     return results, parts
 
 
+def _validate_in_thread(validate: Callable[[Any], Any], frame: Any) -> Future:
+    """Run validate(frame) in a thread; the Future holds its result or its exception."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(validate(frame))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="privdom-validate", daemon=True).start()
+    return future
+
+
 def _parts_sql(parts: list[Path]) -> str:
     return "read_parquet([" + ", ".join(R.lit(p.as_posix()) for p in parts) + "])"
 
@@ -580,7 +603,8 @@ def _parts_sql(parts: list[Path]) -> str:
 # ------------------------------------------------------------------------------------------------- public
 def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Settings, load_id: str,
                   *, keep_frame: bool = True,
-                  batch_dates: tuple[dt.date, dt.date] | None = None) -> SourceIngestReport:
+                  batch_dates: tuple[dt.date, dt.date] | None = None,
+                  validate: Callable[[SpilledFrame | pd.DataFrame], Any] | None = None) -> SourceIngestReport:
     """Load every new file of `source` from settings.landing_dir/<source>/ into raw.<source>.
 
     With ``batch_dates`` (first, last), only new files whose batch date is in that range load (a daily
@@ -588,7 +612,11 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
     All files of the run load in one transaction (raw rows, quarantine rows and ledger rows of loaded,
     rejected and duplicate files together); see the module docstring. The report carries the run's new rows
-    before the quarantine split (``frame``) for the GX validation.
+    before the quarantine split (``frame``) for the GX validation. With ``validate`` (and ``keep_frame``),
+    ``report.validation`` is a Future of validate(frame): it runs in a thread from the moment the rows are
+    judged, alongside the load (1M customers: orders' GX 13 s and load 6 s took 14.5-16.7 s together instead
+    of 18-19 s), and an empty run's frame is validated before returning. If the load fails, the thread is waited
+    for before the parts are removed. The caller closes ``frame`` after reading the result.
     """
     c = get_contract(source)
     ensure_raw_schema(con)
@@ -604,6 +632,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     spill_dir = tempfile.TemporaryDirectory(prefix="privdom-ingest-")
     spill = Path(spill_dir.name)
     keep_spill = False
+    validation: Future | None = None
     try:
         # ---- 1. stage and judge every new file. The first file of each content judges in parallel; a later
         # file with the same content is a duplicate when that one loads, and is judged afterwards otherwise.
@@ -672,6 +701,13 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                                            (r_.rows_read, r_.rows_loaded, r_.rows_quarantined), None, load_id, s.started))
         ledger_rows.sort(key=lambda r: r[0])
 
+        if keep_frame and staged:
+            # the parts are the frame: GX validates them in DuckDB, its memory does not grow with the run
+            _, select = frame_projection(c, settings)
+            report.frame = SpilledFrame(spill_dir, parts, [(s.result.file_id, s.result.rows_read) for s in staged], select)
+            if validate is not None:
+                validation = _validate_in_thread(validate, report.frame)
+
         # ---- 2. load: one transaction for the run
         if ledger_rows:
             with transaction(con):
@@ -683,16 +719,19 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
         if keep_frame:
             if staged:
-                # the parts are the frame: GX validates them in DuckDB, its memory does not grow with the run
-                _, select = frame_projection(c, settings)
-                report.frame = SpilledFrame(spill_dir, parts, [(s.result.file_id, s.result.rows_read) for s in staged], select)
                 keep_spill = True
             else:
                 names = [name for name, _ in frame_projection(c, settings)[1]]
                 report.frame = pd.DataFrame({n: pd.Series(dtype=object) for n in names})
+                if validate is not None:
+                    validation = _validate_in_thread(validate, report.frame)
+                    wait([validation])
+            report.validation = validation
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_FILES}")
         if not keep_spill:
+            if validation is not None:
+                wait([validation])  # it reads the parts
             spill_dir.cleanup()
     return report
 
