@@ -340,3 +340,51 @@ def test_what_a_killed_export_left_behind_is_removed_by_the_next(world):
     second = _export(warehouse, exports, d)
     assert sorted(p.name for p in segment_dir.iterdir()) == sorted([first.export_id, second.export_id, "LATEST"])
     assert second.previous_export_id == first.export_id and second.adds == 1
+
+
+def test_a_first_exports_adds_are_the_members_files_byte_for_byte(world):
+    """With no previous export every member is an add: the adds files are copies of the members files (not
+    written and read back a second time), and the manifest still lists each with its own size and digest."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    result = _export(warehouse, exports, d)
+    for ext in ("csv", "parquet", "jsonl"):
+        assert (result.path / f"adds.{ext}").read_bytes() == (result.path / f"buyers.{ext}").read_bytes(), ext
+    files = {f["name"]: f for f in result.manifest["files"]}
+    assert files["adds.parquet"]["sha256"] == files["buyers.parquet"]["sha256"]
+    assert files["adds.csv"]["rows"] == files["buyers.csv"]["rows"] == 3
+
+
+def test_a_copy_that_differs_from_its_members_file_withholds_the_export(world, monkeypatch):
+    import orchestration.segments.exports as exports_module
+
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+
+    real_copy = shutil.copyfile
+
+    def bad_copy(src, dst):
+        real_copy(src, dst)
+        with open(dst, "ab") as f:
+            f.write(b"\n")
+
+    monkeypatch.setattr(exports_module.shutil, "copyfile", bad_copy)
+    with pytest.raises(ExportError, match="adds.csv: differs from buyers.csv"):
+        _export(warehouse, exports, d)
+    assert latest_export_id(exports / "buyers") is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_a_clear_phone_in_any_single_format_withholds_the_export(world, fmt):
+    """The leak check runs in the same scan as the row count, whichever format is the only one written."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    con = connect(warehouse)
+    con.execute("update segments.segment_members set contact_handle = 'wm 13912345678' where customer_key = 'C1'")
+    con.close()
+    with pytest.raises(ExportError, match="clear mobile number"):
+        _export(warehouse, exports, d, ExportOptions(formats=(fmt,)))
+    assert latest_export_id(exports / "buyers") is None
