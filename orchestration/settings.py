@@ -167,6 +167,25 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     return value
 
 
+_UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def share_of_memory_limit(limit: str | None, fraction: float) -> str | None:
+    """`fraction` of a duckdb_memory_limit ("2.5GB" → 0.25 → "625000000B", DuckDB's units: GB = 10^9 bytes,
+    GiB = 2^30), for two DuckDB instances that run at once and together must stay within the setting. None
+    or "" (DuckDB's default) stays as it is."""
+    import re
+
+    if not limit:
+        return limit
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", limit.strip(), flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"not a memory size: {limit!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    return f"{int(float(m.group(1)) * _UNITS[m.group(2).lower()] * fraction)}B"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     raw = data_dir or os.environ.get("PRIVDOM_HOME") or "data"
     return Path(raw).expanduser().resolve()

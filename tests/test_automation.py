@@ -115,3 +115,28 @@ def test_daily_schedule_targets_the_whole_graph_at_2am_shanghai(env):
     with dg.instance_for_test() as instance:
         data = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
     assert len(data.run_requests) == 1 and data.run_requests[0].partition_key is None
+
+
+def test_the_ingest_step_splits_the_memory_limit_between_the_load_and_the_validation(env, monkeypatch):
+    """GX's DuckDB runs beside the warehouse's during the load: three quarters of duckdb_memory_limit for the
+    warehouse connection, one quarter for GX, so that together they stay within the setting (2.5GB)."""
+    import orchestration.defs.ingest as ingest_defs
+
+    settings, defs = env
+    seen: dict[str, list] = {"load": [], "gx": []}
+    real_ingest, real_validate = ingest_defs.ingest_source, ingest_defs.validate_contract
+
+    def ingest(con, *args, **kwargs):
+        seen["load"].append(con.execute("select current_setting('memory_limit')").fetchone()[0])
+        return real_ingest(con, *args, **kwargs)
+
+    def validate(source, frame, *, memory_limit=None):
+        seen["gx"].append(memory_limit)
+        return real_validate(source, frame, memory_limit=memory_limit)
+
+    monkeypatch.setattr(ingest_defs, "ingest_source", ingest)
+    monkeypatch.setattr(ingest_defs, "validate_contract", validate)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(_ingest_assets(defs), instance=instance).success
+    assert seen["load"] == ["1.7 GiB"] * 3  # 1,875,000,000 bytes
+    assert seen["gx"] == ["625000000B"] * 3

@@ -57,3 +57,23 @@ def test_dbt_runs_with_the_limit(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     shown = json.loads(result.stdout[result.stdout.index("{"):])
     assert shown["show"] == [{"memory_limit": "1.0 GiB"}]
+
+
+def test_a_share_of_the_limit_is_in_bytes_in_duckdbs_units():
+    import duckdb
+
+    from orchestration.settings import share_of_memory_limit
+
+    # DuckDB: GB = 10^9 bytes, GiB = 2^30; two instances that run at once get shares adding up to the setting
+    assert share_of_memory_limit("2.5GB", 0.25) == "625000000B"
+    assert share_of_memory_limit("2.5GB", 0.75) == "1875000000B"
+    assert share_of_memory_limit("3 GiB", 0.5) == f"{3 * 2**30 // 2}B"
+    assert share_of_memory_limit("512mb", 1) == "512000000B"
+    assert share_of_memory_limit("", 0.5) == "" and share_of_memory_limit(None, 0.5) is None
+    with pytest.raises(ValueError):
+        share_of_memory_limit("lots", 0.5)
+    with pytest.raises(ValueError):
+        share_of_memory_limit("1GB", 0)
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{share_of_memory_limit('2.5GB', 0.25)}'")
+    assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "596.0 MiB"

@@ -224,3 +224,10 @@ def test_the_rules_page_lists_every_column_and_operator():
     for kind, ops in OPERATORS_BY_KIND.items():
         row = next(line for line in page.splitlines() if line.startswith(f"| {kind} |"))
         assert all(f"`{op}`" in row for op in ops), kind
+
+
+@pytest.mark.parametrize("name", ["adds", "removes"])
+def test_the_names_of_an_export_folders_other_files_are_refused(name):
+    # an export folder holds <segment>.<format>, adds.<format> and removes.<format>
+    message = _error(_user(name))
+    assert name in message and "reserved" in message

@@ -388,3 +388,25 @@ def test_a_clear_phone_in_any_single_format_withholds_the_export(world, fmt):
     with pytest.raises(ExportError, match="clear mobile number"):
         _export(warehouse, exports, d, ExportOptions(formats=(fmt,)))
     assert latest_export_id(exports / "buyers") is None
+
+
+def test_a_json_lines_file_that_cannot_be_read_back_withholds_the_export(world, monkeypatch):
+    """Only JSON Lines written: a line that is not JSON (the count of lines still right) is an ExportError that
+    names the file, not a DuckDB error that would stop the other segments' exports."""
+    import orchestration.segments.exports as exports_module
+
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    real = exports_module._copy
+
+    def copy(con, query, params, path, fmt, csv_bom):
+        real(con, query, params, path, fmt, csv_bom)
+        if path.name == "buyers.jsonl":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            path.write_text("\n".join(["{not json", *lines[1:]]) + "\n", encoding="utf-8")
+
+    monkeypatch.setattr(exports_module, "_copy", copy)
+    with pytest.raises(ExportError, match="buyers.jsonl: cannot be read back"):
+        _export(warehouse, exports, d, ExportOptions(formats=("jsonl",)))
+    assert latest_export_id(exports / "buyers") is None

@@ -13,6 +13,7 @@ from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_rang
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.quality import validate_contract
+from orchestration.settings import share_of_memory_limit
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
 CHECK_QUARANTINE_SHARE = "quarantine_share"
@@ -80,10 +81,14 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
     def _ingest(context: dg.AssetExecutionContext, privdom: PrivdomResource):
         settings = privdom.settings()
         dates = batch_date_range(context)
-        with privdom.writer(context), privdom.connect() as con:
-            # the contract suite runs on the judged rows in a thread while they load (report.validation)
+        # The contract suite runs on the judged rows in a thread while they load (report.validation), on a
+        # DuckDB of its own: the two share the memory limit, three quarters for the warehouse, one for GX (1M
+        # customers: the ingest process stays near 1 GiB, GX's queries are scans and aggregates).
+        load_limit = share_of_memory_limit(settings.duckdb_memory_limit, 0.75)
+        gx_limit = share_of_memory_limit(settings.duckdb_memory_limit, 0.25)
+        with privdom.writer(context), privdom.connect(memory_limit=load_limit) as con:
             report = ingest_source(con, source, settings, load_id=context.run_id, batch_dates=dates,
-                                   validate=lambda frame: validate_contract(source, frame, memory_limit=settings.duckdb_memory_limit))
+                                   validate=lambda frame: validate_contract(source, frame, memory_limit=gx_limit))
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
         for f in report.files:
@@ -123,9 +128,9 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
 
         try:
             validation = report.validation.result()
-        finally:  # the parts' temporary directory
+        finally:  # the parts' temporary directory, once nothing reads it (result() may have been interrupted)
             if hasattr(report.frame, "close"):
-                report.frame.close()
+                report.validation.add_done_callback(lambda _: report.frame.close())
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule
         metadata = validation.to_metadata()
         metadata["agrees_with_quarantine"] = agrees

@@ -33,9 +33,12 @@ class PrivdomResource(dg.ConfigurableResource):
         return load_settings(self.data_dir)
 
     @contextlib.contextmanager
-    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, *, read_only: bool = False, memory_limit: str | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The warehouse, with DuckDB's memory limit the setting duckdb_memory_limit unless `memory_limit` is given
+        (a share of it, for a step that runs a second DuckDB at the same time)."""
         settings = self.settings()
-        with warehouse.connection(settings.warehouse_path, read_only=read_only, memory_limit=settings.duckdb_memory_limit) as con:
+        limit = settings.duckdb_memory_limit if memory_limit is None else memory_limit
+        with warehouse.connection(settings.warehouse_path, read_only=read_only, memory_limit=limit) as con:
             yield con
 
     @contextlib.contextmanager

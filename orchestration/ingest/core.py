@@ -728,11 +728,13 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                     wait([validation])
             report.validation = validation
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {_FILES}")
-        if not keep_spill:
-            if validation is not None:
-                wait([validation])  # it reads the parts
-            spill_dir.cleanup()
+        try:
+            con.execute(f"DROP TABLE IF EXISTS {_FILES}")
+        finally:
+            if not keep_spill:
+                if validation is not None:
+                    wait([validation])  # it reads the parts
+                spill_dir.cleanup()
     return report
 
 

@@ -25,6 +25,9 @@ DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 SEGMENTS_DIR_NAME = "segments"  # $PRIVDOM_HOME/segments/*.toml
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# the other files of an export folder (orchestration/segments/exports.py): a segment of these names would
+# overwrite them
+RESERVED_NAMES = frozenset({"adds", "removes"})
 FORMATS = ("csv", "parquet", "jsonl")
 MAX_DAYS = 36_500
 MAX_RULE_DEPTH = 4
@@ -250,6 +253,13 @@ def _validate_definition(name: str, raw: Any, source: str, problems: _Problems) 
             str(name), source,
             "a segment name is 1-63 lower-case letters, digits and '_', starting with a letter "
             "(it names the export folder, so no '/', '.' or spaces)",
+        )
+        return None
+    if name in RESERVED_NAMES:
+        problems.add(
+            name, source,
+            f"{name!r} is reserved: an export folder holds <segment>.<format>, adds.<format> and removes.<format>, "
+            "so a segment cannot be called adds or removes",
         )
         return None
     if not isinstance(raw, Mapping):

@@ -179,31 +179,41 @@ def _verify(con: duckdb.DuckDBPyConnection, tmp: Path, files: list[dict], expect
             if rows != expected[f["kind"]]:
                 raise ExportError(f"{f['name']}: {rows} rows written, {expected[f['kind']]} expected")
             continue
+        if f["format"] == "jsonl":  # lines first: a torn last line is a wrong count, not a parse error
+            rows = _rows_in(con, path, f["format"])
+            if rows != expected[f["kind"]]:
+                raise ExportError(f"{f['name']}: {rows} rows written, {expected[f['kind']]} expected")
         text = TEXT_COLUMNS if f["kind"] != "removes" else TEXT_COLUMNS[:3]
         leak = f"regexp_matches(concat_ws('|', {', '.join(f'cast(t.{c} as varchar)' for c in text)}), ?)"
-        if f["kind"] != "removes":
-            # dim_customers has one row per customer_key (a dbt test), so the join adds no rows
-            rows, bad, leaks = con.execute(
-                f"""select count(*),
-                           count(*) filter (where d.customer_key is null or d.opted_out or not d.is_reachable),
-                           count(*) filter (where {leak})
-                    from {_reader(path, f['format'])} t
-                    left join {DIM_CUSTOMERS} d on d.customer_key = cast(t.customer_key as varchar)""",
-                [CLEAR_PHONE_REGEX],
-            ).fetchone()
-        else:
-            rows, leaks = con.execute(
-                f"select count(*), count(*) filter (where {leak}) from {_reader(path, f['format'])} t", [CLEAR_PHONE_REGEX]
-            ).fetchone()
-            bad = 0
-        if f["format"] == "jsonl":  # count lines too, to catch a torn last line
-            rows = _rows_in(con, path, f["format"])
+        try:
+            rows, bad, leaks = _scan(con, path, f, leak)
+        except duckdb.Error as exc:
+            raise ExportError(f"{f['name']}: cannot be read back ({str(exc).splitlines()[0]})") from None
         if rows != expected[f["kind"]]:
             raise ExportError(f"{f['name']}: {rows} rows written, {expected[f['kind']]} expected")
         if bad:
             raise ExportError(f"{f['name']}: {bad} opted-out, unreachable or unknown customers; export withheld")
         if leaks:
             raise ExportError(f"{f['name']}: {leaks} rows hold what looks like a clear mobile number; export withheld")
+
+
+def _scan(con: duckdb.DuckDBPyConnection, path: Path, f: dict, leak: str) -> tuple[int, int, int]:
+    """(rows, suppressed or unknown customers, rows matching the clear-phone pattern) of one file, in one scan.
+    A removes file names customers who left the segment: only its leak count applies."""
+    if f["kind"] == "removes":
+        rows, leaks = con.execute(
+            f"select count(*), count(*) filter (where {leak}) from {_reader(path, f['format'])} t", [CLEAR_PHONE_REGEX]
+        ).fetchone()
+        return rows, 0, leaks
+    # dim_customers has one row per customer_key (a dbt test), so the join adds no rows
+    return con.execute(
+        f"""select count(*),
+                   count(*) filter (where d.customer_key is null or d.opted_out or not d.is_reachable),
+                   count(*) filter (where {leak})
+            from {_reader(path, f['format'])} t
+            left join {DIM_CUSTOMERS} d on d.customer_key = cast(t.customer_key as varchar)""",
+        [CLEAR_PHONE_REGEX],
+    ).fetchone()
 
 
 def export_segment(
