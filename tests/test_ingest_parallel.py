@@ -96,17 +96,20 @@ def test_a_worker_error_stops_the_run_and_loads_nothing(con, settings, land, mon
     assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone()[0] == 0
 
 
-def test_validation_in_a_thread_during_the_load_equals_validation_afterwards(settings, land, monkeypatch):
+def test_validation_during_the_load_equals_validation_afterwards(settings, land, monkeypatch):
     """ingest_source(validate=...) runs the suite on the judged rows while they load: the same result as
-    validating the returned frame afterwards, and it really overlaps the load (it starts before the load ends)."""
+    validating the returned frame afterwards; it really overlaps the load (the load is under way in another
+    thread while it runs), and it keeps the calling thread (GX changes process-wide state, as before)."""
     import threading
 
     _land_history(land)
     loading = threading.Event()
     seen_during_load: list[bool] = []
     real_load = core._load_rows
+    caller = threading.current_thread()
 
     def load(*args, **kwargs):
+        assert threading.current_thread() is not caller
         loading.set()
         try:
             return real_load(*args, **kwargs)
@@ -114,6 +117,7 @@ def test_validation_in_a_thread_during_the_load_equals_validation_afterwards(set
             loading.clear()
 
     def validate(frame):
+        assert threading.current_thread() is caller
         started_in_load = loading.wait(timeout=30)
         seen_during_load.append(started_in_load)
         return validate_contract(SOURCE, frame)
@@ -144,7 +148,8 @@ def test_a_validation_error_surfaces_from_the_future_after_the_rows_loaded(con, 
 
 
 def test_a_failed_load_waits_for_the_validation_before_removing_the_parts(con, settings, land, monkeypatch):
-    """The validation thread reads the parts; the load's failure must not delete them under it."""
+    """The validation reads the parts; the load's failure (in its worker) must not delete them under it, and is
+    raised once the validation is over."""
     import threading
     import time
 

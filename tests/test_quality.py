@@ -184,28 +184,3 @@ def test_the_memory_limit_reaches_gx_duckdb_connection():
     assert "SET memory_limit = '64MB'" in seen
     assert v.unexpected_by_rule["channel.in_set"] == 1  # and the validation ran under it
 
-
-def test_a_validation_in_a_thread_does_not_swallow_the_main_threads_warnings(con, settings, land):
-    """Ingestion runs the suite in a thread beside its load: the validation must not change the process's
-    warning filters (warnings.catch_warnings is process-wide), or a warning of the main thread raised
-    meanwhile is lost."""
-    import threading
-    import time
-    import warnings
-
-    for day in range(1, 10):
-        land(f"orders/orders_2024010{day}.csv", "\n".join([HEADERS["orders"], *[GOOD["orders"]] * 50]) + "\n")
-    report = ingest_source(con, "orders", settings, "run")
-    done = threading.Event()
-    thread = threading.Thread(target=lambda: (validate_contract("orders", report.frame), done.set()))
-    sent = 0
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        thread.start()
-        while not done.is_set():
-            warnings.warn(f"probe {sent}", UserWarning)
-            sent += 1
-            time.sleep(0.002)
-        thread.join()
-    probes = [w for w in seen if str(w.message).startswith("probe ")]
-    assert sent > 0 and len(probes) == sent

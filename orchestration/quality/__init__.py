@@ -46,11 +46,6 @@ from orchestration.contract import contract as get_contract
 from orchestration.warehouse import release_free_memory
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-# Warnings raised in GX's own modules are not shown, by one filter installed at import. Not
-# `warnings.catch_warnings()` around the validation: its filters are global to the process and it is not
-# thread-safe, and the validation runs in a thread beside ingestion's load (a main-thread warning would be
-# swallowed while it runs, and the two restoring their snapshots in the wrong order can leave one behind).
-warnings.filterwarnings("ignore", module=r"great_expectations(\.|$)")
 
 _EXAMPLES = 5
 _INDEX_COLUMNS = ["_file_id", "_row_number"]  # a row's identity in the run: what GX reports per unexpected row
@@ -337,16 +332,17 @@ def _results(ctx, query: str, source: str, suite, memory_limit: str | None = Non
             tz = con.exec_driver_sql("SELECT current_setting('TimeZone')").scalar()
         if tz != TIMEZONE:  # pragma: no cover - a guard
             raise RuntimeError(f"GX's DuckDB connection has time zone {tz!r}, not {TIMEZONE!r}")
-        # (GX's warnings: the filter at the top of this module)
-        result = batch.validate(suite, result_format={
-            "result_format": "COMPLETE",
-            "unexpected_index_column_names": _INDEX_COLUMNS,
-            "partial_unexpected_count": _NO_LIMIT,
-            # the row identities as two lists, not one dict per row with the checked values: a delivery
-            # with millions of broken rows must not take GBs of Python objects
-            "exclude_unexpected_values": True,
-            "return_unexpected_index_query": False,
-        })
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = batch.validate(suite, result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": _INDEX_COLUMNS,
+                "partial_unexpected_count": _NO_LIMIT,
+                # the row identities as two lists, not one dict per row with the checked values: a delivery
+                # with millions of broken rows must not take GBs of Python objects
+                "exclude_unexpected_values": True,
+                "return_unexpected_index_query": False,
+            })
         if ds.get_execution_engine() is not ee:  # pragma: no cover - a guard: the checks above were on it
             raise RuntimeError("GX validated on another execution engine than the one checked")
         return list(result.results)
