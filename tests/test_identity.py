@@ -332,6 +332,33 @@ def test_keys_merge_keeps_the_earlier_customer_and_records_the_bridge(db):
     assert state_snapshot(db) == before
 
 
+def test_merges_through_an_order_and_a_referral_record_their_bridges(db):
+    """The merge's via identifier is found in orders and referral sides too (the filtered scans of
+    occurrences_sql read every staging table): a new identifier in the bridging group first, else the merged
+    customer's own identifier that met another customer's."""
+    base = [ev("a", openid="oA"), ev("b", openid="oB"), ev("c", unionid="uC", member_id="M3"), ev("d", unionid="uD")]
+    touches = {("openid", "oA"): "2024-01-01 00:00:00+08", ("openid", "oB"): "2024-02-01 00:00:00+08",
+               ("member_id", "M3"): "2024-03-01 00:00:00+08", ("unionid", "uD"): "2024-04-01 00:00:00+08"}
+    stage(db, events=base)
+    keys_run(db, "run1", touches)
+    assert [key_of(db, *i) for i in (("openid", "oA"), ("openid", "oB"), ("member_id", "M3"), ("unionid", "uD"))] == [
+        "C000000001", "C000000002", "C000000003", "C000000004"]
+    # an order bridges B (February) and C (March); a referral's referee side bridges A (January) and D (April)
+    # and brings a new phone; the referrer side names C again (a group of its own: it bridges nothing)
+    stage(db, events=base, orders=[{"order_id": "O1", "openid": "oB", "member_id": "M3"}],
+          referrals=[{"referral_id": "R1", "referee_openid": "oA", "referee_unionid": "uD",
+                      "referee_phone": "13900000001", "referrer_member_id": "M3"}])
+    r2 = keys_run(db, "run2", touches)
+    assert (r2.merges, r2.new_keys, r2.splits) == (2, 0, 0)
+    assert db.execute(
+        "SELECT merged_key, surviving_key, via_identifier_type, via_identifier_value "
+        "FROM identity_state.customer_key_merges ORDER BY 1"
+    ).fetchall() == [
+        ("C000000003", "C000000002", "member_id", "M3"),  # no new identifier in the order: C's own that met B's
+        ("C000000004", "C000000001", "phone", "139****0001"),  # the new phone beside D's unionid
+    ]
+
+
 def test_merge_tie_on_acquired_at_keeps_the_smaller_key(db):
     stage(db, events=[ev("a", openid="oA"), ev("b", openid="oB")])
     touches = {("openid", "oA"): "2024-01-01 00:00:00+08", ("openid", "oB"): "2024-01-01 00:00:00+08"}

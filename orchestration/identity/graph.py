@@ -29,6 +29,7 @@ Graph
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestration.contract import IDENTIFIER_COLUMNS, REFEREE_COLUMNS, REFERRER_COLUMNS
@@ -89,21 +90,28 @@ def mask_sql(type_expr: str, value_expr: str) -> str:
 OCCURRENCE_SOURCES = ("channel_events", "orders", "referrals")
 
 
-def occurrences_sql(*, sources: tuple[str, ...] = OCCURRENCE_SOURCES) -> str:
+def occurrences_sql(
+    *, sources: tuple[str, ...] = OCCURRENCE_SOURCES, where: Callable[[str, str, str, str], str] | None = None
+) -> str:
     """One row per (staged row, identifier column that is not NULL), of the staging tables of `sources`.
 
     Columns: source, record_id, role, version_rank (1 for channel events), type_ord (the identifier type's
     position in the column order openid, unionid, wecom_external_userid, phone, member_id), identifier_type,
     identifier_value. Staging has already trimmed values, nulled placeholders and normalised phones.
+
+    ``where(role, identifier_type, record_id_column, identifier_column)``, when given, returns a condition on
+    the staged row that each part adds to its own WHERE: a filter on a few identifiers or records is then
+    applied while each staging table is scanned (a filter on the union is not pushed into its 15 parts).
     """
     unknown = set(sources) - set(OCCURRENCE_SOURCES)
     if unknown or not sources:
         raise ValueError(f"sources must be some of {OCCURRENCE_SOURCES}, got {sources!r}")
     def part(source: str, record_id: str, role: str, version_rank: str, typ: str, column: str, table: str) -> str:
         # every part names its columns: the first one present names the union's
+        extra = f" AND ({where(role, typ, record_id, column)})" if where else ""
         return (f"SELECT '{source}' AS source, {record_id} AS record_id, '{role}' AS role, {version_rank} AS version_rank, "
                 f"{TYPE_ORDER[typ]} AS type_ord, '{typ}' AS identifier_type, {column} AS identifier_value "
-                f"FROM {table} WHERE {column} IS NOT NULL")
+                f"FROM {table} WHERE {column} IS NOT NULL{extra}")
 
     parts: list[str] = []
     if "channel_events" in sources:

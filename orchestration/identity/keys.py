@@ -302,7 +302,7 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
             [run_id],
         ).fetchone()
     for t in ("_ck_customers", "_ck_identifiers", "_ck_claims", "_ck_won", "_ck_assign", "_ck_merges",
-              "_ck_splits", "_ck_merge_via", "_ck_split_via"):
+              "_ck_splits", "_ck_merge_via", "_ck_split_via", "_ck_via_merged_ids", "_ck_via_groups"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return KeyReport(
         customers=int(counts[0]),
@@ -341,20 +341,33 @@ def _via_identifiers(con, n_merges: int) -> None:
             "(merged_key VARCHAR, identifier_type VARCHAR, identifier_value VARCHAR)"
         )
         return
+    # The merged customers' identifiers, then the groups (role, record) they occur in, then every occurrence in
+    # those groups. Each step filters the staging tables while scanning them (occurrences_sql's `where`): a day's
+    # merges touch a few thousand identifiers, and reading every occurrence of all history first (at 1M
+    # customers 40M) took most of this function's time on a new day (docs/performance.md).
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _ck_via_merged_ids AS
+        SELECT i.identifier_type, i.identifier_value, i.old_key AS merged_key, i.component_id
+        FROM _ck_identifiers i JOIN _ck_merges m ON m.merged_key = i.old_key AND m.component_id = i.component_id
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _ck_via_groups AS
+        SELECT DISTINCT role, record_id
+        FROM ({occurrences_sql(where=lambda role, typ, record_id, column: (
+            f"{column} IN (SELECT identifier_value FROM _ck_via_merged_ids WHERE identifier_type = '{typ}')"))})
+        """
+    )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _ck_merge_via AS
-        WITH merged_ids AS (
-            SELECT i.identifier_type, i.identifier_value, i.old_key AS merged_key, i.component_id
-            FROM _ck_identifiers i JOIN _ck_merges m ON m.merged_key = i.old_key AND m.component_id = i.component_id
-        ),
-        occ_all AS ({occurrences_sql()}),
-        groups AS (
-            SELECT DISTINCT o.role, o.record_id FROM occ_all o JOIN merged_ids mi USING (identifier_type, identifier_value)
-        ),
+        WITH merged_ids AS (SELECT * FROM _ck_via_merged_ids),
         occ AS (
-            SELECT DISTINCT o.role, o.record_id, o.identifier_type, o.identifier_value
-            FROM occ_all o SEMI JOIN groups g ON g.role = o.role AND g.record_id = o.record_id
+            SELECT DISTINCT role, record_id, identifier_type, identifier_value
+            FROM ({occurrences_sql(where=lambda role, typ, record_id, column: (
+                f"{record_id} IN (SELECT record_id FROM _ck_via_groups WHERE role = '{role}')"))})
         ),
         linked AS (
             -- (merged identifier, identifier sharing a group with it that did not map to the merged key)
