@@ -516,3 +516,32 @@ def test_occurrences_of_some_sources_are_those_rows_of_all_sources(db):
     assert ("referrals", "R1", "referrer", 1, 5, "member_id", "m9") in others  # member_id is the 5th type
     with pytest.raises(ValueError, match="sources"):
         occurrences_sql(sources=("orders", "clicks"))
+
+
+def test_key_check_counts_find_every_kind_of_unsound_key(db):
+    """The counts behind int_customer_keys' asset checks, on hand-made tables: 0 when sound, and each defect
+    counted once."""
+    from orchestration.identity.keys import key_check_counts
+
+    db.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
+    db.execute("CREATE TABLE ft (component_id BIGINT)")
+    db.execute("INSERT INTO ft VALUES (1), (2), (3)")
+    db.execute("CREATE TABLE intermediate.int_customer_keys (component_id BIGINT, customer_key VARCHAR)")
+    db.execute("INSERT INTO intermediate.int_customer_keys VALUES (1, 'K1'), (2, 'K2'), (3, 'K3')")
+    db.execute("CREATE TABLE intermediate.int_identity__identifiers "
+               "(identifier_type VARCHAR, identifier_value VARCHAR, component_id BIGINT, degree BIGINT, is_shared BOOLEAN)")
+    db.execute("INSERT INTO intermediate.int_identity__identifiers VALUES "
+               "('openid', 'o1', 1, 1, false), ('phone', '13800000001', 1, 1, false), ('openid', 'o2', 2, 1, false), "
+               "('phone', '13800008000', 9, 30, true)")  # shared: no key needed
+    assert key_check_counts(db, "ft").__dict__ == {
+        "components_without_one_key": 0, "keys_on_two_components": 0, "identifiers_not_on_one_customer": 0}
+
+    db.execute("INSERT INTO ft VALUES (4)")  # a component without a key
+    db.execute("INSERT INTO intermediate.int_customer_keys VALUES (3, 'K3b')")  # a component with two keys
+    db.execute("INSERT INTO intermediate.int_customer_keys VALUES (5, 'K1')")  # a key on two components
+    db.execute("INSERT INTO intermediate.int_identity__identifiers VALUES "
+               "('openid', 'o4', 4, 1, false), "  # its component has no key
+               "('unionid', 'u3', 3, 1, false), "  # its component has two keys
+               "('openid', 'o2', 1, 1, false)")  # o2 is on components 2 and 1: two customers
+    assert key_check_counts(db, "ft").__dict__ == {
+        "components_without_one_key": 2, "keys_on_two_components": 1, "identifiers_not_on_one_customer": 3}

@@ -8,6 +8,7 @@ import dagster as dg
 
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.identity import assign_customer_keys, build_identity_graph
+from orchestration.identity.keys import key_check_counts
 
 GRAPH_TABLES = ("int_identity__identifiers", "int_identity__records", "int_identity__shared_identifiers")
 STAGING_INPUTS = [dg.AssetKey(["staging", name]) for name in ("stg_channel_events", "stg_orders__versions", "stg_referrals__versions")]
@@ -76,34 +77,16 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
 def int_customer_keys(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     with privdom.writer(context), privdom.connect() as con:
         report = assign_customer_keys(con, "intermediate.int_components__first_touch", run_id=context.run_id)
-        components_without_one_key, keys_on_two_components = con.execute(
-            """
-            select
-                (select count(*) from intermediate.int_components__first_touch f
-                 where (select count(*) from intermediate.int_customer_keys k where k.component_id = f.component_id) <> 1),
-                (select count(*) from (select customer_key from intermediate.int_customer_keys group by 1 having count(*) > 1))
-            """
-        ).fetchone()
-        identifiers_not_on_one = con.execute(
-            """
-            select count(*) from (
-                select i.identifier_type, i.identifier_value
-                from intermediate.int_identity__identifiers i
-                left join intermediate.int_customer_keys k using (component_id)
-                where not i.is_shared
-                group by 1, 2
-                having count(distinct k.customer_key) <> 1
-            )
-            """
-        ).fetchone()[0]
+        counts = key_check_counts(con)
     yield dg.MaterializeResult(metadata=report.to_metadata())
     yield dg.AssetCheckResult(
         check_name="one_key_per_component",
-        passed=components_without_one_key == 0 and keys_on_two_components == 0,
-        metadata={"components_without_exactly_one_key": components_without_one_key, "keys_on_two_components": keys_on_two_components},
+        passed=counts.components_without_one_key == 0 and counts.keys_on_two_components == 0,
+        metadata={"components_without_exactly_one_key": counts.components_without_one_key,
+                  "keys_on_two_components": counts.keys_on_two_components},
     )
     yield dg.AssetCheckResult(
         check_name="identifier_maps_to_one_customer",
-        passed=identifiers_not_on_one == 0,
-        metadata={"identifiers_not_on_exactly_one_customer": identifiers_not_on_one},
+        passed=counts.identifiers_not_on_one_customer == 0,
+        metadata={"identifiers_not_on_exactly_one_customer": counts.identifiers_not_on_one_customer},
     )
