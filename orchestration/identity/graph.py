@@ -101,7 +101,7 @@ def occurrences_sql(
 
     ``where(role, identifier_type, record_id_column, identifier_column)``, when given, returns a condition on
     the staged row that each part adds to its own WHERE: a filter on a few identifiers or records is then
-    applied while each staging table is scanned (a filter on the union is not pushed into its 15 parts).
+    applied while each staging table is scanned (a filter on the union is not pushed into its parts).
     """
     unknown = set(sources) - set(OCCURRENCE_SOURCES)
     if unknown or not sources:

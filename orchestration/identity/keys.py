@@ -378,7 +378,7 @@ def _via_identifiers(con, n_merges: int) -> None:
     # The merged customers' identifiers, then the groups (role, record) they occur in, then every occurrence in
     # those groups. Each step filters the staging tables while scanning them (occurrences_sql's `where`): a day's
     # merges touch a few thousand identifiers, and reading every occurrence of all history first (at 1M
-    # customers 40M) took most of this function's time on a new day (docs/performance.md).
+    # customers 23.3M) took half of this function's time on a new day (docs/performance.md).
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE _ck_via_merged_ids AS

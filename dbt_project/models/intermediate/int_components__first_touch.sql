@@ -8,7 +8,9 @@ with touches as (
 
 -- Only touches at their component's earliest touched_at can come first, so the others are dropped before the
 -- ranking: at 1M customers the window over all 11M touches cost more than this aggregate and join (8.2 s ->
--- 6.0 s for the model, docs/performance.md). NULL matches NULL, as NULLs sort last in the ranking.
+-- 6.0 s for the model, docs/performance.md). touched_at is never NULL (the contract requires occurred_at,
+-- created_at and updated_at); were one NULL, min() would skip it, so a timed touch wins on every engine (Spark
+-- sorts NULLs first, DuckDB last), and NULL matches NULL when a component has no timed touch at all.
 earliest_touch_times as (
     select component_id, min(touched_at) as touched_at
     from touches
