@@ -14,6 +14,7 @@ GRAPH_TABLES = ("int_identity__identifiers", "int_identity__records", "int_ident
 STAGING_INPUTS = [dg.AssetKey(["staging", name]) for name in ("stg_channel_events", "stg_orders__versions", "stg_referrals__versions")]
 KEYS = dg.AssetKey(["intermediate", "int_customer_keys"])
 SHARED = dg.AssetKey(["intermediate", "int_identity__shared_identifiers"])
+FIRST_TOUCH = dg.AssetKey(["intermediate", "int_components__first_touch"])
 
 
 @dg.multi_asset(
@@ -63,7 +64,7 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     group_name="intermediate",
     kinds={"duckdb", "python"},
     pool=WAREHOUSE_POOL,
-    deps=[dg.AssetKey(["intermediate", "int_components__first_touch"]), dg.AssetKey(["intermediate", "int_identity__identifiers"])],
+    deps=[FIRST_TOUCH, dg.AssetKey(["intermediate", "int_identity__identifiers"])],
     description=(
         "The stable customer_key of each identity component. Keys live in the key registry (schema "
         "identity_state), which is state, not a model: a merge keeps the key of the earliest-acquired customer "
@@ -76,8 +77,9 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
 )
 def int_customer_keys(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     with privdom.writer(context), privdom.connect() as con:
-        report = assign_customer_keys(con, "intermediate.int_components__first_touch", run_id=context.run_id)
-        counts = key_check_counts(con)
+        first_touch = ".".join(FIRST_TOUCH.path)
+        report = assign_customer_keys(con, first_touch, run_id=context.run_id)
+        counts = key_check_counts(con, first_touch)
     yield dg.MaterializeResult(metadata=report.to_metadata())
     yield dg.AssetCheckResult(
         check_name="one_key_per_component",

@@ -322,8 +322,9 @@ class KeyCheckCounts:
     identifiers_not_on_one_customer: int  # identifiers, neither shared nor placeholders, with no key or several
 
 
-def key_check_counts(con, first_touch_relation: str = "intermediate.int_components__first_touch") -> KeyCheckCounts:
-    """What the asset checks of int_customer_keys count; every count is 0 when the keys are sound."""
+def key_check_counts(con, first_touch_relation: str) -> KeyCheckCounts:
+    """What the asset checks of int_customer_keys count; every count is 0 when the keys are sound.
+    ``first_touch_relation`` is the relation assign_customer_keys was given: its components must have one key."""
     components, keys_twice = con.execute(
         f"""
         SELECT
@@ -397,8 +398,7 @@ def _via_identifiers(con, n_merges: int) -> None:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _ck_merge_via AS
-        WITH merged_ids AS (SELECT * FROM _ck_via_merged_ids),
-        occ AS (
+        WITH occ AS (
             SELECT DISTINCT role, record_id, identifier_type, identifier_value
             FROM ({occurrences_sql(where=lambda role, typ, record_id, column: (
                 f"{record_id} IN (SELECT record_id FROM _ck_via_groups WHERE role = '{role}')"))})
@@ -408,7 +408,7 @@ def _via_identifiers(con, n_merges: int) -> None:
             SELECT mi.merged_key, mi.identifier_type, mi.identifier_value,
                    b.identifier_type AS other_type, b.identifier_value AS other_value,
                    bk.customer_key AS other_old_key
-            FROM merged_ids mi
+            FROM _ck_via_merged_ids mi
             JOIN occ a USING (identifier_type, identifier_value)
             JOIN occ b ON b.role = a.role AND b.record_id = a.record_id
             LEFT JOIN {IDENTIFIERS_TABLE} bi ON bi.identifier_type = b.identifier_type
@@ -426,7 +426,7 @@ def _via_identifiers(con, n_merges: int) -> None:
             SELECT merged_key, identifier_type, identifier_value, 1 FROM linked
             UNION ALL
             -- 2: fallback (linked only through a converted referral's order): its first identifier
-            SELECT merged_key, identifier_type, identifier_value, 2 FROM merged_ids
+            SELECT merged_key, identifier_type, identifier_value, 2 FROM _ck_via_merged_ids
         )
         SELECT merged_key,
                arg_min(identifier_type, pref || ':' || {_TYPE_ORD_CASE} || ':' || identifier_value) AS identifier_type,
