@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from orchestration import warm
 from orchestration.settings import DBT_PROJECT_DIR, Settings
 
 DBT_TARGET = os.environ.get("PRIVDOM_DBT_TARGET", "duckdb")
@@ -35,6 +36,37 @@ def dbt_executable() -> Path:
     """The dbt next to this interpreter: dagster-dbt otherwise looks for `dbt` on PATH."""
     candidate = Path(sys.executable).parent / "dbt"
     return candidate if candidate.exists() else Path("dbt")
+
+
+# The warm server's client while `warm_dbt()` is active (privdom run), else None.
+_WARM_EXECUTABLE: Path | None = None
+
+
+def command_executable() -> Path:
+    """What privdom's dbt commands run: during `privdom run` the warm server's client (dbt already imported:
+    orchestration/warm.py), otherwise `dbt_executable()`."""
+    return _WARM_EXECUTABLE or dbt_executable()
+
+
+@contextlib.contextmanager
+def warm_dbt() -> Iterator[Path | None]:
+    """Start the warm dbt server for the dbt commands of this block (`command_executable()` names its
+    client), and stop it (by PID) at the end. Off with PRIVDOM_DBT_WARM=0; yields the client or None."""
+    global _WARM_EXECUTABLE
+    real = dbt_executable()
+    # only for the dbt installed with this interpreter: that is the dbt the server imports
+    if not warm.enabled() or not real.is_absolute() or _WARM_EXECUTABLE is not None:
+        yield None
+        return
+    preload = warm.DEFAULT_PRELOAD + (("dbt.adapters.spark",) if DBT_TARGET == "spark" else ())
+    server = warm.WarmServer(fallback=real, preload=preload)
+    server.start()
+    _WARM_EXECUTABLE = server.executable
+    try:
+        yield server.executable
+    finally:
+        _WARM_EXECUTABLE = None
+        server.stop()
 
 
 def dbt_vars_arg(settings: Settings) -> list[str]:
@@ -105,7 +137,8 @@ _DBT_DISTRIBUTIONS = ("dbt-core", "dbt-adapters", "dbt-common", "dbt-duckdb", "d
 def parse_fingerprint(settings: Settings) -> str:
     """A digest of everything `dbt parse` reads: every file of the dbt project, the vars, the target, the
     PRIVDOM_* and DBT_* environment (profiles.yml reads PRIVDOM_* through env_var; call it after
-    apply_dbt_environment, as parse does) and the dbt versions."""
+    apply_dbt_environment, as parse does; not PRIVDOM_DBT_WARM, which only says how dbt is started) and the
+    dbt versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(dist: str) -> str | None:
@@ -118,7 +151,8 @@ def parse_fingerprint(settings: Settings) -> str:
     context = {
         "vars": dbt_vars_arg(settings)[1],
         "target": DBT_TARGET,
-        "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(("PRIVDOM_", "DBT_"))),
+        "env": sorted((k, v) for k, v in os.environ.items()
+                      if k.startswith(("PRIVDOM_", "DBT_")) and k != warm.ENV_SWITCH),
         "versions": [installed(d) for d in _DBT_DISTRIBUTIONS],
     }
     digest.update(json.dumps(context, sort_keys=True).encode() + b"\0")
@@ -193,7 +227,7 @@ def parse(settings: Settings, *, quiet: bool = True) -> Path:
 def _parse_locked(settings: Settings, fingerprint: str, *, quiet: bool) -> Path:
     PARSE_STAMP_PATH.unlink(missing_ok=True)  # a failed parse leaves no stamp: the next run parses again
     cmd = [
-        str(dbt_executable()),
+        str(command_executable()),
         "parse",
         *(["--quiet"] if quiet else []),
         "--project-dir",

@@ -198,7 +198,12 @@ def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: boo
         # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
         with warehouse_lock(settings.data_dir, what="privdom run (checking the warehouse)"):
             ensure_not_locked(settings.warehouse_path)
-        return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh)
+        from orchestration import dbt as dbt_runner
+
+        # dbt's commands of this run start with dbt already imported (orchestration/warm.py); the server
+        # imports it while the run begins, and is stopped by PID when the run is over
+        with dbt_runner.warm_dbt():
+            return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh)
 
 
 def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: bool) -> PipelineResult:

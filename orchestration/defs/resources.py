@@ -14,7 +14,7 @@ from dagster_dbt import DbtCliResource
 from packaging.version import Version
 
 from orchestration import locking, warehouse
-from orchestration.dbt import DBT_TARGET, apply_dbt_environment, dbt_executable
+from orchestration.dbt import DBT_TARGET, apply_dbt_environment, command_executable, dbt_executable
 from orchestration.settings import DBT_PROJECT_DIR, Settings, load_settings, resolve_data_dir
 
 # Pool shared by every asset that writes the warehouse: DuckDB allows one writer per file. The instance
@@ -63,10 +63,10 @@ class PrivdomDbtCliResource(DbtCliResource):
     def _cli_version(self) -> Version:
         """dagster-dbt asks the dbt executable for its version (`dbt --version`, a process that imports dbt:
         ~2.6 s once per run) to tell dbt Core from Fusion. The dbt next to this interpreter is the installed
-        dbt-core distribution, whose version the package metadata gives at once; any other executable is
-        asked as dagster-dbt asks it."""
+        dbt-core distribution, whose version the package metadata gives at once (as for the warm server's client,
+        which runs that dbt: orchestration/warm.py); any other executable is asked as dagster-dbt asks it."""
         ours = dbt_executable()
-        if ours.is_absolute() and Path(self.dbt_executable) == ours:
+        if ours.is_absolute() and Path(self.dbt_executable) in (ours, command_executable()):
             return Version(importlib.metadata.version("dbt-core"))
         return DbtCliResource._cli_version.func(self)  # ty: ignore[unresolved-attribute]
 
@@ -87,7 +87,7 @@ def resources() -> dg.Definitions:
                 project_dir=str(DBT_PROJECT_DIR),
                 profiles_dir=str(DBT_PROJECT_DIR),
                 target=DBT_TARGET,
-                dbt_executable=str(dbt_executable()),
+                dbt_executable=str(command_executable()),
             ),
         }
     )

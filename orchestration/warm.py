@@ -1,0 +1,316 @@
+"""A warm fork server for dbt: every dbt command of a run starts with dbt already imported.
+
+dagster-dbt runs dbt as a subprocess (``Popen([dbt_executable, ...])``, reading its JSON log lines). Each
+such process imports dbt-core and its adapter (~1.8 s) and tears the interpreter down at exit (~0.5 s)
+before and after its first node: three times per ``privdom run`` (docs/performance.md, "The new day's floor").
+
+``WarmServer`` starts one process that imports dbt once and listens on a Unix socket in a private temporary
+directory. It writes a small client script there, which ``privdom run`` hands to dagster-dbt as the dbt
+executable. The client, a Python started without ``site`` (stdlib only), connects and passes its argv,
+environment, working directory and its standard input, output and error (the file descriptors themselves,
+``SCM_RIGHTS``); the server forks a child, which takes those over and runs dbt's command line as the dbt
+executable would, in a process that already has dbt imported. The client forwards SIGINT and SIGTERM to that
+child (dagster-dbt interrupts dbt with SIGINT) and exits with its exit status. dbt's output goes straight to
+the pipe dagster-dbt reads; nothing passes through the server.
+
+If the server cannot be reached (not started yet, stopped, crashed), the client runs the real dbt executable
+in its place (``execv``): the run never depends on the server. The server stops when ``stop()`` is called
+(by PID, SIGTERM), or by itself when its parent process is gone.
+
+Each command runs in a fresh child of a server that has never run one, so nothing carries over from one
+command to the next. ``PRIVDOM_DBT_WARM=0`` turns the server off (dbt is then started as before).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENV_SWITCH = "PRIVDOM_DBT_WARM"
+SOCKET_NAME = "dbt.sock"
+CLIENT_NAME = "dbt"
+# what the server imports before it accepts anything: dbt's command line, and the adapters of privdom's
+# targets that are installed (an adapter that is not installed is simply not preloaded)
+DEFAULT_PRELOAD = ("dbt.cli.main", "dbt.adapters.duckdb", "dbt.adapters.duckdb.impl")
+DEFAULT_ENTRY = "dbt.cli.main:cli"
+
+# The client: stdlib only, started with `python -S` (no site: ~20 ms). Placeholders are filled in by
+# WarmServer._write_client. Protocol: the client sends one JSON request (argv, env, cwd) with its fds 0, 1, 2;
+# the server's child answers "pid <n>\n" once it has taken them over, then "exit <status>\n" when done.
+_CLIENT = r'''#!{python} -S
+import json, os, signal, socket, sys
+SOCKET = {socket!r}
+FALLBACK = {fallback!r}
+child = None
+pending = []
+def forward(signum, frame):
+    # SIGINT / SIGTERM go to the command's process; one that comes before it is known is sent once it is
+    if child is None:
+        pending.append(signum)
+        return
+    try:
+        os.kill(child, signum)
+    except ProcessLookupError:
+        pass
+signal.signal(signal.SIGINT, forward)
+signal.signal(signal.SIGTERM, forward)
+def fallback(why):
+    if pending:
+        sys.exit(130)
+    if FALLBACK is None:
+        sys.stderr.write("privdom warm dbt: " + why + "\n")
+        sys.exit(2)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.execv(FALLBACK, [FALLBACK] + sys.argv[1:])
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(SOCKET)
+    request = json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}}).encode()
+    socket.send_fds(s, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
+except OSError as exc:
+    fallback("server not reachable (%s)" % exc)
+buffer = b""
+def readline():
+    # short timeouts, not one blocking read: a signal that comes just before a blocking recv() would only be
+    # handled (forwarded) after it returns, i.e. never
+    global buffer
+    s.settimeout(0.2)
+    while b"\n" not in buffer:
+        try:
+            chunk = s.recv(256)
+        except socket.timeout:
+            continue
+        except OSError:
+            return ""
+        if not chunk:
+            return ""
+        buffer += chunk
+    line, _, buffer = buffer.partition(b"\n")
+    return line.decode()
+line = readline()
+if not line.startswith("pid "):
+    fallback("server did not start the command")
+child = int(line.split()[1])
+for signum in pending:
+    forward(signum, None)
+line = readline()
+if not line.startswith("exit "):
+    sys.stderr.write("privdom warm dbt: the command's process ended without an exit status\n")
+    sys.exit(1)
+sys.exit(int(line.split()[1]))
+'''
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _recv_exact(conn: socket.socket, n: int, fds: list[int]) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk, new_fds, _, _ = socket.recv_fds(conn, n - len(data), 8)
+        fds.extend(new_fds)
+        if not chunk:
+            raise EOFError("client closed the connection")
+        data += chunk
+    return data
+
+
+def _run_child(conn: socket.socket, entry) -> None:  # noqa: ANN001 - a callable
+    """In the forked child: take over the client's fds, environment and directory, run `entry`, report."""
+    import atexit
+    import json
+
+    status = 1
+    try:
+        fds: list[int] = []
+        size = int.from_bytes(_recv_exact(conn, 8, fds), "big")
+        request = json.loads(_recv_exact(conn, size, fds))
+        if len(fds) != 3:
+            raise RuntimeError(f"expected 3 file descriptors, got {len(fds)}")
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        # line-buffered text streams on the new fds: the log lines reach the reader as they are written
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115
+        sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8")  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8")  # noqa: SIM115
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        conn.sendall(f"pid {os.getpid()}\n".encode())
+        sys.argv = ["dbt", *request["argv"]]
+        try:
+            result = entry()
+            status = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            code = exc.code
+            status = code if isinstance(code, int) else (0 if code is None else 1)
+            if code is not None and not isinstance(code, int):
+                print(code, file=sys.stderr)
+        except KeyboardInterrupt:
+            status = 130
+        except BaseException:  # noqa: BLE001 - reported like an uncaught exception, with status 1
+            import traceback
+
+            traceback.print_exc()
+            status = 1
+        atexit._run_exitfuncs()  # what an interpreter exit would run, without the module teardown
+    finally:
+        try:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+        except Exception:  # noqa: BLE001, S110 - the reader may be gone
+            pass
+        try:
+            conn.sendall(f"exit {status}\n".encode())
+        except OSError:
+            pass
+        os._exit(0)
+
+
+def _resolve(entry: str):  # noqa: ANN202 - a callable
+    module, _, attr = entry.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def serve(directory: str, entry: str = DEFAULT_ENTRY, preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
+    """The server's main loop (runs in its own process, started by WarmServer.start)."""
+    import gc
+
+    parent = os.getppid()
+    path = os.path.join(directory, SOCKET_NAME)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)  # bound before the imports: a client that comes early waits in the backlog
+    server.listen(16)
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    target = _resolve(entry)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; they report themselves
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    gc.collect()
+    gc.freeze()  # what is imported now stays shared with the children (fewer copied pages)
+    Path(directory, "ready").touch()
+    server.settimeout(1.0)
+    while True:
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            if os.getppid() != parent:  # the process that started us is gone (killed): clean up after it
+                import shutil
+
+                shutil.rmtree(directory, ignore_errors=True)
+                os._exit(0)
+            continue
+        conn.settimeout(None)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if os.fork() == 0:
+            server.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # dbt's own subprocesses are waited for normally
+            _run_child(conn, target)
+        conn.close()
+
+
+class WarmServer:
+    """A warm server for this process's dbt commands: ``start()``, hand ``executable`` to dagster-dbt,
+    ``stop()`` (or use it as a context manager)."""
+
+    def __init__(self, fallback: str | os.PathLike[str] | None, *, entry: str = DEFAULT_ENTRY,
+                 preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
+        self.fallback = None if fallback is None else str(fallback)
+        self.entry = entry
+        self.preload = preload
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def directory(self) -> Path:
+        if self._tmp is None:
+            raise RuntimeError("the warm server is not started")
+        return Path(self._tmp.name)
+
+    @property
+    def executable(self) -> Path:
+        """The client script: use it where the dbt executable is expected."""
+        return self.directory / CLIENT_NAME
+
+    def _write_client(self) -> None:
+        text = _CLIENT.format(python=sys.executable, socket=str(self.directory / SOCKET_NAME), fallback=self.fallback)
+        self.executable.write_text(text)
+        self.executable.chmod(0o700)
+
+    def start(self) -> WarmServer:
+        if self.process is not None:
+            raise RuntimeError("the warm server is already started")
+        # a short path: a Unix socket's path is limited to ~107 bytes
+        self._tmp = tempfile.TemporaryDirectory(prefix="privdom-dbt-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        self._write_client()
+        # started with -c, not -m: under -m, click would name the program "python -m orchestration.warm"
+        # in dbt's usage messages instead of "dbt"
+        args = [sys.executable, "-c", "from orchestration.warm import main; main()", str(self.directory),
+                "--entry", self.entry, "--preload", ",".join(self.preload)]
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Wait until the server has imported what it preloads (tests; the run does not wait)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.directory / "ready").exists():
+                return True
+            if self.process is not None and self.process.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> WarmServer:
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m orchestration.warm", description="warm fork server for dbt")
+    parser.add_argument("directory")
+    parser.add_argument("--entry", default=DEFAULT_ENTRY)
+    parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
+    args = parser.parse_args(argv)
+    serve(args.directory, args.entry, tuple(p for p in args.preload.split(",") if p))
+
+
+if __name__ == "__main__":
+    main()

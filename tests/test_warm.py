@@ -1,0 +1,166 @@
+"""The warm dbt server (orchestration/warm.py): what a command sees and gives back through the client is what
+it would see and give back as a process of its own; interrupts reach it; without a server, the real
+executable runs; the server does not outlive its parent. The entry points here are small functions in a
+module of the test's own, so that each behaviour is checked on its own; the last tests run dbt itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestration import dbt as dbt_runner
+from orchestration.warm import WarmServer
+
+ENTRIES = '''
+import os, sys, time
+
+def echo():
+    """argv, cwd, one env var and a line of stdin on stdout; a line on stderr; exit status from argv."""
+    line = sys.stdin.readline().strip()
+    print("argv=" + "|".join(sys.argv[1:]))
+    print("cwd=" + os.getcwd())
+    print("env=" + os.environ.get("WARM_TEST_VALUE", "<unset>"))
+    print("stdin=" + line)
+    print("to stderr", file=sys.stderr)
+    sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 0)
+
+def sleeper():
+    try:
+        print("started", flush=True)
+        for _ in range(1200):  # short sleeps: a signal that comes just before a long sleep() waits for its end
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    print("not interrupted")
+
+def crash():
+    print("crashing", flush=True)
+    os.kill(os.getpid(), 9)
+
+def pid():
+    print(os.getpid())
+'''
+
+
+@pytest.fixture()
+def entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "warm_test_entries.py").write_text(textwrap.dedent(ENTRIES))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return "warm_test_entries"
+
+
+def _server(entry: str, fallback: str | None = None) -> WarmServer:
+    server = WarmServer(fallback, entry=entry, preload=()).start()
+    assert server.wait_ready(), "the warm server did not start"
+    return server
+
+
+def test_a_command_sees_its_argv_env_cwd_and_stdio_and_returns_its_status(entries: str, tmp_path: Path) -> None:
+    work = tmp_path / "somewhere"
+    work.mkdir()
+    with _server(f"{entries}:echo") as server:
+        env = {**os.environ, "WARM_TEST_VALUE": "from the client"}
+        result = subprocess.run([str(server.executable), "3", "two words", "x"], input="hello\n", capture_output=True,
+                                text=True, cwd=work, env=env, timeout=30)
+        assert result.returncode == 3
+        assert result.stdout.splitlines() == ["argv=3|two words|x", f"cwd={work}", "env=from the client", "stdin=hello"]
+        assert result.stderr == "to stderr\n"
+        # a second command of the same server: its own environment, nothing left from the first
+        result = subprocess.run([str(server.executable)], input="", capture_output=True, text=True, cwd=tmp_path,
+                                env={k: v for k, v in os.environ.items() if k != "WARM_TEST_VALUE"}, timeout=30)
+        assert result.returncode == 0
+        assert "env=<unset>" in result.stdout.splitlines()
+
+
+def test_each_command_runs_in_a_process_of_its_own(entries: str) -> None:
+    with _server(f"{entries}:pid") as server:
+        pids = {subprocess.run([str(server.executable)], capture_output=True, text=True, timeout=30).stdout.strip()
+                for _ in range(3)}
+        assert len(pids) == 3 and str(server.process.pid) not in pids
+
+
+def test_sigint_to_the_client_interrupts_the_command(entries: str) -> None:
+    # dagster-dbt stops dbt with SIGINT on the process it started: the client
+    with _server(f"{entries}:sleeper") as server:
+        client = subprocess.Popen([str(server.executable)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert client.stdout.readline().strip() == "started"
+            client.send_signal(signal.SIGINT)
+            assert client.wait(timeout=30) == 130
+            assert client.stdout.read().strip() == "interrupted"
+        finally:
+            client.kill()
+            client.wait()
+
+
+def test_a_command_killed_without_a_status_fails(entries: str) -> None:
+    with _server(f"{entries}:crash") as server:
+        result = subprocess.run([str(server.executable)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 1
+        assert "crashing" in result.stdout
+        assert "ended without an exit status" in result.stderr
+
+
+def test_without_a_server_the_client_runs_the_real_executable(entries: str, tmp_path: Path) -> None:
+    real = tmp_path / "real-dbt"
+    real.write_text("#!/bin/sh\necho \"real $*\"\nexit 7\n")
+    real.chmod(0o755)
+    server = _server(f"{entries}:echo", fallback=str(real))
+    client = tmp_path / "client"
+    client.write_bytes(server.executable.read_bytes())  # the client outlives the server's directory here
+    client.chmod(0o700)
+    server.stop()
+    result = subprocess.run([str(client), "a", "b"], capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (7, "real a b\n")
+
+
+def test_the_server_stops_when_its_parent_is_gone(entries: str, tmp_path: Path) -> None:
+    # a parent that starts a server and dies without stopping it
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+              "from orchestration.warm import WarmServer\n"
+              f"s = WarmServer(None, entry={entries + ':echo'!r}, preload=()).start()\n"
+              "assert s.wait_ready()\n"
+              "print(s.process.pid, s.directory, flush=True)\n"
+              "import os; os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pid, directory = out.stdout.split()
+    pid = int(pid)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            assert not Path(directory).exists()  # its socket and client are removed with it
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    pytest.fail("the warm server outlived its parent")
+
+
+def test_dbt_through_the_warm_server_is_dbt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real thing: dbt's own command line behind the client, its exit statuses and output included."""
+    monkeypatch.delenv("PRIVDOM_DBT_WARM", raising=False)
+    with dbt_runner.warm_dbt() as client:
+        assert client is not None and dbt_runner.command_executable() == client
+        ok = subprocess.run([str(client), "--version"], capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and "Core:" in ok.stdout
+        bad = subprocess.run([str(client), "no-such-command"], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2
+        assert "Usage: dbt [OPTIONS]" in bad.stderr and "No such command 'no-such-command'" in bad.stderr
+    assert dbt_runner.command_executable() == dbt_runner.dbt_executable()
+
+
+def test_warm_server_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRIVDOM_DBT_WARM", "0")
+    with dbt_runner.warm_dbt() as client:
+        assert client is None
+        assert dbt_runner.command_executable() == dbt_runner.dbt_executable()
