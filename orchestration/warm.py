@@ -36,6 +36,8 @@ from pathlib import Path
 ENV_SWITCH = "PRIVDOM_DBT_WARM"
 SOCKET_NAME = "dbt.sock"
 CLIENT_NAME = "dbt"
+PID_NAME = "server.pid"
+DIR_PREFIX = "privdom-dbt-"
 # what the server imports before it accepts anything: dbt's command line, and the adapters of privdom's
 # targets that are installed (an adapter that is not installed is simply not preloaded)
 DEFAULT_PRELOAD = ("dbt.cli.main", "dbt.adapters.duckdb", "dbt.adapters.duckdb.impl")
@@ -228,6 +230,37 @@ def serve(directory: str, entry: str = DEFAULT_ENTRY, preload: tuple[str, ...] =
         conn.close()
 
 
+def sweep_stale(parent: Path, *, grace_seconds: float = 3600.0) -> list[Path]:
+    """Remove the directories of servers that are gone: a server killed with its whole process group (SIGKILL)
+    cannot remove its own. A directory goes when the process its pid file names is not alive, or, without a
+    pid file, when it is older than `grace_seconds` (a server being started has none for a moment)."""
+    import shutil
+
+    removed = []
+    for d in parent.glob(DIR_PREFIX + "*"):
+        try:
+            if not d.is_dir() or d.stat().st_uid != os.getuid():
+                continue
+            pid_file = d / PID_NAME
+            if pid_file.exists():
+                text = pid_file.read_text().strip()
+                if text.isdigit() and int(text) > 0:
+                    try:
+                        os.kill(int(text), 0)
+                        continue  # alive
+                    except ProcessLookupError:
+                        pass
+                    except PermissionError:
+                        continue  # someone else's process now: left alone
+            elif time.time() - d.stat().st_mtime < grace_seconds:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except OSError:
+            continue
+    return removed
+
+
 class WarmServer:
     """A warm server for this process's dbt commands: ``start()``, hand ``executable`` to dagster-dbt,
     ``stop()`` (or use it as a context manager)."""
@@ -260,13 +293,16 @@ class WarmServer:
         if self.process is not None:
             raise RuntimeError("the warm server is already started")
         # a short path: a Unix socket's path is limited to ~107 bytes
-        self._tmp = tempfile.TemporaryDirectory(prefix="privdom-dbt-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+        sweep_stale(Path(parent))
+        self._tmp = tempfile.TemporaryDirectory(prefix=DIR_PREFIX, dir=parent)
         self._write_client()
         # started with -c, not -m: under -m, click would name the program "python -m orchestration.warm"
         # in dbt's usage messages instead of "dbt"
         args = [sys.executable, "-c", "from orchestration.warm import main; main()", str(self.directory),
                 "--entry", self.entry, "--preload", ",".join(self.preload)]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        (self.directory / PID_NAME).write_text(str(self.process.pid))
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> bool:

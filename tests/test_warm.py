@@ -146,6 +146,29 @@ def test_the_server_stops_when_its_parent_is_gone(entries: str, tmp_path: Path) 
     pytest.fail("the warm server outlived its parent")
 
 
+def test_directories_of_dead_servers_are_swept(entries: str, tmp_path: Path) -> None:
+    from orchestration import warm
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = tmp_path / (warm.DIR_PREFIX + "dead")  # a server killed with its process group left this
+    gone.mkdir()
+    (gone / warm.PID_NAME).write_text(str(dead.pid))
+    (gone / warm.SOCKET_NAME).write_text("")
+    alive = tmp_path / (warm.DIR_PREFIX + "alive")
+    alive.mkdir()
+    (alive / warm.PID_NAME).write_text(str(os.getpid()))
+    starting = tmp_path / (warm.DIR_PREFIX + "starting")  # no pid file yet, and new
+    starting.mkdir()
+    old = tmp_path / (warm.DIR_PREFIX + "old")  # no pid file, an hour old
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    other = tmp_path / "privdom-ingest-x"
+    other.mkdir()
+    assert sorted(p.name for p in warm.sweep_stale(tmp_path)) == [gone.name, old.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, starting.name, other.name, "warm_test_entries.py"])
+
+
 def test_dbt_through_the_warm_server_is_dbt(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real thing: dbt's own command line behind the client, its exit statuses and output included."""
     monkeypatch.delenv("PRIVDOM_DBT_WARM", raising=False)
