@@ -60,7 +60,12 @@ def warm_dbt() -> Iterator[Path | None]:
         return
     preload = warm.DEFAULT_PRELOAD + (("dbt.adapters.spark",) if DBT_TARGET == "spark" else ())
     server = warm.WarmServer(fallback=real, preload=preload)
-    server.start()
+    try:
+        server.start()
+    except OSError:  # no usable temporary directory, a client that cannot be executed there: dbt starts cold
+        server.stop()
+        yield None
+        return
     _WARM_EXECUTABLE = server.executable
     try:
         yield server.executable

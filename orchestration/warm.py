@@ -5,13 +5,15 @@ such process imports dbt-core and its adapter (~1.8 s) and tears the interpreter
 before and after its first node: three times per ``privdom run`` (docs/performance.md, "The new day's floor").
 
 ``WarmServer`` starts one process that imports dbt once and listens on a Unix socket in a private temporary
-directory. It writes a small client script there, which ``privdom run`` hands to dagster-dbt as the dbt
-executable. The client, a Python started without ``site`` (stdlib only), connects and passes its argv,
-environment, working directory and its standard input, output and error (the file descriptors themselves,
-``SCM_RIGHTS``); the server forks a child, which takes those over and runs dbt's command line as the dbt
-executable would, in a process that already has dbt imported. The client forwards SIGINT and SIGTERM to that
-child (dagster-dbt interrupts dbt with SIGINT) and exits with its exit status. dbt's output goes straight to
-the pipe dagster-dbt reads; nothing passes through the server.
+directory. It writes a small client there (a /bin/sh wrapper named ``dbt`` that runs ``python -I -S
+client.py``: stdlib only), which ``privdom run`` hands to dagster-dbt as the dbt executable. The client connects
+and passes its argv, environment, working directory and its standard input, output and error (the file
+descriptors themselves, ``SCM_RIGHTS``); the server forks a child, which takes those over and runs dbt's
+command line as the dbt executable would, in a process that already has dbt imported. The client forwards
+SIGINT and SIGTERM to that child (dagster-dbt interrupts dbt with SIGINT; through a pidfd, so never to a
+reused pid), waits for the child's exit status and for the child itself to be gone, and exits with that
+status. If the client is killed, the child kills itself, as a dbt process killed directly would be gone.
+dbt's output goes straight to the pipe dagster-dbt reads; nothing passes through the server.
 
 If the server cannot be reached (not started yet, stopped, crashed), the client runs the real dbt executable
 in its place (``execv``): the run never depends on the server. The server stops when ``stop()`` is called
@@ -30,27 +32,35 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ENV_SWITCH = "PRIVDOM_DBT_WARM"
 SOCKET_NAME = "dbt.sock"
 CLIENT_NAME = "dbt"
+CLIENT_CODE_NAME = "client.py"
 PID_NAME = "server.pid"
+OWNER_NAME = "owner.pid"
 DIR_PREFIX = "privdom-dbt-"
 # what the server imports before it accepts anything: dbt's command line, and the adapters of privdom's
 # targets that are installed (an adapter that is not installed is simply not preloaded)
 DEFAULT_PRELOAD = ("dbt.cli.main", "dbt.adapters.duckdb", "dbt.adapters.duckdb.impl")
 DEFAULT_ENTRY = "dbt.cli.main:cli"
 
-# The client: stdlib only, started with `python -S` (no site: ~20 ms). Placeholders are filled in by
-# WarmServer._write_client. Protocol: the client sends one JSON request (argv, env, cwd) with its fds 0, 1, 2;
-# the server's child answers "pid <n>\n" once it has taken them over, then "exit <status>\n" when done.
-_CLIENT = r'''#!{python} -S
-import json, os, signal, socket, sys
+# The client: stdlib only, run as `python -I -S client.py` (isolated, no site: ~20 ms) by a /bin/sh wrapper named
+# `dbt` (a shebang line would break on an interpreter path with spaces or over the kernel's length limit).
+# Placeholders are filled in by WarmServer._write_client. Protocol: the client sends an 8-byte length and one
+# JSON request (argv, env, cwd) with its fds 0, 1, 2; the server's child answers "pid <n>\n" once it has taken
+# them over, then "exit <status>\n" when done.
+_WRAPPER = '''#!/bin/sh
+exec {python} -I -S {client} "$@"
+'''
+_CLIENT = r'''import json, os, select, signal, socket, sys
 SOCKET = {socket!r}
 FALLBACK = {fallback!r}
 child = None
+pidfd = None
 pending = []
 def forward(signum, frame):
     # SIGINT / SIGTERM go to the command's process; one that comes before it is known is sent once it is
@@ -58,8 +68,11 @@ def forward(signum, frame):
         pending.append(signum)
         return
     try:
-        os.kill(child, signum)
-    except ProcessLookupError:
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)  # never another process that got a reused pid
+        else:
+            os.kill(child, signum)
+    except (ProcessLookupError, OSError):
         pass
 signal.signal(signal.SIGINT, forward)
 signal.signal(signal.SIGTERM, forward)
@@ -76,7 +89,9 @@ try:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(SOCKET)
     request = json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}}).encode()
-    socket.send_fds(s, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
+    header = len(request).to_bytes(8, "big")
+    sent = socket.send_fds(s, [header], [0, 1, 2])
+    s.sendall(header[sent:] + request)
 except OSError as exc:
     fallback("server not reachable (%s)" % exc)
 buffer = b""
@@ -100,13 +115,22 @@ def readline():
 line = readline()
 if not line.startswith("pid "):
     fallback("server did not start the command")
-child = int(line.split()[1])
+pid = int(line.split()[1])
+try:
+    pidfd = os.pidfd_open(pid)
+except (AttributeError, OSError):
+    pidfd = None
+child = pid
 for signum in pending:
     forward(signum, None)
 line = readline()
 if not line.startswith("exit "):
     sys.stderr.write("privdom warm dbt: the command's process ended without an exit status\n")
     sys.exit(1)
+if pidfd is not None:
+    # as a process's own end is: what it holds (a DuckDB file's lock) is released when the caller goes on
+    while not select.select([pidfd], [], [], 0.2)[0]:
+        pass
 sys.exit(int(line.split()[1]))
 '''
 
@@ -124,6 +148,15 @@ def _recv_exact(conn: socket.socket, n: int, fds: list[int]) -> bytes:
             raise EOFError("client closed the connection")
         data += chunk
     return data
+
+
+def _die_with_client(conn: socket.socket) -> None:
+    try:
+        while conn.recv(64):
+            pass
+    except OSError:
+        pass
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _run_child(conn: socket.socket, entry) -> None:  # noqa: ANN001 - a callable
@@ -147,10 +180,14 @@ def _run_child(conn: socket.socket, entry) -> None:  # noqa: ANN001 - a callable
         sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8")  # noqa: SIM115
         os.environ.clear()
         os.environ.update(request["env"])
+        time.tzset()  # TZ from the client's environment
         os.chdir(request["cwd"])
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         conn.sendall(f"pid {os.getpid()}\n".encode())
+        # the client is the process dagster-dbt started (and may kill): when it is gone, so is the command, as
+        # a dbt process killed directly would be. It keeps the connection open until this process has ended.
+        threading.Thread(target=_die_with_client, args=(conn,), daemon=True, name="privdom-warm-watch").start()
         sys.argv = ["dbt", *request["argv"]]
         try:
             result = entry()
@@ -230,10 +267,28 @@ def serve(directory: str, entry: str = DEFAULT_ENTRY, preload: tuple[str, ...] =
         conn.close()
 
 
+def _alive(pid_file: Path) -> bool | None:
+    """Whether the process a pid file names is alive; None without a readable pid."""
+    try:
+        text = pid_file.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        return None
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process now: left alone
+    return True
+
+
 def sweep_stale(parent: Path, *, grace_seconds: float = 3600.0) -> list[Path]:
     """Remove the directories of servers that are gone: a server killed with its whole process group (SIGKILL)
-    cannot remove its own. A directory goes when the process its pid file names is not alive, or, without a
-    pid file, when it is older than `grace_seconds` (a server being started has none for a moment)."""
+    cannot remove its own. A directory goes when neither the process that started the server (its owner,
+    whose dbt commands use the client in it) nor the server is alive, or, without pid files, when it is older
+    than `grace_seconds` (a server being started has none for a moment)."""
     import shutil
 
     removed = []
@@ -241,18 +296,10 @@ def sweep_stale(parent: Path, *, grace_seconds: float = 3600.0) -> list[Path]:
         try:
             if not d.is_dir() or d.stat().st_uid != os.getuid():
                 continue
-            pid_file = d / PID_NAME
-            if pid_file.exists():
-                text = pid_file.read_text().strip()
-                if text.isdigit() and int(text) > 0:
-                    try:
-                        os.kill(int(text), 0)
-                        continue  # alive
-                    except ProcessLookupError:
-                        pass
-                    except PermissionError:
-                        continue  # someone else's process now: left alone
-            elif time.time() - d.stat().st_mtime < grace_seconds:
+            owner, server = _alive(d / OWNER_NAME), _alive(d / PID_NAME)
+            if owner or server:
+                continue
+            if owner is None and server is None and time.time() - d.stat().st_mtime < grace_seconds:
                 continue
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
@@ -285,9 +332,14 @@ class WarmServer:
         return self.directory / CLIENT_NAME
 
     def _write_client(self) -> None:
-        text = _CLIENT.format(python=sys.executable, socket=str(self.directory / SOCKET_NAME), fallback=self.fallback)
-        self.executable.write_text(text)
+        import shlex
+
+        code = self.directory / CLIENT_CODE_NAME
+        code.write_text(_CLIENT.format(socket=str(self.directory / SOCKET_NAME), fallback=self.fallback))
+        self.executable.write_text(_WRAPPER.format(python=shlex.quote(sys.executable), client=shlex.quote(str(code))))
         self.executable.chmod(0o700)
+        if not os.access(self.executable, os.X_OK):  # e.g. a temporary directory mounted noexec
+            raise OSError(f"{self.executable} cannot be executed here")
 
     def start(self) -> WarmServer:
         if self.process is not None:
@@ -296,10 +348,12 @@ class WarmServer:
         parent = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
         sweep_stale(Path(parent))
         self._tmp = tempfile.TemporaryDirectory(prefix=DIR_PREFIX, dir=parent)
+        (self.directory / OWNER_NAME).write_text(str(os.getpid()))
         self._write_client()
         # started with -c, not -m: under -m, click would name the program "python -m orchestration.warm"
         # in dbt's usage messages instead of "dbt"
-        args = [sys.executable, "-c", "from orchestration.warm import main; main()", str(self.directory),
+        # -P: the directory it is started from is not put on sys.path (the children chdir to dbt's)
+        args = [sys.executable, "-P", "-c", "from orchestration.warm import main; main()", str(self.directory),
                 "--entry", self.entry, "--preload", ",".join(self.preload)]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (self.directory / PID_NAME).write_text(str(self.process.pid))

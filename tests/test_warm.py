@@ -33,7 +33,7 @@ def echo():
 
 def sleeper():
     try:
-        print("started", flush=True)
+        print("started" + (" %d" % os.getpid() if sys.argv[1:] == ["with-pid"] else ""), flush=True)
         for _ in range(1200):  # short sleeps: a signal that comes just before a long sleep() waits for its end
             time.sleep(0.05)
     except KeyboardInterrupt:
@@ -63,10 +63,13 @@ def _server(entry: str, fallback: str | None = None) -> WarmServer:
     return server
 
 
-def test_a_command_sees_its_argv_env_cwd_and_stdio_and_returns_its_status(entries: str, tmp_path: Path) -> None:
+def test_a_command_sees_its_argv_env_cwd_and_stdio_and_returns_its_status(
+        entries: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "somewhere"
     work.mkdir()
+    monkeypatch.setenv("WARM_TEST_VALUE", "the server's")  # the server's own environment is not the command's
     with _server(f"{entries}:echo") as server:
+        monkeypatch.delenv("WARM_TEST_VALUE")
         env = {**os.environ, "WARM_TEST_VALUE": "from the client"}
         result = subprocess.run([str(server.executable), "3", "two words", "x"], input="hello\n", capture_output=True,
                                 text=True, cwd=work, env=env, timeout=30)
@@ -113,13 +116,44 @@ def test_without_a_server_the_client_runs_the_real_executable(entries: str, tmp_
     real = tmp_path / "real-dbt"
     real.write_text("#!/bin/sh\necho \"real $*\"\nexit 7\n")
     real.chmod(0o755)
-    server = _server(f"{entries}:echo", fallback=str(real))
-    client = tmp_path / "client"
-    client.write_bytes(server.executable.read_bytes())  # the client outlives the server's directory here
-    client.chmod(0o700)
-    server.stop()
-    result = subprocess.run([str(client), "a", "b"], capture_output=True, text=True, timeout=30)
-    assert (result.returncode, result.stdout) == (7, "real a b\n")
+    with _server(f"{entries}:echo", fallback=str(real)) as server:
+        server.process.kill()  # a server that crashed: its socket is still there, nobody listens
+        server.process.wait()
+        result = subprocess.run([str(server.executable), "a", "b"], capture_output=True, text=True, timeout=30)
+        assert (result.returncode, result.stdout) == (7, "real a b\n")
+
+
+def test_a_killed_client_takes_its_command_with_it(entries: str) -> None:
+    # dagster-dbt may kill the process it started; a dbt started directly would die with it
+    with _server(f"{entries}:sleeper") as server:
+        client = subprocess.Popen([str(server.executable), "with-pid"], stdout=subprocess.PIPE, text=True)
+        child = int(client.stdout.readline().split()[1])
+        client.kill()
+        client.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the command outlived its killed client")
+
+
+def test_two_commands_at_once(entries: str) -> None:
+    with _server(f"{entries}:sleeper") as server:
+        clients = [subprocess.Popen([str(server.executable)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            for c in clients:
+                assert c.stdout.readline().strip() == "started"
+            for c in clients:
+                c.send_signal(signal.SIGINT)
+            assert [c.wait(timeout=30) for c in clients] == [130, 130]
+        finally:
+            for c in clients:
+                c.kill()
+                c.wait()
 
 
 def test_the_server_stops_when_its_parent_is_gone(entries: str, tmp_path: Path) -> None:
@@ -158,6 +192,10 @@ def test_directories_of_dead_servers_are_swept(entries: str, tmp_path: Path) -> 
     alive = tmp_path / (warm.DIR_PREFIX + "alive")
     alive.mkdir()
     (alive / warm.PID_NAME).write_text(str(os.getpid()))
+    orphaned = tmp_path / (warm.DIR_PREFIX + "orphaned")  # its server died, its run goes on (cold)
+    orphaned.mkdir()
+    (orphaned / warm.PID_NAME).write_text(str(dead.pid))
+    (orphaned / warm.OWNER_NAME).write_text(str(os.getpid()))
     starting = tmp_path / (warm.DIR_PREFIX + "starting")  # no pid file yet, and new
     starting.mkdir()
     old = tmp_path / (warm.DIR_PREFIX + "old")  # no pid file, an hour old
@@ -166,7 +204,7 @@ def test_directories_of_dead_servers_are_swept(entries: str, tmp_path: Path) -> 
     other = tmp_path / "privdom-ingest-x"
     other.mkdir()
     assert sorted(p.name for p in warm.sweep_stale(tmp_path)) == [gone.name, old.name]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, starting.name, other.name, "warm_test_entries.py"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, orphaned.name, starting.name, other.name, "warm_test_entries.py"])
 
 
 def test_dbt_through_the_warm_server_is_dbt(monkeypatch: pytest.MonkeyPatch) -> None:
