@@ -31,6 +31,8 @@ from pathlib import Path
 LOCK_FILE_NAME = ".privdom-warehouse.lock"
 RUN_LOCK_FILE_NAME = ".privdom-run.lock"
 
+# how long a waiter waits for the holder's name before it reports an unknown holder
+_UNKNOWN_HOLDER_GRACE = 2.0
 _held: dict[str, list] = {}  # lock path -> [fd, depth], for this process
 _guard = threading.RLock()
 
@@ -98,11 +100,12 @@ def warehouse_lock(
                 break
             except BlockingIOError:
                 now = time.monotonic()
-                if last_report is None or now - last_report >= report_every:
-                    message = (
-                        f"waiting for the warehouse: {describe_holder(holder(data_dir, name))} is using it "
-                        f"(lock file {path})"
-                    )
+                info = holder(data_dir, name)
+                # a holder that has just taken the lock has not written who it is yet: say so on a later poll
+                # (two runs started at once met that window: "another privdom process" instead of its name)
+                known = info is not None or now - started >= _UNKNOWN_HOLDER_GRACE
+                if known and (last_report is None or now - last_report >= report_every):
+                    message = f"waiting for the warehouse: {describe_holder(info)} is using it (lock file {path})"
                     (log or _stderr)(message)
                     last_report = now
                 if timeout is not None and now - started >= timeout:

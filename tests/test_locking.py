@@ -45,6 +45,29 @@ def test_second_holder_waits_says_for_whom_and_gets_the_lock_when_the_first_ends
     assert messages and "test holder" in messages[0] and f"PID {child.pid}" in messages[0]
 
 
+def test_a_holder_that_has_not_said_who_it_is_yet_is_named_once_it_has(tmp_path):
+    # the window between taking the lock and writing who holds it, made long: a waiter starting in it names
+    # the holder once it is written, not "another privdom process" (two runs started at once met it)
+    code = textwrap.dedent(
+        f"""
+        import fcntl, json, os, time
+        fd = os.open({str(locking.lock_path(tmp_path))!r}, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(0.8)
+        os.pwrite(fd, (json.dumps({{"pid": os.getpid(), "what": "slow writer", "since": "now"}}) + "\\n").encode(), 0)
+        time.sleep(1.0)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert child.stdout.readline().strip() == "locked"
+    messages: list[str] = []
+    with locking.warehouse_lock(tmp_path, what="second", log=messages.append, poll_seconds=0.05):
+        pass
+    child.wait()
+    assert messages and "slow writer" in messages[0] and f"PID {child.pid}" in messages[0], messages
+
+
 def test_a_killed_holder_never_blocks_the_next(tmp_path):
     child = _hold_lock_in_child(tmp_path, 600)
     os.killpg(child.pid, signal.SIGKILL)
