@@ -226,11 +226,13 @@ def _resolve(entry: str):  # noqa: ANN202 - a callable
     return obj
 
 
-def serve(directory: str, entry: str = DEFAULT_ENTRY, preload: tuple[str, ...] = DEFAULT_PRELOAD) -> None:
+def serve(directory: str, entry: str = DEFAULT_ENTRY, preload: tuple[str, ...] = DEFAULT_PRELOAD,
+          parent: int | None = None) -> None:
     """The server's main loop (runs in its own process, started by WarmServer.start)."""
     import gc
 
-    parent = os.getppid()
+    # the process that started us, as it told us: one that died before this line is still noticed
+    parent = os.getppid() if parent is None else parent
     path = os.path.join(directory, SOCKET_NAME)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)  # bound before the imports: a client that comes early waits in the backlog
@@ -354,7 +356,7 @@ class WarmServer:
         # in dbt's usage messages instead of "dbt"
         # -P: the directory it is started from is not put on sys.path (the children chdir to dbt's)
         args = [sys.executable, "-P", "-c", "from orchestration.warm import main; main()", str(self.directory),
-                "--entry", self.entry, "--preload", ",".join(self.preload)]
+                "--entry", self.entry, "--preload", ",".join(self.preload), "--parent", str(os.getpid())]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         (self.directory / PID_NAME).write_text(str(self.process.pid))
         return self
@@ -398,8 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("directory")
     parser.add_argument("--entry", default=DEFAULT_ENTRY)
     parser.add_argument("--preload", default=",".join(DEFAULT_PRELOAD))
+    parser.add_argument("--parent", type=int, default=None)
     args = parser.parse_args(argv)
-    serve(args.directory, args.entry, tuple(p for p in args.preload.split(",") if p))
+    serve(args.directory, args.entry, tuple(p for p in args.preload.split(",") if p), args.parent)
 
 
 if __name__ == "__main__":
