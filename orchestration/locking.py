@@ -100,14 +100,13 @@ def warehouse_lock(
                 break
             except BlockingIOError:
                 now = time.monotonic()
-                info = holder(data_dir, name)
-                # a holder that has just taken the lock has not written who it is yet: say so on a later poll
-                # (two runs started at once met that window: "another privdom process" instead of its name)
-                known = info is not None or now - started >= _UNKNOWN_HOLDER_GRACE
-                if known and (last_report is None or now - last_report >= report_every):
-                    message = f"waiting for the warehouse: {describe_holder(info)} is using it (lock file {path})"
-                    (log or _stderr)(message)
-                    last_report = now
+                if last_report is None or now - last_report >= report_every:
+                    info = holder(data_dir, name)
+                    # a holder that has just taken the lock has not written who it is yet: say so on a later
+                    # poll (two runs started at once met that window: "another privdom process", not its name)
+                    if info is not None or now - started >= _UNKNOWN_HOLDER_GRACE:
+                        (log or _stderr)(f"waiting for the warehouse: {describe_holder(info)} is using it (lock file {path})")
+                        last_report = now
                 if timeout is not None and now - started >= timeout:
                     raise WarehouseBusyTimeout(
                         f"the warehouse stayed in use by {describe_holder(holder(data_dir, name))} for {timeout:.0f} s"

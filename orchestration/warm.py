@@ -42,6 +42,7 @@ CLIENT_NAME = "dbt"
 CLIENT_CODE_NAME = "client.py"
 PID_NAME = "server.pid"
 OWNER_NAME = "owner.pid"
+READY_NAME = "ready"  # written by the server once it has imported what it preloads
 DIR_PREFIX = "privdom-dbt-"
 # what the server imports before it accepts anything: dbt's command line, and the adapters of privdom's
 # targets that are installed (an adapter that is not installed is simply not preloaded)
@@ -72,7 +73,7 @@ def forward(signum, frame):
             signal.pidfd_send_signal(pidfd, signum)  # never another process that got a reused pid
         else:
             os.kill(child, signum)
-    except (ProcessLookupError, OSError):
+    except OSError:  # gone already
         pass
 signal.signal(signal.SIGINT, forward)
 signal.signal(signal.SIGTERM, forward)
@@ -116,7 +117,7 @@ line = readline()
 if not line.startswith("pid "):
     fallback("server did not start the command")
 pid = int(line.split()[1])
-try:
+try:  # before `child` is set: a signal handled in between waits in `pending`, then goes through the pidfd
     pidfd = os.pidfd_open(pid)
 except (AttributeError, OSError):
     pidfd = None
@@ -247,7 +248,7 @@ def serve(directory: str, entry: str = DEFAULT_ENTRY, preload: tuple[str, ...] =
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     gc.collect()
     gc.freeze()  # what is imported now stays shared with the children (fewer copied pages)
-    Path(directory, "ready").touch()
+    Path(directory, READY_NAME).touch()
     server.settimeout(1.0)
     while True:
         try:
@@ -365,7 +366,7 @@ class WarmServer:
         """Wait until the server has imported what it preloads (tests; the run does not wait)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if (self.directory / "ready").exists():
+            if (self.directory / READY_NAME).exists():
                 return True
             if self.process is not None and self.process.poll() is not None:
                 return False
