@@ -6,6 +6,7 @@ The graph runs on the staged rows; the keys need each component's acquisition ti
 
 import dagster as dg
 
+from orchestration.dbt import FULL_REFRESH_TAG
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.identity import assign_customer_keys, build_identity_graph
 from orchestration.identity.keys import key_check_counts
@@ -43,10 +44,20 @@ FIRST_TOUCH = dg.AssetKey(["intermediate", "int_components__first_touch"])
     ],
 )
 def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-    """Connected components of the identifier graph, computed from the staged rows in DuckDB (components with SciPy)."""
+    """Connected components of the identifier graph, computed from the staged rows in DuckDB (components with SciPy):
+    only the components that newly staged rows touch, when the stored graph fits; in full otherwise or on a run
+    tagged privdom/full_refresh."""
     settings = privdom.settings()
+    full_refresh = context.run.tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
     with privdom.writer(context), privdom.connect() as con:
-        report = build_identity_graph(con, max_degree=settings.identity_max_degree)
+        report = build_identity_graph(con, max_degree=settings.identity_max_degree, full_refresh=full_refresh)
+    if report.mode == "full":
+        context.log.info(f"identity graph built in full: {report.full_build_reason}")
+    else:
+        context.log.info(
+            f"identity graph updated: {report.touched_components} components touched, "
+            f"{report.relabelled_nodes} nodes recomputed, {report.records_written} records written"
+        )
     metadata = report.to_metadata()
     for table in GRAPH_TABLES:
         yield dg.MaterializeResult(asset_key=["intermediate", table], metadata=metadata if table == "int_identity__identifiers" else {})

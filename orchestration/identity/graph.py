@@ -22,8 +22,16 @@ Graph
 * Degree of an identifier: per other identifier type, the number of distinct values it shares a group with;
   ``degree`` is the largest. Above ``max_degree`` it is *shared*: it keeps no links (a singleton component).
 * Components: SciPy's connected components over the links as integer node ids (see
-  :func:`_connected_components`); the component id is the smallest node id of the component, node ids being
-  the rank of ``(node_type, node_value)``: deterministic for given data, meaningful inside one run only.
+  :func:`_connected_components`); the component id is the smallest node id of the component, a node's id
+  being the top 63 bits of the MD5 of ``(node_type, node_value)`` (:func:`node_id_sql`): the same for the
+  same data, whatever the order it arrived in.
+
+Incremental builds
+------------------
+The graph is also kept as state (schema ``identity_state``, tables ``graph_*``). A build whose state fits
+(same version and ``max_degree``, the staged rows it took in unchanged) takes in only the staged rows of newer
+files and computes again only the components they touch (:func:`_build_incremental`); it writes the same
+tables as a full build of the same staging. Anything else builds in full (:func:`_build_full`).
 """
 
 from __future__ import annotations
@@ -39,6 +47,18 @@ SCHEMA = "intermediate"
 IDENTIFIERS_TABLE = f"{SCHEMA}.int_identity__identifiers"
 RECORDS_TABLE = f"{SCHEMA}.int_identity__records"
 SHARED_TABLE = f"{SCHEMA}.int_identity__shared_identifiers"
+
+# The graph as state, for incremental builds (next to the key registry; rebuilt in full whenever in doubt):
+# every node with its degree and component, the channel-event tuples, the groups' memberships, the links,
+# and per staging table the newest file_id taken in with the row count and checksum up to it.
+STATE_SCHEMA = "identity_state"
+NODES_CACHE = f"{STATE_SCHEMA}.graph_nodes"
+TUPLES_CACHE = f"{STATE_SCHEMA}.graph_event_tuples"
+MEMBERSHIPS_CACHE = f"{STATE_SCHEMA}.graph_memberships"
+LINKS_CACHE = f"{STATE_SCHEMA}.graph_links"
+STATE_TABLE = f"{STATE_SCHEMA}.graph_state"
+# Bump when what the state means changes: the next build after an upgrade is then a full one.
+GRAPH_VERSION = 1
 
 STG_CHANNEL_EVENTS = "staging.stg_channel_events"
 STG_ORDER_VERSIONS = "staging.stg_orders__versions"
@@ -61,6 +81,12 @@ class GraphReport:
     # the worst shared identifiers, plain dicts (JSON-ready for Dagster metadata):
     # {"identifier_type": "phone", "masked_value": "138****8000", "degree": 30}, highest degree first
     top_shared: list[dict[str, object]] = field(default_factory=list)
+    mode: str = "full"  # "full" or "incremental"
+    full_build_reason: str | None = None  # why a full build, when it was one
+    # incremental builds: components touched by the new rows, their nodes (recomputed), records written
+    touched_components: int | None = None
+    relabelled_nodes: int | None = None
+    records_written: int | None = None
 
     def to_metadata(self) -> dict[str, object]:
         """Plain values for a Dagster asset check / materialisation metadata."""
@@ -74,6 +100,11 @@ class GraphReport:
             "seconds": round(self.seconds, 3),
             "max_degree": self.max_degree,
             "top_shared": [f"{o['identifier_type']} {o['masked_value']} (degree {o['degree']})" for o in self.top_shared],
+            "mode": self.mode,
+            **({"full_build_reason": self.full_build_reason} if self.full_build_reason else {}),
+            **{k: v for k, v in (("touched_components", self.touched_components),
+                                  ("relabelled_nodes", self.relabelled_nodes),
+                                  ("records_written", self.records_written)) if v is not None},
         }
 
     as_metadata = to_metadata
@@ -127,12 +158,38 @@ def occurrences_sql(
     return "\nUNION ALL\n".join(parts)
 
 
-def _event_group_occurrences() -> str:
-    """One row per (channel events' group of ``_idg_event_groups``, identifier column that is not NULL): gid,
-    type_ord, identifier_type, identifier_value (the columns of occurrences_sql that the graph reads)."""
+def node_id_sql(type_expr: str, value_expr: str) -> str:
+    """SQL for the integer id of node ``(type, value)``: the MD5 digest of ``type NUL value`` read as a
+    little-endian 128-bit integer (DuckDB's ``md5_number``), its top 63 bits.
+
+    The same node has the same id in every build, full or incremental, and on every DuckDB version (MD5 is
+    fixed), so an incremental build and a full one give the same component ids. Types are fixed names without
+    NUL, so different nodes hash different texts; two of them sharing an id (odds about n² / 2⁶⁴: ~10⁻⁶ at 4M
+    nodes) is detected and stops the build (:class:`IdCollision`), never merges them.
+    """
+    return f"CAST(md5_number({type_expr} || chr(0) || {value_expr}) >> 65 AS BIGINT)"
+
+
+def _tuple_gid_sql(prefix: str = "") -> str:
+    """SQL for the group id of a channel-event tuple of identifiers: a negative integer from the MD5 of the
+    five values, each written as its length and itself (NULL as ``-``), so different tuples hash different
+    texts (node ids are positive: an order's or a referral side's group is its pseudo-node)."""
+    fields = ", ".join(
+        f"coalesce(CAST(length({prefix}{c}) AS VARCHAR) || ':' || {prefix}{c}, '-')" for c in IDENTIFIER_COLUMNS
+    )
+    return f"(-1 - CAST(md5_number(concat_ws(chr(0), {fields})) >> 65 AS BIGINT))"
+
+
+def _same_tuple(a: str, b: str) -> str:
+    return " AND ".join(f"{a}.{c} IS NOT DISTINCT FROM {b}.{c}" for c in IDENTIFIER_COLUMNS)
+
+
+def _event_group_occurrences(table: str = "_idg_event_groups") -> str:
+    """One row per (channel events' group of ``table``, identifier column that is not NULL): gid, type_ord,
+    identifier_type, identifier_value (the columns of occurrences_sql that the graph reads)."""
     return "\nUNION ALL\n".join(
         f"SELECT gid, {TYPE_ORDER[col]} AS type_ord, '{col}' AS identifier_type, {col} AS identifier_value "
-        f"FROM _idg_event_groups WHERE {col} IS NOT NULL"
+        f"FROM {table} WHERE {col} IS NOT NULL"
         for col in IDENTIFIER_COLUMNS
     )
 
@@ -141,49 +198,179 @@ def _any_not_null(columns: tuple[str, ...]) -> str:
     return " OR ".join(f"{c} IS NOT NULL" for c in columns)
 
 
-def _connected_components(con) -> None:
-    """Connected components of ``_idg_edges(a, b)`` (integer node ids) into ``_idg_labels(n, p)``.
+_PSEUDO_OF_ROLE = "CASE {role} " + " ".join(f"WHEN '{r}' THEN '{t}'" for r, t in PSEUDO_TYPES.items()) + " END"
+_ROLE_OF_PSEUDO = "CASE {t} " + " ".join(f"WHEN '{t}' THEN '{r}'" for r, t in PSEUDO_TYPES.items()) + " END"
+_TYPE_NAME = "CASE other_ord " + " ".join(f"WHEN {o} THEN '{t}'" for t, o in TYPE_ORDER.items()) + " END"
 
-    The links leave the engine once, as two integer arrays (``fetchnumpy``, no per-row Python); SciPy's
-    ``connected_components`` labels them in compiled code (a search over a sparse adjacency matrix, linear in
-    nodes + links whatever the graph's diameter), and every node's label ``p`` is the smallest node id of its
-    component.
+
+class IdCollision(RuntimeError):
+    """Two different nodes (or channel-event tuples) got the same 63-bit id: the build stops, nothing merges."""
+
+
+class _Inconsistent(Exception):
+    """The cached graph does not fit the incremental update (a link leaves the touched components): the
+    caller rebuilds in full."""
+
+
+def _connected_components(con, edges: str = "_idg_edges") -> None:
+    """Connected components of ``edges(a, b)`` (node ids) into ``_idg_labels(n, p)``: every linked node ``n``
+    with ``p``, the smallest node id of its component.
+
+    The links leave the engine once, as two integer arrays (``fetchnumpy``, no per-row Python); the node ids
+    (63-bit) are numbered densely (``pandas.factorize``, a hash table) and SciPy's ``connected_components``
+    labels them in compiled code (a search over a sparse adjacency matrix, linear in nodes + links whatever
+    the graph's diameter).
 
     It replaced min-label propagation in SQL (all links joined with all labels, once per round, ~log(diameter)
     rounds), which at 1M customers took most of the graph's time (docs/performance.md, "Identity").
     """
     import numpy as np
+    import pandas as pd
     import pyarrow as pa
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
-    edges = con.execute("SELECT a, b FROM _idg_edges").fetchnumpy()
-    a = np.asarray(edges["a"], dtype=np.int64)
-    b = np.asarray(edges["b"], dtype=np.int64)
-    del edges
-    size = int(max(a.max(initial=0), b.max(initial=0))) + 1
-    graph = csr_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(size, size))
-    del a, b
-    _, component = connected_components(graph, directed=False, return_labels=True)
+    fetched = con.execute(f"SELECT a, b FROM {edges}").fetchnumpy()
+    if len(fetched["a"]) == 0:
+        con.execute("CREATE OR REPLACE TEMP TABLE _idg_labels (n BIGINT, p BIGINT)")
+        return
+    ends = np.concatenate([np.asarray(fetched["a"], dtype=np.int64), np.asarray(fetched["b"], dtype=np.int64)])
+    del fetched
+    codes, nodes = pd.factorize(ends)
+    del ends
+    half = len(codes) // 2
+    size = len(nodes)
+    graph = csr_matrix((np.ones(half, dtype=np.int8), (codes[:half], codes[half:])), shape=(size, size))
+    del codes
+    count, component = connected_components(graph, directed=False, return_labels=True)
     del graph
-    _, smallest = np.unique(component, return_index=True)  # first index of each label: its smallest node
-    labels = pa.table({"n": np.arange(size, dtype=np.int64), "p": smallest[component].astype(np.int64)})
+    smallest = np.full(count, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, component, nodes)
+    labels = pa.table({"n": np.asarray(nodes, dtype=np.int64), "p": smallest[component]})
     con.register("_idg_labels_arrow", labels)
     try:
-        # every id up to the largest linked one (ids without links are their own component, as below)
         con.execute("CREATE OR REPLACE TEMP TABLE _idg_labels AS SELECT n, p FROM _idg_labels_arrow")
     finally:
         con.unregister("_idg_labels_arrow")
 
 
-def build_identity_graph(
-    con, max_degree: int, *, top_n: int = 10
-) -> GraphReport:
+# ------------------------------------------------------------------------------------------------ state
+# What each staging table's rows are checked by: the rows the graph has taken in must be exactly as they were
+# (count and an order-free checksum of what the graph reads), else the state is rebuilt. Orders' and
+# referrals' version_rank is left out: a new version re-ranks the old ones, and those records are recomputed.
+_CHECKSUM_COLUMNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "channel_events": (STG_CHANNEL_EVENTS, ("event_id", *IDENTIFIER_COLUMNS)),
+    "orders": (STG_ORDER_VERSIONS, ("order_id", "file_id", "row_number_in_file", *IDENTIFIER_COLUMNS)),
+    "referrals": (STG_REFERRAL_VERSIONS, ("referral_id", "file_id", "row_number_in_file", "status", "order_id",
+                                          *REFERRER_COLUMNS, *REFEREE_COLUMNS)),
+}
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A staging table as the graph saw it: its newest file_id, and the row count and checksum up to it."""
+
+    file_id: int
+    rows: int
+    checksum: int
+
+
+def _create_state_tables(con) -> None:
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA}")
+    con.execute(
+        f"""
+        CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+            source VARCHAR NOT NULL, file_id_watermark BIGINT NOT NULL, row_count BIGINT NOT NULL,
+            checksum UBIGINT NOT NULL, graph_version INTEGER NOT NULL, max_degree INTEGER NOT NULL
+        )
+        """
+    )
+
+
+def _table_exists(con, qualified: str) -> bool:
+    schema, name = qualified.split(".")
+    return con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()[0] > 0
+
+
+def _marks(con, below: dict[str, int] | None) -> tuple[dict[str, _Mark], dict[str, _Mark]]:
+    """Per source: (the rows up to ``below[source]``, all rows), each as a _Mark; one scan per table."""
+    now: dict[str, _Mark] = {}
+    before: dict[str, _Mark] = {}
+    for source, (table, columns) in _CHECKSUM_COLUMNS.items():
+        h = f"hash({', '.join(columns)})"
+        limit = int(below[source]) if below and source in below else -1
+        row = con.execute(
+            f"SELECT coalesce(max(file_id), 0), count(*), coalesce(bit_xor({h}), 0), "
+            f"count(*) FILTER (WHERE file_id <= {limit}), coalesce(bit_xor({h}) FILTER (WHERE file_id <= {limit}), 0) "
+            f"FROM {table}"
+        ).fetchone()
+        now[source] = _Mark(int(row[0]), int(row[1]), int(row[2]))
+        before[source] = _Mark(limit, int(row[3]), int(row[4]))
+    return before, now
+
+
+def _why_full(con, max_degree: int) -> tuple[str | None, dict[str, _Mark], dict[str, _Mark]]:
+    """(why the graph must be built in full or None, the marks recorded at the last build, the staging
+    tables' marks now); the marks are empty when the build must be full for want of state."""
+    missing = [t for t in (STATE_TABLE, NODES_CACHE, TUPLES_CACHE, MEMBERSHIPS_CACHE, LINKS_CACHE,
+                           IDENTIFIERS_TABLE, RECORDS_TABLE, SHARED_TABLE) if not _table_exists(con, t)]
+    if missing:
+        return ("no graph state yet" if STATE_TABLE in missing else f"{missing[0]} is missing"), {}, {}
+    rows = con.execute(
+        f"SELECT source, file_id_watermark, row_count, checksum, graph_version, max_degree FROM {STATE_TABLE}"
+    ).fetchall()
+    recorded = {r[0]: _Mark(int(r[1]), int(r[2]), int(r[3])) for r in rows}
+    if sorted(recorded) != sorted(_CHECKSUM_COLUMNS):
+        return "no graph state yet", {}, {}
+    if {r[4] for r in rows} != {GRAPH_VERSION}:
+        return "the graph state is from another version of privdom", {}, {}
+    degrees = {int(r[5]) for r in rows}
+    if degrees != {int(max_degree)}:
+        return f"identity_max_degree changed ({min(degrees)} → {int(max_degree)})", {}, {}
+    before, now = _marks(con, {s: m.file_id for s, m in recorded.items()})
+    for source, mark in recorded.items():
+        if before[source] != mark:
+            return f"{_CHECKSUM_COLUMNS[source][0]} changed in rows the graph has already taken in", {}, {}
+    return None, recorded, now
+
+
+def _write_state(con, marks: dict[str, _Mark], max_degree: int) -> None:
+    con.execute(f"DELETE FROM {STATE_TABLE}")
+    con.executemany(
+        f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+        [(s, m.file_id, m.rows, m.checksum, GRAPH_VERSION, int(max_degree)) for s, m in sorted(marks.items())],
+    )
+
+
+_TEMP_TABLES = ("_idg_event_groups", "_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
+                "_idg_edges", "_idg_labels", "_idg_node_labels", "_idg_day_tuples", "_idg_new_tuples",
+                "_idg_touched_occ", "_idg_group_memberships", "_idg_day_nodes", "_idg_changed",
+                "_idg_touched_components", "_idg_a", "_idg_ga", "_idg_event_records", "_idg_shared_a")
+
+
+def _drop_temp_tables(con) -> None:
+    # temp tables are per connection, but the connection may live on
+    for t in _TEMP_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh: bool = False) -> GraphReport:
     """Build the identity graph from the three staging tables and write the int_identity__* tables.
 
     ``con`` is an open DuckDB connection (TimeZone already set). ``max_degree`` is
     ``settings.identity_max_degree``: an identifier co-occurring with more than that many distinct values of
     another identifier type is shared.
+
+    The graph is kept as state (schema ``identity_state``, tables ``graph_*``). When that state was built
+    with the same version and ``max_degree`` and the staging rows it took in are unchanged (row count and
+    checksum up to each table's newest file_id then), only the rows of newer files are taken in and only the
+    components they touch are computed again (:func:`_build_incremental`); otherwise, or with
+    ``full_refresh``, everything is built from staging. Both give the same tables.
     """
     if max_degree < 0:
         raise ValueError("max_degree must not be negative")
@@ -196,38 +383,90 @@ def build_identity_graph(
     if kind is None:
         raise RuntimeError(f"{STG_CHANNEL_EVENTS} does not exist: build the dbt staging models first")
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-    # One transaction: the three tables change together or not at all, and every statement reads the same
-    # snapshot of staging (channel events are grouped in the first statement and joined back to their groups
-    # in the records statement).
-    with transaction(con):
-        return _build(con, max_degree, top_n, started)
+    # One transaction: the tables change together or not at all, and every statement reads the same snapshot
+    # of staging (channel events are grouped in the first statement and joined back to their groups in the
+    # records statement).
+    try:
+        with transaction(con):
+            _create_state_tables(con)
+            reason, recorded, marks = (
+                ("a full refresh was asked for", {}, {}) if full_refresh else _why_full(con, max_degree)
+            )
+            if reason is None:
+                stats = _build_incremental(con, max_degree, {s: m.file_id for s, m in recorded.items()})
+                _write_state(con, marks, max_degree)
+                return _report(con, max_degree, top_n, started, "incremental", None, stats)
+    except _Inconsistent as exc:
+        reason = f"the incremental update did not fit the stored graph ({exc})"
+    finally:
+        _drop_temp_tables(con)
+    try:
+        with transaction(con):
+            _create_state_tables(con)
+            _, marks = _marks(con, None)
+            _build_full(con, max_degree)
+            _write_state(con, marks, max_degree)
+            return _report(con, max_degree, top_n, started, "full", reason, {})
+    finally:
+        _drop_temp_tables(con)
 
 
-def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
+def _report(con, max_degree: int, top_n: int, started: float, mode: str, reason: str | None,
+            stats: dict[str, int]) -> GraphReport:
+    counts = con.execute(
+        f"""
+        SELECT (SELECT count(*) FILTER (WHERE NOT is_pseudo) FROM {NODES_CACHE}),
+               (SELECT count(*) FILTER (WHERE is_pseudo) FROM {NODES_CACHE}),
+               (SELECT count(*) FROM {LINKS_CACHE}),
+               (SELECT count(DISTINCT component_id) FROM {RECORDS_TABLE}),
+               (SELECT count(*) FROM {RECORDS_TABLE}),
+               (SELECT count(*) FROM {SHARED_TABLE})
+        """
+    ).fetchone()
+    top = con.execute(
+        f"SELECT identifier_type, {mask_sql('identifier_type', 'identifier_value')}, degree "
+        f"FROM {SHARED_TABLE} ORDER BY degree DESC, identifier_type, identifier_value LIMIT {int(top_n)}"
+    ).fetchall()
+    return GraphReport(
+        identifiers=int(counts[0]),
+        pseudo_nodes=int(counts[1]),
+        links=int(counts[2]),
+        components=int(counts[3]),
+        records=int(counts[4]),
+        shared_identifiers=int(counts[5]),
+        seconds=time.perf_counter() - started,
+        max_degree=max_degree,
+        top_shared=[{"identifier_type": t, "masked_value": v, "degree": int(d)} for t, v, d in top],
+        mode=mode,
+        full_build_reason=reason,
+        touched_components=stats.get("touched_components"),
+        relabelled_nodes=stats.get("relabelled_nodes"),
+        records_written=stats.get("records_written"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ full build
+def _build_full(con, max_degree: int) -> None:
     # 0. Channel events' groups: one per distinct tuple of identifiers (at 1M customers 9.8M events have 3.9M
     #    tuples). Events with the same identifiers have the same memberships, the same pairs for the degrees,
     #    the same star links and the same own component, so the graph works on the tuples, and the records
     #    statement gives each event its tuple's component (joined back on the five columns, NULL matching
-    #    NULL). gid < 0, numbered in any order: no output depends on a gid's value. An event without any
-    #    identifier is in no group and has no record, as before. (Per event instead, at 1M: the graph 40 s,
-    #    per tuple 32-33 s; docs/performance.md, "Identity".)
+    #    NULL). gid < 0 (_tuple_gid_sql). An event without any identifier is in no group and has no record.
+    #    (Per event instead, at 1M: the graph 40 s, per tuple 32-33 s; docs/performance.md, "Identity".)
+    cols = ", ".join(IDENTIFIER_COLUMNS)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_event_groups AS
-        SELECT -row_number() OVER () AS gid, *
-        FROM (
-            SELECT {", ".join(IDENTIFIER_COLUMNS)}
-            FROM {STG_CHANNEL_EVENTS}
-            WHERE {_any_not_null(IDENTIFIER_COLUMNS)}
-            GROUP BY {", ".join(IDENTIFIER_COLUMNS)}
-        )
+        SELECT {_tuple_gid_sql()} AS gid, {cols}
+        FROM {STG_CHANNEL_EVENTS}
+        WHERE {_any_not_null(IDENTIFIER_COLUMNS)}
+        GROUP BY {cols}
         """
     )
-    # 1. Nodes with deterministic integer ids: identifiers, then pseudo-nodes, ranked by (type, value), read
-    #    straight from staging. A pseudo-node exists for a group with at least one identifier (an order, a
-    #    referral side) and for both ends of a converted referral's link to its order.
-    #    Everything after this works on the integer ids (joins and DISTINCTs on strings cost 2-3x more).
-    pseudo_case = "CASE role " + " ".join(f"WHEN '{r}' THEN '{t}'" for r, t in PSEUDO_TYPES.items()) + " END"
+    # 1. Nodes: identifiers, then pseudo-nodes, read straight from staging. A pseudo-node exists for a group
+    #    with at least one identifier (an order, a referral side) and for both ends of a converted referral's
+    #    link to its order. Ids are node_id_sql: everything after this works on integers (joins and DISTINCTs
+    #    on strings cost 2-3x more), and the memberships compute them from the values without a join.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_node_ids AS
@@ -250,34 +489,26 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
             SELECT 'order', order_id, TRUE FROM {STG_REFERRAL_VERSIONS}
             WHERE status = 'converted' AND order_id IS NOT NULL
         )
-        SELECT row_number() OVER (ORDER BY node_type, node_value) AS node_id, node_type, node_value, is_pseudo
+        SELECT {node_id_sql('node_type', 'node_value')} AS node_id, node_type, node_value, is_pseudo
         FROM all_nodes
         """
     )
-    # 2. Memberships: each occurrence of an identifier in a staged row (occurrences_sql) as integers. Every
-    #    group gets one integer, gid, so that the self-join, the stars and the records group on integers, not on
-    #    (role, record_id) strings: an order or a referral side is its pseudo-node (one per group: gid > 0, its
-    #    node_value is the record_id), and its versions collapse into one membership per identifier; channel
-    #    events are their tuple's group (step 0: gid < 0, one value per identifier column, one version, so its
-    #    occurrences are its memberships already). The two branches read their own sources' occurrences: one
-    #    shared CTE of all occurrences was materialised and scanned twice, a third of the statement's time.
+    _check_unique(con, "_idg_node_ids", "node_id", "nodes")
+    _check_unique(con, "_idg_event_groups", "gid", "channel-event tuples")
+    # 2. Memberships: each occurrence of an identifier in a staged row (occurrences_sql) as integers, gid being
+    #    the group: an order or a referral side is its pseudo-node (gid > 0), and its versions collapse into one
+    #    membership per identifier; channel events are their tuple's group (gid < 0, one value per identifier
+    #    column, one version, so its occurrences are its memberships already).
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_memberships AS
-        SELECT o.gid, o.type_ord, 1 AS version_rank, n.node_id AS nid
-        FROM ({_event_group_occurrences()}) o
-        JOIN _idg_node_ids n ON n.node_type = o.identifier_type AND n.node_value = o.identifier_value
+        SELECT gid, type_ord, 1 AS version_rank, {node_id_sql('identifier_type', 'identifier_value')} AS nid
+        FROM ({_event_group_occurrences()})
         UNION ALL
-        SELECT p.node_id AS gid, min(o.type_ord) AS type_ord, min(o.version_rank) AS version_rank, n.node_id AS nid
-        FROM ({occurrences_sql(sources=("orders", "referrals"))}) o
-        JOIN _idg_node_ids n ON n.node_type = o.identifier_type AND n.node_value = o.identifier_value
-        JOIN _idg_node_ids p ON p.node_type = {pseudo_case.replace('role', 'o.role', 1)} AND p.node_value = o.record_id
-        GROUP BY p.node_id, n.node_id
+        {_record_memberships_sql(occurrences_sql(sources=("orders", "referrals")))}
         """
     )
-
     # 3. Degrees: distinct co-occurring values of each other type, through the groups.
-    type_name = "CASE other_ord " + " ".join(f"WHEN {o} THEN '{t}'" for t, o in TYPE_ORDER.items()) + " END"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
@@ -286,7 +517,7 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
             FROM _idg_memberships x
             JOIN _idg_memberships y ON y.gid = x.gid AND y.type_ord <> x.type_ord
         )
-        SELECT nid, {type_name} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
         """
     )
     con.execute(
@@ -298,35 +529,13 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         LEFT JOIN (SELECT nid, max(n) AS degree FROM _idg_degree_by_type GROUP BY nid) d ON d.nid = n.node_id
         """
     )
-    con.execute("CREATE OR REPLACE TEMP TABLE _idg_shared_ids AS SELECT node_id FROM _idg_nodes WHERE is_shared")
-
     # 4. Links (undirected, a < b), shared identifiers' memberships dropped.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_edges AS
-        WITH ev AS (
-            SELECT gid, nid, type_ord FROM _idg_memberships
-            WHERE gid < 0 AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
-        ),
-        centre AS (
-            SELECT gid, arg_min(nid, type_ord) AS centre FROM ev GROUP BY gid HAVING count(*) > 1
-        ),
-        raw_links AS (
-            SELECT ev.nid AS x, c.centre AS y FROM ev JOIN centre c USING (gid) WHERE ev.nid <> c.centre
-            UNION ALL
-            SELECT nid, gid FROM _idg_memberships
-            WHERE gid > 0 AND nid NOT IN (SELECT node_id FROM _idg_shared_ids)
-            UNION ALL
-            SELECT re.node_id, o.node_id
-            FROM (SELECT DISTINCT referral_id, order_id FROM {STG_REFERRAL_VERSIONS}
-                  WHERE status = 'converted' AND order_id IS NOT NULL) c
-            JOIN _idg_node_ids re ON re.node_type = 'referral_referee' AND re.node_value = c.referral_id
-            JOIN _idg_node_ids o ON o.node_type = 'order' AND o.node_value = c.order_id
-        )
-        SELECT DISTINCT least(x, y) AS a, greatest(x, y) AS b FROM raw_links
+        {_links_sql('_idg_memberships', '_idg_nodes', conversions_where='TRUE')}
         """
     )
-
     # 5. Connected components.
     _connected_components(con)
     con.execute(
@@ -337,7 +546,6 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         FROM _idg_nodes n LEFT JOIN _idg_labels l ON l.n = n.node_id
         """
     )
-
     # 6. Outputs.
     con.execute(
         f"""
@@ -347,13 +555,96 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         ORDER BY identifier_type, identifier_value
         """
     )
-    pseudo_role = "CASE pl.node_type " + " ".join(f"WHEN '{t}' THEN '{r}'" for r, t in PSEUDO_TYPES.items()) + " END"
     con.execute(
         f"""
         CREATE OR REPLACE TABLE {RECORDS_TABLE} AS
+        {_records_sql(memberships='_idg_memberships', labels='_idg_node_labels', groups=None,
+                      events=f'''SELECT e.event_id, g.gid FROM {STG_CHANNEL_EVENTS} e
+                                 JOIN _idg_event_groups g ON {_same_tuple('g', 'e')}''')}
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {SHARED_TABLE} AS
+        {_shared_sql(shared=f"SELECT node_id, node_type, node_value, degree FROM _idg_node_labels WHERE is_shared",
+                     degree_by_type='_idg_degree_by_type', where=None)}
+        """
+    )
+    # 7. The state an incremental build starts from (same rows as an incremental build's).
+    for table, select in (
+        (NODES_CACHE, "SELECT node_id, node_type, node_value, is_pseudo, degree, is_shared, component_id FROM _idg_node_labels"),
+        (TUPLES_CACHE, f"SELECT gid, {cols} FROM _idg_event_groups"),
+        (MEMBERSHIPS_CACHE, "SELECT gid, type_ord, version_rank, nid FROM _idg_memberships"),
+        (LINKS_CACHE, "SELECT a, b FROM _idg_edges"),
+    ):
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS {select}")
+
+
+def _check_unique(con, table: str, column: str, what: str) -> None:
+    (dupes,) = con.execute(f"SELECT count(*) - count(DISTINCT {column}) FROM {table}").fetchone()
+    if dupes:
+        raise IdCollision(_collision_message(dupes, what, "another"))
+
+
+def _collision_message(n: int, what: str, other: str) -> str:
+    return (
+        f"{n} of the identity graph's {what} share a 63-bit id with {other} (an MD5 prefix collision, odds "
+        "about 1 in 10^6 at 4M nodes): the graph cannot tell them apart, so it stops rather than merge two "
+        "customers, and nothing was written. Please report it."
+    )
+
+
+def _record_memberships_sql(occurrences: str) -> str:
+    """Orders' and referral sides' memberships from their occurrences: one per (group, identifier), with the
+    smallest column position and version rank over the group's versions."""
+    pseudo = _PSEUDO_OF_ROLE.format(role="o.role")
+    return (
+        f"SELECT {node_id_sql(pseudo, 'o.record_id')} AS gid, min(o.type_ord) AS type_ord, "
+        f"min(o.version_rank) AS version_rank, {node_id_sql('o.identifier_type', 'o.identifier_value')} AS nid "
+        f"FROM ({occurrences}) o GROUP BY 1, 4"
+    )
+
+
+def _links_sql(memberships: str, nodes: str, *, conversions_where: str) -> str:
+    """Links (a < b) of the groups in ``memberships``, with ``nodes`` saying which identifiers are shared: a
+    channel event's star (each identifier to the first non-shared one in column order), an order's or
+    referral side's non-shared identifiers to its pseudo-node, and each converted referral's referee
+    pseudo-node to its order's (those for which ``conversions_where`` holds, on columns re, o)."""
+    return f"""
+        WITH member AS (
+            SELECT m.gid, m.nid, m.type_ord FROM {memberships} m
+            WHERE NOT EXISTS (SELECT 1 FROM {nodes} s WHERE s.node_id = m.nid AND s.is_shared)
+        ),
+        ev AS (SELECT gid, nid, type_ord FROM member WHERE gid < 0),
+        centre AS (
+            SELECT gid, arg_min(nid, type_ord) AS centre FROM ev GROUP BY gid HAVING count(*) > 1
+        ),
+        conversions AS (
+            SELECT DISTINCT {node_id_sql("'referral_referee'", 'referral_id')} AS re, {node_id_sql("'order'", 'order_id')} AS o
+            FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL
+        ),
+        raw_links AS (
+            SELECT ev.nid AS x, c.centre AS y FROM ev JOIN centre c USING (gid) WHERE ev.nid <> c.centre
+            UNION ALL
+            SELECT nid, gid FROM member WHERE gid > 0
+            UNION ALL
+            SELECT re, o FROM conversions WHERE {conversions_where}
+        )
+        SELECT DISTINCT least(x, y) AS a, greatest(x, y) AS b FROM raw_links
+    """
+
+
+def _records_sql(*, memberships: str, labels: str, groups: str | None, events: str) -> str:
+    """Records (source, record_id, role, component_id) of the groups: channel events from ``events``
+    (event_id, gid), orders and referral sides from their pseudo-nodes; ``groups`` (a relation with gid)
+    limits the groups, None for all."""
+    only = f"WHERE m.gid IN (SELECT gid FROM {groups})" if groups else ""
+    pseudo_role = _ROLE_OF_PSEUDO.format(t="pl.node_type")
+    return f"""
         WITH labelled AS (
-            SELECT m.*, nl.component_id, nl.is_shared
-            FROM _idg_memberships m JOIN _idg_node_labels nl ON nl.node_id = m.nid
+            SELECT m.gid, m.version_rank, m.type_ord, nl.component_id, nl.is_shared
+            FROM {memberships} m JOIN {labels} nl ON nl.node_id = m.nid
+            {only}
         ),
         -- a record's own choice: its first non-shared identifier, else its first shared one
         -- (current version first, then column order)
@@ -363,41 +654,46 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
                        AS own_component
             FROM labelled GROUP BY gid
         ),
+        pseudo AS (
+            SELECT o.gid, o.own_component, pl.node_type, pl.node_value, pl.component_id
+            FROM own o JOIN {labels} pl ON pl.node_id = o.gid
+        ),
         components_with_identifiers AS (
-            SELECT DISTINCT component_id FROM _idg_node_labels WHERE NOT is_pseudo AND NOT is_shared
+            SELECT DISTINCT component_id FROM {labels}
+            WHERE NOT is_pseudo AND NOT is_shared AND component_id IN (SELECT component_id FROM pseudo)
         )
         SELECT 'channel_events' AS source, e.event_id AS record_id, 'person' AS role, o.own_component AS component_id
-        FROM {STG_CHANNEL_EVENTS} e
-        JOIN _idg_event_groups g ON {" AND ".join(f"g.{c} IS NOT DISTINCT FROM e.{c}" for c in IDENTIFIER_COLUMNS)}
-        JOIN own o ON o.gid = g.gid
+        FROM ({events}) e
+        JOIN own o ON o.gid = e.gid
         UNION ALL
         -- orders and referral sides follow their pseudo-node when its component holds a customer's identifier
         -- (a converted referral's referee with shared ids only is the buyer of its order)
         SELECT CASE pl.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END,
                pl.node_value,
                {pseudo_role},
-               coalesce(c.component_id, o.own_component)
-        FROM own o
-        JOIN _idg_node_labels pl ON pl.node_id = o.gid
+               coalesce(c.component_id, pl.own_component)
+        FROM pseudo pl
         LEFT JOIN components_with_identifiers c ON c.component_id = pl.component_id
-        """
-    )
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE {SHARED_TABLE} AS
+    """
+
+
+def _shared_sql(*, shared: str, degree_by_type: str, where: Callable[[str, str, str, str], str] | None) -> str:
+    """Rows of int_identity__shared_identifiers for the shared nodes of ``shared`` (node_id, node_type,
+    node_value, degree), with their degrees by type from ``degree_by_type`` (nid, other_type, n);
+    ``where`` narrows the occurrences scanned to count their rows (occurrences_sql)."""
+    return f"""
         WITH shared AS (
-            SELECT node_id, node_type AS identifier_type, node_value AS identifier_value, degree
-            FROM _idg_node_labels WHERE is_shared
+            SELECT node_id, node_type AS identifier_type, node_value AS identifier_value, degree FROM ({shared})
         ),
         row_counts AS (
             SELECT o.identifier_type, o.identifier_value,
                    count(DISTINCT (o.source, o.record_id, o.version_rank)) AS rows
-            FROM ({occurrences_sql()}) o JOIN shared s USING (identifier_type, identifier_value)
+            FROM ({occurrences_sql(where=where)}) o JOIN shared s USING (identifier_type, identifier_value)
             GROUP BY ALL
         ),
         by_type AS (
             SELECT d.nid, string_agg(d.other_type || ':' || d.n, ',' ORDER BY d.n DESC, d.other_type) AS degree_by_type
-            FROM _idg_degree_by_type d SEMI JOIN shared s ON s.node_id = d.nid
+            FROM {degree_by_type} d SEMI JOIN shared s ON s.node_id = d.nid
             GROUP BY d.nid
         )
         SELECT s.identifier_type, s.identifier_value, s.degree, d.degree_by_type, r.rows
@@ -405,35 +701,287 @@ def _build(con, max_degree: int, top_n: int, started: float) -> GraphReport:
         JOIN by_type d ON d.nid = s.node_id
         JOIN row_counts r USING (identifier_type, identifier_value)
         ORDER BY s.degree DESC, s.identifier_type, s.identifier_value
+    """
+
+
+# ------------------------------------------------------------------------------------------------ incremental
+def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[str, int]:
+    """Take in the staged rows of files newer than ``watermark`` (per source) and recompute only what they touch.
+
+    What can change: new channel-event tuples and orders / referrals with a new version are *changed groups*
+    (their memberships are written again); their identifiers' degrees are counted again (degrees only grow, so
+    an identifier can only become shared); every component holding a member of a changed group (or a new
+    node) is *touched*, and its nodes are *affected*. Links only come from groups, so a link either lies inside
+    one untouched component (unchanged) or between affected nodes: the affected nodes' components are computed
+    again from the links of their groups, every other component keeps its nodes and its id (the smallest
+    node id, as in a full build). The records of every group with an affected member are written again, and
+    the day's new channel events get theirs. A link found between an affected and an unaffected node means the
+    stored state does not fit: _Inconsistent, and the caller builds in full.
+    """
+    cols = ", ".join(IDENTIFIER_COLUMNS)
+    wm_events, wm_orders, wm_referrals = (int(watermark[s]) for s in ("channel_events", "orders", "referrals"))
+    # 1. The day's channel-event tuples, and those the graph has not seen.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_day_tuples AS
+        SELECT {_tuple_gid_sql()} AS gid, {cols}
+        FROM {STG_CHANNEL_EVENTS}
+        WHERE file_id > {wm_events} AND ({_any_not_null(IDENTIFIER_COLUMNS)})
+        GROUP BY {cols}
+        """
+    )
+    _check_unique(con, "_idg_day_tuples", "gid", "channel-event tuples")
+    (clashes,) = con.execute(
+        f"SELECT count(*) FROM _idg_day_tuples d JOIN {TUPLES_CACHE} t USING (gid) WHERE NOT ({_same_tuple('d', 't')})"
+    ).fetchone()
+    if clashes:
+        raise IdCollision(_collision_message(clashes, "new channel-event tuples", "a stored tuple"))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _idg_new_tuples AS SELECT * FROM _idg_day_tuples ANTI JOIN {TUPLES_CACHE} USING (gid)"
+    )
+    # 2. Orders and referrals with a new version: every occurrence of all their versions.
+    def touched(role: str, typ: str, record_id: str, column: str) -> str:
+        if role == "buyer":
+            return f"order_id IN (SELECT order_id FROM {STG_ORDER_VERSIONS} WHERE file_id > {wm_orders})"
+        return f"referral_id IN (SELECT referral_id FROM {STG_REFERRAL_VERSIONS} WHERE file_id > {wm_referrals})"
+
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _idg_touched_occ AS "
+        f"{occurrences_sql(sources=('orders', 'referrals'), where=touched)}"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _idg_group_memberships AS {_record_memberships_sql('SELECT * FROM _idg_touched_occ')}"
+    )
+    # 3. Nodes the day names (identifiers, its groups' pseudo-nodes, both ends of its conversions); the new
+    #    ones join the state as their own component.
+    conversions = (
+        f"FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL "
+        f"AND referral_id IN (SELECT referral_id FROM {STG_REFERRAL_VERSIONS} WHERE file_id > {wm_referrals})"
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_day_nodes AS
+        SELECT {node_id_sql('node_type', 'node_value')} AS node_id, node_type, node_value, is_pseudo
+        FROM (
+            SELECT identifier_type AS node_type, identifier_value AS node_value, FALSE AS is_pseudo
+            FROM ({_event_group_occurrences('_idg_new_tuples')})
+            UNION
+            SELECT identifier_type, identifier_value, FALSE FROM _idg_touched_occ
+            UNION
+            SELECT {_PSEUDO_OF_ROLE.format(role='role')}, record_id, TRUE FROM _idg_touched_occ
+            UNION
+            SELECT 'referral_referee', referral_id, TRUE {conversions}
+            UNION
+            SELECT 'order', order_id, TRUE {conversions}
+        )
+        """
+    )
+    _check_unique(con, "_idg_day_nodes", "node_id", "nodes")
+    (clashes,) = con.execute(
+        f"SELECT count(*) FROM _idg_day_nodes d JOIN {NODES_CACHE} n USING (node_id) "
+        "WHERE n.node_type <> d.node_type OR n.node_value <> d.node_value"
+    ).fetchone()
+    if clashes:
+        raise IdCollision(_collision_message(clashes, "new nodes", "a stored node"))
+    con.execute(
+        f"""
+        INSERT INTO {NODES_CACHE}
+        SELECT node_id, node_type, node_value, is_pseudo, 0, FALSE, node_id
+        FROM _idg_day_nodes ANTI JOIN {NODES_CACHE} USING (node_id)
+        """
+    )
+    # 4. The changed groups' memberships and tuples replace theirs in the state.
+    con.execute(f"DELETE FROM {MEMBERSHIPS_CACHE} WHERE gid IN (SELECT DISTINCT gid FROM _idg_group_memberships)")
+    con.execute(
+        f"""
+        INSERT INTO {MEMBERSHIPS_CACHE}
+        SELECT gid, type_ord, 1, {node_id_sql('identifier_type', 'identifier_value')}
+        FROM ({_event_group_occurrences('_idg_new_tuples')})
+        UNION ALL
+        SELECT gid, type_ord, version_rank, nid FROM _idg_group_memberships
+        """
+    )
+    con.execute(f"INSERT INTO {TUPLES_CACHE} SELECT gid, {cols} FROM _idg_new_tuples")
+    # 5. Degrees of the changed groups' members, over all their groups.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_changed AS
+        SELECT DISTINCT m.nid FROM {MEMBERSHIPS_CACHE} m
+        WHERE m.gid IN (SELECT gid FROM _idg_new_tuples UNION ALL SELECT gid FROM _idg_group_memberships)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
+        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT nid FROM _idg_changed)),
+        pairs AS (
+            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
+            FROM x JOIN {MEMBERSHIPS_CACHE} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
+        )
+        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+        """
+    )
+    con.execute(
+        f"""
+        UPDATE {NODES_CACHE} SET degree = d.degree, is_shared = d.degree > {int(max_degree)}
+        FROM (
+            SELECT c.nid, coalesce(max(b.n), 0) AS degree
+            FROM _idg_changed c LEFT JOIN _idg_degree_by_type b USING (nid) GROUP BY c.nid
+        ) d
+        WHERE {NODES_CACHE}.node_id = d.nid
+        """
+    )
+    # 6. Touched components (their ids before this update; a new node is its own) and their nodes.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_touched_components AS
+        SELECT DISTINCT component_id FROM {NODES_CACHE}
+        WHERE node_id IN (SELECT nid FROM _idg_changed UNION ALL SELECT node_id FROM _idg_day_nodes)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_a AS
+        SELECT node_id FROM {NODES_CACHE} WHERE component_id IN (SELECT component_id FROM _idg_touched_components)
+        """
+    )
+    # groups with an affected member, or whose pseudo-node is affected
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_ga AS
+        SELECT DISTINCT gid FROM {MEMBERSHIPS_CACHE}
+        WHERE nid IN (SELECT node_id FROM _idg_a) OR gid IN (SELECT node_id FROM _idg_a)
+        """
+    )
+    # 7. Their links, and the stored links they replace.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_edges AS
+        {_links_sql(f'(SELECT * FROM {MEMBERSHIPS_CACHE} WHERE gid IN (SELECT gid FROM _idg_ga))', NODES_CACHE,
+                    conversions_where='re IN (SELECT node_id FROM _idg_a) OR o IN (SELECT node_id FROM _idg_a)')}
+        """
+    )
+    (crossing,) = con.execute(
+        f"""
+        SELECT (SELECT count(*) FROM _idg_edges
+                WHERE (a IN (SELECT node_id FROM _idg_a)) <> (b IN (SELECT node_id FROM _idg_a)))
+             + (SELECT count(*) FROM {LINKS_CACHE}
+                WHERE (a IN (SELECT node_id FROM _idg_a)) <> (b IN (SELECT node_id FROM _idg_a)))
+        """
+    ).fetchone()
+    if crossing:
+        raise _Inconsistent(f"{crossing} links between touched and untouched components")
+    con.execute("DELETE FROM _idg_edges WHERE a NOT IN (SELECT node_id FROM _idg_a)")
+    con.execute(f"DELETE FROM {LINKS_CACHE} WHERE a IN (SELECT node_id FROM _idg_a)")
+    con.execute(f"INSERT INTO {LINKS_CACHE} SELECT a, b FROM _idg_edges")
+    # 8. The affected nodes' components.
+    _connected_components(con)
+    con.execute(
+        f"""
+        UPDATE {NODES_CACHE} SET component_id = x.component_id
+        FROM (SELECT a.node_id, coalesce(l.p, a.node_id) AS component_id
+              FROM _idg_a a LEFT JOIN _idg_labels l ON l.n = a.node_id) x
+        WHERE {NODES_CACHE}.node_id = x.node_id AND {NODES_CACHE}.component_id <> x.component_id
+        """
+    )
+    # 9. Outputs: the affected identifiers, the records of the groups with an affected member and of the day's
+    #    channel events, the shared identifiers that are affected or in a day's event (their row counts).
+    con.execute(
+        f"""
+        DELETE FROM {IDENTIFIERS_TABLE} AS i USING (
+            SELECT n.node_type, n.node_value FROM {NODES_CACHE} n SEMI JOIN _idg_a a USING (node_id)
+            WHERE NOT n.is_pseudo
+        ) AS x
+        WHERE i.identifier_type = x.node_type AND i.identifier_value = x.node_value
+        """
+    )
+    con.execute(
+        f"""
+        INSERT INTO {IDENTIFIERS_TABLE}
+        SELECT node_type, node_value, component_id, degree, is_shared
+        FROM {NODES_CACHE} SEMI JOIN _idg_a USING (node_id) WHERE NOT is_pseudo
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_event_records AS
+        SELECT e.event_id, g.gid
+        FROM {STG_CHANNEL_EVENTS} e
+        JOIN (SELECT t.* FROM {TUPLES_CACHE} t SEMI JOIN _idg_ga USING (gid)) g ON {_same_tuple('g', 'e')}
+        UNION
+        SELECT e.event_id, g.gid
+        FROM {STG_CHANNEL_EVENTS} e
+        JOIN _idg_day_tuples g ON {_same_tuple('g', 'e')}
+        WHERE e.file_id > {wm_events}
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_ga AS
+        SELECT gid FROM _idg_ga UNION SELECT DISTINCT gid FROM _idg_event_records
+        """
+    )
+    pseudo_role = _ROLE_OF_PSEUDO.format(t="n.node_type")
+    con.execute(
+        f"""
+        DELETE FROM {RECORDS_TABLE} AS r USING (
+            SELECT 'channel_events' AS source, event_id AS record_id, 'person' AS role FROM _idg_event_records
+            UNION ALL
+            SELECT CASE n.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END, n.node_value, {pseudo_role}
+            FROM {NODES_CACHE} n SEMI JOIN _idg_ga g ON g.gid = n.node_id
+        ) AS x
+        WHERE r.source = x.source AND r.record_id = x.record_id AND r.role = x.role
+        """
+    )
+    con.execute(
+        f"""
+        INSERT INTO {RECORDS_TABLE}
+        {_records_sql(memberships=MEMBERSHIPS_CACHE, labels=NODES_CACHE, groups='_idg_ga',
+                      events='SELECT event_id, gid FROM _idg_event_records')}
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_shared_a AS
+        SELECT n.node_id, n.node_type, n.node_value, n.degree, n.is_shared
+        FROM {NODES_CACHE} n
+        WHERE NOT n.is_pseudo
+          AND (n.node_id IN (SELECT node_id FROM _idg_a)
+               -- a day's event of a known tuple adds a row to its identifiers without changing the graph
+               OR n.node_id IN (SELECT nid FROM {MEMBERSHIPS_CACHE} WHERE gid IN (SELECT gid FROM _idg_day_tuples)))
+        """
+    )
+    con.execute(
+        f"""
+        DELETE FROM {SHARED_TABLE} AS s USING _idg_shared_a AS x
+        WHERE s.identifier_type = x.node_type AND s.identifier_value = x.node_value
+        """
+    )
+    con.execute("DELETE FROM _idg_shared_a WHERE NOT is_shared")
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
+        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT node_id FROM _idg_shared_a)),
+        pairs AS (
+            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
+            FROM x JOIN {MEMBERSHIPS_CACHE} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
+        )
+        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
         """
     )
 
-    counts = con.execute(
+    def shared_values(role: str, typ: str, record_id: str, column: str) -> str:
+        return f"{column} IN (SELECT node_value FROM _idg_shared_a WHERE node_type = '{typ}')"
+
+    con.execute(
         f"""
-        SELECT (SELECT count(*) FILTER (WHERE NOT is_pseudo) FROM _idg_nodes),
-               (SELECT count(*) FILTER (WHERE is_pseudo) FROM _idg_nodes),
-               (SELECT count(*) FROM _idg_edges),
-               (SELECT count(DISTINCT component_id) FROM {RECORDS_TABLE}),
-               (SELECT count(*) FROM {RECORDS_TABLE}),
-               (SELECT count(*) FROM {SHARED_TABLE})
+        INSERT INTO {SHARED_TABLE}
+        {_shared_sql(shared='SELECT node_id, node_type, node_value, degree FROM _idg_shared_a',
+                     degree_by_type='_idg_degree_by_type', where=shared_values)}
         """
-    ).fetchone()
-    top = con.execute(
-        f"SELECT identifier_type, {mask_sql('identifier_type', 'identifier_value')}, degree "
-        f"FROM {SHARED_TABLE} ORDER BY degree DESC, identifier_type, identifier_value LIMIT {int(top_n)}"
-    ).fetchall()
-    # every temp table of this function (temp tables are per connection, but the connection may live on)
-    for t in ("_idg_event_groups", "_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
-              "_idg_shared_ids", "_idg_edges", "_idg_labels", "_idg_node_labels"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    return GraphReport(
-        identifiers=int(counts[0]),
-        pseudo_nodes=int(counts[1]),
-        links=int(counts[2]),
-        components=int(counts[3]),
-        records=int(counts[4]),
-        shared_identifiers=int(counts[5]),
-        seconds=time.perf_counter() - started,
-        max_degree=max_degree,
-        top_shared=[{"identifier_type": t, "masked_value": v, "degree": int(d)} for t, v, d in top],
     )
+    stats = con.execute(
+        "SELECT (SELECT count(*) FROM _idg_touched_components), (SELECT count(*) FROM _idg_a), "
+        "(SELECT count(*) FROM _idg_event_records) + (SELECT count(*) FROM _idg_ga WHERE gid > 0)"
+    ).fetchone()
+    return {"touched_components": int(stats[0]), "relabelled_nodes": int(stats[1]), "records_written": int(stats[2])}
