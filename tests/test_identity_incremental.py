@@ -175,8 +175,30 @@ def _two_deliveries(con) -> History:
     return h
 
 
+def test_a_shared_identifier_in_the_new_rows_does_not_touch_its_history(dbs):
+    inc, full = dbs
+    h = History()
+    # a clerk's phone on 30 customers' events: shared at max_degree 2, its own component
+    h.deliver(events=[{"event_id": f"e{i}", "openid": f"o{i}", "phone": "13800000000"} for i in range(30)])
+    h.stage(inc)
+    assert build_identity_graph(inc, 2).shared_identifiers == 1
+    h.deliver(events=[{"event_id": "new", "openid": "oNew", "phone": "13800000000"}])
+    h.stage(inc)
+    report = build_identity_graph(inc, 2)
+    # touched: oNew's component only (the phone was shared already: no links, its own component, and the
+    # records of its 30 earlier events keep their customers); written: the new event's record only
+    assert (report.mode, report.touched_components, report.relabelled_nodes, report.records_written) == (
+        "incremental", 1, 1, 1)
+    assert inc.execute(f"SELECT degree, rows FROM {G.SHARED_TABLE}").fetchall() == [(31, 31)]
+    h.stage(full)
+    build_identity_graph(full, 2, full_refresh=True)
+    assert tables(inc) == tables(full)
+
+
 def test_a_full_build_when_the_state_does_not_fit(dbs):
     con, _ = dbs
+    stage(con, events=[{"event_id": "a0", "openid": "oA"}])
+    assert build_identity_graph(con, 20).full_build_reason == "no graph state yet"
     _two_deliveries(con)
     # an identifier in a row the graph has already taken in changed behind its back: full, and correct
     con.execute("UPDATE staging.stg_channel_events SET member_id = 'm9' WHERE event_id = 'a1'")
@@ -197,6 +219,19 @@ def test_a_full_build_when_the_state_does_not_fit(dbs):
     # a state table gone
     con.execute(f"DROP TABLE {G.LINKS_CACHE}")
     assert build_identity_graph(con, 5).full_build_reason == f"{G.LINKS_CACHE} is missing"
+    assert build_identity_graph(con, 5).mode == "incremental"
+    # an output table written by something else (an older privdom, a restore)
+    con.execute(f"UPDATE {G.RECORDS_TABLE} SET component_id = 1 WHERE record_id = 'a1'")
+    assert build_identity_graph(con, 5).full_build_reason == (
+        f"{G.RECORDS_TABLE} was changed by something else than the identity graph")
+    # staged rows without a file_id: no watermark covers them, so every build is a full one while they exist
+    con.execute("INSERT INTO staging.stg_channel_events (event_id, openid, file_id) VALUES ('x', 'oX', NULL)")
+    for _ in range(2):
+        report = build_identity_graph(con, 5)
+        assert report.full_build_reason == "staging.stg_channel_events has rows without a file_id"
+        assert con.execute(f"SELECT count(*) FROM {G.RECORDS_TABLE} WHERE record_id = 'x'").fetchone()[0] == 1
+    con.execute("DELETE FROM staging.stg_channel_events WHERE file_id IS NULL")
+    assert build_identity_graph(con, 5).mode == "full"  # the checksum of the rows taken in changed
     assert build_identity_graph(con, 5).mode == "incremental"
 
 

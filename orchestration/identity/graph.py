@@ -296,49 +296,80 @@ def _table_exists(con, qualified: str) -> bool:
     ).fetchone()[0] > 0
 
 
-def _marks(con, below: dict[str, int] | None) -> tuple[dict[str, _Mark], dict[str, _Mark]]:
-    """Per source: (the rows up to ``below[source]``, all rows), each as a _Mark; one scan per table."""
+def _marks(con, below: dict[str, int] | None) -> tuple[dict[str, _Mark], dict[str, _Mark], list[str]]:
+    """Per source: (the rows up to ``below[source]``, all rows), each as a _Mark, and the staging tables with
+    rows without a file_id (which no watermark covers); one scan per table."""
     now: dict[str, _Mark] = {}
     before: dict[str, _Mark] = {}
+    unmarked: list[str] = []
     for source, (table, columns) in _CHECKSUM_COLUMNS.items():
         h = f"hash({', '.join(columns)})"
         limit = int(below[source]) if below and source in below else -1
         row = con.execute(
             f"SELECT coalesce(max(file_id), 0), count(*), coalesce(bit_xor({h}), 0), "
-            f"count(*) FILTER (WHERE file_id <= {limit}), coalesce(bit_xor({h}) FILTER (WHERE file_id <= {limit}), 0) "
+            f"count(*) FILTER (WHERE file_id <= {limit}), coalesce(bit_xor({h}) FILTER (WHERE file_id <= {limit}), 0), "
+            f"count(*) FILTER (WHERE file_id IS NULL) "
             f"FROM {table}"
         ).fetchone()
         now[source] = _Mark(int(row[0]), int(row[1]), int(row[2]))
         before[source] = _Mark(limit, int(row[3]), int(row[4]))
-    return before, now
+        if row[5]:
+            unmarked.append(table)
+    return before, now, unmarked
+
+
+# The output tables as the last build left them (row count and a checksum of their component ids): another
+# writer of these tables (an older privdom, a restore of schema intermediate) makes the next build a full one.
+_OUTPUT_MARKS: dict[str, str] = {
+    IDENTIFIERS_TABLE: "bit_xor(CAST(component_id AS UBIGINT))",
+    RECORDS_TABLE: "bit_xor(CAST(component_id AS UBIGINT))",
+    SHARED_TABLE: "bit_xor(hash(identifier_type, identifier_value, degree, rows))",
+}
+
+
+def _output_marks(con) -> dict[str, _Mark]:
+    marks = {}
+    for table, checksum in _OUTPUT_MARKS.items():
+        rows, value = con.execute(f"SELECT count(*), coalesce({checksum}, 0) FROM {table}").fetchone()
+        marks[table] = _Mark(0, int(rows), int(value))
+    return marks
 
 
 def _why_full(con, max_degree: int) -> tuple[str | None, dict[str, _Mark], dict[str, _Mark]]:
     """(why the graph must be built in full or None, the marks recorded at the last build, the staging
     tables' marks now); the marks are empty when the build must be full for want of state."""
-    missing = [t for t in (STATE_TABLE, NODES_CACHE, TUPLES_CACHE, MEMBERSHIPS_CACHE, LINKS_CACHE,
-                           IDENTIFIERS_TABLE, RECORDS_TABLE, SHARED_TABLE) if not _table_exists(con, t)]
-    if missing:
-        return ("no graph state yet" if STATE_TABLE in missing else f"{missing[0]} is missing"), {}, {}
     rows = con.execute(
         f"SELECT source, file_id_watermark, row_count, checksum, graph_version, max_degree FROM {STATE_TABLE}"
     ).fetchall()
-    recorded = {r[0]: _Mark(int(r[1]), int(r[2]), int(r[3])) for r in rows}
-    if sorted(recorded) != sorted(_CHECKSUM_COLUMNS):
+    if not rows:
         return "no graph state yet", {}, {}
+    missing = [t for t in (NODES_CACHE, TUPLES_CACHE, MEMBERSHIPS_CACHE, LINKS_CACHE, *_OUTPUT_MARKS)
+               if not _table_exists(con, t)]
+    if missing:
+        return f"{missing[0]} is missing", {}, {}
+    recorded = {r[0]: _Mark(int(r[1]), int(r[2]), int(r[3])) for r in rows}
+    if sorted(recorded) != sorted([*_CHECKSUM_COLUMNS, *_OUTPUT_MARKS]):
+        return "the graph state is from another version of privdom", {}, {}
     if {r[4] for r in rows} != {GRAPH_VERSION}:
         return "the graph state is from another version of privdom", {}, {}
     degrees = {int(r[5]) for r in rows}
     if degrees != {int(max_degree)}:
         return f"identity_max_degree changed ({min(degrees)} → {int(max_degree)})", {}, {}
-    before, now = _marks(con, {s: m.file_id for s, m in recorded.items()})
-    for source, mark in recorded.items():
-        if before[source] != mark:
+    for table, mark in _output_marks(con).items():
+        if recorded[table] != mark:
+            return f"{table} was changed by something else than the identity graph", {}, {}
+    before, now, unmarked = _marks(con, {s: recorded[s].file_id for s in _CHECKSUM_COLUMNS})
+    if unmarked:
+        return f"{unmarked[0]} has rows without a file_id", {}, {}
+    for source in _CHECKSUM_COLUMNS:
+        if before[source] != recorded[source]:
             return f"{_CHECKSUM_COLUMNS[source][0]} changed in rows the graph has already taken in", {}, {}
     return None, recorded, now
 
 
 def _write_state(con, marks: dict[str, _Mark], max_degree: int) -> None:
+    """The staging tables' marks taken when the build began, and the output tables' marks as it leaves them."""
+    marks = {**marks, **_output_marks(con)}
     con.execute(f"DELETE FROM {STATE_TABLE}")
     con.executemany(
         f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
@@ -349,7 +380,8 @@ def _write_state(con, marks: dict[str, _Mark], max_degree: int) -> None:
 _TEMP_TABLES = ("_idg_event_groups", "_idg_node_ids", "_idg_memberships", "_idg_degree_by_type", "_idg_nodes",
                 "_idg_edges", "_idg_labels", "_idg_node_labels", "_idg_day_tuples", "_idg_new_tuples",
                 "_idg_touched_occ", "_idg_group_memberships", "_idg_day_nodes", "_idg_changed",
-                "_idg_touched_components", "_idg_a", "_idg_ga", "_idg_event_records", "_idg_shared_a")
+                "_idg_touched_components", "_idg_a", "_idg_ga", "_idg_event_records", "_idg_shared_a",
+                "_idg_touched_ids", "_idg_counted")
 
 
 def _drop_temp_tables(con) -> None:
@@ -403,7 +435,7 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
     try:
         with transaction(con):
             _create_state_tables(con)
-            _, marks = _marks(con, None)
+            _, marks, _ = _marks(con, None)
             _build_full(con, max_degree)
             _write_state(con, marks, max_degree)
             return _report(con, max_degree, top_n, started, "full", reason, {})
@@ -740,10 +772,16 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         f"CREATE OR REPLACE TEMP TABLE _idg_new_tuples AS SELECT * FROM _idg_day_tuples ANTI JOIN {TUPLES_CACHE} USING (gid)"
     )
     # 2. Orders and referrals with a new version: every occurrence of all their versions.
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _idg_touched_ids AS "
+        f"SELECT DISTINCT 'buyer' AS role, order_id AS record_id FROM {STG_ORDER_VERSIONS} WHERE file_id > {wm_orders} "
+        f"UNION ALL "
+        f"SELECT DISTINCT 'referral', referral_id FROM {STG_REFERRAL_VERSIONS} WHERE file_id > {wm_referrals}"
+    )
+
     def touched(role: str, typ: str, record_id: str, column: str) -> str:
-        if role == "buyer":
-            return f"order_id IN (SELECT order_id FROM {STG_ORDER_VERSIONS} WHERE file_id > {wm_orders})"
-        return f"referral_id IN (SELECT referral_id FROM {STG_REFERRAL_VERSIONS} WHERE file_id > {wm_referrals})"
+        kind = "buyer" if role == "buyer" else "referral"
+        return f"{record_id} IN (SELECT record_id FROM _idg_touched_ids WHERE role = '{kind}')"
 
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _idg_touched_occ AS "
@@ -756,7 +794,7 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
     #    ones join the state as their own component.
     conversions = (
         f"FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL "
-        f"AND referral_id IN (SELECT referral_id FROM {STG_REFERRAL_VERSIONS} WHERE file_id > {wm_referrals})"
+        "AND referral_id IN (SELECT record_id FROM _idg_touched_ids WHERE role = 'referral')"
     )
     con.execute(
         f"""
@@ -802,18 +840,31 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         """
     )
     con.execute(f"INSERT INTO {TUPLES_CACHE} SELECT gid, {cols} FROM _idg_new_tuples")
-    # 5. Degrees of the changed groups' members, over all their groups.
+    # 5. Degrees of the changed groups' members, over all their groups (was_shared: shared before this build;
+    #    degrees only grow, so such a node stays shared, its own component). The degrees by type are also
+    #    counted for the shared identifiers of the day's known tuples, for their rows of the shared table.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_changed AS
-        SELECT DISTINCT m.nid FROM {MEMBERSHIPS_CACHE} m
+        SELECT m.nid, any_value(n.is_shared) AS was_shared
+        FROM {MEMBERSHIPS_CACHE} m JOIN {NODES_CACHE} n ON n.node_id = m.nid
         WHERE m.gid IN (SELECT gid FROM _idg_new_tuples UNION ALL SELECT gid FROM _idg_group_memberships)
+        GROUP BY m.nid
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_counted AS
+        SELECT nid FROM _idg_changed
+        UNION
+        SELECT m.nid FROM {MEMBERSHIPS_CACHE} m JOIN {NODES_CACHE} n ON n.node_id = m.nid
+        WHERE m.gid IN (SELECT gid FROM _idg_day_tuples) AND n.is_shared
         """
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
-        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT nid FROM _idg_changed)),
+        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT nid FROM _idg_counted)),
         pairs AS (
             SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
             FROM x JOIN {MEMBERSHIPS_CACHE} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
@@ -831,12 +882,17 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         WHERE {NODES_CACHE}.node_id = d.nid
         """
     )
-    # 6. Touched components (their ids before this update; a new node is its own) and their nodes.
+    # 6. Touched components (their ids before this update; a new node is its own) and their nodes. Seeds: the
+    #    changed groups' members (new nodes included) but those that were shared already (they keep no links
+    #    and stay their own component, so nothing that uses them changes but their degree), and the day's
+    #    pseudo-nodes (changed groups and both ends of new conversions). Every identifier of the day is a
+    #    member of a changed group or of a known tuple (unchanged).
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_touched_components AS
         SELECT DISTINCT component_id FROM {NODES_CACHE}
-        WHERE node_id IN (SELECT nid FROM _idg_changed UNION ALL SELECT node_id FROM _idg_day_nodes)
+        WHERE node_id IN (SELECT nid FROM _idg_changed WHERE NOT was_shared
+                          UNION ALL SELECT node_id FROM _idg_day_nodes WHERE is_pseudo)
         """
     )
     con.execute(
@@ -889,8 +945,9 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
     con.execute(
         f"""
         DELETE FROM {IDENTIFIERS_TABLE} AS i USING (
-            SELECT n.node_type, n.node_value FROM {NODES_CACHE} n SEMI JOIN _idg_a a USING (node_id)
+            SELECT n.node_type, n.node_value FROM {NODES_CACHE} n
             WHERE NOT n.is_pseudo
+              AND n.node_id IN (SELECT node_id FROM _idg_a UNION SELECT nid FROM _idg_changed)
         ) AS x
         WHERE i.identifier_type = x.node_type AND i.identifier_value = x.node_value
         """
@@ -899,7 +956,8 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         f"""
         INSERT INTO {IDENTIFIERS_TABLE}
         SELECT node_type, node_value, component_id, degree, is_shared
-        FROM {NODES_CACHE} SEMI JOIN _idg_a USING (node_id) WHERE NOT is_pseudo
+        FROM {NODES_CACHE}
+        WHERE NOT is_pseudo AND node_id IN (SELECT node_id FROM _idg_a UNION SELECT nid FROM _idg_changed)
         """
     )
     con.execute(
@@ -946,9 +1004,9 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         SELECT n.node_id, n.node_type, n.node_value, n.degree, n.is_shared
         FROM {NODES_CACHE} n
         WHERE NOT n.is_pseudo
-          AND (n.node_id IN (SELECT node_id FROM _idg_a)
-               -- a day's event of a known tuple adds a row to its identifiers without changing the graph
-               OR n.node_id IN (SELECT nid FROM {MEMBERSHIPS_CACHE} WHERE gid IN (SELECT gid FROM _idg_day_tuples)))
+          -- the affected and changed nodes, and the shared identifiers of the day's known tuples (a day's event
+          -- of a known tuple adds a row to its identifiers without changing the graph)
+          AND n.node_id IN (SELECT node_id FROM _idg_a UNION SELECT nid FROM _idg_counted)
         """
     )
     con.execute(
@@ -958,10 +1016,13 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         """
     )
     con.execute("DELETE FROM _idg_shared_a WHERE NOT is_shared")
+    # a node shared now is shared because of a changed group (then in _idg_changed) or was shared already and
+    # in A or a known tuple of the day: its degrees by type are those of step 5, else counted here
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
-        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT node_id FROM _idg_shared_a)),
+        INSERT INTO _idg_degree_by_type
+        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE}
+                   WHERE nid IN (SELECT node_id FROM _idg_shared_a EXCEPT SELECT nid FROM _idg_counted)),
         pairs AS (
             SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
             FROM x JOIN {MEMBERSHIPS_CACHE} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
