@@ -27,6 +27,11 @@ MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
 # Run tag that makes every dbt step of a run rebuild its incremental models from raw (`privdom run
 # --full-refresh`; in the UI, launch with this tag set to "true").
 FULL_REFRESH_TAG = "privdom/full_refresh"
+
+
+def full_refresh_requested(tags: dict[str, str]) -> bool:
+    """Whether a run's tags ask for a full refresh (FULL_REFRESH_TAG set to 1, true or yes)."""
+    return tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
 # What each dbt step's incremental models were last built with (see incremental_fingerprint); pipeline
 # bookkeeping, next to the ingestion ledger.
 INCREMENTAL_STATE_TABLE = "raw.dbt_incremental_state"

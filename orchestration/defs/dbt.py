@@ -99,7 +99,7 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
 
 def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None, fingerprint: str) -> str | None:
     """Why this step's incremental models must be rebuilt from raw, or None: they can take in new rows only."""
-    if context.run.tags.get(dbt_runner.FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes"):
+    if dbt_runner.full_refresh_requested(context.run.tags):
         return f"the run has tag {dbt_runner.FULL_REFRESH_TAG}"
     if recorded is None:
         return "no successful build of this step recorded yet"

@@ -6,7 +6,7 @@ The graph runs on the staged rows; the keys need each component's acquisition ti
 
 import dagster as dg
 
-from orchestration.dbt import FULL_REFRESH_TAG
+from orchestration.dbt import full_refresh_requested
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.identity import assign_customer_keys, build_identity_graph
 from orchestration.identity.keys import key_check_counts
@@ -48,7 +48,7 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     only the components that newly staged rows touch, when the stored graph fits; in full otherwise or on a run
     tagged privdom/full_refresh."""
     settings = privdom.settings()
-    full_refresh = context.run.tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
+    full_refresh = full_refresh_requested(context.run.tags)
     with privdom.writer(context), privdom.connect() as con:
         report = build_identity_graph(con, max_degree=settings.identity_max_degree, full_refresh=full_refresh)
     if report.mode == "full":

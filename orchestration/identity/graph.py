@@ -203,6 +203,19 @@ _ROLE_OF_PSEUDO = "CASE {t} " + " ".join(f"WHEN '{t}' THEN '{r}'" for r, t in PS
 _TYPE_NAME = "CASE other_ord " + " ".join(f"WHEN {o} THEN '{t}'" for t, o in TYPE_ORDER.items()) + " END"
 
 
+def _degree_by_type_sql(memberships: str, nids: str | None = None) -> str:
+    """Degrees by type (nid, other_type, n): per identifier, the distinct values of each other type it shares
+    a group with in ``memberships``; only for the identifiers of the ``nids`` subquery when given."""
+    x = f"(SELECT gid, nid, type_ord FROM {memberships} WHERE nid IN ({nids}))" if nids else memberships
+    return f"""
+        WITH pairs AS (
+            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
+            FROM {x} x JOIN {memberships} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
+        )
+        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+    """
+
+
 class IdCollision(RuntimeError):
     """Two different nodes (or channel-event tuples) got the same 63-bit id: the build stops, nothing merges."""
 
@@ -348,9 +361,7 @@ def _why_full(con, max_degree: int) -> tuple[str | None, dict[str, _Mark], dict[
     if missing:
         return f"{missing[0]} is missing", {}, {}
     recorded = {r[0]: _Mark(int(r[1]), int(r[2]), int(r[3])) for r in rows}
-    if sorted(recorded) != sorted([*_CHECKSUM_COLUMNS, *_OUTPUT_MARKS]):
-        return "the graph state is from another version of privdom", {}, {}
-    if {r[4] for r in rows} != {GRAPH_VERSION}:
+    if sorted(recorded) != sorted([*_CHECKSUM_COLUMNS, *_OUTPUT_MARKS]) or {r[4] for r in rows} != {GRAPH_VERSION}:
         return "the graph state is from another version of privdom", {}, {}
     degrees = {int(r[5]) for r in rows}
     if degrees != {int(max_degree)}:
@@ -407,12 +418,7 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
     if max_degree < 0:
         raise ValueError("max_degree must not be negative")
     started = time.perf_counter()
-    kind = con.execute(
-        "SELECT table_type FROM information_schema.tables "
-        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
-        STG_CHANNEL_EVENTS.split("."),
-    ).fetchone()
-    if kind is None:
+    if not _table_exists(con, STG_CHANNEL_EVENTS):  # a table or a view
         raise RuntimeError(f"{STG_CHANNEL_EVENTS} does not exist: build the dbt staging models first")
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     # One transaction: the tables change together or not at all, and every statement reads the same snapshot
@@ -543,13 +549,7 @@ def _build_full(con, max_degree: int) -> None:
     # 3. Degrees: distinct co-occurring values of each other type, through the groups.
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
-        WITH pairs AS (
-            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
-            FROM _idg_memberships x
-            JOIN _idg_memberships y ON y.gid = x.gid AND y.type_ord <> x.type_ord
-        )
-        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+        CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS {_degree_by_type_sql('_idg_memberships')}
         """
     )
     con.execute(
@@ -864,12 +864,7 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_degree_by_type AS
-        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT nid FROM _idg_counted)),
-        pairs AS (
-            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
-            FROM x JOIN {MEMBERSHIPS_CACHE} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
-        )
-        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+        {_degree_by_type_sql(MEMBERSHIPS_CACHE, 'SELECT nid FROM _idg_counted')}
         """
     )
     con.execute(
@@ -1021,13 +1016,7 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
     con.execute(
         f"""
         INSERT INTO _idg_degree_by_type
-        WITH x AS (SELECT gid, nid, type_ord FROM {MEMBERSHIPS_CACHE}
-                   WHERE nid IN (SELECT node_id FROM _idg_shared_a EXCEPT SELECT nid FROM _idg_counted)),
-        pairs AS (
-            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
-            FROM x JOIN {MEMBERSHIPS_CACHE} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
-        )
-        SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
+        {_degree_by_type_sql(MEMBERSHIPS_CACHE, 'SELECT node_id FROM _idg_shared_a EXCEPT SELECT nid FROM _idg_counted')}
         """
     )
 
