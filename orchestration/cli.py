@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--full-refresh",
         action="store_true",
-        help="rebuild the incremental dbt models from raw and the identity graph in full, instead of taking in "
-        "only newly loaded files",
+        help="rebuild the incremental dbt models from raw and the identity graph and customer keys in full, "
+        "instead of taking in only newly loaded files",
     )
     add_data_dir(p)
     p.set_defaults(func=cmd_run)

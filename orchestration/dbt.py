@@ -83,19 +83,26 @@ def dbt_vars_arg(settings: Settings) -> list[str]:
     return ["--vars", json.dumps(settings.dbt_vars(), sort_keys=True, separators=(",", ":"))]
 
 
+# Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint)
+INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touches__unioned.sql",
+                                   "int_channel_events__customers.sql", "int_customers__identifiers.sql")
+
+
 def incremental_fingerprint(settings: Settings) -> str:
     """A digest of everything an incremental (staging) model's rows depend on besides raw data.
 
-    The placeholder list (a var that changes which identifiers are NULL), the staging models and the macros
-    (new SQL after an upgrade). When it differs from the one recorded at the last successful build, the
-    incremental models are rebuilt from raw (`--full-refresh`), so rows already built with the old rules are
-    never mixed with new ones. Other vars (metric windows) only reach tables that are rebuilt on every run.
+    The placeholder list (a var that changes which identifiers are NULL), the incremental models (staging, and
+    the intermediate ones that take in the identity graph's changes) and the macros (new SQL after an upgrade). When it differs from the
+    one recorded at the last successful build, the incremental models are rebuilt from raw (`--full-refresh`),
+    so rows already built with the old rules are never mixed with new ones. Other vars (metric windows) only
+    reach tables that are rebuilt on every run.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps(settings.dbt_vars()["placeholder_values"]).encode())
     files = [
         DBT_PROJECT_DIR / "dbt_project.yml",
         *(DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"),
+        *(DBT_PROJECT_DIR / "models" / "intermediate" / name for name in INCREMENTAL_INTERMEDIATE_MODELS),
         *(DBT_PROJECT_DIR / "macros").glob("*.sql"),
     ]
     for path in sorted(files):

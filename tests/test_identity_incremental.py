@@ -260,3 +260,102 @@ def test_an_id_collision_stops_the_build_and_writes_nothing(dbs, monkeypatch):
     with pytest.raises(IdCollision, match="share a 63-bit id"):
         build_identity_graph(con, 20, full_refresh=True)
     assert tables(con) == before
+
+
+# ------------------------------------------------------------------------------------------------ keys
+# The customer keys (orchestration/identity/keys.py) read the graph's change log: after an incremental build of
+# the graph they give their keys again only to the components it wrote again. The oracle is the same registry
+# kept by giving every component its key again after every delivery.
+KEY_TABLES = ("intermediate.int_customer_keys", "identity_state.customer_keys", "identity_state.identifier_keys",
+              "identity_state.customer_key_merges", "identity_state.customer_key_splits")
+
+
+def _first_touch(con) -> None:
+    """A stand-in for int_components__first_touch: a component is acquired on the day of its earliest record
+    (the day is in every record id of these histories: e3-1, o3-0, r3-0, e3-known-0), ties in component order."""
+    con.execute(
+        """
+        CREATE OR REPLACE TABLE main.first_touch AS
+        SELECT component_id,
+               min(TIMESTAMPTZ '2024-01-01 10:00:00+08' + to_days(CAST(regexp_extract(record_id, '^[eor]([0-9]+)-', 1) AS INTEGER)))
+                   AS acquired_at
+        FROM intermediate.int_identity__records GROUP BY component_id
+        """
+    )
+
+
+def _key_history(inc, full, seed: int) -> tuple[int, int]:
+    """Seven random deliveries; after each, the keys of `inc` follow the change log and those of `full` are
+    given again to every component: the same tables every time. Returns (merges, splits) of the history."""
+    import datetime as dt
+
+    from orchestration.identity.keys import assign_customer_keys
+
+    rng = random.Random(100 + seed)
+    h = History()
+    modes, merges, splits = [], 0, 0
+    for day in range(1, 8):
+        h.deliver(**random_delivery(rng, h, day, pool=10 + 2 * day))
+        now = dt.datetime(2024, 2, day, tzinfo=dt.timezone.utc)
+        for con, full_refresh in ((inc, False), (full, True)):
+            h.stage(con)
+            build_identity_graph(con, 2, full_refresh=full_refresh)
+            _first_touch(con)
+            report = assign_customer_keys(con, "main.first_touch", run_id=f"run{day}", now=now, full_refresh=full_refresh)
+            if con is inc:
+                modes.append(report.mode)
+                merges += report.merges
+                splits += report.splits
+        assert tables(inc, KEY_TABLES) == tables(full, KEY_TABLES), f"seed {seed}, day {day}"
+    assert modes == ["full"] + ["incremental"] * 6
+    return merges, splits
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_incremental_keys_equal_keys_given_again_to_every_component(dbs, seed):
+    _key_history(*dbs, seed)
+
+
+def test_the_key_histories_merge_and_split(tmp_path):
+    """The random histories above do what they are for: customers merge and split as deliveries come in."""
+    merges = splits = 0
+    for seed in range(8):
+        cons = [duckdb.connect(str(tmp_path / f"{seed}-{name}.duckdb")) for name in ("inc", "full")]
+        try:
+            for c in cons:
+                c.execute("SET TimeZone = 'Asia/Shanghai'")
+            m, s = _key_history(*cons, seed)
+        finally:
+            for c in cons:
+                c.close()
+        merges, splits = merges + m, splits + s
+    assert merges > 0 and splits > 0
+
+
+def test_the_keys_take_in_only_what_the_graph_wrote_again(dbs):
+    from orchestration.identity.keys import assign_customer_keys
+
+    inc, _ = dbs
+    h = History()
+    h.deliver(events=[{"event_id": "e1-a", "openid": "oA"}, {"event_id": "e1-b", "openid": "oB"},
+                      {"event_id": "e1-c", "openid": "oC"}])
+    h.stage(inc)
+    build_identity_graph(inc, 20)
+    _first_touch(inc)
+    first = assign_customer_keys(inc, "main.first_touch", run_id="r1")
+    assert (first.mode, first.customers, first.new_keys) == ("full", 3, 3)
+    assert first.full_reason == "no identity graph change log or no customer keys yet"
+    again = assign_customer_keys(inc, "main.first_touch", run_id="r1b")  # nothing new since
+    assert (again.mode, again.components_recomputed, again.new_keys, again.customers) == ("incremental", 0, 0, 3)
+    # B gets a member id, D is new: two components written again, A and C keep their keys untouched
+    h.deliver(events=[{"event_id": "e2-b", "openid": "oB", "member_id": "mB"}, {"event_id": "e2-d", "openid": "oD"}])
+    h.stage(inc)
+    assert build_identity_graph(inc, 20).mode == "incremental"
+    _first_touch(inc)
+    second = assign_customer_keys(inc, "main.first_touch", run_id="r2")
+    assert (second.mode, second.components_recomputed, second.new_keys, second.customers) == ("incremental", 2, 1, 4)
+    # a full build of the graph makes the next keys a full pass
+    build_identity_graph(inc, 20, full_refresh=True)
+    third = assign_customer_keys(inc, "main.first_touch", run_id="r3")
+    assert third.mode == "full" and third.components_recomputed == 4 and third.new_keys == 0
+    assert assign_customer_keys(inc, "main.first_touch", run_id="r4", full_refresh=True).full_reason == "a full refresh was asked for"

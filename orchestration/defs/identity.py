@@ -89,8 +89,14 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
 def int_customer_keys(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     with privdom.writer(context), privdom.connect() as con:
         first_touch = ".".join(FIRST_TOUCH.path)
-        report = assign_customer_keys(con, first_touch, run_id=context.run_id)
+        report = assign_customer_keys(con, first_touch, run_id=context.run_id,
+                                      full_refresh=full_refresh_requested(context.run.tags))
         counts = key_check_counts(con, first_touch)
+    if report.mode == "full":
+        context.log.info(f"customer keys assigned to every component: {report.full_reason}")
+    else:
+        context.log.info(f"customer keys assigned again to the {report.components_recomputed} components the "
+                         "identity graph wrote again; the others kept theirs")
     yield dg.MaterializeResult(metadata=report.to_metadata())
     yield dg.AssetCheckResult(
         check_name="one_key_per_component",

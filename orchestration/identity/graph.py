@@ -57,6 +57,13 @@ TUPLES_CACHE = f"{STATE_SCHEMA}.graph_event_tuples"
 MEMBERSHIPS_CACHE = f"{STATE_SCHEMA}.graph_memberships"
 LINKS_CACHE = f"{STATE_SCHEMA}.graph_links"
 STATE_TABLE = f"{STATE_SCHEMA}.graph_state"
+# The change log read by the steps after the graph that work on changed components only (the first touch, the
+# customer keys): one row per build, and per incremental build the components whose records it wrote again, by
+# their id before and after the build. A consumer records the newest build it has taken in; see
+# changed_components_sql / full_recompute_sql and docs/DECISIONS.md.
+BUILDS_TABLE = f"{STATE_SCHEMA}.graph_builds"
+CHANGES_TABLE = f"{STATE_SCHEMA}.graph_changed_components"
+CONSUMERS_TABLE = f"{STATE_SCHEMA}.graph_consumers"
 # Bump when what the state means changes: the next build after an upgrade is then a full one.
 GRAPH_VERSION = 1
 
@@ -300,6 +307,65 @@ def _create_state_tables(con) -> None:
     )
 
 
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {BUILDS_TABLE} (build_seq BIGINT NOT NULL, mode VARCHAR NOT NULL, "
+        "full_build_reason VARCHAR, built_at TIMESTAMPTZ NOT NULL)"
+    )
+    con.execute(f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} (build_seq BIGINT NOT NULL, component_id BIGINT NOT NULL)")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {CONSUMERS_TABLE} (consumer VARCHAR NOT NULL, build_seq BIGINT NOT NULL)")
+    # The one definition of what a consumer must compute again, as DuckDB macros stored with the tables (the
+    # dbt model int_components__first_touch and orchestration.identity.keys call the same ones):
+    # full_recompute(c): c has taken in no build yet, or a full build (or one it cannot know about) came after
+    # the last it took in; changed_components(c): the components written again by the builds since.
+    con.execute(
+        f"""
+        CREATE OR REPLACE MACRO {STATE_SCHEMA}.graph_consumed(consumer_name) AS
+            (SELECT max(build_seq) FROM {CONSUMERS_TABLE} WHERE consumer = consumer_name)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE MACRO {STATE_SCHEMA}.full_recompute(consumer_name) AS
+            coalesce({STATE_SCHEMA}.graph_consumed(consumer_name) IS NULL
+                     OR {STATE_SCHEMA}.graph_consumed(consumer_name) > (SELECT max(build_seq) FROM {BUILDS_TABLE})
+                     OR EXISTS (SELECT 1 FROM {BUILDS_TABLE}
+                                WHERE build_seq > {STATE_SCHEMA}.graph_consumed(consumer_name) AND mode <> 'incremental'),
+                     TRUE)
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE MACRO {STATE_SCHEMA}.changed_components(consumer_name) AS TABLE
+            SELECT DISTINCT component_id FROM {CHANGES_TABLE}
+            WHERE build_seq > coalesce({STATE_SCHEMA}.graph_consumed(consumer_name), 0)
+        """
+    )
+
+
+def mark_consumed_sql(consumer: str) -> list[str]:
+    """Statements that record that ``consumer`` has taken in every build of the log (run them in the same
+    transaction as what it wrote)."""
+    name = "'" + consumer.replace("'", "''") + "'"
+    return [
+        f"DELETE FROM {CONSUMERS_TABLE} WHERE consumer = {name}",
+        f"INSERT INTO {CONSUMERS_TABLE} SELECT {name}, coalesce(max(build_seq), 0) FROM {BUILDS_TABLE}",
+    ]
+
+
+def _log_build(con, mode: str, reason: str | None) -> None:
+    """Append this build to the change log; a full build empties it (every consumer computes everything
+    again). Entries every consumer has taken in are dropped."""
+    (seq,) = con.execute(f"SELECT coalesce(max(build_seq), 0) + 1 FROM {BUILDS_TABLE}").fetchone()
+    con.execute(f"INSERT INTO {BUILDS_TABLE} VALUES (?, ?, ?, now())", [seq, mode, reason])
+    if mode == "incremental":
+        con.execute(f"INSERT INTO {CHANGES_TABLE} SELECT {int(seq)}, component_id FROM _idg_changed_components")
+        con.execute(
+            f"DELETE FROM {CHANGES_TABLE} WHERE build_seq <= (SELECT coalesce(min(build_seq), 0) FROM {CONSUMERS_TABLE})"
+        )
+    else:
+        con.execute(f"DELETE FROM {CHANGES_TABLE}")
+
+
 def _table_exists(con, qualified: str) -> bool:
     schema, name = qualified.split(".")
     return con.execute(
@@ -392,7 +458,8 @@ _TEMP_TABLES = ("_idg_event_groups", "_idg_node_ids", "_idg_memberships", "_idg_
                 "_idg_edges", "_idg_labels", "_idg_node_labels", "_idg_day_tuples", "_idg_new_tuples",
                 "_idg_touched_occ", "_idg_group_memberships", "_idg_day_nodes", "_idg_changed",
                 "_idg_touched_components", "_idg_a", "_idg_ga", "_idg_event_records", "_idg_shared_a",
-                "_idg_touched_ids", "_idg_counted")
+                "_idg_touched_ids", "_idg_counted", "_idg_records_out", "_idg_records_in",
+                "_idg_changed_components")
 
 
 def _drop_temp_tables(con) -> None:
@@ -433,6 +500,7 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
             if reason is None:
                 stats = _build_incremental(con, max_degree, {s: m.file_id for s, m in recorded.items()})
                 _write_state(con, marks, max_degree)
+                _log_build(con, "incremental", None)
                 return _report(con, max_degree, top_n, started, "incremental", None, stats)
     except _Inconsistent as exc:
         reason = f"the incremental update did not fit the stored graph ({exc})"
@@ -444,6 +512,7 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
             _, marks, _ = _marks(con, None)
             _build_full(con, max_degree)
             _write_state(con, marks, max_degree)
+            _log_build(con, "full", reason)
             return _report(con, max_degree, top_n, started, "full", reason, {})
     finally:
         _drop_temp_tables(con)
@@ -977,22 +1046,38 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
     pseudo_role = _ROLE_OF_PSEUDO.format(t="n.node_type")
     con.execute(
         f"""
-        DELETE FROM {RECORDS_TABLE} AS r USING (
-            SELECT 'channel_events' AS source, event_id AS record_id, 'person' AS role FROM _idg_event_records
-            UNION ALL
-            SELECT CASE n.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END, n.node_value, {pseudo_role}
-            FROM {NODES_CACHE} n SEMI JOIN _idg_ga g ON g.gid = n.node_id
-        ) AS x
-        WHERE r.source = x.source AND r.record_id = x.record_id AND r.role = x.role
+        CREATE OR REPLACE TEMP TABLE _idg_records_out AS
+        SELECT 'channel_events' AS source, event_id AS record_id, 'person' AS role FROM _idg_event_records
+        UNION ALL
+        SELECT CASE n.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END, n.node_value, {pseudo_role}
+        FROM {NODES_CACHE} n SEMI JOIN _idg_ga g ON g.gid = n.node_id
         """
     )
     con.execute(
         f"""
-        INSERT INTO {RECORDS_TABLE}
+        CREATE OR REPLACE TEMP TABLE _idg_records_in AS
         {_records_sql(memberships=MEMBERSHIPS_CACHE, labels=NODES_CACHE, groups='_idg_ga',
                       events='SELECT event_id, gid FROM _idg_event_records')}
         """
     )
+    # the change log's entry (see _log_build): the components of the records written again, as they were and
+    # as they are
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _idg_changed_components AS
+        SELECT r.component_id FROM {RECORDS_TABLE} r
+        SEMI JOIN _idg_records_out x ON r.source = x.source AND r.record_id = x.record_id AND r.role = x.role
+        UNION
+        SELECT component_id FROM _idg_records_in
+        """
+    )
+    con.execute(
+        f"""
+        DELETE FROM {RECORDS_TABLE} AS r USING _idg_records_out AS x
+        WHERE r.source = x.source AND r.record_id = x.record_id AND r.role = x.role
+        """
+    )
+    con.execute(f"INSERT INTO {RECORDS_TABLE} SELECT * FROM _idg_records_in")
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_shared_a AS

@@ -28,6 +28,12 @@ Algorithm (all SQL, in the engine):
    (acquired_at, component_id) order. Active keys nobody claims are retired.
 6. ``intermediate.int_customer_keys(component_id, customer_key)`` and every state table are written in one
    transaction. Running twice on the same data changes nothing.
+
+Incrementally (the usual run): steps 1-6 for the components the identity graph wrote again since the last
+run (its change log, ``identity_state.changed_components('int_customer_keys')``), by their ids before and
+after; every other component keeps its key, and only the keys the changed components held can be merged or
+retired. The same registry as steps 1-6 over every component (docs/DECISIONS.md, "Steps after the graph take
+in its changes"); a full pass after a full build of the graph or with ``full_refresh``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from orchestration.identity.graph import IDENTIFIERS_TABLE, RECORDS_TABLE, TYPE_ORDER, mask_sql, occurrences_sql
+from orchestration.identity.graph import (
+    BUILDS_TABLE,
+    IDENTIFIERS_TABLE,
+    RECORDS_TABLE,
+    STATE_SCHEMA as GRAPH_STATE_SCHEMA,
+    TYPE_ORDER,
+    mark_consumed_sql,
+    mask_sql,
+    occurrences_sql,
+)
 from orchestration.warehouse import transaction
 
 STATE_SCHEMA = "identity_state"
@@ -45,6 +60,8 @@ IDENTIFIER_KEYS = f"{STATE_SCHEMA}.identifier_keys"
 MERGES = f"{STATE_SCHEMA}.customer_key_merges"
 SPLITS = f"{STATE_SCHEMA}.customer_key_splits"
 OUTPUT_TABLE = "intermediate.int_customer_keys"
+# this step's name in the identity graph's change log (identity_state.graph_consumers)
+CONSUMER = "int_customer_keys"
 KEY_PREFIX = "C"
 KEY_DIGITS = 9
 
@@ -64,6 +81,11 @@ class KeyReport:
     splits: int
     retired: int
     seconds: float
+    # "full": every component was given its key again; "incremental": only the components the identity graph
+    # wrote again since this step last ran (components_recomputed of them), the others kept theirs
+    mode: str = "full"
+    full_reason: str | None = None
+    components_recomputed: int | None = None
 
     def to_metadata(self) -> dict[str, object]:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -111,26 +133,67 @@ def ensure_state_tables(con) -> None:
         )
 
 
-def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datetime | None = None) -> KeyReport:
+def _why_full(con, full_refresh: bool) -> str | None:
+    """Why every component must get its key again, or None when the components the identity graph wrote again
+    since this step last ran are enough (its change log: orchestration.identity.graph)."""
+    if full_refresh:
+        return "a full refresh was asked for"
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema || '.' || table_name IN (?, ?)",
+        [BUILDS_TABLE, OUTPUT_TABLE],
+    ).fetchone()[0]
+    if exists < 2:
+        return "no identity graph change log or no customer keys yet"
+    if con.execute(f"SELECT {GRAPH_STATE_SCHEMA}.full_recompute(?)", [CONSUMER]).fetchone()[0]:
+        return "the identity graph was built in full (or never taken in) since the keys were last assigned"
+    return None
+
+
+def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datetime | None = None, *,
+                         full_refresh: bool = False) -> KeyReport:
     """Give every component of this run's graph a stable customer_key and update the registry.
 
     ``first_touch_relation`` names a relation with ``(component_id, acquired_at)`` for this run's components
     (several rows per component are fine: the earliest counts). ``now`` stamps created/merged/split rows
     (default: the wall clock, UTC; registry timestamps are bookkeeping, never used by metrics).
+
+    Only the components that the identity graph wrote again since the last call (its change log) are given
+    their keys again, unless the graph was built in full since, or ``full_refresh``: every key a component
+    can claim belongs to such a component, so the others keep theirs (docs/DECISIONS.md). Both give the same
+    registry.
     """
     started = time.perf_counter()
     if now is None:
         now = datetime.now(timezone.utc)
     con.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
     ensure_state_tables(con)
+    reason = _why_full(con, full_refresh)
+    incremental = reason is None
+    log = con.execute(f"SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+                      f"AND table_schema || '.' || table_name = ?", [BUILDS_TABLE]).fetchone()[0] > 0
+
+    # 0. The components to key again (incremental): written again by the graph, by their ids before and after;
+    #    and the keys they held, the only ones that can be merged away or retired.
+    if incremental:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _ck_scope AS "
+            f"SELECT component_id FROM {GRAPH_STATE_SCHEMA}.changed_components(?)", [CONSUMER]
+        )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _ck_old_keys AS "
+            f"SELECT customer_key FROM {OUTPUT_TABLE} WHERE component_id IN (SELECT component_id FROM _ck_scope)"
+        )
+    in_scope = "WHERE component_id IN (SELECT component_id FROM _ck_scope)" if incremental else ""
 
     # 1. Customers of this run.
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _ck_customers AS
         SELECT c.component_id, ft.acquired_at
-        FROM (SELECT DISTINCT component_id FROM {RECORDS_TABLE}) c
-        LEFT JOIN (SELECT component_id, min(acquired_at) AS acquired_at FROM {first_touch_relation} GROUP BY 1) ft
+        FROM (SELECT DISTINCT component_id FROM {RECORDS_TABLE} {in_scope}) c
+        LEFT JOIN (SELECT component_id, min(acquired_at) AS acquired_at FROM {first_touch_relation} {in_scope}
+                   GROUP BY 1) ft
           USING (component_id)
         """
     )
@@ -220,10 +283,14 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
 
     # 6. One transaction for the output table and every state table.
     with transaction(con):
-        con.execute(
-            f"CREATE OR REPLACE TABLE {OUTPUT_TABLE} AS "
-            "SELECT component_id, customer_key FROM _ck_assign ORDER BY component_id"
-        )
+        if incremental:
+            con.execute(f"DELETE FROM {OUTPUT_TABLE} {in_scope}")
+            con.execute(f"INSERT INTO {OUTPUT_TABLE} SELECT component_id, customer_key FROM _ck_assign ORDER BY component_id")
+        else:
+            con.execute(
+                f"CREATE OR REPLACE TABLE {OUTPUT_TABLE} AS "
+                "SELECT component_id, customer_key FROM _ck_assign ORDER BY component_id"
+            )
         con.execute(
             f"""
             INSERT INTO {CUSTOMER_KEYS}
@@ -261,6 +328,7 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
             WHERE status = 'active'
               AND customer_key NOT IN (SELECT customer_key FROM _ck_assign)
               AND customer_key NOT IN (SELECT merged_key FROM _ck_merges)
+              {"AND customer_key IN (SELECT customer_key FROM _ck_old_keys)" if incremental else ""}
             """,
             [now, run_id],
         )
@@ -284,7 +352,17 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
             """,
             [now, run_id],
         )
-        con.execute(f"DELETE FROM {IDENTIFIER_KEYS}")
+        if incremental:
+            # the mapping of the scope's identifiers, before (by the keys they held) and after
+            con.execute(
+                f"""
+                DELETE FROM {IDENTIFIER_KEYS} ik
+                WHERE ik.customer_key IN (SELECT customer_key FROM _ck_old_keys)
+                   OR (ik.identifier_type, ik.identifier_value) IN (SELECT identifier_type, identifier_value FROM _ck_identifiers)
+                """
+            )
+        else:
+            con.execute(f"DELETE FROM {IDENTIFIER_KEYS}")
         con.execute(
             f"""
             INSERT INTO {IDENTIFIER_KEYS}
@@ -293,15 +371,19 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
             ORDER BY i.identifier_type, i.identifier_value
             """
         )
+        if log:
+            for statement in mark_consumed_sql(CONSUMER):
+                con.execute(statement)
         counts = con.execute(
             f"""
-            SELECT (SELECT count(*) FROM _ck_assign),
+            SELECT (SELECT count(*) FROM {OUTPUT_TABLE}),
                    (SELECT count(*) FILTER (WHERE is_new) FROM _ck_assign),
                    (SELECT count(*) FROM {CUSTOMER_KEYS} WHERE closed_run_id = ? AND status = 'retired')
             """,
             [run_id],
         ).fetchone()
-    for t in ("_ck_customers", "_ck_identifiers", "_ck_claims", "_ck_won", "_ck_assign", "_ck_merges",
+    (recomputed,) = con.execute("SELECT count(*) FROM _ck_customers").fetchone()
+    for t in ("_ck_scope", "_ck_old_keys", "_ck_customers", "_ck_identifiers", "_ck_claims", "_ck_won", "_ck_assign", "_ck_merges",
               "_ck_splits", "_ck_merge_via", "_ck_split_via", "_ck_via_merged_ids", "_ck_via_groups"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return KeyReport(
@@ -312,6 +394,9 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
         splits=int(n_splits),
         retired=int(counts[2]),
         seconds=time.perf_counter() - started,
+        mode="incremental" if incremental else "full",
+        full_reason=reason,
+        components_recomputed=int(recomputed),
     )
 
 

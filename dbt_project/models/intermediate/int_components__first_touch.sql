@@ -1,10 +1,37 @@
-{{ config(tags=['identity_input']) }}
+{{ config(
+    tags=['identity_input'],
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ privdom_first_touch_delete_scope() }}",
+    post_hook="{{ privdom_mark_graph_consumed('int_components__first_touch') }}"
+) }}
 -- One row per identity component: when and how it was acquired (SPEC §4 "Acquired"). A component with no
 -- acquiring touch (only ending or consent events, or only appearances as a referrer or as the referee of a
 -- referral that never reached clicked) is acquired at its earliest row, channel unknown.
-with touches as (
+-- Incremental on DuckDB: a build computes again only the components in privdom_first_touch_scope() (those
+-- the identity graph wrote again since this model last ran, and the referees of their referrals), after the
+-- pre-hook deleted their rows; everything when the graph was built in full since (docs/DECISIONS.md).
+with
+{%- if is_incremental() %}
+records as (
+    select * from {{ source('identity', 'int_identity__records') }}
+    where {{ privdom_graph_full_recompute('int_components__first_touch') }}
+        or component_id in ({{ privdom_first_touch_scope() }})
+),
+
+touches as (
+    {{ privdom_touches('records') }}
+),
+{%- else %}
+touches as (
     select * from {{ ref('int_touches__unioned') }}
 ),
+
+records as (
+    select * from {{ source('identity', 'int_identity__records') }}
+),
+{%- endif %}
 
 -- Only touches at their component's earliest touched_at can come first, so the others are dropped before the
 -- ranking: at 1M customers the window over all 11M touches cost more than this aggregate and join (8.2 s ->
@@ -27,10 +54,6 @@ earliest_touches as (
 
 ranked_touches as (
     {{ first_row_per('earliest_touches', 'component_id', 'touched_at, touch_priority, tie_breaker, record_id') }}
-),
-
-records as (
-    select * from {{ source('identity', 'int_identity__records') }}
 ),
 
 -- Earliest row of each component, whatever it was: fallback acquisition time.

@@ -11,9 +11,25 @@
 -- a referral side follows its pseudo-node, which they are linked to). So a value's owner is found from the
 -- value alone: its sightings are collapsed per value and channel first, then joined to their owner, without
 -- joining every sighting to its record.
+-- Incremental on DuckDB: a build computes again the customers of the components the identity graph wrote again
+-- since this model last ran, after the pre-hook deleted their rows and those of keys that no longer exist. A
+-- customer's values and their sightings can change only then: a staged row that names a value makes the graph
+-- write its record again, and an owned value's records are all its owner's (docs/DECISIONS.md, "Steps after
+-- the graph take in its changes").
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ privdom_customers_delete_scope('int_customers__identifiers') }}",
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__identifiers') }}"
+) }}
+
 with customer_keys as (
-    -- one row per component of int_identity__records: every customer
+    -- one row per component of int_identity__records: every customer (incremental: the changed ones)
     select component_id, customer_key from {{ source('identity', 'int_customer_keys') }}
+    {%- if is_incremental() %}
+    where customer_key in ({{ privdom_customers_scope('int_customers__identifiers') }})
+    {%- endif %}
 ),
 
 owned_identifiers as (
@@ -59,14 +75,14 @@ sightings as (
         max(seen_at) as seen_at
     from (
         select {{ col }} as identifier_value, occurred_at as seen_at{{ ', channel as seen_channel' if keeps_channel }}
-        from events where {{ col }} is not null
+        from events where {{ col }} is not null{% if is_incremental() %} and {{ col }} in (select identifier_value from owned_identifiers where identifier_type = '{{ col }}'){% endif %}
         union all
         select {{ col }}, updated_at{{ ', channel' if keeps_channel }}
-        from order_versions where {{ col }} is not null
+        from order_versions where {{ col }} is not null{% if is_incremental() %} and {{ col }} in (select identifier_value from owned_identifiers where identifier_type = '{{ col }}'){% endif %}
         {%- for referral_col in referral_columns[col] %}
         union all
         select {{ referral_col }}, updated_at{{ ', cast(null as ' ~ dbt.type_string() ~ ')' if keeps_channel }}
-        from referral_versions where {{ referral_col }} is not null
+        from referral_versions where {{ referral_col }} is not null{% if is_incremental() %} and {{ referral_col }} in (select identifier_value from owned_identifiers where identifier_type = '{{ col }}'){% endif %}
         {%- endfor %}
     ) as {{ col }}_sightings
     group by identifier_value{{ ', seen_channel' if keeps_channel }}
@@ -119,6 +135,9 @@ staff_events as (
     select customer_key, event_id, occurred_at, wecom_staff_userid
     from {{ ref('int_channel_events__customers') }}
     where customer_key is not null and channel = 'wecom' and wecom_staff_userid is not null
+    {%- if is_incremental() %}
+        and customer_key in (select customer_key from customer_keys)
+    {%- endif %}
 ),
 
 latest_staff as (
