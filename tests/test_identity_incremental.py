@@ -16,7 +16,7 @@ import pytest
 
 from orchestration.identity import graph as G
 from orchestration.identity.graph import IdCollision, build_identity_graph
-from tests.test_identity import IDS, stage
+from tests.test_identity import IDS, md5_id, stage
 
 OUTPUTS = (G.IDENTIFIERS_TABLE, G.RECORDS_TABLE, G.SHARED_TABLE)
 STATE = (G.NODES_CACHE, G.TUPLES_CACHE, G.MEMBERSHIPS_CACHE, G.LINKS_CACHE, G.STATE_TABLE)
@@ -359,3 +359,49 @@ def test_the_keys_take_in_only_what_the_graph_wrote_again(dbs):
     third = assign_customer_keys(inc, "main.first_touch", run_id="r3")
     assert third.mode == "full" and third.components_recomputed == 4 and third.new_keys == 0
     assert assign_customer_keys(inc, "main.first_touch", run_id="r4", full_refresh=True).full_reason == "a full refresh was asked for"
+
+
+def test_the_change_log_keeps_only_what_a_reader_has_not_taken_in(dbs):
+    con, _ = dbs
+    h = History()
+    h.deliver(events=[{"event_id": "e1-a", "openid": "oA"}])
+    h.stage(con)
+
+    def builds():
+        return con.execute(f"SELECT build_seq, mode FROM {G.BUILDS_TABLE} ORDER BY 1").fetchall()
+
+    def consume(reader):
+        for statement in G.mark_consumed_sql(reader):
+            con.execute(statement)
+
+    def full(reader):
+        return con.execute(f"SELECT {G.STATE_SCHEMA}.full_recompute(?)", [reader]).fetchone()[0]
+
+    build_identity_graph(con, 20)
+    assert builds() == [(1, "full")] and full("a")  # nobody has taken anything in
+    consume("a")
+    consume("b")
+    assert not full("a")
+    h.deliver(events=[{"event_id": "e2-b", "openid": "oB"}])
+    h.stage(con)
+    build_identity_graph(con, 20)
+    # build 1 is dropped (both readers took it in); build 2's changes wait for them
+    assert builds() == [(2, "incremental")]
+    changed = con.execute(f"SELECT component_id FROM {G.STATE_SCHEMA}.changed_components('a')").fetchall()
+    assert changed == [(md5_id("openid", "oB"),)]
+    consume("a")
+    # b, which took in build 1, stops reading: the log keeps build 2's changes for it until it is more than
+    # CONSUMER_LAG_LIMIT builds behind, then forgets it (it will compute everything when it runs again)
+    for _ in range(G.CONSUMER_LAG_LIMIT - 1):  # builds 3 .. 31
+        build_identity_graph(con, 20)
+        consume("a")
+    assert con.execute(f"SELECT min(build_seq) FROM {G.CHANGES_TABLE}").fetchone()[0] == 2
+    assert not full("b")
+    build_identity_graph(con, 20)  # build 32
+    assert con.execute(f"SELECT consumer FROM {G.CONSUMERS_TABLE}").fetchall() == [("a",)]
+    assert builds() == [(G.CONSUMER_LAG_LIMIT + 2, "incremental")]
+    assert con.execute(f"SELECT count(*) FROM {G.CHANGES_TABLE}").fetchone()[0] == 0  # nothing new in these builds
+    assert full("b") and not full("a")
+    # a full build: every reader computes everything
+    build_identity_graph(con, 20, full_refresh=True)
+    assert full("a")

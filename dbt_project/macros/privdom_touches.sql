@@ -1,10 +1,16 @@
-{#- Every touch that can acquire a customer, per identity component, from the identity records `records` (a
-    relation or a parenthesised query with the columns of int_identity__records): the body of the view
-    int_touches__unioned, and of int_components__first_touch's incremental builds, which take in the changed
-    components' records only (a filter on the view is not pushed into it). -#}
-{% macro privdom_touches(records) %}
+{#- Every touch that can acquire a customer, per identity component: the touches of the identity records
+    `records`, each referral touch with the component of its referrer looked up in `referrers` (both a relation
+    or a parenthesised query with the columns of int_identity__records). The body of the view
+    int_touches__unioned (all records, both times), and of int_components__first_touch's incremental builds,
+    which take in the changed components' records only (a filter on the view is not pushed into it) but must
+    find a referrer in any component (a referee can change while its referrer does not). -#}
+{% macro privdom_touches(records, referrers) %}
 with touch_records as (
     select * from {{ records }}
+),
+
+referrer_records as (
+    select * from {{ referrers }}
 ),
 
 channel_event_touches as (
@@ -63,7 +69,7 @@ referral_touches as (
     from referral_clicks as c
     inner join touch_records as referee
         on referee.source = 'referrals' and referee.role = 'referee' and referee.record_id = c.referral_id
-    left join touch_records as referrer
+    left join referrer_records as referrer
         on referrer.source = 'referrals' and referrer.role = 'referrer' and referrer.record_id = c.referral_id
 )
 

@@ -352,18 +352,25 @@ def mark_consumed_sql(consumer: str) -> list[str]:
     ]
 
 
+# A consumer that has not taken in the last this many builds is forgotten (it computes everything when it runs
+# again), so that a reader that no longer runs does not keep the log growing.
+CONSUMER_LAG_LIMIT = 30
+
+
 def _log_build(con, mode: str, reason: str | None) -> None:
     """Append this build to the change log; a full build empties it (every consumer computes everything
-    again). Entries every consumer has taken in are dropped."""
+    again). Consumers more than CONSUMER_LAG_LIMIT builds behind are forgotten, and builds and entries every
+    remaining consumer has taken in are dropped (the newest build always stays: it numbers the next)."""
     (seq,) = con.execute(f"SELECT coalesce(max(build_seq), 0) + 1 FROM {BUILDS_TABLE}").fetchone()
     con.execute(f"INSERT INTO {BUILDS_TABLE} VALUES (?, ?, ?, now())", [seq, mode, reason])
     if mode == "incremental":
         con.execute(f"INSERT INTO {CHANGES_TABLE} SELECT {int(seq)}, component_id FROM _idg_changed_components")
-        con.execute(
-            f"DELETE FROM {CHANGES_TABLE} WHERE build_seq <= (SELECT coalesce(min(build_seq), 0) FROM {CONSUMERS_TABLE})"
-        )
     else:
         con.execute(f"DELETE FROM {CHANGES_TABLE}")
+    con.execute(f"DELETE FROM {CONSUMERS_TABLE} WHERE build_seq < {int(seq) - CONSUMER_LAG_LIMIT}")
+    (taken_in,) = con.execute(f"SELECT coalesce(min(build_seq), 0) FROM {CONSUMERS_TABLE}").fetchone()
+    con.execute(f"DELETE FROM {CHANGES_TABLE} WHERE build_seq <= {int(taken_in)}")
+    con.execute(f"DELETE FROM {BUILDS_TABLE} WHERE build_seq <= {int(taken_in)} AND build_seq < {int(seq)}")
 
 
 def _table_exists(con, qualified: str) -> bool:

@@ -21,7 +21,7 @@ records as (
 ),
 
 touches as (
-    {{ privdom_touches('records') }}
+    {{ privdom_touches('records', source('identity', 'int_identity__records')) }}
 ),
 {%- else %}
 touches as (

@@ -4,4 +4,4 @@
 -- Every touch that can acquire a customer (SPEC §4 "Acquired"), per identity component, with the fields
 -- the first-touch rule orders by. touch_priority breaks equal times: a referral wins, then a channel event,
 -- then an order; tie_breaker is the channel name (events, orders) or the referral_id.
-{{ privdom_touches(source('identity', 'int_identity__records')) }}
+{{ privdom_touches(source('identity', 'int_identity__records'), source('identity', 'int_identity__records')) }}
