@@ -48,6 +48,7 @@ from orchestration.identity.graph import (
     RECORDS_TABLE,
     STATE_SCHEMA as GRAPH_STATE_SCHEMA,
     TYPE_ORDER,
+    _table_exists,
     mark_consumed_sql,
     mask_sql,
     occurrences_sql,
@@ -133,17 +134,12 @@ def ensure_state_tables(con) -> None:
         )
 
 
-def _why_full(con, full_refresh: bool) -> str | None:
+def _why_full(con, full_refresh: bool, log: bool) -> str | None:
     """Why every component must get its key again, or None when the components the identity graph wrote again
-    since this step last ran are enough (its change log: orchestration.identity.graph)."""
+    since this step last ran are enough (its change log, present when `log`: orchestration.identity.graph)."""
     if full_refresh:
         return "a full refresh was asked for"
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
-        "AND table_schema || '.' || table_name IN (?, ?)",
-        [BUILDS_TABLE, OUTPUT_TABLE],
-    ).fetchone()[0]
-    if exists < 2:
+    if not log or not _table_exists(con, OUTPUT_TABLE):
         return "no identity graph change log or no customer keys yet"
     if con.execute(f"SELECT {GRAPH_STATE_SCHEMA}.full_recompute(?)", [CONSUMER]).fetchone()[0]:
         return "the identity graph was built in full (or never taken in) since the keys were last assigned"
@@ -168,10 +164,9 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
         now = datetime.now(timezone.utc)
     con.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
     ensure_state_tables(con)
-    reason = _why_full(con, full_refresh)
+    log = _table_exists(con, BUILDS_TABLE)
+    reason = _why_full(con, full_refresh, log)
     incremental = reason is None
-    log = con.execute(f"SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
-                      f"AND table_schema || '.' || table_name = ?", [BUILDS_TABLE]).fetchone()[0] > 0
 
     # 0. The components to key again (incremental): written again by the graph, by their ids before and after;
     #    and the keys they held, the only ones that can be merged away or retired.
