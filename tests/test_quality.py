@@ -165,6 +165,46 @@ def test_null_unless_value_counts_like_the_quarantine(con, settings, land):
     assert [e["referral_id"] for e in v.examples_by_rule["referee.required"]] == ["n1", "n4", "n5", "n7"]
 
 
+def test_a_row_failing_two_expectations_of_one_rule_counts_once(con, settings, land, monkeypatch):
+    """timestamp.after_batch has one expectation per timestamp column of orders. Where two or more of them
+    find rows, validation lists those rules' rows whole (a second, COMPLETE validation of those rules only)
+    and counts a row once; where one does, its count is the rule's."""
+    limit_broken = "2024-02-03 00:00:00"  # after the batch limit of 2024-01-31's files (2024-02-02 00:00)
+    rows = [GOOD["orders"].replace("g1,", f"ok{i},") for i in range(7)]
+    cols = HEADERS["orders"].split(",")
+
+    def order(order_id, **values):
+        fields = GOOD["orders"].split(",")
+        fields[0] = order_id
+        for name, value in values.items():
+            fields[cols.index(name)] = value
+        return ",".join(fields)
+
+    rows[1] = order("t1", updated_at=limit_broken, paid_at=limit_broken)  # two of the rule's expectations
+    rows[4] = order("t2", updated_at=limit_broken)  # one
+    rows[6] = order("t3", updated_at=limit_broken, created_at="2024-02-02 23:00:00", paid_at=limit_broken)  # three
+    rows.append(order("x1", channel="carrier_pigeon"))  # channel.in_set: one expectation, one row
+    land("orders/orders_20240131.csv", "\n".join([HEADERS["orders"], *rows]) + "\n")
+    report = ingest_source(con, "orders", settings, "run")
+    calls = []
+    real = quality._results
+
+    def spy(*args, **kwargs):
+        calls.append((sorted({(e.meta or {}).get("rule") for e in args[3].expectations}), kwargs.get("complete")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "_results", spy)
+    v = validate_contract("orders", report.frame)
+    report.frame.close()
+    assert {k: n for k, n in v.unexpected_by_rule.items() if n} == {"timestamp.after_batch": 3, "channel.in_set": 1}
+    assert v.unexpected_by_rule == report.quarantine_by_rule
+    assert [e["order_id"] for e in v.examples_by_rule["timestamp.after_batch"]] == ["t1", "t2", "t3"]
+    assert [e["order_id"] for e in v.examples_by_rule["channel.in_set"]] == ["x1"]
+    by_expectation = {e["column"]: e["unexpected_count"] for e in v.expectation_results if e["rule"] == "timestamp.after_batch"}
+    assert by_expectation == {"h__batch_limit vs updated_at": 3, "h__batch_limit vs created_at": 1, "h__batch_limit vs paid_at": 2}
+    assert calls[1:] == [(["timestamp.after_batch"], True)] and calls[0][1] is False
+
+
 def test_the_memory_limit_reaches_gx_duckdb_connection():
     """GX's DuckDB runs under the setting duckdb_memory_limit, like every other DuckDB privdom opens (the
     statements GX's connection executes are watched through SQLAlchemy's events)."""
@@ -183,4 +223,5 @@ def test_the_memory_limit_reaches_gx_duckdb_connection():
         event.remove(Engine, "before_cursor_execute", watch)
     assert "SET memory_limit = '64MB'" in seen
     assert v.unexpected_by_rule["channel.in_set"] == 1  # and the validation ran under it
+
 

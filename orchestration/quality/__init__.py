@@ -19,7 +19,9 @@ one validation path. Two things keep GX's SQL exact on DuckDB:
   ``any_identifier`` rule's ``unless``), the condition says ``x IS NULL OR x NOT IN (...)``.
 
 Rows that fail any expectation of a rule are counted once for that rule (by ``_file_id``, ``_row_number``),
-so ``unexpected_by_rule`` equals ingestion's quarantine counts by rule.
+so ``unexpected_by_rule`` equals ingestion's quarantine counts by rule. The suite runs with GX's SUMMARY
+result format (exact counts, the first rows found); only the rules where two or more expectations found rows
+are validated again with COMPLETE, whose full lists are united (see validate_contract).
 """
 
 from __future__ import annotations
@@ -305,15 +307,31 @@ def _metric_errors(info: Any) -> list[str]:
     return [f"{key}: {m}" for key, e in items if (m := one(e))]
 
 
-def _results(ctx, query: str, source: str, suite, memory_limit: str | None = None) -> list:
-    """Validate `suite` with GX's SQL data source on DuckDB over `query`; the ExpectationValidationResults."""
+def _result_format(complete: bool) -> dict[str, Any]:
+    """GX's result format. Both list unexpected rows by their identity only (`_file_id`, `_row_number`, as two
+    lists, not one dict per row with the checked values: a delivery with millions of broken rows must not take
+    GBs of Python objects). COMPLETE lists every unexpected row: two more scans of the rows per failing
+    expectation (its values and its rows, each fetched whole). SUMMARY lists the first `_EXAMPLES` in the
+    parts' order, which DuckDB finds with a LIMIT and stops early; its `unexpected_count` is exact."""
+    return {
+        "result_format": "COMPLETE" if complete else "SUMMARY",
+        "unexpected_index_column_names": _INDEX_COLUMNS,
+        "partial_unexpected_count": _NO_LIMIT if complete else _EXAMPLES,
+        "exclude_unexpected_values": True,
+        "return_unexpected_index_query": False,
+    }
+
+
+def _results(ctx, query: str, source: str, suite, memory_limit: str | None = None, *, complete: bool = True) -> list:
+    """Validate `suite` with GX's SQL data source on DuckDB over `query`; the ExpectationValidationResults
+    (`complete`: see _result_format)."""
     from orchestration.settings import TIMEZONE
 
     _persist_duckdb_connections()
     _forget_duckdb_engine_at_exit()
     # in-memory: the warehouse file may be open in this process with another configuration, which DuckDB
     # refuses; the parts are read by read_parquet. No temp tables: GX would copy the rows into one.
-    ds = ctx.data_sources.add_sql(name=f"privdom_{source}", connection_string="duckdb:///:memory:", create_temp_table=False)
+    ds = ctx.data_sources.add_sql(name=f"privdom_{source}" + ("_complete" if complete else ""), connection_string="duckdb:///:memory:", create_temp_table=False)
     ee = None
     try:
         asset = ds.add_query_asset(name=f"{source}_new_rows", query=query)
@@ -334,15 +352,7 @@ def _results(ctx, query: str, source: str, suite, memory_limit: str | None = Non
             raise RuntimeError(f"GX's DuckDB connection has time zone {tz!r}, not {TIMEZONE!r}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = batch.validate(suite, result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": _INDEX_COLUMNS,
-                "partial_unexpected_count": _NO_LIMIT,
-                # the row identities as two lists, not one dict per row with the checked values: a delivery
-                # with millions of broken rows must not take GBs of Python objects
-                "exclude_unexpected_values": True,
-                "return_unexpected_index_query": False,
-            })
+            result = batch.validate(suite, result_format=_result_format(complete))
         if ds.get_execution_engine() is not ee:  # pragma: no cover - a guard: the checks above were on it
             raise RuntimeError("GX validated on another execution engine than the one checked")
         return list(result.results)
@@ -357,6 +367,25 @@ def _results(ctx, query: str, source: str, suite, memory_limit: str | None = Non
         if getattr(ds, "_engine", None) is not None:  # the engine GX tested the connection with
             ds._engine.dispose()
         ds = ee = None
+
+
+def _unexpected(res: Any, source: str, rule: str | None, key: str) -> tuple[int, Any]:
+    """(unexpected count, the listed rows' keys) of one ExpectationValidationResult; a row's key is one int64,
+    its file id in the high 32 bits and its row number in the low 32. Raises on the expectation's own errors.
+    The lists are dropped from the result (GX keeps copies of them)."""
+    import numpy as np
+
+    cfg = res.expectation_config
+    errors = _metric_errors(res.exception_info)
+    if errors:
+        raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source} raised: " + "; ".join(errors))
+    # exclude_unexpected_values: [] or [{"_file_id": [...], "_row_number": [...]}]
+    idx = res.result.get(key) or [{"_file_id": [], "_row_number": []}]
+    fids = np.asarray(idx[0]["_file_id"], dtype=np.int64)
+    rns = np.asarray(idx[0]["_row_number"], dtype=np.int64)
+    res.result.pop("unexpected_index_list", None)
+    res.result.pop("partial_unexpected_index_list", None)
+    return int(res.result.get("unexpected_count") or 0), (fids << 32) | rns
 
 
 # ------------------------------------------------------------------------------------------------ the rows
@@ -516,30 +545,23 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
     own = None if isinstance(frame, SpilledFrame) else SpilledFrame.from_pandas(frame)
     rows = own or frame
     try:
-        results = _results(ctx, rows.query(), source, suite, memory_limit)
         import numpy as np
 
-        # a row's identity as one int64: file id in the high 32 bits, row number in the low 32
-        keys_by_rule: dict[str, list[np.ndarray]] = {r.name: [] for r in c.rules}
+        query = rows.query()
+        results = _results(ctx, query, source, suite, memory_limit, complete=False)
         summaries: list[dict] = []
         success = True
+        # per rule, (unexpected count, the first rows' keys) of each expectation that found rows
+        found: dict[str, list[tuple[int, Any]]] = {r.name: [] for r in c.rules}
         for res in results:
             cfg = res.expectation_config
             rule = (cfg.meta or {}).get("rule")
-            errors = _metric_errors(res.exception_info)
-            if errors:
-                raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source} raised: " + "; ".join(errors))
-            # exclude_unexpected_values: [] or [{"_file_id": [...], "_row_number": [...]}]
-            idx = res.result.get("unexpected_index_list") or [{"_file_id": [], "_row_number": []}]
-            fids = np.asarray(idx[0]["_file_id"], dtype=np.int64)
-            rns = np.asarray(idx[0]["_row_number"], dtype=np.int64)
-            n = int(res.result.get("unexpected_count") or 0)
-            if len(fids) != n:  # GX's SQL lists are cut silently (partial_unexpected_count): never trust a short one
+            n, keys = _unexpected(res, source, rule, "partial_unexpected_index_list")
+            if len(keys) != min(n, _EXAMPLES):  # GX's lists are cut silently: never trust a short one
                 raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows "
-                                   f"but {len(fids)} listed")
-            keys_by_rule[rule].append((fids << 32) | rns)
-            res.result.pop("unexpected_index_list", None)  # GX keeps a second copy in partial_unexpected_index_list
-            res.result.pop("partial_unexpected_index_list", None)
+                                   f"but {len(keys)} of the first {_EXAMPLES} listed")
+            if n:
+                found[rule].append((n, keys))
             success = success and bool(res.success)
             summaries.append({
                 "rule": rule,
@@ -548,22 +570,42 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
                 "success": bool(res.success),
                 "unexpected_count": n,
             })
-        results = idx = fids = rns = ctx = suite = None
+        results = None
+        # A row that fails several expectations of one rule counts once. Where at most one of a rule's
+        # expectations found rows, its count is the rule's; where two or more did, their rows are listed whole
+        # (one more validation, of those rules only) and united.
+        example_keys: dict[str, Any] = {}
+        united = {rule for rule, hits in found.items() if len(hits) > 1}
+        for rule, hits in found.items():
+            if len(hits) == 1:
+                counts[rule], keys = hits[0]
+                example_keys[rule] = np.sort(keys)
+        if united:
+            listed: dict[str, list] = {rule: [] for rule in united}
+            for res in _results(ctx, query, source, build_suite(source, united), memory_limit, complete=True):
+                cfg = res.expectation_config
+                rule = (cfg.meta or {}).get("rule")
+                n, keys = _unexpected(res, source, rule, "unexpected_index_list")
+                if len(keys) != n:
+                    raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows "
+                                       f"but {len(keys)} listed")
+                listed[rule].append(keys)
+            for rule, arrays in listed.items():
+                keys = np.unique(np.concatenate(arrays))  # a row once per rule
+                counts[rule] = len(keys)
+                example_keys[rule] = keys[:_EXAMPLES]
+        ctx = suite = None
         phone_cols = {col.name for col in c.columns if col.type == "phone"}
         rule_of = {r.name: r for r in c.rules}
         wanted: dict[str, tuple[list[int], list[str]]] = {}
-        for name, arrays in keys_by_rule.items():
-            keys = np.unique(np.concatenate(arrays)) if arrays else np.empty(0, dtype=np.int64)  # a row once per rule
-            counts[name] = len(keys)
-            if not len(keys):
-                continue
+        for name, keys in example_keys.items():
             r = rule_of[name]
             show = ["_file_id", "_row_number", c.key] + [
                 col for col in rows.columns if col.split("__")[0] in r.columns or col.startswith(_helper(r, ""))
                 or (col == "h__net_amount" and r.kind == "refund_matches_status") or (col == "h__batch_limit" and r.kind == "before_batch_limit")
             ]
             show = [col for col in dict.fromkeys(show) if col in rows.columns]
-            wanted[name] = ([rows.position(int(k) >> 32, int(k) & 0xFFFFFFFF) for k in keys[:_EXAMPLES]], show)
+            wanted[name] = ([rows.position(int(k) >> 32, int(k) & 0xFFFFFFFF) for k in keys], show)
         examples: dict[str, list[dict]] = {}
         for name, sample in rows.take_groups(wanted).items():  # one read of the parts for every rule's examples
             ex = []
