@@ -88,6 +88,55 @@ def test_content_hash_idempotency(con, settings, land):
     assert [r[0] for r in con.execute("SELECT file_id FROM raw.ingestion_ledger ORDER BY file_id").fetchall()] == [1, 2, 3]
 
 
+
+def test_recorded_files_are_not_hashed_again_unless_their_stamp_changes(con, settings, land, monkeypatch):
+    """A file whose path, size and modification time (ns) are those recorded in raw.landing_hash_cache is not
+    read again to hash it; a touched file is hashed again (same content: skipped, as before), a file rewritten
+    in place with the same size and new content is hashed again and loads as a new file."""
+    import os
+
+    import orchestration.ingest.core as core
+
+    a = land("channel_events/ce_20240131.csv", CE_GOOD)
+    land("channel_events/ce_20240201.csv", CE_GOOD.replace("e1,", "e2,"))
+    read: list[str] = []
+    real = core.fl.sha256_of
+
+    def counting(path):
+        read.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(core.fl, "sha256_of", counting)
+    ingest_source(con, "channel_events", settings, "run1")
+    assert sorted(read) == ["ce_20240131.csv", "ce_20240201.csv"]
+    cache = "SELECT file_path, size_bytes, content_sha256 FROM raw.landing_hash_cache ORDER BY 1"
+    assert [(p, n) for p, n, _ in con.execute(cache).fetchall()] == [
+        ("channel_events/ce_20240131.csv", len(CE_GOOD)), ("channel_events/ce_20240201.csv", len(CE_GOOD))]
+
+    read.clear()
+    again = ingest_source(con, "channel_events", settings, "run2")
+    assert read == [] and again.files == [] and again.files_skipped == 2
+
+    st = a.stat()
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: read again, same content, skipped
+    read.clear()
+    again = ingest_source(con, "channel_events", settings, "run3")
+    assert read == ["ce_20240131.csv"] and again.files == [] and again.files_skipped == 2
+    read.clear()
+    ingest_source(con, "channel_events", settings, "run4")
+    assert read == []  # the new stamp was recorded
+
+    a.write_text(CE_GOOD.replace("e1,", "e9,"), encoding="utf-8")  # same size, new content, new stamp
+    assert a.stat().st_size == len(CE_GOOD)
+    read.clear()
+    report = ingest_source(con, "channel_events", settings, "run5")
+    assert read == ["ce_20240131.csv"]
+    assert [(f.path, f.status) for f in report.files] == [("channel_events/ce_20240131.csv", "loaded")]
+    assert sorted(r[0] for r in con.execute("SELECT event_id FROM raw.channel_events").fetchall()) == ["e1", "e2", "e9"]
+    assert len(con.execute(cache).fetchall()) == 2  # the path's older stamp replaced
+    sha = con.execute("SELECT content_sha256 FROM raw.landing_hash_cache WHERE file_path = 'channel_events/ce_20240131.csv'").fetchone()[0]
+    assert sha == real(a)[0]
+
 # the same three channel events, delivered in every accepted format
 CE_CSV = (
     CE_HEADER

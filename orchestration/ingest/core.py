@@ -132,6 +132,7 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(R.raw_table_ddl(c))
     con.execute(R.QUARANTINE_DDL)
     con.execute(R.LEDGER_DDL)
+    con.execute(R.HASH_CACHE_DDL)
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -407,6 +408,31 @@ def _insert_ledger(con, rows: list[list[Any]], chunk: int = 200) -> None:
         )
 
 
+def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[int, int, str]],
+                  newly_hashed: list[tuple[str, int, int, str]]) -> tuple[str, int]:
+    """(sha256, size) of a landing file: from raw.landing_hash_cache when its path, size and modification time
+    are those recorded, else read and hashed (and appended to `newly_hashed`). The file is stat'ed before it
+    is read, so a change while it is hashed shows as a new stamp next time."""
+    st = f.path.stat()
+    known = hashed.get(f.rel_path)
+    if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
+        return known[2], known[0]
+    sha, size = fl.sha256_of(f.path)
+    newly_hashed.append((f.rel_path, size, st.st_mtime_ns, sha))
+    return sha, size
+
+
+def _remember_hashes(con, source: str, rows: list[tuple[str, int, int, str]], chunk: int = 500) -> None:
+    """Record files' content hashes by (path, size, modification time), replacing a path's older stamp."""
+    for i in range(0, len(rows), chunk):
+        part = rows[i : i + chunk]
+        paths = [p for p, *_ in part]
+        con.execute("DELETE FROM raw.landing_hash_cache WHERE source = ? AND list_contains(?, file_path)", [source, paths])
+        con.execute("INSERT INTO raw.landing_hash_cache SELECT * FROM (VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?)"] * len(part)) + ")",
+                    [v for p, size, ns, sha in part for v in (source, p, size, ns, sha)])
+
+
 def _next_file_id(con) -> int:
     return con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM raw.ingestion_ledger").fetchone()[0]
 
@@ -647,6 +673,10 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     seen = {(p, h): s for p, h, s in con.execute(
         "SELECT file_path, content_sha256, status FROM raw.ingestion_ledger WHERE source = ?", [source]).fetchall()}
     loaded_at = {h: p for (p, h), s in seen.items() if s == "loaded"}
+    hashed = {p: (size, ns, h) for p, size, ns, h in con.execute(
+        "SELECT file_path, size_bytes, modified_ns, content_sha256 FROM raw.landing_hash_cache WHERE source = ?",
+        [source]).fetchall()}
+    newly_hashed: list[tuple[str, int, int, str]] = []
 
     first_id = next_id = _next_file_id(con)
     ledger_rows: list[list[Any]] = []
@@ -663,7 +693,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         for f in fl.discover(settings.landing_dir, source):
             if batch_dates and f.batch_date is not None and not batch_dates[0] <= f.batch_date <= batch_dates[1]:
                 continue
-            sha, size = fl.sha256_of(f.path)
+            sha, size = _content_hash(f, hashed, newly_hashed)
             if (f.rel_path, sha) in seen:
                 report.files_skipped += 1
                 continue
@@ -733,6 +763,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 if staged:
                     _load_rows(con, c, source, load_id, staged, parts)
                 _insert_ledger(con, ledger_rows)
+                _remember_hashes(con, source, newly_hashed)
                 if staged:
                     _verify(con, source, staged, first_id)
 
@@ -740,6 +771,9 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
             report.validation = _load_beside(load, validate, report.frame)
         elif ledger_rows:
             load()
+        elif newly_hashed:  # files hashed again that were already recorded (touched, or copied back)
+            with transaction(con):
+                _remember_hashes(con, source, newly_hashed)
 
         if keep_frame:
             if staged:

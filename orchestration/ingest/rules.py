@@ -111,6 +111,18 @@ CREATE TABLE IF NOT EXISTS raw.ingestion_ledger (
 )"""
 
 
+# Content hashes of landing files by (path, size, modification time in ns): a file whose three match is not
+# read again to hash it (rsync's quick check; the landing sensor compares the same two stamps). A cache:
+# dropping it only makes the next run hash every file again.
+HASH_CACHE_DDL = """
+CREATE TABLE IF NOT EXISTS raw.landing_hash_cache (
+    source VARCHAR NOT NULL,
+    file_path VARCHAR NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    modified_ns BIGINT NOT NULL,
+    content_sha256 VARCHAR NOT NULL
+)"""
+
 # ------------------------------------------------------------------------------------------------- values
 def is_placeholder(expr: str, placeholders: tuple[str, ...]) -> str:
     """SQL: the (trimmed) text `expr` is a placeholder (SPEC §3), compared lower-cased; NULL-safe → FALSE."""
