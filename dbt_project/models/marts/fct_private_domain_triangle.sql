@@ -37,21 +37,23 @@ customer_month_orders as (
     group by customer_key, paid_month
 ),
 
--- each reachable customer-month with the customer's orders paid in the trailing 12 months
-reachable_value as (
+-- the net revenue and paid orders of the trailing 12 months of every reachable customer-month, summed per month
+-- and channel straight from the pairs (reachable customer-month, a month of the customer's paid orders in its
+-- window): no customer-month grain in between (at 1M customers, grouping the 5.3M reachable customer-months
+-- took ~3 s of DuckDB's thread time, more than everything else in this model)
+value_pairs as (
     select
-        r.customer_key,
         r.period_month,
         r.acquisition_channel,
         sum(o.net_revenue) as net_revenue_12m,
         sum(o.paid_orders) as paid_orders_12m,
         sum(case when o.paid_month = r.period_month then o.net_revenue end) as net_revenue_month
     from reachable as r
-    left join customer_month_orders as o
+    inner join customer_month_orders as o
         on o.customer_key = r.customer_key
         and o.paid_month <= r.period_month
         and o.paid_month >= {{ privdom_add_months('r.period_month', -11) }}
-    group by r.customer_key, r.period_month, r.acquisition_channel
+    group by r.period_month, r.acquisition_channel
 ),
 
 converted_referrers as (
@@ -69,26 +71,36 @@ reachable_referrers as (
         and f.converted_month >= {{ privdom_add_months('r.period_month', -11) }}
 ),
 
-value_by_channel as (
-    select
-        period_month,
-        acquisition_channel,
-        count(*) as property_right,
-        sum(coalesce(net_revenue_12m, 0)) as net_revenue_12m,
-        sum(coalesce(paid_orders_12m, 0)) as paid_orders_12m,
-        sum(coalesce(net_revenue_month, 0)) as net_revenue_month
-    from reachable_value
+reachable_counts as (
+    select period_month, acquisition_channel, count(*) as property_right
+    from reachable
     group by period_month, acquisition_channel
     union all
-    select
-        period_month,
-        'all',
-        count(*),
-        sum(coalesce(net_revenue_12m, 0)),
-        sum(coalesce(paid_orders_12m, 0)),
-        sum(coalesce(net_revenue_month, 0))
-    from reachable_value
+    select period_month, 'all', count(*)
+    from reachable
     group by period_month
+),
+
+value_sums as (
+    select period_month, acquisition_channel, net_revenue_12m, paid_orders_12m, net_revenue_month
+    from value_pairs
+    union all
+    select period_month, 'all', sum(net_revenue_12m), sum(paid_orders_12m), sum(net_revenue_month)
+    from value_pairs
+    group by period_month
+),
+
+value_by_channel as (
+    select
+        c.period_month,
+        c.acquisition_channel,
+        c.property_right,
+        coalesce(v.net_revenue_12m, 0) as net_revenue_12m,
+        coalesce(v.paid_orders_12m, 0) as paid_orders_12m,
+        coalesce(v.net_revenue_month, 0) as net_revenue_month
+    from reachable_counts as c
+    left join value_sums as v
+        on v.period_month = c.period_month and v.acquisition_channel = c.acquisition_channel
 ),
 
 new_customers as (
