@@ -90,13 +90,15 @@ def test_content_hash_idempotency(con, settings, land):
 
 
 def test_recorded_files_are_not_hashed_again_unless_their_stamp_changes(con, settings, land, monkeypatch):
-    """A file whose path, size and modification time (ns) are those recorded in raw.landing_hash_cache is not
-    read again to hash it; a touched file is hashed again (same content: skipped, as before), a file rewritten
-    in place with the same size and new content is hashed again and loads as a new file."""
+    """A file whose path and stamp (size, modification time, inode change time, inode) are those recorded in
+    raw.landing_hash_cache is not read again to hash it; a touched file is hashed again (same content: skipped,
+    as before); a file rewritten in place with the same size, even with its modification time set back, is
+    hashed again and loads as a new file."""
     import os
 
     import orchestration.ingest.core as core
 
+    monkeypatch.setattr(core, "RACY_NS", 0)  # the files here were all written a moment ago
     a = land("channel_events/ce_20240131.csv", CE_GOOD)
     land("channel_events/ce_20240201.csv", CE_GOOD.replace("e1,", "e2,"))
     read: list[str] = []
@@ -126,8 +128,12 @@ def test_recorded_files_are_not_hashed_again_unless_their_stamp_changes(con, set
     ingest_source(con, "channel_events", settings, "run4")
     assert read == []  # the new stamp was recorded
 
-    a.write_text(CE_GOOD.replace("e1,", "e9,"), encoding="utf-8")  # same size, new content, new stamp
-    assert a.stat().st_size == len(CE_GOOD)
+    # same size, new content, and the modification time set back (as `cp -p` or `touch -d` would): the inode
+    # change time still tells
+    st = a.stat()
+    a.write_text(CE_GOOD.replace("e1,", "e9,"), encoding="utf-8")
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert a.stat().st_size == st.st_size and a.stat().st_mtime_ns == st.st_mtime_ns
     read.clear()
     report = ingest_source(con, "channel_events", settings, "run5")
     assert read == ["ce_20240131.csv"]
@@ -136,6 +142,31 @@ def test_recorded_files_are_not_hashed_again_unless_their_stamp_changes(con, set
     assert len(con.execute(cache).fetchall()) == 2  # the path's older stamp replaced
     sha = con.execute("SELECT content_sha256 FROM raw.landing_hash_cache WHERE file_path = 'channel_events/ce_20240131.csv'").fetchone()[0]
     assert sha == real(a)[0]
+
+
+def test_a_file_changed_just_before_it_is_hashed_is_not_recorded(con, settings, land, monkeypatch):
+    """Within RACY_NS of its last change a file could be rewritten again without any stamp moving (timestamp
+    resolution): its hash is used for this run but not recorded, so the next run reads it again; once its
+    change is older than that, it is recorded."""
+    import orchestration.ingest.core as core
+
+    land("channel_events/ce_20240131.csv", CE_GOOD)
+    read: list[str] = []
+    real = core.fl.sha256_of
+    monkeypatch.setattr(core.fl, "sha256_of", lambda path: read.append(path.name) or real(path))
+    ingest_source(con, "channel_events", settings, "run1")  # written a moment ago (the default 2 s)
+    assert read == ["ce_20240131.csv"]
+    assert con.execute("SELECT count(*) FROM raw.landing_hash_cache").fetchone()[0] == 0
+    read.clear()
+    again = ingest_source(con, "channel_events", settings, "run2")
+    assert read == ["ce_20240131.csv"] and again.files_skipped == 1
+    monkeypatch.setattr(core, "RACY_NS", 0)  # as if the change were older
+    ingest_source(con, "channel_events", settings, "run3")
+    assert con.execute("SELECT count(*) FROM raw.landing_hash_cache").fetchone()[0] == 1
+    read.clear()
+    ingest_source(con, "channel_events", settings, "run4")
+    assert read == []
+
 
 # the same three channel events, delivered in every accepted format
 CE_CSV = (

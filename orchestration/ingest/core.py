@@ -27,6 +27,7 @@ import datetime as dt
 import os
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -408,29 +409,48 @@ def _insert_ledger(con, rows: list[list[Any]], chunk: int = 200) -> None:
         )
 
 
-def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[int, int, str]],
-                  newly_hashed: list[tuple[str, int, int, str]]) -> tuple[str, int]:
-    """(sha256, size) of a landing file: from raw.landing_hash_cache when its path, size and modification time
-    are those recorded, else read and hashed (and appended to `newly_hashed`). The file is stat'ed before it
-    is read, so a change while it is hashed shows as a new stamp next time."""
-    st = f.path.stat()
+# A file changed less than this long before it is hashed is not recorded in raw.landing_hash_cache: a write
+# within the filesystem's timestamp resolution (milliseconds on ext4, seconds on NFS/SMB/FAT) after the stat could
+# leave every stamp as it was (git's "racily clean" entries). It is hashed again by the next run.
+RACY_NS = 2_000_000_000
+
+_Stamp = tuple[int, int, int, int]  # size, modification time (ns), inode change time (ns), inode
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[_Stamp, str]],
+                  newly_hashed: list[tuple[str, _Stamp, str]]) -> tuple[str, int]:
+    """(sha256, size) of a landing file: from raw.landing_hash_cache when its path and stamp (size,
+    modification time, inode change time, inode) are those recorded, else read and hashed.
+
+    The change time cannot be set back (`touch -d`, `cp -p`, `rsync -t` and unpacking restore the modification
+    time only) and any write or rename into place changes it or the inode. A hash is recorded (appended to
+    `newly_hashed`) only when the file's stamp was the same before and after it was read, the bytes read were
+    its size, and it last changed more than RACY_NS before it was read; otherwise it is hashed again next time."""
+    started = time.time_ns()
+    before = _stamp(f.path.stat())
     known = hashed.get(f.rel_path)
-    if known is not None and known[0] == st.st_size and known[1] == st.st_mtime_ns:
-        return known[2], known[0]
+    if known is not None and known[0] == before:
+        return known[1], before[0]
     sha, size = fl.sha256_of(f.path)
-    newly_hashed.append((f.rel_path, size, st.st_mtime_ns, sha))
+    after = _stamp(f.path.stat())
+    if after == before and size == before[0] and before[2] < started - RACY_NS:
+        newly_hashed.append((f.rel_path, before, sha))
     return sha, size
 
 
-def _remember_hashes(con, source: str, rows: list[tuple[str, int, int, str]], chunk: int = 500) -> None:
-    """Record files' content hashes by (path, size, modification time), replacing a path's older stamp."""
+def _remember_hashes(con, source: str, rows: list[tuple[str, _Stamp, str]], chunk: int = 500) -> None:
+    """Record files' content hashes with their stamps, replacing a path's older one."""
     for i in range(0, len(rows), chunk):
         part = rows[i : i + chunk]
         paths = [p for p, *_ in part]
         con.execute("DELETE FROM raw.landing_hash_cache WHERE source = ? AND list_contains(?, file_path)", [source, paths])
         con.execute("INSERT INTO raw.landing_hash_cache SELECT * FROM (VALUES "
-                    + ", ".join(["(?, ?, ?, ?, ?)"] * len(part)) + ")",
-                    [v for p, size, ns, sha in part for v in (source, p, size, ns, sha)])
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part)) + ")",
+                    [v for p, stamp, sha in part for v in (source, p, *stamp, sha)])
 
 
 def _next_file_id(con) -> int:
@@ -673,10 +693,10 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     seen = {(p, h): s for p, h, s in con.execute(
         "SELECT file_path, content_sha256, status FROM raw.ingestion_ledger WHERE source = ?", [source]).fetchall()}
     loaded_at = {h: p for (p, h), s in seen.items() if s == "loaded"}
-    hashed = {p: (size, ns, h) for p, size, ns, h in con.execute(
-        "SELECT file_path, size_bytes, modified_ns, content_sha256 FROM raw.landing_hash_cache WHERE source = ?",
-        [source]).fetchall()}
-    newly_hashed: list[tuple[str, int, int, str]] = []
+    hashed = {p: ((size, m_ns, c_ns, ino), h) for p, size, m_ns, c_ns, ino, h in con.execute(
+        "SELECT file_path, size_bytes, modified_ns, changed_ns, inode, content_sha256 FROM raw.landing_hash_cache "
+        "WHERE source = ?", [source]).fetchall()}
+    newly_hashed: list[tuple[str, _Stamp, str]] = []
 
     first_id = next_id = _next_file_id(con)
     ledger_rows: list[list[Any]] = []

@@ -111,8 +111,8 @@ CREATE TABLE IF NOT EXISTS raw.ingestion_ledger (
 )"""
 
 
-# Content hashes of landing files by (path, size, modification time in ns): a file whose three match is not
-# read again to hash it (rsync's quick check; the landing sensor compares the same two stamps). A cache:
+# Content hashes of landing files by path and stamp (size, modification time, inode change time, inode): a file
+# whose path and stamp match is not read again to hash it (orchestration.ingest.core._content_hash). A cache:
 # dropping it only makes the next run hash every file again.
 HASH_CACHE_DDL = """
 CREATE TABLE IF NOT EXISTS raw.landing_hash_cache (
@@ -120,6 +120,8 @@ CREATE TABLE IF NOT EXISTS raw.landing_hash_cache (
     file_path VARCHAR NOT NULL,
     size_bytes BIGINT NOT NULL,
     modified_ns BIGINT NOT NULL,
+    changed_ns BIGINT NOT NULL,
+    inode UBIGINT NOT NULL,
     content_sha256 VARCHAR NOT NULL
 )"""
 

@@ -591,6 +591,10 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
                                        f"but {len(keys)} listed")
                 listed[rule].append(keys)
             for rule, arrays in listed.items():
+                # the same rows as the first validation counted, expectation by expectation
+                if sorted(len(a) for a in arrays if len(a)) != sorted(n for n, _ in found[rule]):
+                    raise RuntimeError(f"GX's full lists for rule {rule} of {source} do not match its counts: "
+                                       f"{sorted(len(a) for a in arrays)} against {sorted(n for n, _ in found[rule])}")
                 keys = np.unique(np.concatenate(arrays))  # a row once per rule
                 counts[rule] = len(keys)
                 example_keys[rule] = keys[:_EXAMPLES]
