@@ -369,10 +369,11 @@ def _results(ctx, query: str, source: str, suite, memory_limit: str | None = Non
         ds = ee = None
 
 
-def _unexpected(res: Any, source: str, rule: str | None, key: str) -> tuple[int, Any]:
-    """(unexpected count, the listed rows' keys) of one ExpectationValidationResult; a row's key is one int64,
-    its file id in the high 32 bits and its row number in the low 32. Raises on the expectation's own errors.
-    The lists are dropped from the result (GX keeps copies of them)."""
+def _unexpected(res: Any, source: str, rule: str | None, *, complete: bool) -> tuple[int, Any]:
+    """(unexpected count, the listed rows' keys) of one ExpectationValidationResult of _results(complete=...);
+    a row's key is one int64, its file id in the high 32 bits and its row number in the low 32. Raises on the
+    expectation's own errors, and when it lists fewer rows than it should (every one, or the first
+    `_EXAMPLES`): GX cuts its lists silently. The lists are dropped from the result (GX keeps copies of them)."""
     import numpy as np
 
     cfg = res.expectation_config
@@ -380,12 +381,17 @@ def _unexpected(res: Any, source: str, rule: str | None, key: str) -> tuple[int,
     if errors:
         raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source} raised: " + "; ".join(errors))
     # exclude_unexpected_values: [] or [{"_file_id": [...], "_row_number": [...]}]
-    idx = res.result.get(key) or [{"_file_id": [], "_row_number": []}]
+    idx = res.result.get("unexpected_index_list" if complete else "partial_unexpected_index_list")
+    idx = idx or [{"_file_id": [], "_row_number": []}]
     fids = np.asarray(idx[0]["_file_id"], dtype=np.int64)
     rns = np.asarray(idx[0]["_row_number"], dtype=np.int64)
     res.result.pop("unexpected_index_list", None)
     res.result.pop("partial_unexpected_index_list", None)
-    return int(res.result.get("unexpected_count") or 0), (fids << 32) | rns
+    n = int(res.result.get("unexpected_count") or 0)
+    if len(fids) != (n if complete else min(n, _EXAMPLES)):
+        raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows but "
+                           f"{len(fids)} listed" + ("" if complete else f" of the first {_EXAMPLES}"))
+    return n, (fids << 32) | rns
 
 
 # ------------------------------------------------------------------------------------------------ the rows
@@ -556,10 +562,7 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
         for res in results:
             cfg = res.expectation_config
             rule = (cfg.meta or {}).get("rule")
-            n, keys = _unexpected(res, source, rule, "partial_unexpected_index_list")
-            if len(keys) != min(n, _EXAMPLES):  # GX's lists are cut silently: never trust a short one
-                raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows "
-                                   f"but {len(keys)} of the first {_EXAMPLES} listed")
+            n, keys = _unexpected(res, source, rule, complete=False)
             if n:
                 found[rule].append((n, keys))
             success = success and bool(res.success)
@@ -583,13 +586,8 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
         if united:
             listed: dict[str, list] = {rule: [] for rule in united}
             for res in _results(ctx, query, source, build_suite(source, united), memory_limit, complete=True):
-                cfg = res.expectation_config
-                rule = (cfg.meta or {}).get("rule")
-                n, keys = _unexpected(res, source, rule, "unexpected_index_list")
-                if len(keys) != n:
-                    raise RuntimeError(f"GX expectation {cfg.type} for rule {rule} of {source}: {n} unexpected rows "
-                                       f"but {len(keys)} listed")
-                listed[rule].append(keys)
+                rule = (res.expectation_config.meta or {}).get("rule")
+                listed[rule].append(_unexpected(res, source, rule, complete=True)[1])
             for rule, arrays in listed.items():
                 # the same rows as the first validation counted, expectation by expectation
                 if sorted(len(a) for a in arrays if len(a)) != sorted(n for n, _ in found[rule]):
