@@ -122,15 +122,30 @@ def recorded_fingerprint(con, step: str) -> str | None:
     return row[0] if row else None
 
 
-def record_fingerprint(con, step: str, fingerprint: str) -> None:
+def loaded_through(con) -> int:
+    """The newest file_id of the ingestion ledger (0 without one): a dbt build that starts now takes in the
+    rows of every file up to it (runs hold the warehouse lock, nothing is loaded during a build)."""
+    exists = con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'raw' and table_name = 'ingestion_ledger'"
+    ).fetchone()[0]
+    return int(con.execute("select coalesce(max(file_id), 0) from raw.ingestion_ledger").fetchone()[0]) if exists else 0
+
+
+def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | None = None) -> None:
+    """Record `step`'s successful build: its fingerprint, and the newest ledger file_id it took in and tested
+    (`tested_through_file_id`: the data tests of staging then look only at rows of newer files, see
+    macros/privdom_incremental.sql). Older warehouses gain the column here."""
     con.execute("create schema if not exists raw")
     con.execute(
         f"create table if not exists {INCREMENTAL_STATE_TABLE} "
-        "(step varchar primary key, fingerprint varchar not null, recorded_at timestamptz not null)"
+        "(step varchar primary key, fingerprint varchar not null, recorded_at timestamptz not null, "
+        "tested_through_file_id bigint)"
     )
+    con.execute(f"alter table {INCREMENTAL_STATE_TABLE} add column if not exists tested_through_file_id bigint")
     con.execute(
-        f"insert or replace into {INCREMENTAL_STATE_TABLE} values (?, ?, ?)",
-        [step, fingerprint, dt.datetime.now(dt.UTC)],
+        f"insert or replace into {INCREMENTAL_STATE_TABLE} (step, fingerprint, recorded_at, tested_through_file_id) "
+        "values (?, ?, ?, ?)",
+        [step, fingerprint, dt.datetime.now(dt.UTC), tested_through],
     )
 
 

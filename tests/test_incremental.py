@@ -180,3 +180,114 @@ def test_a_change_of_the_placeholder_values_rebuilds_staging_from_raw(history):
     assert _query(data_dir, "select count(*) from staging.stg_orders where member_id = ?", [member_id])[0][0] == 0
     assert _query(data_dir, "select count(*) from staging.stg_orders__versions where member_id = ?", [member_id])[0][0] == 0
     assert log.returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------ data tests
+# After a successful staging build, its data tests on the 10M-row tables look only at what newer files
+# brought (macros/privdom_incremental.sql, privdom_tested_through_file_id; docs/DECISIONS.md).
+def _copy(history, tmp_path: Path) -> Path:
+    data_dir, *_ = history
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("landing"))
+    (copy / "landing").mkdir()
+    return copy
+
+
+def _mark(data_dir: Path) -> tuple[int, object]:
+    return _query(
+        data_dir,
+        "select tested_through_file_id, recorded_at from raw.dbt_incremental_state where step = 'dbt_staging'",
+    )[0]
+
+
+def _dbt_test(data_dir: Path, select: str, *, all_rows: bool = False) -> dict[str, tuple[str, int]]:
+    """`dbt test --select ...` on data_dir's warehouse: {test name: (status, failures)}."""
+    from orchestration import dbt as dbt_runner
+    from orchestration.settings import DBT_PROJECT_DIR, load_settings
+
+    settings = load_settings(data_dir)
+    dbt_vars = {**settings.dbt_vars(), **({"privdom_test_all_rows": True} if all_rows else {})}
+    out = data_dir / "dbt-test"
+    env = {**dict(__import__("os").environ), **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    proc = subprocess.run(
+        [str(dbt_runner.dbt_executable()), "test", "--select", select, "--target-path", str(out),
+         "--vars", json.dumps(dbt_vars)],
+        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600, env=env,
+    )
+    results = json.loads((out / "run_results.json").read_text())["results"]
+    assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return {r["unique_id"].split(".")[2]: (r["status"], r["failures"]) for r in results}
+
+
+def test_a_successful_staging_build_records_the_newest_file_it_tested(history):
+    data_dir, *_ = history
+    (newest,) = _query(data_dir, "select max(file_id) from raw.ingestion_ledger")[0]
+    assert _mark(data_dir)[0] == newest
+
+
+def test_staging_tests_look_at_the_keys_of_rows_from_newer_files(history, tmp_path):
+    data_dir = _copy(history, tmp_path)
+    through, _ = _mark(data_dir)
+    unique = "unique_stg_channel_events_event_id"
+    identified = "at_least_one_not_null_stg_channel_events_openid__unionid__wecom_external_userid__phone__member_id"
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:
+        event_id = con.execute("select min(event_id) from staging.stg_channel_events").fetchone()[0]
+        # a second row of an old event_id, and a row without any identifier, both from a file already tested
+        con.execute("insert into staging.stg_channel_events select * replace ('no-identifier' as event_id, null as openid, "
+                    "null as unionid, null as wecom_external_userid, null as phone, null as member_id) "
+                    "from staging.stg_channel_events where event_id = ?", [event_id])
+        con.execute("insert into staging.stg_channel_events select * from staging.stg_channel_events where event_id = ?",
+                    [event_id])
+    finally:
+        con.close()
+    selection = f"{unique} {identified}"
+    assert _dbt_test(data_dir, selection) == {unique: ("pass", 0), identified: ("pass", 0)}
+    assert _dbt_test(data_dir, selection, all_rows=True) == {unique: ("fail", 1), identified: ("fail", 1)}
+    # the same rows as if a newer file had brought them: the duplicate's old twin is found through its key
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:
+        con.execute("update staging.stg_channel_events set file_id = ? where event_id in (?, 'no-identifier') "
+                    "and rowid in (select max(rowid) from staging.stg_channel_events where event_id in (?, 'no-identifier') "
+                    "group by event_id)", [through + 1, event_id, event_id])
+        assert con.execute("select count(*) from staging.stg_channel_events where file_id > ?", [through]).fetchone()[0] == 2
+    finally:
+        con.close()
+    assert _dbt_test(data_dir, selection) == {unique: ("fail", 1), identified: ("fail", 1)}
+
+
+def test_event_id_conflicts_after_a_build_reports_those_newer_files_bring(history, tmp_path):
+    data_dir = _copy(history, tmp_path)
+    through, _ = _mark(data_dir)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:
+        (before,) = con.execute(
+            "select count(*) from (select event_id from raw.channel_events group by event_id "
+            "having count(distinct _row_hash) > 1)").fetchone()
+        # an event delivered once, delivered again by a newer file with other content
+        event_id = con.execute("select min(event_id) from raw.channel_events where event_id in "
+                               "(select event_id from raw.channel_events group by event_id having count(*) = 1)").fetchone()[0]
+        con.execute("insert into raw.channel_events select * replace (? as _file_id, 'other content' as campaign, "
+                    "'a different hash' as _row_hash) from raw.channel_events where event_id = ?", [through + 1, event_id])
+    finally:
+        con.close()
+    assert before > 0  # the history has conflicts of its own, all in files already tested
+    assert _dbt_test(data_dir, "event_id_conflicts") == {"event_id_conflicts": ("warn", 1)}
+    assert _dbt_test(data_dir, "event_id_conflicts", all_rows=True) == {"event_id_conflicts": ("warn", before + 1)}
+
+
+def test_a_failed_staging_build_keeps_its_rows_in_the_next_tests(history, tmp_path):
+    data_dir = _copy(history, tmp_path)
+    through, recorded_at = _mark(data_dir)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:
+        con.execute("insert into staging.stg_channel_events select * replace (? as file_id) "
+                    "from staging.stg_channel_events where event_id = (select min(event_id) from staging.stg_channel_events)",
+                    [through + 1])
+    finally:
+        con.close()
+    for _ in range(2):  # the second run still sees the row the first one failed on
+        result = subprocess.run([str(PRIVDOM), "--data-dir", str(data_dir), "run"], capture_output=True, text=True, timeout=900)
+        assert result.returncode != 0
+        assert "unique_stg_channel_events_event_id" in result.stdout + result.stderr
+        assert _mark(data_dir) == (through, recorded_at)

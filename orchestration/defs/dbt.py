@@ -70,6 +70,7 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             warehouse.ensure_not_locked(settings.warehouse_path)
             with privdom.connect() as con:
                 reason = _full_refresh_reason(context, dbt_runner.recorded_fingerprint(con, name), fingerprint)
+                through = dbt_runner.loaded_through(con)
             # Unit tests check the SQL, not the data: the same code gives the same answer every run, so they run
             # in the test suite (tests/test_pipeline.py), not in every build (dbt's advice for production).
             args = ["build", "--exclude-resource-type", "unit_test", *dbt_runner.dbt_vars_arg(settings)]
@@ -81,7 +82,7 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             error = invocation.get_error()
             with privdom.connect() as con:
                 if error is None:
-                    dbt_runner.record_fingerprint(con, name, fingerprint)
+                    dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through)
                 for event in events:
                     yield _with_table_metadata(context, con, event)
         # this invocation's target directory stays (run_results.json for whoever reads it); older ones go

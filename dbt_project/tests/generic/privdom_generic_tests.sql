@@ -6,15 +6,26 @@
     where {{ earlier }} is not null and {{ later }} is not null and {{ earlier }} > {{ later }}
 {% endtest %}
 
-{% test at_least_one_not_null(model, columns) %}
-    select * from {{ model }}
+{% test at_least_one_not_null(model, columns, new_rows_only=false) %}
+    {#- new_rows_only: see privdom_rows_to_test (macros/privdom_incremental.sql). -#}
+    select * from {{ privdom_rows_to_test(model, new_rows_only=new_rows_only) }}
     where {% for c in columns %}{{ c }} is null{{ " and " if not loop.last }}{% endfor %}
 {% endtest %}
 
-{% test unique_combination(model, columns) %}
+{% test unique_combination(model, columns, new_rows_key=none) %}
     select {{ columns | join(', ') }}, count(*) as occurrences
-    from {{ model }}
+    from {{ privdom_rows_to_test(model, new_rows_key) }}
     group by {{ columns | join(', ') }}
+    having count(*) > 1
+{% endtest %}
+
+{% test unique_values(model, column_name, new_rows_key=none) %}
+    {#- dbt's `unique`, that can look only at the keys of new rows (privdom_rows_to_test): with
+        new_rows_key = column_name, exact for the whole model when its older rows passed before. -#}
+    select {{ column_name }} as unique_field, count(*) as n_records
+    from {{ privdom_rows_to_test(model, new_rows_key) }}
+    where {{ column_name }} is not null
+    group by {{ column_name }}
     having count(*) > 1
 {% endtest %}
 
