@@ -134,7 +134,8 @@ def loaded_through(con) -> int:
 def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | None = None) -> None:
     """Record `step`'s successful build: its fingerprint, and the newest ledger file_id it took in and tested
     (`tested_through_file_id`: the data tests of staging then look only at rows of newer files, see
-    macros/privdom_incremental.sql). Older warehouses gain the column here."""
+    macros/data_tests/privdom_rows_to_test.sql). None keeps the file_id recorded before (a build that did not
+    run all of its tests). Older warehouses gain the column here."""
     con.execute("create schema if not exists raw")
     con.execute(
         f"create table if not exists {INCREMENTAL_STATE_TABLE} "
@@ -143,8 +144,10 @@ def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | N
     )
     con.execute(f"alter table {INCREMENTAL_STATE_TABLE} add column if not exists tested_through_file_id bigint")
     con.execute(
-        f"insert or replace into {INCREMENTAL_STATE_TABLE} (step, fingerprint, recorded_at, tested_through_file_id) "
-        "values (?, ?, ?, ?)",
+        f"insert into {INCREMENTAL_STATE_TABLE} as s (step, fingerprint, recorded_at, tested_through_file_id) "
+        "values (?, ?, ?, ?) on conflict (step) do update set fingerprint = excluded.fingerprint, "
+        "recorded_at = excluded.recorded_at, "
+        "tested_through_file_id = coalesce(excluded.tested_through_file_id, s.tested_through_file_id)",
         [step, fingerprint, dt.datetime.now(dt.UTC), tested_through],
     )
 

@@ -145,3 +145,17 @@ def test_old_dbt_target_directories_are_pruned_per_step(tmp_path, monkeypatch):
     assert left == sorted(names[4:] + keep_anyway + ["manifest.json"])  # the 4 oldest models dirs went
     assert dbt_runner.prune_invocation_dirs("dbt_models", keep=10) == 0
     assert dbt_runner.prune_invocation_dirs("dbt_identity_inputs") == 0
+
+
+def test_the_incremental_fingerprint_follows_what_rows_depend_on_not_the_test_macros(project, tmp_path):
+    """A new privdom whose test macros changed must not rebuild the incremental models from raw; one whose
+    model macros changed must (orchestration/dbt.py: incremental_fingerprint)."""
+    copy, _ = project
+    settings = load_settings(tmp_path / "data")
+    before = dbt_runner.incremental_fingerprint(settings)
+    with open(copy / "macros" / "data_tests" / "privdom_rows_to_test.sql", "a", encoding="utf-8") as f:
+        f.write("\n{# a new comment #}\n")
+    assert dbt_runner.incremental_fingerprint(settings) == before
+    with open(copy / "macros" / "privdom_incremental.sql", "a", encoding="utf-8") as f:
+        f.write("\n{# a new comment #}\n")
+    assert dbt_runner.incremental_fingerprint(settings) != before

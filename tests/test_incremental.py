@@ -184,7 +184,7 @@ def test_a_change_of_the_placeholder_values_rebuilds_staging_from_raw(history):
 
 # ------------------------------------------------------------------------------------------------ data tests
 # After a successful staging build, its data tests on the 10M-row tables look only at what newer files
-# brought (macros/privdom_incremental.sql, privdom_tested_through_file_id; docs/DECISIONS.md).
+# brought (macros/data_tests/privdom_rows_to_test.sql; docs/DECISIONS.md).
 def _copy(history, tmp_path: Path) -> Path:
     data_dir, *_ = history
     copy = tmp_path / "data"
@@ -274,6 +274,34 @@ def test_event_id_conflicts_after_a_build_reports_those_newer_files_bring(histor
     assert before > 0  # the history has conflicts of its own, all in files already tested
     assert _dbt_test(data_dir, "event_id_conflicts") == {"event_id_conflicts": ("warn", 1)}
     assert _dbt_test(data_dir, "event_id_conflicts", all_rows=True) == {"event_id_conflicts": ("warn", before + 1)}
+
+
+def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(history, tmp_path, monkeypatch, dbt_manifest):
+    """A build that does not run all of staging's models and tests (an asset picked in the UI, checks turned
+    off, a re-execution from a failure) must not move the record past files whose rows it did not test."""
+    import dagster as dg
+
+    data_dir = _copy(history, tmp_path)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:  # as if the last whole build had tested only the first file: every later file is still to test
+        con.execute("update raw.dbt_incremental_state set tested_through_file_id = 1 where step = 'dbt_staging'")
+    finally:
+        con.close()
+    _, recorded_at = _mark(data_dir)
+    monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    from orchestration.definitions import build_definitions
+
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey(["staging", "stg_orders__versions"])], raise_on_error=False
+        )
+    assert result.success
+    through, recorded_again = _mark(data_dir)
+    assert recorded_again > recorded_at  # the build succeeded and was recorded ...
+    assert through == 1  # ... without moving what the tests have covered
 
 
 def test_a_failed_staging_build_keeps_its_rows_in_the_next_tests(history, tmp_path):

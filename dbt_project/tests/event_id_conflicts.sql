@@ -4,7 +4,7 @@
 -- Distinct contents are counted only for event_ids delivered more than once (at 1M customers ~50k of 10M):
 -- 3.5-4.0 s -> 2.3-2.6 s, the same rows (event_id is required: a row without one is quarantined, never in raw).
 -- After a successful build, only for the event_ids delivered since (privdom_tested_through_file_id,
--- macros/privdom_incremental.sql): a conflict is reported by the build that takes in its second content;
+-- macros/data_tests/privdom_rows_to_test.sql): a conflict is reported by the build that takes in its second content;
 -- every conflict by a full refresh or `dbt test --vars '{privdom_test_all_rows: true}'`.
 {%- set through = privdom_tested_through_file_id() %}
 select event_id, count(distinct _row_hash) as versions

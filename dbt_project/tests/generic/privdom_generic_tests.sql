@@ -7,7 +7,7 @@
 {% endtest %}
 
 {% test at_least_one_not_null(model, columns, new_rows_only=false) %}
-    {#- new_rows_only: see privdom_rows_to_test (macros/privdom_incremental.sql). -#}
+    {#- new_rows_only: see privdom_rows_to_test (macros/data_tests/privdom_rows_to_test.sql). -#}
     select * from {{ privdom_rows_to_test(model, new_rows_only=new_rows_only) }}
     where {% for c in columns %}{{ c }} is null{{ " and " if not loop.last }}{% endfor %}
 {% endtest %}
