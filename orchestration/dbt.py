@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestration import warm
+from orchestration import warehouse, warm
 from orchestration.settings import DBT_PROJECT_DIR, Settings
 
 DBT_TARGET = os.environ.get("PRIVDOM_DBT_TARGET", "duckdb")
@@ -32,8 +32,9 @@ FULL_REFRESH_TAG = "privdom/full_refresh"
 def full_refresh_requested(tags: dict[str, str]) -> bool:
     """Whether a run's tags ask for a full refresh (FULL_REFRESH_TAG set to 1, true or yes)."""
     return tags.get(FULL_REFRESH_TAG, "").lower() in ("1", "true", "yes")
-# What each dbt step's incremental models were last built with (see incremental_fingerprint); pipeline
-# bookkeeping, next to the ingestion ledger.
+# What each dbt step's incremental models were last built with (see incremental_fingerprint) and, for staging,
+# what its data tests have covered (read by macros/data_tests/privdom_rows_to_test.sql); pipeline bookkeeping,
+# next to the ingestion ledger.
 INCREMENTAL_STATE_TABLE = "raw.dbt_incremental_state"
 
 
@@ -112,11 +113,7 @@ def incremental_fingerprint(settings: Settings) -> str:
 
 def recorded_fingerprint(con, step: str) -> str | None:
     """The fingerprint recorded at `step`'s last successful build, None if never (or an older warehouse)."""
-    schema, table = INCREMENTAL_STATE_TABLE.split(".")
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?", [schema, table]
-    ).fetchone()[0]
-    if not exists:
+    if not warehouse.table_exists(con, INCREMENTAL_STATE_TABLE):
         return None
     row = con.execute(f"select fingerprint from {INCREMENTAL_STATE_TABLE} where step = ?", [step]).fetchone()
     return row[0] if row else None
@@ -125,10 +122,9 @@ def recorded_fingerprint(con, step: str) -> str | None:
 def loaded_through(con) -> int:
     """The newest file_id of the ingestion ledger (0 without one): a dbt build that starts now takes in the
     rows of every file up to it (runs hold the warehouse lock, nothing is loaded during a build)."""
-    exists = con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'raw' and table_name = 'ingestion_ledger'"
-    ).fetchone()[0]
-    return int(con.execute("select coalesce(max(file_id), 0) from raw.ingestion_ledger").fetchone()[0]) if exists else 0
+    if not warehouse.table_exists(con, "raw.ingestion_ledger"):
+        return 0
+    return int(con.execute("select coalesce(max(file_id), 0) from raw.ingestion_ledger").fetchone()[0])
 
 
 def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | None = None) -> None:

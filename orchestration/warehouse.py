@@ -73,6 +73,16 @@ def ensure_not_locked(path: str | Path) -> None:
         connect(path).close()
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
+    """Whether `schema.name` is a table or a view of the database open on `con`."""
+    schema, name = qualified.split(".")
+    return con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()[0] > 0
+
+
 @contextlib.contextmanager
 def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """BEGIN … COMMIT around the block; on an error, ROLLBACK and re-raise that error. A ROLLBACK that fails

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -208,7 +209,7 @@ def _dbt_test(data_dir: Path, select: str, *, all_rows: bool = False) -> dict[st
     settings = load_settings(data_dir)
     dbt_vars = {**settings.dbt_vars(), **({"privdom_test_all_rows": True} if all_rows else {})}
     out = data_dir / "dbt-test"
-    env = {**dict(__import__("os").environ), **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     proc = subprocess.run(
         [str(dbt_runner.dbt_executable()), "test", "--select", select, "--target-path", str(out),
          "--vars", json.dumps(dbt_vars)],

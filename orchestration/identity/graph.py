@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestration.contract import IDENTIFIER_COLUMNS, REFEREE_COLUMNS, REFERRER_COLUMNS
-from orchestration.warehouse import transaction
+from orchestration.warehouse import table_exists, transaction
 
 SCHEMA = "intermediate"
 IDENTIFIERS_TABLE = f"{SCHEMA}.int_identity__identifiers"
@@ -373,15 +373,6 @@ def _log_build(con, mode: str, reason: str | None) -> None:
     con.execute(f"DELETE FROM {BUILDS_TABLE} WHERE build_seq <= {int(taken_in)} AND build_seq < {int(seq)}")
 
 
-def _table_exists(con, qualified: str) -> bool:
-    schema, name = qualified.split(".")
-    return con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database() "
-        "AND table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchone()[0] > 0
-
-
 def _marks(con, below: dict[str, int] | None) -> tuple[dict[str, _Mark], dict[str, _Mark], list[str]]:
     """Per source: (the rows up to ``below[source]``, all rows), each as a _Mark, and the staging tables with
     rows without a file_id (which no watermark covers); one scan per table."""
@@ -430,7 +421,7 @@ def _why_full(con, max_degree: int) -> tuple[str | None, dict[str, _Mark], dict[
     if not rows:
         return "no graph state yet", {}, {}
     missing = [t for t in (NODES_CACHE, TUPLES_CACHE, MEMBERSHIPS_CACHE, LINKS_CACHE, *_OUTPUT_MARKS)
-               if not _table_exists(con, t)]
+               if not table_exists(con, t)]
     if missing:
         return f"{missing[0]} is missing", {}, {}
     recorded = {r[0]: _Mark(int(r[1]), int(r[2]), int(r[3])) for r in rows}
@@ -492,7 +483,7 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
     if max_degree < 0:
         raise ValueError("max_degree must not be negative")
     started = time.perf_counter()
-    if not _table_exists(con, STG_CHANNEL_EVENTS):  # a table or a view
+    if not table_exists(con, STG_CHANNEL_EVENTS):  # a table or a view
         raise RuntimeError(f"{STG_CHANNEL_EVENTS} does not exist: build the dbt staging models first")
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     # One transaction: the tables change together or not at all, and every statement reads the same snapshot

@@ -48,12 +48,11 @@ from orchestration.identity.graph import (
     RECORDS_TABLE,
     STATE_SCHEMA as GRAPH_STATE_SCHEMA,
     TYPE_ORDER,
-    _table_exists,
     mark_consumed_sql,
     mask_sql,
     occurrences_sql,
 )
-from orchestration.warehouse import transaction
+from orchestration.warehouse import table_exists, transaction
 
 STATE_SCHEMA = "identity_state"
 CUSTOMER_KEYS = f"{STATE_SCHEMA}.customer_keys"
@@ -139,7 +138,7 @@ def _why_full(con, full_refresh: bool, log: bool) -> str | None:
     since this step last ran are enough (its change log, present when `log`: orchestration.identity.graph)."""
     if full_refresh:
         return "a full refresh was asked for"
-    if not log or not _table_exists(con, OUTPUT_TABLE):
+    if not log or not table_exists(con, OUTPUT_TABLE):
         return "no identity graph change log or no customer keys yet"
     if con.execute(f"SELECT {GRAPH_STATE_SCHEMA}.full_recompute(?)", [CONSUMER]).fetchone()[0]:
         return "the identity graph was built in full (or never taken in) since the keys were last assigned"
@@ -164,7 +163,7 @@ def assign_customer_keys(con, first_touch_relation: str, run_id: str, now: datet
         now = datetime.now(timezone.utc)
     con.execute("CREATE SCHEMA IF NOT EXISTS intermediate")
     ensure_state_tables(con)
-    log = _table_exists(con, BUILDS_TABLE)
+    log = table_exists(con, BUILDS_TABLE)
     reason = _why_full(con, full_refresh, log)
     incremental = reason is None
 
