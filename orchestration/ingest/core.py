@@ -50,8 +50,10 @@ from . import rules as R
 _SRC = "_privdom_src"
 _JRAW = "_privdom_jraw"
 _FILES = "_privdom_files"
-# lineage columns of a staging table (prefixed so they cannot meet a delivered column name)
-_FID, _BD, _RN = "__privdom_fid", "__privdom_bd", "__privdom_rn"
+# lineage columns of a staging table (prefixed so they cannot meet a delivered column name): file id, batch
+# date, row number, and the batch limit (batch date + 2 days, 00:00 Asia/Shanghai: a constant of the file,
+# folded when the judge is planned instead of a time zone conversion per row)
+_FID, _BD, _RN, _BL = "__privdom_fid", "__privdom_bd", "__privdom_rn", "__privdom_bl"
 
 
 @dataclass
@@ -312,17 +314,17 @@ def _source_columns(signature: tuple[tuple[str, str], ...]) -> dict[str, tuple[s
 
 
 # ------------------------------------------------------------------------------------------------- judging
-def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[str], list[tuple[str, str]]]:
-    """What a part holds for the GX frame: (extra part columns as SQL over the judged columns, and per frame
-    column (frame name, part column)). File id, row number, typed and delivered values are the part's own
-    _fid, _rn, t__ and d__ columns; only the helper columns (net amount, identifier counts, batch limit) are
-    stored in addition. Delivered texts are stored only where the frame reads them, and a string column's
-    delivered text is its typed value."""
-    extra: list[str] = []
+def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What a part holds for the GX frame: (helper columns as (name, SQL over the typed and delivered columns
+    and the file's batch limit `_bl`), and per frame column (frame name, part column)). File id, row number,
+    typed and delivered values are the part's own _fid, _rn, t__ and d__ columns; only the helper columns (net
+    amount, identifier counts, batch limit) are stored in addition. Delivered texts are stored only where the
+    frame reads them, and a string column's delivered text is its typed value."""
+    extra: list[tuple[str, str]] = []
     select: list[tuple[str, str]] = []
-    for name, expr in R.frame_columns(c, settings.placeholder_values, R.batch_limit_expr("_bd")):
+    for name, expr in R.frame_columns(c, settings.placeholder_values, "_bl"):
         if name.startswith("h__"):
-            extra.append(f"{expr} AS {R.q(name)}")
+            extra.append((name, expr))
             select.append((name, name))
         else:
             column = expr.strip('"')  # _fid, _rn, t__<col> or d__<col>
@@ -333,15 +335,18 @@ def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[str], 
 
 
 def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], settings: Settings, table: str) -> str:
-    """SELECT over staged files (`table`: their delivered columns plus lineage _FID, _BD, _RN): per row _fid,
-    _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of the columns the GX frame
-    reads as delivered text (frame_projection: not for string columns, whose typed value is that text), the GX
-    helper columns, one flag b__ per rule, _broken, and, for a broken row, its first rule _rule, all its rules
-    _rules and its original values _original (JSON text), for a row that loads its _row_hash."""
+    """SELECT over staged files (`table`: their delivered columns plus lineage _FID, _BD, _RN, _BL): per row
+    _fid, _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of the columns the GX
+    frame reads as delivered text (frame_projection: not for string columns, whose typed value is that text),
+    the GX helper columns h__, one flag b__ per rule, _broken, and, for a broken row, its first rule _rule, all
+    its rules _rules and its original values _original (JSON text), for a row that loads its _row_hash.
+
+    The helper columns are computed before the flags, which read them: an identifier count once for the
+    `any_identifier` flag and the frame, the batch limit once per file (`_bl`, from the staged files)."""
     ph = settings.placeholder_values
     src_cols = _source_columns(signature)
-    batch_limit = R.batch_limit_expr("_bd")
-    inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn"]
+    batch_limit = "_bl"
+    inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn", f"{R.q(_BL)} AS _bl"]
     inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, (name, _) in enumerate(signature)]
     typed = []
     for col in c.columns:
@@ -352,13 +357,17 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
             s_name = f"s__{col.name}"
             inner.append(f"{R.q(name)} AS {R.q(s_name)}")
         typed.append(f"{R.typed_expr(col, s_name, ty if s_name else None, ph)} AS {R.t(col.name)}")
-    flags = [f"{R.broken_expr(r, c, ph, batch_limit)} AS {R.flag(r)}" for r in c.rules]
+    extra, frame = frame_projection(c, settings)
+    helpers = [f"{expr} AS {R.q(name)}" for name, expr in extra]
+    flags = [f"{R.broken_expr(r, c, ph, batch_limit, R.q(R.helper_name(r, 'count')) if r.kind == 'any_identifier' else None)} AS {R.flag(r)}"
+             for r in c.rules]
     any_broken = " OR ".join(R.flag(r) for r in c.rules) or "FALSE"
     # fixed types (the typed expressions already have them; the casts make it explicit)
     cast = ["_fid", "_bd", "_rn"]
     cast += [R.q(f"o__{i}") for i in range(len(signature))]
     cast += [R.d(col.name) for col in c.columns]
     cast += [f"CAST({R.t(col.name)} AS {R.SQL_TYPES[col.type]}) AS {R.t(col.name)}" for col in c.columns]
+    cast += [R.q(name) for name, _ in extra]
     cast += [R.flag(r) for r in c.rules]
     cast.append(f"{any_broken} AS _broken")
     first_rule = "CASE " + " ".join(f"WHEN {R.flag(r)} THEN {R.lit(r.name)}" for r in c.rules) + " END"
@@ -367,12 +376,11 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
         f"{R.lit(n)}, CAST({R.q(f'o__{i}')} AS VARCHAR)" for i, (n, _) in enumerate(signature)) + ") AS VARCHAR)"
     row_hash = "md5(CAST(to_json(struct_pack(" + ", ".join(
         f"{R.q(col.name)} := {R.t(col.name)}" for col in c.columns) + ")) AS VARCHAR))"
-    extra, frame = frame_projection(c, settings)
     out = ["_fid", "_bd", "_rn"]
     out += [R.t(col.name) for col in c.columns]
     # delivered texts only where the GX frame reads them (writing the part is half the judging's cost)
     out += [R.q(column) for _, column in frame if column.startswith("d__")]
-    out += extra
+    out += [R.q(name) for name, _ in extra]
     out += [R.flag(r) for r in c.rules]
     out += ["_broken", f"CASE WHEN _broken THEN {first_rule} END AS _rule",
             f"CASE WHEN _broken THEN {all_rules} END AS _rules",
@@ -382,8 +390,9 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
         f"SELECT {', '.join(out)} FROM ("
         f"SELECT {', '.join(cast)} FROM ("
         f"SELECT *, {', '.join(flags)} FROM ("
+        f"SELECT *{''.join(', ' + h for h in helpers)} FROM ("
         f"SELECT *, {', '.join(typed)} FROM ("
-        f"SELECT {', '.join(inner)} FROM {table}))))"
+        f"SELECT {', '.join(inner)} FROM {table})))))"
     )
 
 
@@ -547,8 +556,9 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
             for i, new_name in renamed.items():
                 cur.execute(f"ALTER TABLE {_SRC} RENAME COLUMN {R.q(signature[i][0])} TO {R.q(new_name)}")
             columns = ", ".join(f"{R.q(renamed.get(i, name))} AS {R.q(name)}" for i, (name, _) in enumerate(signature)) if renamed else "*"
-            lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, DATE {R.lit(f.batch_date.isoformat())} AS {R.q(_BD)}, "
-                       f"rowid + 1 AS {R.q(_RN)}, {columns}")
+            batch_date = f"DATE {R.lit(f.batch_date.isoformat())}"
+            lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, {batch_date} AS {R.q(_BD)}, "
+                       f"rowid + 1 AS {R.q(_RN)}, {R.batch_limit_expr(batch_date)} AS {R.q(_BL)}, {columns}")
             arms = signatures.setdefault(signature, [])
             small = cur.execute(f"SELECT count(*) FROM {_SRC}").fetchone()[0] < SMALL_FILE_ROWS
             if small and arms and arms[-1].accumulates:

@@ -217,7 +217,12 @@ def batch_limit_expr(batch_date_sql: str) -> str:
 
 
 def identifier_count_expr(rule: Rule, placeholders: tuple[str, ...]) -> str:
-    parts = [f"CAST({d(c)} IS NOT NULL AND NOT {is_placeholder(d(c), placeholders)} AS INTEGER)" for c in rule.columns]
+    """SQL: how many of the rule's columns hold an identifier (present, not a placeholder); never NULL.
+
+    One CASE per column, not ``CAST(x IS NOT NULL AND NOT <placeholder> AS INTEGER)``: DuckDB plans the
+    placeholder's IN list outside a CASE as a join per column, and the CASE form costs less than half
+    (1M × 365 channel events, five identifier columns: ~300 → ~150 ns a row on one thread)."""
+    parts = [f"(CASE WHEN {d(c)} IS NULL THEN 0 WHEN {is_placeholder(d(c), placeholders)} THEN 0 ELSE 1 END)" for c in rule.columns]
     return "(" + " + ".join(parts) + ")"
 
 
@@ -228,8 +233,11 @@ def unless_expr(rule: Rule) -> str:
     return f"coalesce(lower({d(col)}) IN {sql_list(values)}, FALSE)"
 
 
-def broken_expr(rule: Rule, contract: SourceContract, placeholders: tuple[str, ...], batch_limit: str) -> str:
-    """SQL boolean: the row breaks `rule` (never NULL)."""
+def broken_expr(rule: Rule, contract: SourceContract, placeholders: tuple[str, ...], batch_limit: str,
+                identifier_count: str | None = None) -> str:
+    """SQL boolean: the row breaks `rule` (never NULL). `identifier_count`: for an ``any_identifier`` rule, a
+    column that already holds identifier_count_expr(rule) (the judge computes it once, for the flag and the GX
+    frame); without it the count is computed here."""
     k = rule.kind
     cols = rule.columns
     if k == "required":
@@ -255,7 +263,7 @@ def broken_expr(rule: Rule, contract: SourceContract, placeholders: tuple[str, .
             f"ELSE {refund} <> 0 END)"
         )
     elif k == "any_identifier":
-        e = f"{identifier_count_expr(rule, placeholders)} = 0 AND NOT {unless_expr(rule)}"
+        e = f"{identifier_count or identifier_count_expr(rule, placeholders)} = 0 AND NOT {unless_expr(rule)}"
     elif k == "before_batch_limit":
         e = "(" + " OR ".join(f"{t(c)} >= {batch_limit}" for c in cols) + ")"
     else:
