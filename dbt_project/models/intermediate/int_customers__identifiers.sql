@@ -15,7 +15,7 @@
 -- since this model last ran, after the pre-hook deleted their rows and those of keys that no longer exist. A
 -- customer's values and their sightings can change only then: a staged row that names a value makes the graph
 -- write its record again, and an owned value's records are all its owner's (docs/DECISIONS.md, "Steps after
--- the graph take in its changes").
+-- the graph take in its changes"); so the build reads the staged rows of those components' records only.
 {{ config(
     materialized=privdom_incremental_materialization(),
     incremental_strategy='append',
@@ -40,16 +40,34 @@ owned_identifiers as (
     where not coalesce(i.is_shared, false)
 ),
 
+{%- if is_incremental() %}
+-- an owned value is sighted only on its owner's records, so the changed customers' sightings are all on the
+-- changed components' records (one filter per source, not one per identifier type and column)
+changed_records as (
+    select source, record_id from {{ source('identity', 'int_identity__records') }}
+    where component_id in (select component_id from customer_keys)
+),
+{%- endif %}
+
 events as (
     select * from {{ ref('stg_channel_events') }}
+    {%- if is_incremental() %}
+    where event_id in (select record_id from changed_records where source = 'channel_events')
+    {%- endif %}
 ),
 
 order_versions as (
     select * from {{ ref('stg_orders__versions') }}
+    {%- if is_incremental() %}
+    where order_id in (select record_id from changed_records where source = 'orders')
+    {%- endif %}
 ),
 
 referral_versions as (
     select * from {{ ref('stg_referrals__versions') }}
+    {%- if is_incremental() %}
+    where referral_id in (select record_id from changed_records where source = 'referrals')
+    {%- endif %}
 ),
 
 -- one row per value and channel (its latest sighting): only that row can win the ranking below, and the same
@@ -75,14 +93,14 @@ sightings as (
         max(seen_at) as seen_at
     from (
         select {{ col }} as identifier_value, occurred_at as seen_at{{ ', channel as seen_channel' if keeps_channel }}
-        from events where {{ col }} is not null{% if is_incremental() %} and {{ col }} in (select identifier_value from owned_identifiers where identifier_type = '{{ col }}'){% endif %}
+        from events where {{ col }} is not null
         union all
         select {{ col }}, updated_at{{ ', channel' if keeps_channel }}
-        from order_versions where {{ col }} is not null{% if is_incremental() %} and {{ col }} in (select identifier_value from owned_identifiers where identifier_type = '{{ col }}'){% endif %}
+        from order_versions where {{ col }} is not null
         {%- for referral_col in referral_columns[col] %}
         union all
         select {{ referral_col }}, updated_at{{ ', cast(null as ' ~ dbt.type_string() ~ ')' if keeps_channel }}
-        from referral_versions where {{ referral_col }} is not null{% if is_incremental() %} and {{ referral_col }} in (select identifier_value from owned_identifiers where identifier_type = '{{ col }}'){% endif %}
+        from referral_versions where {{ referral_col }} is not null
         {%- endfor %}
     ) as {{ col }}_sightings
     group by identifier_value{{ ', seen_channel' if keeps_channel }}
