@@ -85,14 +85,16 @@ def test_files_of_one_schema_keep_their_order_and_row_numbers(con, settings, lan
     assert frame["channel"].tolist() == ["wecom", "weibo", "wecom", "wecom", "wecom", "weibo", "wecom", "wecom", "wecom"]
 
 
+@pytest.mark.parametrize("column", ["RowID", "__privdom_bl", "__PRIVDOM_FID", "__privdom_rn"])
 @pytest.mark.parametrize("small_file_rows", [1, 10**6], ids=["own-input", "appended"])
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings, land, tmp_path, monkeypatch, fmt,
-                                                                   small_file_rows):
-    """An extra column named like DuckDB's row id (any case, any type) is just an extra column: row numbers
-    still count the file's rows, and the column's values stay in the quarantined original row."""
+                                                                   small_file_rows, column):
+    """An extra column named like DuckDB's row id or like a staging table's lineage column (any case, any type)
+    is just an extra column: file ids, row numbers and the batch limit are the file's own, and the column's
+    values stay in the quarantined original row."""
     monkeypatch.setattr(core, "SMALL_FILE_ROWS", small_file_rows)
-    header = HEADERS["channel_events"] + ",RowID"
+    header = HEADERS["channel_events"] + "," + column
     good = GOOD["channel_events"]
     files = {  # two files of one schema: the second is appended to the first when both are small
         "x": [good + ",77", good.replace("wecom,", "weibo,").replace("g1", "g2") + ",78"],
@@ -107,7 +109,7 @@ def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings,
             csv = tmp_path / f"{stem}.csv"
             csv.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
             out = tmp_path / f"{stem}.parquet"
-            duckdb.connect().execute(f"COPY (SELECT * REPLACE (CAST(RowID AS INTEGER) AS RowID) FROM read_csv('{csv}', all_varchar = true)) "
+            duckdb.connect().execute(f"COPY (SELECT * REPLACE (CAST({column} AS INTEGER) AS {column}) FROM read_csv('{csv}', all_varchar = true)) "
                                      f"TO '{out}' (FORMAT parquet)")
             land(f"channel_events/{stem}_20240131.parquet", out.read_bytes())
     report = ingest_source(con, "channel_events", settings, "t")
@@ -116,4 +118,7 @@ def test_a_delivered_rowid_column_does_not_replace_the_row_number(con, settings,
     assert con.execute("SELECT event_id, _file_id, _row_number FROM raw.channel_events ORDER BY 2").fetchall() == [
         ("g1", 1, 1), ("g3", 2, 1)]
     number, original = con.execute("SELECT row_number, original_row FROM raw.quarantine").fetchone()
-    assert number == 2 and json.loads(original)["RowID"] == "78"
+    assert number == 2 and json.loads(original)[column] == "78"
+    # the batch limit is the files' own (batch date 2024-01-31 + 2 days, 00:00 Asia/Shanghai)
+    frame = report.frame.to_pandas()
+    assert {str(t) for t in frame["h__batch_limit"]} == {"2024-02-02 00:00:00+08:00"}

@@ -6,8 +6,8 @@ One run of a source works in two phases, so that the per-file cost is a file rea
    ``BATCH_BYTES``. ``ingest_workers()`` threads, each with its own DuckDB cursor, take a batch at a time:
    every file is read on its own into a temp table of the worker's connection (whole-file rejections are
    isolated per file, with their own messages) and gathered per schema signature; then one statement per
-   signature types every value and evaluates every contract rule (the batch limit comes from each row's batch
-   date), writing the rows with their file id, batch date, row number, rule flags, row hash and, for a broken
+   signature types every value and evaluates every contract rule (the batch limit is a constant of each
+   file, from its batch date), writing the rows with their file id, batch date, row number, rule flags, row hash and, for a broken
    row, its original values to one Parquet part in the run's spill directory. Only a batch at a time is held
    in memory per worker, so memory does not grow with the run.
 2. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
@@ -50,10 +50,12 @@ from . import rules as R
 _SRC = "_privdom_src"
 _JRAW = "_privdom_jraw"
 _FILES = "_privdom_files"
-# lineage columns of a staging table (prefixed so they cannot meet a delivered column name): file id, batch
-# date, row number, and the batch limit (batch date + 2 days, 00:00 Asia/Shanghai: a constant of the file,
-# folded when the judge is planned instead of a time zone conversion per row)
+# lineage columns of a staging table: file id, batch date, row number, and the batch limit (batch date + 2
+# days, 00:00 Asia/Shanghai: a constant of the file, folded when the judge is planned instead of a time zone
+# conversion per row). A delivered column of one of these names (or DuckDB's `rowid`), in any case, is staged
+# under another name (_staged_names) and keeps its delivered name in the judge.
 _FID, _BD, _RN, _BL = "__privdom_fid", "__privdom_bd", "__privdom_rn", "__privdom_bl"
+_RESERVED = {"rowid", _FID, _BD, _RN, _BL}
 
 
 @dataclass
@@ -305,6 +307,23 @@ def _signature(con: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]:
     return tuple((name, ty) for name, ty, *_ in con.execute(f"DESCRIBE {_SRC}").fetchall())
 
 
+def _staged_names(signature: tuple[tuple[str, str], ...]) -> list[str]:
+    """The name each delivered column has in a staging table: its own, or, where it would meet DuckDB's row id
+    or a lineage column (names compare without case in DuckDB), `__privdom_delivered_<i>` (made unique among
+    the delivered names)."""
+    taken = {name.lower() for name, _ in signature}
+    out = []
+    for i, (name, _) in enumerate(signature):
+        if name.lower() in _RESERVED:
+            new = f"__privdom_delivered_{i}"
+            while new.lower() in taken:
+                new = "_" + new
+            taken.add(new.lower())
+            name = new
+        out.append(name)
+    return out
+
+
 def _source_columns(signature: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, str]]:
     """lower(trim(name)) → (name as delivered, DuckDB type); the first of equal names wins."""
     out: dict[str, tuple[str, str]] = {}
@@ -345,12 +364,16 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
     `any_identifier` flag and the frame, the batch limit once per file (`_bl`, from the staged files)."""
     ph = settings.placeholder_values
     src_cols = _source_columns(signature)
+    staged: dict[str, str] = {}
+    for (name, _), staged_name in zip(signature, _staged_names(signature)):
+        staged.setdefault(name, staged_name)  # the first of equal names, as _source_columns
     batch_limit = "_bl"
     inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn", f"{R.q(_BL)} AS _bl"]
-    inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, (name, _) in enumerate(signature)]
+    inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, name in enumerate(_staged_names(signature))]
     typed = []
     for col in c.columns:
         name, ty = src_cols.get(col.name, (None, None))
+        name = staged[name] if name is not None else None
         inner.append(f"{R.delivered_expr(name, ty)} AS {R.d(col.name)}")
         s_name = None
         if name is not None and ty != "VARCHAR":
@@ -563,15 +586,14 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
             except fl.FileRejected as exc:
                 results[cand.file_id] = exc
                 continue
-            # a delivered column called rowid (any case) hides DuckDB's row id: renamed in the file's table, it
-            # keeps its delivered name in the judge
-            renamed = {i: f"__privdom_rowid_{i}" for i, (name, _) in enumerate(signature) if name.lower() == "rowid"}
-            for i, new_name in renamed.items():
-                cur.execute(f"ALTER TABLE {_SRC} RENAME COLUMN {R.q(signature[i][0])} TO {R.q(new_name)}")
-            columns = ", ".join(f"{R.q(renamed.get(i, name))} AS {R.q(name)}" for i, (name, _) in enumerate(signature)) if renamed else "*"
+            # a delivered column called rowid (any case) hides DuckDB's row id, one named like a lineage column
+            # would be taken for it: renamed in the file's table, they keep their delivered names in the judge
+            for (delivered, _), staged in zip(signature, _staged_names(signature)):
+                if staged != delivered:
+                    cur.execute(f"ALTER TABLE {_SRC} RENAME COLUMN {R.q(delivered)} TO {R.q(staged)}")
             batch_date = f"DATE {R.lit(f.batch_date.isoformat())}"
             lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, {batch_date} AS {R.q(_BD)}, "
-                       f"rowid + 1 AS {R.q(_RN)}, {R.batch_limit_expr(batch_date)} AS {R.q(_BL)}, {columns}")
+                       f"rowid + 1 AS {R.q(_RN)}, {R.batch_limit_expr(batch_date)} AS {R.q(_BL)}, *")
             arms = signatures.setdefault(signature, [])
             small = cur.execute(f"SELECT count(*) FROM {_SRC}").fetchone()[0] < SMALL_FILE_ROWS
             if small and arms and arms[-1].accumulates:
