@@ -86,7 +86,8 @@ def dbt_vars_arg(settings: Settings) -> list[str]:
 
 # Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint)
 INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touches__unioned.sql",
-                                   "int_channel_events__customers.sql", "int_customers__identifiers.sql")
+                                   "int_channel_events__customers.sql", "int_customers__identifiers.sql",
+                                   "int_orders__customers.sql")
 
 
 def incremental_fingerprint(settings: Settings) -> str:

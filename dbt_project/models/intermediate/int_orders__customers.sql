@@ -1,15 +1,37 @@
 -- One row per order in its current state (SPEC §2), with its buyer's customer_key and net revenue (SPEC §4):
 -- gross − discount − refund for paid-like statuses (paid, shipped, completed, refunded, partially_refunded), else 0.
-with orders as (
-    select * from {{ ref('stg_orders') }}
-),
+-- Incremental on DuckDB (delete+insert by order_id): a build writes again the orders whose current version
+-- came in a file newer than any it holds (file_id) and the orders of the components the identity graph wrote
+-- again since this model last ran (their buyer's customer_key may have changed; no other order's can, and a
+-- new version makes the graph write its order's record again); everything when the graph was built in full
+-- since (docs/DECISIONS.md, "Steps after the graph take in its changes").
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='delete+insert',
+    unique_key='order_id',
+    on_schema_change='fail',
+    post_hook="{{ privdom_mark_graph_consumed('int_orders__customers') }}"
+) }}
 
-buyers as (
+with buyers as (
     select r.record_id, k.customer_key
     from {{ source('identity', 'int_identity__records') }} as r
     inner join {{ source('identity', 'int_customer_keys') }} as k
         on k.component_id = r.component_id
     where r.source = 'orders' and r.role = 'buyer'
+    {%- if is_incremental() %}
+        and ({{ privdom_graph_full_recompute('int_orders__customers') }}
+            or r.component_id in ({{ privdom_graph_changed_components('int_orders__customers') }}))
+    {%- endif %}
+),
+
+orders as (
+    select * from {{ ref('stg_orders') }}
+    {%- if is_incremental() %}
+    where {{ privdom_graph_full_recompute('int_orders__customers') }}
+        or file_id > (select coalesce(max(file_id), 0) from {{ this }})
+        or order_id in (select record_id from buyers)
+    {%- endif %}
 ),
 
 flagged as (
@@ -21,6 +43,7 @@ flagged as (
 
 select
     o.order_id,
+    o.file_id,
     b.customer_key,
     o.status,
     o.channel,
