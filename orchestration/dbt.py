@@ -87,20 +87,28 @@ def dbt_vars_arg(settings: Settings) -> list[str]:
 # Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint)
 INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touches__unioned.sql",
                                    "int_channel_events__customers.sql", "int_customers__identifiers.sql",
-                                   "int_orders__customers.sql")
+                                   "int_orders__customers.sql", "int_customers__purchases.sql")
+# Vars an incremental model's rows depend on: the placeholder list (which identifiers are NULL) and the windows
+# of int_customers__purchases (activation, retention, repurchase)
+INCREMENTAL_VARS = ("placeholder_values", "activation_window_days", "retention_start_days", "retention_end_days",
+                    "repurchase_window_days")
 
 
 def incremental_fingerprint(settings: Settings) -> str:
     """A digest of everything an incremental (staging) model's rows depend on besides raw data.
 
-    The placeholder list (a var that changes which identifiers are NULL), the incremental models (staging, and
-    the intermediate ones that take in the identity graph's changes) and the macros (new SQL after an upgrade). When it differs from the
-    one recorded at the last successful build, the incremental models are rebuilt from raw (`--full-refresh`),
-    so rows already built with the old rules are never mixed with new ones. Other vars (metric windows) only
-    reach tables that are rebuilt on every run.
+    The vars of INCREMENTAL_VARS (the placeholder list, which changes which identifiers are NULL, and the windows
+    of the purchase flags), the incremental models (staging, and the intermediate ones that take in the identity
+    graph's changes) and the macros (new SQL after an upgrade). When it differs from the one recorded at the last
+    successful build, the incremental models are rebuilt from raw (`--full-refresh`), so rows already built with
+    the old rules are never mixed with new ones. Other vars (the referral window, the triangle's baseline month)
+    only reach tables that are rebuilt on every run.
     """
     digest = hashlib.sha256()
-    digest.update(json.dumps(settings.dbt_vars()["placeholder_values"]).encode())
+    dbt_vars = settings.dbt_vars()
+    digest.update(json.dumps(dbt_vars["placeholder_values"]).encode())
+    # (the placeholder list alone was the digest's first input before the windows were: kept first, unchanged)
+    digest.update(json.dumps({k: dbt_vars[k] for k in INCREMENTAL_VARS[1:]}, sort_keys=True).encode())
     files = [
         DBT_PROJECT_DIR / "dbt_project.yml",
         *(DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"),

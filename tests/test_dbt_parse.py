@@ -159,3 +159,15 @@ def test_the_incremental_fingerprint_follows_what_rows_depend_on_not_the_test_ma
     with open(copy / "macros" / "privdom_incremental.sql", "a", encoding="utf-8") as f:
         f.write("\n{# a new comment #}\n")
     assert dbt_runner.incremental_fingerprint(settings) != before
+
+
+def test_the_incremental_fingerprint_follows_the_vars_incremental_rows_depend_on(tmp_path):
+    """The purchase windows reach int_customers__purchases, which is incremental: changing one must rebuild it
+    (a different fingerprint); the referral window and the triangle's baseline month reach only tables that are
+    rebuilt on every run, so changing them must not rebuild anything from raw."""
+    base = dbt_runner.incremental_fingerprint(load_settings(tmp_path / "data"))
+    for setting, value in (("activation_window_days", 31), ("retention_start_days", 29), ("retention_end_days", 91),
+                           ("repurchase_window_days", 61), ("placeholder_block_list", ("n/a-x",))):
+        assert dbt_runner.incremental_fingerprint(load_settings(tmp_path / "data", **{setting: value})) != base, setting
+    for setting, value in (("referral_window_days", 8), ("triangle_baseline_month", "2024-01")):
+        assert dbt_runner.incremental_fingerprint(load_settings(tmp_path / "data", **{setting: value})) == base, setting

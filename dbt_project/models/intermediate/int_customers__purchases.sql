@@ -6,20 +6,43 @@
 --                   [acquired_at + retention_start_days, acquired_at + retention_end_days)
 --   is_repurchased: activated, and another paid-like order, not refunded, paid in
 --                   [first_paid_at, first_paid_at + repurchase_window_days)
+-- Nothing here depends on the data's end or on other customers, so on DuckDB the model is incremental: a build
+-- computes again the customers of the components the identity graph wrote again since this model last ran,
+-- after the pre-hook deleted their rows and those of keys that no longer exist. A customer's orders, engage
+-- events and acquired_at can change only then: a new order version or event makes the graph write its record
+-- again, and keys and first touches change only for changed components (docs/DECISIONS.md, "Steps after the
+-- graph take in its changes"). The window vars are in the incremental fingerprint: changing one rebuilds it.
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ privdom_customers_delete_scope('int_customers__purchases') }}",
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__purchases') }}"
+) }}
+
 with customers as (
     select customer_key, acquired_at from {{ ref('int_customers__keyed') }}
+    {%- if is_incremental() %}
+    where customer_key in ({{ privdom_customers_scope('int_customers__purchases') }})
+    {%- endif %}
 ),
 
 paid_orders as (
     select *
     from {{ ref('int_orders__customers') }}
     where is_paid_like and paid_at is not null and customer_key is not null
+    {%- if is_incremental() %}
+        and customer_key in (select customer_key from customers)
+    {%- endif %}
 ),
 
 engage_events as (
     select customer_key, occurred_at
     from {{ ref('int_channel_events__customers') }}
     where event_type = 'engage' and customer_key is not null
+    {%- if is_incremental() %}
+        and customer_key in (select customer_key from customers)
+    {%- endif %}
 ),
 
 first_paid as (
