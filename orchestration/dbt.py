@@ -87,7 +87,8 @@ def dbt_vars_arg(settings: Settings) -> list[str]:
 # Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint)
 INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touches__unioned.sql",
                                    "int_channel_events__customers.sql", "int_customers__identifiers.sql",
-                                   "int_orders__customers.sql", "int_customers__purchases.sql")
+                                   "int_orders__customers.sql", "int_customers__purchases.sql",
+                                   "int_customers__relationship_months.sql", "int_customers__relationships.sql")
 # Vars an incremental model's rows depend on: the placeholder list (which identifiers are NULL) and the windows
 # of int_customers__purchases (activation, retention, repurchase)
 INCREMENTAL_VARS = ("placeholder_values", "activation_window_days", "retention_start_days", "retention_end_days",

@@ -6,10 +6,25 @@
 -- follow/unfollow (official_account), add_contact/remove_contact (wecom), join_group/leave_group
 -- (community_group); consent by the latest of opt_out/opt_in. On equal times the ending event wins and opt_out
 -- wins over opt_in; then the larger event_id, so the result never depends on row order.
+-- A customer's rows depend on their own events only, so on DuckDB the model is incremental, like
+-- int_customers__identifiers: a build computes again the customers of the components the identity graph wrote
+-- again since this model last ran (a new event makes the graph write its record again; keys change only for
+-- changed components), after the pre-hook deleted their rows and those of keys that no longer exist.
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ privdom_customers_delete_scope('int_customers__relationship_months') }}",
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__relationship_months') }}"
+) }}
+
 with events as (
     select * from {{ ref('int_channel_events__customers') }}
     where customer_key is not null
       and event_type in ('follow', 'unfollow', 'add_contact', 'remove_contact', 'join_group', 'leave_group', 'opt_out', 'opt_in')
+    {%- if is_incremental() %}
+      and customer_key in ({{ privdom_customers_scope('int_customers__relationship_months') }})
+    {%- endif %}
 ),
 
 pair_events as (

@@ -3,18 +3,40 @@
 -- the pair rules and their ties). Membership is for good, from the first register_member event or the first
 -- row carrying the customer's member_id (an event's occurred_at, an order's created_at, a referral's
 -- updated_at; every version counts).
+-- A customer's row depends on their own rows only, so on DuckDB the model is incremental, like
+-- int_customers__identifiers: a build computes again the customers of the components the identity graph wrote
+-- again since this model last ran (a new event, order or referral version makes the graph write its record
+-- again; keys change only for changed components), after the pre-hook deleted their rows and those of keys that
+-- no longer exist.
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='append',
+    on_schema_change='fail',
+    pre_hook="{{ privdom_customers_delete_scope('int_customers__relationships') }}",
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__relationships') }}"
+) }}
+
 with customers as (
     select customer_key from {{ ref('int_customers__keyed') }}
+    {%- if is_incremental() %}
+    where customer_key in ({{ privdom_customers_scope('int_customers__relationships') }})
+    {%- endif %}
 ),
 
 events as (
     select * from {{ ref('int_channel_events__customers') }}
     where customer_key is not null
+    {%- if is_incremental() %}
+      and customer_key in (select customer_key from customers)
+    {%- endif %}
 ),
 
 latest_states as (
     select * from {{ ref('int_customers__relationship_months') }}
     where valid_until_month is null
+    {%- if is_incremental() %}
+      and customer_key in (select customer_key from customers)
+    {%- endif %}
 ),
 
 relationship_flags as (
@@ -37,6 +59,9 @@ customer_keys as (
     from {{ source('identity', 'int_identity__records') }} as r
     inner join {{ source('identity', 'int_customer_keys') }} as k
         on k.component_id = r.component_id
+    {%- if is_incremental() %}
+    where k.customer_key in (select customer_key from customers)
+    {%- endif %}
 ),
 
 member_rows as (
