@@ -84,7 +84,8 @@ def dbt_vars_arg(settings: Settings) -> list[str]:
     return ["--vars", json.dumps(settings.dbt_vars(), sort_keys=True, separators=(",", ":"))]
 
 
-# Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint)
+# Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint;
+# tests/test_dbt_parse.py finds every model that can be incremental listed here)
 INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touches__unioned.sql",
                                    "int_channel_events__customers.sql", "int_customers__identifiers.sql",
                                    "int_orders__customers.sql", "int_customers__purchases.sql",
