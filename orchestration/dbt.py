@@ -90,6 +90,10 @@ INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touch
                                    "int_channel_events__customers.sql", "int_customers__identifiers.sql",
                                    "int_orders__customers.sql", "int_customers__purchases.sql",
                                    "int_customers__relationship_months.sql", "int_customers__relationships.sql")
+# Tables (rebuilt every run) whose rows incremental models keep: int_customers__purchases and
+# int_customers__relationships keep what they computed from int_customers__keyed for every customer they do not
+# compute again
+FINGERPRINTED_TABLE_MODELS = ("int_customers__keyed.sql",)
 # Vars an incremental model's rows depend on: the placeholder list (which identifiers are NULL) and the windows
 # of int_customers__purchases (activation, retention, repurchase)
 INCREMENTAL_VARS = ("placeholder_values", "activation_window_days", "retention_start_days", "retention_end_days",
@@ -101,7 +105,8 @@ def incremental_fingerprint(settings: Settings) -> str:
 
     The vars of INCREMENTAL_VARS (the placeholder list, which changes which identifiers are NULL, and the windows
     of the purchase flags), the incremental models (staging, and the intermediate ones that take in the identity
-    graph's changes) and the macros (new SQL after an upgrade). When it differs from the one recorded at the last
+    graph's changes), the tables whose rows they keep (FINGERPRINTED_TABLE_MODELS) and the macros (new SQL after
+    an upgrade). When it differs from the one recorded at the last
     successful build, the incremental models are rebuilt from raw (`--full-refresh`), so rows already built with
     the old rules are never mixed with new ones. Other vars (the referral window, the triangle's baseline month)
     only reach tables that are rebuilt on every run.
@@ -114,12 +119,40 @@ def incremental_fingerprint(settings: Settings) -> str:
     files = [
         DBT_PROJECT_DIR / "dbt_project.yml",
         *(DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"),
-        *(DBT_PROJECT_DIR / "models" / "intermediate" / name for name in INCREMENTAL_INTERMEDIATE_MODELS),
+        *(DBT_PROJECT_DIR / "models" / "intermediate" / name
+          for name in INCREMENTAL_INTERMEDIATE_MODELS + FINGERPRINTED_TABLE_MODELS),
         *(DBT_PROJECT_DIR / "macros").glob("*.sql"),
     ]
     for path in sorted(files):
         digest.update(path.relative_to(DBT_PROJECT_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def graph_marks(con) -> list[tuple[str, int]] | None:
+    """Every reader's place in the identity graph's change log (identity_state.graph_consumers), None without
+    one."""
+    from orchestration.identity.graph import CONSUMERS_TABLE
+
+    if not warehouse.table_exists(con, CONSUMERS_TABLE):
+        return None
+    return con.execute(f"select consumer, build_seq from {CONSUMERS_TABLE} order by consumer").fetchall()
+
+
+def restore_graph_marks(con, marks: list[tuple[str, int]] | None) -> None:
+    """Put the dbt models' places in the change log back as `marks` had them (the customer keys' own place,
+    which no dbt build moves, stays). A build of part of a dbt step computes its models from tables the same
+    run may not have brought up to date; with its marks put back, the next whole build computes their
+    customers again."""
+    from orchestration.identity.graph import CONSUMERS_TABLE
+    from orchestration.identity.keys import CONSUMER as KEYS_CONSUMER
+
+    if marks is None or not warehouse.table_exists(con, CONSUMERS_TABLE):
+        return
+    with warehouse.transaction(con):
+        con.execute(f"delete from {CONSUMERS_TABLE} where consumer <> ?", [KEYS_CONSUMER])
+        rows = [(c, b) for c, b in marks if c != KEYS_CONSUMER]
+        if rows:
+            con.executemany(f"insert into {CONSUMERS_TABLE} values (?, ?)", rows)
 
 
 def recorded_fingerprint(con, step: str) -> str | None:

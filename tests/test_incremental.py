@@ -302,8 +302,70 @@ def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(histo
         )
     assert result.success
     through, recorded_again = _mark(data_dir)
-    assert recorded_again > recorded_at  # the build succeeded and was recorded ...
-    assert through == 1  # ... without moving what the tests have covered
+    # the build succeeded, but records nothing: neither what the tests have covered nor the fingerprint (it did
+    # not rebuild every incremental model of the step)
+    assert (through, recorded_again) == (1, recorded_at)
+
+
+def _graph_marks(data_dir: Path) -> dict[str, int]:
+    return dict(_query(data_dir, "select consumer, build_seq from identity_state.graph_consumers"))
+
+
+def test_a_dbt_models_build_of_some_of_its_assets_leaves_the_graph_marks_as_they_were(history, tmp_path, monkeypatch,
+                                                                                        dbt_manifest):
+    """A Dagster build of part of dbt_models computes its incremental models from tables the run may not have
+    rebuilt (here: int_customers__purchases without int_customers__keyed, a table every whole build rebuilds):
+    their places in the graph's change log stay, so that the next whole build computes those customers again."""
+    import dagster as dg
+
+    data_dir = _copy(history, tmp_path)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:  # as if purchases had taken in no build after the second (the readers it reads: all of them)
+        con.execute("update identity_state.graph_consumers set build_seq = 2 where consumer = 'int_customers__purchases'")
+    finally:
+        con.close()
+    before = _graph_marks(data_dir)
+    monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    from orchestration.definitions import build_definitions
+
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey(["intermediate", "int_customers__purchases"])],
+            raise_on_error=False,
+        )
+    assert result.success
+    assert _graph_marks(data_dir) == before and before["int_customers__purchases"] == 2
+
+
+def test_a_reader_takes_in_the_graph_only_as_far_as_the_readers_it_read(history, tmp_path):
+    """A dbt build of int_customers__purchases alone (by hand), after int_orders__customers has taken in only
+    the build before the newest: purchases' place is that earlier build too, so what the orders take in later
+    reaches it."""
+    from orchestration import dbt as dbt_runner
+    from orchestration.settings import DBT_PROJECT_DIR, load_settings
+
+    data_dir = _copy(history, tmp_path)
+    newest = _query(data_dir, "select max(build_seq) from identity_state.graph_builds")[0][0]
+    assert _graph_marks(data_dir)["int_customers__purchases"] == newest
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:
+        con.execute("update identity_state.graph_consumers set build_seq = ? where consumer = 'int_orders__customers'",
+                    [newest - 1])
+    finally:
+        con.close()
+    settings = load_settings(data_dir)
+    env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    proc = subprocess.run(
+        [str(dbt_runner.dbt_executable()), "run", "--select", "int_customers__purchases", "--target-path",
+         str(data_dir / "dbt-run"), *dbt_runner.dbt_vars_arg(settings)],
+        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    marks = _graph_marks(data_dir)
+    assert marks["int_customers__purchases"] == newest - 1 and marks["int_orders__customers"] == newest - 1
 
 
 def test_a_failed_staging_build_keeps_its_rows_in_the_next_tests(history, tmp_path):

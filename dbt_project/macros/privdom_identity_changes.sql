@@ -30,20 +30,25 @@
 {%- endmacro %}
 
 {#- Post-hook: `consumer` has taken in every build of the log (the same statements as
-    orchestration.identity.graph.mark_consumed_sql). Only on DuckDB, where the graph keeps its log. -#}
-{% macro privdom_mark_graph_consumed(consumer) -%}
-    {{ return(adapter.dispatch('privdom_mark_graph_consumed', 'privdom')(consumer)) }}
+    orchestration.identity.graph.mark_consumed_sql), or only as far as every reader in `after` has: the readers
+    whose tables it read (directly or through a table built from them). A reader computed from a table that has
+    not taken in the newest builds yet (a run that built it without them) must take those builds in again when
+    they arrive. Only on DuckDB, where the graph keeps its log. -#}
+{% macro privdom_mark_graph_consumed(consumer, after=[]) -%}
+    {{ return(adapter.dispatch('privdom_mark_graph_consumed', 'privdom')(consumer, after)) }}
 {%- endmacro %}
 
-{% macro default__privdom_mark_graph_consumed(consumer) -%}
+{% macro default__privdom_mark_graph_consumed(consumer, after=[]) -%}
     select 1
 {%- endmacro %}
 
-{% macro duckdb__privdom_mark_graph_consumed(consumer) -%}
+{% macro duckdb__privdom_mark_graph_consumed(consumer, after=[]) -%}
     {%- if privdom_graph_log_exists() -%}
         delete from identity_state.graph_consumers where consumer = '{{ consumer }}';
         insert into identity_state.graph_consumers
-        select '{{ consumer }}', coalesce(max(build_seq), 0) from identity_state.graph_builds
+        select '{{ consumer }}', least(coalesce(max(build_seq), 0)
+            {%- for upstream in after %}, coalesce(identity_state.graph_consumed('{{ upstream }}'), 0){% endfor %})
+        from identity_state.graph_builds
     {%- else -%}
         select 1
     {%- endif -%}

@@ -68,10 +68,13 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
         fingerprint = dbt_runner.incremental_fingerprint(settings)
         with privdom.writer(context):
             warehouse.ensure_not_locked(settings.warehouse_path)
+            whole = _whole_step(context)
             with privdom.connect() as con:
                 reason = _full_refresh_reason(context, dbt_runner.recorded_fingerprint(con, name), fingerprint)
                 # what this build's tests will have covered when it succeeds (staging only; see _whole_step)
-                through = dbt_runner.loaded_through(con) if name == "dbt_staging" and _whole_step(context) else None
+                through = dbt_runner.loaded_through(con) if name == "dbt_staging" and whole else None
+                # a build of part of the step must not move the models' places in the graph's change log
+                marks = None if whole else dbt_runner.graph_marks(con)
             # Unit tests check the SQL, not the data: the same code gives the same answer every run, so they run
             # in the test suite (tests/test_pipeline.py), not in every build (dbt's advice for production).
             args = ["build", "--exclude-resource-type", "unit_test", *dbt_runner.dbt_vars_arg(settings)]
@@ -82,7 +85,10 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             events = list(invocation.stream())
             error = invocation.get_error()
             with privdom.connect() as con:
-                if error is None:
+                if not whole:
+                    dbt_runner.restore_graph_marks(con, marks)
+                # only a whole build has rebuilt every incremental model of the step under this fingerprint
+                if error is None and whole:
                     dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through)
                 for event in events:
                     yield _with_table_metadata(context, con, event)
@@ -103,7 +109,8 @@ def _whole_step(context: dg.AssetExecutionContext) -> bool:
     """Whether this step builds all of its models and runs all of its tests, as dagster-dbt decides it (it
     then passes its whole selection; a subset — some assets picked in the UI, checks turned off, a re-execution
     from a failure — runs only part of them, and the singular tests not at all). Only a whole staging build
-    may move the record of what the tests have covered (macros/data_tests/privdom_rows_to_test.sql)."""
+    may move the record of what the tests have covered (macros/data_tests/privdom_rows_to_test.sql), record the
+    incremental fingerprint, and move its models' places in the identity graph's change log."""
     a = context.assets_def
     return a.keys_by_output_name == a.node_keys_by_output_name and (
         a.check_specs_by_output_name == a.node_check_specs_by_output_name
@@ -117,7 +124,7 @@ def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None
     if recorded is None:
         return "no successful build of this step recorded yet"
     if recorded != fingerprint:
-        return "the placeholder values or the staging SQL changed since the last build"
+        return "the SQL of the incremental models, or the vars their rows depend on, changed since the last build"
     return None
 
 

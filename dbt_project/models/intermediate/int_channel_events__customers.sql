@@ -12,7 +12,7 @@
     incremental_strategy='delete+insert',
     unique_key='event_id',
     on_schema_change='fail',
-    post_hook="{{ privdom_mark_graph_consumed('int_channel_events__customers') }}"
+    post_hook="{{ privdom_mark_graph_consumed('int_channel_events__customers', after=['int_customer_keys']) }}"
 ) }}
 
 with persons as (

@@ -21,7 +21,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ privdom_customers_delete_scope('int_customers__identifiers') }}",
-    post_hook="{{ privdom_mark_graph_consumed('int_customers__identifiers') }}"
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__identifiers', after=['int_customer_keys', 'int_channel_events__customers']) }}"
 ) }}
 
 with customer_keys as (

@@ -17,7 +17,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ privdom_customers_delete_scope('int_customers__purchases') }}",
-    post_hook="{{ privdom_mark_graph_consumed('int_customers__purchases') }}"
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__purchases', after=['int_customer_keys', 'int_components__first_touch', 'int_orders__customers', 'int_channel_events__customers']) }}"
 ) }}
 
 with customers as (

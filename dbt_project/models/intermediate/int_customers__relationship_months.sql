@@ -15,7 +15,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ privdom_customers_delete_scope('int_customers__relationship_months') }}",
-    post_hook="{{ privdom_mark_graph_consumed('int_customers__relationship_months') }}"
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__relationship_months', after=['int_channel_events__customers']) }}"
 ) }}
 
 with events as (

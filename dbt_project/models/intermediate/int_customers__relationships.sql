@@ -13,7 +13,7 @@
     incremental_strategy='append',
     on_schema_change='fail',
     pre_hook="{{ privdom_customers_delete_scope('int_customers__relationships') }}",
-    post_hook="{{ privdom_mark_graph_consumed('int_customers__relationships') }}"
+    post_hook="{{ privdom_mark_graph_consumed('int_customers__relationships', after=['int_customer_keys', 'int_components__first_touch', 'int_channel_events__customers', 'int_customers__relationship_months']) }}"
 ) }}
 
 with customers as (

@@ -10,27 +10,37 @@
     incremental_strategy='delete+insert',
     unique_key='order_id',
     on_schema_change='fail',
-    post_hook="{{ privdom_mark_graph_consumed('int_orders__customers') }}"
+    post_hook="{{ privdom_mark_graph_consumed('int_orders__customers', after=['int_customer_keys']) }}"
 ) }}
 
-with buyers as (
-    select r.record_id, k.customer_key
-    from {{ source('identity', 'int_identity__records') }} as r
-    inner join {{ source('identity', 'int_customer_keys') }} as k
-        on k.component_id = r.component_id
-    where r.source = 'orders' and r.role = 'buyer'
-    {%- if is_incremental() %}
-        and ({{ privdom_graph_full_recompute('int_orders__customers') }}
-            or r.component_id in ({{ privdom_graph_changed_components('int_orders__customers') }}))
-    {%- endif %}
+with
+{%- if is_incremental() %}
+changed_buyers as (
+    select record_id from {{ source('identity', 'int_identity__records') }}
+    where source = 'orders' and role = 'buyer'
+        and component_id in ({{ privdom_graph_changed_components('int_orders__customers') }})
 ),
+{%- endif %}
 
 orders as (
     select * from {{ ref('stg_orders') }}
     {%- if is_incremental() %}
     where {{ privdom_graph_full_recompute('int_orders__customers') }}
         or file_id > (select coalesce(max(file_id), 0) from {{ this }})
-        or order_id in (select record_id from buyers)
+        or order_id in (select record_id from changed_buyers)
+    {%- endif %}
+),
+
+-- every buyer of the orders written (an order of a newer file keeps its buyer's key even when no graph build
+-- has logged its component yet: a dbt build by hand)
+buyers as (
+    select r.record_id, k.customer_key
+    from {{ source('identity', 'int_identity__records') }} as r
+    inner join {{ source('identity', 'int_customer_keys') }} as k
+        on k.component_id = r.component_id
+    where r.source = 'orders' and r.role = 'buyer'
+    {%- if is_incremental() %}
+        and r.record_id in (select order_id from orders)
     {%- endif %}
 ),
 
