@@ -106,16 +106,14 @@ def incremental_fingerprint(settings: Settings) -> str:
     The vars of INCREMENTAL_VARS (the placeholder list, which changes which identifiers are NULL, and the windows
     of the purchase flags), the incremental models (staging, and the intermediate ones that take in the identity
     graph's changes), the tables whose rows they keep (FINGERPRINTED_TABLE_MODELS) and the macros (new SQL after
-    an upgrade). When it differs from the one recorded at the last
-    successful build, the incremental models are rebuilt from raw (`--full-refresh`), so rows already built with
-    the old rules are never mixed with new ones. Other vars (the referral window, the triangle's baseline month)
-    only reach tables that are rebuilt on every run.
+    an upgrade). When it differs from the one recorded at the last successful build, the incremental models are
+    rebuilt from raw (`--full-refresh`), so rows already built with the old rules are never mixed with new ones.
+    Other vars (the referral window, the triangle's baseline month) only reach tables that are rebuilt on every
+    run.
     """
     digest = hashlib.sha256()
     dbt_vars = settings.dbt_vars()
-    digest.update(json.dumps(dbt_vars["placeholder_values"]).encode())
-    # (the placeholder list alone was the digest's first input before the windows were: kept first, unchanged)
-    digest.update(json.dumps({k: dbt_vars[k] for k in INCREMENTAL_VARS[1:]}, sort_keys=True).encode())
+    digest.update(json.dumps({k: dbt_vars[k] for k in INCREMENTAL_VARS}, sort_keys=True).encode())
     files = [
         DBT_PROJECT_DIR / "dbt_project.yml",
         *(DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"),

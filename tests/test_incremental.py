@@ -66,6 +66,15 @@ def _query(data_dir: Path, sql: str, params=None) -> list[tuple]:
         con.close()
 
 
+def _execute(data_dir: Path, sql: str, params=None) -> None:
+    """One statement that writes data_dir's warehouse (behind the pipeline's back)."""
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
+    try:
+        con.execute(sql, params or [])
+    finally:
+        con.close()
+
+
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     from orchestration.generate import generate
@@ -92,11 +101,7 @@ def history(tmp_path_factory):
     assert _deliver(source, data_dir, *DELIVERIES[-1])
     _run(data_dir)
     seen_by_last_run = _query(data_dir, "select campaign from staging.stg_channel_events where event_id = ?", [event_id])[0][0]
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
-    try:
-        con.execute("update raw.channel_events set campaign = ? where event_id = ?", [original, event_id])
-    finally:
-        con.close()
+    _execute(data_dir, "update raw.channel_events set campaign = ? where event_id = ?", [original, event_id])
     incremental = snapshot(data_dir / "warehouse.duckdb")
     _run(data_dir, "--full-refresh")
     full = snapshot(data_dir / "warehouse.duckdb")
@@ -278,18 +283,11 @@ def test_event_id_conflicts_after_a_build_reports_those_newer_files_bring(histor
     assert _dbt_test(data_dir, "event_id_conflicts", all_rows=True) == {"event_id_conflicts": ("warn", before + 1)}
 
 
-def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(history, tmp_path, monkeypatch, dbt_manifest):
-    """A build that does not run all of staging's models and tests (an asset picked in the UI, checks turned
-    off, a re-execution from a failure) must not move the record past files whose rows it did not test."""
+def _materialize_only(data_dir: Path, tmp_path: Path, monkeypatch, key: list[str]):
+    """A Dagster run of the pipeline's job that materializes one asset of a dbt step (a part of the step, as an
+    asset picked in the UI), on data_dir."""
     import dagster as dg
 
-    data_dir = _copy(history, tmp_path)
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
-    try:  # as if the last whole build had tested only the first file: every later file is still to test
-        con.execute("update raw.dbt_incremental_state set tested_through_file_id = 1 where step = 'dbt_staging'")
-    finally:
-        con.close()
-    _, recorded_at = _mark(data_dir)
     monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     (tmp_path / "dagster").mkdir()
@@ -297,10 +295,17 @@ def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(histo
 
     job = build_definitions().resolve_implicit_global_asset_job_def()
     with dg.instance_for_test() as instance:
-        result = job.execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey(["staging", "stg_orders__versions"])], raise_on_error=False
-        )
-    assert result.success
+        return job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey(key)], raise_on_error=False)
+
+
+def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(history, tmp_path, monkeypatch, dbt_manifest):
+    """A build that does not run all of staging's models and tests (an asset picked in the UI, checks turned
+    off, a re-execution from a failure) must not move the record past files whose rows it did not test."""
+    data_dir = _copy(history, tmp_path)
+    # as if the last whole build had tested only the first file: every later file is still to test
+    _execute(data_dir, "update raw.dbt_incremental_state set tested_through_file_id = 1 where step = 'dbt_staging'")
+    _, recorded_at = _mark(data_dir)
+    assert _materialize_only(data_dir, tmp_path, monkeypatch, ["staging", "stg_orders__versions"]).success
     through, recorded_again = _mark(data_dir)
     # the build succeeded, but records nothing: neither what the tests have covered nor the fingerprint (it did
     # not rebuild every incremental model of the step)
@@ -316,27 +321,11 @@ def test_a_dbt_models_build_of_some_of_its_assets_leaves_the_graph_marks_as_they
     """A Dagster build of part of dbt_models computes its incremental models from tables the run may not have
     rebuilt (here: int_customers__purchases without int_customers__keyed, a table every whole build rebuilds):
     their places in the graph's change log stay, so that the next whole build computes those customers again."""
-    import dagster as dg
-
     data_dir = _copy(history, tmp_path)
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
-    try:  # as if purchases had taken in no build after the second (the readers it reads: all of them)
-        con.execute("update identity_state.graph_consumers set build_seq = 2 where consumer = 'int_customers__purchases'")
-    finally:
-        con.close()
+    # as if purchases had taken in no build after the second (the readers it reads: all of them)
+    _execute(data_dir, "update identity_state.graph_consumers set build_seq = 2 where consumer = 'int_customers__purchases'")
     before = _graph_marks(data_dir)
-    monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    (tmp_path / "dagster").mkdir()
-    from orchestration.definitions import build_definitions
-
-    job = build_definitions().resolve_implicit_global_asset_job_def()
-    with dg.instance_for_test() as instance:
-        result = job.execute_in_process(
-            instance=instance, asset_selection=[dg.AssetKey(["intermediate", "int_customers__purchases"])],
-            raise_on_error=False,
-        )
-    assert result.success
+    assert _materialize_only(data_dir, tmp_path, monkeypatch, ["intermediate", "int_customers__purchases"]).success
     assert _graph_marks(data_dir) == before and before["int_customers__purchases"] == 2
 
 
@@ -350,12 +339,8 @@ def test_a_reader_takes_in_the_graph_only_as_far_as_the_readers_it_read(history,
     data_dir = _copy(history, tmp_path)
     newest = _query(data_dir, "select max(build_seq) from identity_state.graph_builds")[0][0]
     assert _graph_marks(data_dir)["int_customers__purchases"] == newest
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"))
-    try:
-        con.execute("update identity_state.graph_consumers set build_seq = ? where consumer = 'int_orders__customers'",
-                    [newest - 1])
-    finally:
-        con.close()
+    _execute(data_dir, "update identity_state.graph_consumers set build_seq = ? where consumer = 'int_orders__customers'",
+             [newest - 1])
     settings = load_settings(data_dir)
     env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     proc = subprocess.run(

@@ -7,9 +7,9 @@ One run of a source works in two phases, so that the per-file cost is a file rea
    every file is read on its own into a temp table of the worker's connection (whole-file rejections are
    isolated per file, with their own messages) and gathered per schema signature; then one statement per
    signature types every value and evaluates every contract rule (the batch limit is a constant of each
-   file, from its batch date), writing the rows with their file id, batch date, row number, rule flags, row hash and, for a broken
-   row, its original values to one Parquet part in the run's spill directory. Only a batch at a time is held
-   in memory per worker, so memory does not grow with the run.
+   file, from its batch date), writing the rows with their file id, batch date, row number, rule flags, row
+   hash and, for a broken row, its original values to one Parquet part in the run's spill directory. Only a
+   batch at a time is held in memory per worker, so memory does not grow with the run.
 2. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
    inserted set-wise from the parts, rows read = loaded + quarantined is verified for every file with one
    query per table, then everything commits together. A crash or a failed check leaves none of the run's
@@ -364,12 +364,13 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
     `any_identifier` flag and the frame, the batch limit once per file (`_bl`, from the staged files)."""
     ph = settings.placeholder_values
     src_cols = _source_columns(signature)
+    staged_names = _staged_names(signature)
     staged: dict[str, str] = {}
-    for (name, _), staged_name in zip(signature, _staged_names(signature)):
+    for (name, _), staged_name in zip(signature, staged_names):
         staged.setdefault(name, staged_name)  # the first of equal names, as _source_columns
     batch_limit = "_bl"
     inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn", f"{R.q(_BL)} AS _bl"]
-    inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, name in enumerate(_staged_names(signature))]
+    inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, name in enumerate(staged_names)]
     typed = []
     for col in c.columns:
         name, ty = src_cols.get(col.name, (None, None))
