@@ -91,6 +91,9 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
                                    validate=lambda frame: validate_contract(source, frame, memory_limit=gx_limit))
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
+        if report.rows_rehashed:
+            context.log.info("raw rows' _row_hash computed again (the warehouse was hashed by an older scheme or "
+                             "DuckDB version): " + ", ".join(f"{k} {n:,}" for k, n in report.rows_rehashed.items()))
         for f in report.files:
             if f.status == "rejected":
                 context.log.error(f"rejected {f.path}: {f.error}")

@@ -92,6 +92,9 @@ class SourceIngestReport:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     quarantine_by_rule: dict[str, int] = field(default_factory=dict)  # every contract rule, 0 included
+    # raw rows whose _row_hash this run computed again before loading (a warehouse hashed by an older scheme or
+    # DuckDB version: ensure_raw_schema), per source; empty when there were none
+    rows_rehashed: dict[str, int] = field(default_factory=dict)
     # The run's new rows before the quarantine split, as orchestration.quality.validate_contract expects them:
     # a SpilledFrame (Parquet in a temporary directory; close() removes it), or an empty pandas frame.
     frame: SpilledFrame | pd.DataFrame | None = None
@@ -129,8 +132,10 @@ def _set_timezone(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"SET TimeZone = {R.lit(TIMEZONE)}")
 
 
-def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create schema ``raw`` with every source table, the quarantine and the ledger (idempotent)."""
+def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> dict[str, int] | None:
+    """Create schema ``raw`` with every source table, the quarantine and the ledger (idempotent), and make
+    the raw rows' ``_row_hash`` the current scheme's: when they were hashed another way, returns the rows
+    hashed again per source (``rehash_raw_rows``), else None."""
     _set_timezone(con)
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     for c in CONTRACTS.values():
@@ -138,6 +143,33 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(R.QUARANTINE_DDL)
     con.execute(R.LEDGER_DDL)
     con.execute(R.HASH_CACHE_DDL)
+    con.execute(R.ROW_HASH_SCHEME_DDL)
+    if con.execute("SELECT scheme, duckdb_version FROM raw.row_hash_scheme").fetchall() != [_row_hash_scheme()]:
+        return rehash_raw_rows(con)
+    return None
+
+
+def _row_hash_scheme() -> tuple[str, str]:
+    return R.ROW_HASH_SCHEME, duckdb.__version__
+
+
+def rehash_raw_rows(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Compute every raw row's ``_row_hash`` again with the current scheme (R.row_hash_expr) and record the scheme
+    and DuckDB version, in one transaction. Returns the rows hashed per source.
+
+    Staging tells versions of an order or referral apart, and the ``event_id_conflicts`` test contents of an
+    event, by comparing the hashes of new rows with those of rows loaded long ago, so all of them must come from
+    one function: run when a warehouse was hashed by an older scheme (md5 of the row as JSON, before the
+    table raw.row_hash_scheme) or by another DuckDB version (DuckDB does not promise its ``hash`` across
+    versions). Nothing else changes: no model keeps a hash (staging reads them from raw). ~1 s per million rows."""
+    counts: dict[str, int] = {}
+    with transaction(con):
+        for c in CONTRACTS.values():
+            table = f"raw.{R.q(c.name)}"
+            counts[c.name] = con.execute(f"UPDATE {table} SET _row_hash = {R.row_hash_expr(c, R.q)}").fetchone()[0]
+        con.execute("DELETE FROM raw.row_hash_scheme")
+        con.execute("INSERT INTO raw.row_hash_scheme VALUES (?, ?, now())", list(_row_hash_scheme()))
+    return counts
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -398,8 +430,7 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
     all_rules = "concat_ws(',', " + ", ".join(f"CASE WHEN {R.flag(r)} THEN {R.lit(r.name)} END" for r in c.rules) + ")"
     original = "CAST(json_object(" + ", ".join(
         f"{R.lit(n)}, CAST({R.q(f'o__{i}')} AS VARCHAR)" for i, (n, _) in enumerate(signature)) + ") AS VARCHAR)"
-    row_hash = "md5(CAST(to_json(struct_pack(" + ", ".join(
-        f"{R.q(col.name)} := {R.t(col.name)}" for col in c.columns) + ")) AS VARCHAR))"
+    row_hash = R.row_hash_expr(c)
     out = ["_fid", "_bd", "_rn"]
     out += [R.t(col.name) for col in c.columns]
     # delivered texts only where the GX frame reads them (writing the part is half the judging's cost)
@@ -733,8 +764,9 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     over, so the parts are never removed under it. The caller closes ``frame``.
     """
     c = get_contract(source)
-    ensure_raw_schema(con)
-    report = SourceIngestReport(source=source, load_id=load_id, quarantine_by_rule={r.name: 0 for r in c.rules})
+    rehashed = ensure_raw_schema(con)
+    report = SourceIngestReport(source=source, load_id=load_id, quarantine_by_rule={r.name: 0 for r in c.rules},
+                                rows_rehashed={k: n for k, n in (rehashed or {}).items() if n})
 
     seen = {(p, h): s for p, h, s in con.execute(
         "SELECT file_path, content_sha256, status FROM raw.ingestion_ledger WHERE source = ?", [source]).fetchall()}
@@ -858,15 +890,23 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
 
 def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_Staged], part_paths: list[Path]) -> None:
-    """Raw rows of every staged file with one INSERT (in part order: by batch, schema signature, file and row),
-    quarantine rows with one more."""
+    """Raw rows of every staged file with one INSERT, quarantine rows with one more.
+
+    The raw rows are inserted without keeping the parts' order (DuckDB's `preserve_insertion_order`, for this
+    statement only): its threads each write their own row groups, and nothing reads raw rows by position
+    (every model orders by `_file_id`, `_row_number`; a run's rows still come after earlier runs' row groups, so
+    `_file_id` filters skip those). 1M customers: channel events' insert 6.9-7.2 s -> 5.8 s."""
     parts = _parts_sql(part_paths)
     cols = ", ".join(R.q(col.name) for col in c.columns) + ", " + ", ".join(R.q(n) for n, _ in LINEAGE_COLUMNS)
     typed = ", ".join(R.t(col.name) for col in c.columns)
-    con.execute(
-        f"INSERT INTO raw.{R.q(source)} ({cols}) SELECT {typed}, _fid, _bd, _rn, _row_hash, now() "
-        f"FROM {parts} WHERE NOT _broken"
-    )
+    con.execute("SET SESSION preserve_insertion_order = false")
+    try:
+        con.execute(
+            f"INSERT INTO raw.{R.q(source)} ({cols}) SELECT {typed}, _fid, _bd, _rn, _row_hash, now() "
+            f"FROM {parts} WHERE NOT _broken"
+        )
+    finally:
+        con.execute("RESET SESSION preserve_insertion_order")
     quarantined = [s for s in staged if s.result.rows_quarantined]
     if not quarantined:
         return
