@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,10 @@ _FILES = "_privdom_files"
 # under another name (_staged_names) and keeps its delivered name in the judge.
 _FID, _BD, _RN, _BL = "__privdom_fid", "__privdom_bd", "__privdom_rn", "__privdom_bl"
 _RESERVED = {"rowid", _FID, _BD, _RN, _BL}
+# A landing file holds the columns it delivers and nothing else: DuckDB's readers would otherwise take a
+# `dt=YYYY-MM-DD` folder for a Hive partition, add a column `dt` to every file in it, and give a delivered
+# column called `dt` the folder's date instead of its own values.
+_NO_HIVE = "hive_partitioning = false"
 
 
 @dataclass
@@ -210,8 +214,12 @@ def _starts_with_bom(f: fl.LandingFile) -> bool:
         return fh.read(len(fl.UTF8_BOM)) == fl.UTF8_BOM
 
 
-def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch: _Scratch) -> str:
+def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch: _Scratch,
+          order: Sequence[str] = ()) -> str:
     """Read the file into temp table _SRC (one column per delivered column). Returns the encoding.
+
+    A JSON Lines file's columns come in `order` (the contract's column names) first, then the other keys (see
+    _read_text).
 
     Raises FileRejected for every whole-file failure. Text files are first read directly as UTF-8 (DuckDB
     rejects invalid UTF-8 itself, so valid files are not pre-scanned in Python); on any failure, or when the
@@ -226,7 +234,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
         raise fl.FileRejected(f"{f.rel_path}: empty file (0 bytes)")
     if f.format == "parquet":
         try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({R.lit(str(f.path))})")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({R.lit(str(f.path))}, {_NO_HIVE})")
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
         return "binary"
@@ -235,7 +243,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     try:
         bom = _starts_with_bom(f)
         if not (bom and f.format == "jsonl"):  # DuckDB's JSON reader does not skip a BOM: transcode those
-            _read_text(con, f, f.path, compression, fast=True)
+            _read_text(con, f, f.path, compression, fast=True, order=order)
             return "utf-8-sig" if bom else "utf-8"
     except (_Fallback, fl.FileRejected, duckdb.Error, UnicodeDecodeError, OSError, EOFError, zlib.error):
         pass
@@ -247,13 +255,21 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     if encoding == "gb18030" or (encoding == "utf-8-sig" and f.format == "jsonl"):
         path, compression = scratch.path(), "none"
         fl.transcode_to_utf8(f, encoding, path)
-    _read_text(con, f, path, compression, fast=False)
+    _read_text(con, f, path, compression, fast=False, order=order)
     return encoding
 
 
-def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool) -> None:
+def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool,
+               order: Sequence[str] = ()) -> None:
     """CSV or JSON Lines (UTF-8, a BOM allowed for CSV) into _SRC. With fast=True, a file that could be blank
-    raises _Fallback (the caller sniffs it) instead of loading."""
+    raises _Fallback (the caller sniffs it) instead of loading.
+
+    A JSON Lines file's keys become columns in the order of `order` (names compared trimmed and without case),
+    then the others by first appearance and name; keys of one contract column keep their order among
+    themselves (the first is the one the judge reads). JSON objects have no column order of their own: this
+    one gives JSON Lines files the column order of CSV files that follow the contract, so that both are
+    judged by one statement (one schema signature), and orders `original_row` of their quarantined rows like
+    the contract."""
     if f.format == "csv":
         names = _csv_header(path, compression, f, require_content=fast)
         columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
@@ -261,7 +277,8 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({R.lit(str(path))}, "
                 f"columns = {columns}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
-                f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)})"
+                f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)}, "
+                f"{_NO_HIVE})"
             )
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})") from None
@@ -286,6 +303,9 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                 f"SELECT k FROM (SELECT unnest(json_keys(json)) AS k, rowid AS n FROM {_JRAW}) GROUP BY k ORDER BY min(n), k"
             ).fetchall()
         ]
+        if order:
+            position = {name: i for i, name in enumerate(order)}
+            keys.sort(key=lambda k: position.get(k.strip().lower(), len(position)))  # stable
         if not keys:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')} FROM {_JRAW}")
         else:
@@ -609,7 +629,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
         for cand in batch:
             f = cand.f
             try:
-                encoding = _read(cur, f, cand.size, scratch)
+                encoding = _read(cur, f, cand.size, scratch, c.column_names)
                 signature = _signature(cur)
                 src_cols = _source_columns(signature)
                 missing = [n for n in c.required_columns if n not in src_cols]
