@@ -344,3 +344,30 @@ def test_rows_read_equals_loaded_plus_quarantined(con, settings, land):
         fid = con.execute("SELECT file_id FROM raw.ingestion_ledger WHERE file_path = ?", [path]).fetchone()[0]
         assert con.execute(f"SELECT count(*) FROM raw.{source} WHERE _file_id = ?", [fid]).fetchone()[0] == loaded
         assert con.execute("SELECT count(*) FROM raw.quarantine WHERE file_id = ?", [fid]).fetchone()[0] == quarantined
+
+
+def test_a_dt_folder_is_not_a_column_and_json_lines_keys_follow_the_contract(con, settings, land):
+    """A `dt=YYYY-MM-DD` folder gives the batch date only: its files get no column `dt` (DuckDB's readers would
+    take the folder for a Hive partition), and a delivered column `dt` keeps its own values. A JSON Lines file's
+    keys come in contract order, then the others, whatever order the records write them in."""
+    import json
+
+    land("channel_events/dt=2024-01-31/plain.csv", CE_HEADER + ",2024-01-31 10:00,wecom,follow,o1,,,,,,\n")
+    land("channel_events/dt=2024-01-31/own_dt.csv",
+         CE_HEADER.rstrip("\n") + ",dt\n" + ",2024-01-31 10:00,wecom,follow,o1,,,,,,,hello\n")
+    land("channel_events/dt=2024-01-31/lines.jsonl",
+         '{"zz_extra": 1, "wecom_staff_userid": "s1", "openid": "o1", "channel": "wecom", "event_type": "follow", '
+         '"occurred_at": "2024-01-31 10:00", "event_id": null}\n')
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"event_id": [None], "occurred_at": ["2024-01-31 10:00"], "channel": ["wecom"],
+                             "event_type": ["follow"], "openid": ["o1"]}, schema=pa.schema(
+        [(n, pa.string()) for n in ("event_id", "occurred_at", "channel", "event_type", "openid")])), buf)
+    land("channel_events/dt=2024-01-31/typed.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    rows = {path.split("/")[-1]: json.loads(original) for path, original in con.execute(
+        "SELECT file_path, original_row FROM raw.quarantine WHERE rule = 'event_id.required'").fetchall()}
+    assert sorted(rows) == ["lines.jsonl", "own_dt.csv", "plain.csv", "typed.parquet"]
+    assert "dt" not in rows["plain.csv"] and "dt" not in rows["typed.parquet"]
+    assert rows["own_dt.csv"]["dt"] == "hello"
+    assert list(rows["lines.jsonl"]) == ["event_id", "occurred_at", "channel", "event_type", "openid",
+                                           "wecom_staff_userid", "zz_extra"]
