@@ -193,3 +193,26 @@ def test_every_model_that_can_be_incremental_is_in_the_incremental_fingerprint()
         for ref in re.findall(r"ref\(\s*'([a-z0-9_]+)'\s*\)", (models / model).read_text(encoding="utf-8")):
             read = by_name[ref]
             assert read.startswith("staging/") or read in fingerprinted, (model, read)
+
+
+def test_the_raw_contents_staging_compares_are_the_contracts_columns():
+    """macros/raw_contents.sql lists, per source, the columns staging's deduplication and the event_id_conflicts
+    test compare: every contract column, in contract order (a column left out would merge two versions that
+    differ only in it)."""
+    import jinja2
+
+    from orchestration.contract import CONTRACTS
+
+    class Returned(Exception):
+        pass
+
+    def dbt_return(value):
+        raise Returned(value)
+
+    macro = (DBT_PROJECT_DIR / "macros" / "raw_contents.sql").read_text(encoding="utf-8")
+    env = jinja2.Environment(extensions=["jinja2.ext.do"])
+    env.globals["return"] = dbt_return
+    for source, c in CONTRACTS.items():
+        with pytest.raises(Returned) as returned:
+            env.from_string(macro + "{{ privdom_raw_contents(" + repr(source) + ") }}").render()
+        assert returned.value.args[0] == list(c.column_names), source

@@ -97,3 +97,22 @@ def test_another_duckdb_version_hashes_again_once(con, settings, land):
     assert _hashes(con, "channel_events", "event_id") == before
     assert ensure_raw_schema(con) is None
     assert con.execute("SELECT count(*) FROM raw.row_hash_scheme").fetchone()[0] == 1
+
+
+def test_a_failed_raw_insert_raises_its_own_error_and_leaves_the_connection_as_it_was(con, settings, land):
+    """The raw insert runs with `preserve_insertion_order` off for its statement only: when it fails, its own
+    error comes out (not the aborted transaction's refusal to reset the setting), nothing is loaded, and the
+    connection has its default again."""
+    import pytest
+
+    from orchestration.contract import contract
+
+    ddl = R.raw_table_ddl(contract("channel_events"))
+    con.execute("CREATE SCHEMA raw")
+    con.execute(ddl[: ddl.rindex(")")] + ",\n    CHECK (event_id <> 'e2'))")  # kept by ensure_raw_schema
+    land("channel_events/ce_20240131.csv", CE_CSV)
+    with pytest.raises(duckdb.ConstraintException):
+        ingest_source(con, "channel_events", settings, "run1")
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
+    assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone() == (0,)

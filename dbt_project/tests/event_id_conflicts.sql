@@ -7,17 +7,22 @@
 -- macros/data_tests/privdom_rows_to_test.sql): a conflict is reported by the build that takes in its second content;
 -- every conflict by a full refresh or `dbt test --vars '{privdom_test_all_rows: true}'`.
 {%- set through = privdom_tested_through_file_id() %}
-select event_id, count(distinct _row_hash) as versions
-from {{ source('raw', 'channel_events') }}
-where event_id in (
-    select event_id
+-- Contents are compared column by column (macros/raw_contents.sql; NULLs equal in DISTINCT), not by `_row_hash`,
+-- which can collide.
+select event_id, count(*) as versions
+from (
+    select distinct {{ privdom_raw_contents('channel_events') | join(', ') }}
     from {{ source('raw', 'channel_events') }}
-    {%- if through %}
-    where _file_id > {{ through }}
-    {%- else %}
-    group by event_id
-    having count(*) > 1
-    {%- endif %}
-)
+    where event_id in (
+        select event_id
+        from {{ source('raw', 'channel_events') }}
+        {%- if through %}
+        where _file_id > {{ through }}
+        {%- else %}
+        group by event_id
+        having count(*) > 1
+        {%- endif %}
+    )
+) as contents
 group by event_id
-having count(distinct _row_hash) > 1
+having count(*) > 1

@@ -161,11 +161,10 @@ def rehash_raw_rows(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Compute every raw row's ``_row_hash`` again with the current scheme (R.row_hash_expr) and record the scheme
     and DuckDB version, in one transaction. Returns the rows hashed per source.
 
-    Staging tells versions of an order or referral apart, and the ``event_id_conflicts`` test contents of an
-    event, by comparing the hashes of new rows with those of rows loaded long ago, so all of them must come from
-    one function: run when a warehouse was hashed by an older scheme (md5 of the row as JSON, before the
-    table raw.row_hash_scheme) or by another DuckDB version (DuckDB does not promise its ``hash`` across
-    versions). Nothing else changes: no model keeps a hash (staging reads them from raw). ~1 s per million rows."""
+    Identical contents share the fingerprint only if every row was hashed by one function: run when a warehouse
+    was hashed by an older scheme (md5 of the row as JSON, before the table raw.row_hash_scheme) or by another
+    DuckDB version (DuckDB does not promise its ``hash`` across versions). Staging does not depend on it (it
+    compares contents) and no model keeps a hash, so nothing else changes. ~0.5 s per million rows."""
     counts: dict[str, int] = {}
     with transaction(con):
         for c in CONTRACTS.values():
@@ -587,8 +586,9 @@ _FILE = "_privdom_file_{}"  # a batch's staged files: one temp table per large f
 # judging statement of its own: an input costs ~5 ms of planning, appending ~2 µs a row (1M × 365: channel
 # events ~27k rows a file, orders ~12k, referrals ~2.8k; at 10k every file is small).
 SMALL_FILE_ROWS = 4096
-# Uncompressed, with dictionaries only where they stay tiny (enums, flags): the parts are temporary, on local
-# disk, and read twice (the load, GX's scans). Writing them is a third of judging a row; at 1M customers, against
+# Uncompressed, with dictionaries only for columns of fewer than 1,000 distinct values in a row group (DuckDB's
+# DICTIONARY_SIZE_LIMIT counts values: enums, flags): the parts are temporary files in the system's temporary
+# folder (TMPDIR) and read twice (the load, GX's scans). Writing them is a third of judging a row; at 1M customers, against
 # LZ4 with DuckDB's default dictionaries, writing costs 0.64 instead of 0.95 us a row for channel events (1.0 /
 # 1.4 us for orders), the three sources' ingestion 48.6-49.7 s instead of 51.5-53.8 s, and the parts take
 # ~1.2 GB for channel events and ~1.0 GB for orders instead of ~0.8 / 0.5 GB, for one step at a time (each
@@ -880,13 +880,16 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
 
         # ---- 2. load: one transaction for the run
         def load() -> None:
-            with transaction(con):
-                if staged:
-                    _load_rows(con, c, source, load_id, staged, parts)
-                _insert_ledger(con, ledger_rows)
-                _remember_hashes(con, source, newly_hashed)
-                if staged:
-                    _verify(con, source, staged, first_id)
+            try:
+                with transaction(con):
+                    if staged:
+                        _load_rows(con, c, source, load_id, staged, parts)
+                    _insert_ledger(con, ledger_rows)
+                    _remember_hashes(con, source, newly_hashed)
+                    if staged:
+                        _verify(con, source, staged, first_id)
+            finally:
+                _reset_insertion_order(con)  # again, should the raw insert have failed (_load_rows)
 
         if keep_frame and staged and validate is not None:
             report.validation = _load_beside(load, validate, report.frame)
@@ -930,7 +933,7 @@ def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_
             f"FROM {parts} WHERE NOT _broken"
         )
     finally:
-        con.execute("RESET SESSION preserve_insertion_order")
+        _reset_insertion_order(con)
     quarantined = [s for s in staged if s.result.rows_quarantined]
     if not quarantined:
         return
@@ -942,6 +945,16 @@ def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_
         f"JOIN {_FILES} p ON p.file_id = j._fid ORDER BY j._fid, j._rn",
         [source, load_id],
     )
+
+
+def _reset_insertion_order(con) -> None:
+    """Back to the connection's default. A failed statement leaves the transaction aborted, which refuses even
+    this (and its error must not replace the statement's): ingest_source's load resets it again once the
+    transaction is rolled back."""
+    try:
+        con.execute("RESET SESSION preserve_insertion_order")
+    except duckdb.Error:
+        pass
 
 
 def _verify(con, source: str, staged: list[_Staged], first_id: int) -> None:

@@ -127,7 +127,8 @@ CREATE TABLE IF NOT EXISTS raw.landing_hash_cache (
 
 # How raw rows' `_row_hash` is computed (row_hash_expr), with the DuckDB version that computed it: a warehouse
 # whose raw rows were hashed another way, or by another DuckDB version, has them hashed again before a run
-# loads more (orchestration.ingest.core.ensure_raw_schema), since staging compares new rows' hashes with old ones.
+# loads more (orchestration.ingest.core.ensure_raw_schema), so that identical contents share the fingerprint
+# whenever they were loaded.
 ROW_HASH_SCHEME = "hash64-typed-v1"
 ROW_HASH_SCHEME_DDL = """
 CREATE TABLE IF NOT EXISTS raw.row_hash_scheme (
@@ -139,11 +140,14 @@ CREATE TABLE IF NOT EXISTS raw.row_hash_scheme (
 
 def row_hash_expr(c: SourceContract, ref=t) -> str:
     """`_row_hash` of a row: DuckDB's 64-bit `hash` of the typed values of every contract column in contract
-    order, as 16 hexadecimal digits. Identical contents (identical re-deliveries, in any file format) share
-    it; versions of one order, referral or event are told apart by it (a collision between two versions of
-    one key: ~2^-64). `ref(name)` is the SQL of a column's typed value (the judge's t__ column, or the raw
-    table's own column when a warehouse is hashed again). ~0.1 µs a row, where md5 of the row as JSON took
-    0.8-1.3 µs; DuckDB does not promise its hash across versions, hence ROW_HASH_SCHEME's version check."""
+    order, as 16 hexadecimal digits. Identical contents (identical re-deliveries, in any file format) share it.
+    It is a fingerprint, not collision-free: DuckDB hashes a text 8 bytes at a time, and texts that differ only
+    in the last byte of two or more of those blocks collide about once in 256 (a review showed two versions of
+    an order sharing it). Nothing relies on it to tell versions apart: staging and the event_id_conflicts test
+    compare every contract column (dbt_project/macros/raw_contents.sql). `ref(name)` is the SQL of a column's
+    typed value (the judge's t__ column, or the raw table's own column when a warehouse is hashed again).
+    ~0.1-0.2 us a row, where md5 of the row as JSON took 0.8-1.3 us; DuckDB does not promise its hash across
+    versions, hence ROW_HASH_SCHEME's version check."""
     return "printf('%016x', hash(" + ", ".join(ref(col.name) for col in c.columns) + "))"
 
 

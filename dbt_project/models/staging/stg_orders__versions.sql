@@ -1,5 +1,6 @@
--- Every distinct version of every order, oldest first. An identical re-delivery of a version (same content)
--- is kept once, at its first delivery. version_rank = 1 is the order's current state: the latest updated_at,
+-- Every distinct version of every order, oldest first. An identical re-delivery of a version (every contract
+-- column equal, NULLs included: macros/raw_contents.sql; not the row hash, which can collide) is kept once, at
+-- its first delivery. version_rank = 1 is the order's current state: the latest updated_at,
 -- ties broken by the later batch, then the later row (SPEC §2).
 -- Incremental (delete+insert by order_id): every order that a file loaded since the last build names is
 -- rebuilt from all of its raw rows, since a new version can change the rank of the old ones; the others
@@ -21,7 +22,7 @@ with source as (
 ),
 
 distinct_versions as (
-    {{ first_row_per('source', 'order_id, _row_hash', '_file_id, _row_number') }}
+    {{ first_row_per('source', privdom_raw_contents('orders') | join(', '), '_file_id, _row_number') }}
 ),
 
 trimmed as (

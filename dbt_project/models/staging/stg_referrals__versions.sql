@@ -1,4 +1,5 @@
--- Every distinct version of every referral, oldest first; identical re-deliveries kept once. version_rank = 1
+-- Every distinct version of every referral, oldest first; identical re-deliveries (every contract column equal,
+-- NULLs included: macros/raw_contents.sql) kept once. version_rank = 1
 -- is the referral's current state (latest updated_at; ties: the later batch, then the later row).
 -- Incremental (delete+insert by referral_id): every referral that a file loaded since the last build names is
 -- rebuilt from all of its raw rows, since a new version can change the rank of the old ones; the others
@@ -20,7 +21,7 @@ with source as (
 ),
 
 distinct_versions as (
-    {{ first_row_per('source', 'referral_id, _row_hash', '_file_id, _row_number') }}
+    {{ first_row_per('source', privdom_raw_contents('referrals') | join(', '), '_file_id, _row_number') }}
 ),
 
 trimmed as (
