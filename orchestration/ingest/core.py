@@ -452,7 +452,7 @@ def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], set
     row_hash = R.row_hash_expr(c)
     out = ["_fid", "_bd", "_rn"]
     out += [R.t(col.name) for col in c.columns]
-    # delivered texts only where the GX frame reads them (writing the part is half the judging's cost)
+    # delivered texts only where the GX frame reads them (writing the part is a third of the judging's cost)
     out += [R.q(column) for _, column in frame if column.startswith("d__")]
     out += [R.q(name) for name, _ in extra]
     out += [R.flag(r) for r in c.rules]
@@ -588,11 +588,12 @@ _FILE = "_privdom_file_{}"  # a batch's staged files: one temp table per large f
 SMALL_FILE_ROWS = 4096
 # Uncompressed, with dictionaries only for columns of fewer than 1,000 distinct values in a row group (DuckDB's
 # DICTIONARY_SIZE_LIMIT counts values: enums, flags): the parts are temporary files in the system's temporary
-# folder (TMPDIR) and read twice (the load, GX's scans). Writing them is a third of judging a row; at 1M customers, against
-# LZ4 with DuckDB's default dictionaries, writing costs 0.64 instead of 0.95 us a row for channel events (1.0 /
-# 1.4 us for orders), the three sources' ingestion 48.6-49.7 s instead of 51.5-53.8 s, and the parts take
-# ~1.2 GB for channel events and ~1.0 GB for orders instead of ~0.8 / 0.5 GB, for one step at a time (each
-# step removes its parts). (zstd before LZ4: at 1M orders 401 MB instead of 696 MB, ingestion 61 s against 55 s.)
+# folder (TMPDIR) and read twice (the load, GX's scans). Writing them is a third of judging a row; at 1M
+# customers, against LZ4 with DuckDB's default dictionaries, writing costs 0.64 instead of 0.95 us a row for
+# channel events (1.0 / 1.4 us for orders), the three sources' ingestion 48.6-49.7 s instead of 51.5-53.8 s,
+# and the parts take ~1.2 GB for channel events and ~1.0 GB for orders instead of ~0.8 / 0.5 GB, for one step
+# at a time (each step removes its parts). (zstd before LZ4: at 1M orders 401 MB instead of 696 MB, ingestion
+# 61 s against 55 s.)
 _PARQUET = "(FORMAT parquet, COMPRESSION uncompressed, DICTIONARY_SIZE_LIMIT 1000)"
 
 
