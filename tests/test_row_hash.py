@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import duckdb
+import pytest
 
 from orchestration.ingest import ensure_raw_schema, ingest_source
 from orchestration.ingest import rules as R
@@ -21,18 +22,25 @@ def _hashes(con, source: str, key: str) -> list[tuple]:
     return con.execute(f"SELECT {key}, _file_id, _row_number, _row_hash FROM raw.{source} ORDER BY ALL").fetchall()
 
 
-def test_row_hash_is_16_hex_digits_and_the_judge_and_a_rehash_agree(con, settings, land):
+def test_row_hash_is_a_bigint_and_the_judge_and_a_rehash_agree(con, settings, land):
     """The judge hashes typed values as it writes them (t__ columns); hashing the raw table again over its own
-    columns gives every row the same value, so rows loaded before and after a rehash compare."""
+    columns gives every row the same value, so rows loaded before and after a rehash compare. The column is a
+    signed BIGINT: DuckDB's unsigned 64-bit hash minus 2^63."""
     land("channel_events/ce_20240131.csv", CE_CSV)
     land("orders/orders_20240131.csv", ORDERS_CSV)
     for source in ("channel_events", "orders"):
         ingest_source(con, source, settings, "run1")
     before = {"channel_events": _hashes(con, "channel_events", "event_id"), "orders": _hashes(con, "orders", "order_id")}
     assert len(before["channel_events"]) == 3 and len(before["orders"]) == 2
-    for rows in before.values():
-        assert all(re.fullmatch(r"[0-9a-f]{16}", h) for *_, h in rows), rows
+    for source, rows in before.items():
+        assert con.execute(f"SELECT DISTINCT typeof(_row_hash) FROM raw.{source}").fetchall() == [("BIGINT",)]
+        assert all(isinstance(h, int) and -2**63 <= h < 2**63 for *_, h in rows), rows
         assert len({h for *_, h in rows}) == len(rows)  # different contents, different hashes
+    # the unsigned hash, shifted down by 2^63 (same order, every value its own)
+    from orchestration.contract import contract
+
+    cols = ", ".join(R.q(col.name) for col in contract("orders").columns)
+    assert con.execute(f"SELECT bool_and(CAST(hash({cols}) AS HUGEINT) - _row_hash = 9223372036854775808) FROM raw.orders").fetchone() == (True,)
     assert rehash_raw_rows(con) == {"channel_events": 3, "orders": 2, "referrals": 0}
     assert _hashes(con, "channel_events", "event_id") == before["channel_events"]
     assert _hashes(con, "orders", "order_id") == before["orders"]
@@ -61,23 +69,36 @@ def test_the_hash_covers_every_contract_column_and_tells_null_from_empty(con):
         seen.add(h)
 
 
-def test_a_warehouse_hashed_by_an_older_scheme_is_hashed_again_before_a_run_loads(con, settings, land):
-    """A warehouse whose rows carry the md5 hashes of before raw.row_hash_scheme existed: the next ingestion
-    hashes them again first (reported per source), so an identical re-delivery of an order version shares its
+@pytest.mark.parametrize("scheme", ["md5", "hash64-typed-v1"])
+def test_a_warehouse_hashed_by_an_older_scheme_is_hashed_again_before_a_run_loads(con, settings, land, scheme):
+    """A warehouse whose rows carry text hashes (md5 of the typed row as JSON, from before raw.row_hash_scheme
+    existed; or scheme v1's DuckDB hash as 16 hex digits): the next ingestion makes the column BIGINT and hashes
+    the rows again first (reported per source), so an identical re-delivery of an order version shares its
     first delivery's hash and staging keeps one version of it."""
     land("orders/orders_20240131.csv", ORDERS_HEADER + O1_PAID)
     ingest_source(con, "orders", settings, "run1")
-    # the warehouse as the previous scheme left it: md5 of the typed row as JSON, no scheme recorded
-    con.execute("UPDATE raw.orders SET _row_hash = md5(CAST(to_json(struct_pack(order_id, updated_at, status)) AS VARCHAR))")
-    con.execute("DROP TABLE raw.row_hash_scheme")
-    assert len(con.execute("SELECT _row_hash FROM raw.orders").fetchone()[0]) == 32
+    current = con.execute("SELECT _row_hash FROM raw.orders").fetchone()[0]
+    # the warehouse as the older scheme left it
+    con.execute("ALTER TABLE raw.orders ALTER COLUMN _row_hash SET DATA TYPE VARCHAR")
+    if scheme == "md5":  # no scheme recorded
+        con.execute("UPDATE raw.orders SET _row_hash = md5(CAST(to_json(struct_pack(order_id, updated_at, status)) AS VARCHAR))")
+        con.execute("DROP TABLE raw.row_hash_scheme")
+        assert len(con.execute("SELECT _row_hash FROM raw.orders").fetchone()[0]) == 32
+    else:
+        from orchestration.contract import contract
+
+        cols = ", ".join(R.q(col.name) for col in contract("orders").columns)
+        con.execute(f"UPDATE raw.orders SET _row_hash = printf('%016x', hash({cols}))")
+        con.execute("UPDATE raw.row_hash_scheme SET scheme = 'hash64-typed-v1'")
+        assert re.fullmatch(r"[0-9a-f]{16}", con.execute("SELECT _row_hash FROM raw.orders").fetchone()[0])
 
     land("orders/orders_20240202.csv", ORDERS_HEADER + O1_PAID + O1_DONE)  # the paid version again, and a new one
     report = ingest_source(con, "orders", settings, "run2")
     assert report.rows_rehashed == {"orders": 1}
+    assert con.execute("SELECT DISTINCT typeof(_row_hash) FROM raw.orders").fetchall() == [("BIGINT",)]
     rows = con.execute("SELECT _file_id, status, _row_hash FROM raw.orders ORDER BY _file_id, _row_number").fetchall()
     assert [(f, s) for f, s, _ in rows] == [(1, "paid"), (2, "paid"), (2, "completed")]
-    assert rows[0][2] == rows[1][2] != rows[2][2]
+    assert current == rows[0][2] == rows[1][2] != rows[2][2]
     assert con.execute("SELECT scheme, duckdb_version FROM raw.row_hash_scheme").fetchall() == [
         (R.ROW_HASH_SCHEME, duckdb.__version__)]
     # nothing to do the next time
@@ -91,7 +112,7 @@ def test_another_duckdb_version_hashes_again_once(con, settings, land):
     ingest_source(con, "channel_events", settings, "run1")
     assert ensure_raw_schema(con) is None
     before = _hashes(con, "channel_events", "event_id")
-    con.execute("UPDATE raw.channel_events SET _row_hash = 'stale'")
+    con.execute("UPDATE raw.channel_events SET _row_hash = 0")
     con.execute("UPDATE raw.row_hash_scheme SET duckdb_version = '0.0.1'")
     assert ensure_raw_schema(con) == {"channel_events": 3, "orders": 0, "referrals": 0}
     assert _hashes(con, "channel_events", "event_id") == before
@@ -103,8 +124,6 @@ def test_a_failed_raw_insert_raises_its_own_error_and_leaves_the_connection_as_i
     """The raw insert runs with `preserve_insertion_order` off for its statement only: when it fails, its own
     error comes out (not the aborted transaction's refusal to reset the setting), nothing is loaded, and the
     connection has its default again."""
-    import pytest
-
     from orchestration.contract import contract
 
     ddl = R.raw_table_ddl(contract("channel_events"))

@@ -290,7 +290,7 @@ LINEAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("_file_id", "BIGINT"),  # ingestion_ledger.file_id: load order of files
     ("_batch_date", "DATE"),
     ("_row_number", "BIGINT"),  # 1-based position of the record in its file, header excluded
-    ("_row_hash", "VARCHAR"),  # 64-bit hash of the typed content (16 hex digits): identical re-deliveries share it
+    ("_row_hash", "BIGINT"),  # 64-bit hash of the typed content (signed): identical re-deliveries share it
     ("_loaded_at", "TIMESTAMPTZ"),
 )
 

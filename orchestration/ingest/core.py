@@ -153,6 +153,9 @@ def ensure_raw_schema(con: duckdb.DuckDBPyConnection) -> dict[str, int] | None:
     return None
 
 
+_ROW_HASH_TYPE = dict(LINEAGE_COLUMNS)["_row_hash"]
+
+
 def _row_hash_scheme() -> tuple[str, str]:
     return R.ROW_HASH_SCHEME, duckdb.__version__
 
@@ -162,14 +165,24 @@ def rehash_raw_rows(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     and DuckDB version, in one transaction. Returns the rows hashed per source.
 
     Identical contents share the fingerprint only if every row was hashed by one function: run when a warehouse
-    was hashed by an older scheme (md5 of the row as JSON, before the table raw.row_hash_scheme) or by another
-    DuckDB version (DuckDB does not promise its ``hash`` across versions). Staging does not depend on it (it
-    compares contents) and no model keeps a hash, so nothing else changes. ~0.5 s per million rows."""
+    was hashed by an older scheme (md5 of the row as JSON, before the table raw.row_hash_scheme; scheme v1's
+    hash as 16 hex digits) or by another DuckDB version (DuckDB does not promise its ``hash`` across versions).
+    A text ``_row_hash`` column (both older schemes) becomes BIGINT in the same statement. Staging does not
+    depend on the hash (it compares contents) and no model keeps one, so nothing else changes. ~0.5 s per
+    million rows."""
     counts: dict[str, int] = {}
     with transaction(con):
         for c in CONTRACTS.values():
             table = f"raw.{R.q(c.name)}"
-            counts[c.name] = con.execute(f"UPDATE {table} SET _row_hash = {R.row_hash_expr(c, R.q)}").fetchone()[0]
+            expr = R.row_hash_expr(c, R.q)
+            column_type = con.execute(
+                "SELECT data_type FROM information_schema.columns WHERE table_catalog = current_database() "
+                "AND table_schema = 'raw' AND table_name = ? AND column_name = '_row_hash'", [c.name]).fetchone()[0]
+            if column_type == _ROW_HASH_TYPE:
+                counts[c.name] = con.execute(f"UPDATE {table} SET _row_hash = {expr}").fetchone()[0]
+            else:  # a text column (md5, or scheme v1's 16 hex digits): retyped and hashed in one statement
+                con.execute(f"ALTER TABLE {table} ALTER COLUMN _row_hash SET DATA TYPE {_ROW_HASH_TYPE} USING {expr}")
+                counts[c.name] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         con.execute("DELETE FROM raw.row_hash_scheme")
         con.execute("INSERT INTO raw.row_hash_scheme VALUES (?, ?, now())", list(_row_hash_scheme()))
     return counts

@@ -129,7 +129,7 @@ CREATE TABLE IF NOT EXISTS raw.landing_hash_cache (
 # whose raw rows were hashed another way, or by another DuckDB version, has them hashed again before a run
 # loads more (orchestration.ingest.core.ensure_raw_schema), so that identical contents share the fingerprint
 # whenever they were loaded.
-ROW_HASH_SCHEME = "hash64-typed-v1"
+ROW_HASH_SCHEME = "hash64-typed-bigint-v2"  # v1: the same hash as 16 hex digits (VARCHAR)
 ROW_HASH_SCHEME_DDL = """
 CREATE TABLE IF NOT EXISTS raw.row_hash_scheme (
     scheme VARCHAR NOT NULL,
@@ -140,15 +140,18 @@ CREATE TABLE IF NOT EXISTS raw.row_hash_scheme (
 
 def row_hash_expr(c: SourceContract, ref=t) -> str:
     """`_row_hash` of a row: DuckDB's 64-bit `hash` of the typed values of every contract column in contract
-    order, as 16 hexadecimal digits. Identical contents (identical re-deliveries, in any file format) share it.
-    It is a fingerprint, not collision-free: DuckDB hashes a text 8 bytes at a time, and texts that differ only
-    in the last byte of two or more of those blocks collide about once in 256 (a review showed two versions of
-    an order sharing it). Nothing relies on it to tell versions apart: staging and the event_id_conflicts test
-    compare every contract column (dbt_project/macros/raw_contents.sql). `ref(name)` is the SQL of a column's
-    typed value (the judge's t__ column, or the raw table's own column when a warehouse is hashed again).
-    ~0.1-0.2 us a row, where md5 of the row as JSON took 0.8-1.3 us; DuckDB does not promise its hash across
-    versions, hence ROW_HASH_SCHEME's version check."""
-    return "printf('%016x', hash(" + ", ".join(ref(col.name) for col in c.columns) + "))"
+    order, as a signed BIGINT (the unsigned hash minus 2^63: every hash keeps its own value, and the type is
+    one that Spark, Parquet readers and BI tools all have). Identical contents (identical re-deliveries, in any
+    file format) share it. It is a fingerprint, not collision-free: DuckDB hashes a text 8 bytes at a time, and
+    texts that differ only in the last byte of two or more of those blocks collide about once in 256 (a review
+    showed two versions of an order sharing it). Nothing relies on it to tell versions apart: staging and the
+    event_id_conflicts test compare every contract column (dbt_project/macros/raw_contents.sql). `ref(name)`
+    is the SQL of a column's typed value (the judge's t__ column, or the raw table's own column when a
+    warehouse is hashed again). ~35 ns a row on one thread; as 16 hex digits (scheme v1) it was ~130 ns, and
+    the 16-character text cost the part and the raw insert more again (1M customers, the three sources'
+    ingestion 48.4 / 48.8 s -> 47.1 / 46.8 s); md5 of the row as JSON took 0.8-1.3 us. DuckDB does not
+    promise its hash across versions, hence ROW_HASH_SCHEME's version check."""
+    return "CAST(CAST(hash(" + ", ".join(ref(col.name) for col in c.columns) + ") AS HUGEINT) - 9223372036854775808 AS BIGINT)"
 
 
 # ------------------------------------------------------------------------------------------------- values
