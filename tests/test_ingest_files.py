@@ -30,6 +30,9 @@ def test_whole_file_rejections(con, settings, land):
         "channel_events/truncated_20240131.csv.gz": (gzip.compress(CE_GOOD.encode())[:-12], "gzip"),
         "channel_events/broken_20240131.jsonl": ('{"event_id": "e3", "occurred_at": "2024-01-31 10:00",\n', "not valid JSON Lines"),
         "channel_events/array_20240131.jsonl": ('["e3", "2024-01-31 10:00"]\n', "record 1 is not a JSON object"),
+        # objects are told by their first character once the reader has dropped the white space around them
+        "channel_events/scalar_20240131.jsonl": ('{"event_id": "e3"}\n \t{"event_id": "e3b"}\n  "e3c"  \n', "record 3 is not a JSON object"),
+        "channel_events/padded_array_20240131.jsonl": ('\t [{"event_id": "e3d"}]\n', "record 1 is not a JSON object"),
         "channel_events/latin1_20240131.csv": (CE_HEADER.encode() + "e4,2024-01-31 10:00,wecom,follow,o4,,,,,café ü\n".encode("latin-1"), "undecodable"),
         "channel_events/garbage_20240131.csv": (CE_HEADER.encode() + b"e5,\xff\xfe\x80\x80,wecom\n", "undecodable"),
         "channel_events/zero_20240131.csv": (b"", "empty file"),
@@ -219,7 +222,7 @@ def test_jsonl_records_keep_file_order_whatever_their_keys(con, settings, land):
     # columns ("_n", "_v") must neither shift the values nor change the row order, and no key is path syntax
     land("channel_events/dt=2024-01-31/odd_keys.jsonl",
          '{"_n": 9, "*": 1, "a/b~c": 2, "event_id": "e1", "occurred_at": "2024-01-31 10:00:00", "channel": "wecom", "event_type": "follow", "openid": "o1", "_v": "x"}\n'
-         '{"_n": 1, "event_id": "e2", "occurred_at": "2024-01-31 11:00:00", "channel": "wecom", "event_type": "engage", "openid": "o2"}\n'
+         ' \t {"_n": 1, "event_id": "e2", "occurred_at": "2024-01-31 11:00:00", "channel": "wecom", "event_type": "engage", "openid": "o2"}  \n'  # white space around an object
          '{"_n": 5, "_v": [1, 2], "event_id": "e3", "occurred_at": "2024-01-31 12:00:00", "channel": "wecom", "event_type": "engage", "member_id": "m3"}\n')
     report = ingest_source(con, "channel_events", settings, "t")
     assert [f.status for f in report.files] == ["loaded"] and report.rows_quarantined == 0
