@@ -135,3 +135,45 @@ def test_a_failed_raw_insert_raises_its_own_error_and_leaves_the_connection_as_i
     assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchone() == (True,)
     assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone() == (0,)
+
+
+_CRASH_AFTER_REHASH = """
+import os, sys
+import duckdb
+from orchestration.ingest.core import ensure_raw_schema
+con = duckdb.connect(sys.argv[1])
+con.execute("PRAGMA disable_checkpoint_on_shutdown")
+con.execute("SET checkpoint_threshold = '10GB'")  # the retyped rows stay in the write-ahead log
+print(ensure_raw_schema(con), flush=True)
+os._exit(0)  # killed before any checkpoint
+"""
+
+
+def test_a_warehouse_retyped_by_the_rehash_opens_after_a_crash(tmp_path):
+    """The rehash of a text `_row_hash` column is committed to DuckDB's write-ahead log; a process killed before
+    the next checkpoint leaves that log to be replayed when the file is opened again. It must replay offline
+    (a retype `USING` the hash would make DuckDB try to install the extension `hash` comes from)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from orchestration import warehouse
+
+    path = tmp_path / "warehouse.duckdb"
+    con = duckdb.connect(str(path))
+    ensure_raw_schema(con)
+    con.execute("INSERT INTO raw.orders (order_id, status) SELECT 'o' || i, 'paid' FROM range(1000) t(i)")
+    con.execute("ALTER TABLE raw.orders ALTER COLUMN _row_hash SET DATA TYPE VARCHAR")  # scheme v1's column
+    con.execute("UPDATE raw.row_hash_scheme SET scheme = 'hash64-typed-v1'")
+    con.close()
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _CRASH_AFTER_REHASH, str(path)], cwd=repo, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr
+    assert "'orders': 1000" in done.stdout
+    assert path.with_name(path.name + ".wal").exists()  # nothing was checkpointed
+
+    with warehouse.connection(path) as con:
+        assert con.execute("SELECT DISTINCT typeof(_row_hash) FROM raw.orders").fetchall() == [("BIGINT",)]
+        assert con.execute("SELECT count(DISTINCT _row_hash) FROM raw.orders").fetchone() == (1000,)
+        assert ensure_raw_schema(con) is None  # the scheme was recorded with the rows

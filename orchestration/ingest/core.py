@@ -167,7 +167,7 @@ def rehash_raw_rows(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     Identical contents share the fingerprint only if every row was hashed by one function: run when a warehouse
     was hashed by an older scheme (md5 of the row as JSON, before the table raw.row_hash_scheme; scheme v1's
     hash as 16 hex digits) or by another DuckDB version (DuckDB does not promise its ``hash`` across versions).
-    A text ``_row_hash`` column (both older schemes) becomes BIGINT in the same statement. Staging does not
+    A text ``_row_hash`` column (both older schemes) becomes BIGINT in the same transaction. Staging does not
     depend on the hash (it compares contents) and no model keeps one, so nothing else changes. ~0.5 s per
     million rows."""
     counts: dict[str, int] = {}
@@ -178,11 +178,13 @@ def rehash_raw_rows(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             column_type = con.execute(
                 "SELECT data_type FROM information_schema.columns WHERE table_catalog = current_database() "
                 "AND table_schema = 'raw' AND table_name = ? AND column_name = '_row_hash'", [c.name]).fetchone()[0]
-            if column_type == _ROW_HASH_TYPE:
-                counts[c.name] = con.execute(f"UPDATE {table} SET _row_hash = {expr}").fetchone()[0]
-            else:  # a text column (md5, or scheme v1's 16 hex digits): retyped and hashed in one statement
-                con.execute(f"ALTER TABLE {table} ALTER COLUMN _row_hash SET DATA TYPE {_ROW_HASH_TYPE} USING {expr}")
-                counts[c.name] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if column_type != _ROW_HASH_TYPE:
+                # a text column (md5, or scheme v1's 16 hex digits): retyped empty, then hashed by the UPDATE.
+                # Not `USING <the hash>`: DuckDB's write-ahead log keeps that expression instead of the values,
+                # and replaying it after a crash asks to install the extension `hash` lives in, which fails
+                # offline: the file would not open again (tests/test_row_hash.py)
+                con.execute(f"ALTER TABLE {table} ALTER COLUMN _row_hash SET DATA TYPE {_ROW_HASH_TYPE} USING NULL")
+            counts[c.name] = con.execute(f"UPDATE {table} SET _row_hash = {expr}").fetchone()[0]
         con.execute("DELETE FROM raw.row_hash_scheme")
         con.execute("INSERT INTO raw.row_hash_scheme VALUES (?, ?, now())", list(_row_hash_scheme()))
     return counts

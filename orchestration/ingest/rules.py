@@ -149,7 +149,7 @@ def row_hash_expr(c: SourceContract, ref=t) -> str:
     is the SQL of a column's typed value (the judge's t__ column, or the raw table's own column when a
     warehouse is hashed again). ~35 ns a row on one thread; as 16 hex digits (scheme v1) it was ~130 ns, and
     the 16-character text cost the part and the raw insert more again (1M customers, the three sources'
-    ingestion 48.4 / 48.8 s -> 47.1 / 46.8 s); md5 of the row as JSON took 0.8-1.3 us. DuckDB does not
+    ingestion 46.75 / 48.40 s -> 45.33 / 45.38 s, alternated); md5 of the row as JSON took 0.8-1.3 us. DuckDB does not
     promise its hash across versions, hence ROW_HASH_SCHEME's version check."""
     return "CAST(CAST(hash(" + ", ".join(ref(col.name) for col in c.columns) + ") AS HUGEINT) - 9223372036854775808 AS BIGINT)"
 
