@@ -374,3 +374,24 @@ def test_a_dt_folder_is_not_a_column_and_json_lines_keys_follow_the_contract(con
     assert rows["own_dt.csv"]["dt"] == "hello"
     assert list(rows["lines.jsonl"]) == ["event_id", "occurred_at", "channel", "event_type", "openid",
                                            "wecom_staff_userid", "zz_extra"]
+
+
+def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settings):
+    """The reader takes a CSV file's signature from its header (every column VARCHAR) instead of asking DuckDB:
+    it must be exactly what DESCRIBE gives, odd names included, and the row count the table's."""
+    import duckdb
+
+    from orchestration.ingest import core
+    from orchestration.ingest import files as fl
+
+    header = '"a.b",rowid,,"x ""q""",事件 ,dup,dup,__privdom_fid,Event_ID\n'
+    path = settings.landing_dir / "channel_events" / "odd_20240131.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + "1,2,3,4,5,6,7,8,9\n" * 3 + '" a ",,,,,,,,\n', encoding="utf-8")
+    [f] = [x for x in fl.discover(settings.landing_dir, "channel_events") if x.path == path]
+    con = duckdb.connect()
+    encoding, signature, rows = core._read(con, f, path.stat().st_size, core._Scratch())
+    assert (encoding, rows) == ("utf-8", 4)
+    assert signature == core._signature(con)
+    assert [n for n, _ in signature] == ["a.b", "rowid", "column3", 'x "q"', "事件", "dup", "dup_7", "__privdom_fid", "Event_ID"]
+    assert con.execute(f"SELECT count(*) FROM {core._SRC}").fetchone() == (4,)

@@ -228,9 +228,13 @@ def _starts_with_bom(f: fl.LandingFile) -> bool:
         return fh.read(len(fl.UTF8_BOM)) == fl.UTF8_BOM
 
 
+_Signature = tuple[tuple[str, str], ...]
+
+
 def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch: _Scratch,
-          order: Sequence[str] = ()) -> str:
-    """Read the file into temp table _SRC (one column per delivered column). Returns the encoding.
+          order: Sequence[str] = ()) -> tuple[str, _Signature | None, int]:
+    """Read the file into temp table _SRC (one column per delivered column). Returns (the encoding, the
+    signature where the reader knows it without asking DuckDB (a CSV file's header) or None, the rows read).
 
     A JSON Lines file's columns come in `order` (the contract's column names) first, then the other keys (see
     _read_text).
@@ -248,17 +252,19 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
         raise fl.FileRejected(f"{f.rel_path}: empty file (0 bytes)")
     if f.format == "parquet":
         try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({R.lit(str(f.path))}, {_NO_HIVE})")
+            rows = con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({R.lit(str(f.path))}, {_NO_HIVE})"
+            ).fetchone()[0]
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
-        return "binary"
+        return "binary", None, rows
 
     compression = "gzip" if f.compression == "gzip" else "none"
     try:
         bom = _starts_with_bom(f)
         if not (bom and f.format == "jsonl"):  # DuckDB's JSON reader does not skip a BOM: transcode those
-            _read_text(con, f, f.path, compression, fast=True, order=order)
-            return "utf-8-sig" if bom else "utf-8"
+            signature, rows = _read_text(con, f, f.path, compression, fast=True, order=order)
+            return ("utf-8-sig" if bom else "utf-8"), signature, rows
     except (_Fallback, fl.FileRejected, duckdb.Error, UnicodeDecodeError, OSError, EOFError, zlib.error):
         pass
 
@@ -269,14 +275,20 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     if encoding == "gb18030" or (encoding == "utf-8-sig" and f.format == "jsonl"):
         path, compression = scratch.path(), "none"
         fl.transcode_to_utf8(f, encoding, path)
-    _read_text(con, f, path, compression, fast=False, order=order)
-    return encoding
+    signature, rows = _read_text(con, f, path, compression, fast=False, order=order)
+    return encoding, signature, rows
 
 
 def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool,
-               order: Sequence[str] = ()) -> None:
-    """CSV or JSON Lines (UTF-8, a BOM allowed for CSV) into _SRC. With fast=True, a file that could be blank
-    raises _Fallback (the caller sniffs it) instead of loading.
+               order: Sequence[str] = ()) -> tuple[_Signature | None, int]:
+    """CSV or JSON Lines (UTF-8, a BOM allowed for CSV) into _SRC; returns (the signature where it is known
+    without asking DuckDB, else None; the rows read). With fast=True, a file that could be blank raises
+    _Fallback (the caller sniffs it) instead of loading.
+
+    A CSV file's signature is its header's names, every column VARCHAR: the reader is given exactly those (two
+    names equal but for case make DuckDB refuse the read, and the file is rejected). Knowing it, and the row
+    count from the statement that read the file, saves a DESCRIBE and a count a file (~0.7 ms; 1M customers:
+    referrals' staging on one thread 6.49-6.55 -> 6.22-6.36 s, alternated).
 
     A JSON Lines file's keys become columns in the order of `order` (names compared trimmed and without case),
     then the others by first appearance and name; keys of one contract column keep their order among
@@ -288,15 +300,15 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         names = _csv_header(path, compression, f, require_content=fast)
         columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
         try:
-            con.execute(
+            rows = con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({R.lit(str(path))}, "
                 f"columns = {columns}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
                 f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)}, "
                 f"{_NO_HIVE})"
-            )
+            ).fetchone()[0]
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})") from None
-        return
+        return tuple((n, "VARCHAR") for n in names), rows
     # JSON Lines: one object per line; values as their JSON text (numbers in DuckDB's shortest decimal form)
     try:
         con.execute(
@@ -341,6 +353,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}")
+    return None, n_records
 
 
 def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_content: bool = False) -> list[str]:
@@ -653,8 +666,9 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
         for cand in batch:
             f = cand.f
             try:
-                encoding = _read(cur, f, cand.size, scratch, c.column_names)
-                signature = _signature(cur)
+                encoding, signature, n_rows = _read(cur, f, cand.size, scratch, c.column_names)
+                if signature is None:
+                    signature = _signature(cur)
                 src_cols = _source_columns(signature)
                 missing = [n for n in c.required_columns if n not in src_cols]
                 if missing:
@@ -671,7 +685,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
             lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, {batch_date} AS {R.q(_BD)}, "
                        f"rowid + 1 AS {R.q(_RN)}, {R.batch_limit_expr(batch_date)} AS {R.q(_BL)}, *")
             arms = signatures.setdefault(signature, [])
-            small = cur.execute(f"SELECT count(*) FROM {_SRC}").fetchone()[0] < SMALL_FILE_ROWS
+            small = n_rows < SMALL_FILE_ROWS
             if small and arms and arms[-1].accumulates:
                 cur.execute(f"INSERT INTO {arms[-1].table} SELECT {lineage} FROM {_SRC}")
             else:
