@@ -395,3 +395,31 @@ def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settin
     assert signature == core._signature(con)
     assert [n for n, _ in signature] == ["a.b", "rowid", "column3", 'x "q"', "事件", "dup", "dup_7", "__privdom_fid", "Event_ID"]
     assert con.execute(f"SELECT count(*) FROM {core._SRC}").fetchone() == (4,)
+
+
+def test_a_header_too_long_or_cut_in_a_character_rejects_its_file_only(con, settings, land):
+    """The header is read up to 1 MiB: a longer one (here with a character cut at the limit) rejects the file,
+    and the run's other files load (it once stopped the whole source's staging with a UnicodeDecodeError)."""
+    land("channel_events/good_20240131.csv", CE_GOOD)
+    land("channel_events/wide_20240131.csv", ("a" * ((1 << 20) - 1) + "事,b\n1,2\n").encode())
+    report = ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    assert led["channel_events/good_20240131.csv"][0] == "loaded"
+    status, error, *_ = led["channel_events/wide_20240131.csv"]
+    assert status == "rejected" and "header line is longer than 1 MiB" in error, error
+    assert report.rows_loaded == 1
+
+
+def test_header_names_equal_but_for_case_load_and_the_first_is_read(con, settings, land):
+    """DuckDB compares column names without case: a header naming a column twice in different cases is read with
+    the second renamed (DuckDB refused the file before), and the first is the contract column, as for JSON Lines
+    keys; the second stays in a quarantined row's original values."""
+    header = CE_HEADER.replace(",campaign,", ",OpenID,")
+    land("channel_events/ce_20240131.csv",
+         header + "e1,2024-01-31T10:00:00+08:00,wecom,add_contact,o1,,,,,second,\n"
+                  "e2,2024-01-31T10:00:00+08:00,wecom,no_such_type,o2,,,,,other,\n")
+    report = ingest_source(con, "channel_events", settings, "run1")
+    assert [f.status for f in report.files] == ["loaded"] and report.rows_loaded == 1
+    assert con.execute("SELECT event_id, openid FROM raw.channel_events").fetchall() == [("e1", "o1")]
+    original = con.execute("SELECT original_row FROM raw.quarantine").fetchone()[0]
+    assert '"openid":"o2"' in original.replace(" ", "") and '"OpenID_10":"other"' in original.replace(" ", ""), original

@@ -356,41 +356,55 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
     return None, n_records
 
 
-def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_content: bool = False) -> list[str]:
-    """Column names from the header line (UTF-8 by now); duplicates and blanks get unique names.
+_HEADER_LIMIT = 1 << 20  # bytes of a CSV header line
 
-    With require_content, a blank first line raises _Fallback (the file may be white space only)."""
+
+def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_content: bool = False) -> list[str]:
+    """Column names from the header line (UTF-8 by now); blanks and duplicates get unique names, duplicates
+    compared without case as DuckDB compares column names (the first keeps its name: the one the judge reads,
+    as for JSON Lines keys).
+
+    With require_content, a blank first line raises _Fallback (the file may be white space only). A header
+    line of more than 1 MiB, or one that is not UTF-8, rejects the file (FileRejected; on the first, fast read
+    the caller sniffs the encoding and transcodes first)."""
     import csv
     import gzip
     import io
 
     opener = gzip.open if compression == "gzip" else open
     with opener(path, "rb") as fh:
-        raw = fh.readline(1 << 20)
+        raw = fh.readline(_HEADER_LIMIT + 1)
     if require_content and not raw.removeprefix(fl.UTF8_BOM).strip(b" \t\r\n\x0b\x0c"):
         raise _Fallback()
-    line = raw.decode("utf-8-sig")
+    if len(raw) > _HEADER_LIMIT:
+        raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (the header line is longer than 1 MiB)")
+    try:
+        line = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fl.FileRejected(f"{f.rel_path}: undecodable: the header line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         header = next(csv.reader(io.StringIO(line), delimiter=",", quotechar='"', strict=True), [])
     except csv.Error as exc:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (bad header: {exc})") from None
     names: list[str] = []
+    taken: set[str] = set()
     for i, n in enumerate(header):
         n = n.strip() or f"column{i + 1}"
-        while n in names:
+        while n.lower() in taken:
             n = f"{n}_{i + 1}"
         names.append(n)
+        taken.add(n.lower())
     if not names:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (no header line)")
     return names
 
 
-def _signature(con: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]:
+def _signature(con: duckdb.DuckDBPyConnection) -> _Signature:
     """(name as delivered, DuckDB type) of every column of _SRC, in order."""
     return tuple((name, ty) for name, ty, *_ in con.execute(f"DESCRIBE {_SRC}").fetchall())
 
 
-def _staged_names(signature: tuple[tuple[str, str], ...]) -> list[str]:
+def _staged_names(signature: _Signature) -> list[str]:
     """The name each delivered column has in a staging table: its own, or, where it would meet DuckDB's row id
     or a lineage column (names compare without case in DuckDB), `__privdom_delivered_<i>` (made unique among
     the delivered names)."""
@@ -407,7 +421,7 @@ def _staged_names(signature: tuple[tuple[str, str], ...]) -> list[str]:
     return out
 
 
-def _source_columns(signature: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, str]]:
+def _source_columns(signature: _Signature) -> dict[str, tuple[str, str]]:
     """lower(trim(name)) → (name as delivered, DuckDB type); the first of equal names wins."""
     out: dict[str, tuple[str, str]] = {}
     for name, ty in signature:
@@ -436,7 +450,7 @@ def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[tuple[
     return extra, select
 
 
-def _judge_select(c: SourceContract, signature: tuple[tuple[str, str], ...], settings: Settings, table: str) -> str:
+def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, table: str) -> str:
     """SELECT over staged files (`table`: their delivered columns plus lineage _FID, _BD, _RN, _BL): per row
     _fid, _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of the columns the GX
     frame reads as delivered text (frame_projection: not for string columns, whose typed value is that text),
@@ -660,7 +674,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
     copied); consecutive smaller files are appended to one table, because each input costs ~5 ms of planning
     the wide judging statement, more than copying a few thousand rows."""
     results: dict[int, str | fl.FileRejected] = {}
-    signatures: dict[tuple[tuple[str, str], ...], list[_Arm]] = {}
+    signatures: dict[_Signature, list[_Arm]] = {}
     tables: list[str] = []
     try:
         for cand in batch:
