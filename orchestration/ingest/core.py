@@ -285,10 +285,10 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
     without asking DuckDB, else None; the rows read). With fast=True, a file that could be blank raises
     _Fallback (the caller sniffs it) instead of loading.
 
-    A CSV file's signature is its header's names, every column VARCHAR: the reader is given exactly those (two
-    names equal but for case make DuckDB refuse the read, and the file is rejected). Knowing it, and the row
-    count from the statement that read the file, saves a DESCRIBE and a count a file (~0.7 ms; 1M customers:
-    referrals' staging on one thread 6.49-6.55 -> 6.22-6.36 s, alternated).
+    A CSV file's signature is its header's names (_csv_header: unique without case, as DuckDB compares them),
+    every column VARCHAR: the reader is given exactly those. Knowing it, and the row count from the statement
+    that read the file, saves a DESCRIBE and a count a file (~0.7 ms; 1M customers: referrals' staging on one
+    thread 6.49-6.55 -> 6.22-6.36 s, alternated).
 
     A JSON Lines file's keys become columns in the order of `order` (names compared trimmed and without case),
     then the others by first appearance and name; keys of one contract column keep their order among
