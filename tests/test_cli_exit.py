@@ -1,0 +1,110 @@
+"""`privdom`'s exit (orchestration.cli.run): Python's teardown is skipped, what it would do that matters is not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, body: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run cli.run() in a fresh interpreter with main() replaced by `body` (the function `fake_main`)."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import atexit, sys, threading, time, weakref
+            from pathlib import Path
+            from orchestration import cli
+            out = Path(sys.argv[1])
+
+            class Resource:
+                pass
+
+            kept = Resource()
+            weakref.finalize(kept, lambda: (out / "finalizer").write_text("ran"))  # as TemporaryDirectory does
+            atexit.register(lambda: (out / "atexit").write_text("ran"))
+            """
+        )
+        + textwrap.dedent(body)
+        + "\ncli.main = fake_main\ncli.run()\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PRIVDOM_PYTHON_EXIT"}
+    env.update({"PYTHONPATH": str(REPO), **(env_extra or {})})
+    return subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_exit_code_output_and_exit_handlers_survive(tmp_path):
+    done = _run(
+        tmp_path,
+        """
+        def fake_main(argv=None):
+            sys.stdout.write("summary without a newline")  # buffered: only a flush writes it
+            sys.stderr.write("a warning")
+            return 3
+        """,
+    )
+    assert done.returncode == 3
+    assert done.stdout == "summary without a newline"
+    assert done.stderr == "a warning"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "finalizer").read_text() == "ran"
+
+
+def test_a_running_thread_is_waited_for(tmp_path):
+    # a non-daemon thread still working when main() returns: os._exit would cut it off, so Python's exit is taken
+    done = _run(
+        tmp_path,
+        """
+        def work():
+            time.sleep(0.5)
+            (out / "thread").write_text("finished")
+
+        def fake_main(argv=None):
+            threading.Thread(target=work, daemon=False).start()
+            return 0
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "thread").read_text() == "finished"
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_python_exit_on_request(tmp_path):
+    done = _run(
+        tmp_path,
+        """
+        def fake_main(argv=None):
+            print("ok")
+            return 0
+        """,
+        {"PRIVDOM_PYTHON_EXIT": "1"},
+    )
+    assert done.returncode == 0
+    assert done.stdout == "ok\n"
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_exception_out_of_main_is_printed_by_python(tmp_path):
+    done = _run(
+        tmp_path,
+        """
+        def fake_main(argv=None):
+            raise RuntimeError("boom")
+        """,
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: boom" in done.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_console_script_is_run():
+    # the installed `privdom` and `python -m orchestration.cli` both go through run()
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'privdom = "orchestration.cli:run"' in text
+    assert (REPO / "orchestration" / "cli.py").read_text(encoding="utf-8").rstrip().endswith("run()")
