@@ -2,9 +2,11 @@
 the same data, row for row, in every layer; runs take in only newly loaded files; a change of what staging
 computes (placeholder values, staging SQL) rebuilds from raw by itself.
 
-Demo landing files of 24 days arrive in three deliveries, each followed by `privdom run`. The data has late rows
+Demo landing files of 40 days arrive in three deliveries, each followed by `privdom run`. The data has late rows
 of every source (delivered after their event day, some in a later delivery than their day's), orders and
-referrals with versions in several deliveries, a re-delivered file, re-delivered and conflicting events.
+referrals with versions in several deliveries, a re-delivered file, re-delivered and conflicting events. The
+second delivery brings a new month (February 2024: the calendar grows, and every state still in force holds in
+one more month), the third stays within it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 PRIVDOM = Path(sys.executable).with_name("privdom")
 START = dt.date(2024, 1, 1)
-DELIVERIES = [(1, 9), (10, 17), (18, 24)]  # days of the batch dates in each delivery, inclusive
+DELIVERIES = [(1, 20), (21, 35), (36, 40)]  # days of the batch dates in each delivery, inclusive (day 32: 1 February)
 MODELLED_SCHEMAS = ("staging", "intermediate", "marts", "segments")
 
 
@@ -80,7 +82,7 @@ def history(tmp_path_factory):
     from orchestration.generate import generate
 
     source = tmp_path_factory.mktemp("all") / "landing"
-    generate(source, customers=150, days=24, seed=7, dirty_rate=0.02)
+    generate(source, customers=150, days=40, seed=7, dirty_rate=0.02)
     data_dir = tmp_path_factory.mktemp("incremental")
     (data_dir / "landing").mkdir()
     # tiny batches' quarantine share passes the 5 % limit, which would hold back the exports and fail the run
@@ -127,9 +129,19 @@ def test_the_history_has_late_rows_across_deliveries(history):
     (spread,) = _query(
         data_dir,
         "select count(*) from (select order_id from staging.stg_orders__versions "
-        "group by order_id having min(batch_date) < date '2024-01-10' and max(batch_date) >= date '2024-01-10')",
+        "group by order_id having min(batch_date) < ? and max(batch_date) >= ?)",
+        [START + dt.timedelta(DELIVERIES[1][0] - 1)] * 2,
     )[0]
     assert spread > 0
+
+
+def test_the_history_gains_a_month_in_its_second_delivery_and_not_in_its_third(history):
+    data_dir, *_ = history
+    months = [m for (m,) in _query(data_dir, "select period_month from intermediate.int_calendar__months order by 1")]
+    assert months == [dt.date(2024, 1, 1), dt.date(2024, 2, 1)]
+    first, last = DELIVERIES[1]
+    assert (START + dt.timedelta(first - 1)).month == 1 and (START + dt.timedelta(last - 1)).month == 2
+    assert {(START + dt.timedelta(day - 1)).month for day in range(DELIVERIES[2][0], DELIVERIES[2][1] + 1)} == {2}
 
 
 def test_incremental_runs_equal_a_full_refresh_row_for_row(history):
