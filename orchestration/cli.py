@@ -108,7 +108,8 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
         "--port",
         str(args.port),
     ]
-    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it")
+    # flushed: exec replaces the process, and a buffered line (stdout a pipe or a file) would be lost
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it", flush=True)
     os.chdir(REPO_ROOT)
     os.execv(cmd[0], cmd) if os.path.isabs(cmd[0]) else os.execvp(cmd[0], cmd)
     return 0  # not reached
@@ -193,21 +194,29 @@ def run(argv: list[str] | None = None) -> None:
     them one by one at exit took ~1.4 s after a new day on a 1M history (docs/performance.md), time in which
     nothing is written. The exit does what that teardown would do that matters (the atexit handlers:
     logging's flush, temporary directories, GX's DuckDB engines; every warehouse connection is closed by
-    then), flushes stdout and stderr, and ends the process. Only when no thread Python would wait for is left (daemon
-    threads, such as tqdm's monitor, Python abandons too): such a thread would be cut off, so then the exit is
-    Python's. PRIVDOM_PYTHON_EXIT=1 always takes Python's.
+    then), flushes stdout and stderr (Python's and C's), and ends the process. Only when no thread Python would
+    wait for is left (daemon threads, such as tqdm's monitor, Python abandons too): such a thread would be cut
+    off, so then the exit is Python's. PRIVDOM_PYTHON_EXIT=1 always takes Python's.
     An exception out of main() is not caught here: Python prints it and exits as usual.
     """
     code = main(argv)
     if os.environ.get("PRIVDOM_PYTHON_EXIT") == "1" or _other_threads():
         sys.exit(code)
     atexit._run_exitfuncs()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe (`privdom run | head`): Python exits 120 then
-        code = code or 120
-    os._exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # no stream (started with it closed)
+            continue
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe (`privdom run | head`): Python's exit says 120 then
+            code = 120
+    try:  # C's stdio buffers (a library printing through printf), which os._exit does not flush
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # pragma: no cover - no C library to ask (not on Linux or macOS)
+        pass
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

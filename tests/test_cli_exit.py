@@ -28,13 +28,16 @@ def _run(tmp_path: Path, body: str, env_extra: dict[str, str] | None = None) -> 
             kept = Resource()
             weakref.finalize(kept, lambda: (out / "finalizer").write_text("ran"))  # as TemporaryDirectory does
             atexit.register(lambda: (out / "atexit").write_text("ran"))
+            # run by Python's own exit only (threading's shutdown), never by the exit that skips the teardown
+            threading._register_atexit(lambda: (out / "python_exit").write_text("ran"))
             """
         )
         + textwrap.dedent(body)
         + "\ncli.main = fake_main\ncli.run()\n",
         encoding="utf-8",
     )
-    env = {k: v for k, v in os.environ.items() if k != "PRIVDOM_PYTHON_EXIT"}
+    # buffered output, as `privdom` has unless told otherwise: an unflushed buffer must show as lost output
+    env = {k: v for k, v in os.environ.items() if k not in ("PRIVDOM_PYTHON_EXIT", "PYTHONUNBUFFERED")}
     env.update({"PYTHONPATH": str(REPO), **(env_extra or {})})
     return subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
 
@@ -54,6 +57,50 @@ def test_exit_code_output_and_exit_handlers_survive(tmp_path):
     assert done.stderr == "a warning"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "finalizer").read_text() == "ran"
+    assert not (tmp_path / "python_exit").exists()  # the teardown was skipped
+
+
+def test_what_c_code_printed_is_flushed_too(tmp_path):
+    done = _run(
+        tmp_path,
+        """
+        import ctypes
+
+        def fake_main(argv=None):
+            ctypes.CDLL(None).printf(b"printed by C")  # C's stdout buffer, full-buffered on a pipe
+            return 0
+        """,
+    )
+    assert done.returncode == 0
+    assert done.stdout == "printed by C"
+    assert not (tmp_path / "python_exit").exists()
+
+
+def test_a_daemon_thread_does_not_hold_the_exit_back(tmp_path):
+    done = _run(
+        tmp_path,
+        """
+        def fake_main(argv=None):
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+            return 0
+        """,
+    )
+    assert done.returncode == 0
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "python_exit").exists()
+
+
+def test_no_stdout_is_no_error(tmp_path):
+    done = _run(
+        tmp_path,
+        """
+        def fake_main(argv=None):
+            sys.stdout = None
+            return 0
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "python_exit").exists()
 
 
 def test_a_running_thread_is_waited_for(tmp_path):
@@ -73,6 +120,7 @@ def test_a_running_thread_is_waited_for(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "thread").read_text() == "finished"
     assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "python_exit").read_text() == "ran"
 
 
 def test_python_exit_on_request(tmp_path):
@@ -88,6 +136,7 @@ def test_python_exit_on_request(tmp_path):
     assert done.returncode == 0
     assert done.stdout == "ok\n"
     assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "python_exit").read_text() == "ran"
 
 
 def test_exception_out_of_main_is_printed_by_python(tmp_path):
