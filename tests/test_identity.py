@@ -340,8 +340,8 @@ def test_keys_merge_keeps_the_earlier_customer_and_records_the_bridge(db):
 
 
 def test_merges_through_an_order_and_a_referral_record_their_bridges(db):
-    """The merge's via identifier is found in orders and referral sides too (the filtered scans of
-    occurrences_sql read every staging table): a new identifier in the bridging group first, else the merged
+    """The merge's via identifier is found in orders and referral sides too (the identity graph's memberships
+    hold the groups of every staging table): a new identifier in the bridging group first, else the merged
     customer's own identifier that met another customer's."""
     base = [ev("a", openid="oA"), ev("b", openid="oB"), ev("c", unionid="uC", member_id="M3"), ev("d", unionid="uD")]
     touches = {("openid", "oA"): "2024-01-01 00:00:00+08", ("openid", "oB"): "2024-02-01 00:00:00+08",

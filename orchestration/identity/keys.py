@@ -45,12 +45,14 @@ from datetime import datetime, timezone
 from orchestration.identity.graph import (
     BUILDS_TABLE,
     IDENTIFIERS_TABLE,
+    MEMBERSHIPS_CACHE,
+    NODES_CACHE,
     RECORDS_TABLE,
     STATE_SCHEMA as GRAPH_STATE_SCHEMA,
     TYPE_ORDER,
     mark_consumed_sql,
     mask_sql,
-    occurrences_sql,
+    node_id_sql,
 )
 from orchestration.warehouse import table_exists, transaction
 
@@ -455,32 +457,34 @@ def _via_identifiers(con, n_merges: int) -> None:
             "(merged_key VARCHAR, identifier_type VARCHAR, identifier_value VARCHAR)"
         )
         return
-    # The merged customers' identifiers, then the groups (role, record) they occur in, then every occurrence in
-    # those groups. Each step filters the staging tables while scanning them (occurrences_sql's `where`): a day's
-    # merges touch a few thousand identifiers, and reading every occurrence of all history first (at 1M
-    # customers 23.3M) took half of this function's time on a new day (docs/performance.md).
+    # The merged customers' identifiers, then the groups they occur in, then every identifier of those groups,
+    # from the identity graph's memberships (identity_state.graph_memberships: one row per group and identifier,
+    # integers, as the graph step has just left them): a group is a channel events' identifier tuple (every
+    # event naming exactly those values), an order or a referral side over all its versions, so two identifiers
+    # share a group there exactly when they occur on one staged record (occurrences_sql), which is what this
+    # asks. At 1M customers a new day's 1.3k merges: 1.6 s through filtered scans of the staging tables, 0.2 s
+    # here (docs/performance.md, "Seventeenth session").
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE _ck_via_merged_ids AS
-        SELECT i.identifier_type, i.identifier_value, i.old_key AS merged_key, i.component_id
+        SELECT i.identifier_type, i.identifier_value, i.old_key AS merged_key, i.component_id,
+               {node_id_sql('i.identifier_type', 'i.identifier_value')} AS nid
         FROM _ck_identifiers i JOIN _ck_merges m ON m.merged_key = i.old_key AND m.component_id = i.component_id
         """
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _ck_via_groups AS
-        SELECT DISTINCT role, record_id
-        FROM ({occurrences_sql(where=lambda role, typ, record_id, column: (
-            f"{column} IN (SELECT identifier_value FROM _ck_via_merged_ids WHERE identifier_type = '{typ}')"))})
+        SELECT DISTINCT gid FROM {MEMBERSHIPS_CACHE} WHERE nid IN (SELECT nid FROM _ck_via_merged_ids)
         """
     )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _ck_merge_via AS
         WITH occ AS (
-            SELECT DISTINCT role, record_id, identifier_type, identifier_value
-            FROM ({occurrences_sql(where=lambda role, typ, record_id, column: (
-                f"{record_id} IN (SELECT record_id FROM _ck_via_groups WHERE role = '{role}')"))})
+            SELECT m.gid, n.node_type AS identifier_type, n.node_value AS identifier_value
+            FROM {MEMBERSHIPS_CACHE} m JOIN {NODES_CACHE} n ON n.node_id = m.nid
+            WHERE m.gid IN (SELECT gid FROM _ck_via_groups)
         ),
         linked AS (
             -- (merged identifier, identifier sharing a group with it that did not map to the merged key)
@@ -489,7 +493,7 @@ def _via_identifiers(con, n_merges: int) -> None:
                    bk.customer_key AS other_old_key
             FROM _ck_via_merged_ids mi
             JOIN occ a USING (identifier_type, identifier_value)
-            JOIN occ b ON b.role = a.role AND b.record_id = a.record_id
+            JOIN occ b ON b.gid = a.gid
             LEFT JOIN {IDENTIFIERS_TABLE} bi ON bi.identifier_type = b.identifier_type
                                              AND bi.identifier_value = b.identifier_value
             LEFT JOIN {IDENTIFIER_KEYS} bk ON bk.identifier_type = b.identifier_type
