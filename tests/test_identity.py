@@ -366,6 +366,21 @@ def test_merges_through_an_order_and_a_referral_record_their_bridges(db):
     ]
 
 
+def test_merges_without_the_graphs_state_ask_for_the_graph_first(db, monkeypatch):
+    """The via identifiers come from the identity graph's memberships: without them (a graph last built by a
+    privdom that kept no state) the keys say what to materialize instead of failing on a missing table."""
+    stage(db, events=[ev("a", openid="oA"), ev("b", openid="oB")])
+    touches = {("openid", "oA"): "2024-01-01 00:00:00+08", ("openid", "oB"): "2024-02-01 00:00:00+08"}
+    keys_run(db, "r1", touches)
+    stage(db, events=[ev("a", openid="oA"), ev("b", openid="oB"), ev("ab", openid="oA", unionid="uAB"),
+                      ev("ba", unionid="uAB", openid="oB")])
+    build_identity_graph(db, 20)
+    db.execute("DROP TABLE identity_state.graph_memberships")
+    monkeypatch.setitem(keys_run.__globals__, "build_identity_graph", lambda con, max_degree: None)  # keep it as it is
+    with pytest.raises(RuntimeError, match="graph_memberships is missing.*Materialize the identity graph"):
+        keys_run(db, "r2", touches)
+
+
 def test_merge_tie_on_acquired_at_keeps_the_smaller_key(db):
     stage(db, events=[ev("a", openid="oA"), ev("b", openid="oB")])
     touches = {("openid", "oA"): "2024-01-01 00:00:00+08", ("openid", "oB"): "2024-01-01 00:00:00+08"}

@@ -457,6 +457,12 @@ def _via_identifiers(con, n_merges: int) -> None:
             "(merged_key VARCHAR, identifier_type VARCHAR, identifier_value VARCHAR)"
         )
         return
+    missing = [t for t in (MEMBERSHIPS_CACHE, NODES_CACHE) if not table_exists(con, t)]
+    if missing:  # a warehouse whose identity graph was last built by a privdom that kept no state
+        raise RuntimeError(
+            f"{missing[0]} is missing: the identity graph's state is older than its output tables. Materialize "
+            "the identity graph (intermediate/int_identity__*) again, then the customer keys."
+        )
     # The merged customers' identifiers, then the groups they occur in, then every identifier of those groups,
     # from the identity graph's memberships (identity_state.graph_memberships: one row per group and identifier,
     # integers, as the graph step has just left them): a group is a channel events' identifier tuple (every
