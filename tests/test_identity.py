@@ -376,9 +376,11 @@ def test_merges_without_the_graphs_state_ask_for_the_graph_first(db, monkeypatch
                       ev("ba", unionid="uAB", openid="oB")])
     build_identity_graph(db, 20)
     db.execute("DROP TABLE identity_state.graph_memberships")
+    before = state_snapshot(db)
     monkeypatch.setitem(keys_run.__globals__, "build_identity_graph", lambda con, max_degree: None)  # keep it as it is
     with pytest.raises(RuntimeError, match="graph_memberships is missing.*Materialize the identity graph"):
         keys_run(db, "r2", touches)
+    assert state_snapshot(db) == before  # nothing of the registry or the keys written
 
 
 def test_merge_tie_on_acquired_at_keeps_the_smaller_key(db):

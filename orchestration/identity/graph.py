@@ -54,6 +54,9 @@ SHARED_TABLE = f"{SCHEMA}.int_identity__shared_identifiers"
 STATE_SCHEMA = "identity_state"
 NODES_CACHE = f"{STATE_SCHEMA}.graph_nodes"
 TUPLES_CACHE = f"{STATE_SCHEMA}.graph_event_tuples"
+# One row per group (a channel events' identifier tuple, an order's or a referral side's pseudo-node over all its
+# versions) and identifier, shared ones included. The customer keys read it too (keys._via_identifiers: which
+# identifiers share a group): a change of what it holds bumps GRAPH_VERSION and is checked against the keys.
 MEMBERSHIPS_CACHE = f"{STATE_SCHEMA}.graph_memberships"
 LINKS_CACHE = f"{STATE_SCHEMA}.graph_links"
 STATE_TABLE = f"{STATE_SCHEMA}.graph_state"

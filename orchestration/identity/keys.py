@@ -460,8 +460,8 @@ def _via_identifiers(con, n_merges: int) -> None:
     missing = [t for t in (MEMBERSHIPS_CACHE, NODES_CACHE) if not table_exists(con, t)]
     if missing:  # a warehouse whose identity graph was last built by a privdom that kept no state
         raise RuntimeError(
-            f"{missing[0]} is missing: the identity graph's state is older than its output tables. Materialize "
-            "the identity graph (intermediate/int_identity__*) again, then the customer keys."
+            f"{missing[0]} is missing (dropped, or the identity graph was last built by a privdom that kept no "
+            "state). Materialize the identity graph (intermediate/int_identity__*) again, then the customer keys."
         )
     # The merged customers' identifiers, then the groups they occur in, then every identifier of those groups,
     # from the identity graph's memberships (identity_state.graph_memberships: one row per group and identifier,
