@@ -488,7 +488,7 @@ def _via_identifiers(con, n_merges: int) -> None:
         f"""
         CREATE OR REPLACE TEMP TABLE _ck_merge_via AS
         WITH occ AS (
-            SELECT m.gid, n.node_type AS identifier_type, n.node_value AS identifier_value
+            SELECT m.gid, m.nid, n.node_type AS identifier_type, n.node_value AS identifier_value
             FROM {MEMBERSHIPS_CACHE} m JOIN {NODES_CACHE} n ON n.node_id = m.nid
             WHERE m.gid IN (SELECT gid FROM _ck_via_groups)
         ),
@@ -498,7 +498,7 @@ def _via_identifiers(con, n_merges: int) -> None:
                    b.identifier_type AS other_type, b.identifier_value AS other_value,
                    bk.customer_key AS other_old_key
             FROM _ck_via_merged_ids mi
-            JOIN occ a USING (identifier_type, identifier_value)
+            JOIN occ a ON a.nid = mi.nid
             JOIN occ b ON b.gid = a.gid
             LEFT JOIN {IDENTIFIERS_TABLE} bi ON bi.identifier_type = b.identifier_type
                                              AND bi.identifier_value = b.identifier_value
