@@ -198,7 +198,13 @@ def run(argv: list[str] | None = None) -> None:
     wait for is left (daemon threads, such as tqdm's monitor, Python abandons too): such a thread would be cut
     off, so then the exit is Python's. PRIVDOM_PYTHON_EXIT=1 always takes Python's.
     An exception out of main() is not caught here: Python prints it and exits as usual.
+
+    The process runs this one command, so its long-lived objects may leave the garbage collector's full
+    passes (orchestration/longlived.py).
     """
+    from orchestration import longlived
+
+    longlived.enable()
     code = main(argv)
     if os.environ.get("PRIVDOM_PYTHON_EXIT") == "1" or _other_threads():
         sys.exit(code)

@@ -210,12 +210,15 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
     import dagster as dg
 
     from orchestration import dbt as dbt_runner
+    from orchestration import longlived
 
     dbt_runner.parse_if_changed(settings)
     from orchestration.definitions import build_definitions
 
     defs = build_definitions()
     job = defs.resolve_implicit_global_asset_job_def()
+    # the definitions live to the end: out of the garbage collector's full passes (in `privdom`'s own process)
+    longlived.freeze()
     started = time.perf_counter()
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with dg.DagsterInstance.get() as instance, _output_to(log_path):

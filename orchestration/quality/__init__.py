@@ -43,6 +43,7 @@ from typing import Any
 
 import pandas as pd
 
+from orchestration import longlived
 from orchestration.contract import Rule, SourceContract, mask_phone
 from orchestration.contract import contract as get_contract
 from orchestration.warehouse import release_free_memory
@@ -281,7 +282,11 @@ def _check_persisted(execution_engine) -> None:
 
 
 def _context():
+    first_import = "great_expectations" not in sys.modules
     import great_expectations as gx
+
+    if first_import:  # GX's modules live to the end: out of the garbage collector's full passes
+        longlived.freeze()
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
