@@ -167,6 +167,25 @@ def test_incremental_runs_equal_a_full_refresh_row_for_row(history):
     assert full["identity_state.graph_changed_components"] == []
 
 
+def test_a_full_build_of_the_graph_makes_its_readers_compute_everything_again(history, tmp_path):
+    """identity_max_degree is not in the dbt fingerprint: changing it rebuilds the identity graph in full while
+    the dbt models stay incremental. Every reader of the graph's log must then compute all its rows again
+    (identity_state.full_recompute, asked when the SQL runs or, in int_channel_events__customers, when the
+    model is compiled), or rows keep the customer_keys of the old components."""
+    data_dir = _copy(history, tmp_path)
+    before = dict(_query(data_dir, "select event_id, customer_key from intermediate.int_channel_events__customers"))
+    (data_dir / "privdom.toml").write_text("max_quarantine_share = 1.0\nidentity_max_degree = 1\n", encoding="utf-8")
+    _run(data_dir)
+    assert _query(data_dir, "select mode from identity_state.graph_builds order by build_seq desc limit 1") == [("full",)]
+    incremental = _modelled(snapshot(data_dir / "warehouse.duckdb"))
+    _run(data_dir, "--full-refresh")
+    full = _modelled(snapshot(data_dir / "warehouse.duckdb"))
+    for table in full:
+        assert incremental[table] == full[table], table
+    after = dict(_query(data_dir, "select event_id, customer_key from intermediate.int_channel_events__customers"))
+    assert sum(before[e] != after[e] for e in before) > 0  # the new degree did change customers
+
+
 def test_staging_models_are_incremental(history):
     data_dir, *_ = history
     materialized = _query(

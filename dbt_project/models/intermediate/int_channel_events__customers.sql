@@ -22,7 +22,7 @@ with persons as (
         on k.component_id = r.component_id
     where r.source = 'channel_events' and r.role = 'person'
     {%- if is_incremental() %}
-        and ({{ privdom_graph_full_recompute('int_channel_events__customers') }}
+        and ({{ privdom_graph_full_recompute_constant('int_channel_events__customers') }}
             or r.component_id in ({{ privdom_graph_changed_components('int_channel_events__customers') }}))
     {%- endif %}
 ),
@@ -30,7 +30,7 @@ with persons as (
 events as (
     select * from {{ ref('stg_channel_events') }}
     {%- if is_incremental() %}
-    where {{ privdom_graph_full_recompute('int_channel_events__customers') }}
+    where {{ privdom_graph_full_recompute_constant('int_channel_events__customers') }}
         or file_id > (select coalesce(max(file_id), 0) from {{ this }})
         or event_id in (select record_id from persons)
     {%- endif %}
