@@ -565,7 +565,12 @@ def test_key_check_counts_find_every_kind_of_unsound_key(db):
     db.execute("INSERT INTO intermediate.int_customer_keys VALUES (5, 'K1')")  # a key on two components
     db.execute("INSERT INTO intermediate.int_identity__identifiers VALUES "
                "('openid', 'o4', 4, 1, false), "  # its component has no key
-               "('unionid', 'u3', 3, 1, false), "  # its component has two keys
+               "('unionid', 'u3', 3, 1, false)")  # its component has two keys
+    # every identifier on one row: counted through its component's keys
+    assert key_check_counts(db, "ft").__dict__ == {
+        "components_without_one_key": 2, "keys_on_two_components": 1, "identifiers_not_on_one_customer": 2}
+    db.execute("INSERT INTO intermediate.int_identity__identifiers VALUES "
                "('openid', 'o2', 1, 1, false)")  # o2 is on components 2 and 1: two customers
+    # an identifier on two rows: every identifier's rows compared
     assert key_check_counts(db, "ft").__dict__ == {
         "components_without_one_key": 2, "keys_on_two_components": 1, "identifiers_not_on_one_customer": 3}
