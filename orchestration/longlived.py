@@ -7,11 +7,14 @@ thousand objects that stay alive to the end: a new day on a 1M-customer history 
 the permanent generation, which later passes skip: 0.41 s in 12 passes, the same cycles freed.
 
 Only in a process that runs one command and ends: the `privdom` console script (orchestration.cli.run)
-turns it on. There `freeze()` is called twice, when the run's definitions are built (orchestration/runner.py)
-and when GX is first imported (orchestration/quality). What is garbage at such a moment is kept instead of
-freed (~200 objects measured after the definitions, ~10 after GX's import). Everywhere else (a test session,
-`dagster dev`'s code server, a notebook) `freeze()` does nothing: a process that runs many runs would keep
-each run's garbage.
+turns it on (`privdom run`, and `privdom demo`, which generates and then runs once). There `freeze()` is called
+twice: when the run's definitions are built (orchestration/runner.py) and when GX is first imported
+(orchestration/quality), which is inside the first ingest step with rows to validate. What is garbage at
+such a moment is kept instead of freed (~200 objects measured after the definitions, ~10 after GX's import),
+and so is what is alive then and becomes garbage in a reference cycle later: at the second freeze, that step's
+own objects (its context, the ingest's report and ledger rows; its Parquet parts are closed explicitly), one
+step's worth. Everywhere else (a test session, `dagster dev`'s code server, a notebook) `freeze()` does
+nothing: a process that runs many runs would keep each run's garbage.
 """
 
 from __future__ import annotations
