@@ -4,15 +4,10 @@
 from __future__ import annotations
 
 import gc
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_cli_exit import _run  # cli.run() in a fresh interpreter, main() replaced
 
 
 def test_freeze_does_nothing_unless_the_process_enabled_it():
@@ -25,31 +20,23 @@ def test_freeze_does_nothing_unless_the_process_enabled_it():
 
 
 def test_the_console_script_enables_it_and_gx_import_freezes(tmp_path):
-    script = tmp_path / "script.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import gc, sys
-            from orchestration import cli, longlived
+    done = _run(
+        tmp_path,
+        """
+        import gc
+        from orchestration import longlived
 
-            def fake_main(argv=None):
-                print(longlived.enabled(), gc.get_freeze_count(), "great_expectations" in sys.modules)
-                from orchestration import quality
-                tracked_before = len(gc.get_objects())  # pandas and the rest, imported by quality
-                quality._context()
-                after_import = gc.get_freeze_count()
-                quality._context()  # GX already imported: nothing more is frozen
-                print(tracked_before, after_import, gc.get_freeze_count())
-                return 0
-
-            cli.main = fake_main
-            cli.run()
-            """
-        ),
-        encoding="utf-8",
+        def fake_main(argv=None):
+            print(longlived.enabled(), gc.get_freeze_count(), "great_expectations" in sys.modules)
+            from orchestration import quality
+            tracked_before = len(gc.get_objects())  # pandas and the rest, imported by quality
+            quality._context()
+            after_import = gc.get_freeze_count()
+            quality._context()  # GX already imported: nothing more is frozen
+            print(tracked_before, after_import, gc.get_freeze_count())
+            return 0
+        """,
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GX_ANALYTICS_ENABLED": "False"}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.splitlines()
     assert first == "True 0 False"

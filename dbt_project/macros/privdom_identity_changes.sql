@@ -11,28 +11,21 @@
 {%- endmacro %}
 
 {#- A boolean SQL expression: `consumer` must compute everything again (no log, nothing taken in yet, or a
-    full build of the graph since). -#}
-{% macro privdom_graph_full_recompute(consumer) -%}
-    {%- if privdom_graph_log_exists() -%}
-        (select identity_state.full_recompute('{{ consumer }}'))
-    {%- else -%}
-        true
-    {%- endif -%}
-{%- endmacro %}
-
-{#- The same answer as a constant (true / false), asked of identity_state.full_recompute when the model is
+    full build of the graph since). By default a scalar subquery, evaluated when the SQL runs. With
+    constant=true the answer itself (true / false), asked of identity_state.full_recompute when the model is
     compiled, which dbt does just before it runs the model (the answer changes only in the model's own
-    post-hook). With it, `false or component_id in (...)` is a plain filter that DuckDB applies before a join:
-    int_channel_events__customers joined all 10M event records to their keys before the scalar subquery's
-    filter (a new day at 1M: 0.84 -> 0.45 s for its new rows). Not everywhere: where the scope is a compound query
+    post-hook): `false or component_id in (...)` is then a plain filter that DuckDB applies before a join
+    (int_channel_events__customers joined all 10M event records to their keys before the subquery's filter: a
+    new day at 1M, 0.84 -> 0.45 s). Not everywhere: where the scope is a compound query
     (int_components__first_touch's) DuckDB then builds its hash table on the 11.7M records instead of on the
     scope (1.13 -> 2.3-2.65 s), which the subquery form avoids (docs/performance.md, "Eighteenth session"). -#}
-{% macro privdom_graph_full_recompute_constant(consumer) -%}
-    {%- if privdom_graph_log_exists() -%}
-        {%- set answer = run_query("select identity_state.full_recompute('" ~ consumer ~ "')").columns[0].values()[0] -%}
-        {{ 'true' if answer else 'false' }}
-    {%- else -%}
+{% macro privdom_graph_full_recompute(consumer, constant=false) -%}
+    {%- if not privdom_graph_log_exists() -%}
         true
+    {%- elif constant -%}
+        {{ 'true' if run_query("select identity_state.full_recompute('" ~ consumer ~ "')").columns[0].values()[0] else 'false' }}
+    {%- else -%}
+        (select identity_state.full_recompute('{{ consumer }}'))
     {%- endif -%}
 {%- endmacro %}
 

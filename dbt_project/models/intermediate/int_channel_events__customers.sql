@@ -15,6 +15,11 @@
     post_hook="{{ privdom_mark_graph_consumed('int_channel_events__customers', after=['int_customer_keys']) }}"
 ) }}
 
+{%- if is_incremental() %}
+{#- asked once, when dbt compiles the model: a constant lets DuckDB filter the records before the join -#}
+{%- set full_recompute = privdom_graph_full_recompute('int_channel_events__customers', constant=true) %}
+{%- endif %}
+
 with persons as (
     select r.record_id, k.customer_key
     from {{ source('identity', 'int_identity__records') }} as r
@@ -22,7 +27,7 @@ with persons as (
         on k.component_id = r.component_id
     where r.source = 'channel_events' and r.role = 'person'
     {%- if is_incremental() %}
-        and ({{ privdom_graph_full_recompute_constant('int_channel_events__customers') }}
+        and ({{ full_recompute }}
             or r.component_id in ({{ privdom_graph_changed_components('int_channel_events__customers') }}))
     {%- endif %}
 ),
@@ -30,7 +35,7 @@ with persons as (
 events as (
     select * from {{ ref('stg_channel_events') }}
     {%- if is_incremental() %}
-    where {{ privdom_graph_full_recompute_constant('int_channel_events__customers') }}
+    where {{ full_recompute }}
         or file_id > (select coalesce(max(file_id), 0) from {{ this }})
         or event_id in (select record_id from persons)
     {%- endif %}
