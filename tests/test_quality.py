@@ -227,3 +227,38 @@ def test_the_memory_limit_reaches_gx_duckdb_connection():
     assert v.unexpected_by_rule["channel.in_set"] == 1  # and the validation ran under it
 
 
+
+
+def test_gx_import_leaves_scipy_stats_lazy_until_used(tmp_path):
+    """GX imports scipy.stats for expectations privdom does not use; _context registers it as a lazy module
+    first (~0.35 s of every run). It must stay unexecuted through GX's import and work when first used."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    code = textwrap.dedent(
+        """
+        import sys, types
+        assert "scipy.stats" not in sys.modules and "great_expectations" not in sys.modules
+        from orchestration import quality
+        quality._context()
+        print(type(sys.modules["scipy.stats"]) is types.ModuleType)
+        # the expectation that pulled it in still works: it runs scipy.stats on first use
+        from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+        print(round(kl.stats.entropy([0.5, 0.5], [0.9, 0.1]), 4))
+        print(type(sys.modules["scipy.stats"]) is types.ModuleType, sys.modules["scipy.stats"] is kl.stats)
+        """
+    )
+    # a script, not `python -c`: pyspark (imported by GX) takes a main module without __file__ for its doctests
+    # and exits the process with status 0
+    script = tmp_path / "lazy_stats.py"
+    script.write_text(code, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    # 0.5·ln(0.5/0.9) + 0.5·ln(0.5/0.1) = 0.5·(−0.5878) + 0.5·1.6094 = 0.5108
+    assert done.stdout.split() == ["False", "0.5108", "True", "True"]
