@@ -1,7 +1,7 @@
 -- One row per customer × owned relationship × Asia/Shanghai month in which the relationship changed: its state at
 -- the end of that month, and until which month that state holds (SPEC §4 "Reachable"). This is the one place
 -- that decides a relationship's state; int_customers__relationships (as of the data's end) and
--- int_customers__monthly_reachability (at every month end) both read it.
+-- int_customers__reachable_spans (at every month end) both read it.
 -- A relationship's state is set by the latest event of its pair, whatever channel the row names:
 -- follow/unfollow (official_account), add_contact/remove_contact (wecom), join_group/leave_group
 -- (community_group); consent by the latest of opt_out/opt_in. On equal times the ending event wins and opt_out

@@ -2,7 +2,7 @@
 -- from the data's first month to its last, overall (acquisition_channel = 'all') and per acquisition channel.
 -- Figures are a snapshot at the month's end, or at the data's end for the month that holds it, and use the
 -- orders' current state (a late refund changes past months).
---   property_right        customers reachable at the month's end (int_customers__monthly_reachability)
+--   property_right        customers reachable at the month's end (int_customers__reachable_spans)
 --   single_customer_value their net revenue paid in the trailing 12 months (the month and the 11 before) ÷ property_right
 --   recommendation_rate   new customers acquired in the month through a referral ÷ all new customers of the month
 --   triangle_area_index   (√3/4)(p·v + v·r + r·p) on the axes divided by the baseline month's, ÷ the baseline's
@@ -23,11 +23,21 @@ customers as (
     from {{ ref('dim_customers') }}
 ),
 
-reachable as (
-    select r.customer_key, r.period_month, c.acquisition_channel
-    from {{ ref('int_customers__monthly_reachability') }} as r
+bounds as (
+    select min(period_month) as first_month from months
+),
+
+-- each customer's runs of months reachable at the month's end, with the customer's acquisition channel
+spans as (
+    select
+        s.customer_key,
+        c.acquisition_channel,
+        greatest(s.reachable_from_month, b.first_month) as from_month,
+        s.reachable_until_month as until_month
+    from {{ ref('int_customers__reachable_spans') }} as s
     inner join customers as c
-        on c.customer_key = r.customer_key
+        on c.customer_key = s.customer_key
+    cross join bounds as b
 ),
 
 customer_month_orders as (
@@ -37,70 +47,96 @@ customer_month_orders as (
     group by customer_key, paid_month
 ),
 
--- the net revenue and paid orders of the trailing 12 months of every reachable customer-month, summed per month
--- and channel straight from the pairs (reachable customer-month, a month of the customer's paid orders in its
--- window): no customer-month grain in between (at 1M customers, grouping the 5.3M reachable customer-months
--- took ~3 s of DuckDB's thread time, more than everything else in this model)
-value_pairs as (
+-- A month's paid orders count in the trailing 12 months of every month from their paid month to 11 months
+-- later in which their customer is reachable: for each of the customer's spans that meets those 12 months, the
+-- months from window_start up to (not including) window_end.
+order_windows as (
     select
-        r.period_month,
-        r.acquisition_channel,
-        sum(o.net_revenue) as net_revenue_12m,
-        sum(o.paid_orders) as paid_orders_12m,
-        sum(case when o.paid_month = r.period_month then o.net_revenue end) as net_revenue_month
-    from reachable as r
-    inner join customer_month_orders as o
-        on o.customer_key = r.customer_key
-        and o.paid_month <= r.period_month
-        and o.paid_month >= {{ privdom_add_months('r.period_month', -11) }}
-    group by r.period_month, r.acquisition_channel
+        s.acquisition_channel,
+        o.net_revenue,
+        o.paid_orders,
+        greatest(o.paid_month, s.from_month) as window_start,
+        case
+            when s.until_month is null or s.until_month > {{ privdom_add_months('o.paid_month', 12) }}
+                then {{ privdom_add_months('o.paid_month', 12) }}
+            else s.until_month
+        end as window_end,
+        s.from_month <= o.paid_month as reachable_in_paid_month
+    from customer_month_orders as o
+    inner join spans as s
+        on s.customer_key = o.customer_key
+        and s.from_month < {{ privdom_add_months('o.paid_month', 12) }}
+        and (s.until_month is null or s.until_month > o.paid_month)
 ),
 
-converted_referrers as (
-    select distinct referrer_key as customer_key, {{ privdom_local_period_start('month', 'first_converted_at') }} as converted_month
-    from {{ ref('fct_referrals') }}
-    where reached_converted and not is_self_referral and referrer_key is not null
+-- Every month's figures as running sums over the months of what starts (+) and stops (-) counting in each:
+-- reachable customers (a span), trailing-12-month revenue and paid orders (an order window); the month's own
+-- revenue is not a running sum (NULL on the other rows). No customer-month grain anywhere: at 1M customers
+-- the 5.3M reachable customer-months joined to their orders took ~1.5 s more ("Nineteenth session").
+changes as (
+    select
+        from_month as period_month, acquisition_channel, 1 as reachable,
+        cast(0 as decimal(18, 2)) as net_revenue, 0 as paid_orders, cast(null as decimal(18, 2)) as net_revenue_month
+    from spans
+    union all
+    select until_month, acquisition_channel, -1, 0, 0, null
+    from spans
+    where until_month is not null
+    union all
+    select
+        window_start, acquisition_channel, 0, net_revenue, paid_orders,
+        case when reachable_in_paid_month then net_revenue end
+    from order_windows
+    union all
+    select window_end, acquisition_channel, 0, -net_revenue, -paid_orders, null
+    from order_windows
 ),
 
-reachable_referrers as (
-    select distinct r.customer_key, r.period_month
-    from reachable as r
-    inner join converted_referrers as f
-        on f.customer_key = r.customer_key
-        and f.converted_month <= r.period_month
-        and f.converted_month >= {{ privdom_add_months('r.period_month', -11) }}
-),
-
-reachable_counts as (
-    select period_month, acquisition_channel, count(*) as property_right
-    from reachable
+changes_by_month as (
+    select
+        period_month, acquisition_channel, sum(reachable) as reachable, sum(net_revenue) as net_revenue,
+        sum(paid_orders) as paid_orders, sum(net_revenue_month) as net_revenue_month
+    from changes
     group by period_month, acquisition_channel
     union all
-    select period_month, 'all', count(*)
-    from reachable
+    select
+        period_month, 'all', sum(reachable), sum(net_revenue), sum(paid_orders), sum(net_revenue_month)
+    from changes
     group by period_month
 ),
 
-value_sums as (
-    select period_month, acquisition_channel, net_revenue_12m, paid_orders_12m, net_revenue_month
-    from value_pairs
-    union all
-    select period_month, 'all', sum(net_revenue_12m), sum(paid_orders_12m), sum(net_revenue_month)
-    from value_pairs
-    group by period_month
+-- every month × every channel a customer was acquired through, so a month without reachable customers is a 0
+grid as (
+    select m.period_month, m.month_start_at, m.holds_data_end, ch.acquisition_channel
+    from months as m
+    cross join (
+        select distinct acquisition_channel from customers
+        union
+        select 'all'
+    ) as ch
+),
+
+running as (
+    select
+        g.period_month,
+        g.acquisition_channel,
+        cast(sum(coalesce(c.reachable, 0)) over (
+            partition by g.acquisition_channel order by g.period_month rows between unbounded preceding and current row
+        ) as bigint) as property_right,
+        sum(coalesce(c.net_revenue, 0)) over (
+            partition by g.acquisition_channel order by g.period_month rows between unbounded preceding and current row
+        ) as net_revenue_12m,
+        sum(coalesce(c.paid_orders, 0)) over (
+            partition by g.acquisition_channel order by g.period_month rows between unbounded preceding and current row
+        ) as paid_orders_12m,
+        coalesce(c.net_revenue_month, 0) as net_revenue_month
+    from grid as g
+    left join changes_by_month as c
+        on c.period_month = g.period_month and c.acquisition_channel = g.acquisition_channel
 ),
 
 value_by_channel as (
-    select
-        c.period_month,
-        c.acquisition_channel,
-        c.property_right,
-        coalesce(v.net_revenue_12m, 0) as net_revenue_12m,
-        coalesce(v.paid_orders_12m, 0) as paid_orders_12m,
-        coalesce(v.net_revenue_month, 0) as net_revenue_month
-    from reachable_counts as c
-    left join value_sums as v
-        on v.period_month = c.period_month and v.acquisition_channel = c.acquisition_channel
+    select * from running where property_right > 0
 ),
 
 new_customers as (
@@ -114,21 +150,76 @@ new_customers as (
     group by acquired_month
 ),
 
-referrers_by_month as (
-    select period_month, count(*) as reachable_referrers_12m
-    from reachable_referrers
+converted_referrers as (
+    select distinct referrer_key as customer_key, {{ privdom_local_period_start('month', 'first_converted_at') }} as converted_month
+    from {{ ref('fct_referrals') }}
+    where reached_converted and not is_self_referral and referrer_key is not null
+),
+
+-- A referrer counts in the months from a conversion's month to 11 months later; a customer's overlapping
+-- 12-month windows make one run (a conversion 12 months or more after the one before starts a new run).
+referrer_runs_marked as (
+    select
+        customer_key,
+        converted_month,
+        case
+            when lag(converted_month) over (partition by customer_key order by converted_month)
+                > {{ privdom_add_months('converted_month', -12) }} then 0
+            else 1
+        end as starts_run
+    from converted_referrers
+),
+
+referrer_runs_numbered as (
+    select
+        customer_key,
+        converted_month,
+        sum(starts_run) over (
+            partition by customer_key order by converted_month rows between unbounded preceding and current row
+        ) as run_number
+    from referrer_runs_marked
+),
+
+referrer_runs as (
+    select
+        customer_key,
+        min(converted_month) as run_start,
+        {{ privdom_add_months('max(converted_month)', 12) }} as run_end
+    from referrer_runs_numbered
+    group by customer_key, run_number
+),
+
+-- the months a referrer's run and the referrer's reachable spans share: each (run, span) pair is its own
+-- months, so counting starts and stops counts every referrer once a month
+reachable_referrer_spans as (
+    select
+        greatest(r.run_start, s.from_month) as span_start,
+        case when s.until_month is null or s.until_month > r.run_end then r.run_end else s.until_month end as span_end
+    from referrer_runs as r
+    inner join spans as s
+        on s.customer_key = r.customer_key
+        and s.from_month < r.run_end
+        and (s.until_month is null or s.until_month > r.run_start)
+),
+
+referrer_changes as (
+    select period_month, sum(change) as change
+    from (
+        select span_start as period_month, 1 as change from reachable_referrer_spans
+        union all
+        select span_end, -1 from reachable_referrer_spans
+    ) as c
     group by period_month
 ),
 
--- every month × every channel a customer was acquired through, so a month without reachable customers is a 0
-grid as (
-    select m.period_month, m.month_start_at, m.holds_data_end, ch.acquisition_channel
+referrers_by_month as (
+    select
+        m.period_month,
+        sum(coalesce(r.change, 0)) over (order by m.period_month rows between unbounded preceding and current row)
+            as reachable_referrers_12m
     from months as m
-    cross join (
-        select distinct acquisition_channel from customers
-        union
-        select 'all'
-    ) as ch
+    left join referrer_changes as r
+        on r.period_month = m.period_month
 ),
 
 axes as (

@@ -29,6 +29,20 @@
     having count(*) > 1
 {% endtest %}
 
+{% test disjoint_spans(model, key, start, end) %}
+    {#- Half-open spans [start, end) per key (end NULL: open): rows that end where or before they start, and rows
+        whose next span of the same key starts before this one ends or where it ends (two such spans would be
+        one). Counting by the spans that hold a month relies on it. -#}
+    select * from (
+        select
+            {{ key }}, {{ start }}, {{ end }},
+            lead({{ start }}) over (partition by {{ key }} order by {{ start }}) as next_start
+        from {{ model }}
+    ) as spans
+    where ({{ end }} is not null and {{ end }} <= {{ start }})
+       or (next_start is not null and ({{ end }} is null or next_start <= {{ end }}))
+{% endtest %}
+
 {% test mainland_mobile(model, column_name) %}
     select {{ column_name }} from {{ model }}
     where {{ column_name }} is not null
