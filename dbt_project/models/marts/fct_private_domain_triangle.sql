@@ -38,6 +38,8 @@ spans as (
     inner join customers as c
         on c.customer_key = s.customer_key
     cross join bounds as b
+    -- (a span over before the first month would start at it and never stop counting)
+    where s.reachable_until_month is null or s.reachable_until_month > b.first_month
 ),
 
 customer_month_orders as (
