@@ -169,24 +169,47 @@ def loaded_through(con) -> int:
     return int(con.execute("select coalesce(max(file_id), 0) from raw.ingestion_ledger").fetchone()[0])
 
 
-def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | None = None) -> None:
-    """Record `step`'s successful build: its fingerprint, and the newest ledger file_id it took in and tested
-    (`tested_through_file_id`: the data tests of staging then look only at rows of newer files, see
-    macros/data_tests/privdom_rows_to_test.sql). None keeps the file_id recorded before (a build that did not
-    run all of its tests). Older warehouses gain the column here."""
+# The model whose rows carry the build stamp the data tests of dbt_models are scoped by
+# (macros/data_tests/privdom_rows_to_test.sql).
+BUILD_STAMPED_MODEL = "intermediate.int_channel_events__customers"
+
+
+def newest_build_stamp(con) -> dt.datetime | None:
+    """The newest build stamp (`_built_at`) in BUILD_STAMPED_MODEL, None without one: after a successful whole
+    dbt_models build, every row of it has passed that build's tests."""
+    schema, table = BUILD_STAMPED_MODEL.split(".")
+    if not warehouse.table_exists(con, BUILD_STAMPED_MODEL):
+        return None
+    columns = {r[0] for r in con.execute(
+        "select column_name from information_schema.columns where table_schema = ? and table_name = ?", [schema, table]
+    ).fetchall()}
+    if "_built_at" not in columns:
+        return None
+    return con.execute(f"select max(_built_at) from {BUILD_STAMPED_MODEL}").fetchone()[0]
+
+
+def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | None = None,
+                       tested_built_at: dt.datetime | None = None) -> None:
+    """Record `step`'s successful build: its fingerprint, and what its data tests have covered, for the next
+    build's tests to look only at what came since (macros/data_tests/privdom_rows_to_test.sql): the newest
+    ledger file_id staging took in (`tested_through_file_id`), the newest build stamp of dbt_models
+    (`tested_built_at`). None keeps what was recorded before (a build that did not run all of its tests). Older
+    warehouses gain the columns here."""
     con.execute("create schema if not exists raw")
     con.execute(
         f"create table if not exists {INCREMENTAL_STATE_TABLE} "
         "(step varchar primary key, fingerprint varchar not null, recorded_at timestamptz not null, "
-        "tested_through_file_id bigint)"
+        "tested_through_file_id bigint, tested_built_at timestamp)"
     )
     con.execute(f"alter table {INCREMENTAL_STATE_TABLE} add column if not exists tested_through_file_id bigint")
+    con.execute(f"alter table {INCREMENTAL_STATE_TABLE} add column if not exists tested_built_at timestamp")
     con.execute(
-        f"insert into {INCREMENTAL_STATE_TABLE} as s (step, fingerprint, recorded_at, tested_through_file_id) "
-        "values (?, ?, ?, ?) on conflict (step) do update set fingerprint = excluded.fingerprint, "
+        f"insert into {INCREMENTAL_STATE_TABLE} as s (step, fingerprint, recorded_at, tested_through_file_id, "
+        "tested_built_at) values (?, ?, ?, ?, ?) on conflict (step) do update set fingerprint = excluded.fingerprint, "
         "recorded_at = excluded.recorded_at, "
-        "tested_through_file_id = coalesce(excluded.tested_through_file_id, s.tested_through_file_id)",
-        [step, fingerprint, dt.datetime.now(dt.UTC), tested_through],
+        "tested_through_file_id = coalesce(excluded.tested_through_file_id, s.tested_through_file_id), "
+        "tested_built_at = coalesce(excluded.tested_built_at, s.tested_built_at)",
+        [step, fingerprint, dt.datetime.now(dt.UTC), tested_through, tested_built_at],
     )
 
 

@@ -25,6 +25,8 @@ VOLATILE_COLUMNS = {
     "computed_at",  # when the segments were computed (wall clock, on every segment row and export)
     "recorded_at",  # when a dbt step recorded what its incremental models were built with
     "built_at",  # when the identity graph was built (its change log)
+    "_built_at",  # when the dbt build that wrote a row of int_channel_events__customers started
+    "tested_built_at",  # the newest of those that the data tests have covered (raw.dbt_incremental_state)
 }
 # The identity graph's change log records every build: a run that was killed and run again builds the graph once
 # more (with nothing new) and its readers take in both builds, so the log's rows differ from an uninterrupted

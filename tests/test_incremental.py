@@ -294,6 +294,38 @@ def test_staging_tests_look_at_the_keys_of_rows_from_newer_files(history, tmp_pa
     assert _dbt_test(data_dir, selection) == {unique: ("fail", 1), identified: ("fail", 1)}
 
 
+def _built_mark(data_dir: Path):
+    return _query(data_dir, "select tested_built_at from raw.dbt_incremental_state where step = 'dbt_models'")[0][0]
+
+
+def test_a_successful_dbt_models_build_records_the_newest_stamp_it_tested(history):
+    data_dir, *_ = history
+    (newest,) = _query(data_dir, "select max(_built_at) from intermediate.int_channel_events__customers")[0]
+    assert newest is not None and _built_mark(data_dir) == newest
+
+
+def test_the_events_uniqueness_test_looks_at_rows_written_since_the_last_build_that_passed(history, tmp_path):
+    """int_channel_events__customers rewrites old rows too (a changed component's events), which no file_id
+    tells apart: its uniqueness test looks at the keys of rows stamped after the last successful dbt_models
+    build's newest stamp."""
+    data_dir = _copy(history, tmp_path)
+    mark = _built_mark(data_dir)
+    unique = "unique_int_channel_events__customers_event_id"
+    event_id = _query(data_dir, "select min(event_id) from intermediate.int_channel_events__customers")[0][0]
+    # a second row of an old event, stamped as an earlier build would have: that build's tests saw it
+    _execute(data_dir, "insert into intermediate.int_channel_events__customers select * replace (cast(? as timestamp) "
+             "as _built_at) from intermediate.int_channel_events__customers where event_id = ?",
+             [mark - dt.timedelta(days=1), event_id])
+    assert _dbt_test(data_dir, unique) == {unique: ("pass", 0)}
+    assert _dbt_test(data_dir, unique, all_rows=True) == {unique: ("fail", 1)}
+    # the same row as if a build after the last successful one (which then failed) had written it: its old twin
+    # is found through the key
+    _execute(data_dir, "update intermediate.int_channel_events__customers set _built_at = ? where rowid = "
+             "(select max(rowid) from intermediate.int_channel_events__customers where event_id = ?)",
+             [mark + dt.timedelta(seconds=1), event_id])
+    assert _dbt_test(data_dir, unique) == {unique: ("fail", 1)}
+
+
 def test_event_id_conflicts_after_a_build_reports_those_newer_files_bring(history, tmp_path):
     data_dir = _copy(history, tmp_path)
     through, _ = _mark(data_dir)
@@ -357,8 +389,11 @@ def test_a_dbt_models_build_of_some_of_its_assets_leaves_the_graph_marks_as_they
     # as if purchases had taken in no build after the second (the readers it reads: all of them)
     _execute(data_dir, "update identity_state.graph_consumers set build_seq = 2 where consumer = 'int_customers__purchases'")
     before = _graph_marks(data_dir)
+    built = _built_mark(data_dir)
     assert _materialize_only(data_dir, tmp_path, monkeypatch, ["intermediate", "int_customers__purchases"]).success
     assert _graph_marks(data_dir) == before and before["int_customers__purchases"] == 2
+    # nor does it move the record of what dbt_models' tests have covered
+    assert _built_mark(data_dir) == built
 
 
 def test_a_reader_takes_in_the_graph_only_as_far_as_the_readers_it_read(history, tmp_path):

@@ -89,7 +89,8 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                     dbt_runner.restore_graph_marks(con, marks)
                 # only a whole build has rebuilt every incremental model of the step under this fingerprint
                 if error is None and whole:
-                    dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through)
+                    stamp = dbt_runner.newest_build_stamp(con) if name == "dbt_models" else None
+                    dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through, tested_built_at=stamp)
                 for event in events:
                     yield _with_table_metadata(context, con, event)
         # this invocation's target directory stays (run_results.json for whoever reads it); older ones go

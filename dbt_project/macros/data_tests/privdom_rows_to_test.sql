@@ -38,12 +38,66 @@
     {{ return(0) }}
 {%- endmacro %}
 
+{#- Models of the dbt_models step that dbt builds incrementally also rewrite old rows (the events of components
+    the identity graph changed), which no file_id tells apart. Such a model stamps each row it writes with
+    privdom_build_stamp() (the build's start, dbt's run_started_at, UTC), and privdom records, after every
+    successful whole build of dbt_models, the newest stamp of int_channel_events__customers
+    (raw.dbt_incremental_state.tested_built_at; orchestration/defs/dbt.py): every row stamped up to it has
+    passed a build's tests (that build tested the rows stamped after the stamp recorded before it, and so on
+    back to a build that tested all rows). A test given built_at_column looks at the rows whose key occurs
+    among the rows stamped after it: the rows of this build and of builds that failed since (or all rows:
+    nothing recorded, --full-refresh, the var privdom_test_all_rows, Spark). It relies on every build having a
+    later stamp than the build before it: the clock, and one dbt_models build per `privdom run` (its warm dbt
+    server, whose run_started_at all its dbt commands share) or per dbt process. -#}
+{% macro privdom_build_stamp() -%}
+    {{ return(adapter.dispatch('privdom_build_stamp', 'privdom')()) }}
+{%- endmacro %}
+
+{#- a wall-clock UTC time on both engines (DuckDB's TIMESTAMP, Spark's TIMESTAMP_NTZ) -#}
+{% macro default__privdom_build_stamp() -%}
+    cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as timestamp)
+{%- endmacro %}
+
+{% macro spark__privdom_build_stamp() -%}
+    cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as timestamp_ntz)
+{%- endmacro %}
+
+{% macro privdom_tested_built_at() -%}
+    {{ return(adapter.dispatch('privdom_tested_built_at', 'privdom')()) }}
+{%- endmacro %}
+
+{% macro default__privdom_tested_built_at() -%}
+    {%- if not execute or flags.FULL_REFRESH or var('privdom_test_all_rows', false) -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set state = adapter.get_relation(database=target.database, schema='raw', identifier='dbt_incremental_state') -%}
+    {%- if state is none -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- if 'tested_built_at' not in (adapter.get_columns_in_relation(state) | map(attribute='name') | list) -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set result = run_query(
+        "select cast(max(tested_built_at) as varchar) from " ~ state ~ " where step = 'dbt_models'") -%}
+    {{ return(result.columns[0].values()[0]) }}
+{%- endmacro %}
+
+{% macro spark__privdom_tested_built_at() -%}
+    {{ return(none) }}
+{%- endmacro %}
+
 {#- The rows of `model` a test looks at: all of them, or (see above) those whose `key` occurs among the rows
-    of files newer than the last successful build's; with new_rows_only, just those rows (for a test that
-    judges each row by itself). -#}
-{% macro privdom_rows_to_test(model, key=none, new_rows_only=false, file_id_column='file_id') -%}
-    {%- set through = privdom_tested_through_file_id() if (key or new_rows_only) else 0 -%}
-    {%- if through == 0 -%}
+    of files newer than the last successful build's (with built_at_column: among the rows written since the
+    last successful build of dbt_models); with new_rows_only, just those rows (for a test that judges each row
+    by itself). -#}
+{% macro privdom_rows_to_test(model, key=none, new_rows_only=false, file_id_column='file_id', built_at_column=none) -%}
+    {%- set since = privdom_tested_built_at() if (built_at_column and key) else none -%}
+    {%- set through = privdom_tested_through_file_id() if ((key or new_rows_only) and not built_at_column) else 0 -%}
+    {%- if since is not none -%}
+        (select * from {{ model }} where {{ key }} in (
+            select {{ key }} from {{ model }} where {{ built_at_column }} > cast('{{ since }}' as timestamp)
+        )) as rows_to_test
+    {%- elif through == 0 -%}
         {{ model }}
     {%- elif new_rows_only -%}
         (select * from {{ model }} where {{ file_id_column }} > {{ through }}) as rows_to_test

@@ -49,7 +49,10 @@ select
     e.channel,
     e.event_type,
     e.wecom_staff_userid,
-    e.member_id
+    e.member_id,
+    -- which build wrote the row: its data tests look at the rows written since the last build that passed
+    -- (macros/data_tests/privdom_rows_to_test.sql)
+    {{ privdom_build_stamp() }} as _built_at
 from events as e
 left join persons as p
     on p.record_id = e.event_id

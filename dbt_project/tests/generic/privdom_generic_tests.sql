@@ -19,11 +19,12 @@
     having count(*) > 1
 {% endtest %}
 
-{% test unique_values(model, column_name, new_rows_key=none) %}
+{% test unique_values(model, column_name, new_rows_key=none, built_at_column=none) %}
     {#- dbt's `unique`, that can look only at the keys of new rows (privdom_rows_to_test): with
-        new_rows_key = column_name, exact for the whole model when its older rows passed before. -#}
+        new_rows_key = column_name, exact for the whole model when its older rows passed before. New rows are
+        those of newer files, or with built_at_column those written since the last build that passed. -#}
     select {{ column_name }} as unique_field, count(*) as n_records
-    from {{ privdom_rows_to_test(model, new_rows_key) }}
+    from {{ privdom_rows_to_test(model, new_rows_key, built_at_column=built_at_column) }}
     where {{ column_name }} is not null
     group by {{ column_name }}
     having count(*) > 1
