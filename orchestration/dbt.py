@@ -181,7 +181,8 @@ def newest_build_stamp(con) -> dt.datetime | None:
     if not warehouse.table_exists(con, BUILD_STAMPED_MODEL):
         return None
     columns = {r[0] for r in con.execute(
-        "select column_name from information_schema.columns where table_schema = ? and table_name = ?", [schema, table]
+        "select column_name from information_schema.columns where table_catalog = current_database() "
+        "and table_schema = ? and table_name = ?", [schema, table]
     ).fetchall()}
     if "_built_at" not in columns:
         return None

@@ -302,6 +302,36 @@ def test_a_successful_dbt_models_build_records_the_newest_stamp_it_tested(histor
     data_dir, *_ = history
     (newest,) = _query(data_dir, "select max(_built_at) from intermediate.int_channel_events__customers")[0]
     assert newest is not None and _built_mark(data_dir) == newest
+    # stamped when the dbt_models command started (every dbt command takes its own run_started_at), so after the
+    # step before it had ended, within the run's hold on the warehouse; not when the run's warm dbt server did
+    ((inputs_done,),) = _query(
+        data_dir, "select recorded_at at time zone 'UTC' from raw.dbt_incremental_state where step = 'dbt_identity_inputs'")
+    assert newest > inputs_done
+
+
+def test_a_build_stamps_its_rows_after_what_the_tests_covered_even_with_the_clock_set_back(history, tmp_path):
+    """The recorded stamp lies in the future (a clock set back since, a data directory moved to a machine
+    whose clock is behind): a build's rows are stamped just after it, so its tests still look at them."""
+    from orchestration import dbt as dbt_runner
+    from orchestration.settings import DBT_PROJECT_DIR, load_settings
+
+    data_dir = _copy(history, tmp_path)
+    future = _built_mark(data_dir) + dt.timedelta(days=400)
+    _execute(data_dir, "update raw.dbt_incremental_state set tested_built_at = ? where step = 'dbt_models'", [future])
+    # an event of a file newer than any the model holds, which an incremental build takes in
+    _execute(data_dir, "insert into staging.stg_channel_events select * replace ('planted-event' as event_id, "
+             "file_id + 1000 as file_id) from staging.stg_channel_events where event_id = "
+             "(select min(event_id) from staging.stg_channel_events)")
+    settings = load_settings(data_dir)
+    env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    proc = subprocess.run(
+        [str(dbt_runner.dbt_executable()), "run", "--select", "int_channel_events__customers", "--target-path",
+         str(data_dir / "dbt-run"), *dbt_runner.dbt_vars_arg(settings)],
+        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    stamps = _query(data_dir, "select _built_at from intermediate.int_channel_events__customers where event_id = 'planted-event'")
+    assert stamps == [(future + dt.timedelta(microseconds=1),)]
 
 
 def test_the_events_uniqueness_test_looks_at_rows_written_since_the_last_build_that_passed(history, tmp_path):
@@ -389,6 +419,9 @@ def test_a_dbt_models_build_of_some_of_its_assets_leaves_the_graph_marks_as_they
     # as if purchases had taken in no build after the second (the readers it reads: all of them)
     _execute(data_dir, "update identity_state.graph_consumers set build_seq = 2 where consumer = 'int_customers__purchases'")
     before = _graph_marks(data_dir)
+    # as if the last whole build's tests had covered rows up to a day before the newest stamp
+    _execute(data_dir, "update raw.dbt_incremental_state set tested_built_at = tested_built_at - interval 1 day "
+             "where step = 'dbt_models'")
     built = _built_mark(data_dir)
     assert _materialize_only(data_dir, tmp_path, monkeypatch, ["intermediate", "int_customers__purchases"]).success
     assert _graph_marks(data_dir) == before and before["int_customers__purchases"] == 2

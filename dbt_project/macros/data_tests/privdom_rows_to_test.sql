@@ -40,28 +40,14 @@
 
 {#- Models of the dbt_models step that dbt builds incrementally also rewrite old rows (the events of components
     the identity graph changed), which no file_id tells apart. Such a model stamps each row it writes with
-    privdom_build_stamp() (the build's start, dbt's run_started_at, UTC), and privdom records, after every
+    privdom_build_stamp() (macros/privdom_build_stamp.sql: when the dbt command started, inside the step's
+    hold on the warehouse, and always after the stamp recorded below), and privdom records, after every
     successful whole build of dbt_models, the newest stamp of int_channel_events__customers
     (raw.dbt_incremental_state.tested_built_at; orchestration/defs/dbt.py): every row stamped up to it has
     passed a build's tests (that build tested the rows stamped after the stamp recorded before it, and so on
     back to a build that tested all rows). A test given built_at_column looks at the rows whose key occurs
     among the rows stamped after it: the rows of this build and of builds that failed since (or all rows:
-    nothing recorded, --full-refresh, the var privdom_test_all_rows, Spark). It relies on every build having a
-    later stamp than the build before it: the clock, and one dbt_models build per `privdom run` (its warm dbt
-    server, whose run_started_at all its dbt commands share) or per dbt process. -#}
-{% macro privdom_build_stamp() -%}
-    {{ return(adapter.dispatch('privdom_build_stamp', 'privdom')()) }}
-{%- endmacro %}
-
-{#- a wall-clock UTC time on both engines (DuckDB's TIMESTAMP, Spark's TIMESTAMP_NTZ) -#}
-{% macro default__privdom_build_stamp() -%}
-    cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as timestamp)
-{%- endmacro %}
-
-{% macro spark__privdom_build_stamp() -%}
-    cast('{{ run_started_at.strftime("%Y-%m-%d %H:%M:%S.%f") }}' as timestamp_ntz)
-{%- endmacro %}
-
+    nothing recorded, --full-refresh, the var privdom_test_all_rows, Spark). -#}
 {% macro privdom_tested_built_at() -%}
     {{ return(adapter.dispatch('privdom_tested_built_at', 'privdom')()) }}
 {%- endmacro %}
