@@ -178,9 +178,7 @@ def newest_build_stamp(con) -> dt.datetime | None:
     """The newest build stamp (`_built_at`) in BUILD_STAMPED_MODEL, None without one: after a successful whole
     dbt_models build, every row of it has passed that build's tests."""
     schema, table = BUILD_STAMPED_MODEL.split(".")
-    if not warehouse.table_exists(con, BUILD_STAMPED_MODEL):
-        return None
-    columns = {r[0] for r in con.execute(
+    columns = {r[0] for r in con.execute(  # none when the table does not exist
         "select column_name from information_schema.columns where table_catalog = current_database() "
         "and table_schema = ? and table_name = ?", [schema, table]
     ).fetchall()}

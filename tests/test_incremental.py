@@ -238,20 +238,27 @@ def _mark(data_dir: Path) -> tuple[int, object]:
     )[0]
 
 
-def _dbt_test(data_dir: Path, select: str, *, all_rows: bool = False) -> dict[str, tuple[str, int]]:
-    """`dbt test --select ...` on data_dir's warehouse: {test name: (status, failures)}."""
+def _dbt(data_dir: Path, command: str, select: str, *, all_rows: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+    """`dbt <command> --select ...` by hand on data_dir's warehouse, with privdom's vars and profile env
+    (privdom_test_all_rows too, with all_rows): the process and its target directory."""
     from orchestration import dbt as dbt_runner
     from orchestration.settings import DBT_PROJECT_DIR, load_settings
 
     settings = load_settings(data_dir)
     dbt_vars = {**settings.dbt_vars(), **({"privdom_test_all_rows": True} if all_rows else {})}
-    out = data_dir / "dbt-test"
+    out = data_dir / f"dbt-{command}"
     env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
     proc = subprocess.run(
-        [str(dbt_runner.dbt_executable()), "test", "--select", select, "--target-path", str(out),
+        [str(dbt_runner.dbt_executable()), command, "--select", select, "--target-path", str(out),
          "--vars", json.dumps(dbt_vars)],
         cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600, env=env,
     )
+    return proc, out
+
+
+def _dbt_test(data_dir: Path, select: str, *, all_rows: bool = False) -> dict[str, tuple[str, int]]:
+    """`dbt test --select ...` on data_dir's warehouse: {test name: (status, failures)}."""
+    proc, out = _dbt(data_dir, "test", select, all_rows=all_rows)
     results = json.loads((out / "run_results.json").read_text())["results"]
     assert results, proc.stdout[-3000:] + proc.stderr[-2000:]
     return {r["unique_id"].split(".")[2]: (r["status"], r["failures"]) for r in results}
@@ -312,9 +319,6 @@ def test_a_successful_dbt_models_build_records_the_newest_stamp_it_tested(histor
 def test_a_build_stamps_its_rows_after_what_the_tests_covered_even_with_the_clock_set_back(history, tmp_path):
     """The recorded stamp lies in the future (a clock set back since, a data directory moved to a machine
     whose clock is behind): a build's rows are stamped just after it, so its tests still look at them."""
-    from orchestration import dbt as dbt_runner
-    from orchestration.settings import DBT_PROJECT_DIR, load_settings
-
     data_dir = _copy(history, tmp_path)
     future = _built_mark(data_dir) + dt.timedelta(days=400)
     _execute(data_dir, "update raw.dbt_incremental_state set tested_built_at = ? where step = 'dbt_models'", [future])
@@ -322,13 +326,7 @@ def test_a_build_stamps_its_rows_after_what_the_tests_covered_even_with_the_cloc
     _execute(data_dir, "insert into staging.stg_channel_events select * replace ('planted-event' as event_id, "
              "file_id + 1000 as file_id) from staging.stg_channel_events where event_id = "
              "(select min(event_id) from staging.stg_channel_events)")
-    settings = load_settings(data_dir)
-    env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    proc = subprocess.run(
-        [str(dbt_runner.dbt_executable()), "run", "--select", "int_channel_events__customers", "--target-path",
-         str(data_dir / "dbt-run"), *dbt_runner.dbt_vars_arg(settings)],
-        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600, env=env,
-    )
+    proc, _ = _dbt(data_dir, "run", "int_channel_events__customers")
     assert proc.returncode == 0, proc.stdout[-3000:]
     stamps = _query(data_dir, "select _built_at from intermediate.int_channel_events__customers where event_id = 'planted-event'")
     assert stamps == [(future + dt.timedelta(microseconds=1),)]
@@ -433,21 +431,12 @@ def test_a_reader_takes_in_the_graph_only_as_far_as_the_readers_it_read(history,
     """A dbt build of int_customers__purchases alone (by hand), after int_orders__customers has taken in only
     the build before the newest: purchases' place is that earlier build too, so what the orders take in later
     reaches it."""
-    from orchestration import dbt as dbt_runner
-    from orchestration.settings import DBT_PROJECT_DIR, load_settings
-
     data_dir = _copy(history, tmp_path)
     newest = _query(data_dir, "select max(build_seq) from identity_state.graph_builds")[0][0]
     assert _graph_marks(data_dir)["int_customers__purchases"] == newest
     _execute(data_dir, "update identity_state.graph_consumers set build_seq = ? where consumer = 'int_orders__customers'",
              [newest - 1])
-    settings = load_settings(data_dir)
-    env = {**os.environ, **settings.dbt_env(), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
-    proc = subprocess.run(
-        [str(dbt_runner.dbt_executable()), "run", "--select", "int_customers__purchases", "--target-path",
-         str(data_dir / "dbt-run"), *dbt_runner.dbt_vars_arg(settings)],
-        cwd=DBT_PROJECT_DIR, capture_output=True, text=True, timeout=600, env=env,
-    )
+    proc, _ = _dbt(data_dir, "run", "int_customers__purchases")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     marks = _graph_marks(data_dir)
     assert marks["int_customers__purchases"] == newest - 1 and marks["int_orders__customers"] == newest - 1
