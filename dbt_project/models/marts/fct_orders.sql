@@ -3,8 +3,25 @@
 -- discount − refund for paid-like statuses, 0 otherwise). An order touches its buyer at created_at and counts
 -- as a purchase, revenue and activity at paid_at; months are Asia/Shanghai calendar months whatever offset the
 -- raw timestamps carried.
+-- Incremental on DuckDB (delete+insert by order_id): a build writes again the orders of the customers whose
+-- components the identity graph wrote again since this model last ran. Nothing else can change an order's row:
+-- its own columns come from int_orders__customers, where an order changes only with a new version (which makes
+-- the graph write its record again) or a new buyer (both buyers' components are written again), and the
+-- purchase columns from its buyer's row of int_customers__purchases, which changes only for those customers
+-- too (docs/DECISIONS.md, "Steps after the graph take in its changes").
+{{ config(
+    materialized=privdom_incremental_materialization(),
+    incremental_strategy='delete+insert',
+    unique_key='order_id',
+    on_schema_change='fail',
+    post_hook="{{ privdom_mark_graph_consumed('fct_orders', after=['int_orders__customers', 'int_customers__purchases']) }}"
+) }}
+
 with orders as (
     select * from {{ ref('int_orders__customers') }}
+    {%- if is_incremental() %}
+    where customer_key in ({{ privdom_customers_scope('fct_orders') }})
+    {%- endif %}
 ),
 
 purchases as (
