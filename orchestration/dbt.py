@@ -84,18 +84,16 @@ def dbt_vars_arg(settings: Settings) -> list[str]:
     return ["--vars", json.dumps(settings.dbt_vars(), sort_keys=True, separators=(",", ":"))]
 
 
-# Incremental models outside staging (every staging model is), as paths under models/: the intermediate ones and
-# the mart that take in the identity graph's changes. Their SQL, and what they read that is not a table, is in the
-# fingerprint; tests/test_dbt_parse.py finds every model that can be incremental listed here.
-INCREMENTAL_MODELS = ("intermediate/int_components__first_touch.sql", "intermediate/int_touches__unioned.sql",
-                      "intermediate/int_channel_events__customers.sql", "intermediate/int_customers__identifiers.sql",
-                      "intermediate/int_orders__customers.sql", "intermediate/int_customers__purchases.sql",
-                      "intermediate/int_customers__relationship_months.sql",
-                      "intermediate/int_customers__relationships.sql", "marts/fct_orders.sql")
+# Incremental models outside staging (their SQL, and what they read that is not a table, is in the fingerprint;
+# tests/test_dbt_parse.py finds every model that can be incremental listed here)
+INCREMENTAL_INTERMEDIATE_MODELS = ("int_components__first_touch.sql", "int_touches__unioned.sql",
+                                   "int_channel_events__customers.sql", "int_customers__identifiers.sql",
+                                   "int_orders__customers.sql", "int_customers__purchases.sql",
+                                   "int_customers__relationship_months.sql", "int_customers__relationships.sql")
 # Tables (rebuilt every run) whose rows incremental models keep: int_customers__purchases and
 # int_customers__relationships keep what they computed from int_customers__keyed for every customer they do not
 # compute again
-FINGERPRINTED_TABLE_MODELS = ("intermediate/int_customers__keyed.sql",)
+FINGERPRINTED_TABLE_MODELS = ("int_customers__keyed.sql",)
 # Vars an incremental model's rows depend on: the placeholder list (which identifiers are NULL) and the windows
 # of int_customers__purchases (activation, retention, repurchase)
 INCREMENTAL_VARS = ("placeholder_values", "activation_window_days", "retention_start_days", "retention_end_days",
@@ -106,8 +104,8 @@ def incremental_fingerprint(settings: Settings) -> str:
     """A digest of everything an incremental (staging) model's rows depend on besides raw data.
 
     The vars of INCREMENTAL_VARS (the placeholder list, which changes which identifiers are NULL, and the windows
-    of the purchase flags), the incremental models (staging, and the intermediate ones and fct_orders that take in
-    the identity graph's changes), the tables whose rows they keep (FINGERPRINTED_TABLE_MODELS) and the macros (new SQL after
+    of the purchase flags), the incremental models (staging, and the intermediate ones that take in the identity
+    graph's changes), the tables whose rows they keep (FINGERPRINTED_TABLE_MODELS) and the macros (new SQL after
     an upgrade). When it differs from the one recorded at the last successful build, the incremental models are
     rebuilt from raw (`--full-refresh`), so rows already built with the old rules are never mixed with new ones.
     Other vars (the referral window, the triangle's baseline month) only reach tables that are rebuilt on every
@@ -119,7 +117,8 @@ def incremental_fingerprint(settings: Settings) -> str:
     files = [
         DBT_PROJECT_DIR / "dbt_project.yml",
         *(DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"),
-        *(DBT_PROJECT_DIR / "models" / path for path in INCREMENTAL_MODELS + FINGERPRINTED_TABLE_MODELS),
+        *(DBT_PROJECT_DIR / "models" / "intermediate" / name
+          for name in INCREMENTAL_INTERMEDIATE_MODELS + FINGERPRINTED_TABLE_MODELS),
         *(DBT_PROJECT_DIR / "macros").glob("*.sql"),
     ]
     for path in sorted(files):

@@ -3,27 +3,8 @@
 -- discount − refund for paid-like statuses, 0 otherwise). An order touches its buyer at created_at and counts
 -- as a purchase, revenue and activity at paid_at; months are Asia/Shanghai calendar months whatever offset the
 -- raw timestamps carried.
--- Incremental on DuckDB (delete+insert by order_id): a build writes again the orders of the customers whose
--- components the identity graph wrote again since this model last ran. In a run (the graph builds before the
--- models) nothing else can change an order's row: its own columns come from int_orders__customers, where an
--- order changes only with a new version (which makes the graph write its record again) or a new buyer (both
--- buyers' components are written again), and its purchase columns from its buyer's int_customers__purchases
--- row, which changes only for those customers too. A dbt build by hand after new staging and before the next
--- graph build takes in nothing new here (a new order has no buyer yet): the next graph build logs those orders'
--- components (docs/DECISIONS.md, "Steps after the graph take in its changes").
-{{ config(
-    materialized=privdom_incremental_materialization(),
-    incremental_strategy='delete+insert',
-    unique_key='order_id',
-    on_schema_change='fail',
-    post_hook="{{ privdom_mark_graph_consumed('fct_orders', after=['int_orders__customers', 'int_customers__purchases']) }}"
-) }}
-
 with orders as (
     select * from {{ ref('int_orders__customers') }}
-    {%- if is_incremental() %}
-    where customer_key in ({{ privdom_customers_scope('fct_orders') }})
-    {%- endif %}
 ),
 
 purchases as (
