@@ -442,6 +442,18 @@ def test_a_reader_takes_in_the_graph_only_as_far_as_the_readers_it_read(history,
     assert marks["int_customers__purchases"] == newest - 1 and marks["int_orders__customers"] == newest - 1
 
 
+def test_a_reader_built_after_a_reader_it_read_was_forgotten_computes_everything_next_time(history, tmp_path):
+    """int_orders__customers forgotten by the graph's log (a reader 30 builds behind is, and the log may then drop
+    builds it never took in), then int_customers__purchases built alone by hand: purchases gets no place either
+    (not 0, which would take in only the builds the log still keeps), so its next build computes everything."""
+    data_dir = _copy(history, tmp_path)
+    _execute(data_dir, "delete from identity_state.graph_consumers where consumer = 'int_orders__customers'")
+    proc, _ = _dbt(data_dir, "run", "int_customers__purchases")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "int_customers__purchases" not in _graph_marks(data_dir)
+    assert _query(data_dir, "select identity_state.full_recompute('int_customers__purchases')") == [(True,)]
+
+
 def test_a_failed_staging_build_keeps_its_rows_in_the_next_tests(history, tmp_path):
     data_dir = _copy(history, tmp_path)
     through, recorded_at = _mark(data_dir)

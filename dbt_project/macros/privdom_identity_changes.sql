@@ -42,7 +42,10 @@
     orchestration.identity.graph.mark_consumed_sql), or only as far as every reader in `after` has: the readers
     whose tables it read (directly or through a table built from them). A reader computed from a table that has
     not taken in the newest builds yet (a run that built it without them) must take those builds in again when
-    they arrive. Only on DuckDB, where the graph keeps its log. -#}
+    they arrive. When a reader in `after` has no place (never built, or forgotten for lagging too far behind:
+    the log may have dropped builds it never took in), `consumer` gets none either, and computes everything when
+    it runs again: a place of 0 would take in only the builds the log still keeps. Only on DuckDB, where the
+    graph keeps its log. -#}
 {% macro privdom_mark_graph_consumed(consumer, after=[]) -%}
     {{ return(adapter.dispatch('privdom_mark_graph_consumed', 'privdom')(consumer, after)) }}
 {%- endmacro %}
@@ -56,8 +59,11 @@
         delete from identity_state.graph_consumers where consumer = '{{ consumer }}';
         insert into identity_state.graph_consumers
         select '{{ consumer }}', least(coalesce(max(build_seq), 0)
-            {%- for upstream in after %}, coalesce(identity_state.graph_consumed('{{ upstream }}'), 0){% endfor %})
+            {%- for upstream in after %}, identity_state.graph_consumed('{{ upstream }}'){% endfor %})
         from identity_state.graph_builds
+        {%- for upstream in after %}
+        {{ 'having' if loop.first else 'and' }} identity_state.graph_consumed('{{ upstream }}') is not null
+        {%- endfor %}
     {%- else -%}
         select 1
     {%- endif -%}
