@@ -4,7 +4,12 @@ counts (SPEC §2)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -227,17 +232,9 @@ def test_the_memory_limit_reaches_gx_duckdb_connection():
     assert v.unexpected_by_rule["channel.in_set"] == 1  # and the validation ran under it
 
 
-
-
 def test_gx_import_leaves_scipy_stats_lazy_until_used(tmp_path):
     """GX imports scipy.stats for expectations privdom does not use; _context registers it as a lazy module
     first (~0.35 s of every run). It must stay unexecuted through GX's import and work when first used."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
-
     code = textwrap.dedent(
         """
         import sys, types
@@ -255,10 +252,9 @@ def test_gx_import_leaves_scipy_stats_lazy_until_used(tmp_path):
     # and exits the process with status 0
     script = tmp_path / "lazy_stats.py"
     script.write_text(code, encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
-        timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stderr
     # 0.5·ln(0.5/0.9) + 0.5·ln(0.5/0.1) = 0.5·(−0.5878) + 0.5·1.6094 = 0.5108
     assert done.stdout.split() == ["False", "0.5108", "True", "True"]

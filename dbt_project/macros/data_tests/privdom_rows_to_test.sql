@@ -19,22 +19,23 @@
 {%- endmacro %}
 
 {% macro default__privdom_tested_through_file_id() -%}
-    {{ return(privdom_recorded_test_mark('tested_through_file_id', 'dbt_staging') | int) }}
+    {%- set mark = privdom_recorded_test_mark('tested_through_file_id', 'dbt_staging') -%}
+    {{ return(0 if mark is none else mark | int) }}
 {%- endmacro %}
 
 {#- What the step's last successful build recorded its tests had covered (raw.dbt_incremental_state), as text, or
-    0 when every row must be tested: nothing recorded (no table, no column, no value: a first build, a warehouse of
-    an older privdom), --full-refresh, the var privdom_test_all_rows. -#}
+    none when every row must be tested: nothing recorded (no table, no column, no value: a first build, a
+    warehouse of an older privdom), --full-refresh, the var privdom_test_all_rows. -#}
 {% macro privdom_recorded_test_mark(column, step) -%}
     {%- if not execute or flags.FULL_REFRESH or var('privdom_test_all_rows', false) -%}
-        {{ return(0) }}
+        {{ return(none) }}
     {%- endif -%}
     {%- set state = adapter.get_relation(database=target.database, schema='raw', identifier='dbt_incremental_state') -%}
     {%- if state is none or column not in (adapter.get_columns_in_relation(state) | map(attribute='name') | list) -%}
-        {{ return(0) }}
+        {{ return(none) }}
     {%- endif -%}
     {%- set result = run_query(
-        "select coalesce(cast(max(" ~ column ~ ") as varchar), '0') from " ~ state ~ " where step = '" ~ step ~ "'") -%}
+        "select cast(max(" ~ column ~ ") as varchar) from " ~ state ~ " where step = '" ~ step ~ "'") -%}
     {{ return(result.columns[0].values()[0]) }}
 {%- endmacro %}
 
@@ -57,8 +58,7 @@
 {%- endmacro %}
 
 {% macro default__privdom_tested_built_at() -%}
-    {%- set mark = privdom_recorded_test_mark('tested_built_at', 'dbt_models') -%}
-    {{ return(none if mark in (0, '0') else mark) }}
+    {{ return(privdom_recorded_test_mark('tested_built_at', 'dbt_models')) }}
 {%- endmacro %}
 
 {% macro spark__privdom_tested_built_at() -%}

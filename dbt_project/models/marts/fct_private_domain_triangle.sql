@@ -58,11 +58,7 @@ order_windows as (
         o.net_revenue,
         o.paid_orders,
         greatest(o.paid_month, s.from_month) as window_start,
-        case
-            when s.until_month is null or s.until_month > {{ privdom_add_months('o.paid_month', 12) }}
-                then {{ privdom_add_months('o.paid_month', 12) }}
-            else s.until_month
-        end as window_end,
+        least(s.until_month, {{ privdom_add_months('o.paid_month', 12) }}) as window_end,  -- (least skips NULL)
         s.from_month <= o.paid_month as reachable_in_paid_month
     from customer_month_orders as o
     inner join spans as s
@@ -196,7 +192,7 @@ referrer_runs as (
 reachable_referrer_spans as (
     select
         greatest(r.run_start, s.from_month) as span_start,
-        case when s.until_month is null or s.until_month > r.run_end then r.run_end else s.until_month end as span_end
+        least(s.until_month, r.run_end) as span_end  -- (least skips NULL: an open span ends with the run)
     from referrer_runs as r
     inner join spans as s
         on s.customer_key = r.customer_key
