@@ -87,6 +87,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestration import dbt as dbt_runner
+
+    dbt_runner.require_pipeline_target()  # before generating: the run after it would refuse
     print(f"privdom demo: synthetic data in {settings.data_dir}")
     status = cmd_generate(args, settings)
     return status if status else cmd_run(args, settings)

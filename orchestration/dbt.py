@@ -20,9 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from orchestration import warehouse, warm
-from orchestration.settings import DBT_PROJECT_DIR, Settings
+from orchestration.settings import DBT_PROJECT_DIR, Settings, SettingsError
 
 DBT_TARGET = os.environ.get("PRIVDOM_DBT_TARGET", "duckdb")
+# The target the pipeline's own steps work with: ingest, identity, segments, exports and the BI copy read and
+# write the DuckDB warehouse, and so does each dbt step around its build (docs/scale-out.md, "What runs where").
+PIPELINE_TARGET = "duckdb"
 MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
 # Run tag that makes every dbt step of a run rebuild its incremental models from raw (`privdom run
 # --full-refresh`; in the UI, launch with this tag set to "true").
@@ -64,8 +67,7 @@ def warm_dbt() -> Iterator[Path | None]:
     if not warm.enabled() or not real.is_absolute() or _WARM_EXECUTABLE is not None:
         yield None
         return
-    preload = warm.DEFAULT_PRELOAD + (("dbt.adapters.spark",) if DBT_TARGET == "spark" else ())
-    server = warm.WarmServer(fallback=real, preload=preload)
+    server = warm.WarmServer(fallback=real, preload=warm.DEFAULT_PRELOAD)
     try:
         server.start()
     except OSError:  # no usable temporary directory, a client that cannot be executed there: dbt starts cold
@@ -78,6 +80,21 @@ def warm_dbt() -> Iterator[Path | None]:
     finally:
         _WARM_EXECUTABLE = None
         server.stop()
+
+
+def require_pipeline_target() -> None:
+    """Raise SettingsError unless dbt builds the target the pipeline's steps read (PRIVDOM_DBT_TARGET=duckdb).
+
+    With another target (spark), dbt would build on that engine while the ingest, identity and publishing
+    steps go on with DuckDB: the first dbt step would fail on missing sources, or the marts published would
+    not be the ones just built."""
+    if DBT_TARGET != PIPELINE_TARGET:
+        raise SettingsError(
+            f"PRIVDOM_DBT_TARGET={DBT_TARGET}: `privdom run` and the Dagster assets build on the "
+            f"{PIPELINE_TARGET!r} target only (their ingest, identity and publishing steps read and write the "
+            "DuckDB warehouse). Build the dbt models on Spark with dbt itself (`dbt build --target spark`, "
+            "docs/scale-out.md), or unset PRIVDOM_DBT_TARGET."
+        )
 
 
 def dbt_vars_arg(settings: Settings) -> list[str]:

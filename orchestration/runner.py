@@ -194,12 +194,13 @@ def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: boo
     warehouse lock one at a time (orchestration/locking.py). `full_refresh` rebuilds the incremental dbt
     models from raw (they otherwise take in only the files loaded since their last build).
     """
+    from orchestration import dbt as dbt_runner
+
+    dbt_runner.require_pipeline_target()  # before anything is loaded: the steps work on DuckDB only
     with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom run"):
         # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
         with warehouse_lock(settings.data_dir, what="privdom run (checking the warehouse)"):
             ensure_not_locked(settings.warehouse_path)
-        from orchestration import dbt as dbt_runner
-
         # dbt's commands of this run start with dbt already imported (orchestration/warm.py); the server
         # imports it while the run begins, and is stopped by PID when the run is over
         with dbt_runner.warm_dbt():

@@ -11,7 +11,7 @@ from dagster_dbt.dbt_project import using_dagster_dev
 from orchestration import dbt as dbt_runner
 from orchestration import preview, warehouse
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource, current_settings
-from orchestration.settings import DBT_PROJECT_DIR
+from orchestration.settings import DBT_PROJECT_DIR, SettingsError
 
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=dbt_runner.DBT_TARGET)
@@ -64,6 +64,10 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
         The events are collected until dbt exits (it holds DuckDB's write lock until then), then each
         model's materialization gets its row count and a masked preview, read in this process.
         """
+        try:
+            dbt_runner.require_pipeline_target()
+        except SettingsError as exc:
+            raise dg.Failure(description=str(exc)) from None
         settings = current_settings()
         fingerprint = dbt_runner.incremental_fingerprint(settings)
         with privdom.writer(context):
