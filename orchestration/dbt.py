@@ -242,6 +242,8 @@ def apply_dbt_environment(settings: Settings) -> None:
 PARSE_STAMP_PATH = DBT_PROJECT_DIR / "target" / "privdom_parse_fingerprint.txt"
 # not project files: dbt's outputs, installed packages, the per-user id file
 _NOT_PROJECT = frozenset(("target", "logs", "dbt_packages", ".user.yml"))
+# switches that say how privdom starts dbt and validation, not what dbt parses
+_NOT_PARSE_ENV = frozenset((warm.ENV_SWITCH, "PRIVDOM_GX_WARM"))
 # what dbt parses with (its built-in macros live in dbt-adapters)
 _DBT_DISTRIBUTIONS = ("dbt-core", "dbt-adapters", "dbt-common", "dbt-duckdb", "dbt-spark", "duckdb")
 
@@ -249,8 +251,8 @@ _DBT_DISTRIBUTIONS = ("dbt-core", "dbt-adapters", "dbt-common", "dbt-duckdb", "d
 def parse_fingerprint(settings: Settings) -> str:
     """A digest of everything `dbt parse` reads: every file of the dbt project, the vars, the target, the
     PRIVDOM_* and DBT_* environment (profiles.yml reads PRIVDOM_* through env_var; call it after
-    apply_dbt_environment, as parse does; not PRIVDOM_DBT_WARM, which only says how dbt is started) and the
-    dbt versions."""
+    apply_dbt_environment, as parse does; not PRIVDOM_DBT_WARM or PRIVDOM_GX_WARM, which only say how dbt and
+    validation are started) and the dbt versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     def installed(dist: str) -> str | None:
@@ -264,7 +266,7 @@ def parse_fingerprint(settings: Settings) -> str:
         "vars": dbt_vars_arg(settings)[1],
         "target": DBT_TARGET,
         "env": sorted((k, v) for k, v in os.environ.items()
-                      if k.startswith(("PRIVDOM_", "DBT_")) and k != warm.ENV_SWITCH),
+                      if k.startswith(("PRIVDOM_", "DBT_")) and k not in _NOT_PARSE_ENV),
         "versions": [installed(d) for d in _DBT_DISTRIBUTIONS],
     }
     digest.update(json.dumps(context, sort_keys=True).encode() + b"\0")

@@ -9,7 +9,9 @@ the permanent generation, which later passes skip: 0.41 s in 12 passes, the same
 Only in a process that runs one command and ends: the `privdom` console script (orchestration.cli.run)
 turns it on (`privdom run`, and `privdom demo`, which generates and then runs once). There `freeze()` is called
 twice: when the run's definitions are built (orchestration/runner.py) and when GX is first imported
-(orchestration/quality), which is inside the first ingest step with rows to validate. What is garbage at
+(orchestration/quality), which is inside the first ingest step with rows to validate when the run validates in
+its own process (PRIVDOM_GX_WARM=0). The validation worker of a run (orchestration/validation_worker.py), a
+process for that run only, turns it on too: there GX's import is frozen as it warms up. What is garbage at
 such a moment is kept instead of freed (~200 objects measured after the definitions, ~10 after GX's import),
 and so is what is alive then and becomes garbage in a reference cycle later: at the second freeze, that step's
 own objects (its context, the ingest's report and ledger rows; its Parquet parts are closed explicitly), one

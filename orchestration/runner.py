@@ -201,9 +201,12 @@ def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: boo
         # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
         with warehouse_lock(settings.data_dir, what="privdom run (checking the warehouse)"):
             ensure_not_locked(settings.warehouse_path)
-        # dbt's commands of this run start with dbt already imported (orchestration/warm.py); the server
-        # imports it while the run begins, and is stopped by PID when the run is over
-        with dbt_runner.warm_dbt():
+        from orchestration import validation_worker as gx_worker
+
+        # GX's validations of this run go to a process that imports GX while the run begins
+        # (orchestration/validation_worker.py), and dbt's commands start with dbt already imported
+        # (orchestration/warm.py); both are stopped by PID when the run is over
+        with gx_worker.warm_validation(), dbt_runner.warm_dbt():
             return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh)
 
 

@@ -124,7 +124,7 @@ def test_the_ingest_step_splits_the_memory_limit_between_the_load_and_the_valida
 
     settings, defs = env
     seen: dict[str, list] = {"load": [], "gx": []}
-    real_ingest, real_validate = ingest_defs.ingest_source, ingest_defs.validate_contract
+    real_ingest, real_validate = ingest_defs.ingest_source, ingest_defs.gx_worker.validate
 
     def ingest(con, *args, **kwargs):
         seen["load"].append(con.execute("select current_setting('memory_limit')").fetchone()[0])
@@ -135,7 +135,7 @@ def test_the_ingest_step_splits_the_memory_limit_between_the_load_and_the_valida
         return real_validate(source, frame, memory_limit=memory_limit)
 
     monkeypatch.setattr(ingest_defs, "ingest_source", ingest)
-    monkeypatch.setattr(ingest_defs, "validate_contract", validate)
+    monkeypatch.setattr(ingest_defs.gx_worker, "validate", validate)  # the step validates through it
     with dg.instance_for_test() as instance:
         assert dg.materialize(_ingest_assets(defs), instance=instance).success
     assert seen["load"] == ["1.7 GiB"] * 3  # 1,875,000,000 bytes

@@ -99,6 +99,12 @@ def test_parses_once_then_only_when_something_it_reads_changes(project, tmp_path
     assert dbt_runner.parse_if_changed(settings) is False
     assert len(calls) == 10
 
+    # the switches of how dbt and validation are started are not read by dbt
+    monkeypatch.setenv("PRIVDOM_DBT_WARM", "0")
+    monkeypatch.setenv("PRIVDOM_GX_WARM", "0")
+    assert dbt_runner.parse_if_changed(settings) is False
+    assert len(calls) == 10
+
 
 def test_parses_when_the_manifest_is_missing_or_the_last_parse_failed(project, tmp_path, monkeypatch):
     copy, calls = project

@@ -10,6 +10,7 @@ from dagster_dbt.dbt_project import using_dagster_dev
 
 from orchestration import dbt as dbt_runner
 from orchestration import preview, warehouse
+from orchestration import validation_worker as gx_worker
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource, current_settings
 from orchestration.settings import DBT_PROJECT_DIR, SettingsError
 
@@ -68,6 +69,9 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             dbt_runner.require_pipeline_target()
         except SettingsError as exc:
             raise dg.Failure(description=str(exc)) from None
+        # every raw asset of the run has validated (all are upstream of staging): the validation worker's
+        # memory goes back before dbt's DuckDB takes its share (orchestration/validation_worker.py)
+        gx_worker.release()
         settings = current_settings()
         fingerprint = dbt_runner.incremental_fingerprint(settings)
         with privdom.writer(context):

@@ -12,7 +12,7 @@ from orchestration.contract import CONTRACTS, SOURCES
 from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
-from orchestration.quality import validate_contract
+from orchestration import validation_worker as gx_worker
 from orchestration.settings import share_of_memory_limit
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
@@ -88,7 +88,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         gx_limit = share_of_memory_limit(settings.duckdb_memory_limit, 0.25)
         with privdom.writer(context), privdom.connect(memory_limit=load_limit) as con:
             report = ingest_source(con, source, settings, load_id=context.run_id, batch_dates=dates,
-                                   validate=lambda frame: validate_contract(source, frame, memory_limit=gx_limit))
+                                   validate=lambda frame: gx_worker.validate(source, frame, memory_limit=gx_limit))
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
         if report.rows_rehashed:

@@ -442,7 +442,7 @@ class SpilledFrame:
     (files in file id order, rows in file order).
     """
 
-    def __init__(self, directory: tempfile.TemporaryDirectory, parts: Sequence[Path],
+    def __init__(self, directory: tempfile.TemporaryDirectory | None, parts: Sequence[Path],
                  files: Sequence[tuple[int, int]], select: Sequence[tuple[str, str]]) -> None:
         self._directory = directory
         self._parts = [Path(p) for p in parts]
@@ -457,6 +457,17 @@ class SpilledFrame:
             n += rows
         self.rows = n
         self._offset_of = {fid: off for (fid, _), off in zip(self._files, self._offsets)}
+
+    def state(self) -> tuple[list[str], list[tuple[int, int]], list[tuple[str, str]]]:
+        """What another process needs to read the same rows (orchestration/validation_worker.py): the parts' paths,
+        the files and the column map. The parts stay this frame's: `from_state` does not own them."""
+        return [str(p) for p in self._parts], list(self._files), list(self._select)
+
+    @classmethod
+    def from_state(cls, state: tuple[list[str], list[tuple[int, int]], list[tuple[str, str]]]) -> SpilledFrame:
+        """A frame over the parts of another frame's `state()`; its close() leaves them where they are."""
+        parts, files, select = state
+        return cls(None, [Path(p) for p in parts], [tuple(f) for f in files], [tuple(c) for c in select])
 
     @classmethod
     def from_pandas(cls, frame: pd.DataFrame) -> SpilledFrame:
@@ -570,7 +581,8 @@ class SpilledFrame:
         return self._frame(self._read_arrow("true"))
 
     def close(self) -> None:
-        self._directory.cleanup()
+        if self._directory is not None:  # a frame of from_state owns nothing
+            self._directory.cleanup()
 
 
 def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *, memory_limit: str | None = None) -> ContractValidation:
