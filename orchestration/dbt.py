@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from orchestration import warehouse, warm
+from orchestration import validation_worker, warehouse, warm
 from orchestration.settings import DBT_PROJECT_DIR, Settings, SettingsError
 
 DBT_TARGET = os.environ.get("PRIVDOM_DBT_TARGET", "duckdb")
@@ -243,7 +243,7 @@ PARSE_STAMP_PATH = DBT_PROJECT_DIR / "target" / "privdom_parse_fingerprint.txt"
 # not project files: dbt's outputs, installed packages, the per-user id file
 _NOT_PROJECT = frozenset(("target", "logs", "dbt_packages", ".user.yml"))
 # switches that say how privdom starts dbt and validation, not what dbt parses
-_NOT_PARSE_ENV = frozenset((warm.ENV_SWITCH, "PRIVDOM_GX_WARM"))
+_NOT_PARSE_ENV = frozenset((warm.ENV_SWITCH, validation_worker.ENV_SWITCH))
 # what dbt parses with (its built-in macros live in dbt-adapters)
 _DBT_DISTRIBUTIONS = ("dbt-core", "dbt-adapters", "dbt-common", "dbt-duckdb", "dbt-spark", "duckdb")
 

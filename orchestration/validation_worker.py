@@ -66,17 +66,21 @@ def enabled() -> bool:
 # ------------------------------------------------------------------------------------------------ the worker
 def _warm_up() -> None:
     """In a thread of its own at lower priority: import GX, make a context and validate a one-row query, what a
-    run's first validation would otherwise pay."""
+    run's first validation would otherwise pay. A failure is left to the first validation, which meets the
+    same problem and reports it."""
     with contextlib.suppress(AttributeError, OSError):  # per-thread niceness: Linux; elsewhere the default
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WARM_UP_NICENESS)
-    from orchestration import quality
+    try:
+        from orchestration import quality
 
-    ctx = quality._context()  # first: it keeps scipy.stats lazy (quality._defer_scipy_stats) and freezes GX
-    import great_expectations as gx
+        ctx = quality._context()  # first: it keeps scipy.stats lazy (quality._defer_scipy_stats) and freezes GX
+        import great_expectations as gx
 
-    suite = gx.ExpectationSuite(name="privdom_warm_up")
-    suite.add_expectation(gx.expectations.ExpectColumnValuesToNotBeNull(column="x"))
-    quality._results(ctx, "SELECT 1 AS x", "warm_up", suite, complete=False)
+        suite = gx.ExpectationSuite(name="privdom_warm_up")
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToNotBeNull(column="x"))
+        quality._results(ctx, "SELECT 1 AS x", "warm_up", suite, complete=False)
+    except Exception:  # noqa: BLE001, S110 - see the docstring
+        pass
 
 
 def _error_reply(exc: BaseException) -> tuple[Any, ...]:
@@ -98,7 +102,7 @@ def serve(conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore")  # nobody reads the worker's stderr; what matters comes back as results
     longlived.enable()  # a process for one run: GX's modules leave the collector's full passes (quality._context)
-    warm = threading.Thread(target=_safe_warm_up, name="privdom-gx-warm-up", daemon=True)
+    warm = threading.Thread(target=_warm_up, name="privdom-gx-warm-up", daemon=True)
     warm.start()
     while True:
         try:
@@ -117,13 +121,6 @@ def serve(conn: Connection) -> None:
             conn.send(reply)
         except (EOFError, OSError):
             return
-
-
-def _safe_warm_up() -> None:
-    try:
-        _warm_up()
-    except Exception:  # noqa: BLE001, S110 - the first validation meets the same problem and reports it
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,11 +8,11 @@ share. They show as asset checks of raw/<source>.
 
 import dagster as dg
 
+from orchestration import validation_worker as gx_worker
 from orchestration.contract import CONTRACTS, SOURCES
 from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
-from orchestration import validation_worker as gx_worker
 from orchestration.settings import share_of_memory_limit
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
