@@ -74,6 +74,14 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(summary.describe())
     print(f"Landing files written to {settings.landing_dir} in {time.perf_counter() - started:.1f} s")
+    for source in summary.rows_by_source:
+        share = summary.dirty_share(source)
+        if share > settings.max_quarantine_share:
+            print(f"privdom: warning: {share:.1%} of the {summary.rows_by_source[source]:,} {source} rows are dirty "
+                  "(at least one row per contract rule), above max_quarantine_share "
+                  f"{settings.max_quarantine_share:.1%}: a run on these files fails that check and holds back exports "
+                  "and syncs. Generate more customers or days, use --dirty-rate 0, or raise max_quarantine_share.",
+                  file=sys.stderr)
     return 0
 
 
@@ -133,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--customers", type=int, help="number of customers (default: setting demo_customers, 3000)")
         p.add_argument("--days", type=int, help="days of history (default: setting demo_days, 240)")
         p.add_argument("--seed", type=int, help="random seed (default 42); same seed, same files")
-        p.add_argument("--dirty-rate", type=float, help="share of rows that break a contract rule (default 0.01)")
+        p.add_argument("--dirty-rate", type=float, help="share of rows that break a contract rule (default 0.01; "
+                       "at least one row per rule when above 0, so small data get a higher share)")
 
     def add_data_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -58,14 +59,18 @@ class PipelineResult:
                 lines.append(
                     f"    {source:<28} {files:>6} {loaded:>7} {rejected:>9} {duplicate:>10} {rows_loaded:>15,} {quarantined:>12,}"
                 )
+            if not any(files for _, files, *_ in self.ledger):
+                lines.append(f"    no landing files yet: deliver batch files to {s.landing_dir}/<source>/ "
+                             "(docs/data-contract.md), or write synthetic ones with `privdom generate`")
         if self.summary_error:
             lines.append("")
             lines.append(f"  (no table summary: {self.summary_error})")
         if self.tables:
             lines.append("")
             lines.append("  warehouse tables")
+            width = max(40, *(len(schema) + 1 + len(table) for schema, table, _ in self.tables))
             for schema, table, rows in self.tables:
-                lines.append(f"    {schema + '.' + table:<40} {rows:>12,} rows")
+                lines.append(f"    {schema + '.' + table:<{width}} {rows:>12,} rows")
         if self.exports:
             lines.append("")
             lines.append(f"  segment exports (LATEST in {s.exports_dir}/<segment>/)      rows    adds  removes")
@@ -79,15 +84,21 @@ class PipelineResult:
         lines += [
             "",
             "  results",
-            f"    warehouse  {s.warehouse_path}   (duckdb -readonly {s.warehouse_path})",
+            f"    warehouse  {s.warehouse_path}   (duckdb -readonly {shlex.quote(str(s.warehouse_path))})",
             f"    BI copy    {s.bi_dir / 'warehouse.duckdb'}   (read-only copy of marts and segments for BI tools)",
             f"    exports    {s.exports_dir}",
             f"    landing    {s.landing_dir}",
-            "    UI         privdom ui   → http://127.0.0.1:3000 (runs, asset checks, lineage)",
+            f"    UI         {ui_command(s.data_dir)}   → http://127.0.0.1:3000 (runs, asset checks, lineage)",
         ]
         if self.log_path:
             lines.append(f"    run log    {self.log_path}")
         return "\n".join(lines)
+
+
+def ui_command(data_dir: Path) -> str:
+    """The command that opens the UI on `data_dir`, to paste in a shell. It always names the directory: the
+    user's PRIVDOM_HOME and working directory are not known here (`privdom` sets PRIVDOM_HOME for its run)."""
+    return f"privdom --data-dir {shlex.quote(str(data_dir))} ui"
 
 
 def _summarise_warehouse(path: Path, *, wait_seconds: float = 10.0) -> tuple[list[tuple], list[tuple[str, str, int]]]:

@@ -70,8 +70,9 @@ def _exporting(data_dir: Path) -> bool:
     return any((data_dir / "exports").glob("*/.tmp-*"))
 
 
-def _warehouse_written(data_dir: Path) -> bool:
-    return (data_dir / "warehouse.duckdb").exists()
+def _spilling(data_dir: Path) -> bool:
+    """An ingest step has judged rows in its scratch directory and has not loaded them yet."""
+    return any((data_dir / "tmp").glob("ingest-*/*.parquet"))
 
 
 def snapshot(path: Path) -> dict[str, list]:
@@ -112,13 +113,14 @@ def runs(tmp_path_factory):
     reference = _run(clean)
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
-    _killed_run(crashed, _warehouse_written, "during ingestion")
+    _killed_run(crashed, _spilling, "during ingestion", poll=0.005)
+    left_by_the_kill = sorted(p.name for p in (crashed / "tmp").iterdir())
     _killed_run(crashed, _log_says("START sql incremental model staging.stg_orders__versions"), "in the middle of dbt build (staging)")
     _killed_run(crashed, _log_says("START sql table model marts.dim_customers"), "in the middle of dbt build (marts)")
     _killed_run(crashed, _exporting, "in the middle of the segment exports", poll=0.001)
     exported_before_the_kill = sorted(p.parent.name for p in (crashed / "exports").glob("*/LATEST"))
     final = _run(crashed)
-    return clean, crashed, final, exported_before_the_kill
+    return clean, crashed, final, exported_before_the_kill, left_by_the_kill
 
 
 # An export's own identity and wall-clock times; everything else in the manifest must be equal.
@@ -152,14 +154,21 @@ def exports_snapshot(exports: Path) -> dict:
 
 
 def test_the_run_after_the_kills_succeeds(runs):
-    _, _, final, _ = runs
+    _, _, final, _, _ = runs
     assert final.returncode == 0, final.stdout + final.stderr
+
+
+def test_a_killed_ingestions_scratch_is_removed(runs):
+    """SIGKILL leaves an ingest step's spilled parts in `tmp/`; a later run removes them (orchestration/scratch.py)."""
+    _, crashed, _, _, left_by_the_kill = runs
+    assert any(name.startswith("ingest-") for name in left_by_the_kill), left_by_the_kill
+    assert list((crashed / "tmp").iterdir()) == []
 
 
 def test_exports_equal_an_uninterrupted_run(runs):
     """Killed while writing one segment's export (others done or not started): the next run publishes each
     segment once, as the uninterrupted run did, and leaves no temporary folder."""
-    clean, crashed, _, exported_before_the_kill = runs
+    clean, crashed, _, exported_before_the_kill, _ = runs
     expected, actual = exports_snapshot(clean / "exports"), exports_snapshot(crashed / "exports")
     assert len(exported_before_the_kill) < len(expected)  # the kill came before the last segment's export
     assert sorted(actual) == sorted(expected)
@@ -169,7 +178,7 @@ def test_exports_equal_an_uninterrupted_run(runs):
 
 
 def test_warehouse_equals_an_uninterrupted_run(runs):
-    clean, crashed, _, _ = runs
+    clean, crashed, _, _, _ = runs
     expected, actual = snapshot(clean / "warehouse.duckdb"), snapshot(crashed / "warehouse.duckdb")
     assert sorted(actual) == sorted(expected)  # no leftover dbt temp/backup tables either
     for table in expected:
@@ -187,7 +196,7 @@ def test_warehouse_equals_an_uninterrupted_run(runs):
 
 
 def test_bi_copy_equals_an_uninterrupted_run(runs):
-    clean, crashed, _, _ = runs
+    clean, crashed, _, _, _ = runs
     assert snapshot(crashed / "bi" / "warehouse.duckdb") == snapshot(clean / "bi" / "warehouse.duckdb")
     assert not list((crashed / "bi").glob(".*.tmp"))
 
@@ -195,7 +204,7 @@ def test_bi_copy_equals_an_uninterrupted_run(runs):
 def test_killed_runs_are_marked_failed_and_hold_no_pool_slot(runs):
     import dagster as dg
 
-    _, crashed, _, _ = runs
+    _, crashed, _, _, _ = runs
     with dg.DagsterInstance.from_config(str(crashed / "dagster")) as instance:
         statuses = [r.status for r in instance.get_runs()]
         assert statuses.count(dg.DagsterRunStatus.SUCCESS) == 1

@@ -370,3 +370,27 @@ def test_same_file_delivered_twice(clean):
     (dup,) = summary.duplicate_files
     orig = dup.replace("_resend", "")
     assert (root / dup).read_bytes() == (root / orig).read_bytes()
+
+
+def test_dirty_share_is_dirty_rows_over_rows_per_source():
+    s = GenerateSummary(pathlib.Path("x"), 10, 1, 1, 0.01, dt.date(2024, 1, 1), dt.date(2024, 1, 1),
+                        rows_by_source={"orders": 400, "referrals": 200, "channel_events": 0},
+                        dirty_rows_by_rule={"referrals:status.in_set": 3, "referrals:referral_id.required": 1,
+                                            "orders:status.in_set": 2})
+    assert s.dirty_share("referrals") == 4 / 200 and s.dirty_share("orders") == 2 / 400
+    assert s.dirty_share("channel_events") == 0.0 and s.dirty_share("elsewhere") == 0.0
+    assert "orders 0.5%, referrals 2.0%, channel_events 0.0%" in s.describe()
+
+
+def test_generate_warns_when_small_data_would_fail_the_quarantine_limit(tmp_path, capsys):
+    """Every contract rule gets at least one dirty row: 300 customers over 60 days have 354 referrals, of which
+    18 (one per rule) are dirty, 5.1 % against the 5 % limit, so the run after would hold back the exports."""
+    from orchestration import cli
+
+    assert cli.main(["--data-dir", str(tmp_path / "small"), "generate", "--customers", "300", "--days", "60"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 5.1% of the 354 referrals rows are dirty" in err and "max_quarantine_share 5.0%" in err
+    assert "channel_events" not in err and "orders" not in err
+    assert cli.main(["--data-dir", str(tmp_path / "clean"), "generate", "--customers", "300", "--days", "60",
+                     "--dirty-rate", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err

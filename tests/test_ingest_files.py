@@ -390,7 +390,7 @@ def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settin
     path.write_text(header + "1,2,3,4,5,6,7,8,9\n" * 3 + '" a ",,,,,,,,\n', encoding="utf-8")
     [f] = [x for x in fl.discover(settings.landing_dir, "channel_events") if x.path == path]
     con = duckdb.connect()
-    encoding, signature, rows = core._read(con, f, path.stat().st_size, core._Scratch())
+    encoding, signature, rows = core._read(con, f, path.stat().st_size, core._Scratch(tmp_path))
     assert (encoding, rows) == ("utf-8", 4)
     assert signature == core._signature(con)
     assert [n for n, _ in signature] == ["a.b", "rowid", "column3", 'x "q"', "事件", "dup", "dup_7", "__privdom_fid", "Event_ID"]

@@ -224,6 +224,16 @@ def test_freshness_compares_latest_with_the_warehouse_data_end(world):
     con.execute("update marts.dim_customers set data_end_at = data_end_at + interval 1 hour")
     assert export_freshness(con, exports, "buyers")["fresh"] is False
     assert export_freshness(con, exports, "never_exported")["fresh"] is False
+    # an export of an empty warehouse (no data end) is fresh while the warehouse has none either, and not after
+    con.execute("update marts.dim_customers set data_end_at = null")
+    con.execute("update segments.segment_members set data_end_at = null")
+    con.execute("update segments.segment_definitions set data_end_at = null")
+    con.close()
+    _export(warehouse, exports, d)
+    con = connect(warehouse)
+    assert export_freshness(con, exports, "buyers")["fresh"] is True
+    con.execute("update marts.dim_customers set data_end_at = timestamptz '2024-03-01 00:00:00+08'")
+    assert export_freshness(con, exports, "buyers")["fresh"] is False
     con.close()
 
 

@@ -8,8 +8,9 @@ One run of a source works in two phases, so that the per-file cost is a file rea
    isolated per file, with their own messages) and gathered per schema signature; then one statement per
    signature types every value and evaluates every contract rule (the batch limit is a constant of each
    file, from its batch date), writing the rows with their file id, batch date, row number, rule flags, row
-   hash and, for a broken row, its original values to one Parquet part in the run's spill directory. Only a
-   batch at a time is held in memory per worker, so memory does not grow with the run.
+   hash and, for a broken row, its original values to one Parquet part in the run's spill directory (under
+   `<data dir>/tmp/`, orchestration/scratch.py). Only a batch at a time is held in memory per worker, so
+   memory does not grow with the run.
 2. **Load** (one transaction for the whole run of the source): raw rows, quarantine rows and ledger rows are
    inserted set-wise from the parts, rows read = loaded + quarantined is verified for every file with one
    query per table, then everything commits together. A crash or a failed check leaves none of the run's
@@ -40,6 +41,7 @@ import pandas as pd
 
 from orchestration.contract import CONTRACTS, LINEAGE_COLUMNS, SourceContract, contract as get_contract
 from orchestration.quality import SpilledFrame
+from orchestration.scratch import directory as scratch_directory
 from orchestration.settings import TIMEZONE, Settings
 from orchestration.warehouse import transaction
 
@@ -198,15 +200,17 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 class _Scratch:
-    """One temporary directory per run, created only when a file has to be transcoded."""
+    """One directory per worker thread, in the run's spill directory, created only when a file has to be
+    transcoded."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: Path) -> None:
+        self._parent = parent
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._n = 0
 
     def path(self) -> Path:
         if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="privdom-ingest-")
+            self._tmp = tempfile.TemporaryDirectory(prefix="transcoded-", dir=self._parent)
         self._n += 1
         return Path(self._tmp.name) / f"transcoded-{self._n}.txt"
 
@@ -633,9 +637,9 @@ _FILE = "_privdom_file_{}"  # a batch's staged files: one temp table per large f
 # events ~27k rows a file, orders ~12k, referrals ~2.8k; at 10k every file is small).
 SMALL_FILE_ROWS = 4096
 # Uncompressed, with dictionaries only for columns of fewer than 1,000 distinct values in a row group (DuckDB's
-# DICTIONARY_SIZE_LIMIT counts values: enums, flags): the parts are temporary files in the system's temporary
-# folder (TMPDIR) and read twice (the load, GX's scans). Writing them is a third of judging a row; at 1M
-# customers, against LZ4 with DuckDB's default dictionaries, writing costs 0.64 instead of 0.95 us a row for
+# DICTIONARY_SIZE_LIMIT counts values: enums, flags): the parts are temporary files in the data directory's
+# tmp/ (orchestration/scratch.py) and read twice (the load, GX's scans). Writing them is a third of judging a
+# row; at 1M customers, against LZ4 with DuckDB's default dictionaries, writing costs 0.64 instead of 0.95 us a row for
 # channel events (1.0 / 1.4 us for orders), the three sources' ingestion 48.6-49.7 s instead of 51.5-53.8 s,
 # and the parts take ~1.2 GB for channel events and ~1.0 GB for orders instead of ~0.8 / 0.5 GB, for one step
 # at a time (each step removes its parts). (zstd before LZ4: at 1M orders 401 MB instead of 696 MB, ingestion
@@ -739,7 +743,7 @@ def _stage_all(con: duckdb.DuckDBPyConnection, c: SourceContract, settings: Sett
 
     def work() -> None:
         cur = con.cursor()
-        scratch = _Scratch()
+        scratch = _Scratch(spill)
         try:
             _set_timezone(cur)
             while True:
@@ -851,7 +855,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     first_id = next_id = _next_file_id(con)
     ledger_rows: list[list[Any]] = []
     staged: list[_Staged] = []
-    spill_dir = tempfile.TemporaryDirectory(prefix="privdom-ingest-")
+    spill_dir = scratch_directory(settings.data_dir, f"ingest-{source}")
     spill = Path(spill_dir.name)
     keep_spill = False
     try:

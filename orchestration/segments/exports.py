@@ -432,7 +432,8 @@ def export_freshness(con: duckdb.DuckDBPyConnection, exports_dir: Path, segment:
     manifest = read_manifest(segment_dir / latest)
     exported_end = dt.datetime.fromisoformat(manifest["data_end_at"]) if manifest["data_end_at"] else None
     return {
-        "fresh": exported_end is not None and current is not None and exported_end == current,
+        # both None: nothing loaded yet, and the export (empty) was built from that warehouse
+        "fresh": exported_end == current,
         "latest": latest,
         "export_data_end_at": exported_end,
         "warehouse_data_end_at": current,
