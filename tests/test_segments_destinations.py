@@ -243,9 +243,10 @@ def test_destination_config_errors_name_the_destination(table, words):
 class WeComServer(LocalHTTPServer):
     """gettoken and externalcontact/mark_tag as WeCom's API documents them, answering from a script of errcodes."""
 
-    def __init__(self, script: list[int], token_expires_in: int = 7200):
+    def __init__(self, script: list[int], token_expires_in: int = 7200, max_tokens: int | None = None):
         self.script = list(script)
         self.token_expires_in = token_expires_in
+        self.max_tokens = max_tokens  # gettoken refuses (40001) once this many were issued
         self.tokens_issued = 0
         self.valid_tokens: set[str] = set()
         self.calls: list[dict] = []
@@ -268,7 +269,8 @@ class WeComServer(LocalHTTPServer):
             def do_GET(self):
                 url = urlsplit(self.path)
                 q = parse_qs(url.query)
-                if url.path != "/cgi-bin/gettoken" or q.get("corpid") != ["ww-corp"] or q.get("corpsecret") != ["corp-secret"]:
+                if url.path != "/cgi-bin/gettoken" or q.get("corpid") != ["ww-corp"] or q.get("corpsecret") != ["corp-secret"] \
+                        or (outer.max_tokens is not None and outer.tokens_issued >= outer.max_tokens):
                     return self._answer({"errcode": 40001, "errmsg": "invalid credential"})
                 with outer.lock:
                     outer.tokens_issued += 1
@@ -356,3 +358,188 @@ def test_wecom_refused_credentials_stop_the_sync_and_nothing_counts_as_delivered
         assert server.calls == []
     assert report.accepted == 0 and report.failed == 7 and "gettoken refused: errcode 40001" in report.error
     assert _state(warehouse) == set()
+
+
+def _pending(path):
+    return {r[0] for r in query(path, "select customer_key from segments.sync_pending where destination = 'crm' and segment = 'buyers'")}
+
+
+def test_an_add_sent_without_an_answer_is_removed_when_its_customer_opts_out(warehouse):
+    """The receiver applies C1's add but answers too late, every time: the sync gives up (C1 failed, not in the
+    state). C1 then opts out: even in additive mode the next sync removes C1, since the receiver may hold it."""
+    _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key <> 'C1'")
+    with ScriptedServer(["timeout"] * 4, SECRET, sleep_seconds=1.0) as server:
+        config = _webhook(server.url + "/hook", mode="additive", batch_size=10)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        first = _sync(warehouse, config, client, "run-1")
+        assert (first.accepted, first.failed) == (0, 1) and server.members == {"C1": 1}
+        assert _state(warehouse) == set() and _pending(warehouse) == {"C1"}
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C1'")
+        second = _sync(warehouse, config, client, "run-2")
+        assert (second.to_add, second.to_remove, second.accepted) == (0, 1, 1) and server.removed == {"C1": 1}
+        assert _pending(warehouse) == set() and _sync(warehouse, config, client, "run-3").requests == 0
+
+
+def test_an_add_whose_sync_died_before_recording_it_is_still_removed(warehouse):
+    """The process dies between the receiver's answer and the sync's record of it (here: the client raises after
+    sending). The add stays pending; when C1 leaves the segment (mirror), the next sync removes C1."""
+    _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key <> 'C1'")
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=10)
+
+        class DiesAfterSending(WebhookClient):
+            def send(self, *args, **kwargs):
+                super().send(*args, **kwargs)
+                raise SystemExit("killed")
+
+        with pytest.raises(SystemExit):
+            _sync(warehouse, config, DiesAfterSending(config, SECRET, sleep=lambda s: None), "run-1")
+        assert server.members == {"C1": 1} and _state(warehouse) == set() and _pending(warehouse) == {"C1"}
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")
+        report = _sync(warehouse, config, WebhookClient(config, SECRET, sleep=lambda s: None), "run-2")
+        assert (report.to_remove, report.accepted) == (1, 1) and server.removed == {"C1": 1}
+        assert _pending(warehouse) == set()
+
+
+def test_a_refused_add_leaves_nothing_pending_once_its_remove_is_answered(warehouse):
+    """A receiver that refuses C1's add for good (listed as rejected): one remove when C1 leaves, answered, and
+    nothing is sent about C1 after that."""
+    _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key <> 'C1'")
+    with ScriptedServer(["reject:C1"], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=10)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        assert _sync(warehouse, config, client, "run-1").failed == 1 and _pending(warehouse) == {"C1"}
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")
+        server.script = ["reject:C1"]  # "unknown contact": the receiver never held it
+        report = _sync(warehouse, config, client, "run-2")
+        assert (report.to_remove, report.failed) == (1, 1) and _pending(warehouse) == set()
+        assert _sync(warehouse, config, client, "run-3").requests == 0
+
+
+def test_wecom_rows_tagged_before_the_token_is_refused_count_as_accepted(warehouse):
+    """mark_tag accepts C1 and C2, then says the token expired, and gettoken refuses a new one: C1 and C2 are
+    accepted (WeCom tagged them), the other rows are not sent, and the sync says why."""
+    with WeComServer([0, 0, 42001], max_tokens=1) as server:
+        config = _wecom(server.url)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None), "run-1")
+    assert {k for k, v in server.tags.items() if "etBUYERS" in v} == {"wmC1", "wmC2"}
+    log = {r[0]: r[2:5] for r in _log(warehouse, "run-1")}
+    assert log["C1"] == ("accepted", None, 1) and log["C2"] == ("accepted", None, 1)
+    assert all(log[f"C{i}"][0] == "failed" and log[f"C{i}"][1].startswith("not sent") for i in range(3, 8))
+    assert _state(warehouse) == {"C1", "C2"} and (report.accepted, report.failed) == (2, 5)
+    assert "gettoken refused: errcode 40001" in report.error
+
+
+def test_wecom_merge_keeps_the_tag_of_the_contact_the_surviving_customer_inherits(warehouse):
+    """C1 (wmC1) is tagged. C1 merges into C9, which inherits wmC1: the old key's state goes without a
+    remove_tag (that would untag the surviving member), and C9 is tagged on the same contact."""
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set customer_key = 'C9' where customer_key = 'C1'")
+        before = len(server.calls)
+        report = _sync(warehouse, config, client, "run-2")
+        assert [c["body"] for c in server.calls[before:]] == [{"userid": "staff1", "external_userid": "wmC1", "add_tag": ["etBUYERS"]}]
+        assert "etBUYERS" in server.tags["wmC1"] and report.skipped == 1
+        log = {r[0]: r[1:4] for r in _log(warehouse, "run-2")}
+        assert log["C1"][:2] == ("remove", "skipped") and "now member C9's" in log["C1"][2]
+        assert log["C9"] == ("add", "accepted", None)
+        assert _state(warehouse) == {"C9", *(f"C{i}" for i in range(2, 8))}
+        # C9 leaves the segment later: then the contact is untagged
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C9'")
+        _sync(warehouse, config, client, "run-3")
+        assert "etBUYERS" not in server.tags["wmC1"]
+
+
+def test_a_changed_wecom_tag_id_moves_every_contact_to_the_new_tag(warehouse):
+    with WeComServer([]) as server:
+        old = _wecom(server.url)
+        client = WeComClient(old, "ww-corp", "corp-secret", sleep=lambda s: None)
+        _sync(warehouse, old, client, "run-1")
+        new = _wecom(server.url, tags={"buyers": "etNEW"})
+        # wmC3's removal from the old tag fails (a contact WeCom refuses): it stays at the old tag until it works
+        server.script = [0, 0, 40003]
+        report = _sync(warehouse, new, WeComClient(new, "ww-corp", "corp-secret", sleep=lambda s: None), "run-2")
+        assert (report.to_remove, report.to_add) == (7, 6)
+        tagged = {k: v for k, v in server.tags.items() if v}
+        assert tagged == {"wmC3": {"etBUYERS"}, **{f"wmC{i}": {"etNEW"} for i in (1, 2, 4, 5, 6, 7)}}
+        rows = query(warehouse, "select customer_key, target from segments.sync_state order by 1")
+        assert rows == [("C1", "etNEW"), ("C2", "etNEW"), ("C3", "etBUYERS"), *((f"C{i}", "etNEW") for i in range(4, 8))]
+        report = _sync(warehouse, new, WeComClient(new, "ww-corp", "corp-secret", sleep=lambda s: None), "run-3")
+        assert (report.to_remove, report.to_add, report.accepted) == (1, 1, 2)
+        assert server.tags["wmC3"] == {"etNEW"}
+
+
+def test_a_destination_that_cannot_be_used_fails_its_dagster_step(warehouse, tmp_path, monkeypatch):
+    """A refused gettoken is not a sync: the step fails, saying why, instead of a green materialization."""
+    import dagster as dg
+
+    from orchestration.defs.exports import build_sync_asset
+    from orchestration.defs.resources import PrivdomResource
+
+    monkeypatch.setenv("TEST_WECOM_CORP_ID", "ww-corp")
+    monkeypatch.setenv("TEST_WECOM_SECRET", "wrong")
+    with WeComServer([]) as server:
+        asset = build_sync_asset(_wecom(server.url), _defs())
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = dg.materialize([asset], instance=instance, raise_on_error=False,
+                                    resources={"privdom": PrivdomResource(data_dir=str(warehouse.parent))})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "sync to crm stopped" in failure.event_specific_data.error.message or \
+        "sync to crm stopped" in str(failure.event_specific_data.user_failure_data.description)
+    assert result.get_asset_materialization_events() == []
+    assert query(warehouse, "select count(*) from segments.sync_log where status = 'failed'") == [(7,)]
+
+
+def test_wecom_an_opted_out_customer_is_untagged_even_if_a_member_shares_the_contact(warehouse):
+    """Only a key merged away leaves its contact's tag to a member: a customer who still exists and opts out is
+    untagged, whoever else carries the same contact (two customers the identity graph kept apart)."""
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set wecom_external_userid = 'wmC1' where customer_key = 'C2'")
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C1'")
+        before = len(server.calls)
+        _sync(warehouse, config, client, "run-2")
+        assert {"userid": "staff1", "external_userid": "wmC1", "remove_tag": ["etBUYERS"]} in [c["body"] for c in server.calls[before:]]
+        assert [r[1:3] for r in _log(warehouse, "run-2") if r[0] == "C1"] == [("remove", "accepted")]
+
+
+def test_a_member_whose_contact_changed_is_sent_again(warehouse):
+    """Webhook: an add is an upsert, so a member reached on a new contact is sent again with it. WeCom: the tag
+    leaves the old contact and goes to the new one; a new owning staff member re-tags the same contact."""
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=10)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set wecom_external_userid = 'wmC1new' where customer_key = 'C1'")
+        report = _sync(warehouse, config, client, "run-2")
+        assert (report.to_add, report.to_remove, report.accepted) == (1, 0, 1)
+        assert server.requests[-1]["rows"] == ["C1"] and server.members["C1"] == 2
+        assert query(warehouse, "select contact_handle from segments.sync_state where customer_key = 'C1'") == [("wmC1new",)]
+        assert _sync(warehouse, config, client, "run-3").requests == 0
+    _sql(warehouse, "update marts.dim_customers set wecom_external_userid = 'wmC1' where customer_key = 'C1'")
+    _sql(warehouse, "delete from segments.sync_state")  # the same destination name, now a WeCom one, from scratch
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        assert _sync(warehouse, config, client, "run-4").accepted == 7
+        _sql(warehouse, "update marts.dim_customers set wecom_external_userid = 'wmC1new' where customer_key = 'C1'")
+        _sql(warehouse, "update marts.dim_customers set wecom_staff_userid = 'staff2' where customer_key = 'C2'")
+        before = len(server.calls)
+        report = _sync(warehouse, config, client, "run-5")
+        assert [c["body"] for c in server.calls[before:]] == [
+            {"userid": "staff1", "external_userid": "wmC1", "remove_tag": ["etBUYERS"]},
+            {"userid": "staff1", "external_userid": "wmC1new", "add_tag": ["etBUYERS"]},
+            {"userid": "staff2", "external_userid": "wmC2", "add_tag": ["etBUYERS"]},
+        ]
+        assert (report.to_remove, report.to_add, report.accepted) == (1, 2, 3)
+        assert "etBUYERS" not in server.tags["wmC1"] and "etBUYERS" in server.tags["wmC1new"]
+        assert query(warehouse, "select customer_key, wecom_external_userid, wecom_staff_userid from segments.sync_state "
+                                "where customer_key in ('C1', 'C2') order by 1") == [("C1", "wmC1new", "staff1"), ("C2", "wmC2", "staff2")]
+        before = len(server.calls)
+        _sync(warehouse, config, client, "run-6")
+        assert len(server.calls) == before

@@ -26,6 +26,7 @@ from orchestration.segments import (
     export_segment,
     sync_segment,
 )
+from orchestration.segments.sync import unsynced_segments
 
 CHECK_NO_SUPPRESSED = "no_suppressed_customers"
 CHECK_FRESH = "fresh"
@@ -160,24 +161,36 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
                     report = sync_segment(con, destination, client, segment, versions[segment], sync_run_id=f"{context.run_id}:{destination.name}:{segment}")
                     context.log.info(f"{destination.name} · {segment}: {report.to_metadata()}")
                     reports.append(report)
+                for segment, held in unsynced_segments(con, destination):
+                    context.log.warning(
+                        f"{destination.name} still holds {held} customers of segment {segment!r}, which it no longer "
+                        "syncs: nobody removes them there, opted-out customers included. Put the segment back in its "
+                        "`segments` to clear them (or clear them at the destination, then delete their rows from "
+                        "segments.sync_state and segments.sync_pending)."
+                    )
         finally:
             client.close()
         failed = sum(r.failed for r in reports)
-        yield dg.MaterializeResult(
-            metadata={
-                "accepted": sum(r.accepted for r in reports),
-                "failed": failed,
-                "skipped": sum(r.skipped for r in reports),
-                "requests": sum(r.requests for r in reports),
-                "by_segment": dg.MetadataValue.json([r.to_metadata() for r in reports]),
-            }
-        )
+        metadata = {
+            "accepted": sum(r.accepted for r in reports),
+            "failed": failed,
+            "skipped": sum(r.skipped for r in reports),
+            "requests": sum(r.requests for r in reports),
+            "by_segment": dg.MetadataValue.json([r.to_metadata() for r in reports]),
+        }
         errors = [r.error for r in reports if r.error]
+        if errors:  # the destination could not be used (token refused, a whole batch given up): not a sync
+            raise dg.Failure(
+                description=f"sync to {destination.name} stopped: {'; '.join(dict.fromkeys(errors))}. Every row's "
+                "outcome is in segments.sync_log; the rows not accepted are sent again by the next sync.",
+                metadata=metadata,
+            )
+        yield dg.MaterializeResult(metadata=metadata)
         yield dg.AssetCheckResult(
             check_name=CHECK_ACCEPTED,
             passed=failed == 0,
             severity=dg.AssetCheckSeverity.WARN,
-            description=(f"{failed} rows not accepted; they are re-sent by the next sync" + (f" ({'; '.join(errors)})" if errors else "")) if failed else None,
+            description=f"{failed} rows not accepted; they are re-sent by the next sync" if failed else None,
             metadata={"failed": failed, "examples": [f for r in reports for f in r.failures][:10]},
         )
 

@@ -32,7 +32,7 @@ MODES = ("mirror", "additive")
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WECOM_DEFAULT_BASE = "https://qyapi.weixin.qq.com"
-WECOM_RETRY_CODES = {45009: "API rate limit", -1: "system busy"}
+WECOM_RETRY_CODES = {45009: "API rate limit", 45011: "API called too often", 45033: "too many concurrent calls", -1: "system busy"}
 WECOM_TOKEN_CODES = {40014: "invalid access_token", 42001: "access_token expired"}
 RETRY_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
 SIGNATURE_HEADER = "X-Privdom-Signature"
@@ -44,7 +44,13 @@ class DestinationConfigError(ValueError):
 
 
 class DestinationUnavailable(RuntimeError):
-    """The destination cannot be used at all this sync (no secret, token refused); rows stay unsent."""
+    """The destination cannot be used at all this sync (no secret, token refused); rows stay unsent.
+
+    `outcomes`: the rows of the batch being sent that the destination answered before (in the batch's order)."""
+
+    def __init__(self, message: str, outcomes: Sequence[RowOutcome] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
 
 
 @dataclass(frozen=True)
@@ -291,7 +297,7 @@ class WeComClient:
 
     The access token comes from `GET /cgi-bin/gettoken?corpid=&corpsecret=` (corp id and secret from the
     environment) and is cached until `expires_in` minus a safety margin; 40014/42001 refresh it and retry.
-    WeCom answers HTTP 200 with an `errcode`: 0 accepts the row; 45009 (rate limit) and -1 (busy) are retried
+    WeCom answers HTTP 200 with an `errcode`: 0 accepts the row; 45009, 45011, 45033 (call limits) and -1 (busy) are retried
     with backoff; any other code fails that row with WeCom's errmsg.
     """
 
@@ -395,10 +401,13 @@ class WeComClient:
         return False, attempts, f"errcode {answer.get('errcode')}: {answer.get('errmsg', '')}"
 
     def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> list[RowOutcome]:
-        tag_id = self.config.tags[segment]
-        out = []
+        out: list[RowOutcome] = []
         for r in rows:
-            ok, attempts, error = self.mark_tag(r["wecom_staff_userid"], r["wecom_external_userid"], tag_id, operation)
+            tag_id = r.get("target") or self.config.tags[segment]  # a remove names the tag it is held at
+            try:
+                ok, attempts, error = self.mark_tag(r["wecom_staff_userid"], r["wecom_external_userid"], tag_id, operation)
+            except DestinationUnavailable as exc:  # no token any more: the contacts tagged so far still count
+                raise DestinationUnavailable(str(exc), out) from None
             out.append(RowOutcome(r["customer_key"], ok, attempts, error, None))
         return out
 

@@ -1,13 +1,20 @@
 """Diff-based syncs of a segment to a destination, with per-row outcomes in the warehouse (SPEC §5).
 
 State: `segments.sync_state` holds, per destination × segment, the customers the destination has accepted
-(with the contact fields used, so a later remove can name them even after they left dim_customers). A sync
-sends only the difference between the segment's current members and that state:
+(with the contact fields used, so a later remove can name them even after they left dim_customers), and
+`segments.sync_pending` the customers whose add was sent without an answer that says it was refused: a timeout
+or a server error the retries gave up on, or a crash between sending and recording. The destination may hold
+them, so they count as held when removes are planned. A sync sends only the difference between the segment's
+current members and that state:
 - adds: members not in the state (this includes rows that failed last time: they never entered it);
-- removes, mirror mode: state rows no longer members; additive mode: only state rows whose customer opted
-  out, became unreachable or is no longer in dim_customers (never contact them again).
+- removes, mirror mode: held rows (accepted or pending) no longer members; additive mode: only held rows whose
+  customer opted out, became unreachable or is no longer in dim_customers (never contact them again).
+- WeCom tags belong to the contact (`wecom_external_userid`), not to the customer key: a held row whose contact
+  is now a current member's (two customers merged into one that inherits the contact) is dropped from the
+  state without a remove_tag, which would untag the member.
 Each row's outcome goes to `segments.sync_log`; the state changes only for rows the destination accepted,
-committed batch by batch, so a crash mid-sync re-sends at most the unrecorded batch (idempotent by key).
+committed batch by batch with the log. A crash mid-sync leaves the batch it was sending pending; the next sync
+re-sends what is still due, under a new idempotency key (adds and removes are idempotent by effect).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
 from orchestration.warehouse import transaction
 
 STATE_TABLE = "segments.sync_state"
+PENDING_TABLE = "segments.sync_pending"
 LOG_TABLE = "segments.sync_log"
 RUNS_TABLE = "segments.sync_runs"
 CONTACT_FIELDS = ("customer_key", "contact_channel", "contact_handle", "phone_sha256", "wecom_external_userid", "wecom_staff_userid")
@@ -55,9 +63,19 @@ def ensure_sync_tables(con: duckdb.DuckDBPyConnection) -> None:
             destination varchar not null, segment varchar not null, customer_key varchar not null,
             contact_channel varchar, contact_handle varchar, phone_sha256 varchar,
             wecom_external_userid varchar, wecom_staff_userid varchar,
-            segment_version integer, synced_at timestamptz, sync_run_id varchar,
+            segment_version integer, synced_at timestamptz, sync_run_id varchar, target varchar,
             primary key (destination, segment, customer_key))"""
     )
+    con.execute(
+        f"""create table if not exists {PENDING_TABLE} (
+            destination varchar not null, segment varchar not null, customer_key varchar not null,
+            contact_channel varchar, contact_handle varchar, phone_sha256 varchar,
+            wecom_external_userid varchar, wecom_staff_userid varchar,
+            segment_version integer, sent_at timestamptz, sync_run_id varchar, target varchar,
+            primary key (destination, segment, customer_key))"""
+    )
+    # warehouses synced before targets were recorded: their rows are held at the target configured then (NULL)
+    con.execute(f"alter table {STATE_TABLE} add column if not exists target varchar")
     con.execute(
         f"""create table if not exists {LOG_TABLE} (
             sync_run_id varchar not null, logged_at timestamptz not null, destination varchar not null,
@@ -78,44 +96,143 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str, params: list) -> list[dict
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-def plan(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> tuple[list[dict], list[dict]]:
-    """(adds, removes) for one segment at one destination, each sorted by customer_key."""
-    cols = ", ".join(f"m.{c}" for c in CONTACT_FIELDS)
-    state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
+def target(config: DestinationConfig, segment: str) -> str | None:
+    """What a held row is held at, besides the destination: the segment's WeCom tag id (a changed tag id moves every
+    contact from the old tag to the new one); None for a webhook (a new url is the same receiver moved)."""
+    return config.tags.get(segment) if config.type == "wecom" else None
+
+
+def _desired(segment: str) -> tuple[str, list]:
     # Members re-checked against dim_customers: suppression holds here too, whatever the members table says.
-    desired = (
-        f"select {cols} from {MEMBERS_TABLE} m join {DIM_CUSTOMERS} d using (customer_key) "
-        "where m.segment = ? and d.is_reachable and not d.opted_out"
-    )
-    adds = _rows(
+    cols = ", ".join(f"m.{c}" for c in CONTACT_FIELDS)
+    return (f"select {cols} from {MEMBERS_TABLE} m join {DIM_CUSTOMERS} d using (customer_key) "
+            "where m.segment = ? and d.is_reachable and not d.opted_out", [segment])
+
+
+def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
+    """Members to send as adds, sorted by customer_key: those the destination does not hold, and those whose
+    contact changed since it accepted them (an add is an upsert: a webhook receiver gets the current handle;
+    WeCom re-tags with the current staff member). A member held at an old target or on an old WeCom contact is
+    added once the remove from there was accepted (removes go first)."""
+    desired, params = _desired(segment)
+    if config.type == "wecom":
+        changed = "s.wecom_external_userid = a.wecom_external_userid and s.wecom_staff_userid is distinct from a.wecom_staff_userid"
+    else:
+        changed = ("s.contact_channel is distinct from a.contact_channel or s.contact_handle is distinct from a.contact_handle "
+                   "or s.phone_sha256 is distinct from a.phone_sha256")
+    return _rows(
         con,
-        f"select * from ({desired}) a where a.customer_key not in (select customer_key from {state}) order by customer_key",
-        [segment, config.name, segment],
+        f"select a.* from ({desired}) a left join (select * from {STATE_TABLE} where destination = ? and segment = ?) s "
+        f"using (customer_key) where s.customer_key is null or {changed} order by a.customer_key",
+        [*params, config.name, segment],
     )
+
+
+def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
+    """Held rows (accepted, or pending: sent without a refusal and not accepted since) to remove, sorted by
+    customer_key: those no longer members (mirror) or never to be contacted again (additive), those held at
+    another target than the current one, and (WeCom) members now reached on another contact. Each row carries
+    its `target`."""
+    desired, params = _desired(segment)
     if config.mode == "mirror":
-        keep = f"select customer_key from ({desired})"
-        keep_params = [segment]
+        keep, keep_params = f"select customer_key from ({desired})", params
     else:  # additive: remove only those who must never be contacted again
-        keep = f"select customer_key from {DIM_CUSTOMERS} where is_reachable and not opted_out"
-        keep_params = []
-    scols = ", ".join(f"s.{c}" for c in CONTACT_FIELDS)
-    removes = _rows(
-        con,
-        f"select {scols} from {state} s where s.customer_key not in ({keep}) order by s.customer_key",
-        [config.name, segment, *keep_params],
+        keep, keep_params = f"select customer_key from {DIM_CUSTOMERS} where is_reachable and not opted_out", []
+    now = target(config, segment)
+    scols = ", ".join(f"s.{c}" for c in (*CONTACT_FIELDS, "target"))
+    pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
+    state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
+    held = (
+        f"select {scols} from {state} s union all "
+        f"select {pcols} from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
+        f"and p.customer_key not in (select customer_key from {state})"
     )
-    return adds, removes
+    # WeCom: a member now reached on another contact (or none) leaves the tag on the old one first
+    moved, moved_params = "false", []
+    if config.type == "wecom":
+        moved = (f"h.customer_key in (select d.customer_key from ({desired}) d where d.wecom_external_userid is distinct from "
+                 "h.wecom_external_userid)")
+        moved_params = params
+    rows = _rows(
+        con,
+        f"select h.* replace (coalesce(h.target, ?) as target) from ({held}) h "  # rows from before targets: the current one
+        f"where h.customer_key not in ({keep}) or coalesce(h.target, ?) is distinct from ? or {moved} order by h.customer_key",
+        [now, config.name, segment, config.name, segment, config.name, segment, *keep_params, now, now, *moved_params],
+    )
+    return rows
+
+
+def plan(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> tuple[list[dict], list[dict]]:
+    """(adds, removes) as they stand before a sync, each sorted by customer_key (the sync plans its adds again
+    after its removes: see plan_adds)."""
+    return plan_adds(con, config, segment), plan_removes(con, config, segment)
+
+
+def unsynced_segments(con: duckdb.DuckDBPyConnection, config: DestinationConfig) -> list[tuple[str, int]]:
+    """(segment, customers held) of segments the destination holds customers of but no longer syncs."""
+    ensure_sync_tables(con)
+    return [(seg, int(n)) for seg, n in con.execute(
+        f"select segment, count(distinct customer_key) from (select segment, customer_key from {STATE_TABLE} where destination = ? "
+        f"union all select segment, customer_key from {PENDING_TABLE} where destination = ?) "
+        f"where segment not in (select unnest(?::varchar[])) group by segment order by segment",
+        [config.name, config.name, list(config.segments)],
+    ).fetchall()]
+
+
+def _member_contacts(con: duckdb.DuckDBPyConnection, segment: str) -> dict[str, str]:
+    """WeCom contact (external_userid) → customer_key of the segment's current members (reachable, not opted out)."""
+    rows = con.execute(
+        f"select m.wecom_external_userid, min(m.customer_key) from {MEMBERS_TABLE} m join {DIM_CUSTOMERS} d using (customer_key) "
+        "where m.segment = ? and d.is_reachable and not d.opted_out and m.wecom_external_userid is not null group by 1",
+        [segment],
+    ).fetchall()
+    return dict(rows)
+
+
+def _absent_keys(con: duckdb.DuckDBPyConnection, keys: list[str]) -> set[str]:
+    """The keys that are not in dim_customers (merged into another customer, or gone)."""
+    if not keys:
+        return set()
+    present = {k for (k,) in con.execute(
+        f"select customer_key from {DIM_CUSTOMERS} where customer_key in (select unnest(?::varchar[]))", [keys]).fetchall()}
+    return set(keys) - present
+
+
+def _mark_pending(con, config: DestinationConfig, segment: str, version: int, run_id: str, rows: list[dict]) -> None:
+    """Before an add batch is sent: its rows may be held by the destination from now on (committed at once)."""
+    table = pa.table({c: pa.array([r.get(c) for r in rows], pa.string()) for c in CONTACT_FIELDS})
+    cols = ", ".join(CONTACT_FIELDS)
+    try:
+        with transaction(con):
+            con.register("batch_pending", table)
+            con.execute(
+                f"insert or replace into {PENDING_TABLE} (destination, segment, {cols}, segment_version, sent_at, sync_run_id, target) "
+                f"select ?, ?, {cols}, ?, ?, ?, ? from batch_pending",
+                [config.name, segment, version, dt.datetime.now(dt.UTC), run_id, target(config, segment)],
+            )
+    finally:
+        con.unregister("batch_pending")
+
+
+def _answered(outcome: RowOutcome) -> bool:
+    """The destination took the row or gave a definite answer about it (not a give-up after transient errors,
+    not a row left unsent)."""
+    error = outcome.error or ""
+    return outcome.accepted or (outcome.attempts > 0 and not error.startswith("gave up"))
 
 
 def _payload(config: DestinationConfig, row: dict) -> dict:
     if config.type == "webhook":
         return {k: row[k] for k in ("customer_key", "contact_channel", "contact_handle", "phone_sha256")}
-    return row
+    return row  # WeCom: a remove carries the tag it is held at (`target`)
 
 
 def _record(con, config: DestinationConfig, segment: str, version: int, run_id: str, operation: str,
-            rows: list[dict], outcomes: list[RowOutcome], skipped: list[tuple[dict, str]] | None = None) -> None:
-    """One transaction: the batch's log rows, and the state change for its accepted rows."""
+            rows: list[dict], outcomes: list[RowOutcome], skipped: list[tuple[dict, str]] | None = None,
+            *, drop_skipped: bool = False) -> None:
+    """One transaction: the batch's log rows, and the state change for its accepted rows. An accepted add leaves
+    the pending rows; a remove the destination answered (accepted or refused) leaves them too. With
+    `drop_skipped`, the skipped rows leave the state and the pending rows without a request."""
     now = dt.datetime.now(dt.UTC)
     by_key = {r["customer_key"]: r for r in rows}
     log = [(o.customer_key, "accepted" if o.accepted else "failed", o.error, o.attempts, o.batch_key) for o in outcomes]
@@ -131,6 +248,13 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
     )
     accepted = [by_key[o.customer_key] for o in outcomes if o.accepted]
     state_rows = pa.table({c: pa.array([r.get(c) for r in accepted], pa.string()) for c in CONTACT_FIELDS})
+    if operation == "add":
+        settled = [r["customer_key"] for r in accepted]
+    else:
+        settled = [o.customer_key for o in outcomes if _answered(o)]
+    if drop_skipped:
+        settled += [r["customer_key"] for r, _ in (skipped or [])]
+    settled_keys = pa.table({"customer_key": pa.array(settled, pa.string())})
     try:
         with transaction(con):
             con.register("batch_log", table)
@@ -139,21 +263,28 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
                 [run_id, now, config.name, segment, operation],
             )
             con.register("batch_state", state_rows)
+            con.register("batch_settled", settled_keys)
             if operation == "add":
                 cols = ", ".join(CONTACT_FIELDS)
                 con.execute(
-                    f"insert or replace into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id) "
-                    f"select ?, ?, {cols}, ?, ?, ? from batch_state",
-                    [config.name, segment, version, now, run_id],
+                    f"insert or replace into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id, target) "
+                    f"select ?, ?, {cols}, ?, ?, ?, ? from batch_state",
+                    [config.name, segment, version, now, run_id, target(config, segment)],
                 )
             else:
+                dropped = "select customer_key from batch_state" + (" union all select customer_key from batch_settled" if drop_skipped else "")
                 con.execute(
-                    f"delete from {STATE_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_state)",
+                    f"delete from {STATE_TABLE} where destination = ? and segment = ? and customer_key in ({dropped})",
                     [config.name, segment],
                 )
+            con.execute(
+                f"delete from {PENDING_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_settled)",
+                [config.name, segment],
+            )
     finally:
         con.unregister("batch_log")
         con.unregister("batch_state")
+        con.unregister("batch_settled")
 
 
 def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, client, segment: str, segment_version: int,
@@ -163,27 +294,47 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
     run_id = sync_run_id or uuid.uuid4().hex
     started = dt.datetime.now(dt.UTC)
     report = SyncReport(run_id, config.name, segment, config.mode)
-    adds, removes = plan(con, config, segment)
-    report.to_add, report.to_remove = len(adds), len(removes)
     requests_before = client.requests_sent
-    for operation, rows in (("remove", removes), ("add", adds)):  # stop contacting first
+    for operation in ("remove", "add"):  # stop contacting first; the adds are planned once the removes are settled
+        if operation == "remove":
+            rows = plan_removes(con, config, segment)
+            report.to_remove = len(rows)
+        else:
+            rows = plan_adds(con, config, segment)
+            report.to_add = len(rows)
         skipped: list[tuple[dict, str]] = []
         if config.type == "wecom" and operation == "add":
             skipped = [(r, "no WeCom contact: needs wecom_external_userid and wecom_staff_userid") for r in rows
                        if not (r["wecom_external_userid"] and r["wecom_staff_userid"])]
             rows = [r for r in rows if r["wecom_external_userid"] and r["wecom_staff_userid"]]
+        if config.type == "wecom" and operation == "remove":
+            # a key merged away whose contact a member inherited: the contact keeps its tag. A customer who still
+            # exists (opted out, unreachable, left) is untagged whoever else shares the contact.
+            members, now = _member_contacts(con, segment), target(config, segment)
+            merged_away = _absent_keys(con, [r["customer_key"] for r in rows if r["wecom_external_userid"] in members])
+            shared = [(r, f"contact {r['wecom_external_userid']} is now member {members[r['wecom_external_userid']]}'s: "
+                          "its tag stays") for r in rows if r["customer_key"] in merged_away and r["target"] == now]
+            if shared:
+                _record(con, config, segment, segment_version, run_id, operation, [], [], shared, drop_skipped=True)
+                report.skipped += len(shared)
+                dropped = {r["customer_key"] for r, _ in shared}
+                rows = [r for r in rows if r["customer_key"] not in dropped]
         if skipped:
             _record(con, config, segment, segment_version, run_id, operation, [], [], skipped)
             report.skipped += len(skipped)
         for start in range(0, len(rows), config.batch_size):
             batch = rows[start : start + config.batch_size]
+            done: list[RowOutcome] = []
             if report.error is None:
+                if operation == "add":
+                    _mark_pending(con, config, segment, segment_version, run_id, batch)
                 try:
-                    outcomes = client.send(segment, segment_version, operation, [_payload(config, r) for r in batch], run_id)
+                    done = client.send(segment, segment_version, operation, [_payload(config, r) for r in batch], run_id)
                 except DestinationUnavailable as exc:
                     report.error = str(exc)
-            if report.error is not None:  # nothing more is sent this sync; the rows stay due
-                outcomes = [RowOutcome(r["customer_key"], False, 0, f"not sent: {report.error}") for r in batch]
+                    done = list(exc.outcomes)  # rows the destination answered before it became unusable
+            # nothing more is sent this sync; the rows not answered stay due
+            outcomes = done + [RowOutcome(r["customer_key"], False, 0, f"not sent: {report.error}") for r in batch[len(done):]]
             _record(con, config, segment, segment_version, run_id, operation, batch, outcomes)
             gave_up = [o for o in outcomes if not o.accepted and (o.error or "").startswith("gave up")]
             if report.error is None and gave_up and len(gave_up) == len(outcomes):
