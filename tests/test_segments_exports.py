@@ -325,7 +325,7 @@ def test_an_export_of_unchanged_members_is_not_written_again(world):
     _membership(warehouse, [d])
     changed = _export(warehouse, exports, d)
     assert not changed.unchanged and changed.previous_export_id == first.export_id
-    assert (changed.adds, changed.removes) == (0, 0)  # same keys, but C1's contact handle is new
+    assert (changed.adds, changed.removes) == (1, 0)  # same keys, but C1's contact handle is new: an add (upsert)
     rows = {r["customer_key"]: r for r in _read(changed.path / "buyers.jsonl")}
     assert rows["C1"]["contact_handle"] == "wmB"
 
@@ -400,6 +400,25 @@ def test_a_clear_phone_in_any_single_format_withholds_the_export(world, fmt):
     assert latest_export_id(exports / "buyers") is None
 
 
+@pytest.mark.parametrize("campaign", ["8613912345678", "+86 139 1234 5678", "qr_a13912345678", "推荐人139-1234-5678"])
+def test_a_phone_in_any_spelling_in_the_campaign_withholds_the_export(world, campaign):
+    """The last line behind dim_customers' masking (privdom_mask_phones): the free-text columns are searched
+    for every spelling it masks. A long digit run (a batch number) and a hash-like handle are not phones."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    con = connect(warehouse)
+    con.execute("update segments.segment_members set acquisition_campaign = ? where customer_key = 'C1'", [campaign])
+    con.close()
+    with pytest.raises(ExportError, match="clear mobile number"):
+        _export(warehouse, exports, d, ExportOptions(formats=("csv",)))
+    con = connect(warehouse)
+    con.execute("update segments.segment_members set acquisition_campaign = 'batch 2024013912345678', "
+                "contact_handle = 'oa13912345678b' where customer_key = 'C1'")
+    con.close()
+    assert _export(warehouse, exports, d, ExportOptions(formats=("csv",))).rows == 3
+
+
 def test_a_json_lines_file_that_cannot_be_read_back_withholds_the_export(world, monkeypatch):
     """Only JSON Lines written: a line that is not JSON (the count of lines still right) is an ExportError that
     names the file, not a DuckDB error that would stop the other segments' exports."""
@@ -420,3 +439,41 @@ def test_a_json_lines_file_that_cannot_be_read_back_withholds_the_export(world, 
     with pytest.raises(ExportError, match="buyers.jsonl: cannot be read back"):
         _export(warehouse, exports, d, ExportOptions(formats=("jsonl",)))
     assert latest_export_id(exports / "buyers") is None
+
+
+def test_a_merge_of_two_members_adds_the_survivor_and_a_changed_contact_is_an_add(world):
+    """SPEC §5: a merge shows as a remove of the old key and an add of the surviving one, also when the survivor
+    was a member already (its row changes: it may now be reached on the merged customer's contact). A member
+    whose contact changed is in adds too, so a tool applying adds as upserts has the current handle."""
+    warehouse, exports = world
+    (d,) = _defs()
+    con = connect(warehouse)
+    con.execute("create schema if not exists identity_state")
+    con.execute("create table identity_state.customer_keys (customer_key varchar, status varchar, merged_into varchar)")
+    con.execute("insert into identity_state.customer_keys values ('C1', 'active', null), ('C2', 'active', null), ('C3', 'active', null)")
+    con.close()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    assert first.rows == 3
+    con = connect(warehouse)
+    # C3 merges into C2 and C2 keeps its own contact (its phone hash); C1 is now reached on another WeCom contact
+    con.execute("delete from marts.dim_customers where customer_key = 'C3'")
+    con.execute("update identity_state.customer_keys set status = 'merged', merged_into = 'C2' where customer_key = 'C3'")
+    con.execute("update marts.dim_customers set wecom_external_userid = 'wmB' where customer_key = 'C1'")
+    con.close()
+    _membership(warehouse, [d])
+    second = _export(warehouse, exports, d)
+    for fmt in ("csv", "parquet", "jsonl"):
+        adds = sorted(r["customer_key"] if isinstance(r, dict) else r[2] for r in _read(second.path / f"adds.{fmt}"))
+        removes = sorted(r["customer_key"] if isinstance(r, dict) else r[2] for r in _read(second.path / f"removes.{fmt}"))
+        assert (adds, removes) == (["C1", "C2"], ["C3"]), fmt
+    added = {r["customer_key"]: r for r in _read(second.path / "adds.jsonl")}
+    assert added["C1"]["contact_handle"] == "wmB"
+    assert (second.rows, second.adds, second.removes) == (2, 2, 1)
+    # the next export: nothing changed, nothing added (the merge is behind us: C3 is no longer in the previous export)
+    con = connect(warehouse)
+    con.execute("update marts.dim_customers set net_revenue = 100 where customer_key = 'C1'")  # a new export, same contacts
+    con.close()
+    _membership(warehouse, [d])
+    third = _export(warehouse, exports, d)
+    assert third.export_id != second.export_id and (third.adds, third.removes) == (0, 0)

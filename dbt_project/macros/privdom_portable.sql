@@ -79,3 +79,22 @@
 {% macro spark__privdom_local_date_start(date_expression) -%}
     cast(convert_timezone('Asia/Shanghai', current_timezone(), cast(cast({{ date_expression }} as date) as timestamp_ntz)) as timestamp)
 {%- endmacro %}
+
+{#- Free text with every mainland mobile number in it masked the way phone_masked is (138****8000), whatever its
+    spelling: an optional +86 / 86 prefix, spaces or dashes between the 3-4-4 groups, letters or CJK text right
+    beside it (SPEC §5: clear phones never reach segments or exports). Digits inside a longer run of digits are
+    left alone (an order number is not a phone). Applied twice: one replacement consumes the character after a
+    number, which can be the character before the next one ("13800138000,13900139000"). -#}
+{% macro privdom_mask_phones(expression) -%}
+    {{ return(adapter.dispatch('privdom_mask_phones', 'privdom')(expression)) }}
+{%- endmacro %}
+
+{% macro default__privdom_mask_phones(expression) -%}
+    {%- set pattern = '(^|[^0-9])(?:[+]?86[ -]?)?(1[3-9][0-9])[ -]?[0-9]{4}[ -]?([0-9]{4})([^0-9]|$)' -%}
+    regexp_replace(regexp_replace({{ expression }}, '{{ pattern }}', '\1\2****\3\4', 'g'), '{{ pattern }}', '\1\2****\3\4', 'g')
+{%- endmacro %}
+
+{% macro spark__privdom_mask_phones(expression) -%}
+    {%- set pattern = '(^|[^0-9])(?:[+]?86[ -]?)?(1[3-9][0-9])[ -]?[0-9]{4}[ -]?([0-9]{4})([^0-9]|$)' -%}
+    regexp_replace(regexp_replace({{ expression }}, '{{ pattern }}', '$1$2****$3$4'), '{{ pattern }}', '$1$2****$3$4')
+{%- endmacro %}

@@ -34,9 +34,14 @@ ROW_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", 
 # A remove names the customer as the previous export did: its key and contact fields.
 REMOVE_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
                   "computed_at", "data_end_at")
-# The free-text columns of an export row, where a clear phone could hide; every other column is typed.
+# The text columns of an export row, where a clear phone could hide; every other column is typed. Identifier
+# columns hold hex and base64-like ids (openids, SHA-256): a mobile counts there only between non-hex
+# characters, or 1 in ~50 hashes would look like one. The free text (a campaign, masked in dim_customers) is
+# searched for every spelling that dbt's privdom_mask_phones masks: +86 / 86, spaces or dashes, letters beside.
 TEXT_COLUMNS = ("contact_channel", "contact_handle", "phone_sha256", "acquisition_campaign", "reachable_channels", "acquisition_channel")
+IDENTIFIER_TEXT_COLUMNS = TEXT_COLUMNS[:3]
 CLEAR_PHONE_REGEX = r"(^|[^0-9a-fA-F])1[3-9][0-9]{9}([^0-9a-fA-F]|$)"
+PHONE_IN_TEXT_REGEX = r"(^|[^0-9])([+]?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}([^0-9]|$)"
 
 
 class ExportError(RuntimeError):
@@ -125,6 +130,18 @@ def _read_previous(con: duckdb.DuckDBPyConnection, export_dir: Path, segment: st
     con.execute(f"create or replace temp table previous_rows as select {cols} from {_reader(members[fmt], fmt)}")
 
 
+def _merge_survivors(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL for the keys that keys of previous_rows were merged into (the key registry keeps `merged_into`
+    pointing at the active end of a chain); no rows where the warehouse has no registry."""
+    registry = con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'identity_state' and table_name = 'customer_keys'"
+    ).fetchone()[0]
+    if not registry:
+        return "select cast(null as varchar) where false"
+    return ("select k.merged_into from identity_state.customer_keys k where k.status = 'merged' "
+            "and k.customer_key in (select customer_key from previous_rows)")
+
+
 def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, fmt: str, csv_bom: bool) -> None:
     if fmt == "parquet":
         con.execute(f"copy ({query}) to {_sql_path(path)} (format parquet, compression zstd)", params)
@@ -183,8 +200,11 @@ def _verify(con: duckdb.DuckDBPyConnection, tmp: Path, files: list[dict], expect
             rows = _rows_in(con, path, f["format"])
             if rows != expected[f["kind"]]:
                 raise ExportError(f"{f['name']}: {rows} rows written, {expected[f['kind']]} expected")
-        text = TEXT_COLUMNS if f["kind"] != "removes" else TEXT_COLUMNS[:3]
-        leak = f"regexp_matches(concat_ws('|', {', '.join(f'cast(t.{c} as varchar)' for c in text)}), ?)"
+        ids = ", ".join(f"cast(t.{c} as varchar)" for c in IDENTIFIER_TEXT_COLUMNS)
+        leak = f"regexp_matches(concat_ws('|', {ids}), ?)"
+        if f["kind"] != "removes":  # a removes file carries the identifiers only
+            free = ", ".join(f"cast(t.{c} as varchar)" for c in TEXT_COLUMNS if c not in IDENTIFIER_TEXT_COLUMNS)
+            leak = f"({leak} or regexp_matches(concat_ws('|', {free}), '{PHONE_IN_TEXT_REGEX}'))"
         try:
             rows, bad, leaks = _scan(con, path, f, leak)
         except duckdb.Error as exc:
@@ -262,9 +282,13 @@ def export_segment(
             )
         select_cols = ", ".join(f"m.{c}" for c in ROW_COLUMNS)
         members_q = f"select {select_cols} from {MEMBERS_TABLE} m where m.segment = ? order by m.customer_key"
+        # adds: new members, members into whom a member of the previous export merged (SPEC §5: a merge shows
+        # as a remove of the old key and an add of the surviving one), and members whose contact changed
         adds_q = (
-            f"select {select_cols} from {MEMBERS_TABLE} m where m.segment = ? "
-            "and m.customer_key not in (select customer_key from previous_rows) order by m.customer_key"
+            f"select {select_cols} from {MEMBERS_TABLE} m left join previous_rows p on p.customer_key = m.customer_key "
+            "where m.segment = ? and (p.customer_key is null or m.contact_channel is distinct from p.contact_channel "
+            "or m.contact_handle is distinct from p.contact_handle or m.phone_sha256 is distinct from p.phone_sha256 "
+            f"or m.customer_key in ({_merge_survivors(con)})) order by m.customer_key"
         )
         removes_q = (
             "select cast(? as varchar) as segment, cast(? as integer) as segment_version, p.customer_key, p.contact_channel, "

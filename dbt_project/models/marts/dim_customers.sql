@@ -77,7 +77,7 @@ select
     c.acquired_at,
     c.acquisition_channel,
     c.acquisition_referrer_key,
-    c.acquisition_campaign,
+    {{ privdom_mask_phones('c.acquisition_campaign') }} as acquisition_campaign,  -- free text: no clear phone leaves
     p.first_paid_at,
     p.first_paid_order_id,
     p.last_paid_at,
