@@ -8,8 +8,9 @@ and DuckDB spills there too (`warehouse.duckdb.tmp/`).
 
 A step removes its own directory when it ends. A process killed with SIGKILL cannot, so every new scratch
 directory first sweeps away those left behind: a directory is named `<what>.<pid>@<host>.<random>`, and goes
-when that process on this host is gone, or, whatever its name says, when it has not changed for a day (a
-process of another host sharing the disk, or a name this module did not write).
+when that process on this host is gone, or, for a process of another host sharing the disk (whose pid means
+nothing here), when it has not changed for a day. Anything else under `tmp/` is never touched: it was not
+written here.
 """
 
 from __future__ import annotations
@@ -64,8 +65,14 @@ def sweep(parent: Path, *, stale_seconds: float = STALE_SECONDS) -> list[Path]:
             if not d.is_dir() or d.is_symlink():
                 continue
             owner = _owner(d.name)
-            gone = owner is not None and owner[1] == host and owner[0] != os.getpid() and not _alive(owner[0])
-            if gone or now - d.stat().st_mtime > stale_seconds:
+            if owner is None:  # not a scratch directory's name
+                continue
+            pid, owner_host = owner
+            if owner_host == host:
+                gone = pid != os.getpid() and not _alive(pid)
+            else:
+                gone = now - d.stat().st_mtime > stale_seconds
+            if gone:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(d)
         except OSError:

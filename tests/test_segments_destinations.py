@@ -401,19 +401,33 @@ def test_an_add_whose_sync_died_before_recording_it_is_still_removed(warehouse):
         assert _pending(warehouse) == set()
 
 
-def test_a_refused_add_leaves_nothing_pending_once_its_remove_is_answered(warehouse):
-    """A receiver that refuses C1's add for good (listed as rejected): one remove when C1 leaves, answered, and
-    nothing is sent about C1 after that."""
+def test_a_pending_row_stays_until_a_remove_of_it_is_accepted(warehouse):
+    """A receiver refuses C1's add (listed as rejected), and then, after C1 opts out, the remove too (its answer
+    says nothing about whether it holds C1: a rotated secret or a proxy answers the same way). C1 stays pending
+    and the remove is sent again by every sync until the receiver accepts it."""
     _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key <> 'C1'")
     with ScriptedServer(["reject:C1"], SECRET) as server:
-        config = _webhook(server.url + "/hook", batch_size=10)
+        config = _webhook(server.url + "/hook", mode="additive", batch_size=10)
         client = WebhookClient(config, SECRET, sleep=lambda s: None)
         assert _sync(warehouse, config, client, "run-1").failed == 1 and _pending(warehouse) == {"C1"}
-        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")
-        server.script = ["reject:C1"]  # "unknown contact": the receiver never held it
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C1'")
+        server.script = ["reject:C1"]
         report = _sync(warehouse, config, client, "run-2")
-        assert (report.to_remove, report.failed) == (1, 1) and _pending(warehouse) == set()
-        assert _sync(warehouse, config, client, "run-3").requests == 0
+        assert (report.to_remove, report.failed) == (1, 1) and _pending(warehouse) == {"C1"}
+        report = _sync(warehouse, config, client, "run-3")
+        assert (report.to_remove, report.accepted) == (1, 1) and server.removed == {"C1": 1}
+        assert _pending(warehouse) == set() and _sync(warehouse, config, client, "run-4").requests == 0
+
+
+def test_a_webhook_that_refuses_the_credentials_stops_the_sync(warehouse):
+    """Every row of a batch answered 401/403 (a rotated secret): the destination cannot be used this sync, so
+    nothing more is sent and the sync reports the error (its Dagster step fails)."""
+    with ScriptedServer([], "another-secret") as server:
+        config = _webhook(server.url + "/hook", batch_size=2)
+        report = _sync(warehouse, config, WebhookClient(config, SECRET, sleep=lambda s: None), "run-1")
+    assert len(server.requests) == 1 and report.accepted == 0 and report.failed == 7
+    assert "destination refused the request" in report.error and "HTTP 401" in report.error
+    assert _state(warehouse) == set()
 
 
 def test_wecom_rows_tagged_before_the_token_is_refused_count_as_accepted(warehouse):
@@ -431,8 +445,9 @@ def test_wecom_rows_tagged_before_the_token_is_refused_count_as_accepted(warehou
 
 
 def test_wecom_merge_keeps_the_tag_of_the_contact_the_surviving_customer_inherits(warehouse):
-    """C1 (wmC1) is tagged. C1 merges into C9, which inherits wmC1: the old key's state goes without a
-    remove_tag (that would untag the surviving member), and C9 is tagged on the same contact."""
+    """C1 (wmC1) is tagged. C1 merges into C9, which inherits wmC1: no remove_tag (it would untag the surviving
+    member); the state row passes to C9, whose contact is tagged already. In additive mode the same holds for a
+    survivor that is not a member but reachable (additive mode keeps it)."""
     with WeComServer([]) as server:
         config = _wecom(server.url)
         client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
@@ -440,11 +455,10 @@ def test_wecom_merge_keeps_the_tag_of_the_contact_the_surviving_customer_inherit
         _sql(warehouse, "update marts.dim_customers set customer_key = 'C9' where customer_key = 'C1'")
         before = len(server.calls)
         report = _sync(warehouse, config, client, "run-2")
-        assert [c["body"] for c in server.calls[before:]] == [{"userid": "staff1", "external_userid": "wmC1", "add_tag": ["etBUYERS"]}]
+        assert server.calls[before:] == []  # the contact is tagged already: its state row passes to C9
         assert "etBUYERS" in server.tags["wmC1"] and report.skipped == 1
         log = {r[0]: r[1:4] for r in _log(warehouse, "run-2")}
-        assert log["C1"][:2] == ("remove", "skipped") and "now member C9's" in log["C1"][2]
-        assert log["C9"] == ("add", "accepted", None)
+        assert log == {"C1": ("remove", "skipped", "merged into C9, who holds contact wmC1: the tag stays")}
         assert _state(warehouse) == {"C9", *(f"C{i}" for i in range(2, 8))}
         # C9 leaves the segment later: then the contact is untagged
         _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C9'")
@@ -490,6 +504,8 @@ def test_a_destination_that_cannot_be_used_fails_its_dagster_step(warehouse, tmp
     assert "sync to crm stopped" in failure.event_specific_data.error.message or \
         "sync to crm stopped" in str(failure.event_specific_data.user_failure_data.description)
     assert result.get_asset_materialization_events() == []
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "all_rows_accepted" and not check.passed and check.description.startswith("7 rows not accepted")
     assert query(warehouse, "select count(*) from segments.sync_log where status = 'failed'") == [(7,)]
 
 
@@ -543,3 +559,43 @@ def test_a_member_whose_contact_changed_is_sent_again(warehouse):
         before = len(server.calls)
         _sync(warehouse, config, client, "run-6")
         assert len(server.calls) == before
+
+
+def test_wecom_additive_merge_and_tag_change_keep_reachable_former_members(warehouse):
+    """Additive mode keeps customers who left the segment while they are reachable. A merge into such a customer
+    keeps the contact's tag (the state passes to the survivor); a new tag id moves the members, and a kept
+    former member stays at the old tag, from which an opt-out still removes them."""
+    with WeComServer([]) as server:
+        config = _wecom(server.url, mode="additive")
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C3'")  # left, still reachable
+        _sql(warehouse, "update marts.dim_customers set customer_key = 'C9', paid_orders = 0 where customer_key = 'C1'")  # merged, not a member
+        before = len(server.calls)
+        report = _sync(warehouse, config, client, "run-2")
+        assert server.calls[before:] == [] and report.skipped == 1 and "etBUYERS" in server.tags["wmC1"]
+        assert _state(warehouse) == {"C9", *(f"C{i}" for i in range(2, 8))}
+        new = _wecom(server.url, mode="additive", tags={"buyers": "etNEW"})
+        report = _sync(warehouse, new, WeComClient(new, "ww-corp", "corp-secret", sleep=lambda s: None), "run-3")
+        assert (report.to_remove, report.to_add) == (5, 5)  # the members C2, C4-C7 move; C3 and C9 stay
+        assert server.tags["wmC3"] == {"etBUYERS"} and server.tags["wmC1"] == {"etBUYERS"}
+        assert all(server.tags[f"wmC{i}"] == {"etNEW"} for i in (2, 4, 5, 6, 7))
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C3'")
+        before = len(server.calls)
+        _sync(warehouse, new, WeComClient(new, "ww-corp", "corp-secret", sleep=lambda s: None), "run-4")
+        assert [c["body"] for c in server.calls[before:]] == [{"userid": "staff1", "external_userid": "wmC3", "remove_tag": ["etBUYERS"]}]
+        assert server.tags["wmC3"] == set()
+
+
+def test_wecom_merge_of_an_unconfirmed_row_passes_it_on_as_pending(warehouse):
+    """C1's add was refused (pending: not known to be tagged). C1 merges into C9, which inherits wmC1: the row
+    passes to C9 as pending, not as accepted, so C9 is still tagged, and is accepted then."""
+    _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key <> 'C1'")
+    with WeComServer([40003]) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        assert _sync(warehouse, config, client, "run-1").failed == 1 and _pending(warehouse) == {"C1"}
+        _sql(warehouse, "update marts.dim_customers set customer_key = 'C9' where customer_key = 'C1'")
+        report = _sync(warehouse, config, client, "run-2")
+        assert (report.skipped, report.accepted) == (1, 1) and server.tags["wmC1"] == {"etBUYERS"}
+        assert _state(warehouse) == {"C9"} and _pending(warehouse) == set()

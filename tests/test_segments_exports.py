@@ -400,7 +400,8 @@ def test_a_clear_phone_in_any_single_format_withholds_the_export(world, fmt):
     assert latest_export_id(exports / "buyers") is None
 
 
-@pytest.mark.parametrize("campaign", ["8613912345678", "+86 139 1234 5678", "qr_a13912345678", "推荐人139-1234-5678"])
+@pytest.mark.parametrize("campaign", ["8613912345678", "+86 139 1234 5678", "qr_a13912345678", "推荐人139-1234-5678",
+                                      "会员１３９１２３４５６７８", "139.1234.5678", "139　1234　5678"])
 def test_a_phone_in_any_spelling_in_the_campaign_withholds_the_export(world, campaign):
     """The last line behind dim_customers' masking (privdom_mask_phones): the free-text columns are searched
     for every spelling it masks. A long digit run (a batch number) and a hash-like handle are not phones."""

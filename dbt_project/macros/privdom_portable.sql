@@ -80,21 +80,22 @@
     cast(convert_timezone('Asia/Shanghai', current_timezone(), cast(cast({{ date_expression }} as date) as timestamp_ntz)) as timestamp)
 {%- endmacro %}
 
-{#- Free text with every mainland mobile number in it masked the way phone_masked is (138****8000), whatever its
-    spelling: an optional +86 / 86 prefix, spaces or dashes between the 3-4-4 groups, letters or CJK text right
-    beside it (SPEC §5: clear phones never reach segments or exports). Digits inside a longer run of digits are
-    left alone (an order number is not a phone). Applied twice: one replacement consumes the character after a
+{#- Free text with every mainland mobile number in it masked the way phone_masked is (138****8000), in the
+    spellings people type: ASCII or full-width digits, an optional +86 / 86 prefix, a space, dot, dash or
+    ideographic space between the 3-4-4 groups, letters or CJK text right beside it (SPEC §5: clear phones never
+    reach segments or exports). Digits inside a longer run of digits are left alone (an order number is not a
+    phone). Applied twice: one replacement consumes the character after a
     number, which can be the character before the next one ("13800138000,13900139000"). -#}
 {% macro privdom_mask_phones(expression) -%}
     {{ return(adapter.dispatch('privdom_mask_phones', 'privdom')(expression)) }}
 {%- endmacro %}
 
 {% macro default__privdom_mask_phones(expression) -%}
-    {%- set pattern = '(^|[^0-9])(?:[+]?86[ -]?)?(1[3-9][0-9])[ -]?[0-9]{4}[ -]?([0-9]{4})([^0-9]|$)' -%}
+    {%- set pattern = '(^|[^0-9０-９])(?:[+＋]?(?:86|８６)[ .　-]?)?([1１][3-9３-９][0-9０-９])[ .　-]?[0-9０-９]{4}[ .　-]?([0-9０-９]{4})([^0-9０-９]|$)' -%}
     regexp_replace(regexp_replace({{ expression }}, '{{ pattern }}', '\1\2****\3\4', 'g'), '{{ pattern }}', '\1\2****\3\4', 'g')
 {%- endmacro %}
 
 {% macro spark__privdom_mask_phones(expression) -%}
-    {%- set pattern = '(^|[^0-9])(?:[+]?86[ -]?)?(1[3-9][0-9])[ -]?[0-9]{4}[ -]?([0-9]{4})([^0-9]|$)' -%}
+    {%- set pattern = '(^|[^0-9０-９])(?:[+＋]?(?:86|８６)[ .　-]?)?([1１][3-9３-９][0-9０-９])[ .　-]?[0-9０-９]{4}[ .　-]?([0-9０-９]{4})([^0-9０-９]|$)' -%}
     regexp_replace(regexp_replace({{ expression }}, '{{ pattern }}', '$1$2****$3$4'), '{{ pattern }}', '$1$2****$3$4')
 {%- endmacro %}

@@ -179,20 +179,22 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
             "by_segment": dg.MetadataValue.json([r.to_metadata() for r in reports]),
         }
         errors = [r.error for r in reports if r.error]
-        if errors:  # the destination could not be used (token refused, a whole batch given up): not a sync
-            raise dg.Failure(
-                description=f"sync to {destination.name} stopped: {'; '.join(dict.fromkeys(errors))}. Every row's "
-                "outcome is in segments.sync_log; the rows not accepted are sent again by the next sync.",
-                metadata=metadata,
-            )
-        yield dg.MaterializeResult(metadata=metadata)
-        yield dg.AssetCheckResult(
+        accepted_check = dg.AssetCheckResult(
             check_name=CHECK_ACCEPTED,
             passed=failed == 0,
             severity=dg.AssetCheckSeverity.WARN,
             description=f"{failed} rows not accepted; they are re-sent by the next sync" if failed else None,
             metadata={"failed": failed, "examples": [f for r in reports for f in r.failures][:10]},
         )
+        if errors:  # the destination could not be used (credentials refused, a whole batch given up): not a sync
+            yield accepted_check  # the rows' outcome still shows on the check
+            raise dg.Failure(
+                description=f"sync to {destination.name} stopped: {'; '.join(dict.fromkeys(errors))}. Every row's "
+                "outcome is in segments.sync_log; the rows not accepted are sent again by the next sync.",
+                metadata=metadata,
+            )
+        yield dg.MaterializeResult(metadata=metadata)
+        yield accepted_check
 
     return _sync
 

@@ -37,11 +37,12 @@ REMOVE_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel
 # The text columns of an export row, where a clear phone could hide; every other column is typed. Identifier
 # columns hold hex and base64-like ids (openids, SHA-256): a mobile counts there only between non-hex
 # characters, or 1 in ~50 hashes would look like one. The free text (a campaign, masked in dim_customers) is
-# searched for every spelling that dbt's privdom_mask_phones masks: +86 / 86, spaces or dashes, letters beside.
+# searched for every spelling that dbt's privdom_mask_phones masks: full-width digits, +86 / 86, spaces, dots,
+# dashes or ideographic spaces between the groups, letters beside.
 TEXT_COLUMNS = ("contact_channel", "contact_handle", "phone_sha256", "acquisition_campaign", "reachable_channels", "acquisition_channel")
 IDENTIFIER_TEXT_COLUMNS = TEXT_COLUMNS[:3]
 CLEAR_PHONE_REGEX = r"(^|[^0-9a-fA-F])1[3-9][0-9]{9}([^0-9a-fA-F]|$)"
-PHONE_IN_TEXT_REGEX = r"(^|[^0-9])([+]?86[ -]?)?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}([^0-9]|$)"
+PHONE_IN_TEXT_REGEX = r"(^|[^0-9０-９])([+＋]?(86|８６)[ .　-]?)?[1１][3-9３-９][0-9０-９][ .　-]?[0-9０-９]{4}[ .　-]?[0-9０-９]{4}([^0-9０-９]|$)"
 
 
 class ExportError(RuntimeError):

@@ -1,17 +1,20 @@
 """Diff-based syncs of a segment to a destination, with per-row outcomes in the warehouse (SPEC §5).
 
 State: `segments.sync_state` holds, per destination × segment, the customers the destination has accepted
-(with the contact fields used, so a later remove can name them even after they left dim_customers), and
-`segments.sync_pending` the customers whose add was sent without an answer that says it was refused: a timeout
-or a server error the retries gave up on, or a crash between sending and recording. The destination may hold
-them, so they count as held when removes are planned. A sync sends only the difference between the segment's
-current members and that state:
-- adds: members not in the state (this includes rows that failed last time: they never entered it);
-- removes, mirror mode: held rows (accepted or pending) no longer members; additive mode: only held rows whose
-  customer opted out, became unreachable or is no longer in dim_customers (never contact them again).
-- WeCom tags belong to the contact (`wecom_external_userid`), not to the customer key: a held row whose contact
-  is now a current member's (two customers merged into one that inherits the contact) is dropped from the
-  state without a remove_tag, which would untag the member.
+(with the contact fields used, so a later remove can name them even after they left dim_customers, and the
+target: the WeCom tag id they are held at), and `segments.sync_pending` the customers whose add was sent and
+not accepted: a timeout or a server error the retries gave up on, a refusal, a crash between sending and
+recording. The destination may hold them, so they count as held when removes are planned, until an add or a
+remove of them is accepted. A sync sends only the difference between the segment's current members and that
+state, removes first:
+- removes, mirror mode: held rows no longer members; additive mode: only held rows whose customer opted out,
+  became unreachable or is no longer in dim_customers (never contact them again); both modes: members held at
+  an old target, and (WeCom) members now reached on another contact;
+- adds, planned once the removes are settled: members not in the state (this includes rows that failed last
+  time: they never entered it) and members whose contact changed (an upsert).
+- WeCom tags belong to the contact (`wecom_external_userid`), not to the customer key: a held row of a key
+  merged away whose contact a kept customer now holds passes to that customer without a remove_tag, which
+  would untag them.
 Each row's outcome goes to `segments.sync_log`; the state changes only for rows the destination accepted,
 committed batch by batch with the log. A crash mid-sync leaves the batch it was sending pending; the next sync
 re-sends what is still due, under a new idempotency key (adds and removes are idempotent by effect).
@@ -97,8 +100,8 @@ def _rows(con: duckdb.DuckDBPyConnection, query: str, params: list) -> list[dict
 
 
 def target(config: DestinationConfig, segment: str) -> str | None:
-    """What a held row is held at, besides the destination: the segment's WeCom tag id (a changed tag id moves every
-    contact from the old tag to the new one); None for a webhook (a new url is the same receiver moved)."""
+    """What a held row is held at, besides the destination: the segment's WeCom tag id (a changed tag id moves the
+    members from the old tag to the new one); None for a webhook (a new url is the same receiver moved)."""
     return config.tags.get(segment) if config.type == "wecom" else None
 
 
@@ -129,10 +132,11 @@ def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment
 
 
 def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
-    """Held rows (accepted, or pending: sent without a refusal and not accepted since) to remove, sorted by
-    customer_key: those no longer members (mirror) or never to be contacted again (additive), those held at
-    another target than the current one, and (WeCom) members now reached on another contact. Each row carries
-    its `target`."""
+    """Held rows (accepted, or pending: sent and not confirmed since) to remove, sorted by customer_key: those no
+    longer members (mirror) or never to be contacted again (additive), members held at another target than the
+    current one (they are added at the new one after), and (WeCom) members now reached on another contact. In
+    additive mode a customer kept from earlier who is no longer a member stays at the target it is held at, and
+    is removed from there if they opt out or become unreachable. Each row carries its `target`."""
     desired, params = _desired(segment)
     if config.mode == "mirror":
         keep, keep_params = f"select customer_key from ({desired})", params
@@ -143,8 +147,8 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
     state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
     held = (
-        f"select {scols} from {state} s union all "
-        f"select {pcols} from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
+        f"select {scols}, 'state' as held_as from {state} s union all "
+        f"select {pcols}, 'pending' as held_as from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
         f"and p.customer_key not in (select customer_key from {state})"
     )
     # WeCom: a member now reached on another contact (or none) leaves the tag on the old one first
@@ -156,8 +160,10 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     rows = _rows(
         con,
         f"select h.* replace (coalesce(h.target, ?) as target) from ({held}) h "  # rows from before targets: the current one
-        f"where h.customer_key not in ({keep}) or coalesce(h.target, ?) is distinct from ? or {moved} order by h.customer_key",
-        [now, config.name, segment, config.name, segment, config.name, segment, *keep_params, now, now, *moved_params],
+        f"where h.customer_key not in ({keep}) "
+        f"or (coalesce(h.target, ?) is distinct from ? and h.customer_key in (select customer_key from ({desired}))) "
+        f"or {moved} order by h.customer_key",
+        [now, config.name, segment, config.name, segment, config.name, segment, *keep_params, now, now, *params, *moved_params],
     )
     return rows
 
@@ -179,14 +185,71 @@ def unsynced_segments(con: duckdb.DuckDBPyConnection, config: DestinationConfig)
     ).fetchall()]
 
 
-def _member_contacts(con: duckdb.DuckDBPyConnection, segment: str) -> dict[str, str]:
-    """WeCom contact (external_userid) → customer_key of the segment's current members (reachable, not opted out)."""
-    rows = con.execute(
-        f"select m.wecom_external_userid, min(m.customer_key) from {MEMBERS_TABLE} m join {DIM_CUSTOMERS} d using (customer_key) "
-        "where m.segment = ? and d.is_reachable and not d.opted_out and m.wecom_external_userid is not null group by 1",
-        [segment],
-    ).fetchall()
-    return dict(rows)
+def _kept_contacts(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> dict[str, str]:
+    """WeCom contact (external_userid) → customer_key of the customers the destination keeps: the segment's
+    current members (mirror), or every reachable customer who has not opted out (additive)."""
+    if config.mode == "mirror":
+        query = (f"select m.wecom_external_userid, min(m.customer_key) from {MEMBERS_TABLE} m join {DIM_CUSTOMERS} d "
+                 "using (customer_key) where m.segment = ? and d.is_reachable and not d.opted_out "
+                 "and m.wecom_external_userid is not null group by 1")
+        params = [segment]
+    else:
+        query = (f"select wecom_external_userid, min(customer_key) from {DIM_CUSTOMERS} where is_reachable and not opted_out "
+                 "and wecom_external_userid is not null group by 1")
+        params = []
+    return dict(con.execute(query, params).fetchall())
+
+
+def _transfer(con, config: DestinationConfig, segment: str, version: int, run_id: str, moves: list[tuple[dict, str]]) -> None:
+    """Held rows of keys merged away whose contact a kept customer now holds: the contact stays tagged, so the
+    row passes to that customer (unless it is held already) with the contact fields it was tagged with, in the
+    table it was in (accepted: sync_state; sent, not confirmed: sync_pending), and the old key leaves both.
+    Logged as `skipped` remove, in one transaction."""
+    now = dt.datetime.now(dt.UTC)
+    log = pa.table({
+        "customer_key": pa.array([r["customer_key"] for r, _ in moves], pa.string()),
+        "error": pa.array([f"merged into {k}, who holds contact {r['wecom_external_userid']}: the tag stays" for r, k in moves], pa.string()),
+    })
+    first: dict[str, tuple[dict, str]] = {}
+    for r, k in sorted(moves, key=lambda m: (m[0]["held_as"] != "state", m[0]["customer_key"])):  # accepted first
+        first.setdefault(k, (r, k))
+    passed = list(first.values())
+    moved = pa.table({
+        **{c: pa.array([k if c == "customer_key" else r.get(c) for r, k in passed], pa.string()) for c in CONTACT_FIELDS},
+        "target": pa.array([r.get("target") for r, _ in passed], pa.string()),
+        "held_as": pa.array([r["held_as"] for r, _ in passed], pa.string()),
+    })
+    old_keys = pa.table({"old_key": pa.array([r["customer_key"] for r, _ in moves], pa.string())})
+    cols = ", ".join(CONTACT_FIELDS)
+    try:
+        with transaction(con):
+            con.register("moved_log", log)
+            con.register("moved_rows", moved)
+            con.register("moved_keys", old_keys)
+            con.execute(
+                f"insert into {LOG_TABLE} select ?, ?, ?, ?, customer_key, 'remove', 'skipped', error, 0, null from moved_log",
+                [run_id, now, config.name, segment],
+            )
+            con.execute(
+                f"insert or ignore into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id, target) "
+                f"select ?, ?, {cols}, ?, ?, ?, target from moved_rows where held_as = 'state'",
+                [config.name, segment, version, now, run_id],
+            )
+            con.execute(
+                f"insert or ignore into {PENDING_TABLE} (destination, segment, {cols}, segment_version, sent_at, sync_run_id, target) "
+                f"select ?, ?, {cols}, ?, ?, ?, target from moved_rows where held_as = 'pending' "
+                f"and customer_key not in (select customer_key from {STATE_TABLE} where destination = ? and segment = ?)",
+                [config.name, segment, version, now, run_id, config.name, segment],
+            )
+            for table in (STATE_TABLE, PENDING_TABLE):
+                con.execute(
+                    f"delete from {table} where destination = ? and segment = ? and customer_key in (select old_key from moved_keys)",
+                    [config.name, segment],
+                )
+    finally:
+        con.unregister("moved_log")
+        con.unregister("moved_rows")
+        con.unregister("moved_keys")
 
 
 def _absent_keys(con: duckdb.DuckDBPyConnection, keys: list[str]) -> set[str]:
@@ -214,13 +277,6 @@ def _mark_pending(con, config: DestinationConfig, segment: str, version: int, ru
         con.unregister("batch_pending")
 
 
-def _answered(outcome: RowOutcome) -> bool:
-    """The destination took the row or gave a definite answer about it (not a give-up after transient errors,
-    not a row left unsent)."""
-    error = outcome.error or ""
-    return outcome.accepted or (outcome.attempts > 0 and not error.startswith("gave up"))
-
-
 def _payload(config: DestinationConfig, row: dict) -> dict:
     if config.type == "webhook":
         return {k: row[k] for k in ("customer_key", "contact_channel", "contact_handle", "phone_sha256")}
@@ -228,11 +284,9 @@ def _payload(config: DestinationConfig, row: dict) -> dict:
 
 
 def _record(con, config: DestinationConfig, segment: str, version: int, run_id: str, operation: str,
-            rows: list[dict], outcomes: list[RowOutcome], skipped: list[tuple[dict, str]] | None = None,
-            *, drop_skipped: bool = False) -> None:
-    """One transaction: the batch's log rows, and the state change for its accepted rows. An accepted add leaves
-    the pending rows; a remove the destination answered (accepted or refused) leaves them too. With
-    `drop_skipped`, the skipped rows leave the state and the pending rows without a request."""
+            rows: list[dict], outcomes: list[RowOutcome], skipped: list[tuple[dict, str]] | None = None) -> None:
+    """One transaction: the batch's log rows, and the state change for its accepted rows; an accepted add or remove
+    also leaves the pending rows."""
     now = dt.datetime.now(dt.UTC)
     by_key = {r["customer_key"]: r for r in rows}
     log = [(o.customer_key, "accepted" if o.accepted else "failed", o.error, o.attempts, o.batch_key) for o in outcomes]
@@ -248,12 +302,7 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
     )
     accepted = [by_key[o.customer_key] for o in outcomes if o.accepted]
     state_rows = pa.table({c: pa.array([r.get(c) for r in accepted], pa.string()) for c in CONTACT_FIELDS})
-    if operation == "add":
-        settled = [r["customer_key"] for r in accepted]
-    else:
-        settled = [o.customer_key for o in outcomes if _answered(o)]
-    if drop_skipped:
-        settled += [r["customer_key"] for r, _ in (skipped or [])]
+    settled = [r["customer_key"] for r in accepted]  # a refused remove proves nothing: the row stays held
     settled_keys = pa.table({"customer_key": pa.array(settled, pa.string())})
     try:
         with transaction(con):
@@ -272,9 +321,8 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
                     [config.name, segment, version, now, run_id, target(config, segment)],
                 )
             else:
-                dropped = "select customer_key from batch_state" + (" union all select customer_key from batch_settled" if drop_skipped else "")
                 con.execute(
-                    f"delete from {STATE_TABLE} where destination = ? and segment = ? and customer_key in ({dropped})",
+                    f"delete from {STATE_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_state)",
                     [config.name, segment],
                 )
             con.execute(
@@ -308,17 +356,17 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
                        if not (r["wecom_external_userid"] and r["wecom_staff_userid"])]
             rows = [r for r in rows if r["wecom_external_userid"] and r["wecom_staff_userid"]]
         if config.type == "wecom" and operation == "remove":
-            # a key merged away whose contact a member inherited: the contact keeps its tag. A customer who still
-            # exists (opted out, unreachable, left) is untagged whoever else shares the contact.
-            members, now = _member_contacts(con, segment), target(config, segment)
-            merged_away = _absent_keys(con, [r["customer_key"] for r in rows if r["wecom_external_userid"] in members])
-            shared = [(r, f"contact {r['wecom_external_userid']} is now member {members[r['wecom_external_userid']]}'s: "
-                          "its tag stays") for r in rows if r["customer_key"] in merged_away and r["target"] == now]
-            if shared:
-                _record(con, config, segment, segment_version, run_id, operation, [], [], shared, drop_skipped=True)
-                report.skipped += len(shared)
-                dropped = {r["customer_key"] for r, _ in shared}
-                rows = [r for r in rows if r["customer_key"] not in dropped]
+            # a key merged away whose contact a kept customer inherited: the contact keeps its tag and the state
+            # passes to that customer. A customer who still exists (opted out, unreachable, left) is untagged
+            # whoever else shares the contact.
+            kept, now = _kept_contacts(con, config, segment), target(config, segment)
+            merged_away = _absent_keys(con, [r["customer_key"] for r in rows if r["wecom_external_userid"] in kept])
+            moves = [(r, kept[r["wecom_external_userid"]]) for r in rows if r["customer_key"] in merged_away and r["target"] == now]
+            if moves:
+                _transfer(con, config, segment, segment_version, run_id, moves)
+                report.skipped += len(moves)
+                gone = {r["customer_key"] for r, _ in moves}
+                rows = [r for r in rows if r["customer_key"] not in gone]
         if skipped:
             _record(con, config, segment, segment_version, run_id, operation, [], [], skipped)
             report.skipped += len(skipped)
@@ -337,8 +385,11 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
             outcomes = done + [RowOutcome(r["customer_key"], False, 0, f"not sent: {report.error}") for r in batch[len(done):]]
             _record(con, config, segment, segment_version, run_id, operation, batch, outcomes)
             gave_up = [o for o in outcomes if not o.accepted and (o.error or "").startswith("gave up")]
+            refused = [o for o in outcomes if not o.accepted and (o.error or "").startswith(("HTTP 401", "HTTP 403"))]
             if report.error is None and gave_up and len(gave_up) == len(outcomes):
                 report.error = f"destination unavailable, stopped sending: {gave_up[0].error}"
+            elif report.error is None and refused and len(refused) == len(outcomes):
+                report.error = f"destination refused the request (credentials or permissions), stopped sending: {refused[0].error}"
             for o in outcomes:
                 if o.accepted:
                     report.accepted += 1
