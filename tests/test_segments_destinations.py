@@ -525,8 +525,9 @@ def test_wecom_an_opted_out_customer_is_untagged_even_if_a_member_shares_the_con
 
 
 def test_a_member_whose_contact_changed_is_sent_again(warehouse):
-    """Webhook: an add is an upsert, so a member reached on a new contact is sent again with it. WeCom: the tag
-    leaves the old contact and goes to the new one; a new owning staff member re-tags the same contact."""
+    """Webhook: an add is an upsert, so a member reached on a new contact is sent again with it. WeCom: mark_tag
+    tags the relationship of one staff member with one contact, so a new contact or a new owning staff member
+    is untagged through the old relationship, then tagged through the new one."""
     with ScriptedServer([], SECRET) as server:
         config = _webhook(server.url + "/hook", batch_size=10)
         client = WebhookClient(config, SECRET, sleep=lambda s: None)
@@ -547,12 +548,13 @@ def test_a_member_whose_contact_changed_is_sent_again(warehouse):
         _sql(warehouse, "update marts.dim_customers set wecom_staff_userid = 'staff2' where customer_key = 'C2'")
         before = len(server.calls)
         report = _sync(warehouse, config, client, "run-5")
-        assert [c["body"] for c in server.calls[before:]] == [
+        assert [c["body"] for c in server.calls[before:]] == [  # a tag is on a staff member's relationship
             {"userid": "staff1", "external_userid": "wmC1", "remove_tag": ["etBUYERS"]},
+            {"userid": "staff1", "external_userid": "wmC2", "remove_tag": ["etBUYERS"]},
             {"userid": "staff1", "external_userid": "wmC1new", "add_tag": ["etBUYERS"]},
             {"userid": "staff2", "external_userid": "wmC2", "add_tag": ["etBUYERS"]},
         ]
-        assert (report.to_remove, report.to_add, report.accepted) == (1, 2, 3)
+        assert (report.to_remove, report.to_add, report.accepted) == (2, 2, 4)
         assert "etBUYERS" not in server.tags["wmC1"] and "etBUYERS" in server.tags["wmC1new"]
         assert query(warehouse, "select customer_key, wecom_external_userid, wecom_staff_userid from segments.sync_state "
                                 "where customer_key in ('C1', 'C2') order by 1") == [("C1", "wmC1new", "staff1"), ("C2", "wmC2", "staff2")]

@@ -9,7 +9,7 @@ remove of them is accepted. A sync sends only the difference between the segment
 state, removes first:
 - removes, mirror mode: held rows no longer members; additive mode: only held rows whose customer opted out,
   became unreachable or is no longer in dim_customers (never contact them again); both modes: members held at
-  an old target, and (WeCom) members now reached on another contact;
+  an old target, and (WeCom) members now reached on another contact or through another staff member;
 - adds, planned once the removes are settled: members not in the state (this includes rows that failed last
   time: they never entered it) and members whose contact changed (an upsert).
 - WeCom tags belong to the contact (`wecom_external_userid`), not to the customer key: a held row of a key
@@ -113,13 +113,13 @@ def _desired(segment: str) -> tuple[str, list]:
 
 
 def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
-    """Members to send as adds, sorted by customer_key: those the destination does not hold, and those whose
-    contact changed since it accepted them (an add is an upsert: a webhook receiver gets the current handle;
-    WeCom re-tags with the current staff member). A member held at an old target or on an old WeCom contact is
-    added once the remove from there was accepted (removes go first)."""
+    """Members to send as adds, sorted by customer_key: those the destination does not hold, and (webhook) those
+    whose contact changed since it accepted them (an add is an upsert: the receiver gets the current handle). A
+    member held at an old target, or (WeCom) on an old contact or through an old staff member, is added once the
+    remove from there was accepted (removes go first)."""
     desired, params = _desired(segment)
-    if config.type == "wecom":
-        changed = "s.wecom_external_userid = a.wecom_external_userid and s.wecom_staff_userid is distinct from a.wecom_staff_userid"
+    if config.type == "wecom":  # a new contact or staff member: untagged there first (plan_removes), then not held
+        changed = "false"
     else:
         changed = ("s.contact_channel is distinct from a.contact_channel or s.contact_handle is distinct from a.contact_handle "
                    "or s.phone_sha256 is distinct from a.phone_sha256")
@@ -134,7 +134,8 @@ def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment
 def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
     """Held rows (accepted, or pending: sent and not confirmed since) to remove, sorted by customer_key: those no
     longer members (mirror) or never to be contacted again (additive), members held at another target than the
-    current one (they are added at the new one after), and (WeCom) members now reached on another contact. In
+    current one (they are added at the new one after), and (WeCom) members now reached on another contact or
+    through another staff member. In
     additive mode a customer kept from earlier who is no longer a member stays at the target it is held at, and
     is removed from there if they opt out or become unreachable. Each row carries its `target`."""
     desired, params = _desired(segment)
@@ -151,11 +152,12 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
         f"select {pcols}, 'pending' as held_as from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
         f"and p.customer_key not in (select customer_key from {state})"
     )
-    # WeCom: a member now reached on another contact (or none) leaves the tag on the old one first
+    # WeCom: a member now reached on another contact (or none), or through another staff member, leaves the tag
+    # there first: mark_tag tags the relationship of one staff member with one contact
     moved, moved_params = "false", []
     if config.type == "wecom":
         moved = (f"h.customer_key in (select d.customer_key from ({desired}) d where d.wecom_external_userid is distinct from "
-                 "h.wecom_external_userid)")
+                 "h.wecom_external_userid or d.wecom_staff_userid is distinct from h.wecom_staff_userid)")
         moved_params = params
     rows = _rows(
         con,
