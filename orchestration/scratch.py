@@ -42,7 +42,8 @@ def _owner(name: str) -> tuple[int, str] | None:
     return int(pid), host
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (another user's counts: it is left alone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +70,7 @@ def sweep(parent: Path, *, stale_seconds: float = STALE_SECONDS) -> list[Path]:
                 continue
             pid, owner_host = owner
             if owner_host == host:
-                gone = pid != os.getpid() and not _alive(pid)
+                gone = pid != os.getpid() and not pid_alive(pid)
             else:
                 gone = now - d.stat().st_mtime > stale_seconds
             if gone:

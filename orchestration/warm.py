@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from orchestration.scratch import pid_alive
+
 ENV_SWITCH = "PRIVDOM_DBT_WARM"
 SOCKET_NAME = "dbt.sock"
 CLIENT_NAME = "dbt"
@@ -278,13 +280,7 @@ def _alive(pid_file: Path) -> bool | None:
         return None
     if not text.isdigit() or int(text) <= 0:
         return None
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process now: left alone
-    return True
+    return pid_alive(int(text))
 
 
 def sweep_stale(parent: Path, *, grace_seconds: float = 3600.0) -> list[Path]:

@@ -61,22 +61,15 @@ class SyncReport:
 
 def ensure_sync_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists segments")
-    con.execute(
-        f"""create table if not exists {STATE_TABLE} (
-            destination varchar not null, segment varchar not null, customer_key varchar not null,
-            contact_channel varchar, contact_handle varchar, phone_sha256 varchar,
-            wecom_external_userid varchar, wecom_staff_userid varchar,
-            segment_version integer, synced_at timestamptz, sync_run_id varchar, target varchar,
-            primary key (destination, segment, customer_key))"""
-    )
-    con.execute(
-        f"""create table if not exists {PENDING_TABLE} (
-            destination varchar not null, segment varchar not null, customer_key varchar not null,
-            contact_channel varchar, contact_handle varchar, phone_sha256 varchar,
-            wecom_external_userid varchar, wecom_staff_userid varchar,
-            segment_version integer, sent_at timestamptz, sync_run_id varchar, target varchar,
-            primary key (destination, segment, customer_key))"""
-    )
+    for table, at in ((STATE_TABLE, "synced_at"), (PENDING_TABLE, "sent_at")):  # the same rows: accepted, or sent
+        con.execute(
+            f"""create table if not exists {table} (
+                destination varchar not null, segment varchar not null, customer_key varchar not null,
+                contact_channel varchar, contact_handle varchar, phone_sha256 varchar,
+                wecom_external_userid varchar, wecom_staff_userid varchar,
+                segment_version integer, {at} timestamptz, sync_run_id varchar, target varchar,
+                primary key (destination, segment, customer_key))"""
+        )
     # warehouses synced before targets were recorded: their rows are held at the target configured then (NULL)
     con.execute(f"alter table {STATE_TABLE} add column if not exists target varchar")
     con.execute(
@@ -135,9 +128,9 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     """Held rows (accepted, or pending: sent and not confirmed since) to remove, sorted by customer_key: those no
     longer members (mirror) or never to be contacted again (additive), members held at another target than the
     current one (they are added at the new one after), and (WeCom) members now reached on another contact or
-    through another staff member. In
-    additive mode a customer kept from earlier who is no longer a member stays at the target it is held at, and
-    is removed from there if they opt out or become unreachable. Each row carries its `target`."""
+    through another staff member. In additive mode a customer kept from earlier who is no longer a member stays
+    at the target it is held at, and is removed from there if they opt out or become unreachable. Each row
+    carries its `target`."""
     desired, params = _desired(segment)
     if config.mode == "mirror":
         keep, keep_params = f"select customer_key from ({desired})", params
@@ -170,12 +163,6 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     return rows
 
 
-def plan(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> tuple[list[dict], list[dict]]:
-    """(adds, removes) as they stand before a sync, each sorted by customer_key (the sync plans its adds again
-    after its removes: see plan_adds)."""
-    return plan_adds(con, config, segment), plan_removes(con, config, segment)
-
-
 def unsynced_segments(con: duckdb.DuckDBPyConnection, config: DestinationConfig) -> list[tuple[str, int]]:
     """(segment, customers held) of segments the destination holds customers of but no longer syncs."""
     ensure_sync_tables(con)
@@ -190,16 +177,11 @@ def unsynced_segments(con: duckdb.DuckDBPyConnection, config: DestinationConfig)
 def _kept_contacts(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> dict[str, str]:
     """WeCom contact (external_userid) → customer_key of the customers the destination keeps: the segment's
     current members (mirror), or every reachable customer who has not opted out (additive)."""
-    if config.mode == "mirror":
-        query = (f"select m.wecom_external_userid, min(m.customer_key) from {MEMBERS_TABLE} m join {DIM_CUSTOMERS} d "
-                 "using (customer_key) where m.segment = ? and d.is_reachable and not d.opted_out "
-                 "and m.wecom_external_userid is not null group by 1")
-        params = [segment]
-    else:
-        query = (f"select wecom_external_userid, min(customer_key) from {DIM_CUSTOMERS} where is_reachable and not opted_out "
-                 "and wecom_external_userid is not null group by 1")
-        params = []
-    return dict(con.execute(query, params).fetchall())
+    kept, params = _desired(segment) if config.mode == "mirror" else (
+        f"select * from {DIM_CUSTOMERS} where is_reachable and not opted_out", [])
+    return dict(con.execute(
+        f"select wecom_external_userid, min(customer_key) from ({kept}) where wecom_external_userid is not null group by 1",
+        params).fetchall())
 
 
 def _transfer(con, config: DestinationConfig, segment: str, version: int, run_id: str, moves: list[tuple[dict, str]]) -> None:
@@ -304,8 +286,6 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
     )
     accepted = [by_key[o.customer_key] for o in outcomes if o.accepted]
     state_rows = pa.table({c: pa.array([r.get(c) for r in accepted], pa.string()) for c in CONTACT_FIELDS})
-    settled = [r["customer_key"] for r in accepted]  # a refused remove proves nothing: the row stays held
-    settled_keys = pa.table({"customer_key": pa.array(settled, pa.string())})
     try:
         with transaction(con):
             con.register("batch_log", table)
@@ -314,7 +294,6 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
                 [run_id, now, config.name, segment, operation],
             )
             con.register("batch_state", state_rows)
-            con.register("batch_settled", settled_keys)
             if operation == "add":
                 cols = ", ".join(CONTACT_FIELDS)
                 con.execute(
@@ -328,13 +307,13 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
                     [config.name, segment],
                 )
             con.execute(
-                f"delete from {PENDING_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_settled)",
+                # accepted: settled (a refused remove proves nothing: the row stays held)
+                f"delete from {PENDING_TABLE} where destination = ? and segment = ? and customer_key in (select customer_key from batch_state)",
                 [config.name, segment],
             )
     finally:
         con.unregister("batch_log")
         con.unregister("batch_state")
-        con.unregister("batch_settled")
 
 
 def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, client, segment: str, segment_version: int,
