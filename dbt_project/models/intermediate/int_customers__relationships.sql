@@ -2,7 +2,9 @@
 -- Each relationship's state is its latest state in int_customers__relationship_months (the one definition of
 -- the pair rules and their ties). Membership is for good, from the first register_member event or the first
 -- row carrying the customer's member_id (an event's occurred_at, an order's created_at, a referral's
--- updated_at; every version counts).
+-- updated_at; every version counts). A shared member_id (SPEC §3: a test account's or a shop's number that
+-- links to more than identity_max_degree values) is nobody's own, as in int_customers__identifiers: a row
+-- carrying it makes nobody a member, so nobody becomes reachable (and exportable) through it.
 -- A customer's row depends on their own rows only, so on DuckDB the model is incremental, like
 -- int_customers__identifiers: a build computes again the customers of the components the identity graph wrote
 -- again since this model last ran (a new event, order or referral version makes the graph write its record
@@ -64,24 +66,34 @@ customer_keys as (
     {%- endif %}
 ),
 
+-- the few member_id values the identity graph found shared (a handful in millions)
+shared_member_ids as (
+    select identifier_value as member_id
+    from {{ source('identity', 'int_identity__identifiers') }}
+    where identifier_type = 'member_id' and is_shared and identifier_value is not null
+),
+
 member_rows as (
     select customer_key, occurred_at as member_at
     from events
-    where event_type = 'register_member' or member_id is not null
+    where event_type = 'register_member'
+        or (member_id is not null and member_id not in (select member_id from shared_member_ids))
     union all
     select k.customer_key, o.created_at as member_at
     from {{ ref('stg_orders__versions') }} as o
     inner join customer_keys as k
         on k.source = 'orders' and k.role = 'buyer' and k.record_id = o.order_id
-    where o.member_id is not null
+    where o.member_id is not null and o.member_id not in (select member_id from shared_member_ids)
     union all
     select k.customer_key, v.updated_at as member_at
     from {{ ref('stg_referrals__versions') }} as v
     inner join customer_keys as k
         on k.source = 'referrals' and k.record_id = v.referral_id
         and (
-            (k.role = 'referrer' and v.referrer_member_id is not null)
-            or (k.role = 'referee' and v.referee_member_id is not null)
+            (k.role = 'referrer' and v.referrer_member_id is not null
+                and v.referrer_member_id not in (select member_id from shared_member_ids))
+            or (k.role = 'referee' and v.referee_member_id is not null
+                and v.referee_member_id not in (select member_id from shared_member_ids))
         )
 ),
 
