@@ -140,3 +140,51 @@ def test_the_ingest_step_splits_the_memory_limit_between_the_load_and_the_valida
         assert dg.materialize(_ingest_assets(defs), instance=instance).success
     assert seen["load"] == ["1.7 GiB"] * 3  # 1,875,000,000 bytes
     assert seen["gx"] == ["625000000B"] * 3
+
+
+def test_dg_launch_runs_one_batch_date_then_the_whole_graph_each_in_one_process(tmp_path):
+    """README's `dg launch` commands, as a user types them: `--assets '*' --partition D` loads the files of batch
+    date D and builds everything downstream; `--job whole_graph` (the schedule's and the sensor's job) loads every
+    other new file, as `privdom run` does. A launched run executes its steps in its own process
+    (orchestration/defs/execution.py), not in a process per step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from orchestration.generate import generate
+
+    data_dir = tmp_path / "data"
+    warehouse = data_dir / "warehouse.duckdb"
+    generate(data_dir / "landing", customers=60, days=12, seed=3, dirty_rate=0.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRIVDOM_", "DAGSTER_"))}
+    env.update(PRIVDOM_HOME=str(data_dir), DAGSTER_HOME=str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+
+    def launch(*args: str) -> None:
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("dg")), "launch", *args],
+            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def query(sql: str) -> list[tuple]:
+        con = duckdb.connect(str(warehouse), read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    launch("--assets", "*", "--partition", "2024-01-03")
+    assert query("select distinct batch_date from raw.ingestion_ledger where batch_date is not null") == [(dt.date(2024, 1, 3),)]
+    assert query("select count(*) from marts.dim_customers")[0][0] > 0
+
+    launch("--job", "whole_graph")
+    assert query("select count(distinct batch_date) from raw.ingestion_ledger")[0][0] == 12
+    assert list((data_dir / "exports").glob("*/LATEST")), "no segment export was published"
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        run = instance.get_runs(filters=dg.RunsFilter(job_name="whole_graph"))[0]
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        steps = [e.dagster_event for e in instance.all_logs(run.run_id)
+                 if e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]
+    assert len(steps) >= 10
+    assert len({e.pid for e in steps}) == 1, "the steps ran in more than one process"

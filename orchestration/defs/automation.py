@@ -22,6 +22,16 @@ from orchestration.defs.resources import current_settings
 from orchestration.settings import TIMEZONE
 
 WHOLE_GRAPH = dg.AssetSelection.all()
+
+whole_graph = dg.define_asset_job(
+    name="whole_graph",
+    selection=WHOLE_GRAPH,
+    description=(
+        "Every asset and check: ingest → dbt build → checks → exports, as `privdom run` runs them. "
+        "Unpartitioned, the ingest steps load every new landing file; with a partition or a range, the new "
+        "files of those batch dates."
+    ),
+)
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -40,7 +50,7 @@ def run_request_for(change: landing.LandingChange) -> dg.RunRequest:
 
 @dg.sensor(
     name="landing_files_sensor",
-    target=WHOLE_GRAPH,
+    target=whole_graph,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Starts a run of the whole graph for the batch dates of new or changed landing files.",
@@ -64,7 +74,7 @@ daily_full_graph = dg.ScheduleDefinition(
     name="daily_full_graph",
     cron_schedule="0 2 * * *",
     execution_timezone=TIMEZONE,
-    target=WHOLE_GRAPH,
+    target=whole_graph,
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Every day at 02:00 Asia/Shanghai: the whole graph, every new landing file, unpartitioned.",
     tags={"privdom/trigger": "daily_full_graph"},
