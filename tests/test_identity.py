@@ -262,6 +262,36 @@ def test_converted_referral_referee_is_the_buyer_of_its_order(db):
     assert n_customers(db) == 2
 
 
+def test_a_referee_id_links_to_the_buyer_ids_of_its_order_for_its_degree(db):
+    """SPEC §3: a converted referral's referee ids and the ids of its order's buyer link, so they count toward
+    each other's degree. A clerk's phone on three customers' events and, as the referee of a converted
+    referral, across from a fourth customer's order links to four openids: shared at max_degree 3, so it
+    merges nobody (counting only the rows it is on, it had three and glued the four customers into one)."""
+    clerk = "13900000001"
+    stage(
+        db,
+        events=[ev(f"e{i}", openid=f"o{i}", phone=clerk) for i in (1, 2, 3)],
+        orders=[{"order_id": "O1", "openid": "o4"}],
+        referrals=[{"referral_id": "R1", "status": "converted", "referrer_member_id": "mR", "referee_phone": clerk,
+                    "order_id": "O1"}],
+    )
+    build_identity_graph(db, 3)
+    assert db.execute(
+        "SELECT degree, is_shared FROM intermediate.int_identity__identifiers WHERE identifier_value = ?", [clerk]
+    ).fetchone() == (4, True)
+    assert db.execute("SELECT identifier_value, degree_by_type FROM intermediate.int_identity__shared_identifiers").fetchall() == [
+        (clerk, "openid:4")]
+    assert len({comp(db, "openid", f"o{i}") for i in (1, 2, 3, 4)}) == 4
+    # the buyer's openid counts the referee's phone (degree 1): across the conversion, the other way round
+    assert db.execute(
+        "SELECT degree FROM intermediate.int_identity__identifiers WHERE identifier_value = 'o4'"
+    ).fetchone() == (1,)
+    # at max_degree 4 the phone is not shared: one customer, the order's and the referral's referee included
+    build_identity_graph(db, 4)
+    assert len({comp(db, "openid", f"o{i}") for i in (1, 2, 3, 4)}) == 1
+    assert rec(db, "referrals", "R1", "referee") == rec(db, "orders", "O1", "buyer") == comp(db, "openid", "o1")
+
+
 def test_record_with_only_shared_identifiers_goes_to_first_shared_in_column_order(db):
     # unionid U and phone P are both shared (3 openids each, max_degree 2); row 'both' names only U and P
     events = [ev(f"u{i}", openid=f"ou{i}", unionid="U") for i in range(3)]

@@ -165,6 +165,36 @@ def test_a_converted_referral_to_a_later_order_links_when_the_order_arrives(dbs)
     assert tables(inc) == tables(full)
 
 
+@pytest.mark.parametrize("order_first", [True, False])
+def test_a_conversion_that_raises_a_degree_splits_the_customers_it_glued(dbs, order_first):
+    """A clerk's phone on three customers' events (not shared at max_degree 3: one customer), then a converted
+    referral whose referee is that phone and whose order is a fourth customer's: the phone now links to four
+    openids (SPEC §3: the referee's ids and the buyer's ids link), is shared and splits the customer; whether
+    the order or the referral comes first, the incremental builds equal a full build after each delivery."""
+    inc, full = dbs
+    clerk = "13900000001"
+    order = {"order_id": "O1", "openid": "o4"}
+    referral = {"referral_id": "R1", "status": "converted", "referrer_member_id": "mR", "referee_phone": clerk,
+                "order_id": "O1"}
+    deliveries = [
+        {"events": [{"event_id": f"e{i}", "openid": f"o{i}", "phone": clerk} for i in (1, 2, 3)]},
+        {"orders": [order]} if order_first else {"referrals": [referral]},
+        {"referrals": [referral]} if order_first else {"orders": [order]},
+    ]
+    h = History()
+    customers = []
+    for delivery in deliveries:
+        h.deliver(**delivery)
+        h.stage(inc)
+        h.stage(full)
+        build_identity_graph(inc, 3)
+        build_identity_graph(full, 3, full_refresh=True)
+        assert tables(inc) == tables(full)
+        customers.append(len({c for (c,) in inc.execute(
+            f"SELECT component_id FROM {G.IDENTIFIERS_TABLE} WHERE identifier_type = 'openid'").fetchall()}))
+    assert customers[0] == 1 and customers[-1] == 4
+
+
 def _two_deliveries(con) -> History:
     h = History()
     h.deliver(events=[{"event_id": "a1", "openid": "oA", "member_id": "m1"}])

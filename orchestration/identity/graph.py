@@ -19,8 +19,10 @@ Graph
   referral links referrer ids to its ``referral_referrer`` pseudo-node and referee ids to its
   ``referral_referee`` pseudo-node (never one side to the other); a converted referral links its
   ``referral_referee`` pseudo-node to the ``order`` pseudo-node of its ``order_id``.
-* Degree of an identifier: per other identifier type, the number of distinct values it shares a group with;
-  ``degree`` is the largest. Above ``max_degree`` it is *shared*: it keeps no links (a singleton component).
+* Degree of an identifier: per other identifier type, the number of distinct values it links to, that is
+  shares a group with, or sits across a conversion from (a converted referral's referee ids and the ids of the
+  buyer of its order link too, SPEC §3); ``degree`` is the largest. Above ``max_degree`` it is *shared*: it
+  keeps no links (a singleton component).
 * Components: SciPy's connected components over the links as integer node ids (see
   :func:`_connected_components`); the component id is the smallest node id of the component, a node's id
   being the top 63 bits of the MD5 of ``(node_type, node_value)`` (:func:`node_id_sql`): the same for the
@@ -68,7 +70,8 @@ BUILDS_TABLE = f"{STATE_SCHEMA}.graph_builds"
 CHANGES_TABLE = f"{STATE_SCHEMA}.graph_changed_components"
 CONSUMERS_TABLE = f"{STATE_SCHEMA}.graph_consumers"
 # Bump when what the state means changes: the next build after an upgrade is then a full one.
-GRAPH_VERSION = 1
+# 2: degrees count the values across a conversion (a referee's ids and its order's buyer's ids).
+GRAPH_VERSION = 2
 
 STG_CHANNEL_EVENTS = "staging.stg_channel_events"
 STG_ORDER_VERSIONS = "staging.stg_orders__versions"
@@ -213,14 +216,36 @@ _ROLE_OF_PSEUDO = "CASE {t} " + " ".join(f"WHEN '{t}' THEN '{r}'" for r, t in PS
 _TYPE_NAME = "CASE other_ord " + " ".join(f"WHEN {o} THEN '{t}'" for t, o in TYPE_ORDER.items()) + " END"
 
 
+def _conversions_sql() -> str:
+    """Every converted referral's referee group and its order's group (re, o: their pseudo-node ids), over all
+    staged versions: the referee's ids and the buyer's ids link (SPEC §3)."""
+    referee, order = node_id_sql("'referral_referee'", "referral_id"), node_id_sql("'order'", "order_id")
+    return (
+        f"SELECT DISTINCT {referee} AS re, {order} AS o "
+        f"FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL"
+    )
+
+
 def _degree_by_type_sql(memberships: str, nids: str | None = None) -> str:
-    """Degrees by type (nid, other_type, n): per identifier, the distinct values of each other type it shares
-    a group with in ``memberships``; only for the identifiers of the ``nids`` subquery when given."""
+    """Degrees by type (nid, other_type, n): per identifier, the distinct values of each other type it links
+    to in ``memberships``: those of its groups, and those of the group across a conversion from one of its
+    groups (a referee side's and its order's, both ways); only for the identifiers of the ``nids`` subquery
+    when given."""
     x = f"(SELECT gid, nid, type_ord FROM {memberships} WHERE nid IN ({nids}))" if nids else memberships
     return f"""
-        WITH pairs AS (
-            SELECT DISTINCT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
-            FROM {x} x JOIN {memberships} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
+        WITH x AS (SELECT gid, nid, type_ord FROM {x}),
+        conversions AS ({_conversions_sql()}),
+        across AS (
+            SELECT re AS gid, o AS other_gid FROM conversions WHERE re IN (SELECT gid FROM x)
+            UNION ALL
+            SELECT o, re FROM conversions WHERE o IN (SELECT gid FROM x)
+        ),
+        pairs AS (
+            SELECT x.nid, y.type_ord AS other_ord, y.nid AS other_nid
+            FROM x JOIN {memberships} y ON y.gid = x.gid AND y.type_ord <> x.type_ord
+            UNION
+            SELECT x.nid, y.type_ord, y.nid
+            FROM x JOIN across a ON a.gid = x.gid JOIN {memberships} y ON y.gid = a.other_gid AND y.type_ord <> x.type_ord
         )
         SELECT nid, {_TYPE_NAME} AS other_type, count(*) AS n FROM pairs GROUP BY ALL
     """
@@ -460,7 +485,7 @@ _TEMP_TABLES = ("_idg_event_groups", "_idg_node_ids", "_idg_memberships", "_idg_
                 "_idg_touched_occ", "_idg_group_memberships", "_idg_day_nodes", "_idg_changed",
                 "_idg_touched_components", "_idg_a", "_idg_ga", "_idg_event_records", "_idg_shared_a",
                 "_idg_touched_ids", "_idg_counted", "_idg_records_out", "_idg_records_in",
-                "_idg_changed_components")
+                "_idg_changed_components", "_idg_changed_groups")
 
 
 def _drop_temp_tables(con) -> None:
@@ -721,10 +746,7 @@ def _links_sql(memberships: str, nodes: str, *, conversions_where: str) -> str:
         centre AS (
             SELECT gid, arg_min(nid, type_ord) AS centre FROM ev GROUP BY gid HAVING count(*) > 1
         ),
-        conversions AS (
-            SELECT DISTINCT {node_id_sql("'referral_referee'", 'referral_id')} AS re, {node_id_sql("'order'", 'order_id')} AS o
-            FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL
-        ),
+        conversions AS ({_conversions_sql()}),
         raw_links AS (
             SELECT ev.nid AS x, c.centre AS y FROM ev JOIN centre c USING (gid) WHERE ev.nid <> c.centre
             UNION ALL
@@ -910,15 +932,31 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
         """
     )
     con.execute(f"INSERT INTO {TUPLES_CACHE} SELECT gid, {cols} FROM _idg_new_tuples")
-    # 5. Degrees of the changed groups' members, over all their groups (was_shared: shared before this build;
-    #    degrees only grow, so such a node stays shared, its own component). The degrees by type are also
-    #    counted for the shared identifiers of the day's known tuples, for their rows of the shared table.
+    # 5. Degrees of the changed groups' members, and of the members of the groups across a conversion from a
+    #    changed group (a referee side's new ids are links of its order's buyer ids, and the other way round),
+    #    over all their groups (was_shared: shared before this build; degrees only grow, so such a node stays
+    #    shared, its own component). The degrees by type are also counted for the shared identifiers of the
+    #    day's known tuples, for their rows of the shared table.
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE _idg_changed_groups AS
+        SELECT gid FROM _idg_new_tuples UNION SELECT gid FROM _idg_group_memberships
+        """
+    )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _idg_changed AS
+        WITH conversions AS ({_conversions_sql()}),
+        groups AS (
+            SELECT gid FROM _idg_changed_groups
+            UNION
+            SELECT o FROM conversions WHERE re IN (SELECT gid FROM _idg_changed_groups)
+            UNION
+            SELECT re FROM conversions WHERE o IN (SELECT gid FROM _idg_changed_groups)
+        )
         SELECT m.nid, any_value(n.is_shared) AS was_shared
         FROM {MEMBERSHIPS_CACHE} m JOIN {NODES_CACHE} n ON n.node_id = m.nid
-        WHERE m.gid IN (SELECT gid FROM _idg_new_tuples UNION ALL SELECT gid FROM _idg_group_memberships)
+        WHERE m.gid IN (SELECT gid FROM groups)
         GROUP BY m.nid
         """
     )
