@@ -301,6 +301,31 @@ def test_parquet_double_amount_tolerance(con, settings, land):
     assert con.execute("SELECT row_number, rule, original_row FROM raw.quarantine").fetchall()[0][:2] == (3, "gross_amount.type")
 
 
+def test_json_number_amounts_take_the_parquet_double_rule_and_json_strings_the_text_rule(con, settings, land):
+    """SPEC §2: a float within 1e-9 of a cent value takes that value, so every format gives the same result.
+    A JSON number is a binary double (a JavaScript exporter writes 0.1 + 0.2 as 0.30000000000000004): as a
+    Parquet DOUBLE (test above), 19.999999999999, 0.30000000000000004, 1e-10 and 20.0000000009 load as 20.00,
+    0.30, 0.00 and 20.00, while 19.999 breaks; the same texts as JSON strings are decimal text, as in a CSV."""
+    import json
+
+    amounts = ["19.999999999999", "0.30000000000000004", "1e-10", "20.0000000009", "19.999", "19.99", "20"]
+    lines = []
+    for i, a in enumerate(amounts):
+        base = {"order_id": f"n{i}", "updated_at": "2024-01-31 12:00", "created_at": "2024-01-31 10:00",
+                "status": "created", "member_id": "m1"}
+        lines.append(json.dumps(base)[:-1] + f', "gross_amount": {a}}}')  # a JSON number, written as is
+        lines.append(json.dumps({**base, "order_id": f"s{i}", "gross_amount": a}))  # a JSON string
+    land("orders/orders_20240131.jsonl", "\n".join(lines) + "\n")
+    ingest_source(con, "orders", settings, "t")
+    loaded = dict(con.execute("SELECT order_id, gross_amount FROM raw.orders").fetchall())
+    assert loaded == {"n0": Decimal("20.00"), "n1": Decimal("0.30"), "n2": Decimal("0.00"), "n3": Decimal("20.00"),
+                      "n5": Decimal("19.99"), "n6": Decimal("20.00"), "s5": Decimal("19.99"), "s6": Decimal("20.00")}
+    quarantined = con.execute("SELECT row_number, rule FROM raw.quarantine ORDER BY 1").fetchall()
+    # rows: n_i is line 2i + 1, s_i line 2i + 2; number 19.999 and every string but 19.99 and 20 break the type rule
+    assert quarantined == [(2, "gross_amount.type"), (4, "gross_amount.type"), (6, "gross_amount.type"),
+                           (8, "gross_amount.type"), (9, "gross_amount.type"), (10, "gross_amount.type")]
+
+
 def test_decimal_and_integer_text_formats(con, settings, land):
     land("orders/orders_20240131.csv",
          "order_id,updated_at,created_at,status,gross_amount,points_redeemed,member_id\n"

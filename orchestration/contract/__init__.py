@@ -142,6 +142,10 @@ class SourceContract:
     def timestamp_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.type == "timestamp")
 
+    @property
+    def decimal_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.type == "decimal")
+
 
 def _identifiers(prefix: str = "", names: tuple[str, ...] = IDENTIFIER_COLUMNS, who: str = "the person") -> tuple[Column, ...]:
     out = []

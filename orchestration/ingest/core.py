@@ -236,7 +236,7 @@ _Signature = tuple[tuple[str, str], ...]
 
 
 def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch: _Scratch,
-          order: Sequence[str] = ()) -> tuple[str, _Signature | None, int]:
+          order: Sequence[str] = (), cents: Sequence[str] = ()) -> tuple[str, _Signature | None, int]:
     """Read the file into temp table _SRC (one column per delivered column). Returns (the encoding, the
     signature where the reader knows it without asking DuckDB (a CSV file's header) or None, the rows read).
 
@@ -267,7 +267,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     try:
         bom = _starts_with_bom(f)
         if not (bom and f.format == "jsonl"):  # DuckDB's JSON reader does not skip a BOM: transcode those
-            signature, rows = _read_text(con, f, f.path, compression, fast=True, order=order)
+            signature, rows = _read_text(con, f, f.path, compression, fast=True, order=order, cents=cents)
             return ("utf-8-sig" if bom else "utf-8"), signature, rows
     except (_Fallback, fl.FileRejected, duckdb.Error, UnicodeDecodeError, OSError, EOFError, zlib.error):
         pass
@@ -279,12 +279,12 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     if encoding == "gb18030" or (encoding == "utf-8-sig" and f.format == "jsonl"):
         path, compression = scratch.path(), "none"
         fl.transcode_to_utf8(f, encoding, path)
-    signature, rows = _read_text(con, f, path, compression, fast=False, order=order)
+    signature, rows = _read_text(con, f, path, compression, fast=False, order=order, cents=cents)
     return encoding, signature, rows
 
 
 def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool,
-               order: Sequence[str] = ()) -> tuple[_Signature | None, int]:
+               order: Sequence[str] = (), cents: Sequence[str] = ()) -> tuple[_Signature | None, int]:
     """CSV or JSON Lines (UTF-8, a BOM allowed for CSV) into _SRC; returns (the signature where it is known
     without asking DuckDB, else None; the rows read). With fast=True, a file that could be blank raises
     _Fallback (the caller sniffs it) instead of loading.
@@ -346,18 +346,49 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             # one json_extract_string over the list of paths parses each record once (one call per key parsed
             # it once per key: 4x slower at 16 keys); the values are the same. JSON Pointer paths (RFC 6901),
             # so that no key is taken for path syntax ("*", "", quotes, backslashes, "/", "~")
-            paths = "[" + ", ".join(R.lit("/" + k.replace("~", "~0").replace("/", "~1")) for k in keys) + "]"
+            paths = "[" + ", ".join(_json_pointer(k) for k in keys) + "]"
             # (qualified names: a key may be called anything, "_v" and "_n" included)
             select = ", ".join(f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1))
+            # A JSON number is a binary double (RFC 8259): in an amount column (`cents`) one within 1e-9 of a
+            # cent value is read as that value, as a Parquet DOUBLE is (SPEC §2), e.g. 0.30000000000000004 as
+            # written by a JavaScript exporter; its text is kept when it is a whole number of cents already,
+            # and a JSON string is text, judged as text
+            amount_names = {n.lower() for n in cents}
+            amounts = [i for i, k in enumerate(keys, start=1) if k.strip().lower() in amount_names]
+            extra = ""
+            if amounts:
+                columns = [f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1)]
+                for j, i in enumerate(amounts, start=1):
+                    columns[i - 1] = f"{_json_amount(f'_s._v[{i}]', f'_s._j[{j}]')} AS {R.q(keys[i - 1])}"
+                select = ", ".join(columns)
+                extra = ", json_extract(json, [" + ", ".join(_json_pointer(keys[i - 1]) for i in amounts) + "]) AS _j"
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select} "
-                f"FROM (SELECT json_extract_string(json, {paths}) AS _v, rowid AS _n FROM {_JRAW}) AS _s ORDER BY _s._n"
+                f"FROM (SELECT json_extract_string(json, {paths}) AS _v{extra}, rowid AS _n FROM {_JRAW}) AS _s "
+                f"ORDER BY _s._n"
             )
     except duckdb.Error as exc:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}")
     return None, n_records
+
+
+def _json_pointer(key: str) -> str:
+    """The JSON Pointer (RFC 6901) of a top-level key, as a SQL literal."""
+    return R.lit("/" + key.replace("~", "~0").replace("/", "~1"))
+
+
+def _json_amount(text: str, value: str) -> str:
+    """An amount column's text from a JSON Lines record: `text` (the value as text) unless `value` (the same
+    value as JSON) is a number with a fraction or an exponent whose text is not a whole number of cents and
+    which, read as a double, is within 1e-9 of a cent value (the rule for Parquet doubles): then that value."""
+    x = f"TRY_CAST({text} AS DOUBLE)"
+    return (
+        f"(CASE WHEN json_type({value}) = 'DOUBLE' AND NOT regexp_full_match({text}, {R.lit(R.DECIMAL_PATTERN)}) "
+        f"AND isfinite({x}) AND abs({x} - round({x}, 2)) <= 1e-9 "
+        f"THEN printf('%.2f', round({x}, 2)) ELSE {text} END)"
+    )
 
 
 _HEADER_LIMIT = 1 << 20  # bytes of a CSV header line
@@ -684,7 +715,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
         for cand in batch:
             f = cand.f
             try:
-                encoding, signature, n_rows = _read(cur, f, cand.size, scratch, c.column_names)
+                encoding, signature, n_rows = _read(cur, f, cand.size, scratch, c.column_names, c.decimal_columns)
                 if signature is None:
                     signature = _signature(cur)
                 src_cols = _source_columns(signature)
