@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from orchestration.segments import ExportOptions, build_membership, ensure_sync_tables, export_segment, load_segment_definitions, parse_destinations
-from orchestration.segments.sync import plan
+from orchestration.segments.sync import plan_adds, plan_removes
 from orchestration.warehouse import connect
 
 
@@ -98,7 +98,8 @@ def main() -> None:
         [d.name for d in definitions],
     )
     ensure_sync_tables(con)
-    adds = timed("sync plan, first (all adds)", lambda: sum(len(plan(con, destination, d.name)[0]) for d in definitions))
+    adds = timed("sync plan, first (all adds)", lambda: sum(len(plan_adds(con, destination, d.name)) for d in definitions))
+    timed("sync plan, first (removes: none yet)", lambda: sum(len(plan_removes(con, destination, d.name)) for d in definitions))
     con.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"customers: {args.customers:,}; members per segment: " + ", ".join(f"{s.segment} {s.members:,}" for s in summaries))
