@@ -126,6 +126,26 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _dirty_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be from 0 to below 0.5, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="privdom",
@@ -138,11 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_generate_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--customers", type=int, help="number of customers (default: setting demo_customers, 3000)")
-        p.add_argument("--days", type=int, help="days of history (default: setting demo_days, 240)")
+        p.add_argument("--customers", type=_at_least_one, help="number of customers, 1 or more (default: setting "
+                       "demo_customers, 3000)")
+        p.add_argument("--days", type=_at_least_one, help="days of history, 1 or more (default: setting demo_days, 240)")
         p.add_argument("--seed", type=int, help="random seed (default 42); same seed, same files")
-        p.add_argument("--dirty-rate", type=float, help="share of rows that break a contract rule (default 0.01; "
-                       "at least one row per rule when above 0, so small data get a higher share)")
+        p.add_argument("--dirty-rate", type=_dirty_rate, help="share of rows that break a contract rule, from 0 to "
+                       "below 0.5 (default 0.01; at least one row per rule when above 0, so small data get a higher "
+                       "share)")
 
     def add_data_dir(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
@@ -169,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("ui", help="start the Dagster UI on this workspace")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=3000)
+    p = sub.add_parser("ui", help="start the Dagster UI on this workspace",
+                       description="Start the Dagster UI and daemon (dagster dev) on this workspace and data directory.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     add_data_dir(p)
     p.set_defaults(func=cmd_ui)
     return parser
@@ -185,11 +208,34 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"privdom: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # a bad segment or destination definition is found when the definitions load, inside the run, wrapped
+        # by Dagster: its own message names the file and the segment, and what is allowed
+        found = _definition_error(exc)
+        if found is None:
+            raise
+        print(f"privdom: {found}", file=sys.stderr)
+        return 2
     except WarehouseLockedError as exc:
         print(f"privdom: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _definition_error(exc: BaseException) -> BaseException | None:
+    """The SegmentDefinitionError or DestinationConfigError that `exc` is or was raised from, if any."""
+    from orchestration.segments.definitions import SegmentDefinitionError
+    from orchestration.segments.destinations import DestinationConfigError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (SegmentDefinitionError, DestinationConfigError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _other_threads() -> list[threading.Thread]:

@@ -116,6 +116,8 @@ class Settings:
         }
 
 
+# the tables of privdom.toml, each read by its own module: segment definitions, export options, destinations
+SETTINGS_TABLES = ("segments", "exports", "destinations")
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 _TUNABLE = [f.name for f in dataclasses.fields(Settings) if f.name not in ("data_dir", "sources")]
 
@@ -129,7 +131,7 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 raise ValueError("must be between 0 and 1")
             return out
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError("must be a whole number")
             out = int(value)
             if out < 0:
@@ -203,8 +205,18 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{settings_file}: not valid TOML ({exc})") from None
         table = doc.get("privdom", doc)
+        if table is not doc and set(doc) != {"privdom"}:
+            raise SettingsError(
+                f"{settings_file}: everything belongs under [privdom] once the file has that table; also found "
+                f"{', '.join(sorted(set(doc) - {'privdom'}))} (or leave [privdom] out)"
+            )
         for key, value in table.items():
             if isinstance(value, dict):
+                if key not in SETTINGS_TABLES:
+                    raise SettingsError(
+                        f"{settings_file}: unknown table [{key}]; known tables: "
+                        f"{', '.join(f'[{t}]' for t in SETTINGS_TABLES)} (a misspelled table would be ignored)"
+                    )
                 sources[key] = value  # sections such as [segments] or [destinations], read by their modules
                 continue
             if key not in _TUNABLE:
@@ -220,7 +232,14 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
         if key not in _TUNABLE:
             raise SettingsError(f"unknown setting {key!r}")
         values[key] = _coerce(key, value, "the caller")
-    return Settings(data_dir=root, sources=sources, **values)
+    settings = Settings(data_dir=root, sources=sources, **values)
+    if settings.retention_start_days >= settings.retention_end_days:
+        raise SettingsError(
+            f"retention_start_days ({settings.retention_start_days}) must be below retention_end_days "
+            f"({settings.retention_end_days}): retention is an order or engage event in [acquired_at + start, "
+            "acquired_at + end)"
+        )
+    return settings
 
 
 def settings_as_json(settings: Settings) -> str:

@@ -77,3 +77,29 @@ def test_a_share_of_the_limit_is_in_bytes_in_duckdbs_units():
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{share_of_memory_limit('2.5GB', 0.25)}'")
     assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "596.0 MiB"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[destination.crm]\ntype = \"webhook\"\n", "unknown table [destination]"),
+    ("[exprts]\nformats = [\"csv\"]\n", "unknown table [exprts]"),
+    ("[segment.vip]\nversion = 1\n", "unknown table [segment]"),
+    ("[privdom]\nidentity_max_degree = 5\n[segments.vip]\nversion = 1\n", "everything belongs under [privdom]"),
+    ("identity_max_degree = 2.7\n", "'identity_max_degree'"),
+    ("retention_start_days = 100\n", "retention_start_days (100) must be below retention_end_days (90)"),
+])
+def test_a_settings_file_that_would_be_misread_is_refused(tmp_path, text, words):
+    """A misspelled table ([destination], [exprts], [segment]) would be ignored, so a user's sync or segment
+    would silently not exist; a fractional count would be cut; a retention window that ends before it starts
+    would make nobody retained."""
+    (tmp_path / "privdom.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(SettingsError) as info:
+        load_settings(tmp_path)
+    assert words in str(info.value)
+
+
+def test_the_known_tables_and_whole_numbers_load(tmp_path):
+    (tmp_path / "privdom.toml").write_text(
+        "identity_max_degree = 30.0\nretention_start_days = 20\n[exports]\nformats = [\"csv\"]\n", encoding="utf-8")
+    settings = load_settings(tmp_path)
+    assert (settings.identity_max_degree, settings.retention_start_days) == (30, 20)
+    assert settings.sources == {"exports": {"formats": ["csv"]}}

@@ -394,3 +394,19 @@ def test_generate_warns_when_small_data_would_fail_the_quarantine_limit(tmp_path
     assert cli.main(["--data-dir", str(tmp_path / "clean"), "generate", "--customers", "300", "--days", "60",
                      "--dirty-rate", "0"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--customers", "0"], "--customers: must be 1 or more, got 0"),
+    (["--days", "-3"], "--days: must be 1 or more, got -3"),
+    (["--dirty-rate", "2"], "--dirty-rate: must be from 0 to below 0.5, got 2"),
+    (["--customers", "many"], "--customers: not a whole number: 'many'"),
+])
+def test_generate_refuses_values_it_cannot_use_with_a_usage_error(tmp_path, capsys, args, words):
+    from orchestration import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--data-dir", str(tmp_path / "data"), "generate", *args])
+    assert info.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()

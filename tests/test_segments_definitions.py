@@ -231,3 +231,39 @@ def test_the_names_of_an_export_folders_other_files_are_refused(name):
     # an export folder holds <segment>.<format>, adds.<format> and removes.<format>
     message = _error(_user(name))
     assert name in message and "reserved" in message
+
+
+def test_enabled_false_alone_switches_a_default_off_as_it_is(tmp_path):
+    """README: a definition with a default's name replaces it, and `enabled = false` switches one off; a table
+    holding only `enabled` keeps the default's rule, version and purpose."""
+    shipped = {d.name: d for d in load_segment_definitions(tmp_path, {})}
+    defs = {d.name: d for d in load_segment_definitions(tmp_path, {"segments": {"top_referrers": {"enabled": False}}})}
+    off = defs["top_referrers"]
+    assert off.enabled is False and off.source.endswith("privdom.toml")
+    assert (off.version, off.purpose, off.sql, off.params) == (
+        shipped["top_referrers"].version, shipped["top_referrers"].purpose, shipped["top_referrers"].sql,
+        shipped["top_referrers"].params)
+    # a new segment still needs its whole definition
+    assert "vip" in _error([("defaults", {}), ("privdom.toml", {"vip": {"enabled": False}})])
+
+
+def test_privdom_run_reports_a_bad_definition_in_one_line_with_exit_status_2(tmp_path, dbt_manifest):
+    """Not a traceback of Dagster's definition loading: the definition error's own message, as a settings error."""
+    from orchestration import cli
+
+    data = tmp_path / "data"
+    (data / "segments").mkdir(parents=True)
+    (data / "segments" / "vip.toml").write_text(
+        '[segments.vip]\nversion = 1\npurpose = "p"\nrule = [{ column = "nett_revenue", op = "gte", value = 2 }]\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "--data-dir", str(data), "run"],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PRIVDOM_", "DAGSTER_"))},
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.startswith("privdom: invalid segment definitions:")
+    assert "segment 'vip'" in result.stderr and "unknown column 'nett_revenue'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert cli._definition_error(RuntimeError("wrapped")) is None

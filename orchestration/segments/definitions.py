@@ -402,6 +402,7 @@ def parse_definitions(layers: list[tuple[str, Mapping[str, Any]]]) -> list[Segme
     problems = _Problems()
     chosen: dict[str, tuple[str, Any]] = {}
     user_source: dict[str, str] = {}
+    defaults = layers[0][1] if layers else {}
     for index, (source, tables) in enumerate(layers):
         if not isinstance(tables, Mapping):
             raise SegmentDefinitionError(f"{source}: [segments] must be a table of [segments.<name>] tables")
@@ -411,6 +412,9 @@ def parse_definitions(layers: list[tuple[str, Mapping[str, Any]]]) -> list[Segme
                     problems.add(str(name), source, f"duplicate segment name: already defined in {user_source[name]}")
                     continue
                 user_source[name] = source
+                if isinstance(raw, Mapping) and set(raw) == {"enabled"} and name in defaults:
+                    # `[segments.<default>]` with only `enabled = false` switches a default off as it is
+                    raw = {**defaults[name], "enabled": raw["enabled"]}
             chosen[name] = (source, raw)
     definitions = []
     for name, (source, raw) in chosen.items():
