@@ -81,12 +81,17 @@ class PipelineResult:
         lines.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} did not pass")
         for c in failed:
             lines.append(f"    [{c.severity}] {c.asset} · {c.check}" + (f": {c.description}" if c.description else ""))
+        bi_copy = s.bi_dir / "warehouse.duckdb"
         lines += [
             "",
             "  results",
-            f"    warehouse  {s.warehouse_path}   (duckdb -readonly {shlex.quote(str(s.warehouse_path))})",
-            f"    BI copy    {s.bi_dir / 'warehouse.duckdb'}   (read-only copy of marts and segments for BI tools)",
-            f"    exports    {s.exports_dir}",
+            # a reader holding the warehouse open stops the next run: point readers at the BI copy
+            f"    warehouse  {s.warehouse_path}   (the pipeline's; read the BI copy, it never blocks a run)",
+            f"    BI copy    {bi_copy}   "
+            + (f"(duckdb -readonly {shlex.quote(str(bi_copy))})" if bi_copy.exists()
+               else "(not published yet: a run publishes it once its checks pass)"),
+            f"    exports    {s.exports_dir}"
+            + ("" if any(s.exports_dir.glob("*/LATEST")) else "   (none yet: a run exports once its checks pass)"),
             f"    landing    {s.landing_dir}",
             f"    UI         {ui_command(s.data_dir)}   → http://127.0.0.1:3000 (runs, asset checks, lineage)",
         ]
