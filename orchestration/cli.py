@@ -208,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"privdom: {exc}", file=sys.stderr)
         return 2
+    except WarehouseLockedError as exc:
+        print(f"privdom: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     except Exception as exc:
         # a bad segment or destination definition is found when the definitions load, inside the run, wrapped
         # by Dagster: its own message names the file and the segment, and what is allowed
@@ -216,11 +221,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"privdom: {found}", file=sys.stderr)
         return 2
-    except WarehouseLockedError as exc:
-        print(f"privdom: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 def _definition_error(exc: BaseException) -> BaseException | None:
@@ -234,7 +234,8 @@ def _definition_error(exc: BaseException) -> BaseException | None:
         if isinstance(current, (SegmentDefinitionError, DestinationConfigError)):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        # what it was raised from, or raised while handling unless `from None` said that does not matter
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
 
 

@@ -129,6 +129,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             out = float(value)
             if not 0 <= out <= 1 and name.endswith(("share", "rate")):
                 raise ValueError("must be between 0 and 1")
+            if name == "demo_dirty_rate" and not out < 0.5:
+                raise ValueError("must be below 0.5, as privdom generate's --dirty-rate")
             return out
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -136,6 +138,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             out = int(value)
             if out < 0:
                 raise ValueError("must not be negative")
+            if name in ("demo_customers", "demo_days") and out < 1:
+                raise ValueError("must be 1 or more")
             return out
         if kind == "tuple[str, ...]":
             if isinstance(value, str):

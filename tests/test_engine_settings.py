@@ -86,6 +86,8 @@ def test_a_share_of_the_limit_is_in_bytes_in_duckdbs_units():
     ("[privdom]\nidentity_max_degree = 5\n[segments.vip]\nversion = 1\n", "everything belongs under [privdom]"),
     ("identity_max_degree = 2.7\n", "'identity_max_degree'"),
     ("retention_start_days = 100\n", "retention_start_days (100) must be below retention_end_days (90)"),
+    ("demo_dirty_rate = 0.6\n", "must be below 0.5"),
+    ("demo_customers = 0\n", "must be 1 or more"),
 ])
 def test_a_settings_file_that_would_be_misread_is_refused(tmp_path, text, words):
     """A misspelled table ([destination], [exprts], [segment]) would be ignored, so a user's sync or segment
