@@ -315,15 +315,29 @@ def test_json_number_amounts_take_the_parquet_double_rule_and_json_strings_the_t
                 "status": "created", "member_id": "m1"}
         lines.append(json.dumps(base)[:-1] + f', "gross_amount": {a}}}')  # a JSON number, written as is
         lines.append(json.dumps({**base, "order_id": f"s{i}", "gross_amount": a}))  # a JSON string
-    land("orders/orders_20240131.jsonl", "\n".join(lines) + "\n")
+    numbers, strings = lines[0::2], lines[1::2]
+    land("orders/orders_20240131.jsonl", "\n".join(numbers) + "\n")
+    land("orders/orders_20240131_text.jsonl", "\n".join(strings) + "\n")
+    # a number without a cent value, and a row that breaks another rule: the original shows the delivered text
+    land("orders/orders_20240131_more.jsonl",
+         '{"order_id": "q1", "updated_at": "2024-01-31 12:00", "created_at": "2024-01-31 10:00", "status": "created", '
+         '"gross_amount": -0.30000000000000004}\n')
     ingest_source(con, "orders", settings, "t")
     loaded = dict(con.execute("SELECT order_id, gross_amount FROM raw.orders").fetchall())
     assert loaded == {"n0": Decimal("20.00"), "n1": Decimal("0.30"), "n2": Decimal("0.00"), "n3": Decimal("20.00"),
                       "n5": Decimal("19.99"), "n6": Decimal("20.00"), "s5": Decimal("19.99"), "s6": Decimal("20.00")}
-    quarantined = con.execute("SELECT row_number, rule FROM raw.quarantine ORDER BY 1").fetchall()
-    # rows: n_i is line 2i + 1, s_i line 2i + 2; number 19.999 and every string but 19.99 and 20 break the type rule
-    assert quarantined == [(2, "gross_amount.type"), (4, "gross_amount.type"), (6, "gross_amount.type"),
-                           (8, "gross_amount.type"), (9, "gross_amount.type"), (10, "gross_amount.type")]
+    quarantined = con.execute(
+        "SELECT p.file_path, q.row_number, q.rules, q.original_row FROM raw.quarantine q "
+        "JOIN raw.ingestion_ledger p USING (file_id) ORDER BY 1, 2").fetchall()
+    by_row = {(path.rsplit("/", 1)[-1], n): (rules, json.loads(original)) for path, n, rules, original in quarantined}
+    # the numbers: only 19.999 (line 5) breaks; the strings: all but 19.99 and 20 (lines 1-5)
+    assert sorted(by_row) == [("orders_20240131.jsonl", 5), ("orders_20240131_more.jsonl", 1),
+                              *[("orders_20240131_text.jsonl", n) for n in (1, 2, 3, 4, 5)]]
+    assert by_row[("orders_20240131.jsonl", 5)][0] == "gross_amount.type"
+    rules, original = by_row[("orders_20240131_more.jsonl", 1)]
+    # typed as -0.30 (the float rule), so it breaks the sign rule, not the type rule; quarantined, it shows its text
+    assert "gross_amount.negative" in rules.split(",") and "gross_amount.type" not in rules.split(",")
+    assert original["gross_amount"] == "-0.30000000000000004"
 
 
 def test_decimal_and_integer_text_formats(con, settings, land):

@@ -314,6 +314,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})") from None
         return tuple((n, "VARCHAR") for n in names), rows
     # JSON Lines: one object per line; values as their JSON text (numbers in DuckDB's shortest decimal form)
+    signature: _Signature | None = None  # asked of DuckDB by the caller, unless a column holds JSON numbers
     try:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
@@ -349,29 +350,16 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             paths = "[" + ", ".join(_json_pointer(k) for k in keys) + "]"
             # (qualified names: a key may be called anything, "_v" and "_n" included)
             select = ", ".join(f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1))
-            # A JSON number is a binary double (RFC 8259): in an amount column (`cents`) one within 1e-9 of a
-            # cent value is read as that value, as a Parquet DOUBLE is (SPEC §2), e.g. 0.30000000000000004 as
-            # written by a JavaScript exporter; its text is kept when it is a whole number of cents already,
-            # and a JSON string is text, judged as text
-            amount_names = {n.lower() for n in cents}
-            amounts = [i for i, k in enumerate(keys, start=1) if k.strip().lower() in amount_names]
-            extra = ""
-            if amounts:
-                columns = [f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1)]
-                for j, i in enumerate(amounts, start=1):
-                    columns[i - 1] = f"{_json_amount(f'_s._v[{i}]', f'_s._j[{j}]')} AS {R.q(keys[i - 1])}"
-                select = ", ".join(columns)
-                extra = ", json_extract(json, [" + ", ".join(_json_pointer(keys[i - 1]) for i in amounts) + "]) AS _j"
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select} "
-                f"FROM (SELECT json_extract_string(json, {paths}) AS _v{extra}, rowid AS _n FROM {_JRAW}) AS _s "
-                f"ORDER BY _s._n"
+                f"FROM (SELECT json_extract_string(json, {paths}) AS _v, rowid AS _n FROM {_JRAW}) AS _s ORDER BY _s._n"
             )
+            signature = _json_number_signature(con, keys, cents)
     except duckdb.Error as exc:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}")
-    return None, n_records
+    return signature, n_records
 
 
 def _json_pointer(key: str) -> str:
@@ -379,16 +367,32 @@ def _json_pointer(key: str) -> str:
     return R.lit("/" + key.replace("~", "~0").replace("/", "~1"))
 
 
-def _json_amount(text: str, value: str) -> str:
-    """An amount column's text from a JSON Lines record: `text` (the value as text) unless `value` (the same
-    value as JSON) is a number with a fraction or an exponent whose text is not a whole number of cents and
-    which, read as a double, is within 1e-9 of a cent value (the rule for Parquet doubles): then that value."""
-    x = f"TRY_CAST({text} AS DOUBLE)"
-    return (
-        f"(CASE WHEN json_type({value}) = 'DOUBLE' AND NOT regexp_full_match({text}, {R.lit(R.DECIMAL_PATTERN)}) "
-        f"AND isfinite({x}) AND abs({x} - round({x}, 2)) <= 1e-9 "
-        f"THEN printf('%.2f', round({x}, 2)) ELSE {text} END)"
-    )
+def _json_number_signature(con: duckdb.DuckDBPyConnection, keys: list[str], cents: Sequence[str]) -> _Signature | None:
+    """The signature of a JSON Lines file in _SRC (its keys, every column VARCHAR: the values' text), with the
+    amount columns (`cents`) whose values in this file are all JSON numbers, one at least with a fraction or an
+    exponent, typed R.JSON_NUMBER; None when there is no such column (the caller asks DuckDB, as for any file).
+
+    A JSON number is a binary double (RFC 8259: a JavaScript exporter writes 0.1 + 0.2 as 0.30000000000000004),
+    so the judge reads such a column as it reads a Parquet DOUBLE (SPEC §2: within 1e-9 of a cent value it is
+    that value, so every format gives the same result), its text kept where it is a whole number of cents. The
+    values stay the delivered text, which a quarantined row's original values show. A key holding JSON strings
+    in the file, even beside numbers, is text, judged as CSV text is."""
+    amount_names = {n.lower() for n in cents}
+    amounts = [k for k in keys if k.strip().lower() in amount_names]
+    if not amounts:
+        return None
+    paths = "[" + ", ".join(_json_pointer(k) for k in amounts) + "]"
+    types = ", ".join(f"json_type(_j[{i}]) AS t{i}" for i in range(1, len(amounts) + 1))
+    flags = con.execute(
+        "SELECT " + ", ".join(
+            f"coalesce(bool_and(t{i} IS NULL OR t{i} IN ('NULL', 'DOUBLE', 'UBIGINT', 'BIGINT')) "
+            f"AND bool_or(t{i} = 'DOUBLE'), FALSE)" for i in range(1, len(amounts) + 1))
+        + f" FROM (SELECT {types} FROM (SELECT json_extract(json, {paths}) AS _j FROM {_JRAW}))"
+    ).fetchone()
+    numbers = {k for k, flag in zip(amounts, flags) if flag}
+    if not numbers:
+        return None
+    return tuple((k, R.JSON_NUMBER if k in numbers else "VARCHAR") for k in keys)
 
 
 _HEADER_LIMIT = 1 << 20  # bytes of a CSV header line

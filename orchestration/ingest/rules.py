@@ -42,6 +42,9 @@ TRIM_CHARS = " \t\r\n\x0b\x0c\u00a0\u3000"
 
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
+# The signature type of a JSON Lines amount key whose values in a file are all JSON numbers (core._read_text):
+# its values are their text, judged as a Parquet DOUBLE where the text is not a whole number of cents.
+JSON_NUMBER = "JSON_NUMBER"
 
 
 def q(name: str) -> str:
@@ -220,6 +223,12 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
             )
         elif x is not None and base in _INT_TYPES:
             conv = f"TRY_CAST({x} AS {sqlt})"
+        elif x is not None and base == JSON_NUMBER:
+            v = f"TRY_CAST({dv} AS DOUBLE)"
+            conv = (
+                f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) "
+                f"WHEN isfinite({v}) AND abs({v} - round({v}, 2)) <= 1e-9 THEN TRY_CAST(round({v}, 2) AS {sqlt}) END)"
+            )
         else:
             conv = f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) END)"
     elif col.type == "integer":
