@@ -94,10 +94,12 @@ def test_sensor_requests_one_run_for_the_dates_of_new_files_then_skips(env, tmp_
 
 
 def test_sensor_run_request_runs_the_whole_graph(env):
-    """The sensor's request (a partition range over the whole graph) executes: raw partitions + dbt."""
+    """The sensor's request (a partition range over the whole graph) executes on the sensor's own job,
+    `whole_graph`: raw partitions + dbt."""
     settings, defs = env
     sensor = defs.get_repository_def().get_sensor_def("landing_files_sensor")
-    job = defs.resolve_implicit_global_asset_job_def()
+    job = defs.get_repository_def().get_job("whole_graph")
+    assert sensor.job_name == "whole_graph"
     with dg.instance_for_test() as instance:
         request = sensor.evaluate_tick(dg.build_sensor_context(repository_def=defs.get_repository_def(), instance=instance)).run_requests[0]
         result = job.execute_in_process(instance=instance, tags=request.tags, raise_on_error=False)
