@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestration.settings import REPO_ROOT, Settings, SettingsError, load_settings
+from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings
 from orchestration.warehouse import WarehouseLockedError
 
 
@@ -141,8 +141,8 @@ def _dirty_rate(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < 0.5:
-        raise argparse.ArgumentTypeError(f"must be from 0 to below 0.5, got {text}")
+    if not 0 <= value < MAX_DIRTY_RATE:
+        raise argparse.ArgumentTypeError(f"must be from 0 to below {MAX_DIRTY_RATE}, got {text}")
     return value
 
 

@@ -116,6 +116,9 @@ class Settings:
         }
 
 
+# privdom generate's limits (orchestration/generate): a dirty rate from 0 to below this, at least a customer and a day
+MAX_DIRTY_RATE = 0.5
+
 # the tables of privdom.toml, each read by its own module: segment definitions, export options, destinations
 SETTINGS_TABLES = ("segments", "exports", "destinations")
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
@@ -129,8 +132,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             out = float(value)
             if not 0 <= out <= 1 and name.endswith(("share", "rate")):
                 raise ValueError("must be between 0 and 1")
-            if name == "demo_dirty_rate" and not out < 0.5:
-                raise ValueError("must be below 0.5, as privdom generate's --dirty-rate")
+            if name == "demo_dirty_rate" and not out < MAX_DIRTY_RATE:
+                raise ValueError(f"must be below {MAX_DIRTY_RATE}, as privdom generate's --dirty-rate")
             return out
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orchestration.contract import CONTRACTS, SOURCES
+from orchestration.settings import MAX_DIRTY_RATE
 
 from . import _dirty, _model, _write
 
@@ -102,8 +103,8 @@ def generate(
         raise ValueError("customers must be at least 1")
     if days < 1:
         raise ValueError("days must be at least 1")
-    if not 0 <= dirty_rate < 0.5:
-        raise ValueError("dirty_rate must be in [0, 0.5)")
+    if not 0 <= dirty_rate < MAX_DIRTY_RATE:
+        raise ValueError(f"dirty_rate must be in [0, {MAX_DIRTY_RATE})")
     landing_dir = pathlib.Path(landing_dir)
     seeds = np.random.SeedSequence(seed).spawn(8)
     rng = [np.random.default_rng(s) for s in seeds]

@@ -189,6 +189,11 @@ def _base(src_type: str | None) -> str:
     return (src_type or "VARCHAR").split("(")[0].strip().upper()
 
 
+def _cents_of_double(v: str, sqlt: str) -> str:
+    """SPEC §2's rule for a float amount `v` (a DOUBLE): within 1e-9 of a cent value it is that value, else NULL."""
+    return f"(CASE WHEN isfinite({v}) AND abs({v} - round({v}, 2)) <= 1e-9 THEN TRY_CAST(round({v}, 2) AS {sqlt}) END)"
+
+
 def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders: tuple[str, ...]) -> str:
     """SQL for the typed value of `col`; reads ``d__<col>`` (text) and, for typed Parquet columns, the source."""
     dv = d(col.name)
@@ -217,18 +222,12 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
         if x is not None and base == "DECIMAL":
             conv = f"(CASE WHEN {x} = round({x}, 2) THEN TRY_CAST({x} AS {sqlt}) END)"
         elif x is not None and base in _FLOAT_TYPES:
-            conv = (
-                f"(CASE WHEN isfinite(CAST({x} AS DOUBLE)) AND abs(CAST({x} AS DOUBLE) - round(CAST({x} AS DOUBLE), 2)) <= 1e-9 "
-                f"THEN TRY_CAST(round(CAST({x} AS DOUBLE), 2) AS {sqlt}) END)"
-            )
+            conv = _cents_of_double(f"CAST({x} AS DOUBLE)", sqlt)
         elif x is not None and base in _INT_TYPES:
             conv = f"TRY_CAST({x} AS {sqlt})"
         elif x is not None and base == JSON_NUMBER:
-            v = f"TRY_CAST({dv} AS DOUBLE)"
-            conv = (
-                f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) "
-                f"WHEN isfinite({v}) AND abs({v} - round({v}, 2)) <= 1e-9 THEN TRY_CAST(round({v}, 2) AS {sqlt}) END)"
-            )
+            conv = (f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) "
+                    f"ELSE {_cents_of_double(f'TRY_CAST({dv} AS DOUBLE)', sqlt)} END)")
         else:
             conv = f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) END)"
     elif col.type == "integer":
