@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from decimal import Decimal
 
 import pyarrow as pa
@@ -29,10 +30,10 @@ def test_whole_file_rejections(con, settings, land):
         "channel_events/corrupt_20240131.csv.gz": (b"plain text, not gzip", "not a valid gzip file"),
         "channel_events/truncated_20240131.csv.gz": (gzip.compress(CE_GOOD.encode())[:-12], "gzip"),
         "channel_events/broken_20240131.jsonl": ('{"event_id": "e3", "occurred_at": "2024-01-31 10:00",\n', "not valid JSON Lines"),
-        "channel_events/array_20240131.jsonl": ('["e3", "2024-01-31 10:00"]\n', "record 1 is not a JSON object"),
-        # objects are told by their first character once the reader has dropped the white space around them
-        "channel_events/scalar_20240131.jsonl": ('{"event_id": "e3"}\n \t{"event_id": "e3b"}\n  "e3c"  \n', "record 3 is not a JSON object"),
-        "channel_events/padded_array_20240131.jsonl": ('\t [{"event_id": "e3d"}]\n', "record 1 is not a JSON object"),
+        # not JSON Lines: no line is a JSON object (a file with one is read, its other lines quarantined)
+        "channel_events/array_20240131.jsonl": ('["e3", "2024-01-31 10:00"]\n', "record 1 is not a JSON object, and no record is"),
+        "channel_events/padded_array_20240131.jsonl": ('\t [{"event_id": "e3d"}]\n "e3e"\n', "record 1 is not a JSON object, and no record is"),
+        "channel_events/text_20240131.jsonl": (CE_GOOD.replace("e1,", "e1t,"), "not valid JSON Lines"),
         "channel_events/latin1_20240131.csv": (CE_HEADER.encode() + "e4,2024-01-31 10:00,wecom,follow,o4,,,,,café ü\n".encode("latin-1"), "undecodable"),
         "channel_events/garbage_20240131.csv": (CE_HEADER.encode() + b"e5,\xff\xfe\x80\x80,wecom\n", "undecodable"),
         "channel_events/zero_20240131.csv": (b"", "empty file"),
@@ -40,8 +41,9 @@ def test_whole_file_rejections(con, settings, land):
         "channel_events/export_20240131.xlsx": (b"PK\x03\x04 not really", "unsupported file type"),
         "channel_events/events.csv": (CE_GOOD.replace("e1,", "e6,"), "no batch date"),
         "channel_events/nodate_20241399.csv": (CE_GOOD.replace("e1,", "e7,"), "not a real date"),
-        "channel_events/ragged_20240131.csv": (CE_HEADER + 'e8,2024-01-31 10:00,wecom,follow,o8,,,,,,,extra,fields\n', "cannot be parsed as CSV"),
+        # a quote left open, or text after a closing quote: the file cannot be split into records
         "channel_events/quote_20240131.csv": (CE_HEADER + 'e9,"2024-01-31 10:00,wecom,follow,o9,,,,,,\n', "cannot be parsed as CSV"),
+        "channel_events/afterquote_20240131.csv": (CE_HEADER + 'e9b,2024-01-31 10:00,wecom,follow,"o9"x,,,,,,\n' + 'e9c,2024-01-31 10:00,wecom,follow,o9,,,,\n', "cannot be parsed as CSV"),
     }
     for rel, (content, _) in bad.items():
         land(rel, content)
@@ -429,8 +431,8 @@ def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settin
     path.write_text(header + "1,2,3,4,5,6,7,8,9\n" * 3 + '" a ",,,,,,,,\n', encoding="utf-8")
     [f] = [x for x in fl.discover(settings.landing_dir, "channel_events") if x.path == path]
     con = duckdb.connect()
-    encoding, signature, rows = core._read(con, f, path.stat().st_size, core._Scratch(tmp_path))
-    assert (encoding, rows) == ("utf-8", 4)
+    encoding, signature, rows, malformed = core._read(con, f, path.stat().st_size, core._Scratch(tmp_path))
+    assert (encoding, rows, malformed) == ("utf-8", 4, False)
     assert signature == core._signature(con)
     assert [n for n, _ in signature] == ["a.b", "rowid", "column3", 'x "q"', "事件", "dup", "dup_7", "__privdom_fid", "Event_ID"]
     assert con.execute(f"SELECT count(*) FROM {core._SRC}").fetchone() == (4,)
@@ -462,3 +464,70 @@ def test_header_names_equal_but_for_case_load_and_the_first_is_read(con, setting
     assert con.execute("SELECT event_id, openid FROM raw.channel_events").fetchall() == [("e1", "o1")]
     original = con.execute("SELECT original_row FROM raw.quarantine").fetchone()[0]
     assert '"openid":"o2"' in original.replace(" ", "") and '"OpenID_10":"other"' in original.replace(" ", ""), original
+
+
+def _quarantine(con):
+    return con.execute("SELECT file_path, row_number, rule, rules, original_row FROM raw.quarantine ORDER BY file_path, row_number").fetchall()
+
+
+def test_malformed_csv_rows_are_quarantined_and_the_rest_of_the_file_loads(con, settings, land):
+    """SPEC §2: a row that breaks a rule is quarantined and the rest of the batch loads. A CSV row with more or
+    fewer fields than the header (an unquoted comma in a value, a field left out) is such a row: its text as
+    delivered is kept, the rows around it load with their own row numbers, as in any other file; a record
+    spread over lines by a quoted line break is one row."""
+    ragged = (CE_HEADER
+              + 'e1,2024-01-31 10:00,wecom,follow,o1,,,,,"line one\nline two",\n'  # one record on two lines
+              + 'e2,2024-01-31 10:00,wecom,follow,o2,,,,,Spring, sale,staff1\n'  # an unquoted comma: 12 fields
+              + "\n"  # a blank line is no row (DuckDB's reader skips it too)
+              + 'e3,2024-01-31 10:00,wecom,follow,o3\r\n'  # too few fields
+              + 'e4,2024-01-31 10:00,wecom,follow,o4,,,,,"a ""quoted"", b",,,\n'  # empty fields after the last: none
+              + 'e5,2024-01-31 10:00,wecom,follow,o5,,,,,"x\ny",,extra\n')  # too many, over two lines
+    land("channel_events/ragged_20240131.csv", ragged)
+    land("channel_events/ragged_gz_20240131.csv.gz", gzip.compress(ragged.encode()))
+    land("channel_events/ragged_gbk_20240131.csv", (CE_HEADER + "g1,2024-01-31 10:00,wecom,follow,o1,,,,,春节,\n"
+                                                     "g2,2024-01-31 10:00,wecom,follow,o2,,,,,春节,活动,x\n").encode("gb18030"))
+    report = ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    assert led["channel_events/ragged_20240131.csv"] == ("loaded", None, 5, 2, 3)
+    assert led["channel_events/ragged_gz_20240131.csv.gz"] == ("loaded", None, 5, 2, 3)
+    assert led["channel_events/ragged_gbk_20240131.csv"] == ("loaded", None, 2, 1, 1)
+    loaded = con.execute("SELECT event_id, _row_number, campaign FROM raw.channel_events "
+                         "WHERE _file_id = (SELECT file_id FROM raw.ingestion_ledger WHERE file_path LIKE '%ragged_2024%') ORDER BY 2").fetchall()
+    assert loaded == [("e1", 1, "line one\nline two"), ("e4", 4, 'a "quoted", b')]
+    q = [r for r in _quarantine(con) if r[0] == "channel_events/ragged_20240131.csv"]
+    assert [(n, rule) for _, n, rule, _, _ in q] == [(2, "row.malformed"), (3, "row.malformed"), (5, "row.malformed")]
+    assert [json.loads(r[4]) for r in q] == [
+        {"malformed_record": "e2,2024-01-31 10:00,wecom,follow,o2,,,,,Spring, sale,staff1"},
+        {"malformed_record": "e3,2024-01-31 10:00,wecom,follow,o3"},
+        {"malformed_record": 'e5,2024-01-31 10:00,wecom,follow,o5,,,,,"x\ny",,extra'},
+    ]
+    assert q[0][3].split(",") == ["row.malformed", "event_id.required", "occurred_at.required", "channel.required",
+                                  "event_type.required", "identifier.required"]
+    gbk = [r for r in _quarantine(con) if r[0] == "channel_events/ragged_gbk_20240131.csv"]
+    assert [(n, json.loads(o)) for _, n, _, _, o in gbk] == [(2, {"malformed_record": "g2,2024-01-31 10:00,wecom,follow,o2,,,,,春节,活动,x"})]
+    assert report.quarantine_by_rule["row.malformed"] == 7
+    assert report.rows_read == 12 and report.rows_loaded == 5 and report.rows_quarantined == 7
+
+
+def test_malformed_json_lines_are_quarantined_and_the_rest_of_the_file_loads(con, settings, land):
+    """A JSON Lines line that is not JSON (cut short, a stray comma), or JSON but not an object, is a malformed
+    record; the objects load. Blank lines are no record."""
+    good = '{"event_id": "j%d", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o%d"}'
+    text = "\n".join([good % (1, 1), '  {"event_id": "j2", "occurred_at": ', "", good % (3, 3), '["j4"]', "null",
+                      good % (6, 6) + ","]) + "\n"
+    land("channel_events/broken_20240131.jsonl", text)
+    # valid JSON throughout, one line not an object (DuckDB's reader takes the file; the judge finds the line)
+    land("channel_events/scalar_20240131.jsonl", good % (7, 7) + '\n \t"j8"  \n' + good % (9, 9) + "\n")
+    ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    assert led["channel_events/broken_20240131.jsonl"] == ("loaded", None, 6, 2, 4)
+    assert led["channel_events/scalar_20240131.jsonl"] == ("loaded", None, 3, 2, 1)
+    assert sorted(r[0] for r in con.execute("SELECT event_id FROM raw.channel_events").fetchall()) == ["j1", "j3", "j7", "j9"]
+    q = _quarantine(con)
+    assert [(p.split("/")[-1], n, rule, json.loads(o)) for p, n, rule, _, o in q] == [
+        ("broken_20240131.jsonl", 2, "row.malformed", {"malformed_record": '{"event_id": "j2", "occurred_at":'}),
+        ("broken_20240131.jsonl", 4, "row.malformed", {"malformed_record": '["j4"]'}),
+        ("broken_20240131.jsonl", 5, "row.malformed", {"malformed_record": "null"}),
+        ("broken_20240131.jsonl", 6, "row.malformed", {"malformed_record": good % (6, 6) + ","}),
+        ("scalar_20240131.jsonl", 2, "row.malformed", {"malformed_record": '"j8"'}),
+    ]

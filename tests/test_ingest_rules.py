@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from orchestration.contract import CONTRACTS
@@ -22,6 +24,11 @@ GOOD = {
 # (source, rule) -> (bad row, every rule the row breaks when more than one is unavoidable)
 CASES: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     # ------------------------------------------------------------------ channel_events
+    # a record that cannot be split into the header's columns: its columns are not read, so it also lacks
+    # every required value (and identifier)
+    ("channel_events", "row.malformed"): ("b1,2024-01-31T10:00:00+08:00,wecom,add_contact,o1,,,,,,,extra field", (
+        "row.malformed", "event_id.required", "occurred_at.required", "channel.required", "event_type.required",
+        "identifier.required")),
     ("channel_events", "event_id.required"): (",2024-01-31T10:00:00+08:00,wecom,add_contact,o1,,,,,,", ()),
     ("channel_events", "occurred_at.required"): ("b1,,wecom,add_contact,o1,,,,,,", ()),
     ("channel_events", "channel.required"): ("b1,2024-01-31T10:00:00+08:00,,add_contact,o1,,,,,,", ()),
@@ -33,6 +40,9 @@ CASES: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("channel_events", "identifier.required"): ("b1,2024-01-31T10:00:00+08:00,wecom,add_contact,null,0000,undefined,-1,Anonymous,,", ()),
     ("channel_events", "timestamp.after_batch"): ("b1,2024-02-02T00:00:00+08:00,wecom,add_contact,o1,,,,,,", ()),
     # ------------------------------------------------------------------ orders
+    ("orders", "row.malformed"): ("b1,2024-01-31 12:00:00,2024-01-31 10:00:00,2024-01-31 10:05:00,paid,,199.00,0,0,0,,o1,,,", (
+        "row.malformed", "order_id.required", "updated_at.required", "created_at.required", "status.required",
+        "gross_amount.required", "identifier.required")),
     ("orders", "order_id.required"): (",2024-01-31 12:00:00,2024-01-31 10:00:00,2024-01-31 10:05:00,paid,,199.00,0,0,0,,o1,,,,", ()),
     ("orders", "updated_at.required"): ("b1,,2024-01-31 10:00:00,2024-01-31 10:05:00,paid,,199.00,0,0,0,,o1,,,,", ()),
     ("orders", "created_at.required"): ("b1,2024-01-31 12:00:00,,2024-01-31 10:05:00,paid,,199.00,0,0,0,,o1,,,,", ()),
@@ -60,6 +70,10 @@ CASES: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("orders", "identifier.required"): ("b1,2024-01-31 12:00:00,2024-01-31 10:00:00,2024-01-31 10:05:00,paid,,199.00,0,0,0,,NONE, ,000000,null,", ()),
     ("orders", "timestamp.after_batch"): ("b1,2024-02-03 00:00:00,2024-01-31 10:00:00,2024-01-31 10:05:00,paid,,199.00,0,0,0,,o1,,,,", ()),
     # ------------------------------------------------------------------ referrals
+    # an unquoted comma inside an amount
+    ("referrals", "row.malformed"): ("b1,2024-01-31 12:00,2024-01-30 09:00,share_link,clicked,m1,,,ro1,,,,,5,00", (
+        "row.malformed", "referral_id.required", "updated_at.required", "invited_at.required", "mechanism.required",
+        "status.required", "referrer.required", "referee.required")),
     ("referrals", "referral_id.required"): (",2024-01-31 12:00,2024-01-30 09:00,share_link,clicked,m1,,,ro1,,,,,0", ()),
     ("referrals", "updated_at.required"): ("b1,,2024-01-30 09:00,share_link,clicked,m1,,,ro1,,,,,0", ()),
     ("referrals", "invited_at.required"): ("b1,2024-01-31 12:00,,share_link,clicked,m1,,,ro1,,,,,0", ()),
@@ -107,7 +121,10 @@ def test_rule_quarantines_only_the_bad_row(source, rule, con, settings, land):
     assert set(rules.split(",")) == expected
     order = [r.name for r in CONTRACTS[source].rules]
     assert first == min(expected, key=order.index)
-    assert '"' + HEADERS[source].split(",")[0] + '"' in original
+    if rule == "row.malformed":  # the record's text as delivered: its columns were not read
+        assert json.loads(original) == {"malformed_record": bad}
+    else:
+        assert '"' + HEADERS[source].split(",")[0] + '"' in original
     assert report.rows_read == 2 and report.rows_loaded == 1 and report.rows_quarantined == 1
     assert {k for k, v in report.quarantine_by_rule.items() if v} == expected
 

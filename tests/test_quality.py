@@ -97,6 +97,7 @@ def _events_frame() -> pd.DataFrame:
         "event_type__delivered": ["add_contact"] * 4,
         "phone": pd.array(["13800138000", None, None, None], dtype="string"),
         "phone__delivered": pd.array(["13800138000", None, None, None], dtype="string"),
+        "h__row_malformed__flag": [0, 0, 0, 0],
         "h__identifier_required__count": [1, 1, 0, 1],
         "h__batch_limit": [_LIMIT] * 4,
     })

@@ -41,7 +41,9 @@ def _webhook(url, **over):
 
 
 def _buyer(key, **over):
-    return customer(key, paid_orders=1, wecom_external_userid=f"wm{key}", wecom_staff_userid="staff1", **over)
+    # a live WeCom contact (its id is the contact handle)
+    return customer(key, **{"paid_orders": 1, "wecom_external_userid": f"wm{key}", "wecom_staff_userid": "staff1",
+                            "reachable_channels": "official_account,wecom", **over})
 
 
 @pytest.fixture

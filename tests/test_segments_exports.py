@@ -35,7 +35,8 @@ def world(tmp_path):
     warehouse = tmp_path / "warehouse.duckdb"
     exports = tmp_path / "exports"
     write_dim_customers(warehouse, [
-        _buyer("C1", wecom_external_userid="wmA", wecom_staff_userid="staff1", acquisition_campaign="双十一"),
+        _buyer("C1", wecom_external_userid="wmA", wecom_staff_userid="staff1", acquisition_campaign="双十一",
+               reachable_channels="official_account,wecom"),
         _buyer("C2", phone_sha256=phone_sha("13912345678"), phone_masked="139****5678", openid=None, openid_channel=None),
         _buyer("C3"),
         _buyer("C4", opted_out=True, is_reachable=False),

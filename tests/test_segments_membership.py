@@ -101,7 +101,15 @@ def test_members_carry_contact_handles_by_precedence_and_no_clear_phone(tmp_path
     warehouse = tmp_path / "w.duckdb"
     sha = phone_sha("13800138000")
     write_dim_customers(warehouse, [
-        customer("W", wecom_external_userid="wmEXT1", wecom_staff_userid="zhangsan", phone_sha256=sha),
+        customer("W", wecom_external_userid="wmEXT1", wecom_staff_userid="zhangsan", phone_sha256=sha,
+                 reachable_channels="official_account,wecom"),
+        # a WeCom id is a contact only while the relationship is live: a former contact (or an id seen only on an
+        # event) is reached by the next handle
+        customer("W2", wecom_external_userid="wmGONE", wecom_staff_userid="zhangsan"),
+        customer("W3", wecom_external_userid="wmGONE3", openid=None, openid_channel=None, phone_sha256=sha,
+                 reachable_channels="member", is_member=True),
+        customer("W4", wecom_external_userid="wmGONE4", openid=None, openid_channel=None, reachable_channels="member",
+                 is_member=True),
         customer("O"),  # official-account openid
         customer("M", openid="oMini1", openid_channel="mini_program"),
         customer("P", openid=None, openid_channel=None, phone_sha256=sha, phone_masked="138****8000"),
@@ -111,6 +119,9 @@ def test_members_carry_contact_handles_by_precedence_and_no_clear_phone(tmp_path
     _build(warehouse, defs)
     rows = dict((r[0], r[1:]) for r in query(warehouse, "select customer_key, contact_channel, contact_handle, phone_sha256 from segments.segment_members"))
     assert rows["W"] == ("wecom", "wmEXT1", sha)
+    assert rows["W2"] == ("official_account", "oAW2", None)
+    assert rows["W3"] == ("phone_sha256", sha, sha)
+    assert rows["W4"] == (None, None, None)
     assert rows["O"] == ("official_account", "oAO", None)
     assert rows["M"] == ("mini_program", "oMini1", None)
     assert rows["P"] == ("phone_sha256", sha, sha)

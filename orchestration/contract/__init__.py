@@ -2,7 +2,7 @@
 
 This module is the leaf of the package: it imports nothing of privdom. Ingestion turns each rule into a SQL
 predicate run in DuckDB, the quality module turns each rule into a Great Expectations expectation, and the
-generator injects rows that break each rule. A rule is written here once.
+generator injects rows that break each rule (all but `row.malformed`, a file's syntax). A rule is written here once.
 
 Vocabulary
 ----------
@@ -90,6 +90,7 @@ class Column:
 
 
 RuleKind = Literal[
+    "well_formed",  # the record could be split into the file's columns (see MALFORMED_RULE); reads no column
     "required",  # the delivered value is present
     "type",  # a present delivered value converts to the column's type (cents, ISO-8601, integer, mobile)
     "in_set",  # a present value, trimmed and lower-cased, is one of Column.values
@@ -156,9 +157,19 @@ def _identifiers(prefix: str = "", names: tuple[str, ...] = IDENTIFIER_COLUMNS, 
     return tuple(out)
 
 
+# A record that cannot be split into the file's columns: a CSV row with more or fewer fields than the header, a
+# JSON Lines line that is not a JSON object. The file is still read (SPEC §2: the rest of the batch loads);
+# the record is quarantined with its text as delivered, and its columns, unread, are absent, so it also
+# breaks the rules that need a value. First in every contract, so it is such a row's `rule`.
+MALFORMED_RULE = Rule(
+    "row.malformed", "well_formed", (),
+    "a CSV row must have as many fields as the header line; a JSON Lines line must be a JSON object",
+)
+
+
 def _standard_rules(source: str, columns: tuple[Column, ...], required: tuple[str, ...]) -> list[Rule]:
-    """required → type → in_set for every column, in column order."""
-    rules: list[Rule] = []
+    """The malformed-record rule, then required → type → in_set for every column, in column order."""
+    rules: list[Rule] = [MALFORMED_RULE]
     for c in columns:
         if c.name in required:
             rules.append(Rule(f"{c.name}.required", "required", (c.name,), f"{c.name} must be present"))

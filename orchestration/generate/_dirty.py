@@ -139,7 +139,10 @@ def _break(source: str, rule: Rule, d: dict, rng: np.random.Generator, start0: i
 def inject(source: str, tab: dict, text: np.ndarray, dirty_rate: float, rng: np.random.Generator,
            start0: int, next_seq: int) -> tuple[dict | None, dict[str, int]]:
     """Dirty copies of clean rows, each breaking one rule; returns (rows, counts by 'source:rule')."""
-    rules = CONTRACTS[source].rules
+    # row.malformed is about a file's syntax (a CSV row's field count, a JSON Lines line), not a row's values:
+    # the generator writes well-formed files, and tests write malformed records by hand
+    # (index in the contract's rules, which _write and the `_dirty` column use; the rule)
+    rules = [(i, r) for i, r in enumerate(CONTRACTS[source].rules) if r.kind != "well_formed"]
     counts: dict[str, int] = {}
     if dirty_rate <= 0:
         return None, counts
@@ -147,12 +150,12 @@ def inject(source: str, tab: dict, text: np.ndarray, dirty_rate: float, rng: np.
     total = int(round(dirty_rate * n_rows))
     per = [total // len(rules) + (1 if i < total % len(rules) else 0) for i in range(len(rules))]
     parts = []
-    for ri, rule in enumerate(rules):
+    for j, (ri, rule) in enumerate(rules):
         for col in rule.columns:
             if col not in tab:
                 raise NotImplementedError(f"generator cannot break rule {source}:{rule.name}: no column {col!r}")
         elig = np.flatnonzero(_eligible(source, rule, tab, text))
-        want = min(max(per[ri], 1), len(elig))
+        want = min(max(per[j], 1), len(elig))
         if want == 0:
             continue
         pick = np.sort(rng.choice(elig, size=want, replace=False))

@@ -57,7 +57,11 @@ _FILES = "_privdom_files"
 # conversion per row). A delivered column of one of these names (or DuckDB's `rowid`), in any case, is staged
 # under another name (_staged_names) and keeps its delivered name in the judge.
 _FID, _BD, _RN, _BL = "__privdom_fid", "__privdom_bd", "__privdom_rn", "__privdom_bl"
-_RESERVED = {"rowid", _FID, _BD, _RN, _BL}
+# A file's table (_SRC) from a careful read that met malformed records (a CSV row with the wrong number of
+# fields, a JSON Lines line that is not an object) has one more column, last: the record's text as delivered,
+# NULL for every other record, whose columns are then NULL (rule row.malformed). Staged beside the lineage.
+_MF = "__privdom_mf"
+_RESERVED = {"rowid", _FID, _BD, _RN, _BL, _MF}
 # A landing file holds the columns it delivers and nothing else: DuckDB's readers would otherwise take a
 # `dt=YYYY-MM-DD` folder for a Hive partition, add a column `dt` to every file in it, and give a delivered
 # column called `dt` the folder's date instead of its own values.
@@ -236,9 +240,10 @@ _Signature = tuple[tuple[str, str], ...]
 
 
 def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch: _Scratch,
-          order: Sequence[str] = (), cents: Sequence[str] = ()) -> tuple[str, _Signature | None, int]:
+          order: Sequence[str] = (), cents: Sequence[str] = ()) -> tuple[str, _Signature | None, int, bool]:
     """Read the file into temp table _SRC (one column per delivered column). Returns (the encoding, the
-    signature where the reader knows it without asking DuckDB (a CSV file's header) or None, the rows read).
+    signature where the reader knows it without asking DuckDB (a CSV file's header) or None, the rows read,
+    whether _SRC has the column _MF of malformed records after the delivered ones).
 
     A JSON Lines file's columns come in `order` (the contract's column names) first, then the other keys (see
     _read_text).
@@ -261,14 +266,14 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
             ).fetchone()[0]
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
-        return "binary", None, rows
+        return "binary", None, rows, False
 
     compression = "gzip" if f.compression == "gzip" else "none"
     try:
         bom = _starts_with_bom(f)
         if not (bom and f.format == "jsonl"):  # DuckDB's JSON reader does not skip a BOM: transcode those
-            signature, rows = _read_text(con, f, f.path, compression, fast=True, order=order, cents=cents)
-            return ("utf-8-sig" if bom else "utf-8"), signature, rows
+            signature, rows, malformed = _read_text(con, f, f.path, compression, fast=True, order=order, cents=cents)
+            return ("utf-8-sig" if bom else "utf-8"), signature, rows, malformed
     except (_Fallback, fl.FileRejected, duckdb.Error, UnicodeDecodeError, OSError, EOFError, zlib.error):
         pass
 
@@ -279,15 +284,22 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     if encoding == "gb18030" or (encoding == "utf-8-sig" and f.format == "jsonl"):
         path, compression = scratch.path(), "none"
         fl.transcode_to_utf8(f, encoding, path)
-    signature, rows = _read_text(con, f, path, compression, fast=False, order=order, cents=cents)
-    return encoding, signature, rows
+    signature, rows, malformed = _read_text(con, f, path, compression, fast=False, order=order, cents=cents)
+    return encoding, signature, rows, malformed
 
 
 def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool,
-               order: Sequence[str] = (), cents: Sequence[str] = ()) -> tuple[_Signature | None, int]:
+               order: Sequence[str] = (), cents: Sequence[str] = ()) -> tuple[_Signature | None, int, bool]:
     """CSV or JSON Lines (UTF-8, a BOM allowed for CSV) into _SRC; returns (the signature where it is known
-    without asking DuckDB, else None; the rows read). With fast=True, a file that could be blank raises
-    _Fallback (the caller sniffs it) instead of loading.
+    without asking DuckDB, else None; the rows read; whether _SRC has the column _MF). With fast=True, a file
+    that could be blank raises _Fallback (the caller sniffs it) instead of loading.
+
+    Malformed records (SPEC §2: a row that breaks a rule is quarantined and the rest of the batch loads): a CSV
+    file that DuckDB's strict reader refuses is split again in Python (_read_csv_records); where that finds rows
+    whose number of fields is not the header's, and nothing else wrong, those rows are kept as malformed
+    records (_MF) and the others load. A JSON Lines line that is not a JSON object, or not JSON at all, is a
+    malformed record likewise, as long as one line of the file is an object; a file with none is not JSON
+    Lines and is rejected.
 
     A CSV file's signature is its header's names (_csv_header: unique without case, as DuckDB compares them),
     every column VARCHAR: the reader is given exactly those. Knowing it, and the row count from the statement
@@ -310,28 +322,50 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                 f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)}, "
                 f"{_NO_HIVE})"
             ).fetchone()[0]
+            malformed = False
         except duckdb.Error as exc:
-            raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})") from None
-        return tuple((n, "VARCHAR") for n in names), rows
+            refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})"
+            rows = _read_csv_records(con, path, compression, names, refused)
+            malformed = True
+        return tuple((n, "VARCHAR") for n in names), rows, malformed
     # JSON Lines: one object per line; values as their JSON text (numbers in DuckDB's shortest decimal form)
     signature: _Signature | None = None  # asked of DuckDB by the caller, unless a column holds JSON numbers
+    malformed = False  # whether _JRAW has the column _bad (the text of a record that is not an object)
+    refused = None  # DuckDB's reason, where its reader refused the file (a line is not JSON)
+    is_object = (f"CASE WHEN starts_with(json, '{{') THEN TRUE "
+                 f"ELSE coalesce(json_type(json) = 'OBJECT', FALSE) END")
     try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
-            f"compression = {R.lit(compression)})"
-        )
+        try:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
+                f"compression = {R.lit(compression)})"
+            )
+        except duckdb.Error as exc:
+            refused = f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})"
+            _read_json_records(con, path, compression, refused)
+            malformed = True
         # read_ndjson_objects has parsed every record (malformed JSON fails above) and keeps its text without the
         # surrounding white space, so a record starting with "{" is an object; json_type parses the others (it
         # parsed every record: ~380 ns a row of channel events, against ~5 for the first character)
-        n_records, bad = con.execute(
-            f"SELECT count(*), min(n) FILTER (WHERE NOT is_object) FROM (SELECT rowid + 1 AS n, "
-            f"CASE WHEN starts_with(json, '{{') THEN TRUE ELSE coalesce(json_type(json) = 'OBJECT', FALSE) END AS is_object "
-            f"FROM {_JRAW})"
+        n_records, bad, n_objects = con.execute(
+            f"SELECT count(*), min(n) FILTER (WHERE NOT is_object), count(*) FILTER (WHERE is_object) "
+            f"FROM (SELECT rowid + 1 AS n, {is_object} AS is_object FROM {_JRAW})"
         ).fetchone()
         if fast and n_records == 0:
             raise _Fallback()
-        if bad is not None:
-            raise fl.FileRejected(f"{f.rel_path}: unreadable: record {bad} is not a JSON object")
+        if bad is not None and n_objects == 0:
+            raise fl.FileRejected(refused or f"{f.rel_path}: unreadable: not JSON Lines: record {bad} is not a JSON "
+                                  f"object, and no record is")
+        if bad is not None and not malformed:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {_JRAW}_mf AS SELECT CASE WHEN o THEN json END AS json, "
+                f"CASE WHEN NOT o THEN CAST(json AS VARCHAR) END AS _bad FROM (SELECT json, {is_object} AS o, rowid AS n "
+                f"FROM {_JRAW}) ORDER BY n"
+            )
+            con.execute(f"DROP TABLE {_JRAW}")
+            con.execute(f"ALTER TABLE {_JRAW}_mf RENAME TO {_JRAW}")
+            malformed = True
+        mf = f", {R.q('_bad')} AS {R.q(_MF)}" if malformed else ""
         keys = [
             r[0]
             for r in con.execute(
@@ -342,7 +376,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             position = {name: i for i, name in enumerate(order)}
             keys.sort(key=lambda k: position.get(k.strip().lower(), len(position)))  # stable
         if not keys:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')} FROM {_JRAW}")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')}{mf} FROM {_JRAW}")
         else:
             # one json_extract_string over the list of paths parses each record once (one call per key parsed
             # it once per key: 4x slower at 16 keys); the values are the same. JSON Pointer paths (RFC 6901),
@@ -351,15 +385,118 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             # (qualified names: a key may be called anything, "_v" and "_n" included)
             select = ", ".join(f"_s._v[{i}] AS {R.q(k)}" for i, k in enumerate(keys, start=1))
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select} "
-                f"FROM (SELECT json_extract_string(json, {paths}) AS _v, rowid AS _n FROM {_JRAW}) AS _s ORDER BY _s._n"
+                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select}{mf.replace(R.q('_bad'), '_s._bad')} "
+                f"FROM (SELECT json_extract_string(json, {paths}) AS _v, rowid AS _n{', _bad' if malformed else ''} "
+                f"FROM {_JRAW}) AS _s ORDER BY _s._n"
             )
             signature = _json_number_signature(con, keys, cents)
     except duckdb.Error as exc:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}")
-    return signature, n_records
+        con.execute(f"DROP TABLE IF EXISTS {_JRAW}_mf")
+    if malformed and signature is None:
+        signature = _signature(con, malformed=True)
+    return signature, n_records, malformed
+
+
+def _text_lines(path: Path, compression: str):
+    import gzip
+
+    opener = gzip.open if compression == "gzip" else open
+    return opener(path, "rt", encoding="utf-8", newline="")
+
+
+def _read_csv_records(con: duckdb.DuckDBPyConnection, path: Path, compression: str, names: list[str],
+                      refused: str) -> int:
+    """A CSV file that DuckDB's strict reader refused, split in Python (the same dialect: comma, double quote,
+    a quote doubled inside quotes, strict) into _SRC with the column _MF; returns the rows read.
+
+    A row whose number of fields is not the header's is a malformed record: its text as delivered (every line
+    of it) in _MF, its columns NULL. The others are what DuckDB reads: an empty field is NULL, empty fields
+    after the last column are none, a blank line is no row. Raises FileRejected(`refused`, DuckDB's reason) where Python cannot split the file either (a quote
+    left open, text after a closing quote) or finds no malformed row: then the file was refused for something
+    else, and the rows are not read with another reader's judgement."""
+    import csv
+
+    import pyarrow as pa
+
+    n = len(names)
+    columns: list[list[str | None]] = [[] for _ in range(n)]
+    bad: list[str | None] = []
+    lines: list[str] = []  # the lines of the record being split: csv.reader takes one line at a time
+
+    def feed(fh):
+        for line in fh:
+            lines.append(line)
+            yield line
+
+    try:
+        with _text_lines(path, compression) as fh:
+            reader = csv.reader(feed(fh), delimiter=",", quotechar='"', doublequote=True, strict=True)
+            next(reader, None)  # the header (_csv_header has its names)
+            lines.clear()
+            for record in reader:
+                text = "".join(lines)
+                lines.clear()
+                if not record:
+                    continue  # a blank line
+                if len(record) == n or (len(record) > n and not any(record[n:])):
+                    # DuckDB's reader takes empty fields after the last column (a trailing comma) as none
+                    for column, value in zip(columns, record):
+                        column.append(value if value != "" else None)
+                    bad.append(None)
+                else:
+                    for column in columns:
+                        column.append(None)
+                    bad.append(text.removesuffix("\n").removesuffix("\r"))
+    except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
+        raise fl.FileRejected(refused) from exc
+    if not any(b is not None for b in bad):
+        raise fl.FileRejected(refused)
+    arrays = [pa.array(c, pa.string()) for c in columns] + [pa.array(bad, pa.string())]
+    table = pa.Table.from_arrays(arrays, names=[*names, _MF])
+    con.register("_privdom_records", table)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM _privdom_records")
+    finally:
+        con.unregister("_privdom_records")
+    return len(bad)
+
+
+def _read_json_records(con: duckdb.DuckDBPyConnection, path: Path, compression: str, refused: str) -> None:
+    """A JSON Lines file that DuckDB's reader refused (a line that is not JSON), split into lines in Python into
+    _JRAW: per non-blank line, `json` (the line, trimmed, where it is a JSON object, else NULL) and `_bad`
+    (the line where it is not). Raises FileRejected(`refused`) where every line is JSON (DuckDB refused the
+    file for something else)."""
+    import json
+
+    import pyarrow as pa
+
+    good: list[str | None] = []
+    bad: list[str | None] = []
+    try:
+        with _text_lines(path, compression) as fh:
+            for line in fh:
+                text = line.strip(" \t\r\n")
+                if not text:
+                    continue
+                try:
+                    is_object = isinstance(json.loads(text), dict)
+                except (ValueError, RecursionError):
+                    is_object = False
+                good.append(text if is_object else None)
+                bad.append(None if is_object else text)
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
+        raise fl.FileRejected(refused) from exc
+    if not any(b is not None for b in bad):
+        raise fl.FileRejected(refused)
+    table = pa.Table.from_arrays([pa.array(good, pa.string()), pa.array(bad, pa.string())], names=["json", "_bad"])
+    con.register("_privdom_records", table)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT CAST(json AS JSON) AS json, _bad FROM _privdom_records")
+    finally:
+        con.unregister("_privdom_records")
 
 
 def _json_pointer(key: str) -> str:
@@ -438,9 +575,11 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_cont
     return names
 
 
-def _signature(con: duckdb.DuckDBPyConnection) -> _Signature:
-    """(name as delivered, DuckDB type) of every column of _SRC, in order."""
-    return tuple((name, ty) for name, ty, *_ in con.execute(f"DESCRIBE {_SRC}").fetchall())
+def _signature(con: duckdb.DuckDBPyConnection, malformed: bool = False) -> _Signature:
+    """(name as delivered, DuckDB type) of every delivered column of _SRC, in order (with `malformed`, _SRC's
+    last column is _MF, not delivered)."""
+    columns = con.execute(f"DESCRIBE {_SRC}").fetchall()
+    return tuple((name, ty) for name, ty, *_ in (columns[:-1] if malformed else columns))
 
 
 def _staged_names(signature: _Signature) -> list[str]:
@@ -489,6 +628,10 @@ def frame_projection(c: SourceContract, settings: Settings) -> tuple[list[tuple[
     return extra, select
 
 
+# The key of a malformed record's original_row in raw.quarantine: {"malformed_record": "<its text>"}.
+MALFORMED_KEY = "malformed_record"
+
+
 def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, table: str) -> str:
     """SELECT over staged files (`table`: their delivered columns plus lineage _FID, _BD, _RN, _BL): per row
     _fid, _bd, _rn, the typed value t__ of every contract column, the delivered text d__ of the columns the GX
@@ -505,7 +648,8 @@ def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, 
     for (name, _), staged_name in zip(signature, staged_names):
         staged.setdefault(name, staged_name)  # the first of equal names, as _source_columns
     batch_limit = "_bl"
-    inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn", f"{R.q(_BL)} AS _bl"]
+    inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn", f"{R.q(_BL)} AS _bl",
+             f"{R.q(_MF)} AS {R.MALFORMED}"]
     inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, name in enumerate(staged_names)]
     typed = []
     for col in c.columns:
@@ -523,7 +667,7 @@ def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, 
              for r in c.rules]
     any_broken = " OR ".join(R.flag(r) for r in c.rules) or "FALSE"
     # fixed types (the typed expressions already have them; the casts make it explicit)
-    cast = ["_fid", "_bd", "_rn"]
+    cast = ["_fid", "_bd", "_rn", R.MALFORMED]
     cast += [R.q(f"o__{i}") for i in range(len(signature))]
     cast += [R.d(col.name) for col in c.columns]
     cast += [f"CAST({R.t(col.name)} AS {R.SQL_TYPES[col.type]}) AS {R.t(col.name)}" for col in c.columns]
@@ -532,8 +676,10 @@ def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, 
     cast.append(f"{any_broken} AS _broken")
     first_rule = "CASE " + " ".join(f"WHEN {R.flag(r)} THEN {R.lit(r.name)}" for r in c.rules) + " END"
     all_rules = "concat_ws(',', " + ", ".join(f"CASE WHEN {R.flag(r)} THEN {R.lit(r.name)} END" for r in c.rules) + ")"
-    original = "CAST(json_object(" + ", ".join(
-        f"{R.lit(n)}, CAST({R.q(f'o__{i}')} AS VARCHAR)" for i, (n, _) in enumerate(signature)) + ") AS VARCHAR)"
+    # a malformed record's original is its text as delivered (its columns were not read)
+    original = (f"CASE WHEN {R.MALFORMED} IS NOT NULL THEN CAST(json_object({R.lit(MALFORMED_KEY)}, {R.MALFORMED}) AS VARCHAR) "
+                "ELSE CAST(json_object(" + ", ".join(
+                    f"{R.lit(n)}, CAST({R.q(f'o__{i}')} AS VARCHAR)" for i, (n, _) in enumerate(signature)) + ") AS VARCHAR) END")
     row_hash = R.row_hash_expr(c)
     out = ["_fid", "_bd", "_rn"]
     out += [R.t(col.name) for col in c.columns]
@@ -719,7 +865,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
         for cand in batch:
             f = cand.f
             try:
-                encoding, signature, n_rows = _read(cur, f, cand.size, scratch, c.column_names, c.decimal_columns)
+                encoding, signature, n_rows, malformed = _read(cur, f, cand.size, scratch, c.column_names, c.decimal_columns)
                 if signature is None:
                     signature = _signature(cur)
                 src_cols = _source_columns(signature)
@@ -736,7 +882,8 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
                     cur.execute(f"ALTER TABLE {_SRC} RENAME COLUMN {R.q(delivered)} TO {R.q(staged)}")
             batch_date = f"DATE {R.lit(f.batch_date.isoformat())}"
             lineage = (f"CAST({cand.file_id} AS BIGINT) AS {R.q(_FID)}, {batch_date} AS {R.q(_BD)}, "
-                       f"rowid + 1 AS {R.q(_RN)}, {R.batch_limit_expr(batch_date)} AS {R.q(_BL)}, *")
+                       f"rowid + 1 AS {R.q(_RN)}, {R.batch_limit_expr(batch_date)} AS {R.q(_BL)}, "
+                       + (f"{R.q(_MF)}, * EXCLUDE ({R.q(_MF)})" if malformed else f"NULL::VARCHAR AS {R.q(_MF)}, *"))
             arms = signatures.setdefault(signature, [])
             small = n_rows < SMALL_FILE_ROWS
             if small and arms and arms[-1].accumulates:

@@ -45,6 +45,9 @@ _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 # The signature type of a JSON Lines amount key whose values in a file are all JSON numbers (core._read_text):
 # its values are their text, judged as a Parquet DOUBLE where the text is not a whole number of cents.
 JSON_NUMBER = "JSON_NUMBER"
+# The judge's column holding a malformed record's text as delivered (NULL for every other row): the
+# `well_formed` rule reads it.
+MALFORMED = "_mf"
 
 
 def q(name: str) -> str:
@@ -277,7 +280,9 @@ def broken_expr(rule: Rule, contract: SourceContract, placeholders: tuple[str, .
     frame); without it the count is computed here."""
     k = rule.kind
     cols = rule.columns
-    if k == "required":
+    if k == "well_formed":
+        e = f"{MALFORMED} IS NOT NULL"
+    elif k == "required":
         e = f"{d(cols[0])} IS NULL"
     elif k == "type":
         e = f"{d(cols[0])} IS NOT NULL AND {t(cols[0])} IS NULL"
@@ -319,7 +324,10 @@ def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch
     helpers: dict[str, str] = {}
     for r in contract.rules:
         cols = r.columns
-        if r.kind == "required":
+        if r.kind == "well_formed":
+            # BIGINT 0/1 (see any_identifier); the record's text is in the quarantine, not in the frame
+            helpers[helper_name(r, "flag")] = f"CAST({MALFORMED} IS NOT NULL AS BIGINT)"
+        elif r.kind == "required":
             delivered.append(cols[0])
         elif r.kind == "type":
             typed.append(cols[0])

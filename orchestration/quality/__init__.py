@@ -90,7 +90,9 @@ def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]
     for r in c.rules:
         cols = r.columns
         k = r.kind
-        if k == "required":
+        if k == "well_formed":
+            out.append((r.name, "ExpectColumnValuesToBeBetween", {"column": _helper(r, "flag"), "max_value": 0}))
+        elif k == "required":
             out.append((r.name, "ExpectColumnValuesToNotBeNull", {"column": f"{cols[0]}__delivered"}))
         elif k == "type":
             out.append((r.name, "ExpectColumnValuesToNotBeNull", {

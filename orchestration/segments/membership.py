@@ -21,13 +21,19 @@ MEMBERS_TABLE = "segments.segment_members"
 DEFINITIONS_TABLE = "segments.segment_definitions"
 
 # Where a marketing tool reaches the customer (SPEC §5): the WeCom contact, then the official-account openid,
-# then another openid with the channel it was seen on, then the phone's SHA-256.
-CONTACT_CHANNEL_SQL = """case
-        when d.wecom_external_userid is not null then 'wecom'
+# then another openid with the channel it was seen on, then the phone's SHA-256. A WeCom external id is a
+# contact only while the relationship is live (`wecom` in reachable_channels, SPEC §4): a customer who removed
+# the contact, or whose id was only seen on an event, is reached by the next handle.
+_WECOM_CONTACT_SQL = "d.wecom_external_userid is not null and list_contains(string_split(d.reachable_channels, ','), 'wecom')"
+CONTACT_CHANNEL_SQL = f"""case
+        when {_WECOM_CONTACT_SQL} then 'wecom'
         when d.openid is not null then coalesce(d.openid_channel, 'openid')
         when d.phone_sha256 is not null then 'phone_sha256'
     end"""
-CONTACT_HANDLE_SQL = "coalesce(d.wecom_external_userid, d.openid, d.phone_sha256)"
+CONTACT_HANDLE_SQL = f"""case
+        when {_WECOM_CONTACT_SQL} then d.wecom_external_userid
+        else coalesce(d.openid, d.phone_sha256)
+    end"""
 SUPPRESSION_SQL = "d.is_reachable and not d.opted_out"
 
 _TYPES = {
@@ -37,7 +43,8 @@ _TYPES = {
     "text": ("VARCHAR",),
     "timestamp": ("TIMESTAMP WITH TIME ZONE",),
 }
-REQUIRED_COLUMNS = ("customer_key", "openid", "openid_channel", "wecom_external_userid", "wecom_staff_userid", "phone_sha256", "data_end_at")
+REQUIRED_COLUMNS = ("customer_key", "openid", "openid_channel", "wecom_external_userid", "wecom_staff_userid", "phone_sha256",
+                    "reachable_channels", "data_end_at")
 
 
 class WarehouseShapeError(RuntimeError):
