@@ -86,8 +86,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestration import dbt as dbt_runner
     from orchestration.runner import run_pipeline
 
+    dbt_runner.require_pipeline_target()  # before anything is written in the data directory
     _prepare_environment(settings)
     result = run_pipeline(settings, verbose=args.verbose, full_refresh=getattr(args, "full_refresh", False))
     print(result.describe())

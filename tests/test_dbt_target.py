@@ -33,11 +33,12 @@ def test_the_pipeline_target_is_duckdb(monkeypatch):
 
 
 def test_privdom_run_refuses_the_spark_target_before_it_writes(tmp_path):
-    result = _privdom(tmp_path, "run")
+    data_dir = tmp_path / "data"
+    result = _privdom(data_dir, "run")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "PRIVDOM_DBT_TARGET=spark" in result.stderr and "docs/scale-out.md" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "warehouse.duckdb").exists()
+    assert not data_dir.exists()  # not even its Dagster home
 
 
 def test_privdom_demo_refuses_the_spark_target_before_it_generates(tmp_path):
