@@ -479,11 +479,12 @@ def test_malformed_csv_rows_are_quarantined_and_the_rest_of_the_file_loads(con, 
               + 'e1,2024-01-31 10:00,wecom,follow,o1,,,,,"line one\nline two",\n'  # one record on two lines
               + 'e2,2024-01-31 10:00,wecom,follow,o2,,,,,Spring, sale,staff1\n'  # an unquoted comma: 12 fields
               + "\n"  # a blank line is no row (DuckDB's reader skips it too)
-              + 'e3,2024-01-31 10:00,wecom,follow,o3\r\n'  # too few fields
+              + 'e3,2024-01-31 10:00,wecom,follow,o3\n'  # too few fields
               + 'e4,2024-01-31 10:00,wecom,follow,o4,,,,,"a ""quoted"", b",,,\n'  # empty fields after the last: none
               + 'e5,2024-01-31 10:00,wecom,follow,o5,,,,,"x\ny",,extra\n')  # too many, over two lines
     land("channel_events/ragged_20240131.csv", ragged)
     land("channel_events/ragged_gz_20240131.csv.gz", gzip.compress(ragged.encode()))
+    land("channel_events/ragged_crlf_20240131.csv", ragged.replace("\n", "\r\n").replace("e1,", "c1,"))
     land("channel_events/ragged_gbk_20240131.csv", (CE_HEADER + "g1,2024-01-31 10:00,wecom,follow,o1,,,,,春节,\n"
                                                      "g2,2024-01-31 10:00,wecom,follow,o2,,,,,春节,活动,x\n").encode("gb18030"))
     report = ingest_source(con, "channel_events", settings, "run1")
@@ -491,6 +492,7 @@ def test_malformed_csv_rows_are_quarantined_and_the_rest_of_the_file_loads(con, 
     assert led["channel_events/ragged_20240131.csv"] == ("loaded", None, 5, 2, 3)
     assert led["channel_events/ragged_gz_20240131.csv.gz"] == ("loaded", None, 5, 2, 3)
     assert led["channel_events/ragged_gbk_20240131.csv"] == ("loaded", None, 2, 1, 1)
+    assert led["channel_events/ragged_crlf_20240131.csv"] == ("loaded", None, 5, 2, 3)
     loaded = con.execute("SELECT event_id, _row_number, campaign FROM raw.channel_events "
                          "WHERE _file_id = (SELECT file_id FROM raw.ingestion_ledger WHERE file_path LIKE '%ragged_2024%') ORDER BY 2").fetchall()
     assert loaded == [("e1", 1, "line one\nline two"), ("e4", 4, 'a "quoted", b')]
@@ -505,8 +507,10 @@ def test_malformed_csv_rows_are_quarantined_and_the_rest_of_the_file_loads(con, 
                                   "event_type.required", "identifier.required"]
     gbk = [r for r in _quarantine(con) if r[0] == "channel_events/ragged_gbk_20240131.csv"]
     assert [(n, json.loads(o)) for _, n, _, _, o in gbk] == [(2, {"malformed_record": "g2,2024-01-31 10:00,wecom,follow,o2,,,,,春节,活动,x"})]
-    assert report.quarantine_by_rule["row.malformed"] == 7
-    assert report.rows_read == 12 and report.rows_loaded == 5 and report.rows_quarantined == 7
+    crlf = [json.loads(r[4]) for r in _quarantine(con) if r[0] == "channel_events/ragged_crlf_20240131.csv"]
+    assert crlf[2] == {"malformed_record": 'e5,2024-01-31 10:00,wecom,follow,o5,,,,,"x\r\ny",,extra'}
+    assert report.quarantine_by_rule["row.malformed"] == 10
+    assert report.rows_read == 17 and report.rows_loaded == 7 and report.rows_quarantined == 10
 
 
 def test_malformed_json_lines_are_quarantined_and_the_rest_of_the_file_loads(con, settings, land):
@@ -531,3 +535,63 @@ def test_malformed_json_lines_are_quarantined_and_the_rest_of_the_file_loads(con
         ("broken_20240131.jsonl", 6, "row.malformed", {"malformed_record": good % (6, 6) + ","}),
         ("scalar_20240131.jsonl", 2, "row.malformed", {"malformed_record": '"j8"'}),
     ]
+
+
+_TRICKY_CSV = [
+    'k1,2024-01-31 10:00,wecom,follow,o1,,,,, "a,b",',  # white space before an opening quote
+    'k2,2024-01-31 10:00,wecom,follow,o2,,,,,"x" ,',  # and after a closing one
+    'k3,2024-01-31 10:00,wecom,follow,o3,,,,,"' + "y" * 200_000 + '",',  # a field longer than Python's csv takes
+    'k4,2024-01-31 10:00,wecom,follow,o4,,,,,"",,,',  # an empty quoted field, empty fields after the last column
+    'k5,2024-01-31 10:00,wecom,follow,o5,,,,,"multi\nline ""q""",',
+]
+_TRICKY_JSONL = [
+    '{"event_id": "k1", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o1",}',
+    '\x0b{"event_id": "k2", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o2"}',
+    '\x0c',
+    '{"event_id": "k3", "occurred_at":\r "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o3"}',
+    '{"event_id": "k4", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o4", "campaign": NaN}',
+]
+
+
+def test_a_malformed_record_changes_nothing_in_how_the_other_rows_are_read(con, settings, land):
+    """The rows of a file with a malformed record are read as DuckDB reads the file without it (the careful
+    read is DuckDB's too): same values, same row numbers, same row hashes; the record itself is quarantined.
+    The rows here are those another parser reads otherwise (a review found Python's csv and json did)."""
+    def loaded(name: str):
+        return con.execute(
+            "SELECT event_id, campaign, _row_number, _row_hash FROM raw.channel_events r JOIN raw.ingestion_ledger l "
+            "ON l.file_id = r._file_id WHERE l.file_path LIKE ? ORDER BY _row_number", [f"%/{name}"]).fetchall()
+
+    land("channel_events/clean_20240131.csv", CE_HEADER + "\n".join(_TRICKY_CSV) + "\n")
+    land("channel_events/dirty_20240131.csv", CE_HEADER + "\n".join(_TRICKY_CSV) + "\nk9,2024-01-31 10:00,wecom\n")
+    land("channel_events/clean_20240201.jsonl", "\n".join(_TRICKY_JSONL) + "\n")
+    land("channel_events/dirty_20240201.jsonl", "\n".join(_TRICKY_JSONL) + '\n{"event_id": "k9",\n')
+    ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    for clean, dirty, n in (("clean_20240131.csv", "dirty_20240131.csv", 5), ("clean_20240201.jsonl", "dirty_20240201.jsonl", 4)):
+        assert led[f"channel_events/{clean}"][:1] == ("loaded",), led[f"channel_events/{clean}"]
+        assert led[f"channel_events/{dirty}"] == ("loaded", None, n + 1, n, 1), led[f"channel_events/{dirty}"]
+        rows = loaded(clean)
+        assert len(rows) == n and rows == loaded(dirty), (clean, rows, loaded(dirty))
+    assert loaded("clean_20240131.csv")[0][1] == "a,b" and loaded("clean_20240131.csv")[2][1] == "y" * 200_000
+    q = {p.split("/")[-1]: (n, json.loads(o)) for p, n, _, _, o in _quarantine(con)}
+    assert q == {"dirty_20240131.csv": (6, {"malformed_record": "k9,2024-01-31 10:00,wecom"}),
+                 "dirty_20240201.jsonl": (5, {"malformed_record": '{"event_id": "k9",'})}
+
+
+def test_a_column_named_like_the_malformed_text_column_is_read_or_rejected_never_a_crash(con, settings, land):
+    """`__privdom_mf` holds a malformed record's text: a delivered column of that name loads as any other column
+    in a well-formed file, and a file that has one and a malformed record is rejected with DuckDB's reason."""
+    header = CE_HEADER.rstrip("\n") + ",__privdom_MF\n"
+    good = "m1,2024-01-31 10:00,wecom,follow,o1,,,,,,,x\n"
+    land("channel_events/named_20240131.csv", header + good)
+    land("channel_events/named_bad_20240131.csv", header + good.replace("m1", "m2") + "m3,2024-01-31 10:00\n")
+    obj = '{"event_id": "m4", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o4", "__privdom_mf": "x"}\n'
+    land("channel_events/named_bad_20240131.jsonl", obj + "not json\n")
+    ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    assert led["channel_events/named_20240131.csv"][:1] == ("loaded",)
+    assert led["channel_events/named_bad_20240131.csv"][:2] == ("rejected", "channel_events/named_bad_20240131.csv: unreadable: "
+                                                                "cannot be parsed as CSV (Invalid Input Error: CSV Error on Line: 3)")
+    assert led["channel_events/named_bad_20240131.jsonl"][0] == "rejected"
+    assert "not valid JSON Lines" in led["channel_events/named_bad_20240131.jsonl"][1]

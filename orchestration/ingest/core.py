@@ -295,11 +295,11 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
     that could be blank raises _Fallback (the caller sniffs it) instead of loading.
 
     Malformed records (SPEC §2: a row that breaks a rule is quarantined and the rest of the batch loads): a CSV
-    file that DuckDB's strict reader refuses is split again in Python (_read_csv_records); where that finds rows
-    whose number of fields is not the header's, and nothing else wrong, those rows are kept as malformed
-    records (_MF) and the others load. A JSON Lines line that is not a JSON object, or not JSON at all, is a
-    malformed record likewise, as long as one line of the file is an object; a file with none is not JSON
-    Lines and is rejected.
+    file that DuckDB's strict reader refuses is read again by DuckDB (_read_csv_records); where the rows it
+    refused have more or fewer fields than the header, and nothing else is wrong, those rows are kept as
+    malformed records (_MF) and the others load as the strict read reads them. A JSON Lines line that is not a
+    JSON object, or not JSON at all (_read_json_records), is a malformed record likewise, as long as one line
+    of the file is an object; a file with none is not JSON Lines and is rejected.
 
     A CSV file's signature is its header's names (_csv_header: unique without case, as DuckDB compares them),
     every column VARCHAR: the reader is given exactly those. Knowing it, and the row count from the statement
@@ -356,11 +356,12 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         if bad is not None and n_objects == 0:
             raise fl.FileRejected(refused or f"{f.rel_path}: unreadable: not JSON Lines: record {bad} is not a JSON "
                                   f"object, and no record is")
-        if bad is not None and not malformed:
+        if bad is not None:
+            # a record that is JSON but not an object joins the lines that are not JSON (the careful read's _bad)
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {_JRAW}_mf AS SELECT CASE WHEN o THEN json END AS json, "
-                f"CASE WHEN NOT o THEN CAST(json AS VARCHAR) END AS _bad FROM (SELECT json, {is_object} AS o, rowid AS n "
-                f"FROM {_JRAW}) ORDER BY n"
+                f"CASE WHEN NOT o THEN coalesce({'_bad' if malformed else 'NULL'}, CAST(json AS VARCHAR)) END AS _bad "
+                f"FROM (SELECT *, {is_object} AS o, rowid AS n FROM {_JRAW}) ORDER BY n"
             )
             con.execute(f"DROP TABLE {_JRAW}")
             con.execute(f"ALTER TABLE {_JRAW}_mf RENAME TO {_JRAW}")
@@ -375,6 +376,9 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         if order:
             position = {name: i for i, name in enumerate(order)}
             keys.sort(key=lambda k: position.get(k.strip().lower(), len(position)))  # stable
+        if malformed and any(k.lower() == _MF for k in keys):
+            raise fl.FileRejected(refused or f"{f.rel_path}: unreadable: a key is named {_MF}, which privdom keeps for "
+                                  f"the text of the lines that are not JSON objects")
         if not keys:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')}{mf} FROM {_JRAW}")
         else:
@@ -400,103 +404,128 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
     return signature, n_records, malformed
 
 
-def _text_lines(path: Path, compression: str):
-    import gzip
+# DuckDB's CSV options of the strict read (_read_text), shared by the reads of a file it refused
+def _csv_options(path: Path, compression: str) -> str:
+    return (f"{R.lit(str(path))}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
+            f"strict_mode = true, compression = {R.lit(compression)}, {_NO_HIVE}")
 
-    opener = gzip.open if compression == "gzip" else open
-    return opener(path, "rt", encoding="utf-8", newline="")
+
+_REJECTS, _REJECT_SCANS, _WIDE = "_privdom_rejects", "_privdom_reject_scans", "_privdom_wide"
+# what an empty field reads as in the wide read, instead of NULL (NULL there means "no such field")
+_NEVER = "\x01privdom: no value is this\x01"
 
 
 def _read_csv_records(con: duckdb.DuckDBPyConnection, path: Path, compression: str, names: list[str],
                       refused: str) -> int:
-    """A CSV file that DuckDB's strict reader refused, split in Python (the same dialect: comma, double quote,
-    a quote doubled inside quotes, strict) into _SRC with the column _MF; returns the rows read.
+    """A CSV file that DuckDB's strict reader refused, read again by DuckDB into _SRC with the column _MF;
+    returns the rows read. Raises FileRejected(`refused`: DuckDB's reason) unless the only rows it refused
+    have more or fewer fields than the header.
 
-    A row whose number of fields is not the header's is a malformed record: its text as delivered (every line
-    of it) in _MF, its columns NULL. The others are what DuckDB reads: an empty field is NULL, empty fields
-    after the last column are none, a blank line is no row. Raises FileRejected(`refused`, DuckDB's reason) where Python cannot split the file either (a quote
-    left open, text after a closing quote) or finds no malformed row: then the file was refused for something
-    else, and the rows are not read with another reader's judgement."""
-    import csv
-
-    import pyarrow as pa
-
+    Two more reads, both DuckDB's parser, so a malformed row changes nothing in how the others are read:
+    1. the strict read again, keeping going past errors (`store_rejects`): the refused rows, each with its
+       error type and its text as delivered (every line of it);
+    2. a wide read: the header's columns, then as many more as the longest refused row needs, short rows
+       padded (`null_padding`) and an empty field read as '' (`nullstr`), so a row with too few fields has a
+       NULL last column and one with too many a non-empty extra column (empty fields after the last column
+       are none, as the strict read takes them). Every row, in file order (its row number).
+    The wide read's malformed rows must be the refused rows, one for one; their text comes from the first
+    read. The others load as the strict read reads them: an empty field is NULL, a blank line is no row."""
     n = len(names)
-    columns: list[list[str | None]] = [[] for _ in range(n)]
-    bad: list[str | None] = []
-    lines: list[str] = []  # the lines of the record being split: csv.reader takes one line at a time
-
-    def feed(fh):
-        for line in fh:
-            lines.append(line)
-            yield line
-
+    if any(name.lower() == _MF for name in names):
+        raise fl.FileRejected(refused)  # the delivered column would meet _MF
+    options = _csv_options(path, compression)
+    columns = "{" + ", ".join(f"{R.lit(c)}: 'VARCHAR'" for c in names) + "}"
     try:
-        with _text_lines(path, compression) as fh:
-            reader = csv.reader(feed(fh), delimiter=",", quotechar='"', doublequote=True, strict=True)
-            next(reader, None)  # the header (_csv_header has its names)
-            lines.clear()
-            for record in reader:
-                text = "".join(lines)
-                lines.clear()
-                if not record:
-                    continue  # a blank line
-                if len(record) == n or (len(record) > n and not any(record[n:])):
-                    # DuckDB's reader takes empty fields after the last column (a trailing comma) as none
-                    for column, value in zip(columns, record):
-                        column.append(value if value != "" else None)
-                    bad.append(None)
-                else:
-                    for column in columns:
-                        column.append(None)
-                    bad.append(text.removesuffix("\n").removesuffix("\r"))
-    except (csv.Error, UnicodeDecodeError, OSError, EOFError) as exc:
-        raise fl.FileRejected(refused) from exc
-    if not any(b is not None for b in bad):
-        raise fl.FileRejected(refused)
-    arrays = [pa.array(c, pa.string()) for c in columns] + [pa.array(bad, pa.string())]
-    table = pa.Table.from_arrays(arrays, names=[*names, _MF])
-    con.register("_privdom_records", table)
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM _privdom_records")
+        # every column read (a count alone is not parsed enough to find the rows with too many fields)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_WIDE} AS SELECT * FROM read_csv({options}, columns = {columns}, "
+            f"null_padding = false, ignore_errors = true, store_rejects = true, rejects_table = {R.lit(_REJECTS)}, "
+            f"rejects_scan = {R.lit(_REJECT_SCANS)})"
+        )
+        # (one entry per missing column; the text of a row after a blank line starts with that line's end)
+        refusals = con.execute(
+            f"SELECT line, ltrim(any_value(csv_line), chr(13) || chr(10)), list(DISTINCT error_type) FROM {_REJECTS} "
+            f"GROUP BY line ORDER BY line"
+        ).fetchall() if con.execute(
+            f"SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = {R.lit(_REJECTS)}").fetchone()[0] else []
+        if not refusals or any(set(types) - {"TOO MANY COLUMNS", "MISSING COLUMNS"} for _, _, types in refusals):
+            raise fl.FileRejected(refused)
+        # the most fields of a row: at most the commas of a line + 1 (commas inside quotes counted too), since a
+        # row's fields beyond the header's may be empty and still taken (a trailing comma or two)
+        import gzip
+
+        with (gzip.open if compression == "gzip" else open)(path, "rb") as fh:
+            most = max(line.count(b",") for line in fh) + 1
+        extra = max(1, most - n)
+        wide = [*names, *(f"__privdom_extra_{i}" for i in range(extra))]
+        if len({c.lower() for c in wide}) < len(wide):
+            raise fl.FileRejected(refused)
+        wide_columns = "{" + ", ".join(f"{R.lit(c)}: 'VARCHAR'" for c in wide) + "}"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_WIDE} AS SELECT * FROM read_csv({options}, columns = {wide_columns}, "
+            f"null_padding = true, parallel = false, ignore_errors = false, nullstr = {R.lit(_NEVER)})"
+        )
+        malformed = " OR ".join([f"{R.q(names[-1])} IS NULL", *(f"coalesce({R.q(c)}, '') <> ''" for c in wide[n:])])
+        values = ", ".join(f"CASE WHEN NOT w._bad THEN nullif(w.{R.q(c)}, '') END AS {R.q(c)}" for c in names)
+        rows, bad = con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_SRC} AS "
+            f"WITH w AS (SELECT rowid AS _r, *, ({malformed}) AS _bad FROM {_WIDE}), "
+            f"b AS (SELECT _r, row_number() OVER (ORDER BY _r) AS _k FROM w WHERE _bad), "
+            f"t AS (SELECT row_number() OVER (ORDER BY line) AS _k, csv_line FROM "
+            f"(SELECT line, ltrim(any_value(csv_line), chr(13) || chr(10)) AS csv_line FROM {_REJECTS} GROUP BY line)) "
+            f"SELECT {values}, t.csv_line AS {R.q(_MF)} FROM w LEFT JOIN b USING (_r) LEFT JOIN t USING (_k) ORDER BY w._r"
+        ).fetchone()[0], con.execute(f"SELECT count({R.q(_MF)}) FROM {_SRC}").fetchone()[0]
+        if bad != len(refusals) or con.execute(f"SELECT count(*) FROM {_WIDE} WHERE {malformed}").fetchone()[0] != bad:
+            raise fl.FileRejected(refused)  # the two reads do not agree on the malformed rows
+        return rows
+    except duckdb.Error:
+        raise fl.FileRejected(refused) from None
     finally:
-        con.unregister("_privdom_records")
-    return len(bad)
+        for t in (_REJECTS, _REJECT_SCANS, _WIDE):
+            con.execute(f"DROP TABLE IF EXISTS {t}")
 
 
 def _read_json_records(con: duckdb.DuckDBPyConnection, path: Path, compression: str, refused: str) -> None:
-    """A JSON Lines file that DuckDB's reader refused (a line that is not JSON), split into lines in Python into
-    _JRAW: per non-blank line, `json` (the line, trimmed, where it is a JSON object, else NULL) and `_bad`
-    (the line where it is not). Raises FileRejected(`refused`) where every line is JSON (DuckDB refused the
-    file for something else)."""
-    import json
+    """A JSON Lines file that DuckDB's reader refused (a line that is not JSON), read again by DuckDB past its
+    errors into _JRAW: per record, `json` (NULL for a line that is not JSON) and `_bad` (that line, trimmed).
 
+    DuckDB keeps such a line's place as a NULL record but not its text; the text comes from the file's lines
+    (split on line feeds, white space trimmed, blank lines left out as DuckDB leaves them), which must match
+    DuckDB's records one for one, every JSON record equal to its line: else FileRejected(`refused`)."""
+    import gzip
+
+    opener = gzip.open if compression == "gzip" else open
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
+            f"compression = {R.lit(compression)}, ignore_errors = true)"
+        )
+        records = [r[0] for r in con.execute(f"SELECT CAST(json AS VARCHAR) FROM {_JRAW} ORDER BY rowid").fetchall()]
+        with opener(path, "rb") as fh:
+            lines = [t for t in (line.decode("utf-8").strip(" \t\r\n\x0b\x0c") for line in fh.read().split(b"\n")) if t]
+    except (duckdb.Error, UnicodeDecodeError, OSError, EOFError):
+        raise fl.FileRejected(refused) from None
+    if len(lines) != len(records) or any(r is not None and r != line for r, line in zip(records, lines)):
+        raise fl.FileRejected(refused)
+    bad = [line if r is None else None for r, line in zip(records, lines)]
+    if all(b is None for b in bad):
+        raise fl.FileRejected(refused)
     import pyarrow as pa
 
-    good: list[str | None] = []
-    bad: list[str | None] = []
+    con.register("_privdom_records", pa.Table.from_arrays(
+        [pa.array(range(len(bad)), pa.int64()), pa.array(bad, pa.string())], names=["_n", "_bad"]))
     try:
-        with _text_lines(path, compression) as fh:
-            for line in fh:
-                text = line.strip(" \t\r\n")
-                if not text:
-                    continue
-                try:
-                    is_object = isinstance(json.loads(text), dict)
-                except (ValueError, RecursionError):
-                    is_object = False
-                good.append(text if is_object else None)
-                bad.append(None if is_object else text)
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise fl.FileRejected(refused) from exc
-    if not any(b is not None for b in bad):
-        raise fl.FileRejected(refused)
-    table = pa.Table.from_arrays([pa.array(good, pa.string()), pa.array(bad, pa.string())], names=["json", "_bad"])
-    con.register("_privdom_records", table)
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT CAST(json AS JSON) AS json, _bad FROM _privdom_records")
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_JRAW}_lines AS SELECT j.json, b._bad FROM {_JRAW} AS j "
+            f"JOIN _privdom_records AS b ON b._n = j.rowid ORDER BY j.rowid"
+        )
+        con.execute(f"DROP TABLE {_JRAW}")
+        con.execute(f"ALTER TABLE {_JRAW}_lines RENAME TO {_JRAW}")
+    except duckdb.Error:
+        raise fl.FileRejected(refused) from None
     finally:
         con.unregister("_privdom_records")
+        con.execute(f"DROP TABLE IF EXISTS {_JRAW}_lines")
 
 
 def _json_pointer(key: str) -> str:
