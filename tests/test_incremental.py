@@ -469,3 +469,51 @@ def test_a_failed_staging_build_keeps_its_rows_in_the_next_tests(history, tmp_pa
         assert result.returncode != 0
         assert "unique_stg_channel_events_event_id" in result.stdout + result.stderr
         assert _mark(data_dir) == (through, recorded_at)
+
+
+def test_a_value_added_to_the_placeholder_list_leaves_out_the_rows_it_unidentifies(tmp_path):
+    """A value added to placeholder_block_list applies to all history on the next run (docs/DECISIONS.md): rows
+    loaded before, whose only identifier it is, are left out of staging as ingestion would now quarantine them
+    (identifier.required, referrer.required). The run succeeds (the staging test "at least one identifier"
+    failed every run after the change) and the metrics equal those of a fresh build of the same files under the
+    new list, where ingestion quarantined those rows; an event first delivered with only that value and again
+    with a real identifier keeps the identified delivery, as the fresh build's first loaded one."""
+    from orchestration.generate import generate
+    from tests.test_ingest_rules import HEADERS
+
+    extra = {
+        "channel_events/blockme_20240105.csv": [
+            "xb1,2024-01-05 10:00,official_account,follow,oBLOCKME,,,,,blk,",
+            "xb2,2024-01-05 11:00,official_account,engage,oBLOCKME,,,,,blk,",
+        ],
+        "channel_events/blockme_20240106.csv": ["xb1,2024-01-05 10:00,official_account,follow,oREAL1,,,,,again,"],
+        "orders/blockme_20240105.csv": ["xo1,2024-01-05 12:00,2024-01-05 11:00,2024-01-05 11:05,paid,mini_program,99.00,0,0,0,,oBLOCKME,,,,"],
+        "referrals/blockme_20240105.csv": ["xr1,2024-01-05 12:00,2024-01-05 09:00,share_link,clicked,,oBLOCKME,,ro_x,,,,,0"],
+    }
+    landing = tmp_path / "landing"
+    generate(landing, customers=60, days=12, seed=3, dirty_rate=0.02)
+    for rel, rows in extra.items():
+        (landing / rel).write_text("\n".join([HEADERS[rel.split("/")[0]], *rows]) + "\n", encoding="utf-8")
+    before = "max_quarantine_share = 1.0\n"
+    after = before + 'placeholder_block_list = ["oblockme"]\n'
+    incremental, fresh = tmp_path / "incremental", tmp_path / "fresh"
+    for data_dir, settings in ((incremental, before), (fresh, after)):
+        shutil.copytree(landing, data_dir / "landing")
+        (data_dir / "privdom.toml").write_text(settings, encoding="utf-8")
+        _run(data_dir)
+    assert _query(incremental, "select count(*) from staging.stg_orders where openid = 'oBLOCKME'") == [(1,)]
+    (incremental / "privdom.toml").write_text(after, encoding="utf-8")
+    _run(incremental)  # failed before: every run after the change
+    for data_dir in (incremental, fresh):
+        assert _query(data_dir, "select campaign, openid from staging.stg_channel_events where event_id like 'xb%'") == [("again", "oREAL1")]
+        assert _query(data_dir, "select count(*) from staging.stg_orders__versions where order_id = 'xo1'") == [(0,)]
+        assert _query(data_dir, "select count(*) from staging.stg_referrals__versions where referral_id = 'xr1'") == [(0,)]
+    # the rows stay in raw, loaded under the old list: nothing is lost
+    assert _query(incremental, "select count(*) from raw.orders where order_id = 'xo1'") == [(1,)]
+    assert _query(fresh, "select count(*) from raw.quarantine where original_row like '%oBLOCKME%'") == [(4,)]
+    # customer keys are numbered in the order customers appear, so compare what does not name one
+    for table in ("fct_aarrr_funnel", "fct_cohort_retention", "fct_private_domain_triangle", "fct_fission_summary"):
+        sql = f"select * from marts.{table} order by all"
+        assert _query(incremental, sql) == _query(fresh, sql), table
+    count = "select count(*), sum(net_revenue), count(*) filter (where is_reachable) from marts.dim_customers"
+    assert _query(incremental, count) == _query(fresh, count)

@@ -42,3 +42,9 @@
 {% macro spark__privdom_regexp_full_match(expression, pattern) -%}
     ({{ expression }} rlike '^(?:{{ pattern }})$')
 {%- endmacro %}
+
+{#- TRUE when at least one of `columns` is not NULL: the ingestion rule "at least one identifier must be present"
+    (contract kind any_identifier), on identifiers staging has cleaned of placeholders. -#}
+{% macro privdom_any_not_null(columns) -%}
+    ({% for column in columns %}{{ column }} is not null{{ " or " if not loop.last }}{% endfor %})
+{%- endmacro %}

@@ -47,15 +47,28 @@ renamed as (
         {{ clean_identifier('referee_member_id', trimmed=true) }} as referee_member_id,
         nullif(trim(order_id), '') as order_id,
         commission_amount,
-        row_number() over (
-            partition by referral_id
-            order by updated_at desc, _batch_date desc, _file_id desc, _row_number desc
-        ) as version_rank,
         _file_id as file_id,
         _batch_date as batch_date,
         _row_number as row_number_in_file,
         _loaded_at as loaded_at
     from trimmed
+),
+
+-- A version without a referrer identifier, or without a referee identifier unless it is only an invitation,
+-- once placeholders are removed, would be quarantined by ingestion now (referrer.required,
+-- referee.required); one loaded before its value joined placeholder_block_list is left out here, as if it
+-- had been (it stays in raw), and the referral's versions are ranked without it.
+identified as (
+    select * from renamed
+    where {{ privdom_any_not_null(['referrer_member_id', 'referrer_unionid', 'referrer_phone']) }}
+        and (status = 'invited'
+            or {{ privdom_any_not_null(['referee_openid', 'referee_unionid', 'referee_phone', 'referee_member_id']) }})
 )
 
-select * from renamed
+select
+    *,
+    row_number() over (
+        partition by referral_id
+        order by updated_at desc, batch_date desc, file_id desc, row_number_in_file desc
+    ) as version_rank
+from identified
