@@ -128,6 +128,73 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # not reached
 
 
+# Where `privdom dbt` writes dbt's outputs (manifest, compiled SQL, docs), relative to dbt_project/.
+MANUAL_DBT_TARGET_PATH = "target/manual"
+
+
+def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
+    """dbt on this data directory, as privdom's own dbt steps run it: the same dbt, project, profile env vars
+    and settings (`--vars`: the settings dbt reads, overlaid by the caller's own `--vars`), holding the
+    warehouse's lock (it waits while a run writes). Returns dbt's exit status."""
+    import subprocess
+
+    import yaml
+
+    from orchestration import dbt as dbt_runner
+    from orchestration.locking import warehouse_lock
+
+    dbt_args = list(args.dbt_args)
+    if dbt_args[:1] == ["--"]:
+        dbt_args = dbt_args[1:]
+    if not dbt_args:
+        raise SettingsError("privdom dbt needs a dbt command, e.g. `privdom dbt test --select marts`")
+    variables = settings.dbt_vars()
+    rest: list[str] = []
+    i = 0
+    while i < len(dbt_args):
+        arg = dbt_args[i]
+        if arg == "--vars" or arg.startswith("--vars="):
+            if arg == "--vars":
+                if i + 1 >= len(dbt_args):
+                    raise SettingsError("privdom dbt: --vars needs a value, e.g. --vars '{privdom_test_all_rows: true}'")
+                text, i = dbt_args[i + 1], i + 2
+            else:
+                text, i = arg.split("=", 1)[1], i + 1
+            try:
+                given = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise SettingsError(f"privdom dbt: --vars is not a YAML mapping: {exc}") from None
+            if not isinstance(given, dict):
+                raise SettingsError(f"privdom dbt: --vars must be a YAML mapping, got {text!r}")
+            variables.update(given)
+            continue
+        rest.append(arg)
+        i += 1
+    target = dbt_runner.DBT_TARGET
+    if "--target" in rest or "-t" in rest or any(a.startswith("--target=") for a in rest):
+        target = None  # the caller's
+    on_duckdb = (target or "") == dbt_runner.PIPELINE_TARGET
+    if on_duckdb and not settings.warehouse_path.exists() and rest[0] not in ("parse", "deps", "clean", "debug", "ls", "list"):
+        # dbt-duckdb would create an empty warehouse file
+        raise SettingsError(f"no warehouse at {settings.warehouse_path} yet: `privdom run` builds it")
+    dbt_runner.apply_dbt_environment(settings)
+    cmd = [str(dbt_runner.dbt_executable()), *rest]
+    if "--project-dir" not in rest:
+        cmd += ["--project-dir", str(dbt_runner.DBT_PROJECT_DIR)]
+    if "--profiles-dir" not in rest:
+        cmd += ["--profiles-dir", str(dbt_runner.DBT_PROJECT_DIR)]
+    if target is not None:
+        cmd += ["--target", target]
+    if "--target-path" not in rest and not any(a.startswith("--target-path=") for a in rest):
+        # its own: the pipeline's target/manifest.json (read by the Dagster definitions) stays the pipeline's
+        cmd += ["--target-path", MANUAL_DBT_TARGET_PATH]
+    cmd += ["--vars", json.dumps(variables, sort_keys=True, separators=(",", ":"))]
+    if not on_duckdb:
+        return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+    with warehouse_lock(settings.data_dir, what="privdom dbt", log=lambda m: print(m, file=sys.stderr)):
+        return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -199,6 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     add_data_dir(p)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser(
+        "dbt", help="run a dbt command on this data directory's warehouse, with the pipeline's settings",
+        description="Run dbt as privdom's own steps run it: the project in dbt_project/, this data directory's "
+        "warehouse, the settings dbt reads passed as --vars (a --vars of yours is laid over them), and the "
+        "warehouse's lock held while it runs. Give privdom's --data-dir before `dbt`; everything after `dbt` "
+        "goes to dbt. Example: privdom dbt test --vars '{privdom_test_all_rows: true}'",
+    )
+    p.add_argument("dbt_args", nargs=argparse.REMAINDER, metavar="DBT_ARGS", help="the dbt command and its options")
+    p.set_defaults(func=cmd_dbt)
     return parser
 
 

@@ -1,0 +1,77 @@
+"""`privdom dbt`: dbt as the pipeline runs it (settings as --vars, the warehouse lock, its own target path)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+from orchestration import dbt as dbt_runner
+from orchestration.locking import warehouse_lock
+
+PRIVDOM = Path(sys.executable).with_name("privdom")
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PRIVDOM_HOME", "PRIVDOM_DBT_TARGET")}
+
+
+def _privdom(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PRIVDOM), "--data-dir", str(data_dir), "dbt", *args], capture_output=True, text=True,
+                          env=_env(), timeout=300)
+
+
+def _data_dir(tmp_path: Path, settings: str = "") -> Path:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    duckdb.connect(str(data_dir / "warehouse.duckdb")).close()
+    (data_dir / "privdom.toml").write_text(settings, encoding="utf-8")
+    return data_dir
+
+
+def test_dbt_gets_the_settings_as_vars_with_the_callers_laid_over_them(tmp_path, dbt_manifest):
+    data_dir = _data_dir(tmp_path, "activation_window_days = 3\nretention_end_days = 120\n")
+    pipeline_manifest = dbt_runner.MANIFEST_PATH.stat().st_mtime_ns
+    result = _privdom(data_dir, "compile", "--inline",
+                      "select {{ var('activation_window_days') }} as a, {{ var('retention_end_days') }} as r, "
+                      "{{ var('privdom_test_all_rows', false) }} as t",
+                      "--vars", "{activation_window_days: 5, privdom_test_all_rows: true}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # 120 from privdom.toml, 5 from the caller's --vars over the file's 3, and the caller's own var
+    assert "select 5 as a, 120 as r, True as t" in result.stdout
+    # dbt's outputs went to target/manual: the manifest the Dagster definitions read is the pipeline's
+    assert dbt_runner.MANIFEST_PATH.stat().st_mtime_ns == pipeline_manifest
+    assert (dbt_runner.DBT_PROJECT_DIR / "target" / "manual" / "manifest.json").exists()
+
+
+def test_refusals(tmp_path):
+    empty = tmp_path / "empty"
+    result = _privdom(empty, "test")
+    assert result.returncode == 2 and "no warehouse at" in result.stderr and "privdom run" in result.stderr
+    assert not (empty / "warehouse.duckdb").exists()  # dbt-duckdb would have created an empty one
+    data_dir = _data_dir(tmp_path)
+    for args, message in [((), "needs a dbt command"), (("test", "--vars", "[1]"), "must be a YAML mapping"),
+                          (("test", "--vars"), "--vars needs a value")]:
+        result = _privdom(data_dir, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_dbt_waits_for_the_warehouse_lock(tmp_path, dbt_manifest):
+    data_dir = _data_dir(tmp_path)
+    with warehouse_lock(data_dir, what="a test holding the warehouse"):
+        proc = subprocess.Popen([str(PRIVDOM), "--data-dir", str(data_dir), "dbt", "compile", "--inline", "select 1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        try:
+            time.sleep(3)
+            assert proc.poll() is None  # waiting
+        except BaseException:
+            proc.kill()
+            raise
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert "a test holding the warehouse" in err  # it said who it waits for
