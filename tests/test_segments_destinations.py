@@ -307,6 +307,19 @@ def _wecom(base_url, **over):
     return config
 
 
+def test_wecom_tags_only_live_contacts(warehouse):
+    """A customer who removed the WeCom contact (or whose id was only seen on an event) keeps the id in
+    dim_customers but is no WeCom contact: no mark_tag is sent for it (it would only fail), the row is skipped."""
+    _sql(warehouse, "update marts.dim_customers set reachable_channels = 'official_account' where customer_key = 'C7'")
+    with WeComServer([0] * 6) as server:
+        config = _wecom(server.url)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None), "run-1")
+        assert "wmC7" not in {c["body"]["external_userid"] for c in server.calls}
+    log = {r[0]: r[2:5] for r in _log(warehouse, "run-1")}
+    assert log["C7"][0] == "skipped" and "live WeCom contact" in log["C7"][1]
+    assert (report.accepted, report.skipped) == (6, 1)
+
+
 def test_wecom_tags_with_rate_limits_busy_expired_token_and_a_bad_contact(warehouse):
     _sql(warehouse, "update marts.dim_customers set wecom_external_userid = null where customer_key = 'C7'")  # no WeCom contact
     # C1: rate limited, then ok. C2: busy, then ok. C3: token expired -> refresh -> ok. C4: invalid contact. C5, C6 ok.

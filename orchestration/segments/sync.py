@@ -59,6 +59,11 @@ class SyncReport:
         return {k: v for k, v in self.__dict__.items() if k != "failures"} | {"example_failures": self.failures[:5]}
 
 
+
+def _taggable(row: dict) -> bool:
+    """A member WeCom can tag: a live contact (the contact handle is its WeCom id) with its owning staff member."""
+    return bool(row["contact_channel"] == "wecom" and row["wecom_external_userid"] and row["wecom_staff_userid"])
+
 def ensure_sync_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists segments")
     for table, at in ((STATE_TABLE, "synced_at"), (PENDING_TABLE, "sent_at")):  # the same rows: accepted, or sent
@@ -333,9 +338,11 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
             report.to_add = len(rows)
         skipped: list[tuple[dict, str]] = []
         if config.type == "wecom" and operation == "add":
-            skipped = [(r, "no WeCom contact: needs wecom_external_userid and wecom_staff_userid") for r in rows
-                       if not (r["wecom_external_userid"] and r["wecom_staff_userid"])]
-            rows = [r for r in rows if r["wecom_external_userid"] and r["wecom_staff_userid"]]
+            # a tag needs a live contact (contact_channel 'wecom': the customer is a WeCom contact now, SPEC §4)
+            # and its owner; a former contact's id is not one, mark_tag would only fail on it
+            skipped = [(r, "no WeCom contact: needs a live WeCom contact (wecom_external_userid) and its owner "
+                           "(wecom_staff_userid)") for r in rows if not _taggable(r)]
+            rows = [r for r in rows if _taggable(r)]
         if config.type == "wecom" and operation == "remove":
             # a key merged away whose contact a kept customer inherited: the contact keeps its tag and the state
             # passes to that customer. A customer who still exists (opted out, unreachable, left) is untagged
