@@ -616,3 +616,65 @@ def test_wecom_merge_of_an_unconfirmed_row_passes_it_on_as_pending(warehouse):
         report = _sync(warehouse, config, client, "run-2")
         assert (report.skipped, report.accepted) == (1, 1) and server.tags["wmC1"] == {"etBUYERS"}
         assert _state(warehouse) == {"C9"} and _pending(warehouse) == set()
+
+
+def test_a_remove_never_confirmed_is_followed_by_an_add_when_the_member_comes_back(warehouse):
+    """The receiver applies C1's remove but its answer never arrives (every attempt times out): the destination
+    may no longer hold C1. When C1 is a member again, it is sent as an add (idempotent at the receiver); before,
+    sync_state still counted C1 as held and the receiver never got it back."""
+    with ScriptedServer([], SECRET, sleep_seconds=0.8) as server:
+        config = _webhook(server.url + "/hook", batch_size=10, max_attempts=2)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")
+        server.script = ["timeout", "timeout"]
+        report = _sync(warehouse, config, client, "run-2")
+        assert (report.to_remove, report.accepted) == (1, 0) and server.removed == {"C1": 1}  # applied, not confirmed
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 1 where customer_key = 'C1'")
+        report = _sync(warehouse, config, client, "run-3")
+        assert (report.to_add, report.accepted) == (1, 1) and server.members["C1"] == 2
+        assert _state(warehouse) == {f"C{i}" for i in range(1, 8)}
+        assert _sync(warehouse, config, client, "run-4").requests == 0  # confirmed: nothing more to send
+
+
+def test_a_2xx_answer_that_does_not_say_what_it_took_delivers_nothing():
+    """A 2xx answer that is not JSON (a proxy's page) is retried, then the rows fail; one whose `rejected` names
+    rows in another shape fails the batch; bare keys in `rejected` are taken; an empty body accepts the batch."""
+    import httpx
+
+    answers: list[httpx.Response] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)
+
+    config = _webhook("https://crm.example/hook")
+    client = WebhookClient(config, SECRET, http=httpx.Client(transport=httpx.MockTransport(handler)), sleep=lambda s: None)
+    rows = [{"customer_key": k, "contact_channel": None, "contact_handle": None, "phone_sha256": None} for k in ("C1", "C2")]
+    html = httpx.Response(200, text="<html>maintenance</html>")
+    answers[:] = [html] * config.max_attempts
+    out = client.send("buyers", 1, "add", rows)
+    assert [o.accepted for o in out] == [False, False] and "not JSON" in out[0].error and out[0].attempts == config.max_attempts
+    answers[:] = [httpx.Response(200, text='{"rejected": [{"customer_key": "C2", "error": "nope"')] * config.max_attempts
+    out = client.send("buyers", 1, "add", rows)  # cut short: not JSON either
+    assert [o.accepted for o in out] == [False, False] and "not JSON" in out[0].error
+    answers[:] = [httpx.Response(200, json={"rejected": [{"key": "C2"}]})]
+    out = client.send("buyers", 1, "add", rows)
+    assert [o.accepted for o in out] == [False, False] and "not a list of rows" in out[0].error
+    answers[:] = [httpx.Response(200, json={"rejected": ["C2"]})]
+    assert [o.accepted for o in client.send("buyers", 1, "add", rows)] == [True, False]
+    answers[:] = [httpx.Response(204)]
+    assert [o.accepted for o in client.send("buyers", 1, "add", rows)] == [True, True]
+
+
+def test_wecom_stops_after_a_few_contacts_in_a_row_give_up(warehouse):
+    """WeCom rate limiting for good (45009 on every call): the sync stops after GIVE_UP_IN_A_ROW contacts gave up,
+    not after every contact of a batch (one call per contact: hours at the default batch of 500)."""
+    from orchestration.segments.destinations import GIVE_UP_IN_A_ROW
+
+    with WeComServer([45009] * 1000) as server:
+        config = _wecom(server.url, max_attempts=2)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None), "run-1")
+        assert len([c for c in server.calls]) == GIVE_UP_IN_A_ROW * 2
+    assert report.error and "stopped sending" in report.error and report.accepted == 0
+    log = {r[0]: r[2] for r in _log(warehouse, "run-1")}
+    assert sorted(log.values()).count("failed") == 7  # C1-C3 gave up, C4-C7 not sent: all due next time

@@ -224,7 +224,9 @@ class WebhookClient:
     receiver applies a key once. A later sync that re-sends failed rows uses a new key: the receiver may
     have rejected the old one for good, and re-applying an add or a remove changes nothing. Headers: `Idempotency-Key` and `X-Privdom-Signature:
     sha256=<hex HMAC-SHA256 of the body>`. A 2xx answer accepts the batch, except rows the receiver lists in
-    an optional `{"rejected": [{"customer_key": ..., "error": ...}]}` body.
+    an optional `{"rejected": [{"customer_key": ..., "error": ...}]}` body (bare keys are taken too). A 2xx
+    answer whose body is not JSON (a proxy's page) is retried like a 503; one whose `rejected` names rows
+    otherwise fails the whole batch: nothing is counted as delivered that may not have been.
     """
 
     def __init__(self, config: DestinationConfig, secret: str, *, http: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep):
@@ -262,6 +264,9 @@ class WebhookClient:
                 raise _transport_error(exc) from exc
             if response.status_code in RETRY_HTTP_STATUS:
                 raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
+            if 200 <= response.status_code < 300 and response.content.strip() and not _is_json(response):
+                # not the receiver's answer (a proxy's or a load balancer's page): nothing says what it took
+                raise _Transient(f"HTTP {response.status_code} with an answer that is not JSON: {response.text[:100]!r}")
             return response
 
         try:
@@ -272,14 +277,19 @@ class WebhookClient:
             error = f"HTTP {response.status_code}: {response.text[:200]}"
             return [RowOutcome(r["customer_key"], False, attempts, error, key) for r in rows]
         rejected: dict[str, str] = {}
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if isinstance(answer, dict) and isinstance(answer.get("rejected"), list):
-            for item in answer["rejected"]:
-                if isinstance(item, dict) and "customer_key" in item:
-                    rejected[str(item["customer_key"])] = str(item.get("error") or "rejected by the destination")
+        answer = _json_or_none(response)
+        listed = answer.get("rejected") if isinstance(answer, dict) else None
+        if listed is not None:
+            # rows the receiver did not take: {"customer_key", "error"} objects (or bare keys); an answer that
+            # names them otherwise cannot say which rows it took, so none counts as delivered (sent again next time)
+            for item in listed if isinstance(listed, list) else [listed]:
+                if isinstance(item, dict) and isinstance(item.get("customer_key"), str):
+                    rejected[item["customer_key"]] = str(item.get("error") or "rejected by the destination")
+                elif isinstance(item, str):
+                    rejected[item] = "rejected by the destination"
+                else:
+                    error = f"HTTP {response.status_code}, but its `rejected` is not a list of rows: {response.text[:200]}"
+                    return [RowOutcome(r["customer_key"], False, attempts, error, key) for r in rows]
         return [
             RowOutcome(r["customer_key"], r["customer_key"] not in rejected, attempts, rejected.get(r["customer_key"]), key)
             for r in rows
@@ -289,7 +299,27 @@ class WebhookClient:
         self.http.close()
 
 
+def _is_json(response: httpx.Response) -> bool:
+    try:
+        response.json()
+    except ValueError:
+        return False
+    return True
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    """The answer's JSON, or None when there is none (an empty body is JSON null too: nothing to say)."""
+    try:
+        return response.json() if response.content.strip() else None
+    except ValueError:
+        return None
+
+
 # -------------------------------------------------------------------------------------------------- WeCom
+
+
+# WeCom rows in a row that gave up (every retry transient) before a sync stops sending to it
+GIVE_UP_IN_A_ROW = 3
 
 
 class WeComClient:
@@ -401,7 +431,11 @@ class WeComClient:
         return False, attempts, f"errcode {answer.get('errcode')}: {answer.get('errmsg', '')}"
 
     def send(self, segment: str, segment_version: int, operation: str, rows: Sequence[Mapping[str, Any]], sync_run_id: str = "") -> list[RowOutcome]:
+        """One mark_tag call per row. After GIVE_UP_IN_A_ROW rows in a row gave up (every retry transient: WeCom
+        down or rate limiting for good), the sync stops (DestinationUnavailable with the rows answered so far):
+        a batch is one call per row, so waiting for a whole batch to give up took hours."""
         out: list[RowOutcome] = []
+        in_a_row = 0
         for r in rows:
             tag_id = r.get("target") or self.config.tags[segment]  # a remove names the tag it is held at
             try:
@@ -409,6 +443,9 @@ class WeComClient:
             except DestinationUnavailable as exc:  # no token any more: the contacts tagged so far still count
                 raise DestinationUnavailable(str(exc), out) from None
             out.append(RowOutcome(r["customer_key"], ok, attempts, error, None))
+            in_a_row = in_a_row + 1 if (error or "").startswith("gave up") else 0
+            if in_a_row >= GIVE_UP_IN_A_ROW and len(out) < len(rows):
+                raise DestinationUnavailable(f"destination unavailable, stopped sending: {in_a_row} contacts in a row: {error}", out)
         return out
 
     def close(self) -> None:

@@ -77,6 +77,8 @@ def ensure_sync_tables(con: duckdb.DuckDBPyConnection) -> None:
         )
     # warehouses synced before targets were recorded: their rows are held at the target configured then (NULL)
     con.execute(f"alter table {STATE_TABLE} add column if not exists target varchar")
+    # when a remove of the held row was sent and not (yet) accepted: the destination may no longer hold it
+    con.execute(f"alter table {STATE_TABLE} add column if not exists remove_sent_at timestamptz")
     con.execute(
         f"""create table if not exists {LOG_TABLE} (
             sync_run_id varchar not null, logged_at timestamptz not null, destination varchar not null,
@@ -111,21 +113,30 @@ def _desired(segment: str) -> tuple[str, list]:
 
 
 def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
-    """Members to send as adds, sorted by customer_key: those the destination does not hold, and (webhook) those
-    whose contact changed since it accepted them (an add is an upsert: the receiver gets the current handle). A
-    member held at an old target, or (WeCom) on an old contact or through an old staff member, is added once the
-    remove from there was accepted (removes go first)."""
+    """Members to send as adds, sorted by customer_key: those the destination does not hold, those it may no
+    longer hold (a remove was sent and never confirmed: an add is idempotent, a missing member is not), and
+    (webhook) those whose contact changed since it accepted them (an add is an upsert: the receiver gets the
+    current handle). A member held at an old target, or (WeCom) on an old contact or through an old staff
+    member, is added once the remove from there was accepted (removes go first)."""
     desired, params = _desired(segment)
+    now = target(config, segment)
     if config.type == "wecom":  # a new contact or staff member: untagged there first (plan_removes), then not held
         changed = "false"
+        # a remove not confirmed: tagged again where it is held, never past an untagging still due elsewhere
+        same_place = ("s.wecom_external_userid is not distinct from a.wecom_external_userid "
+                      "and s.wecom_staff_userid is not distinct from a.wecom_staff_userid "
+                      "and coalesce(s.target, ?) is not distinct from ?")
+        same_params = [now, now]
     else:
         changed = ("s.contact_channel is distinct from a.contact_channel or s.contact_handle is distinct from a.contact_handle "
                    "or s.phone_sha256 is distinct from a.phone_sha256")
+        same_place, same_params = "true", []
     return _rows(
         con,
         f"select a.* from ({desired}) a left join (select * from {STATE_TABLE} where destination = ? and segment = ?) s "
-        f"using (customer_key) where s.customer_key is null or {changed} order by a.customer_key",
-        [*params, config.name, segment],
+        f"using (customer_key) where s.customer_key is null or {changed} "
+        f"or (s.remove_sent_at is not null and {same_place}) order by a.customer_key",
+        [*params, config.name, segment, *same_params],
     )
 
 
@@ -266,6 +277,23 @@ def _mark_pending(con, config: DestinationConfig, segment: str, version: int, ru
         con.unregister("batch_pending")
 
 
+def _mark_removing(con, config: DestinationConfig, segment: str, rows: list[dict]) -> None:
+    """Before a remove batch is sent: its held rows may be gone from the destination from now on (committed at
+    once). An accepted remove deletes the row; one never confirmed (an answer lost, a crash before it was
+    recorded) leaves it marked, so a customer who comes back is sent again (plan_adds)."""
+    keys = pa.table({"customer_key": pa.array([r["customer_key"] for r in rows], pa.string())})
+    try:
+        with transaction(con):
+            con.register("batch_removing", keys)
+            con.execute(
+                f"update {STATE_TABLE} set remove_sent_at = ? where destination = ? and segment = ? "
+                f"and customer_key in (select customer_key from batch_removing)",
+                [dt.datetime.now(dt.UTC), config.name, segment],
+            )
+    finally:
+        con.unregister("batch_removing")
+
+
 def _payload(config: DestinationConfig, row: dict) -> dict:
     if config.type == "webhook":
         return {k: row[k] for k in ("customer_key", "contact_channel", "contact_handle", "phone_sha256")}
@@ -302,8 +330,9 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
             if operation == "add":
                 cols = ", ".join(CONTACT_FIELDS)
                 con.execute(
-                    f"insert or replace into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id, target) "
-                    f"select ?, ?, {cols}, ?, ?, ?, ? from batch_state",
+                    # (a replace updates the columns named: remove_sent_at is named to clear it)
+                    f"insert or replace into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id, target, "
+                    f"remove_sent_at) select ?, ?, {cols}, ?, ?, ?, ?, NULL from batch_state",
                     [config.name, segment, version, now, run_id, target(config, segment)],
                 )
             else:
@@ -364,6 +393,8 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
             if report.error is None:
                 if operation == "add":
                     _mark_pending(con, config, segment, segment_version, run_id, batch)
+                else:
+                    _mark_removing(con, config, segment, batch)
                 try:
                     done = client.send(segment, segment_version, operation, [_payload(config, r) for r in batch], run_id)
                 except DestinationUnavailable as exc:
