@@ -595,3 +595,13 @@ def test_a_column_named_like_the_malformed_text_column_is_read_or_rejected_never
                                                                 "cannot be parsed as CSV (Invalid Input Error: CSV Error on Line: 3)")
     assert led["channel_events/named_bad_20240131.jsonl"][0] == "rejected"
     assert "not valid JSON Lines" in led["channel_events/named_bad_20240131.jsonl"][1]
+
+
+def test_a_malformed_row_over_several_lines_with_too_many_fields(con, settings, land):
+    """Its fields are more than any one line's commas tell (a review: the file was rejected)."""
+    rows = ["w1,2024-01-31 10:00,wecom,follow,o1,,,,,,", 'w2,2024-01-31 10:00,wecom,follow,o2,,,,,"x\ny",,p,q,r',
+            "w3,2024-01-31 10:00,wecom,follow,o3,,,,,,"]
+    land("channel_events/wide_20240131.csv", CE_HEADER + "\n".join(rows) + "\n")
+    ingest_source(con, "channel_events", settings, "run1")
+    assert ledger(con)["channel_events/wide_20240131.csv"] == ("loaded", None, 3, 2, 1)
+    assert [json.loads(o) for *_, o in _quarantine(con)] == [{"malformed_record": rows[1]}]

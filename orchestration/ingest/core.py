@@ -451,20 +451,28 @@ def _read_csv_records(con: duckdb.DuckDBPyConnection, path: Path, compression: s
         if not refusals or any(set(types) - {"TOO MANY COLUMNS", "MISSING COLUMNS"} for _, _, types in refusals):
             raise fl.FileRejected(refused)
         # the most fields of a row: at most the commas of a line + 1 (commas inside quotes counted too), since a
-        # row's fields beyond the header's may be empty and still taken (a trailing comma or two)
+        # row's fields beyond the header's may be empty and still taken (a trailing comma or two); a row over
+        # several lines (a quoted line break) may have more: then at most the commas of the refused rows' text,
+        # or, failing that, of the whole file
         import gzip
 
         with (gzip.open if compression == "gzip" else open)(path, "rb") as fh:
-            most = max(line.count(b",") for line in fh) + 1
-        extra = max(1, most - n)
-        wide = [*names, *(f"__privdom_extra_{i}" for i in range(extra))]
-        if len({c.lower() for c in wide}) < len(wide):
-            raise fl.FileRejected(refused)
-        wide_columns = "{" + ", ".join(f"{R.lit(c)}: 'VARCHAR'" for c in wide) + "}"
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_WIDE} AS SELECT * FROM read_csv({options}, columns = {wide_columns}, "
-            f"null_padding = true, parallel = false, ignore_errors = false, nullstr = {R.lit(_NEVER)})"
-        )
+            per_line = [line.count(b",") for line in fh]
+        bounds = sorted({max(per_line) + 1, max(text.count(",") for _, text, _ in refusals) + 1, sum(per_line) + 1})
+        for most in bounds:
+            wide = [*names, *(f"__privdom_extra_{i}" for i in range(max(1, most - n)))]
+            if len({c.lower() for c in wide}) < len(wide):
+                raise fl.FileRejected(refused)
+            wide_columns = "{" + ", ".join(f"{R.lit(c)}: 'VARCHAR'" for c in wide) + "}"
+            try:
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {_WIDE} AS SELECT * FROM read_csv({options}, columns = {wide_columns}, "
+                    f"null_padding = true, parallel = false, ignore_errors = false, nullstr = {R.lit(_NEVER)})"
+                )
+                break
+            except duckdb.Error:
+                if most == bounds[-1]:
+                    raise
         malformed = " OR ".join([f"{R.q(names[-1])} IS NULL", *(f"coalesce({R.q(c)}, '') <> ''" for c in wide[n:])])
         values = ", ".join(f"CASE WHEN NOT w._bad THEN nullif(w.{R.q(c)}, '') END AS {R.q(c)}" for c in names)
         rows, bad = con.execute(
