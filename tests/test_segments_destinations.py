@@ -657,9 +657,10 @@ def test_a_2xx_answer_that_does_not_say_what_it_took_delivers_nothing():
     answers[:] = [httpx.Response(200, text='{"rejected": [{"customer_key": "C2", "error": "nope"')] * config.max_attempts
     out = client.send("buyers", 1, "add", rows)  # cut short: not JSON either
     assert [o.accepted for o in out] == [False, False] and "not JSON" in out[0].error
-    answers[:] = [httpx.Response(200, json={"rejected": [{"key": "C2"}]})]
-    out = client.send("buyers", 1, "add", rows)
-    assert [o.accepted for o in out] == [False, False] and "not a list of rows" in out[0].error
+    for odd in ([{"key": "C2"}], "C1,C2", "", {"customer_key": "C2"}, ["C3"]):  # not this batch's rows, or not a list
+        answers[:] = [httpx.Response(200, json={"rejected": odd})]
+        out = client.send("buyers", 1, "add", rows)
+        assert [o.accepted for o in out] == [False, False] and "not a list of this batch's rows" in out[0].error, odd
     answers[:] = [httpx.Response(200, json={"rejected": ["C2"]})]
     assert [o.accepted for o in client.send("buyers", 1, "add", rows)] == [True, False]
     answers[:] = [httpx.Response(204)]
@@ -678,3 +679,21 @@ def test_wecom_stops_after_a_few_contacts_in_a_row_give_up(warehouse):
     assert report.error and "stopped sending" in report.error and report.accepted == 0
     log = {r[0]: r[2] for r in _log(warehouse, "run-1")}
     assert sorted(log.values()).count("failed") == 7  # C1-C3 gave up, C4-C7 not sent: all due next time
+
+
+def test_wecom_merge_passes_on_a_remove_not_confirmed(warehouse):
+    """C1's remove_tag was sent and never confirmed (every attempt 45009; here it took effect all the same), then
+    C1 merged into C9, a member holding the same contact: the row passes to C9 still marked, so C9 is tagged
+    again (a review found the mark lost in the move: nothing was ever sent and wmC1 stayed untagged)."""
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")
+        server.script = [45009] * 4
+        assert _sync(warehouse, config, client, "run-2").accepted == 0
+        server.tags["wmC1"].discard("etBUYERS")  # the remove took effect; its answers never said so
+        _sql(warehouse, "update marts.dim_customers set customer_key = 'C9', paid_orders = 1 where customer_key = 'C1'")
+        _sync(warehouse, config, client, "run-3")
+        assert "etBUYERS" in server.tags["wmC1"]
+        assert _state(warehouse) == {"C9", *(f"C{i}" for i in range(2, 8))}

@@ -280,15 +280,18 @@ class WebhookClient:
         answer = _json_or_none(response)
         listed = answer.get("rejected") if isinstance(answer, dict) else None
         if listed is not None:
-            # rows the receiver did not take: {"customer_key", "error"} objects (or bare keys); an answer that
-            # names them otherwise cannot say which rows it took, so none counts as delivered (sent again next time)
-            for item in listed if isinstance(listed, list) else [listed]:
-                if isinstance(item, dict) and isinstance(item.get("customer_key"), str):
+            # rows the receiver did not take: a list of {"customer_key", "error"} objects (or bare keys) of this
+            # batch; an answer that names them otherwise cannot say which rows it took, so none counts as
+            # delivered (all are sent again next time)
+            sent = {r["customer_key"] for r in rows}
+            for item in listed if isinstance(listed, list) else [None]:
+                if isinstance(item, dict) and item.get("customer_key") in sent:
                     rejected[item["customer_key"]] = str(item.get("error") or "rejected by the destination")
-                elif isinstance(item, str):
+                elif isinstance(item, str) and item in sent:
                     rejected[item] = "rejected by the destination"
                 else:
-                    error = f"HTTP {response.status_code}, but its `rejected` is not a list of rows: {response.text[:200]}"
+                    error = (f"HTTP {response.status_code}, but its `rejected` is not a list of this batch's rows: "
+                             f"{response.text[:200]}")
                     return [RowOutcome(r["customer_key"], False, attempts, error, key) for r in rows]
         return [
             RowOutcome(r["customer_key"], r["customer_key"] not in rejected, attempts, rejected.get(r["customer_key"]), key)

@@ -156,9 +156,9 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     scols = ", ".join(f"s.{c}" for c in (*CONTACT_FIELDS, "target"))
     pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
     state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
-    held = (
-        f"select {scols}, 'state' as held_as from {state} s union all "
-        f"select {pcols}, 'pending' as held_as from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
+    held = (  # (remove_sent_at: _transfer passes it on with the row)
+        f"select {scols}, 'state' as held_as, s.remove_sent_at from {state} s union all "
+        f"select {pcols}, 'pending' as held_as, cast(null as timestamptz) from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
         f"and p.customer_key not in (select customer_key from {state})"
     )
     # WeCom: a member now reached on another contact (or none), or through another staff member, leaves the tag
@@ -218,6 +218,8 @@ def _transfer(con, config: DestinationConfig, segment: str, version: int, run_id
         **{c: pa.array([k if c == "customer_key" else r.get(c) for r, k in passed], pa.string()) for c in CONTACT_FIELDS},
         "target": pa.array([r.get("target") for r, _ in passed], pa.string()),
         "held_as": pa.array([r["held_as"] for r, _ in passed], pa.string()),
+        # a remove of the old key's row sent and not confirmed: the contact may be untagged (plan_adds)
+        "remove_sent_at": pa.array([r.get("remove_sent_at") for r, _ in passed], pa.timestamp("us", tz="UTC")),
     })
     old_keys = pa.table({"old_key": pa.array([r["customer_key"] for r, _ in moves], pa.string())})
     cols = ", ".join(CONTACT_FIELDS)
@@ -231,8 +233,8 @@ def _transfer(con, config: DestinationConfig, segment: str, version: int, run_id
                 [run_id, now, config.name, segment],
             )
             con.execute(
-                f"insert or ignore into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id, target) "
-                f"select ?, ?, {cols}, ?, ?, ?, target from moved_rows where held_as = 'state'",
+                f"insert or ignore into {STATE_TABLE} (destination, segment, {cols}, segment_version, synced_at, sync_run_id, target, "
+                f"remove_sent_at) select ?, ?, {cols}, ?, ?, ?, target, remove_sent_at from moved_rows where held_as = 'state'",
                 [config.name, segment, version, now, run_id],
             )
             con.execute(
