@@ -166,33 +166,52 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
                 raise SettingsError(f"privdom dbt: --vars is not a YAML mapping: {exc}") from None
             if not isinstance(given, dict):
                 raise SettingsError(f"privdom dbt: --vars must be a YAML mapping, got {text!r}")
-            variables.update(given)
+            variables.update({str(k): v for k, v in given.items()})
             continue
         rest.append(arg)
         i += 1
-    target = dbt_runner.DBT_TARGET
-    if "--target" in rest or "-t" in rest or any(a.startswith("--target=") for a in rest):
-        target = None  # the caller's
-    on_duckdb = (target or "") == dbt_runner.PIPELINE_TARGET
-    if on_duckdb and not settings.warehouse_path.exists() and rest[0] not in ("parse", "deps", "clean", "debug", "ls", "list"):
+    named = _option_value(rest, "--target", "-t")
+    target = named or dbt_runner.DBT_TARGET
+    on_duckdb = target == dbt_runner.PIPELINE_TARGET
+    words = [a for a in rest if not a.startswith("-")][:2]  # the command (and `docs`'s subcommand)
+    command = " ".join(words[:2]) if words[:1] == ["docs"] else (words[0] if words else "")
+    if command == "clean":
+        raise SettingsError("privdom dbt clean would delete dbt_project/target, the pipeline's manifest with it; "
+                            f"remove dbt_project/{MANUAL_DBT_TARGET_PATH} (privdom dbt's outputs) by hand instead")
+    # commands that read no warehouse: no lock (`docs serve` runs until stopped), no warehouse needed
+    reads_warehouse = command not in ("", "parse", "deps", "ls", "list", "docs serve", "init")  # "": --version, --help
+    if on_duckdb and reads_warehouse and not settings.warehouse_path.exists():
         # dbt-duckdb would create an empty warehouse file
         raise SettingsError(f"no warehouse at {settings.warehouse_path} yet: `privdom run` builds it")
     dbt_runner.apply_dbt_environment(settings)
     cmd = [str(dbt_runner.dbt_executable()), *rest]
-    if "--project-dir" not in rest:
+    if not command:  # `privdom dbt --version`, `--help`: dbt's own answer
+        return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+    if "--project-dir" not in rest and command not in ("init",):
         cmd += ["--project-dir", str(dbt_runner.DBT_PROJECT_DIR)]
     if "--profiles-dir" not in rest:
         cmd += ["--profiles-dir", str(dbt_runner.DBT_PROJECT_DIR)]
-    if target is not None:
+    if named is None:
         cmd += ["--target", target]
-    if "--target-path" not in rest and not any(a.startswith("--target-path=") for a in rest):
+    if _option_value(rest, "--target-path") is None and command not in ("debug", "deps", "init"):
         # its own: the pipeline's target/manifest.json (read by the Dagster definitions) stays the pipeline's
         cmd += ["--target-path", MANUAL_DBT_TARGET_PATH]
-    cmd += ["--vars", json.dumps(variables, sort_keys=True, separators=(",", ":"))]
-    if not on_duckdb:
+    cmd += ["--vars", json.dumps(variables, sort_keys=True, separators=(",", ":"), default=str)]
+    if not (on_duckdb and reads_warehouse):
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
     with warehouse_lock(settings.data_dir, what="privdom dbt", log=lambda m: print(m, file=sys.stderr)):
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+
+
+def _option_value(args: list[str], *names: str) -> str | None:
+    """The value of an option given as `--name value` or `--name=value`, else None."""
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
 
 
 def _at_least_one(text: str) -> int:
@@ -280,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # everything after `dbt` is dbt's, options included (argparse would take `--version` for privdom's)
+    at = next((i for i, a in enumerate(argv) if a == "dbt" and (i == 0 or argv[i - 1] != "--data-dir")), None)
+    if at is not None and "-h" not in argv[at + 1 : at + 2] and "--help" not in argv[at + 1 : at + 2]:
+        args = build_parser().parse_args(argv[: at + 1])
+        args.dbt_args = argv[at + 1 :]
+    else:
+        args = build_parser().parse_args(argv)
     try:
         settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
         return args.func(args, settings)

@@ -53,9 +53,16 @@ def test_refusals(tmp_path):
     result = _privdom(empty, "test")
     assert result.returncode == 2 and "no warehouse at" in result.stderr and "privdom run" in result.stderr
     assert not (empty / "warehouse.duckdb").exists()  # dbt-duckdb would have created an empty one
+    # naming the pipeline's own target changes nothing (a review: it skipped the check and created the file)
+    for target in (("--target", "duckdb"), ("-t", "duckdb"), ("--target=duckdb",)):
+        result = _privdom(empty, "compile", *target)
+        assert result.returncode == 2 and "no warehouse at" in result.stderr, (target, result.stderr)
+        assert not (empty / "warehouse.duckdb").exists()
+    version = _privdom(empty, "--version")  # dbt's own options reach dbt, and need no warehouse
+    assert version.returncode == 0 and "installed" in version.stdout, version.stdout + version.stderr
     data_dir = _data_dir(tmp_path)
     for args, message in [((), "needs a dbt command"), (("test", "--vars", "[1]"), "must be a YAML mapping"),
-                          (("test", "--vars"), "--vars needs a value")]:
+                          (("test", "--vars"), "--vars needs a value"), (("clean",), "pipeline's manifest")]:
         result = _privdom(data_dir, *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
