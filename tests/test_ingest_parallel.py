@@ -98,11 +98,11 @@ def test_a_worker_error_stops_the_run_and_loads_nothing(con, settings, land, mon
     real = core._judge_select
     calls = []
 
-    def judge(c, signature, settings_, table):
+    def judge(c, signature, settings_, table, **kw):
         calls.append(table)
         if len(calls) == 3:
             return "SELECT no_such_column FROM " + table
-        return real(c, signature, settings_, table)
+        return real(c, signature, settings_, table, **kw)
 
     monkeypatch.setattr(core, "_judge_select", judge)
     with pytest.raises(duckdb.BinderException):

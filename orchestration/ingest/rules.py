@@ -266,9 +266,12 @@ def identifier_count_expr(rule: Rule, placeholders: tuple[str, ...], phones: tup
     One CASE per column, not ``CAST(x IS NOT NULL AND NOT <placeholder> AS INTEGER)``: DuckDB plans the
     placeholder's IN list outside a CASE as a join per column, and the CASE form costs less than half
     (1M × 365 channel events, five identifier columns: ~300 → ~150 ns a row on one thread)."""
+    # a normalised phone is 11 digits: only placeholders of that form can equal one (none by default, so the
+    # default judge pays nothing for it; all zeros is never a mainland mobile)
+    phone_placeholders = tuple(p for p in placeholders if re.fullmatch(MAINLAND_MOBILE_PATTERN, p))
     parts = [
         f"(CASE WHEN {d(c)} IS NULL THEN 0 WHEN {is_placeholder(d(c), placeholders)} THEN 0 "
-        + (f"WHEN {is_placeholder(t(c), placeholders)} THEN 0 " if c in phones else "")
+        + (f"WHEN {t(c)} IN {sql_list(phone_placeholders)} THEN 0 " if c in phones and phone_placeholders else "")
         + "ELSE 1 END)"
         for c in rule.columns
     ]
