@@ -147,6 +147,10 @@ class SourceContract:
     def decimal_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.type == "decimal")
 
+    @property
+    def phone_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.type == "phone")
+
 
 def _identifiers(prefix: str = "", names: tuple[str, ...] = IDENTIFIER_COLUMNS, who: str = "the person") -> tuple[Column, ...]:
     out = []

@@ -317,8 +317,8 @@ def broken_expr(rule: Rule, contract: SourceContract, placeholders: tuple[str, .
             f"ELSE {refund} <> 0 END)"
         )
     elif k == "any_identifier":
-        phones = tuple(c.name for c in contract.columns if c.type == "phone")
-        e = f"{identifier_count or identifier_count_expr(rule, placeholders, phones)} = 0 AND NOT {unless_expr(rule)}"
+        e = (f"{identifier_count or identifier_count_expr(rule, placeholders, contract.phone_columns)} = 0 "
+             f"AND NOT {unless_expr(rule)}")
     elif k == "before_batch_limit":
         e = "(" + " OR ".join(f"{t(c)} >= {batch_limit}" for c in cols) + ")"
     else:
@@ -357,8 +357,7 @@ def frame_columns(contract: SourceContract, placeholders: tuple[str, ...], batch
             helpers["h__net_amount"] = f"({t(cols[1])} - {t(cols[2])})"
         elif r.kind == "any_identifier":
             # BIGINT: GX vectorises "between" on int64 columns only (int32 goes row by row in Python)
-            phones = tuple(c.name for c in contract.columns if c.type == "phone")
-            helpers[helper_name(r, "count")] = f"CAST({identifier_count_expr(r, placeholders, phones)} AS BIGINT)"
+            helpers[helper_name(r, "count")] = f"CAST({identifier_count_expr(r, placeholders, contract.phone_columns)} AS BIGINT)"
             if r.unless:
                 typed.append(r.unless[0])
         elif r.kind == "before_batch_limit":

@@ -646,7 +646,7 @@ def validate_contract(source: str, frame: pd.DataFrame | SpilledFrame | None, *,
                 counts[rule] = len(keys)
                 example_keys[rule] = keys[:_EXAMPLES]
         ctx = suite = None
-        phone_cols = {col.name for col in c.columns if col.type == "phone"}
+        phone_cols = set(c.phone_columns)
         rule_of = {r.name: r for r in c.rules}
         wanted: dict[str, tuple[list[int], list[str]]] = {}
         for name, keys in example_keys.items():

@@ -283,17 +283,11 @@ def _mark_removing(con, config: DestinationConfig, segment: str, rows: list[dict
     """Before a remove batch is sent: its held rows may be gone from the destination from now on (committed at
     once). An accepted remove deletes the row; one never confirmed (an answer lost, a crash before it was
     recorded) leaves it marked, so a customer who comes back is sent again (plan_adds)."""
-    keys = pa.table({"customer_key": pa.array([r["customer_key"] for r in rows], pa.string())})
-    try:
-        with transaction(con):
-            con.register("batch_removing", keys)
-            con.execute(
-                f"update {STATE_TABLE} set remove_sent_at = ? where destination = ? and segment = ? "
-                f"and customer_key in (select customer_key from batch_removing)",
-                [dt.datetime.now(dt.UTC), config.name, segment],
-            )
-    finally:
-        con.unregister("batch_removing")
+    con.execute(  # one statement: committed at once
+        f"update {STATE_TABLE} set remove_sent_at = ? where destination = ? and segment = ? "
+        f"and customer_key in (select unnest(?::varchar[]))",
+        [dt.datetime.now(dt.UTC), config.name, segment, [r["customer_key"] for r in rows]],
+    )
 
 
 def _payload(config: DestinationConfig, row: dict) -> dict:
