@@ -697,3 +697,78 @@ def test_wecom_merge_passes_on_a_remove_not_confirmed(warehouse):
         _sync(warehouse, config, client, "run-3")
         assert "etBUYERS" in server.tags["wmC1"]
         assert _state(warehouse) == {"C9", *(f"C{i}" for i in range(2, 8))}
+
+
+def test_wecom_a_member_without_a_live_contact_is_logged_skipped_once_while_it_lasts(warehouse):
+    """C7 is a member but no WeCom contact: logged `skipped` by the sync it first became due in, not by every sync
+    after it (at 1M customers that was hundreds of thousands of log rows a day per tagged segment); it counts in
+    each sync's `skipped`. Logged again when it is due again after leaving the segment; tagged once it is a
+    live contact, which ends its skip."""
+    _sql(warehouse, "update marts.dim_customers set reachable_channels = 'official_account' where customer_key = 'C7'")
+
+    def skipped_logged(run_id):
+        return [r[0] for r in _log(warehouse, run_id) if r[2] == "skipped"]
+
+    def skipped_counted(run_id):
+        return query(warehouse, "select skipped from segments.sync_runs where sync_run_id = ?", [run_id])[0][0]
+
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        assert _sync(warehouse, config, client, "run-1").skipped == 1 and skipped_logged("run-1") == ["C7"]
+        assert _sync(warehouse, config, client, "run-2").skipped == 1 and skipped_logged("run-2") == []
+        assert (skipped_counted("run-1"), skipped_counted("run-2")) == (1, 1)
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C7'")  # leaves
+        assert _sync(warehouse, config, client, "run-3").skipped == 0
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 1 where customer_key = 'C7'")  # back, still no contact
+        assert _sync(warehouse, config, client, "run-4").skipped == 1 and skipped_logged("run-4") == ["C7"]
+        _sql(warehouse, "update marts.dim_customers set reachable_channels = 'official_account,wecom' where customer_key = 'C7'")
+        report = _sync(warehouse, config, client, "run-5")
+        assert (report.accepted, report.skipped) == (1, 0) and "etBUYERS" in server.tags["wmC7"]
+        assert query(warehouse, "select count(*) from segments.sync_skipped")[0][0] == 0
+        assert len(server.calls) == 7 and "wmC7" not in {c["body"]["external_userid"] for c in server.calls[:6]}
+
+
+def test_wecom_an_expired_token_is_renewed_within_the_attempt(warehouse):
+    """With max_attempts = 1, a token that expired early (42001, 40014) is fetched again and the same call made at
+    once: the renewal is not a retry, so the contacts are tagged. A token refused again right after being issued
+    is retried with backoff like any transient answer."""
+    with WeComServer([0, 42001, 0, 40014, 0, 0, 0, 0]) as server:
+        config = _wecom(server.url, max_attempts=1)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None), "run-1")
+        assert (report.accepted, report.failed, server.tokens_issued) == (7, 0, 3)
+        log = {r[0]: r[2:5] for r in _log(warehouse, "run-1")}
+        assert log["C2"] == ("accepted", None, 2) and log["C3"] == ("accepted", None, 2) and log["C4"] == ("accepted", None, 1)
+    with WeComServer([42001, 42001, 42001, 42001, 0]) as server:
+        config = _wecom(server.url, max_attempts=2)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        ok, attempts, error = client.mark_tag("staff1", "wmC1", "etBUYERS", "add")
+        assert (ok, attempts, server.tokens_issued) == (False, 4, 4) and "42001" in error
+        assert client.mark_tag("staff1", "wmC1", "etBUYERS", "add") == (True, 1, None)
+
+
+def test_retry_after_is_taken_in_seconds_or_as_an_http_date():
+    """RFC 9110: Retry-After is delay-seconds or an HTTP-date; a date is measured against the answer's own Date
+    header (the server's clock), else ours. A 429 asking for 2 s by date waits 2 s (capped by max_backoff_seconds)."""
+    import httpx
+
+    from orchestration.segments.destinations import _retry_after
+
+    def wait_of(headers, now=dt.datetime(2026, 12, 6, 9, 0, 0, tzinfo=dt.UTC)):
+        return _retry_after(httpx.Response(429, headers=headers), now=lambda: now)
+
+    assert wait_of({"Retry-After": "7"}) == 7.0 and wait_of({"Retry-After": "-3"}) == 0.0
+    assert wait_of({"Retry-After": "Sun, 06 Dec 2026 09:00:30 GMT"}) == 30.0  # against our clock
+    assert wait_of({"Retry-After": "Sun, 06 Dec 2026 09:00:30 GMT", "Date": "Sun, 06 Dec 2026 09:00:25 GMT"}) == 5.0
+    assert wait_of({"Retry-After": "Sun, 06 Dec 2026 08:59:00 GMT"}) == 0.0  # in the past: at once
+    assert wait_of({"Retry-After": "soon"}) is None and wait_of({}) is None
+    assert wait_of({"Retry-After": "Sun, 06 Dec 2026 09:00:30"}) is None  # no zone: not an HTTP-date
+
+    answers = [httpx.Response(429, headers={"Retry-After": "Sun, 06 Dec 2026 09:00:02 GMT", "Date": "Sun, 06 Dec 2026 09:00:00 GMT"}),
+               httpx.Response(429, headers={"Retry-After": "Sun, 06 Dec 2026 10:00:00 GMT", "Date": "Sun, 06 Dec 2026 09:00:00 GMT"}),
+               httpx.Response(200)]
+    slept: list[float] = []
+    config = _webhook("https://crm.example/hook", max_backoff_seconds=60)
+    client = WebhookClient(config, SECRET, http=httpx.Client(transport=httpx.MockTransport(lambda r: answers.pop(0))), sleep=slept.append)
+    out = client.send("buyers", 1, "add", [{"customer_key": "C1", "contact_channel": None, "contact_handle": None, "phone_sha256": None}])
+    assert out[0].accepted and slept == [2.0, 60.0]

@@ -11,6 +11,8 @@ A client's `send(operation, rows)` returns one `RowOutcome` per row; it never ra
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import hashlib
 import hmac
 import json
@@ -173,12 +175,27 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+def _retry_after(response: httpx.Response, now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> float | None:
+    """Seconds the server asks us to wait: `Retry-After` as delay-seconds or as an HTTP-date (RFC 9110 §10.2.3),
+    measured against the server's own `Date` header when it sends one (clocks differ), else against ours."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        at = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sent = email.utils.parsedate_to_datetime(response.headers.get("Date", ""))
+    except (TypeError, ValueError):
+        sent = None
+    if at.tzinfo is None or (sent is not None and sent.tzinfo is None):
+        return None  # an HTTP-date is always GMT; a date without a zone is not one
+    return max(0.0, (at - (sent or now())).total_seconds())
 
 
 def _retrying(config: DestinationConfig, sleep: Callable[[float], None]) -> tenacity.Retrying:
@@ -329,7 +346,8 @@ class WeComClient:
     """WeCom customer tags: `externalcontact/mark_tag`, one call per contact (the API takes one external_userid).
 
     The access token comes from `GET /cgi-bin/gettoken?corpid=&corpsecret=` (corp id and secret from the
-    environment) and is cached until `expires_in` minus a safety margin; 40014/42001 refresh it and retry.
+    environment) and is cached until `expires_in` minus a safety margin; 40014/42001 fetch a new one and call again
+    at once, within the same attempt (a second refusal is retried with backoff).
     WeCom answers HTTP 200 with an `errcode`: 0 accepts the row; 45009, 45011, 45033 (call limits) and -1 (busy) are retried
     with backoff; any other code fails that row with WeCom's errmsg.
     """
@@ -407,16 +425,25 @@ class WeComClient:
         body = {"userid": staff_userid, "external_userid": external_userid, "add_tag" if operation == "add" else "remove_tag": [tag_id]}
         attempts = 0
 
-        def attempt() -> dict:
+        def call() -> dict:
             nonlocal attempts
             attempts += 1
             self.requests_sent += 1
             token = self.token()
-            answer = self._get_json("POST", f"{self.config.base_url}/cgi-bin/externalcontact/mark_tag", params={"access_token": token}, json=body)
+            return self._get_json("POST", f"{self.config.base_url}/cgi-bin/externalcontact/mark_tag", params={"access_token": token}, json=body)
+
+        def attempt() -> dict:
+            answer = call()
             code = answer.get("errcode")
             if code in WECOM_TOKEN_CODES:
+                # the cached token died before its time (revoked, or another client fetched a new one): a fresh
+                # token and the same call at once, within this attempt, so that max_attempts = 1 still tags
                 self._invalidate()
-                raise _Transient(f"errcode {code}: {WECOM_TOKEN_CODES[code]}", retry_after=0.0)
+                answer = call()
+                code = answer.get("errcode")
+                if code in WECOM_TOKEN_CODES:  # refused again with a token just issued: retried with backoff
+                    self._invalidate()
+                    raise _Transient(f"errcode {code}: {WECOM_TOKEN_CODES[code]}")
             if code in WECOM_RETRY_CODES:
                 raise _Transient(f"errcode {code}: {answer.get('errmsg') or WECOM_RETRY_CODES[code]}")
             return answer

@@ -35,6 +35,7 @@ from orchestration.warehouse import transaction
 
 STATE_TABLE = "segments.sync_state"
 PENDING_TABLE = "segments.sync_pending"
+SKIPPED_TABLE = "segments.sync_skipped"
 LOG_TABLE = "segments.sync_log"
 RUNS_TABLE = "segments.sync_runs"
 CONTACT_FIELDS = ("customer_key", "contact_channel", "contact_handle", "phone_sha256", "wecom_external_userid", "wecom_staff_userid")
@@ -60,9 +61,13 @@ class SyncReport:
 
 
 
-def _taggable(row: dict) -> bool:
-    """A member WeCom can tag: a live contact (the contact handle is its WeCom id) with its owning staff member."""
-    return bool(row["contact_channel"] == "wecom" and row["wecom_external_userid"] and row["wecom_staff_userid"])
+# A member WeCom can tag: a live contact (the contact handle is its WeCom id) with its owning staff member. A former
+# contact's id, or one only seen on an event, is not one: mark_tag would only fail on it.
+TAGGABLE = ("a.contact_channel = 'wecom' and coalesce(a.wecom_external_userid, '') <> '' "
+            "and coalesce(a.wecom_staff_userid, '') <> ''")
+NOT_TAGGABLE = ("no WeCom contact: needs a live WeCom contact (wecom_external_userid) and its owner "
+                "(wecom_staff_userid)")
+
 
 def ensure_sync_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("create schema if not exists segments")
@@ -79,6 +84,14 @@ def ensure_sync_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"alter table {STATE_TABLE} add column if not exists target varchar")
     # when a remove of the held row was sent and not (yet) accepted: the destination may no longer hold it
     con.execute(f"alter table {STATE_TABLE} add column if not exists remove_sent_at timestamptz")
+    # members due an add that the destination cannot take (WeCom: no live contact), logged `skipped` once: when they
+    # become due and cannot be sent, not again by every sync while that lasts
+    con.execute(
+        f"""create table if not exists {SKIPPED_TABLE} (
+            destination varchar not null, segment varchar not null, customer_key varchar not null,
+            reason varchar, skipped_since timestamptz, sync_run_id varchar,
+            primary key (destination, segment, customer_key))"""
+    )
     con.execute(
         f"""create table if not exists {LOG_TABLE} (
             sync_run_id varchar not null, logged_at timestamptz not null, destination varchar not null,
@@ -117,7 +130,14 @@ def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment
     longer hold (a remove was sent and never confirmed: an add is idempotent, a missing member is not), and
     (webhook) those whose contact changed since it accepted them (an add is an upsert: the receiver gets the
     current handle). A member held at an old target, or (WeCom) on an old contact or through an old staff
-    member, is added once the remove from there was accepted (removes go first)."""
+    member, is added once the remove from there was accepted (removes go first). WeCom: only members it can
+    tag; the others are `_record_skipped`."""
+    query, params = _adds(config, segment, sendable=True)
+    return _rows(con, query, params)
+
+
+def _adds(config: DestinationConfig, segment: str, *, sendable: bool) -> tuple[str, list]:
+    """The query of the adds due (see plan_adds): those the destination can take (`sendable`), or the others."""
     desired, params = _desired(segment)
     now = target(config, segment)
     if config.type == "wecom":  # a new contact or staff member: untagged there first (plan_removes), then not held
@@ -127,17 +147,48 @@ def plan_adds(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment
                       "and s.wecom_staff_userid is not distinct from a.wecom_staff_userid "
                       "and coalesce(s.target, ?) is not distinct from ?")
         same_params = [now, now]
+        can_take = TAGGABLE
     else:
         changed = ("s.contact_channel is distinct from a.contact_channel or s.contact_handle is distinct from a.contact_handle "
                    "or s.phone_sha256 is distinct from a.phone_sha256")
         same_place, same_params = "true", []
-    return _rows(
-        con,
+        can_take = "true"
+    return (
         f"select a.* from ({desired}) a left join (select * from {STATE_TABLE} where destination = ? and segment = ?) s "
-        f"using (customer_key) where s.customer_key is null or {changed} "
-        f"or (s.remove_sent_at is not null and {same_place}) order by a.customer_key",
+        f"using (customer_key) where (s.customer_key is null or {changed} "
+        f"or (s.remove_sent_at is not null and {same_place})) and {'' if sendable else 'not '}({can_take}) order by a.customer_key",
         [*params, config.name, segment, *same_params],
     )
+
+
+def _record_skipped(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str, run_id: str) -> int:
+    """Adds due that the destination cannot take (WeCom: members who are not live contacts): how many. Each is
+    logged `skipped` when it becomes one (it was not one at the last sync), not by every sync while it lasts:
+    at 1M customers that was hundreds of thousands of log rows a day per tagged segment. `sync_skipped` holds
+    the current ones, in the same transaction as their log rows."""
+    if config.type != "wecom":
+        return 0
+    query, params = _adds(config, segment, sendable=False)
+    where = "destination = ? and segment = ?"
+    with transaction(con):  # (a failure rolls back the temp table too; `or replace` takes over any other leftover)
+        con.execute(f"create or replace temp table skipped_now as select customer_key from ({query})", params)
+        con.execute(
+            f"insert into {LOG_TABLE} select ?, ?, ?, ?, customer_key, 'add', 'skipped', ?, 0, null from skipped_now "
+            f"where customer_key not in (select customer_key from {SKIPPED_TABLE} where {where} and reason = ?)",
+            [run_id, dt.datetime.now(dt.UTC), config.name, segment, NOT_TAGGABLE, config.name, segment, NOT_TAGGABLE],
+        )
+        con.execute(  # no longer skipped (tagged, left the segment, reason changed): logged again if it comes back
+            f"delete from {SKIPPED_TABLE} where {where} and (reason is distinct from ? "
+            f"or customer_key not in (select customer_key from skipped_now))",
+            [config.name, segment, NOT_TAGGABLE],
+        )
+        con.execute(
+            f"insert or ignore into {SKIPPED_TABLE} select ?, ?, customer_key, ?, ?, ? from skipped_now",
+            [config.name, segment, NOT_TAGGABLE, dt.datetime.now(dt.UTC), run_id],
+        )
+        (n,) = con.execute("select count(*) from skipped_now").fetchone()
+        con.execute("drop table skipped_now")
+    return int(n)
 
 
 def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
@@ -297,13 +348,12 @@ def _payload(config: DestinationConfig, row: dict) -> dict:
 
 
 def _record(con, config: DestinationConfig, segment: str, version: int, run_id: str, operation: str,
-            rows: list[dict], outcomes: list[RowOutcome], skipped: list[tuple[dict, str]] | None = None) -> None:
+            rows: list[dict], outcomes: list[RowOutcome]) -> None:
     """One transaction: the batch's log rows, and the state change for its accepted rows; an accepted add or remove
     also leaves the pending rows."""
     now = dt.datetime.now(dt.UTC)
     by_key = {r["customer_key"]: r for r in rows}
     log = [(o.customer_key, "accepted" if o.accepted else "failed", o.error, o.attempts, o.batch_key) for o in outcomes]
-    log += [(r["customer_key"], "skipped", reason, 0, None) for r, reason in (skipped or [])]
     table = pa.table(
         {
             "customer_key": pa.array([entry[0] for entry in log], pa.string()),
@@ -361,13 +411,10 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
         else:
             rows = plan_adds(con, config, segment)
             report.to_add = len(rows)
-        skipped: list[tuple[dict, str]] = []
-        if config.type == "wecom" and operation == "add":
+        if operation == "add":
             # a tag needs a live contact (contact_channel 'wecom': the customer is a WeCom contact now, SPEC §4)
-            # and its owner; a former contact's id is not one, mark_tag would only fail on it
-            skipped = [(r, "no WeCom contact: needs a live WeCom contact (wecom_external_userid) and its owner "
-                           "(wecom_staff_userid)") for r in rows if not _taggable(r)]
-            rows = [r for r in rows if _taggable(r)]
+            # and its owner: the others are not sent (plan_adds), and logged once
+            report.skipped += _record_skipped(con, config, segment, run_id)
         if config.type == "wecom" and operation == "remove":
             # a key merged away whose contact a kept customer inherited: the contact keeps its tag and the state
             # passes to that customer. A customer who still exists (opted out, unreachable, left) is untagged
@@ -380,9 +427,6 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
                 report.skipped += len(moves)
                 gone = {r["customer_key"] for r, _ in moves}
                 rows = [r for r in rows if r["customer_key"] not in gone]
-        if skipped:
-            _record(con, config, segment, segment_version, run_id, operation, [], [], skipped)
-            report.skipped += len(skipped)
         for start in range(0, len(rows), config.batch_size):
             batch = rows[start : start + config.batch_size]
             done: list[RowOutcome] = []
