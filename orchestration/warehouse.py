@@ -13,6 +13,17 @@ import duckdb
 
 from orchestration.settings import TIMEZONE
 
+
+def path_sql(path: Path | str) -> str:
+    """A file path as the SQL literal DuckDB's readers (read_csv, read_parquet, read_ndjson_objects, ...) take
+    for that one file. They read a path as a glob pattern: a landing file named `orders_20240131_[1].csv` read
+    `orders_20240131_1.csv`, and one named `*.csv` every file beside it. `[`, `*` and `?` are escaped as the
+    one-character classes `[[]`, `[*]`, `[?]`, which match only themselves (`]` outside a class is literal).
+    Not for COPY ... TO or ATTACH, which take a path as it is."""
+    text = path.as_posix() if isinstance(path, Path) else str(path)
+    return "'" + text.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]").replace("'", "''") + "'"
+
+
 LAYER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "segments")
 
 

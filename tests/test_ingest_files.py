@@ -605,3 +605,55 @@ def test_a_malformed_row_over_several_lines_with_too_many_fields(con, settings, 
     ingest_source(con, "channel_events", settings, "run1")
     assert ledger(con)["channel_events/wide_20240131.csv"] == ("loaded", None, 3, 2, 1)
     assert [json.loads(o) for *_, o in _quarantine(con)] == [{"malformed_record": rows[1]}]
+
+
+def test_a_file_name_with_glob_characters_reads_that_file_only(con, tmp_path):
+    """DuckDB's readers take a path as a glob pattern: `ce_20240131_[1].csv` was read as `ce_20240131_1.csv`
+    and `ce_20240131_*.csv` as every file beside it, while the ledger said loaded and the counts balanced.
+    Each file now reads its own rows, in every format, and so do the scratch parts it loads from, under a data
+    directory whose own path has such characters."""
+    from orchestration.settings import load_settings
+
+    settings = load_settings(tmp_path / "data [1]*?")
+
+    def land(rel, content):
+        path = settings.landing_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    files = {
+        "channel_events/ce_20240131_1.csv": ["g1"],
+        "channel_events/ce_20240131_[1].csv": ["g2", "g3"],
+        "channel_events/ce_20240131_*.csv": ["g4"],
+        "channel_events/ce_20240131_?.jsonl": ["g5"],
+        "channel_events/ce_20240131_[a-z]*.parquet": ["g6", "g7"],
+    }
+    for rel, ids in files.items():
+        if rel.endswith(".csv"):
+            land(rel, CE_HEADER + "".join(f"{i},2024-01-31T10:00:00+08:00,wecom,add_contact,o{i},,,,,,\n" for i in ids))
+        elif rel.endswith(".jsonl"):
+            land(rel, "".join(json.dumps({"event_id": i, "occurred_at": "2024-01-31 10:00", "channel": "wecom",
+                                          "event_type": "follow", "openid": f"o{i}"}) + "\n" for i in ids))
+        else:
+            buf = io.BytesIO()
+            pq.write_table(pa.table({"event_id": ids, "occurred_at": ["2024-01-31 10:00"] * len(ids), "channel": ["wecom"] * len(ids),
+                                     "event_type": ["follow"] * len(ids), "openid": [f"o{i}" for i in ids]}), buf)
+            land(rel, buf.getvalue())
+    report = ingest_source(con, "channel_events", settings, "run1")
+    assert sorted((f.path, f.status, f.rows_read) for f in report.files) == sorted((rel, "loaded", len(ids)) for rel, ids in files.items())
+    got = con.execute("SELECT l.file_path, list(e.event_id ORDER BY e._row_number) FROM raw.channel_events e "
+                      "JOIN raw.ingestion_ledger l ON l.file_id = e._file_id GROUP BY 1").fetchall()
+    assert dict(got) == files
+
+
+def test_path_sql_escapes_only_glob_characters(tmp_path):
+    import duckdb
+
+    from orchestration.warehouse import path_sql
+
+    weird = tmp_path / "d[x]*?" / "it's [1].csv"
+    weird.parent.mkdir()
+    weird.write_text("a\n1\n")
+    (weird.parent / "it's 1.csv").write_text("a\n2\n")
+    assert duckdb.connect().execute(f"SELECT a FROM read_csv({path_sql(weird)})").fetchall() == [(1,)]
+    assert path_sql("/plain/path.csv") == "'/plain/path.csv'"

@@ -43,7 +43,7 @@ from orchestration.contract import CONTRACTS, LINEAGE_COLUMNS, SourceContract, c
 from orchestration.quality import SpilledFrame
 from orchestration.scratch import directory as scratch_directory
 from orchestration.settings import TIMEZONE, Settings
-from orchestration.warehouse import transaction
+from orchestration.warehouse import path_sql, transaction
 
 from . import files as fl
 from . import rules as R
@@ -262,7 +262,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     if f.format == "parquet":
         try:
             rows = con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({R.lit(str(f.path))}, {_NO_HIVE})"
+                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({path_sql(f.path)}, {_NO_HIVE})"
             ).fetchone()[0]
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
@@ -317,7 +317,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
         try:
             rows = con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({R.lit(str(path))}, "
+                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({path_sql(path)}, "
                 f"columns = {columns}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
                 f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)}, "
                 f"{_NO_HIVE})"
@@ -337,7 +337,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
     try:
         try:
             con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
+                f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({path_sql(path)}, "
                 f"compression = {R.lit(compression)})"
             )
         except duckdb.Error as exc:
@@ -406,7 +406,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
 
 # DuckDB's CSV options of the strict read (_read_text), shared by the reads of a file it refused
 def _csv_options(path: Path, compression: str) -> str:
-    return (f"{R.lit(str(path))}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
+    return (f"{path_sql(path)}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
             f"strict_mode = true, compression = {R.lit(compression)}, {_NO_HIVE}")
 
 
@@ -505,7 +505,7 @@ def _read_json_records(con: duckdb.DuckDBPyConnection, path: Path, compression: 
     opener = gzip.open if compression == "gzip" else open
     try:
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({R.lit(str(path))}, "
+            f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({path_sql(path)}, "
             f"compression = {R.lit(compression)}, ignore_errors = true)"
         )
         records = [r[0] for r in con.execute(f"SELECT CAST(json AS VARCHAR) FROM {_JRAW} ORDER BY rowid").fetchall()]
@@ -1041,7 +1041,7 @@ def _completed(validate: Callable[[Any], Any], frame: Any) -> Future:
 
 
 def _parts_sql(parts: list[Path]) -> str:
-    return "read_parquet([" + ", ".join(R.lit(p.as_posix()) for p in parts) + "])"
+    return "read_parquet([" + ", ".join(path_sql(p) for p in parts) + "])"
 
 
 # ------------------------------------------------------------------------------------------------- public

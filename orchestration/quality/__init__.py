@@ -47,7 +47,7 @@ import pandas as pd
 from orchestration import longlived
 from orchestration.contract import Rule, SourceContract, mask_phone
 from orchestration.contract import contract as get_contract
-from orchestration.warehouse import release_free_memory
+from orchestration.warehouse import path_sql, release_free_memory
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
@@ -512,7 +512,7 @@ class SpilledFrame:
         return self.rows
 
     def _paths_sql(self) -> str:
-        return "[" + ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in self._parts) + "]"
+        return "[" + ", ".join(path_sql(p) for p in self._parts) + "]"
 
     def query(self, columns: Sequence[str] | None = None) -> str:
         """SQL over the parts: every frame column (or `columns`) under its frame name, values as stored (no

@@ -23,6 +23,7 @@ import duckdb
 
 from orchestration.segments.definitions import EXPLAIN_COLUMNS, ExportOptions, SegmentDefinition
 from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
+from orchestration.warehouse import path_sql
 
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
@@ -161,10 +162,10 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, 
 def _reader(path: Path, fmt: str) -> str:
     """A DuckDB table function reading an export file back (CSV as text, so nothing is reinterpreted)."""
     if fmt == "parquet":
-        return f"read_parquet({_sql_path(path)})"
+        return f"read_parquet({path_sql(path)})"
     if fmt == "jsonl":
-        return f"read_json({_sql_path(path)}, format = 'newline_delimited')"
-    return f"read_csv({_sql_path(path)}, header = true, all_varchar = true)"
+        return f"read_json({path_sql(path)}, format = 'newline_delimited')"
+    return f"read_csv({path_sql(path)}, header = true, all_varchar = true)"
 
 
 def _rows_in(con: duckdb.DuckDBPyConnection, path: Path, fmt: str) -> int:
