@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import json
@@ -290,6 +291,34 @@ def test_timestamp_offsets_map_to_the_right_instant(con, settings, land):
     assert con.execute("SELECT rule FROM raw.quarantine").fetchall() == [("occurred_at.type",)]
 
 
+def test_timestamps_before_1990_or_with_an_impossible_offset_are_quarantined(con, settings, land):
+    """A year 0001, 1900 or 1970 is a default or an epoch zero: one such row made the triangle's month spine run
+    from year 1 (218k rows instead of 9). The year as written must be 1990 or later (a Parquet timestamp: from
+    1990-01-01 00:00 Shanghai), and an offset within ±14:59 (+99:00 loaded as 2023-12-28 15:00+08)."""
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "y1,0001-01-01T10:00:00+08:00,wecom,follow,o1,,,,,,",
+        "y2,1970-01-01T08:00:00+08:00,wecom,follow,o1,,,,,,",
+        "y3,1989-12-31 23:59:59,wecom,follow,o1,,,,,,",
+        "y4,1990-01-01 00:00,wecom,follow,o1,,,,,,",
+        "y5,2024-01-31T10:00:00+99:00,wecom,follow,o1,,,,,,",
+        "y6,2024-01-31T16:00:00+14:00,wecom,follow,o1,,,,,,",
+        "y7,2024-01-31T10:00:00+08:60,wecom,follow,o1,,,,,,",
+    ]) + "\n")
+    ts = pa.array([dt.datetime(1970, 1, 1), dt.datetime(1990, 1, 1), dt.datetime(1989, 12, 31, 23, 59)], pa.timestamp("us"))
+    tz = pa.array([dt.datetime(1989, 12, 31, 15, 59, tzinfo=dt.UTC), dt.datetime(1989, 12, 31, 16, 0, tzinfo=dt.UTC),
+                   dt.datetime(1, 1, 1, tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC"))
+    for name, column in (("naive", ts), ("utc", tz)):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"event_id": [f"{name}{i}" for i in range(3)], "occurred_at": column, "channel": ["wecom"] * 3,
+                                 "event_type": ["follow"] * 3, "openid": ["o1"] * 3}), buf)
+        land(f"channel_events/{name}_20240131.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    loaded = {r[0] for r in con.execute("SELECT event_id FROM raw.channel_events").fetchall()}
+    assert loaded == {"y4", "y6", "naive1", "utc1"}
+    assert dict(con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine").fetchall()) == {
+        k: "occurred_at.type" for k in ("y1", "y2", "y3", "y5", "y7", "naive0", "naive2", "utc0", "utc2")}
+
+
 def test_parquet_double_amount_tolerance(con, settings, land):
     buf = io.BytesIO()
     pq.write_table(pa.table({
@@ -372,6 +401,22 @@ def test_phone_spellings_normalise(con, settings, land):
     assert got == {**{f"p{i}": "13800138000" for i in range(1, 6)}, "p6": "NULL", "p7": "00000000000"}
 
 
+def test_unicode_spaces_are_separators_in_phones_and_no_value_alone(con, settings, land):
+    """Spreadsheets and chat apps put no-break, ideographic and zero-width spaces in numbers and around values: a
+    phone `138\u00a00013\u00a08000` was quarantined, and an openid of a zero-width space alone loaded as an
+    identifier (it could link strangers)."""
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "u1,2024-01-31 10:00,wecom,follow,,,,138\u00a00013\u00a08000,,,",
+        "u2,2024-01-31 10:00,wecom,follow,,,,\u3000138\u20030013\u200b8000\ufeff,,,",
+        "u3,2024-01-31 10:00,wecom,follow,\u200b,,,,,,",
+        "u4,2024-01-31 10:00,wecom,follow,\u2003o4\u202f,,,,,,",
+    ]) + "\n")
+    ingest_source(con, "channel_events", settings, "t")
+    got = dict(con.execute("SELECT event_id, coalesce(phone, openid) FROM raw.channel_events").fetchall())
+    assert got == {"u1": "13800138000", "u2": "13800138000", "u4": "o4"}
+    assert con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine").fetchall() == [("u3", "identifier.required")]
+
+
 def test_rows_read_equals_loaded_plus_quarantined(con, settings, land):
     from test_ingest_rules import CASES, GOOD, HEADERS
 
@@ -415,6 +460,24 @@ def test_a_dt_folder_is_not_a_column_and_json_lines_keys_follow_the_contract(con
     assert rows["own_dt.csv"]["dt"] == "hello"
     assert list(rows["lines.jsonl"]) == ["event_id", "occurred_at", "channel", "event_type", "openid",
                                            "wecom_staff_userid", "zz_extra"]
+
+
+def test_json_lines_keys_spelled_as_the_contract_win_and_an_empty_key_is_not_read(con, settings, land):
+    """Among keys naming one contract column, the one spelled exactly as the contract is read: `"Event_Id "`
+    beside `"event_id"` in the same record was read instead (an upper-case letter sorts first), so K9's own id
+    was lost. A key `""` names no column: it is not read, where it rejected the whole file."""
+    land("channel_events/ce_20240131.jsonl",
+         '{"event_id": "K9", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", '
+         '"openid": "o1", "Event_Id ": "x"}\n'
+         '{"event_id": "K10", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", '
+         '"openid": "o1", "": "nameless"}\n'
+         '{"EVENT_ID": "K11", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o1"}\n')
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert [(f.status, f.rows_read) for f in report.files] == [("loaded", 3)]
+    assert sorted(r[0] for r in con.execute("SELECT event_id FROM raw.channel_events").fetchall()) == ["K10", "K9"]
+    # K11 names its id only as EVENT_ID, which is not read while event_id is: it has no event_id
+    ((original, rule),) = con.execute("SELECT original_row, rule FROM raw.quarantine").fetchall()
+    assert rule == "event_id.required" and "K11" in json.loads(original).values()
 
 
 def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settings):

@@ -373,9 +373,12 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                 f"SELECT k FROM (SELECT unnest(json_keys(json)) AS k, rowid AS n FROM {_JRAW}) GROUP BY k ORDER BY min(n), k"
             ).fetchall()
         ]
+        # a key "" names no column (DuckDB cannot name one so): it is not read, like any key outside the contract
+        keys = [k for k in keys if k != ""]
         if order:
             position = {name: i for i, name in enumerate(order)}
-            keys.sort(key=lambda k: position.get(k.strip().lower(), len(position)))  # stable
+            # stable; among keys of one contract column, the one spelled exactly as the contract first (the one read)
+            keys.sort(key=lambda k: (position.get(k.strip().lower(), len(position)), k not in position))
         if malformed and any(k.lower() == _MF for k in keys):
             raise fl.FileRejected(refused or f"{f.rel_path}: unreadable: a key is named {_MF}, which privdom keeps for "
                                   f"the text of the lines that are not JSON objects")

@@ -28,17 +28,26 @@ SQL_TYPES = {
     "integer": "BIGINT",
 }
 
-# ISO-8601: date, T or space, hh:mm, optional :ss and fraction, optional offset Z / ±hh:mm / ±hhmm / ±hh.
-TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+# ISO-8601: date, T or space, hh:mm, optional :ss and fraction, optional offset Z / ±hh:mm / ±hhmm / ±hh, the
+# offset within ±14:59 (real ones are within ±14:00; +99:00 is a typo). The year is EARLIEST_YEAR or later: a
+# year 0001, 1900 or 1970 is a default or an epoch zero, not an event, and one such row made the triangle's
+# month spine run from year 1 (218k rows for 9) and gave the marts cohorts nobody has.
+EARLIEST_YEAR = 1990
+TIMESTAMP_PATTERN = (r"^(199[0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+                     r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?$")
 # A plain decimal (no exponent, no thousands separators) that is a whole number of cents: digits after the
 # second decimal place must be zeros.
 DECIMAL_PATTERN = r"^[+-]?[0-9]+(\.[0-9]{0,2}0*)?$"
 # A whole number, optionally written with a zero fraction (``10.0``, as spreadsheets and JSON doubles write it).
 INTEGER_PATTERN = r"^[+-]?[0-9]+(\.0*)?$"
-PHONE_STRIP = r"[\s\-.()]"
+# separators people and spreadsheets put in a phone number: white space (no-break, ideographic, the Unicode
+# spaces and the zero-width ones among them), hyphens, dots, brackets
+PHONE_STRIP = r"[\s\x{00a0}\x{2000}-\x{200b}\x{202f}\x{205f}\x{3000}\x{feff}\-.()]"
 PHONE_PREFIX = r"^(\+86|0086|86)[0-9]{11}$"
-# Trimmed from every delivered text value: ASCII white space, no-break space and the ideographic space.
-TRIM_CHARS = " \t\r\n\x0b\x0c\u00a0\u3000"
+# Trimmed from every delivered text value: ASCII white space, the no-break and ideographic spaces, the other
+# Unicode spaces (U+2000-U+200A, U+202F, U+205F) and the invisible U+200B (zero-width space) and U+FEFF (a
+# byte-order mark inside a value): a value of only these is no value, and no identifier.
+TRIM_CHARS = " \t\r\n\x0b\x0c\u00a0\u3000" + "".join(chr(c) for c in range(0x2000, 0x200C)) + "\u202f\u205f\ufeff"
 
 _INT_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
 _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
@@ -215,10 +224,13 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
             f"WHEN {is_placeholder(dv, placeholders)} THEN {dv} END)"
         )
     if col.type == "timestamp":
+        # a typed Parquet value: from EARLIEST_YEAR on, as a Shanghai wall-clock time (what the text's year is)
         if x is not None and base in ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE", "DATETIME"):
-            conv = f"timezone({lit(TIMEZONE)}, CAST({x} AS TIMESTAMP))"
+            conv = (f"(CASE WHEN CAST({x} AS TIMESTAMP) >= TIMESTAMP '{EARLIEST_YEAR}-01-01' "
+                    f"THEN timezone({lit(TIMEZONE)}, CAST({x} AS TIMESTAMP)) END)")
         elif x is not None and (base.startswith("TIMESTAMP WITH TIME ZONE") or base == "TIMESTAMPTZ"):
-            conv = f"CAST({x} AS TIMESTAMPTZ)"
+            conv = (f"(CASE WHEN timezone({lit(TIMEZONE)}, CAST({x} AS TIMESTAMPTZ)) >= TIMESTAMP '{EARLIEST_YEAR}-01-01' "
+                    f"THEN CAST({x} AS TIMESTAMPTZ) END)")
         else:
             conv = f"(CASE WHEN regexp_full_match({dv}, {lit(TIMESTAMP_PATTERN)}) THEN TRY_CAST({dv} AS TIMESTAMPTZ) END)"
     elif col.type == "decimal":
