@@ -291,6 +291,21 @@ def test_timestamp_offsets_map_to_the_right_instant(con, settings, land):
     assert con.execute("SELECT rule FROM raw.quarantine").fetchall() == [("occurred_at.type",)]
 
 
+def test_a_utf8_file_with_a_damaged_byte_is_rejected_not_read_as_gbk(con, settings, land):
+    """One Latin-1 byte in a UTF-8 file with Chinese campaigns made the whole file GB18030: every campaign loaded
+    as mojibake (新年快乐 -> 鏂板勾蹇...). Such a file is rejected, naming the line; a GBK file still loads."""
+    rows = "".join(f"c{i},2024-01-31 10:00,wecom,follow,o{i},,,,,新年快乐活动{i},\n" for i in range(4))
+    land("channel_events/damaged_20240131.csv", CE_HEADER.encode() + rows.encode("utf-8")
+         + "c9,2024-01-31 10:00,wecom,follow,o9,,,,,Caf".encode() + b"\xe9s,\n")
+    land("channel_events/gbk_20240131.csv", (CE_HEADER + rows.replace(",o", ",g")).encode("gbk"))
+    ingest_source(con, "channel_events", settings, "t")
+    led = ledger(con)
+    status, error, *_ = led["channel_events/damaged_20240131.csv"]
+    assert status == "rejected" and "UTF-8 with 1 invalid byte sequence(s)" in error and "first on line 6" in error, error
+    assert led["channel_events/gbk_20240131.csv"][0] == "loaded"
+    assert sorted(con.execute("SELECT openid, campaign FROM raw.channel_events").fetchall()) == [(f"g{i}", f"新年快乐活动{i}") for i in range(4)]
+
+
 def test_timestamps_before_1990_or_with_an_impossible_offset_are_quarantined(con, settings, land):
     """A year 0001, 1900 or 1970 is a default or an epoch zero: one such row made the triangle's month spine run
     from year 1 (218k rows instead of 9). The year as written must be 1990 or later (a Parquet timestamp: from

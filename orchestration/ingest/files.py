@@ -135,34 +135,68 @@ def _chunks(f: LandingFile):
         raise FileRejected(f"{f.rel_path}: unreadable: not a valid gzip file ({exc})") from None
 
 
+# A file with at least this many valid UTF-8 multi-byte characters and at least UTF8_VALID_PER_ERROR of them
+# per invalid byte sequence is UTF-8 with damaged bytes, not GBK (see sniff_text).
+UTF8_MIN_MULTIBYTE = 20
+UTF8_VALID_PER_ERROR = 4
+
+
 def sniff_text(f: LandingFile) -> tuple[str, bool]:
     """Detect a text file's encoding: ``utf-8-sig`` (BOM), ``utf-8`` or ``gb18030``.
 
     Returns (encoding, is_empty). One streaming pass for UTF-8 input, two for GB18030; never row by row.
-    Raises FileRejected when the bytes decode in neither UTF-8 nor GB18030.
+    Raises FileRejected when the bytes decode in neither UTF-8 nor GB18030, and when the file is UTF-8 with a
+    few invalid bytes: at least UTF8_MIN_MULTIBYTE valid multi-byte characters and UTF8_VALID_PER_ERROR of them per
+    invalid sequence. GB18030 decodes almost any bytes, so reading such a file as GB18030 turned every Chinese
+    value of it into mojibake because of one stray byte. GBK text read as UTF-8 breaks at almost every
+    character (a GBK pair is valid UTF-8 about one time in twelve: some ten invalid sequences per valid
+    character), so the two do not meet.
     """
     encoding = None
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
     nonblank = False
     first = True
-    try:
-        for chunk in _chunks(f):
-            if first:
-                first = False
-                if chunk.startswith(UTF8_BOM):
-                    encoding = "utf-8-sig"
-                    chunk = chunk[len(UTF8_BOM) :]
-            if not nonblank and chunk.strip(_WHITESPACE):
-                nonblank = True
-            decoder.decode(chunk)
-        decoder.decode(b"", final=True)
+    multibyte = errors = lines = 0
+    first_error_line = None
+    for chunk in _chunks(f):
+        if first:
+            first = False
+            if chunk.startswith(UTF8_BOM):
+                encoding = "utf-8-sig"
+                chunk = chunk[len(UTF8_BOM) :]
+        if not nonblank and chunk.strip(_WHITESPACE):
+            nonblank = True
+        text = decoder.decode(chunk)
+        bad = text.count("\ufffd")
+        if bad:
+            if first_error_line is None:
+                first_error_line = lines + text.count("\n", 0, text.index("\ufffd")) + 1
+            errors += bad
+            if errors > 100 and errors * UTF8_VALID_PER_ERROR > multibyte:
+                break  # not UTF-8 with a few damaged bytes: decided, no need to read on
+        multibyte += len(text) - len(text.encode("ascii", "ignore")) - bad
+        lines += text.count("\n")
+    else:
+        tail = decoder.decode(b"", final=True)
+        bad = tail.count("\ufffd")
+        if bad and first_error_line is None:
+            first_error_line = lines + 1
+        errors += bad
+    if errors == 0:
         return encoding or "utf-8", not nonblank
-    except UnicodeDecodeError:
-        if encoding == "utf-8-sig":
-            raise FileRejected(f"{f.rel_path}: undecodable: starts with a UTF-8 byte order mark but is not valid UTF-8") from None
+    if encoding == "utf-8-sig":
+        raise FileRejected(f"{f.rel_path}: undecodable: starts with a UTF-8 byte order mark but is not valid UTF-8 "
+                           f"(first invalid byte on line {first_error_line})")
+    if multibyte >= UTF8_MIN_MULTIBYTE and errors * UTF8_VALID_PER_ERROR <= multibyte:
+        raise FileRejected(
+            f"{f.rel_path}: undecodable: UTF-8 with {errors} invalid byte sequence(s) among {multibyte} valid "
+            f"characters (first on line {first_error_line}); not read as GBK, which would garble every Chinese "
+            f"value of it: correct those bytes and deliver the file again")
     decoder = codecs.getincrementaldecoder("gb18030")()
     try:
         for chunk in _chunks(f):
+            if not nonblank and chunk.strip(_WHITESPACE):
+                nonblank = True
             decoder.decode(chunk)
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
