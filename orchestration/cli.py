@@ -249,13 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--customers", type=_at_least_one, help="number of customers, 1 or more (default: setting "
                        "demo_customers, 3000)")
         p.add_argument("--days", type=_at_least_one, help="days of history, 1 or more (default: setting demo_days, 240)")
-        p.add_argument("--seed", type=int, help="random seed (default 42); same seed, same files")
+        p.add_argument("--seed", type=int, help="random seed (default: setting demo_seed, 42); same seed, same files")
         p.add_argument("--dirty-rate", type=_dirty_rate, help="share of rows that break a contract rule, from 0 to "
-                       "below 0.5 (default 0.01; at least one row per rule when above 0, so small data get a higher "
+                       "below 0.5 (default: setting demo_dirty_rate, 0.01; at least one row per rule when above 0, so small data get a higher "
                        "share)")
 
-    def add_data_dir(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
+    def add_data_dir(p: argparse.ArgumentParser) -> None:  # also after the command: `privdom run --data-dir D`
+        p.add_argument("--data-dir", dest="sub_data_dir", metavar="DATA_DIR",
+                       help="data directory (default: $PRIVDOM_HOME, else ./data); may also come before the command")
 
     p = sub.add_parser("generate", help="write deterministic synthetic landing files")
     add_generate_options(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.contract import SOURCES
+from orchestration.ingest.files import stray_files
 from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
 from orchestration.settings import Settings
 from orchestration.warehouse import LAYER_SCHEMAS, WarehouseLockedError, connect, ensure_not_locked
@@ -43,6 +45,7 @@ class PipelineResult:
     exports: list[tuple[str, str, int, int, int]] = field(default_factory=list)
     log_path: Path | None = None
     summary_error: str | None = None
+    stray_files: list[str] = field(default_factory=list)  # under landing/, outside every source's folder
 
     def describe(self) -> str:
         s = self.settings
@@ -62,6 +65,12 @@ class PipelineResult:
             if not any(files for _, files, *_ in self.ledger):
                 lines.append(f"    no landing files yet: deliver batch files to {s.landing_dir}/<source>/ "
                              "(docs/data-contract.md), or write synthetic ones with `privdom generate`")
+        if self.stray_files:
+            shown = ", ".join(self.stray_files[:5]) + (" …" if len(self.stray_files) > 5 else "")
+            if not self.ledger:
+                lines.append("")
+            lines.append(f"    NOT READ: {len(self.stray_files):,}{'+' if len(self.stray_files) >= 1000 else ''} file(s) under "
+                         f"{s.landing_dir}/ outside the source folders ({', '.join(SOURCES)}; deliver to {s.landing_dir}/<source>/): {shown}")
         if self.summary_error:
             lines.append("")
             lines.append(f"  (no table summary: {self.summary_error})")
@@ -88,7 +97,7 @@ class PipelineResult:
             # a reader holding the warehouse open stops the next run: point readers at the BI copy
             f"    warehouse  {s.warehouse_path}   (the pipeline's; read the BI copy, it never blocks a run)",
             f"    BI copy    {bi_copy}   "
-            + (f"(duckdb -readonly {shlex.quote(str(bi_copy))})" if bi_copy.exists()
+            + ("(read-only with any DuckDB client, e.g. below)" if bi_copy.exists()
                else "(not published yet: a run publishes it once its checks pass)"),
             f"    exports    {s.exports_dir}"
             + ("" if any(s.exports_dir.glob("*/LATEST")) else "   (none yet: a run exports once its checks pass)"),
@@ -97,13 +106,32 @@ class PipelineResult:
         ]
         if self.log_path:
             lines.append(f"    run log    {self.log_path}")
+        if bi_copy.exists():
+            lines.append(f"    query      {query_command(bi_copy)}")
         return "\n".join(lines)
+
+
+def _privdom() -> str:
+    """How to call privdom from a shell: `privdom` where that is this installation's on PATH, else the console
+    script beside this interpreter (README's setup does not activate the virtual environment)."""
+    script = Path(sys.executable).parent / "privdom"
+    found = shutil.which("privdom")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "privdom"
+    return shlex.quote(str(script))
 
 
 def ui_command(data_dir: Path) -> str:
     """The command that opens the UI on `data_dir`, to paste in a shell. It always names the directory: the
     user's PRIVDOM_HOME and working directory are not known here (`privdom` sets PRIVDOM_HOME for its run)."""
-    return f"privdom --data-dir {shlex.quote(str(data_dir))} ui"
+    return f"{_privdom()} --data-dir {shlex.quote(str(data_dir))} ui"
+
+
+def query_command(database: Path) -> str:
+    """A shell command listing the tables of a DuckDB file, read-only, with this installation's Python (the
+    duckdb package has no command-line tool of its own)."""
+    code = f"import duckdb; print(duckdb.connect({str(database)!r}, read_only=True).sql('show all tables'))"
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
 def _summarise_warehouse(path: Path, *, wait_seconds: float = 10.0) -> tuple[list[tuple], list[tuple[str, str, int]]]:
@@ -287,6 +315,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         tables=tables,
         exports=summarise_exports(settings.exports_dir),
         log_path=log_path,
+        stray_files=stray_files(settings.landing_dir),
     )
 
 

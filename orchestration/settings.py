@@ -203,6 +203,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read settings for a data directory: defaults < settings file < environment < explicit overrides."""
     root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise SettingsError(f"data directory {root} is a file, not a directory (--data-dir or PRIVDOM_HOME)")
     values: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     settings_file = root / SETTINGS_FILE_NAME

@@ -105,3 +105,16 @@ def test_the_known_tables_and_whole_numbers_load(tmp_path):
     settings = load_settings(tmp_path)
     assert (settings.identity_max_degree, settings.retention_start_days) == (30, 20)
     assert settings.sources == {"exports": {"formats": ["csv"]}}
+
+
+def test_a_data_directory_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    """`privdom --data-dir FILE run` (or generate, or ui) ended in a FileExistsError traceback."""
+    from orchestration.cli import main
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x", encoding="utf-8")
+    with pytest.raises(SettingsError, match="is a file, not a directory"):
+        load_settings(afile)
+    for argv in (["--data-dir", str(afile), "run"], ["generate", "--data-dir", str(afile)], ["--data-dir", str(afile), "ui"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == f"privdom: data directory {afile} is a file, not a directory (--data-dir or PRIVDOM_HOME)\n"

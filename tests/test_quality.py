@@ -259,3 +259,22 @@ def test_gx_import_leaves_scipy_stats_lazy_until_used(tmp_path):
     assert done.returncode == 0, done.stderr
     # 0.5·ln(0.5/0.9) + 0.5·ln(0.5/0.1) = 0.5·(−0.5878) + 0.5·1.6094 = 0.5108
     assert done.stdout.split() == ["False", "0.5108", "True", "True"]
+
+
+def test_a_quarantine_share_within_the_limit_warns_with_its_figures():
+    """The WARN result of quarantine_share said nothing in the run summary ("[WARN] raw/orders · quarantine_share"):
+    it names the rows, the share, the limit and the rules; above the limit it fails; none quarantined passes."""
+    import dagster as dg
+
+    from orchestration.defs.ingest import quarantine_share_check
+    from orchestration.ingest import SourceIngestReport
+
+    report = SourceIngestReport("orders", "run", rows_read=400, rows_loaded=396, rows_quarantined=4,
+                                quarantine_by_rule={"paid_at.required": 1, "gross_amount.type": 3, "status.in_set": 0})
+    warn = quarantine_share_check(report, 0.05)
+    assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
+    assert warn.description == ("4 of this run's 400 new rows (1.00%) were quarantined, within the 5.00% limit; "
+                                "by rule: gross_amount.type 3, paid_at.required 1")
+    assert quarantine_share_check(report, 0.005).severity == dg.AssetCheckSeverity.ERROR
+    clean = SourceIngestReport("orders", "run", rows_read=400, rows_loaded=400)
+    assert quarantine_share_check(clean, 0.05).passed and quarantine_share_check(clean, 0.05).description is None

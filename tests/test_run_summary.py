@@ -10,25 +10,56 @@ from orchestration.settings import load_settings
 
 
 def _commands(text: str) -> tuple[list[str], list[str]]:
-    bi = next(line for line in text.splitlines() if line.strip().startswith("BI copy"))
+    query = next(line for line in text.splitlines() if line.strip().startswith("query"))
     ui = next(line for line in text.splitlines() if line.strip().startswith("UI"))
-    return shlex.split(bi.split("(", 1)[1].rsplit(")", 1)[0]), shlex.split(ui.split("UI", 1)[1].split("→")[0])
+    return shlex.split(query.split("query", 1)[1]), shlex.split(ui.split("UI", 1)[1].split("→")[0])
 
 
-def test_the_printed_commands_quote_an_odd_data_directory(tmp_path, monkeypatch):
-    """The DuckDB command opens the BI copy, never the warehouse (a reader holding it open stops the next run)."""
+def test_the_printed_commands_quote_an_odd_data_directory_and_work(tmp_path, monkeypatch):
+    """The query command opens the BI copy, never the warehouse (a reader holding it open stops the next run),
+    with this installation's Python (the duckdb package has no command-line tool, and README's setup does not
+    activate the virtual environment): run as printed, it lists the copy's tables. The UI command names the
+    console script that is on PATH, or the one beside this Python."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import duckdb
+
     monkeypatch.delenv("PRIVDOM_HOME", raising=False)
     monkeypatch.chdir(tmp_path)
     odd = tmp_path / "我的 数据 it's"
     (odd / "bi").mkdir(parents=True)
-    (odd / "bi" / "warehouse.duckdb").write_bytes(b"")
+    with duckdb.connect(str(odd / "bi" / "warehouse.duckdb")) as con:
+        con.execute("create schema marts; create table marts.dim_customers as select 1 as customer_key")
     text = PipelineResult(load_settings(odd), "0123456789abcdef", True, 1.0).describe()
-    duckdb_cmd, ui_cmd = _commands(text)
-    assert duckdb_cmd == ["duckdb", "-readonly", str(odd / "bi" / "warehouse.duckdb")]
-    assert ui_cmd == ["privdom", "--data-dir", str(odd), "ui"]
+    query_cmd, ui_cmd = _commands(text)
+    assert query_cmd[0] == sys.executable and str(odd / "bi" / "warehouse.duckdb") in query_cmd[-1]
+    listed = subprocess.run(query_cmd, capture_output=True, text=True, check=True).stdout
+    assert "dim_customers" in listed and "marts" in listed
+    script = str(Path(sys.executable).parent / "privdom")
+    assert ui_cmd[0] in ("privdom", script) and ui_cmd[1:] == ["--data-dir", str(odd), "ui"]
     # the default directory is named too: privdom sets PRIVDOM_HOME for its run, the user's shell may not have it
     plain = PipelineResult(load_settings(tmp_path / "data"), "0123456789abcdef", True, 1.0).describe()
-    assert _commands(plain)[1] == ["privdom", "--data-dir", str(tmp_path / "data"), "ui"]
+    assert "query" not in plain  # no BI copy yet
+    ui = next(line for line in plain.splitlines() if line.strip().startswith("UI"))
+    assert shlex.split(ui.split("UI", 1)[1].split("→")[0])[1:] == ["--data-dir", str(tmp_path / "data"), "ui"]
+
+
+def test_landing_files_outside_the_source_folders_are_named(tmp_path):
+    """landing/Orders/, landing/customers/ or a file straight in landing/ is read by no source: the summary says
+    so (a run used to succeed without a word about them). Hidden and `_` names are not deliveries."""
+    settings = load_settings(tmp_path / "data")
+    for rel in ("Orders/orders_20240301.csv", "customers/c_20240101.csv", "orders_20240131.csv", "orders/ok_20240131.csv",
+                ".DS_Store", "_SUCCESS", "Orders/.hidden.csv"):
+        (settings.landing_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (settings.landing_dir / rel).write_text("x", encoding="utf-8")
+    from orchestration.ingest.files import stray_files
+
+    strays = stray_files(settings.landing_dir)
+    assert strays == ["Orders/orders_20240301.csv", "customers/c_20240101.csv", "orders_20240131.csv"]
+    text = PipelineResult(settings, "0123456789abcdef", True, 1.0, stray_files=strays).describe()
+    assert "NOT READ: 3 file(s)" in text and "Orders/orders_20240301.csv" in text
 
 
 def test_results_not_published_yet_are_said_to_be_so(tmp_path):

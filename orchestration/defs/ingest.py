@@ -13,6 +13,7 @@ from orchestration.contract import CONTRACTS, SOURCES
 from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
+from orchestration.ingest.files import stray_files
 from orchestration.settings import share_of_memory_limit
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
@@ -53,6 +54,10 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
         passed=report.rows_quarantined == 0,
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
+        description=None if report.rows_quarantined == 0 else (
+            f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({share:.2%}) were quarantined, "
+            f"within the {max_share:.2%} limit; by rule: "
+            + ", ".join(f"{rule} {n:,}" for rule, n in sorted(report.quarantine_by_rule.items(), key=lambda kv: (-kv[1], kv[0])) if n)),
     )
 
 
@@ -97,6 +102,10 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         for f in report.files:
             if f.status == "rejected":
                 context.log.error(f"rejected {f.path}: {f.error}")
+        astray = [p for p in stray_files(settings.landing_dir) if p.split("/")[0].strip().lower() == source]
+        if astray:  # landing/Orders/...: meant for this source, never read
+            context.log.warning(f"{len(astray)} landing file(s) in a folder that is not landing/{source}/ are not read: "
+                                f"{', '.join(astray[:5])}{' …' if len(astray) > 5 else ''}")
         if dates is None:
             # An unpartitioned run records the batch dates it loaded as materialized partitions.
             loaded = [f for f in report.files if f.status == "loaded"]

@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.contract import BATCH_DATE_HELP, SUPPORTED_SUFFIXES
+from orchestration.contract import BATCH_DATE_HELP, SOURCES, SUPPORTED_SUFFIXES
 
 CHUNK = 4 * 1024 * 1024
 _DT_FOLDER = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -100,6 +100,24 @@ def discover(landing_dir: Path, source: str) -> list[LandingFile]:
             )
         )
     return sorted(out, key=lambda f: f.sort_key)
+
+
+def stray_files(landing_dir: Path, limit: int = 1000) -> list[str]:
+    """Files under landing/ that no source reads (relative paths, sorted; at most `limit`): directly in landing/,
+    or under a folder that is not a source's (`landing/Orders/`, `landing/customers/`). Hidden and `_` names
+    are not deliveries, as in discover."""
+    if not landing_dir.is_dir():
+        return []
+    out: list[str] = []
+    for entry in sorted(landing_dir.iterdir()):
+        if entry.name.startswith((".", "_")) or entry.name in SOURCES:
+            continue
+        found = [entry] if entry.is_file() else sorted(
+            p for p in entry.rglob("*") if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(entry).parts))
+        out += [p.relative_to(landing_dir).as_posix() for p in found]
+        if len(out) >= limit:
+            return out[:limit]
+    return out
 
 
 def sha256_of(path: Path) -> tuple[str, int]:
