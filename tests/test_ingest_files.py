@@ -495,6 +495,49 @@ def test_json_lines_keys_spelled_as_the_contract_win_and_an_empty_key_is_not_rea
     assert rule == "event_id.required" and "K11" in json.loads(original).values()
 
 
+def test_a_json_object_array_or_boolean_in_a_contract_column_is_a_malformed_record(con, settings, land):
+    """Such a value loaded as its JSON text: `{"id":"x"}` as an openid, `false` as a unionid that every row
+    writing it would share. A contract column holds one text, number or null: the record is quarantined as
+    malformed with its text; a text that looks like JSON ("[vip]", "true") is a text, a number its text, and a
+    key outside the contract may hold anything."""
+    base = {"occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow"}
+    records = [dict(base, event_id="a1", openid={"id": "x"}), dict(base, event_id="a2", unionid=False, openid="o2"),
+               dict(base, event_id="a3", openid=["a", "b"]), dict(base, event_id="a4", openid="[vip]"),
+               dict(base, event_id="a5", openid="true"), dict(base, event_id="a6", member_id=123, extra={"k": [1]})]
+    land("channel_events/ns_20240131.jsonl", "".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+    ingest_source(con, "channel_events", settings, "t")
+    assert ledger(con)["channel_events/ns_20240131.jsonl"] == ("loaded", None, 7, 3, 4)
+    assert con.execute("SELECT event_id, openid, member_id FROM raw.channel_events ORDER BY 1").fetchall() == [
+        ("a4", "[vip]", None), ("a5", "true", None), ("a6", None, "123")]
+    quarantined = con.execute("SELECT row_number, rule, original_row->>'malformed_record' FROM raw.quarantine ORDER BY 1").fetchall()
+    assert [(n, rule) for n, rule, _ in quarantined] == [(1, "row.malformed"), (2, "row.malformed"), (3, "row.malformed"), (7, "row.malformed")]
+    assert json.loads(quarantined[1][2]) == records[1] and quarantined[3][2] == "not json"
+
+
+def test_parquet_nested_contract_columns_reject_the_file_and_whole_floats_are_integer_text(con, settings, land):
+    """A Parquet struct or list in a contract column loaded as its text ("{'a': 1}"): the file is rejected,
+    naming the column (a nested column outside the contract is fine). A float64 id column (pandas writes an
+    integer column with gaps so) loaded 123.0 as "123.0", which never links to "123" from CSV: a whole number
+    is its integer text."""
+    base = {"occurred_at": ["2024-01-31 10:00"] * 3, "channel": ["wecom"] * 3, "event_type": ["follow"] * 3}
+    for name, table in {
+        "float": {"event_id": ["p1", "p2", "p3"], "member_id": pa.array([123.0, None, 1.5]), "openid": ["o1", "o2", "o3"]},
+        "struct": {"event_id": ["s1", "s2", "s3"], "openid": pa.array([{"a": 1}] * 3)},
+        "list": {"event_id": ["l1", "l2", "l3"], "unionid": pa.array([["u"]] * 3), "openid": ["x"] * 3},
+        "extra": {"event_id": ["e1", "e2", "e3"], "openid": ["x"] * 3, "tags": pa.array([[1], [2], [3]])},
+    }.items():
+        buf = io.BytesIO()
+        pq.write_table(pa.table({**base, **table}), buf)
+        land(f"channel_events/{name}_20240131.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    led = ledger(con)
+    assert led["channel_events/struct_20240131.parquet"][0] == "rejected" and "openid (STRUCT(a BIGINT)) hold nested" in led["channel_events/struct_20240131.parquet"][1]
+    assert led["channel_events/list_20240131.parquet"][0] == "rejected" and "unionid (VARCHAR[])" in led["channel_events/list_20240131.parquet"][1]
+    assert con.execute("SELECT event_id, member_id FROM raw.channel_events WHERE event_id LIKE 'p%' ORDER BY 1").fetchall() == [
+        ("p1", "123"), ("p2", None), ("p3", "1.5")]
+    assert con.execute("SELECT count(*) FROM raw.channel_events WHERE event_id LIKE 'e%'").fetchone()[0] == 3
+
+
 def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settings):
     """The reader takes a CSV file's signature from its header (every column VARCHAR) instead of asking DuckDB:
     it must be exactly what DESCRIBE gives, odd names included, and the row count the table's."""

@@ -397,6 +397,8 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                 f"FROM {_JRAW}) AS _s ORDER BY _s._n"
             )
             signature = _json_number_signature(con, keys, cents)
+            if _json_non_scalars(con, keys, order, malformed):
+                malformed = True
     except duckdb.Error as exc:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
@@ -539,6 +541,44 @@ def _read_json_records(con: duckdb.DuckDBPyConnection, path: Path, compression: 
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}_lines")
 
 
+def _json_non_scalars(con: duckdb.DuckDBPyConnection, keys: list[str], order: Sequence[str], malformed: bool) -> bool:
+    """Make the records of _SRC (a JSON Lines file; _JRAW, its records, still there) in which a contract
+    column's value is a JSON object, array or boolean malformed records: their columns NULL, their text in _MF
+    (rule row.malformed). Returns whether _SRC has the column _MF now because of that (`malformed`: it had it).
+
+    json_extract_string gives such a value as its JSON text, which loaded as an identifier (`{"id":"x"}`;
+    `false`, which every row with `"unionid": false` would share); a contract column holds one text, number or
+    null. The values read (the first key of each contract column, as _judge_select reads them) are looked at as
+    text first, one scan of _SRC; only where one starts with `{` or `[`, or is `true`/`false`, are the JSON
+    types of the record's values asked (a text "[vip]" is a text)."""
+    wanted = {name.strip().lower() for name in order}
+    read: dict[str, str] = {}
+    for k in keys:
+        if k.strip().lower() in wanted:
+            read.setdefault(k.strip().lower(), k)
+    if not read:
+        return False
+    suspect = " OR ".join(f"(left(_s.{R.q(k)}, 1) IN ('{{', '[') OR _s.{R.q(k)} IN ('true', 'false'))" for k in read.values())
+    if not con.execute(f"SELECT count(*) FROM {_SRC} AS _s WHERE {suspect}").fetchone()[0]:
+        return False
+    exact = " OR ".join(f"coalesce(json_type(_j.json, {_json_pointer(k)}) IN ('OBJECT', 'ARRAY', 'BOOLEAN'), FALSE)"
+                        for k in read.values())
+    joined = (f"(SELECT *, rowid AS _n FROM {_SRC}) AS _s JOIN (SELECT json, rowid AS _n FROM {_JRAW}) AS _j "
+              f"ON _s._n = _j._n")
+    if not con.execute(f"SELECT count(*) FROM {joined} WHERE ({suspect}) AND ({exact})").fetchone()[0]:
+        return False
+    columns = ", ".join(f"CASE WHEN _x THEN NULL ELSE {R.q(k)} END AS {R.q(k)}" for k in keys)
+    before = R.q(_MF) if malformed else "CAST(NULL AS VARCHAR)"
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_SRC}_ns AS SELECT {columns}, CASE WHEN _x THEN _json ELSE {before} END AS {R.q(_MF)} "
+        f"FROM (SELECT _s.* EXCLUDE (_n), CAST(_j.json AS VARCHAR) AS _json, _s._n AS _n, CASE WHEN {suspect} THEN {exact} ELSE FALSE END AS _x "
+        f"FROM {joined}) ORDER BY _n"
+    )
+    con.execute(f"DROP TABLE {_SRC}")
+    con.execute(f"ALTER TABLE {_SRC}_ns RENAME TO {_SRC}")
+    return True
+
+
 def _json_pointer(key: str) -> str:
     """The JSON Pointer (RFC 6901) of a top-level key, as a SQL literal."""
     return R.lit("/" + key.replace("~", "~0").replace("/", "~1"))
@@ -620,6 +660,11 @@ def _signature(con: duckdb.DuckDBPyConnection, malformed: bool = False) -> _Sign
     last column is _MF, not delivered)."""
     columns = con.execute(f"DESCRIBE {_SRC}").fetchall()
     return tuple((name, ty) for name, ty, *_ in (columns[:-1] if malformed else columns))
+
+
+def _nested(duckdb_type: str) -> bool:
+    """A DuckDB type of nested values: STRUCT(...), MAP(...), UNION(...), a list (`T[]`) or an array (`T[3]`)."""
+    return duckdb_type.upper().startswith(("STRUCT", "MAP", "UNION")) or duckdb_type.rstrip().endswith("]")
 
 
 def _staged_names(signature: _Signature) -> list[str]:
@@ -915,6 +960,10 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
                 missing = [n for n in c.required_columns if n not in src_cols]
                 if missing:
                     raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}")
+                nested = [f"{src_cols[n][0]} ({src_cols[n][1]})" for n in c.column_names if n in src_cols and _nested(src_cols[n][1])]
+                if nested:  # a Parquet struct, list or map: its text ("{'a': 1}") would load as the value
+                    raise fl.FileRejected(f"{f.rel_path}: column(s) {', '.join(nested)} hold nested values (a struct, "
+                                          f"list or map); a contract column holds one value per row")
             except fl.FileRejected as exc:
                 results[cand.file_id] = exc
                 continue

@@ -213,6 +213,11 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
     base = _base(src_type)
     x = q(src) if src is not None else None
     if col.type == "string":
+        if x is not None and base in _FLOAT_TYPES:
+            # a whole number in a Parquet float column (pandas writes an integer column with gaps as float64):
+            # its integer text, as CSV and JSON deliver it (123.0 would not link to 123)
+            return (f"(CASE WHEN isfinite({x}) AND {x} = trunc({x}) AND abs({x}) < 9007199254740992 "
+                    f"THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) ELSE {dv} END)")
         return dv
     if col.type == "enum":
         return f"lower({dv})"
