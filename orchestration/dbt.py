@@ -178,6 +178,23 @@ def recorded_fingerprint(con, step: str) -> str | None:
     return row[0] if row else None
 
 
+# What raw.dbt_incremental_state holds for a step whose last build began to rebuild its incremental models from
+# raw and did not succeed (or built only some of them): it matches no fingerprint, so the next build rebuilds
+# them from raw again.
+INCOMPLETE = "incomplete: a rebuild from raw did not finish"
+
+
+def invalidate_fingerprint(con, step: str) -> None:
+    """Before a build with --full-refresh: from its first model on, the step's incremental models may hold rows
+    computed under two fingerprints until it succeeds (a failed test, a crash, Ctrl-C, out of memory), so the
+    record must match none. A review had a build under a changed window fail after rebuilding
+    int_customers__purchases; the settings put back, the next run matched the old record, stayed incremental and
+    kept 32 customers' activation from the failed build. A successful whole build records its fingerprint."""
+    if warehouse.table_exists(con, INCREMENTAL_STATE_TABLE):
+        con.execute(f"update {INCREMENTAL_STATE_TABLE} set fingerprint = ?, recorded_at = ? where step = ?",
+                    [INCOMPLETE, dt.datetime.now(dt.UTC), step])
+
+
 def loaded_through(con) -> int:
     """The newest file_id of the ingestion ledger (0 without one): a dbt build that starts now takes in the
     rows of every file up to it (runs hold the warehouse lock, nothing is loaded during a build)."""

@@ -125,6 +125,11 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 _TUNABLE = [f.name for f in dataclasses.fields(Settings) if f.name not in ("data_dir", "sources")]
 
 
+# Metric windows are at most 100 years; DuckDB's memory limit at least 256 MB.
+MAX_WINDOW_DAYS = 36500
+MIN_MEMORY_LIMIT_BYTES = 256 * 10**6
+
+
 def _coerce(name: str, value: Any, origin: str) -> Any:
     kind = _FIELD_TYPES[name]
     try:
@@ -143,6 +148,9 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 raise ValueError("must not be negative")
             if name in ("demo_customers", "demo_days") and out < 1:
                 raise ValueError("must be 1 or more")
+            if name.endswith("_window_days") or name in ("retention_start_days", "retention_end_days"):
+                if out > MAX_WINDOW_DAYS:  # dbt computes with microseconds: 1e9 days overflowed INT64 mid-build
+                    raise ValueError(f"must be at most {MAX_WINDOW_DAYS} days (100 years)")
             return out
         if kind == "tuple[str, ...]":
             if isinstance(value, str):
@@ -164,11 +172,18 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             text = str(value).strip()
             if text and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)", text, flags=re.IGNORECASE):
                 raise ValueError('must be a size such as "3GB" or "512MB", or "" for DuckDB\'s default')
+            if text and _bytes(text) < MIN_MEMORY_LIMIT_BYTES:  # "1KB": the warehouse is created, then nothing fits
+                raise ValueError("must be at least 256MB")
             return text
         if name == "partitions_start_date":
             import datetime
+            import re
 
             text = str(value)
+            # YYYY-MM-DD only: Python's fromisoformat also takes 20240101 and 2024-W01-1, which Dagster's
+            # partitions then refuse with a traceback that does not name the setting
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                raise ValueError("must be a date written YYYY-MM-DD")
             datetime.date.fromisoformat(text)
             return text
     except (TypeError, ValueError) as exc:
@@ -183,16 +198,21 @@ def share_of_memory_limit(limit: str | None, fraction: float) -> str | None:
     """`fraction` of a duckdb_memory_limit ("2.5GB" → 0.25 → "625000000B", DuckDB's units: GB = 10^9 bytes,
     GiB = 2^30), for two DuckDB instances that run at once and together must stay within the setting. None
     or "" (DuckDB's default) stays as it is."""
-    import re
-
     if not limit:
         return limit
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", limit.strip(), flags=re.IGNORECASE)
-    if m is None:
-        raise ValueError(f"not a memory size: {limit!r}")
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return f"{int(float(m.group(1)) * _UNITS[m.group(2).lower()] * fraction)}B"
+    return f"{int(_bytes(limit) * fraction)}B"
+
+
+def _bytes(size: str) -> int:
+    """A memory size in DuckDB's units ("2.5GB", "512MiB") in bytes."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", size.strip(), flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"not a memory size: {size!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -233,20 +253,24 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
                     f"{settings_file}: unknown setting {key!r}; known settings: {', '.join(sorted(_TUNABLE))}"
                 )
             values[key] = _coerce(key, value, str(settings_file))
+    origins = {key: str(settings_file) for key in values}
     for key in _TUNABLE:
         env_name = f"PRIVDOM_{key.upper()}"
         if env_name in os.environ:
             values[key] = _coerce(key, os.environ[env_name], f"${env_name}")
+            origins[key] = f"${env_name}"
     for key, value in overrides.items():
         if key not in _TUNABLE:
             raise SettingsError(f"unknown setting {key!r}")
         values[key] = _coerce(key, value, "the caller")
+        origins[key] = "the caller"
     settings = Settings(data_dir=root, sources=sources, **values)
     if settings.retention_start_days >= settings.retention_end_days:
+        where = lambda key: origins.get(key, "the default")  # noqa: E731
         raise SettingsError(
-            f"retention_start_days ({settings.retention_start_days}) must be below retention_end_days "
-            f"({settings.retention_end_days}): retention is an order or engage event in [acquired_at + start, "
-            "acquired_at + end)"
+            f"retention_start_days ({settings.retention_start_days}, from {where('retention_start_days')}) must be "
+            f"below retention_end_days ({settings.retention_end_days}, from {where('retention_end_days')}): "
+            "retention is an order or engage event in [acquired_at + start, acquired_at + end)"
         )
     return settings
 

@@ -85,14 +85,22 @@ def test_a_share_of_the_limit_is_in_bytes_in_duckdbs_units():
     ("[segment.vip]\nversion = 1\n", "unknown table [segment]"),
     ("[privdom]\nidentity_max_degree = 5\n[segments.vip]\nversion = 1\n", "everything belongs under [privdom]"),
     ("identity_max_degree = 2.7\n", "'identity_max_degree'"),
-    ("retention_start_days = 100\n", "retention_start_days (100) must be below retention_end_days (90)"),
+    ("retention_start_days = 100\n", "retention_start_days (100, from "),
+    ("retention_start_days = 100\n", "must be below retention_end_days (90, from the default)"),
+    ("activation_window_days = 1000000000\n", "must be at most 36500 days"),
+    ("referral_window_days = 36501\n", "must be at most 36500 days"),
+    ("partitions_start_date = \"20240101\"\n", "must be a date written YYYY-MM-DD"),
+    ("partitions_start_date = \"2024-W01-1\"\n", "must be a date written YYYY-MM-DD"),
+    ("duckdb_memory_limit = \"1KB\"\n", "must be at least 256MB"),
     ("demo_dirty_rate = 0.6\n", "must be below 0.5"),
     ("demo_customers = 0\n", "must be 1 or more"),
 ])
 def test_a_settings_file_that_would_be_misread_is_refused(tmp_path, text, words):
     """A misspelled table ([destination], [exprts], [segment]) would be ignored, so a user's sync or segment
     would silently not exist; a fractional count would be cut; a retention window that ends before it starts
-    would make nobody retained."""
+    would make nobody retained. A window of 1e9 days overflowed in dbt after ingestion had written, a date
+    Python reads but Dagster's partitions do not ended in a traceback naming no setting, and a memory limit
+    of 1KB created the warehouse and then failed: all refused before anything is written."""
     (tmp_path / "privdom.toml").write_text(text, encoding="utf-8")
     with pytest.raises(SettingsError) as info:
         load_settings(tmp_path)

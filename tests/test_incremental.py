@@ -404,6 +404,28 @@ def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(histo
     assert (through, recorded_again) == (1, recorded_at)
 
 
+def test_a_rebuild_from_raw_that_did_not_finish_is_rebuilt_again_whatever_the_settings_then(history, tmp_path, monkeypatch,
+                                                                                           dbt_manifest):
+    """A build under a changed window rebuilt int_customers__purchases from raw and stopped there (a review: a
+    later model failed; here: only that model is built, as from the UI). With the window put back, the next run
+    matched the old record, stayed incremental and kept the purchases computed under the other window: 32
+    customers' activation differed from a fresh build. The record now says the rebuild did not finish."""
+    from orchestration import dbt as dbt_runner
+
+    data_dir = _copy(history, tmp_path)
+    _, _, full, _ = history
+    settings = (data_dir / "privdom.toml").read_text(encoding="utf-8")
+    (data_dir / "privdom.toml").write_text(settings + "activation_window_days = 1\n", encoding="utf-8")
+    assert _materialize_only(data_dir, tmp_path, monkeypatch, ["intermediate", "int_customers__purchases"]).success
+    assert _query(data_dir, "select fingerprint from raw.dbt_incremental_state where step = 'dbt_models'") == [(dbt_runner.INCOMPLETE,)]
+    (data_dir / "privdom.toml").write_text(settings, encoding="utf-8")
+    _run(data_dir)
+    after = snapshot(data_dir / "warehouse.duckdb")
+    for table in ("intermediate.int_customers__purchases", "marts.dim_customers", "marts.fct_aarrr_funnel"):
+        assert after[table] == full[table], table
+    assert _query(data_dir, "select fingerprint from raw.dbt_incremental_state where step = 'dbt_models'")[0][0] != dbt_runner.INCOMPLETE
+
+
 def _graph_marks(data_dir: Path) -> dict[str, int]:
     return dict(_query(data_dir, "select consumer, build_seq from identity_state.graph_consumers"))
 

@@ -79,6 +79,8 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             whole = _whole_step(context)
             with privdom.connect() as con:
                 reason = _full_refresh_reason(context, dbt_runner.recorded_fingerprint(con, name), fingerprint)
+                if reason:  # until this build succeeds whole, its models match no recorded fingerprint
+                    dbt_runner.invalidate_fingerprint(con, name)
                 # what this build's tests will have covered when it succeeds (staging only; see _whole_step)
                 through = dbt_runner.loaded_through(con) if name == "dbt_staging" and whole else None
                 # a build of part of the step must not move the models' places in the graph's change log
@@ -132,6 +134,8 @@ def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None
         return f"the run has tag {dbt_runner.FULL_REFRESH_TAG}"
     if recorded is None:
         return "no successful build of this step recorded yet"
+    if recorded == dbt_runner.INCOMPLETE:
+        return "the last build that rebuilt them from raw did not finish, or built only some of them"
     if recorded != fingerprint:
         return "the SQL of the incremental models, or the vars their rows depend on, changed since the last build"
     return None
