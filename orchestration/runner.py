@@ -313,10 +313,20 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         checks=checks,
         ledger=ledger,
         tables=tables,
-        exports=summarise_exports(settings.exports_dir),
+        exports=summarise_exports(settings.exports_dir, _defined_segments(settings)),
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
     )
+
+
+def _defined_segments(settings: Settings) -> list[str] | None:
+    """The names of the segments defined now (None when the definitions cannot be read: the run said why)."""
+    from orchestration.segments.definitions import load_segment_definitions
+
+    try:
+        return [d.name for d in load_segment_definitions(settings.data_dir, settings.sources) if d.enabled]
+    except Exception:  # noqa: BLE001 - a summary names what it can
+        return None
 
 
 def _first_line(message: str) -> str:

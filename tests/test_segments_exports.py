@@ -482,3 +482,36 @@ def test_a_merge_of_two_members_adds_the_survivor_and_a_changed_contact_is_an_ad
     _membership(warehouse, [d])
     third = _export(warehouse, exports, d)
     assert third.export_id != second.export_id and (third.adds, third.removes) == (0, 0)
+
+
+def test_a_definition_edited_without_a_new_version_exports_again_and_a_lowered_keep_prunes(world):
+    """A rule, purpose or campaign edited under the same version, selecting the same members, left LATEST's
+    manifest describing the old definition (a review): the export is written again with the new one. A lowered
+    `keep` pruned nothing until new data came."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    edited = {"buyers": {**BUYERS["buyers"], "purpose": "CHANGED purpose",
+                         "rule": [{"column": "paid_orders", "op": "between", "value": [1, 99]}]}}
+    (e,) = _defs(edited)
+    _membership(warehouse, [e])
+    again = _export(warehouse, exports, e)
+    assert not again.unchanged and (again.adds, again.removes) == (0, 0)
+    assert again.manifest["purpose"] == "CHANGED purpose" and "between" in json.dumps(again.manifest["rule"])
+    assert _export(warehouse, exports, e).unchanged  # and then it is the export of that definition
+    assert complete_exports(exports / "buyers") == [first.export_id, again.export_id]
+    kept = _export(warehouse, exports, e, ExportOptions(formats=ALL_FORMATS.formats, keep=1))
+    assert kept.unchanged and complete_exports(exports / "buyers") == [again.export_id]
+
+
+def test_the_summary_names_a_segment_no_longer_defined(world):
+    from orchestration.segments import summarise_exports
+
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    _export(warehouse, exports, d)
+    assert [row[0] for row in summarise_exports(exports)] == ["buyers"]
+    assert [row[0] for row in summarise_exports(exports, ["other"])] == ["buyers (no longer defined)"]
+    assert [row[0] for row in summarise_exports(exports, ["buyers"])] == ["buyers"]

@@ -260,6 +260,7 @@ def export_segment(
     if previous_id is not None:
         previous = read_manifest(segment_dir / previous_id)
         if _same_export(previous, definition, formats, options, digest):
+            _prune(segment_dir, keep=options.keep)  # a lowered `keep` applies without new data too
             return ExportResult(definition.name, previous_id, segment_dir / previous_id, previous["row_count"], 0, 0,
                                 previous.get("previous_export_id"), previous, unchanged=True)
     export_id = new_export_id(now, previous_id)
@@ -387,10 +388,16 @@ def _same_export(previous: dict, definition: SegmentDefinition, formats, options
 
     Exports are idempotent so that a rerun on unchanged data (or the run after one killed mid-export) does not
     publish a copy whose adds and removes are empty. A run on new data always exports (its data end moved).
+    The definition is its version and what the manifest says of it (purpose, campaign, rule): a rule edited
+    without a new version, selecting the same members, left LATEST's manifest describing the old one.
     """
+    said = lambda value: json.dumps(value, sort_keys=True, default=str)  # noqa: E731 (as the manifest holds it)
     return (
         previous.get("members_digest") == digest
         and previous.get("definition_version") == definition.version
+        and said(previous.get("rule")) == said(definition.rule)
+        and previous.get("purpose") == definition.purpose
+        and previous.get("campaign") == definition.campaign
         and previous.get("formats") == list(formats)
         and previous.get("csv_bom") == options.csv_bom
     )
@@ -466,8 +473,10 @@ def export_freshness(con: duckdb.DuckDBPyConnection, exports_dir: Path, segment:
     }
 
 
-def summarise_exports(exports_dir: Path) -> list[tuple[str, str, int, int, int]]:
-    """(segment, latest export id, rows, adds, removes) for every segment folder with a LATEST."""
+def summarise_exports(exports_dir: Path, defined: Sequence[str] | None = None) -> list[tuple[str, str, int, int, int]]:
+    """(segment, latest export id, rows, adds, removes) for every segment folder with a LATEST; with `defined`
+    (the segments defined now), a folder of another segment (switched off, or renamed) is named
+    `<segment> (no longer defined)`: its last export stays for whoever reads it, and is not current."""
     out = []
     if not exports_dir.is_dir():
         return out
@@ -475,5 +484,6 @@ def summarise_exports(exports_dir: Path) -> list[tuple[str, str, int, int, int]]
         latest = latest_export_id(segment_dir)
         if latest and (segment_dir / latest / MANIFEST).is_file():
             m = read_manifest(segment_dir / latest)
-            out.append((segment_dir.name, latest, m["row_count"], m["adds"], m["removes"]))
+            name = segment_dir.name if defined is None or segment_dir.name in defined else f"{segment_dir.name} (no longer defined)"
+            out.append((name, latest, m["row_count"], m["adds"], m["removes"]))
     return out
