@@ -288,7 +288,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
                         check=data.check_name,
                         passed=data.passed,
                         severity=data.severity.value,
-                        description=data.description,
+                        description=data.description or _failed_rows(data),
                     )
                 )
         failed_steps = [
@@ -317,6 +317,16 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
     )
+
+
+def _failed_rows(evaluation) -> str | None:
+    """What a dbt test's check says without a description: the rows it returned (a conflict, a reconciliation
+    gap per row), e.g. "3 rows" for event_id_conflicts."""
+    if evaluation.passed:
+        return None
+    entry = (evaluation.metadata or {}).get("dagster_dbt/failed_row_count")
+    value = getattr(entry, "value", entry)
+    return f"{value:,} row{'s' if value != 1 else ''} returned" if isinstance(value, int) else None
 
 
 def _defined_segments(settings: Settings) -> list[str] | None:

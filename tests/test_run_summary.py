@@ -84,3 +84,21 @@ def test_an_empty_landing_zone_is_pointed_out_and_long_table_names_stay_aligned(
     assert len(rows) == 2 and len({line.index(" rows") for line in rows}) == 1, rows
     loaded = [("orders", 3, 3, 0, 0, 120, 1)] + empty[1:]
     assert "no landing files" not in PipelineResult(settings, "0123456789abcdef", True, 1.0, ledger=loaded).describe()
+
+
+def test_a_dbt_tests_check_says_how_many_rows_it_returned():
+    """dbt's checks carry no description: the summary says what the test returned (event_id_conflicts: one row per
+    conflicting event_id), instead of a bare "[WARN] staging/stg_channel_events · event_id_conflicts"."""
+    from types import SimpleNamespace
+
+    import dagster as dg
+
+    from orchestration.runner import _failed_rows
+
+    def evaluation(passed, count):
+        return SimpleNamespace(passed=passed, metadata={"dagster_dbt/failed_row_count": dg.MetadataValue.int(count)})
+
+    assert _failed_rows(evaluation(False, 3)) == "3 rows returned"
+    assert _failed_rows(evaluation(False, 1)) == "1 row returned"
+    assert _failed_rows(evaluation(True, 0)) is None
+    assert _failed_rows(SimpleNamespace(passed=False, metadata={})) is None

@@ -1,4 +1,7 @@
-{{ config(severity='warn', tags=['ingestion']) }}
+{{ config(severity='warn', tags=['ingestion'], meta={'dagster': {'ref': {'name': 'stg_channel_events'}}}) }}
+-- depends_on: {{ ref('stg_channel_events') }}
+-- (an asset check of staging/stg_channel_events, which keeps each event_id's first content: a test on the raw
+-- source alone was logged as an observation, and `privdom run`'s summary never showed its warning)
 -- SPEC §2: an event_id delivered again with different content keeps its first content and counts as a
 -- conflict. Each returned row is one conflicting event_id (warning, never an error).
 -- Distinct contents are counted only for event_ids delivered more than once (at 1M customers ~50k of 10M):

@@ -146,12 +146,20 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         agrees = validation.unexpected_by_rule == report.quarantine_by_rule
         metadata = validation.to_metadata()
         metadata["agrees_with_quarantine"] = agrees
+        if not agrees:
+            description = "Great Expectations and the quarantine disagree on rows per rule"
+        elif not validation.success:
+            description = (f"{len(metadata['failed_expectations'])} of {metadata['expectations']} expectations unmet by "
+                           f"{metadata['unexpected_rows']:,} of this run's {metadata['evaluated_rows']:,} new rows, as the "
+                           "quarantine counts them")
+        else:
+            description = None
         yield dg.AssetCheckResult(
             check_name=CHECK_CONTRACT,
             passed=validation.success and agrees,
             severity=dg.AssetCheckSeverity.WARN if agrees else dg.AssetCheckSeverity.ERROR,
             metadata=metadata,
-            description=None if agrees else "Great Expectations and the quarantine disagree on rows per rule",
+            description=description,
         )
 
     return _ingest
