@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 from orchestration.contract import SOURCES
 from orchestration.ingest.files import stray_files
 from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
-from orchestration.settings import Settings
+from orchestration.settings import Settings, settings_as_json
 from orchestration.warehouse import LAYER_SCHEMAS, WarehouseLockedError, connect, ensure_not_locked
 
 # Runs started by `privdom run` carry this tag. Such a run can only be in progress while its process holds
@@ -270,6 +271,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
     started = time.perf_counter()
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with dg.DagsterInstance.get() as instance, _output_to(log_path):
+        # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them)
+        print(f"privdom settings: {json.dumps(json.loads(settings_as_json(settings)), ensure_ascii=False)}", flush=True)
         for run_id in _fail_abandoned_runs(instance):
             print(f"privdom: run {run_id} was left unfinished by a killed process; marked failed", flush=True)
         result = job.execute_in_process(

@@ -306,6 +306,21 @@ def test_a_utf8_file_with_a_damaged_byte_is_rejected_not_read_as_gbk(con, settin
     assert sorted(con.execute("SELECT openid, campaign FROM raw.channel_events").fetchall()) == [(f"g{i}", f"新年快乐活动{i}") for i in range(4)]
 
 
+def test_a_csv_file_refused_for_its_line_endings_says_so(con, settings, land):
+    """DuckDB says only "the CSV Parser state machine reached an invalid state" for a carriage return inside a
+    line, and Python "new-line character seen in unquoted field" for lines ending in CR only: the rejection
+    says what is wrong with the line endings."""
+    row = "e{},2024-01-31 10:00,wecom,follow,o1,,,,,,"
+    land("channel_events/crin_20240131.csv", CE_HEADER + row.format(1).replace("follow", "fol\rlow") + "\n")
+    land("channel_events/mac_20240131.csv", CE_HEADER.replace("\n", "\r") + row.format(2) + "\r" + row.format(3) + "\r")
+    ingest_source(con, "channel_events", settings, "t")
+    led = ledger(con)
+    assert led["channel_events/crin_20240131.csv"][0] == "rejected"
+    assert "1 carriage return(s) (CR) not followed by a line feed" in led["channel_events/crin_20240131.csv"][1]
+    assert led["channel_events/mac_20240131.csv"][0] == "rejected"
+    assert "its lines end in CR only" in led["channel_events/mac_20240131.csv"][1]
+
+
 def test_timestamps_before_1990_or_with_an_impossible_offset_are_quarantined(con, settings, land):
     """A year 0001, 1900 or 1970 is a default or an epoch zero: one such row made the triangle's month spine run
     from year 1 (218k rows instead of 9). The year as written must be 1990 or later (a Parquet timestamp: from

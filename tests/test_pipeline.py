@@ -60,6 +60,13 @@ def test_run_prints_a_summary_with_where_the_results_are(demo):
     assert "succeeded" in first.stdout
     assert str(data_dir / "warehouse.duckdb") in first.stdout
     assert "staging.stg_orders" in first.stdout
+    # the run log opens with the settings the run used (a misspelled PRIVDOM_ variable is not among them)
+    import json
+
+    log = sorted((data_dir / "logs").glob("run-*.log"))[0].read_text(encoding="utf-8").splitlines()[0]
+    assert log.startswith("privdom settings: ")
+    used = json.loads(log.removeprefix("privdom settings: "))
+    assert used["activation_window_days"] == 30 and used["max_quarantine_share"] == 0.05
 
 
 def test_ledger_lists_every_landing_file(demo):

@@ -324,7 +324,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             ).fetchone()[0]
             malformed = False
         except duckdb.Error as exc:
-            refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})"
+            refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)}{_line_endings_hint(path, compression)})"
             rows = _read_csv_records(con, path, compression, names, refused)
             malformed = True
         return tuple((n, "VARCHAR") for n in names), rows, malformed
@@ -615,6 +615,36 @@ def _json_number_signature(con: duckdb.DuckDBPyConnection, keys: list[str], cent
 _HEADER_LIMIT = 1 << 20  # bytes of a CSV header line
 
 
+def _line_endings_hint(path: Path, compression: str) -> str:
+    """For a CSV file DuckDB refused: what its line endings have that the reader cannot take, in words ("" when
+    nothing). DuckDB says "the CSV Parser state machine reached an invalid state" for a carriage return (CR)
+    inside a line or lines ending in CR only, and a file mixing CRLF and LF fails the same way. Read only for a
+    refused file, in chunks."""
+    import gzip
+
+    crlf = cr = lf = 0
+    tail = b""
+    try:
+        with (gzip.open if compression == "gzip" else open)(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                data = tail + chunk
+                tail = data[-1:] if data.endswith(b"\r") else b""  # a CRLF split between chunks
+                data = data[: len(data) - len(tail)]
+                n = data.count(b"\r\n")
+                crlf, cr, lf = crlf + n, cr + data.count(b"\r") - n, lf + data.count(b"\n") - n
+        cr += len(tail)
+    except (OSError, EOFError, zlib.error):
+        return ""
+    if cr and not crlf and not lf:
+        return "; its lines end in CR only, an old Mac format: save it with LF or CRLF line endings"
+    if cr:
+        return (f"; it has {cr:,} carriage return(s) (CR) not followed by a line feed, inside a line: remove them "
+                "or save the file with one kind of line ending")
+    if crlf and lf:
+        return f"; it mixes {crlf:,} CRLF and {lf:,} LF line endings: save it with one kind"
+    return ""
+
+
 def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_content: bool = False) -> list[str]:
     """Column names from the header line (UTF-8 by now); blanks and duplicates get unique names, duplicates
     compared without case as DuckDB compares column names (the first keeps its name: the one the judge reads,
@@ -641,7 +671,8 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_cont
     try:
         header = next(csv.reader(io.StringIO(line), delimiter=",", quotechar='"', strict=True), [])
     except csv.Error as exc:
-        raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (bad header: {exc})") from None
+        raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (bad header: {exc}"
+                              f"{_line_endings_hint(path, compression)})") from None
     names: list[str] = []
     taken: set[str] = set()
     for i, n in enumerate(header):
