@@ -199,8 +199,23 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     cmd += ["--vars", json.dumps(variables, sort_keys=True, separators=(",", ":"), default=str)]
     if not (on_duckdb and reads_warehouse):
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+    pipeline_vars = settings.dbt_vars()
+    overridden = sorted(k for k in dbt_runner.INCREMENTAL_VARS if variables.get(k) != pipeline_vars.get(k))
     with warehouse_lock(settings.data_dir, what="privdom dbt", log=lambda m: print(m, file=sys.stderr)):
+        if overridden and command in BUILDS_MODELS:
+            # incremental models built under other vars than the settings' would be kept by the pipeline's next
+            # run, whose record of what they were built with still matches the settings
+            from orchestration.warehouse import connection
+
+            with connection(settings.warehouse_path) as con:
+                dbt_runner.invalidate_fingerprint(con)
+            print(f"privdom dbt: --vars sets {', '.join(overridden)} otherwise than the settings: the pipeline's next run "
+                  "rebuilds its incremental models from raw", file=sys.stderr)
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+
+
+# dbt commands that write models (incremental ones among them)
+BUILDS_MODELS = ("run", "build", "retry", "snapshot", "seed", "clone")
 
 
 def _option_value(args: list[str], *names: str) -> str | None:

@@ -184,14 +184,15 @@ def recorded_fingerprint(con, step: str) -> str | None:
 INCOMPLETE = "incomplete: a rebuild from raw did not finish"
 
 
-def invalidate_fingerprint(con, step: str) -> None:
+def invalidate_fingerprint(con, step: str | None = None) -> None:
     """Before a build with --full-refresh: from its first model on, the step's incremental models may hold rows
     computed under two fingerprints until it succeeds (a failed test, a crash, Ctrl-C, out of memory), so the
     record must match none. A review had a build under a changed window fail after rebuilding
     int_customers__purchases; the settings put back, the next run matched the old record, stayed incremental and
-    kept 32 customers' activation from the failed build. A successful whole build records its fingerprint."""
+    kept 32 customers' activation from the failed build. A successful whole build records its fingerprint.
+    Without `step`, every step's (`privdom dbt run --vars` building them under other vars than the settings)."""
     if warehouse.table_exists(con, INCREMENTAL_STATE_TABLE):
-        con.execute(f"update {INCREMENTAL_STATE_TABLE} set fingerprint = ?, recorded_at = ? where step = ?",
+        con.execute(f"update {INCREMENTAL_STATE_TABLE} set fingerprint = ?, recorded_at = ? where step = coalesce(?, step)",
                     [INCOMPLETE, dt.datetime.now(dt.UTC), step])
 
 

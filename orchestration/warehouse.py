@@ -19,9 +19,21 @@ def path_sql(path: Path | str) -> str:
     for that one file. They read a path as a glob pattern: a landing file named `orders_20240131_[1].csv` read
     `orders_20240131_1.csv`, and one named `*.csv` every file beside it. `[`, `*` and `?` are escaped as the
     one-character classes `[[]`, `[*]`, `[?]`, which match only themselves (`]` outside a class is literal).
-    Not for COPY ... TO or ATTACH, which take a path as it is."""
+    Not for COPY ... TO or ATTACH, which take a path as it is.
+
+    A path holding a backslash and one of those characters cannot be named at all (DuckDB's glob takes the
+    backslash for an escape, and no class matches it): ValueError, which ingestion reports as the file's
+    rejection (unreadable_name)."""
     text = path.as_posix() if isinstance(path, Path) else str(path)
+    if unreadable_name(text):
+        raise ValueError(f"{text}: DuckDB cannot read a path holding both a backslash and one of [ * ?")
     return "'" + text.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]").replace("'", "''") + "'"
+
+
+def unreadable_name(path: Path | str) -> bool:
+    """Whether DuckDB's readers cannot name this path (see path_sql)."""
+    text = str(path)
+    return "\\" in text and any(c in text for c in "[*?")
 
 
 LAYER_SCHEMAS = ("raw", "staging", "intermediate", "marts", "segments")

@@ -82,3 +82,29 @@ def test_dbt_waits_for_the_warehouse_lock(tmp_path, dbt_manifest):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
     assert "a test holding the warehouse" in err  # it said who it waits for
+
+
+def test_building_under_other_window_vars_makes_the_pipeline_rebuild_from_raw(tmp_path, dbt_manifest):
+    """`privdom dbt run --vars '{activation_window_days: 5}'` builds incremental models under another window than
+    the settings; the pipeline's record still matched the settings, so its next run would have kept those rows.
+    Such a command marks every step's record incomplete (the next run rebuilds from raw); other vars, and
+    commands that build nothing, leave it."""
+    data_dir = _data_dir(tmp_path)
+    with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:
+        con.execute("create schema raw; create table raw.dbt_incremental_state (step varchar primary key, "
+                    "fingerprint varchar not null, recorded_at timestamptz not null, tested_through_file_id bigint, "
+                    "tested_built_at timestamp); insert into raw.dbt_incremental_state values "
+                    "('dbt_staging', 'f1', now(), 7, null), ('dbt_models', 'f1', now(), null, null)")
+
+    def recorded():
+        with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+            return con.execute("select step, fingerprint, tested_through_file_id from raw.dbt_incremental_state order by 1").fetchall()
+
+    for args in (("run", "--select", "no_such_model", "--vars", "{privdom_test_all_rows: true}"),
+                 ("compile", "--select", "no_such_model", "--vars", "{activation_window_days: 5}"),
+                 ("run", "--select", "no_such_model", "--vars", "{activation_window_days: 30}")):  # the setting's own value
+        _privdom(data_dir, *args)
+        assert recorded() == [("dbt_models", "f1", None), ("dbt_staging", "f1", 7)], args
+    result = _privdom(data_dir, "run", "--select", "no_such_model", "--vars", "{activation_window_days: 5}")
+    assert "sets activation_window_days otherwise than the settings" in result.stderr
+    assert recorded() == [("dbt_models", dbt_runner.INCOMPLETE, None), ("dbt_staging", dbt_runner.INCOMPLETE, 7)]

@@ -304,6 +304,16 @@ def test_a_utf8_file_with_a_damaged_byte_is_rejected_not_read_as_gbk(con, settin
     assert status == "rejected" and "UTF-8 with 1 invalid byte sequence(s)" in error and "first on line 6" in error, error
     assert led["channel_events/gbk_20240131.csv"][0] == "loaded"
     assert sorted(con.execute("SELECT openid, campaign FROM raw.channel_events").fetchall()) == [(f"g{i}", f"新年快乐活动{i}") for i in range(4)]
+    # a U+FFFD character is valid UTF-8 (EF BF BD), not damage: a BOM JSON Lines file (always sniffed) with one loads
+    land("channel_events/fffd_20240131.jsonl", b"\xef\xbb\xbf" + json.dumps(
+        {"event_id": "r1", "occurred_at": "2024-01-31 10:00", "channel": "wecom", "event_type": "follow", "openid": "o1",
+         "campaign": "新年\ufffd"}, ensure_ascii=False).encode() + b"\n")
+    ingest_source(con, "channel_events", settings, "t2")
+    assert ledger(con)["channel_events/fffd_20240131.jsonl"][0] == "loaded"
+    from orchestration.ingest import files as fl
+
+    many = land("channel_events/many_20240131.csv", (CE_HEADER + rows.replace("活动", "\ufffd" * 3)).encode())
+    assert fl.sniff_text(next(f for f in fl.discover(settings.landing_dir, "channel_events") if f.path == many)) == ("utf-8", False)
 
 
 def test_a_csv_file_refused_for_its_line_endings_says_so(con, settings, land):
@@ -520,11 +530,17 @@ def test_a_json_object_array_or_boolean_in_a_contract_column_is_a_malformed_reco
                dict(base, event_id="a3", openid=["a", "b"]), dict(base, event_id="a4", openid="[vip]"),
                dict(base, event_id="a5", openid="true"), dict(base, event_id="a6", member_id=123, extra={"k": [1]})]
     land("channel_events/ns_20240131.jsonl", "".join(json.dumps(r) + "\n" for r in records) + "not json\n")
+    # keys named like the reader's own columns ("_n", "rowid", "_x", "_v") change nothing (a review found a join
+    # on row ids that such a key took over)
+    odd = [dict(base, event_id="b1", openid="ob1", _n=1, rowid=5, _x=True, _v=[0]), dict(base, event_id="b2", unionid=False, openid="ob2")]
+    land("channel_events/odd_20240131.jsonl", "".join(json.dumps(r) + "\n" for r in odd))
     ingest_source(con, "channel_events", settings, "t")
     assert ledger(con)["channel_events/ns_20240131.jsonl"] == ("loaded", None, 7, 3, 4)
+    assert ledger(con)["channel_events/odd_20240131.jsonl"] == ("loaded", None, 2, 1, 1)
     assert con.execute("SELECT event_id, openid, member_id FROM raw.channel_events ORDER BY 1").fetchall() == [
-        ("a4", "[vip]", None), ("a5", "true", None), ("a6", None, "123")]
-    quarantined = con.execute("SELECT row_number, rule, original_row->>'malformed_record' FROM raw.quarantine ORDER BY 1").fetchall()
+        ("a4", "[vip]", None), ("a5", "true", None), ("a6", None, "123"), ("b1", "ob1", None)]
+    quarantined = con.execute("SELECT row_number, rule, original_row->>'malformed_record' FROM raw.quarantine "
+                              "WHERE file_path LIKE '%ns_%' ORDER BY 1").fetchall()
     assert [(n, rule) for n, rule, _ in quarantined] == [(1, "row.malformed"), (2, "row.malformed"), (3, "row.malformed"), (7, "row.malformed")]
     assert json.loads(quarantined[1][2]) == records[1] and quarantined[3][2] == "not json"
 
@@ -537,12 +553,14 @@ def test_parquet_nested_contract_columns_reject_the_file_and_whole_floats_are_in
     base = {"occurred_at": ["2024-01-31 10:00"] * 3, "channel": ["wecom"] * 3, "event_type": ["follow"] * 3}
     for name, table in {
         "float": {"event_id": ["p1", "p2", "p3"], "member_id": pa.array([123.0, None, 1.5]), "openid": ["o1", "o2", "o3"]},
+        # pandas' -1 sentinel in a float id column: the placeholder -1, no identifier (as "-1" in a CSV file)
+        "sentinel": {"event_id": ["q1", "q2"], "member_id": pa.array([-1.0, 0.0])},
         "struct": {"event_id": ["s1", "s2", "s3"], "openid": pa.array([{"a": 1}] * 3)},
         "list": {"event_id": ["l1", "l2", "l3"], "unionid": pa.array([["u"]] * 3), "openid": ["x"] * 3},
         "extra": {"event_id": ["e1", "e2", "e3"], "openid": ["x"] * 3, "tags": pa.array([[1], [2], [3]])},
     }.items():
         buf = io.BytesIO()
-        pq.write_table(pa.table({**base, **table}), buf)
+        pq.write_table(pa.table({**{k: v[: len(table["event_id"])] for k, v in base.items()}, **table}), buf)
         land(f"channel_events/{name}_20240131.parquet", buf.getvalue())
     ingest_source(con, "channel_events", settings, "t")
     led = ledger(con)
@@ -551,6 +569,8 @@ def test_parquet_nested_contract_columns_reject_the_file_and_whole_floats_are_in
     assert con.execute("SELECT event_id, member_id FROM raw.channel_events WHERE event_id LIKE 'p%' ORDER BY 1").fetchall() == [
         ("p1", "123"), ("p2", None), ("p3", "1.5")]
     assert con.execute("SELECT count(*) FROM raw.channel_events WHERE event_id LIKE 'e%'").fetchone()[0] == 3
+    assert con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine WHERE original_row->>'event_id' LIKE 'q%' "
+                       "ORDER BY 1").fetchall() == [("q1", "identifier.required"), ("q2", "identifier.required")]
 
 
 def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settings):

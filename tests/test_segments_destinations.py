@@ -729,6 +729,19 @@ def test_wecom_a_member_without_a_live_contact_is_logged_skipped_once_while_it_l
         assert len(server.calls) == 7 and "wmC7" not in {c["body"]["external_userid"] for c in server.calls[:6]}
 
 
+def test_wecom_a_member_without_any_contact_channel_is_skipped_not_lost(warehouse):
+    """A member reached by no channel now (contact_channel NULL) but holding a former WeCom id: `NOT (channel =
+    'wecom' AND ...)` is NULL there, and a review found such a member neither sent nor skipped nor logged."""
+    _sql(warehouse, "update marts.dim_customers set reachable_channels = 'member', is_member = true, openid = null, "
+                    "phone_sha256 = null where customer_key = 'C7'")
+    assert query(warehouse, "select contact_channel, wecom_external_userid from segments.segment_members where customer_key = 'C7'") == [(None, "wmC7")]
+    with WeComServer([]) as server:
+        config = _wecom(server.url)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None), "run-1")
+    assert (report.to_add, report.skipped) == (6, 1)
+    assert [r[:3] for r in _log(warehouse, "run-1") if r[0] == "C7"] == [("C7", "add", "skipped")]
+
+
 def test_wecom_an_expired_token_is_renewed_within_the_attempt(warehouse):
     """With max_attempts = 1, a token that expired early (42001, 40014) is fetched again and the same call made at
     once: the renewal is not a retry, so the contacts are tagged. A token refused again right after being issued

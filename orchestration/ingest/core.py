@@ -43,7 +43,7 @@ from orchestration.contract import CONTRACTS, LINEAGE_COLUMNS, SourceContract, c
 from orchestration.quality import SpilledFrame
 from orchestration.scratch import directory as scratch_directory
 from orchestration.settings import TIMEZONE, Settings
-from orchestration.warehouse import path_sql, transaction
+from orchestration.warehouse import path_sql, transaction, unreadable_name
 
 from . import files as fl
 from . import rules as R
@@ -259,6 +259,9 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
         raise fl.FileRejected(fl.no_batch_date_message(f))
     if size == 0:
         raise fl.FileRejected(f"{f.rel_path}: empty file (0 bytes)")
+    if unreadable_name(f.path):
+        raise fl.FileRejected(f"{f.rel_path}: unreadable name: DuckDB cannot open a path holding both a backslash and "
+                              f"one of [ * ? (it takes the path for a pattern); rename the file")
     if f.format == "parquet":
         try:
             rows = con.execute(
@@ -324,8 +327,15 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             ).fetchone()[0]
             malformed = False
         except duckdb.Error as exc:
-            refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)}{_line_endings_hint(path, compression)})"
-            rows = _read_csv_records(con, path, compression, names, refused)
+            refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})"
+            try:
+                rows = _read_csv_records(con, path, compression, names, refused)
+            except fl.FileRejected as rejected:
+                if str(rejected) != refused:
+                    raise
+                # what the line endings hold, read only for a file that is rejected (a malformed row that is
+                # quarantined costs no such pass)
+                raise fl.FileRejected(refused.removesuffix(")") + _line_endings_hint(path, compression) + ")") from None
             malformed = True
         return tuple((n, "VARCHAR") for n in names), rows, malformed
     # JSON Lines: one object per line; values as their JSON text (numbers in DuckDB's shortest decimal form)
@@ -542,40 +552,41 @@ def _read_json_records(con: duckdb.DuckDBPyConnection, path: Path, compression: 
 
 
 def _json_non_scalars(con: duckdb.DuckDBPyConnection, keys: list[str], order: Sequence[str], malformed: bool) -> bool:
-    """Make the records of _SRC (a JSON Lines file; _JRAW, its records, still there) in which a contract
-    column's value is a JSON object, array or boolean malformed records: their columns NULL, their text in _MF
-    (rule row.malformed). Returns whether _SRC has the column _MF now because of that (`malformed`: it had it).
+    """Make the records of a JSON Lines file (_JRAW, read into _SRC by _read_text) in which a contract column's
+    value is a JSON object, array or boolean malformed records: _SRC is made again from _JRAW with their
+    columns NULL and their text in _MF (rule row.malformed). Returns whether it was (`malformed`: _SRC has _MF).
 
     json_extract_string gives such a value as its JSON text, which loaded as an identifier (`{"id":"x"}`;
     `false`, which every row with `"unionid": false` would share); a contract column holds one text, number or
     null. The values read (the first key of each contract column, as _judge_select reads them) are looked at as
     text first, one scan of _SRC; only where one starts with `{` or `[`, or is `true`/`false`, are the JSON
-    types of the record's values asked (a text "[vip]" is a text)."""
+    types of the record's values asked (a text "[vip]" is a text). _SRC is made again from _JRAW, not joined
+    with it: a key may be called anything ("_n", "rowid")."""
     wanted = {name.strip().lower() for name in order}
-    read: dict[str, str] = {}
-    for k in keys:
+    read: dict[str, int] = {}  # contract column -> position of the key read, 1-based
+    for i, k in enumerate(keys, start=1):
         if k.strip().lower() in wanted:
-            read.setdefault(k.strip().lower(), k)
+            read.setdefault(k.strip().lower(), i)
     if not read:
         return False
-    suspect = " OR ".join(f"(left(_s.{R.q(k)}, 1) IN ('{{', '[') OR _s.{R.q(k)} IN ('true', 'false'))" for k in read.values())
-    if not con.execute(f"SELECT count(*) FROM {_SRC} AS _s WHERE {suspect}").fetchone()[0]:
+    looks = " OR ".join(f"(left(_s.{R.q(keys[i - 1])}, 1) IN ('{{', '[') OR _s.{R.q(keys[i - 1])} IN ('true', 'false'))"
+                        for i in read.values())
+    if not con.execute(f"SELECT count(*) FROM {_SRC} AS _s WHERE {looks}").fetchone()[0]:
         return False
-    exact = " OR ".join(f"coalesce(json_type(_j.json, {_json_pointer(k)}) IN ('OBJECT', 'ARRAY', 'BOOLEAN'), FALSE)"
-                        for k in read.values())
-    joined = (f"(SELECT *, rowid AS _n FROM {_SRC}) AS _s JOIN (SELECT json, rowid AS _n FROM {_JRAW}) AS _j "
-              f"ON _s._n = _j._n")
-    if not con.execute(f"SELECT count(*) FROM {joined} WHERE ({suspect}) AND ({exact})").fetchone()[0]:
+    suspect = " OR ".join(f"(left(_v[{i}], 1) IN ('{{', '[') OR _v[{i}] IN ('true', 'false'))" for i in read.values())
+    exact = " OR ".join(f"coalesce(json_type(json, {_json_pointer(keys[i - 1])}) IN ('OBJECT', 'ARRAY', 'BOOLEAN'), FALSE)"
+                        for i in read.values())
+    paths = "[" + ", ".join(_json_pointer(k) for k in keys) + "]"
+    records = (f"SELECT *, CASE WHEN {suspect} THEN {exact} ELSE FALSE END AS _x FROM (SELECT json, "
+               f"json_extract_string(json, {paths}) AS _v, rowid AS _n{', _bad' if malformed else ''} FROM {_JRAW})")
+    if not con.execute(f"SELECT count(*) FROM ({records}) WHERE _x").fetchone()[0]:
         return False
-    columns = ", ".join(f"CASE WHEN _x THEN NULL ELSE {R.q(k)} END AS {R.q(k)}" for k in keys)
-    before = R.q(_MF) if malformed else "CAST(NULL AS VARCHAR)"
+    select = ", ".join(f"CASE WHEN _s._x THEN NULL ELSE _s._v[{i}] END AS {R.q(k)}" for i, k in enumerate(keys, start=1))
+    before = "_s._bad" if malformed else "CAST(NULL AS VARCHAR)"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_SRC}_ns AS SELECT {columns}, CASE WHEN _x THEN _json ELSE {before} END AS {R.q(_MF)} "
-        f"FROM (SELECT _s.* EXCLUDE (_n), CAST(_j.json AS VARCHAR) AS _json, _s._n AS _n, CASE WHEN {suspect} THEN {exact} ELSE FALSE END AS _x "
-        f"FROM {joined}) ORDER BY _n"
+        f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT {select}, "
+        f"CASE WHEN _s._x THEN CAST(_s.json AS VARCHAR) ELSE {before} END AS {R.q(_MF)} FROM ({records}) AS _s ORDER BY _s._n"
     )
-    con.execute(f"DROP TABLE {_SRC}")
-    con.execute(f"ALTER TABLE {_SRC}_ns RENAME TO {_SRC}")
     return True
 
 

@@ -7,6 +7,7 @@ import datetime as dt
 import gzip
 import hashlib
 import re
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,13 @@ def stray_files(landing_dir: Path, limit: int = 1000) -> list[str]:
     are not deliveries, as in discover."""
     if not landing_dir.is_dir():
         return []
+    read = [landing_dir / s for s in SOURCES if (landing_dir / s).is_dir()]
     out: list[str] = []
     for entry in sorted(landing_dir.iterdir()):
         if entry.name.startswith((".", "_")) or entry.name in SOURCES:
             continue
+        if entry.is_dir() and any(entry.samefile(r) for r in read):
+            continue  # `Orders/` on a file system blind to case (macOS's default) is `orders/`: read
         found = [entry] if entry.is_file() else sorted(
             p for p in entry.rglob("*") if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(entry).parts))
         out += [p.relative_to(landing_dir).as_posix() for p in found]
@@ -159,6 +163,23 @@ UTF8_MIN_MULTIBYTE = 20
 UTF8_VALID_PER_ERROR = 4
 
 
+_SNIFF = threading.local()  # sniff_text's counts, per thread (files are read by several worker threads)
+_COUNT_ERRORS = "privdom-count-utf8-errors"
+
+
+def _count_error(exc: UnicodeDecodeError) -> tuple[str, int]:
+    """Codec error handler of sniff_text's UTF-8 pass: counts an invalid sequence, notes the line of the first,
+    and leaves it out. (Counting U+FFFD in a "replace" decoding took a real U+FFFD, valid UTF-8, for damage.)"""
+    state = _SNIFF.state
+    if state["first_line"] is None:
+        state["first_line"] = state["lines"] + exc.object.count(b"\n", 0, exc.start) + 1
+    state["errors"] += 1
+    return "", exc.end
+
+
+codecs.register_error(_COUNT_ERRORS, _count_error)
+
+
 def sniff_text(f: LandingFile) -> tuple[str, bool]:
     """Detect a text file's encoding: ``utf-8-sig`` (BOM), ``utf-8`` or ``gb18030``.
 
@@ -171,11 +192,11 @@ def sniff_text(f: LandingFile) -> tuple[str, bool]:
     character), so the two do not meet.
     """
     encoding = None
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    state = _SNIFF.state = {"errors": 0, "first_line": None, "lines": 0}
+    decoder = codecs.getincrementaldecoder("utf-8")(_COUNT_ERRORS)
     nonblank = False
     first = True
-    multibyte = errors = lines = 0
-    first_error_line = None
+    multibyte = 0
     for chunk in _chunks(f):
         if first:
             first = False
@@ -184,22 +205,14 @@ def sniff_text(f: LandingFile) -> tuple[str, bool]:
                 chunk = chunk[len(UTF8_BOM) :]
         if not nonblank and chunk.strip(_WHITESPACE):
             nonblank = True
-        text = decoder.decode(chunk)
-        bad = text.count("\ufffd")
-        if bad:
-            if first_error_line is None:
-                first_error_line = lines + text.count("\n", 0, text.index("\ufffd")) + 1
-            errors += bad
-            if errors > 100 and errors * UTF8_VALID_PER_ERROR > multibyte:
-                break  # not UTF-8 with a few damaged bytes: decided, no need to read on
-        multibyte += len(text) - len(text.encode("ascii", "ignore")) - bad
-        lines += text.count("\n")
+        text = decoder.decode(chunk)  # invalid sequences counted (_count_error) and left out
+        multibyte += len(text) - len(text.encode("ascii", "ignore"))
+        state["lines"] += text.count("\n")
+        if state["errors"] > 100 and state["errors"] * UTF8_VALID_PER_ERROR > multibyte:
+            break  # not UTF-8 with a few damaged bytes: decided, no need to read on
     else:
-        tail = decoder.decode(b"", final=True)
-        bad = tail.count("\ufffd")
-        if bad and first_error_line is None:
-            first_error_line = lines + 1
-        errors += bad
+        decoder.decode(b"", final=True)
+    errors, first_error_line = state["errors"], state["first_line"]
     if errors == 0:
         return encoding or "utf-8", not nonblank
     if encoding == "utf-8-sig":

@@ -190,10 +190,19 @@ def trimmed(expr: str) -> str:
 
 
 def delivered_expr(src: str | None, src_type: str | None) -> str:
+    """The delivered value as text, trimmed, '' as NULL. A whole number in a Parquet float column is its integer
+    text, as CSV and JSON deliver it: pandas writes an integer column with gaps as float64, and an id 123.0 read
+    as "123.0" never linked to "123"; here, not in the typed value, so that the placeholder checks see the text
+    that loads (-1.0 is the placeholder -1, a review found it loaded as an identifier and dropped in staging)."""
     if src is None:
         return "CAST(NULL AS VARCHAR)"
     if src_type == "VARCHAR":
         return f"NULLIF({trimmed(q(src))}, '')"
+    if _base(src_type) in _FLOAT_TYPES:
+        x = q(src)
+        text = (f"(CASE WHEN isfinite({x}) AND {x} = trunc({x}) AND abs({x}) < 9007199254740992 "
+                f"THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) ELSE CAST({x} AS VARCHAR) END)")
+        return f"NULLIF({trimmed(text)}, '')"
     return f"NULLIF({trimmed(f'CAST({q(src)} AS VARCHAR)')}, '')"
 
 
@@ -213,11 +222,6 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
     base = _base(src_type)
     x = q(src) if src is not None else None
     if col.type == "string":
-        if x is not None and base in _FLOAT_TYPES:
-            # a whole number in a Parquet float column (pandas writes an integer column with gaps as float64):
-            # its integer text, as CSV and JSON deliver it (123.0 would not link to 123)
-            return (f"(CASE WHEN isfinite({x}) AND {x} = trunc({x}) AND abs({x}) < 9007199254740992 "
-                    f"THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) ELSE {dv} END)")
         return dv
     if col.type == "enum":
         return f"lower({dv})"

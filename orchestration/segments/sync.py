@@ -156,7 +156,8 @@ def _adds(config: DestinationConfig, segment: str, *, sendable: bool) -> tuple[s
     return (
         f"select a.* from ({desired}) a left join (select * from {STATE_TABLE} where destination = ? and segment = ?) s "
         f"using (customer_key) where (s.customer_key is null or {changed} "
-        f"or (s.remove_sent_at is not null and {same_place})) and {'' if sendable else 'not '}({can_take}) order by a.customer_key",
+        f"or (s.remove_sent_at is not null and {same_place})) and {'' if sendable else 'not '}coalesce(({can_take}), false) "
+        "order by a.customer_key",
         [*params, config.name, segment, *same_params],
     )
 
