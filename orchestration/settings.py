@@ -167,12 +167,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                     raise ValueError("must look like 2024-03")
             return text
         if name == "duckdb_memory_limit":
-            import re
-
             text = str(value).strip()
-            if text and not re.fullmatch(r"\d+(\.\d+)?\s*([KMGT]i?B)", text, flags=re.IGNORECASE):
-                raise ValueError('must be a size such as "3GB" or "512MB", or "" for DuckDB\'s default')
-            if text and _bytes(text) < MIN_MEMORY_LIMIT_BYTES:  # "1KB": the warehouse is created, then nothing fits
+            if not text:
+                return text
+            try:
+                size = _bytes(text)
+            except ValueError:
+                raise ValueError('must be a size such as "3GB" or "512MB", or "" for DuckDB\'s default') from None
+            if size < MIN_MEMORY_LIMIT_BYTES:  # "1KB": the warehouse is created, then nothing fits
                 raise ValueError("must be at least 256MB")
             return text
         if name == "partitions_start_date":

@@ -224,15 +224,19 @@ class _Scratch:
             self._tmp = None
 
 
+def _open_bytes(path: Path, compression: str):
+    """The file's bytes (decompressed where `compression` is "gzip"), for reading in Python."""
+    import gzip
+
+    return gzip.open(path, "rb") if compression == "gzip" else open(path, "rb")
+
+
 class _Fallback(Exception):
     """The fast read could not decide; read the file again the careful way."""
 
 
 def _starts_with_bom(f: fl.LandingFile) -> bool:
-    import gzip
-
-    opener = gzip.open if f.compression == "gzip" else open
-    with opener(f.path, "rb") as fh:
+    with _open_bytes(f.path, f.compression) as fh:
         return fh.read(len(fl.UTF8_BOM)) == fl.UTF8_BOM
 
 
@@ -469,9 +473,7 @@ def _read_csv_records(con: duckdb.DuckDBPyConnection, path: Path, compression: s
         # row's fields beyond the header's may be empty and still taken (a trailing comma or two); a row over
         # several lines (a quoted line break) may have more: then at most the commas of the refused rows' text,
         # or, failing that, of the whole file
-        import gzip
-
-        with (gzip.open if compression == "gzip" else open)(path, "rb") as fh:
+        with _open_bytes(path, compression) as fh:
             per_line = [line.count(b",") for line in fh]
         bounds = sorted({max(per_line) + 1, max(text.count(",") for _, text, _ in refusals) + 1, sum(per_line) + 1})
         for most in bounds:
@@ -515,16 +517,13 @@ def _read_json_records(con: duckdb.DuckDBPyConnection, path: Path, compression: 
     DuckDB keeps such a line's place as a NULL record but not its text; the text comes from the file's lines
     (split on line feeds, white space trimmed, blank lines left out as DuckDB leaves them), which must match
     DuckDB's records one for one, every JSON record equal to its line: else FileRejected(`refused`)."""
-    import gzip
-
-    opener = gzip.open if compression == "gzip" else open
     try:
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE {_JRAW} AS SELECT json FROM read_ndjson_objects({path_sql(path)}, "
             f"compression = {R.lit(compression)}, ignore_errors = true)"
         )
         records = [r[0] for r in con.execute(f"SELECT CAST(json AS VARCHAR) FROM {_JRAW} ORDER BY rowid").fetchall()]
-        with opener(path, "rb") as fh:
+        with _open_bytes(path, compression) as fh:
             lines = [t for t in (line.decode("utf-8").strip(" \t\r\n\x0b\x0c") for line in fh.read().split(b"\n")) if t]
     except (duckdb.Error, UnicodeDecodeError, OSError, EOFError):
         raise fl.FileRejected(refused) from None
@@ -569,11 +568,13 @@ def _json_non_scalars(con: duckdb.DuckDBPyConnection, keys: list[str], order: Se
             read.setdefault(k.strip().lower(), i)
     if not read:
         return False
-    looks = " OR ".join(f"(left(_s.{R.q(keys[i - 1])}, 1) IN ('{{', '[') OR _s.{R.q(keys[i - 1])} IN ('true', 'false'))"
-                        for i in read.values())
+    def like_json(v: str) -> str:  # a value json_extract_string may have made of an object, array or boolean
+        return f"(left({v}, 1) IN ('{{', '[') OR {v} IN ('true', 'false'))"
+
+    looks = " OR ".join(like_json(f"_s.{R.q(keys[i - 1])}") for i in read.values())
     if not con.execute(f"SELECT count(*) FROM {_SRC} AS _s WHERE {looks}").fetchone()[0]:
         return False
-    suspect = " OR ".join(f"(left(_v[{i}], 1) IN ('{{', '[') OR _v[{i}] IN ('true', 'false'))" for i in read.values())
+    suspect = " OR ".join(like_json(f"_v[{i}]") for i in read.values())
     exact = " OR ".join(f"coalesce(json_type(json, {_json_pointer(keys[i - 1])}) IN ('OBJECT', 'ARRAY', 'BOOLEAN'), FALSE)"
                         for i in read.values())
     paths = "[" + ", ".join(_json_pointer(k) for k in keys) + "]"
@@ -631,12 +632,10 @@ def _line_endings_hint(path: Path, compression: str) -> str:
     nothing). DuckDB says "the CSV Parser state machine reached an invalid state" for a carriage return (CR)
     inside a line or lines ending in CR only, and a file mixing CRLF and LF fails the same way. Read only for a
     refused file, in chunks."""
-    import gzip
-
     crlf = cr = lf = 0
     tail = b""
     try:
-        with (gzip.open if compression == "gzip" else open)(path, "rb") as fh:
+        with _open_bytes(path, compression) as fh:
             while chunk := fh.read(1 << 20):
                 data = tail + chunk
                 tail = data[-1:] if data.endswith(b"\r") else b""  # a CRLF split between chunks
@@ -665,11 +664,9 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_cont
     line of more than 1 MiB, or one that is not UTF-8, rejects the file (FileRejected; on the first, fast read
     the caller sniffs the encoding and transcodes first)."""
     import csv
-    import gzip
     import io
 
-    opener = gzip.open if compression == "gzip" else open
-    with opener(path, "rb") as fh:
+    with _open_bytes(path, compression) as fh:
         raw = fh.readline(_HEADER_LIMIT + 1)
     if require_content and not raw.removeprefix(fl.UTF8_BOM).strip(b" \t\r\n\x0b\x0c"):
         raise _Fallback()

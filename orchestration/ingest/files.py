@@ -70,6 +70,12 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
     return None, None
 
 
+def is_delivery(parts: tuple[str, ...]) -> bool:
+    """Whether a path under a landing folder (its parts) can be a delivery: no part hidden or starting with `_`
+    (`.DS_Store`, `_SUCCESS` markers, `_tmp/`)."""
+    return not any(part.startswith((".", "_")) for part in parts)
+
+
 def discover(landing_dir: Path, source: str) -> list[LandingFile]:
     """Every file under landing/<source>/ (recursively), in (batch date, relative path) order.
 
@@ -84,7 +90,7 @@ def discover(landing_dir: Path, source: str) -> list[LandingFile]:
         if not p.is_file():
             continue
         rel_parts = p.relative_to(root).parts
-        if any(part.startswith((".", "_")) for part in rel_parts):
+        if not is_delivery(rel_parts):
             continue
         rel = p.relative_to(landing_dir).as_posix()
         suffix = match_suffix(p.name)
@@ -112,12 +118,12 @@ def stray_files(landing_dir: Path, limit: int = 1000) -> list[str]:
     read = [landing_dir / s for s in SOURCES if (landing_dir / s).is_dir()]
     out: list[str] = []
     for entry in sorted(landing_dir.iterdir()):
-        if entry.name.startswith((".", "_")) or entry.name in SOURCES:
+        if not is_delivery((entry.name,)) or entry.name in SOURCES:
             continue
         if entry.is_dir() and any(entry.samefile(r) for r in read):
             continue  # `Orders/` on a file system blind to case (macOS's default) is `orders/`: read
         found = [entry] if entry.is_file() else sorted(
-            p for p in entry.rglob("*") if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(entry).parts))
+            p for p in entry.rglob("*") if p.is_file() and is_delivery(p.relative_to(entry).parts))
         out += [p.relative_to(landing_dir).as_posix() for p in found]
         if len(out) >= limit:
             return out[:limit]
