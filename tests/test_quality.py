@@ -261,6 +261,36 @@ def test_gx_import_leaves_scipy_stats_lazy_until_used(tmp_path):
     assert done.stdout.split() == ["False", "0.5108", "True", "True"]
 
 
+def test_validation_works_in_a_process_whose_main_module_has_no_file():
+    """Dagster's run workers (UI, sensor, schedule and backfill runs) are spawned with a bare `-c` main module,
+    which PySpark, imported by GX, takes for a doctest run: it called sys.exit(0), and every such run that
+    validated new rows failed with `SystemExit: 0`. `python -c` is the same kind of process. PySpark's
+    FutureWarning about pandas is not printed either."""
+    code = textwrap.dedent(
+        """
+        import pathlib, sys, tempfile
+        import duckdb
+        from orchestration.ingest import ingest_source
+        from orchestration.quality import validate_contract
+        from orchestration.settings import load_settings
+        from tests.test_ingest_rules import CASES, GOOD, HEADERS
+        settings = load_settings(pathlib.Path(tempfile.mkdtemp()) / "data")
+        path = settings.landing_dir / "orders" / "orders_20240131.csv"
+        path.parent.mkdir(parents=True)
+        path.write_text("\\n".join([HEADERS["orders"], GOOD["orders"], CASES[("orders", "gross_amount.type")][0]]) + "\\n")
+        report = ingest_source(duckdb.connect(), "orders", settings, "run")
+        v = validate_contract("orders", report.frame)
+        print(v.evaluated_rows, *sorted(k for k, n in v.unexpected_by_rule.items() if n))
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    # one good row and one whose gross amount is not a whole number of cents
+    assert (done.returncode, done.stdout.split()) == (0, ["2", "gross_amount.type"]), done.stderr
+    assert "Skipping doctests" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
+
+
 def test_a_quarantine_share_within_the_limit_warns_with_its_figures():
     """The WARN result of quarantine_share said nothing in the run summary ("[WARN] raw/orders · quarantine_share"):
     it names the rows, the share, the limit and the rules; above the limit it fails; none quarantined passes."""

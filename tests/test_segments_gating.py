@@ -18,11 +18,14 @@ DEFS = parse_definitions([("defaults", {}), ("privdom.toml", {
 OPTIONS = ExportOptions(formats=("csv", "parquet"))
 
 
-def _upstream(quarantine_ok: bool):
-    """Stand-ins for raw/orders (with an ERROR quarantine check) and marts/dim_customers below it."""
+def _upstream(quarantine_ok: bool, crash: bool = False):
+    """Stand-ins for raw/orders (with an ERROR quarantine check) and marts/dim_customers below it; with `crash`,
+    raw/orders fails before it evaluates its check."""
 
     @dg.asset(key=["raw", "orders"], check_specs=[dg.AssetCheckSpec("quarantine_share", asset=["raw", "orders"])])
     def raw_orders():
+        if crash:
+            raise RuntimeError("the warehouse is in use")
         yield dg.MaterializeResult()
         yield dg.AssetCheckResult(
             check_name="quarantine_share",
@@ -116,6 +119,34 @@ def test_a_failed_quarantine_check_holds_back_exports_and_syncs_and_says_why(dat
         assert checks["exports/buyers:no_suppressed_customers"].passed and checks["exports/buyers:fresh"].passed
         assert (data_dir / "exports" / "buyers" / "LATEST").exists()
         assert sorted(k for r in server.requests for k in r["rows"]) == ["C1", "C2"]  # never C3 (opted out)
+
+
+def test_a_check_planned_but_never_evaluated_leaves_the_last_evaluation_in_force(data_dir):
+    """A run that planned the ingest's check and failed before evaluating it (or one still queued behind the
+    warehouse's pool) leaves a PLANNED record, newer than the last evaluation. The gate reads the latest
+    evaluation: it used to read the PLANNED record and fail with "AttributeError:
+    'AssetCheckEvaluationPlanned' object has no attribute 'passed'" (two runs launched at once from the UI,
+    or `dg launch` after a run that found the warehouse locked)."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    from orchestration.defs.segments import _failed_at_error
+
+    quarantine = dg.AssetCheckKey(dg.AssetKey(["raw", "orders"]), "quarantine_share")
+    gate = dg.AssetCheckKey(dg.AssetKey(["segments", "segment_members"]), "upstream_checks_passed")
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert not _run(data_dir, instance, _upstream(quarantine_ok=False) + _segment_assets()).success
+        # the whole graph again, but raw/orders fails first: every check of the run stays planned
+        assert not _run(data_dir, instance, _upstream(quarantine_ok=True, crash=True) + _segment_assets()).success
+        for key in (quarantine, gate):
+            assert instance.get_latest_asset_check_evaluation_record(key).status == AssetCheckExecutionRecordStatus.PLANNED
+        # an export materialized on its own still refuses, for the gate's last evaluation
+        alone = _run(data_dir, instance, _upstream(True) + _segment_assets(), selection=[dg.AssetKey(["exports", "buyers"])])
+        (failure,) = _step_events(alone, "STEP_FAILURE").values()
+        message = failure.event_specific_data.error.message + str(failure.event_specific_data.user_failure_data)
+        assert "exports withheld" in message and "upstream_checks_passed" in message and "AttributeError" not in message
+        # what segment_membership's gate reads of its ancestors' checks
+        (failed,) = _failed_at_error(instance, [quarantine])
+        assert failed.startswith("raw/orders:quarantine_share (7.50% of this run's new rows were quarantined, above the 5.00% limit; run ")
 
 
 def test_a_suppression_failure_blocks_every_file_and_request(data_dir, monkeypatch):

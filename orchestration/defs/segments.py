@@ -7,7 +7,10 @@ bad definition stops the load with a message naming the segment.
 
 
 import datetime as dt
+
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster._core.storage.asset_check_execution_record import COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
 
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource, current_settings
 from orchestration.segments import (
@@ -48,11 +51,23 @@ def failed_upstream_checks(context: dg.AssetExecutionContext, asset_key: dg.Asse
     except Exception:  # in-process runs (privdom run) have none; their job is the whole graph
         graph = context.job_def.asset_layer.asset_graph
     keys = graph.get_ancestor_asset_keys(asset_key)
+    checks = sorted(graph.get_check_keys_for_assets(keys), key=lambda k: (k.asset_key.to_user_string(), k.name))
+    return _failed_at_error(context.instance, checks)
+
+
+def _failed_at_error(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey]) -> list[str]:
+    """The checks among `check_keys` whose latest evaluation failed at ERROR severity, as "asset:check (why;
+    run id)". Only evaluations count: a run that planned a check and has not evaluated it yet (queued, or
+    running now) or never will (it failed or skipped that step first) leaves a PLANNED record, newer than the
+    last evaluation, that says nothing about the data."""
     failed = []
-    for check_key in sorted(graph.get_check_keys_for_assets(keys), key=lambda k: (k.asset_key.to_user_string(), k.name)):
-        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
+    for check_key in check_keys:
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
+        record = history[0] if history else None
         evaluation = record.evaluation if record else None
-        if evaluation is not None and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+        if (isinstance(evaluation, AssetCheckEvaluation) and not evaluation.passed
+                and evaluation.severity == dg.AssetCheckSeverity.ERROR):
             reason = evaluation.description or "failed"
             failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]})")
     return failed
@@ -64,12 +79,7 @@ def refuse_if_blocked(context: dg.AssetExecutionContext, check_keys: list[dg.Ass
     The keys are named explicitly: a run of a subset (an export materialized on its own) does not carry the
     other assets' checks in its job's graph, but their latest evaluations still hold.
     """
-    failed = []
-    for check_key in check_keys:
-        record = context.instance.get_latest_asset_check_evaluation_record(check_key)
-        evaluation = record.evaluation if record else None
-        if evaluation is not None and not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
-            failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({evaluation.description or 'failed'}; run {record.run_id[:8]})")
+    failed = _failed_at_error(context.instance, check_keys)
     if failed:
         raise dg.Failure(
             description=f"{what} withheld: a blocking check failed upstream: " + "; ".join(failed),

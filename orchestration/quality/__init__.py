@@ -83,6 +83,7 @@ def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]
     row whose row_condition is NULL is not in the domain. Conditions are GX Condition objects (the only
     conditions GX compiles to SQL); an OR may only be the outermost operator (GX rejects an OR inside an AND).
     """
+    _import_gx()
     from great_expectations.expectations.row_conditions import Column
 
     out: list[tuple[str, str, dict[str, Any]]] = []
@@ -146,7 +147,7 @@ def expectation_specs(c: SourceContract) -> list[tuple[str, str, dict[str, Any]]
 def build_suite(source: str, rules: set[str] | None = None):
     """The source's ExpectationSuite, built from the contract (each expectation's meta names its rule);
     with `rules`, only those rules' expectations."""
-    import great_expectations as gx
+    gx = _import_gx()
     import great_expectations.expectations as gxe
 
     c = get_contract(source)
@@ -229,6 +230,7 @@ def _persist_duckdb_connections() -> None:
     the engine's life, so results are fetched before anything is rolled back. `_check_persisted` verifies at
     validation time that this is in effect.
     """
+    _import_gx()
     from great_expectations.execution_engine import sqlalchemy_execution_engine as see
 
     dialects = getattr(see, "_PERSISTED_CONNECTION_DIALECTS", None)
@@ -311,15 +313,38 @@ def _defer_scipy_stats() -> None:
     scipy.stats = module
 
 
+def _import_gx():
+    """great_expectations, imported the first time with scipy.stats kept lazy (_defer_scipy_stats) and PySpark
+    kept from ending the process.
+
+    GX imports PySpark when it is installed (it is: the `spark` dbt target's tests need it), and PySpark's
+    `pyspark.sql.connect.utils.check_dependencies` calls `sys.exit(0)` when the main module has neither a
+    file nor a spec and the process is not interactive: it takes that for a doctest run. Dagster's run
+    workers are such processes (multiprocessing's spawn from `python -m dagster ...` leaves `__main__` the
+    bare `-c` module), and so is `python -c`: every run launched from the UI, the sensor or the schedule that
+    validated new rows ended in `SystemExit: 0` at GX's import. While GX is imported there, `sys.ps1` says the
+    process is interactive, and PySpark's FutureWarning about pandas (in every run's log) is silenced."""
+    if "great_expectations" in sys.modules:
+        return sys.modules["great_expectations"]
+    _defer_scipy_stats()
+    main = sys.modules.get("__main__")
+    doctest_like = (main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__")
+                    and not hasattr(sys, "ps1"))
+    if doctest_like:
+        sys.ps1 = ">>> "
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark(\.|$)")
+            import great_expectations as gx
+    finally:
+        if doctest_like:
+            del sys.ps1
+    longlived.freeze()  # GX's modules live to the end: out of the garbage collector's full passes
+    return gx
+
+
 def _context():
-    first_import = "great_expectations" not in sys.modules
-    if first_import:
-        _defer_scipy_stats()
-    import great_expectations as gx
-
-    if first_import:  # GX's modules live to the end: out of the garbage collector's full passes
-        longlived.freeze()
-
+    gx = _import_gx()
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
     from great_expectations.data_context.types.base import ProgressBarsConfig
