@@ -110,9 +110,11 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
 
     _prepare_environment(settings)
     dbt_runner.parse(settings)
-    webserver = Path(sys.executable).with_name("dagster")
+    # `dg dev` with a workspace file goes straight to Dagster's dev server (`dagster dev` prints that it is
+    # superseded by `dg dev`); without one it would look for the project's virtual environment itself.
+    dg = Path(sys.executable).with_name("dg")
     cmd = [
-        str(webserver if webserver.exists() else "dagster"),
+        str(dg if dg.exists() else "dg"),
         "dev",
         "-w",
         str(REPO_ROOT / "workspace.yaml"),

@@ -69,7 +69,7 @@ def ui(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "the UI did not load the code location in time"
             time.sleep(1)
-        yield port, entries
+        yield port, entries, data_dir / "ui.log"
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
@@ -83,13 +83,13 @@ def ui(tmp_path_factory):
 
 
 def test_code_location_loads_without_errors(ui):
-    _, entries = ui
+    _, entries, _ = ui
     assert [e["name"] for e in entries] == ["privdom"]
     assert all(e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries), entries
 
 
 def test_every_asset_and_check_is_served(ui):
-    port, _ = ui
+    port, _, _ = ui
     nodes = _graphql(port, ASSETS_QUERY)["assetNodes"]
     served = set()
     for node in nodes:
@@ -103,10 +103,18 @@ def test_every_asset_and_check_is_served(ui):
 
 
 def test_assets_read_as_layers_with_descriptions(ui):
-    port, _ = ui
+    port, _, _ = ui
     nodes = _graphql(port, ASSETS_QUERY)["assetNodes"]
     for node in nodes:
         layer = node["assetKey"]["path"][0]
         assert node["groupName"] == layer, node
         assert (node["description"] or "").strip(), node["assetKey"]
     assert {"raw", "staging", "intermediate", "marts", "bi"} <= {n["groupName"] for n in nodes}
+
+
+def test_the_server_starts_without_warnings(ui):
+    # `dagster dev` warned on every start that it is superseded by `dg dev`; Dagster's own start-up lines are
+    # INFO, so any WARNING or ERROR line is news a user would have to read.
+    _, _, log = ui
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert not [line for line in lines if "superseded" in line or " - WARNING - " in line or " - ERROR - " in line], lines
