@@ -69,7 +69,7 @@ JAN, FEB, MAR = dt.date(2024, 1, 1), dt.date(2024, 2, 1), dt.date(2024, 3, 1)
 
 
 @pytest.fixture(scope="module")
-def warehouse(tmp_path_factory):
+def scenario(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("scenario")
     for source, text in (("channel_events", EVENTS), ("orders", ORDERS), ("referrals", REFERRALS)):
         path = data_dir / "landing" / source / f"{source}_20240320.csv"
@@ -77,7 +77,12 @@ def warehouse(tmp_path_factory):
         path.write_text(text, encoding="utf-8")
     run = subprocess.run([str(PRIVDOM), "--data-dir", str(data_dir), "run"], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def warehouse(scenario):
+    con = duckdb.connect(str(scenario / "warehouse.duckdb"), read_only=True)
     con.execute("set TimeZone = 'UTC'")  # the marts must not depend on the reader's time zone either
     yield con
     con.close()
@@ -153,6 +158,73 @@ def test_triangle(warehouse):
     assert rows[MAR] == (7, 2, Decimal("210.00"), None, pytest.approx(1 / 7), None, FEB)
     reachable_now = warehouse.execute("select count(*) from marts.dim_customers where is_reachable").fetchone()[0]
     assert reachable_now == 7
+
+
+def _baseline_reason(data_dir: Path, target_path: Path) -> str | None:
+    """What privdom's dbt step says on a failed triangle_has_baseline_month check: the reason its SQL, as dbt
+    compiled it into target_path, returns on the warehouse."""
+    import dagster as dg
+
+    from orchestration.defs.dbt import _with_reason
+
+    class _Log:
+        def warning(self, message):
+            logged.append(message)
+
+        debug = warning
+
+    logged: list[str] = []
+    context = type("Context", (), {"log": _Log()})()
+    failed = dg.AssetCheckResult(passed=False, asset_key=dg.AssetKey(["marts", "fct_private_domain_triangle"]),
+                                 check_name="triangle_has_baseline_month", severity=dg.AssetCheckSeverity.WARN)
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        said = _with_reason(context, con, failed, target_path)
+    finally:
+        con.close()
+    assert said.passed is False and said.severity == dg.AssetCheckSeverity.WARN
+    assert logged == ([f"triangle_has_baseline_month: {said.description}"] if said.description else [])
+    return said.description
+
+
+def test_with_no_baseline_month_the_check_says_which_axis_is_missing(scenario, tmp_path):
+    """SPEC §4: with no baseline month the index is NULL "and the run log says why". dbt reports only that the
+    warning test returned a row; privdom's step reads the row's reason and puts it on the check and in the log."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(scenario, copy, ignore=shutil.ignore_patterns("landing", "exports", "bi"))
+
+    def dbt(*args: str) -> None:
+        done = subprocess.run([str(PRIVDOM), "--data-dir", str(copy), "dbt", *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    # A baseline month outside the data: the model is built with it (no index anywhere), and the test says so.
+    configured = tmp_path / "configured"
+    dbt("build", "--select", "fct_private_domain_triangle", "triangle_has_baseline_month",
+        "--exclude-resource-type", "unit_test", "--vars", "{triangle_baseline_month: '2023-06'}", "--target-path", str(configured))
+    assert _baseline_reason(copy, configured) == (
+        "the configured triangle_baseline_month 2023-06 is outside the data (its months run from 2024-01 to 2024-03), "
+        "so triangle_area_index is NULL")
+
+    # The default: as if February's new customer (Dave) had come otherwise. Then no month that starts after the
+    # data's first timestamp (3 January) has a referral acquisition: February's rate is 0 and March has no new
+    # customer (NULL). January, which starts before the data, has all three axes (6, 170/6, 1/3): configurable.
+    con = duckdb.connect(str(copy / "warehouse.duckdb"))
+    con.execute("update marts.fct_private_domain_triangle set triangle_area_index = null, "
+                "recommendation_rate = case when period_month = date '2024-02-01' then 0 else recommendation_rate end "
+                "where acquisition_channel = 'all'")
+    con.close()
+    default = tmp_path / "default"
+    dbt("compile", "--select", "triangle_has_baseline_month", "--target-path", str(default))
+    assert _baseline_reason(copy, default) == (
+        "no month that starts on or after the data's first timestamp has all three axes above zero (of its 2 such "
+        "months, property_right is above zero in 2, single_customer_value in 2, recommendation_rate in 0: no new "
+        "customer came through a referral in those months), so triangle_area_index is NULL; the data's first "
+        "month, 2024-01, has all three: set triangle_baseline_month to 2024-01 to use it as the baseline")
+
+    # On the scenario as built (February is the baseline) the same SQL returns no row: nothing to say.
+    assert _baseline_reason(scenario, default) is None
 
 
 def test_referrals_generations_and_fission(warehouse):

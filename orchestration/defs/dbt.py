@@ -2,9 +2,11 @@
 
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 from dagster_dbt.dbt_project import using_dagster_dev
 
@@ -102,7 +104,7 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                     stamp = dbt_runner.newest_build_stamp(con) if name == "dbt_models" else None
                     dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through, tested_built_at=stamp)
                 for event in events:
-                    yield _with_table_metadata(context, con, event)
+                    yield _with_reason(context, con, _with_table_metadata(context, con, event), invocation.target_path)
         # this invocation's target directory stays (run_results.json for whoever reads it); older ones go
         removed = dbt_runner.prune_invocation_dirs(name)
         if removed:
@@ -139,6 +141,34 @@ def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None
     if recorded != fingerprint:
         return "the SQL of the incremental models, or the vars their rows depend on, changed since the last build"
     return None
+
+
+def _with_reason(context: dg.AssetExecutionContext, con, event, target_path: Path):
+    """A failed singular test that returns a `reason` column (tests/triangle_has_baseline_month.sql) says why on
+    its check and in the run log: dbt itself reports only how many rows it returned. The test's SQL, as this
+    build compiled it, is read again on the warehouse the build left."""
+    if not isinstance(event, dg.AssetCheckResult) or event.passed or event.description:
+        return event
+    # compiled/<project>/tests/<name>.sql; a generic test's compiled SQL lives under models/, and what it
+    # returns is rows, which dbt's count describes
+    path = next((target_path / "compiled").glob(f"*/tests/{event.check_name}.sql"), None)
+    if path is None:
+        return event
+    try:
+        with con.cursor() as cur:
+            rel = cur.sql(path.read_text(encoding="utf-8"))
+            if "reason" not in rel.columns:
+                return event
+            reasons = [r for (r,) in rel.select("reason").limit(3).fetchall() if r]
+    except duckdb.Error as exc:  # the check's own result stands; only its explanation is lost
+        context.log.debug(f"could not read the reason of {event.check_name}: {exc}")
+        return event
+    if not reasons:
+        return event
+    text = "; ".join(reasons)
+    context.log.warning(f"{event.check_name}: {text}")
+    return dg.AssetCheckResult(passed=event.passed, asset_key=event.asset_key, check_name=event.check_name,
+                               metadata=event.metadata, severity=event.severity, description=text)
 
 
 def _with_table_metadata(context: dg.AssetExecutionContext, con, event):
