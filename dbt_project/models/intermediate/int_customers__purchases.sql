@@ -55,7 +55,7 @@ order_totals as (
         count(*) as paid_orders,
         max(paid_at) as last_paid_at,
         sum(net_revenue) as net_revenue,
-        sum(points_redeemed) as points_redeemed
+        cast(sum(points_redeemed) as bigint) as points_redeemed  -- BIGINT, not DuckDB's HUGEINT sum
     from paid_orders
     group by customer_key
 ),

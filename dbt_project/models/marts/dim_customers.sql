@@ -55,9 +55,9 @@ converted_referrals as (
     select
         r.referrer_key as customer_key,
         count(*) as referrals_converted,
-        sum(
+        cast(sum(
             case when r.first_converted_at >= {{ privdom_add_days('d.data_end_at', -365) }} then 1 else 0 end
-        ) as referrals_converted_12m
+        ) as bigint) as referrals_converted_12m
     from referrals as r
     cross join data_end as d
     where r.status = 'converted' and not r.is_self_referral and r.referrer_key is not null
