@@ -359,6 +359,31 @@ def test_timestamps_before_1990_or_with_an_impossible_offset_are_quarantined(con
         k: "occurred_at.type" for k in ("y1", "y2", "y3", "y5", "y7", "naive0", "naive2", "utc0", "utc2")}
 
 
+def test_a_date_alone_is_that_days_midnight_in_shanghai_in_every_format(con, settings, land):
+    """ISO-8601 allows a date alone, and day-grain exports (CDNOW's orders) have nothing else: `1997-01-01` in a
+    CSV or JSON Lines text is 1997-01-01 00:00 Asia/Shanghai, as a Parquet DATE always was (the text was
+    quarantined under the type rule). An offset still needs a time; a date in another layout is still no
+    timestamp."""
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "d1,2024-01-31,wecom,follow,o1,,,,,,",
+        "d2,2024-01-31+08:00,wecom,follow,o1,,,,,,",
+        "d3,2024/01/31,wecom,follow,o1,,,,,,",
+    ]) + "\n")
+    land("channel_events/ce_20240130.jsonl", json.dumps(
+        {"event_id": "j1", "occurred_at": "2024-01-30", "channel": "wecom", "event_type": "follow", "openid": "o2"}) + "\n")
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"event_id": ["p1"], "occurred_at": pa.array([dt.date(2024, 1, 29)], pa.date32()),
+                             "channel": ["wecom"], "event_type": ["follow"], "openid": ["o3"]}), buf)
+    land("channel_events/pq_20240129.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    # 00:00 Shanghai is 16:00 UTC the day before
+    loaded = dict(con.execute("SELECT event_id, strftime(timezone('UTC', occurred_at), '%Y-%m-%d %H:%M') "
+                              "FROM raw.channel_events").fetchall())
+    assert loaded == {"d1": "2024-01-30 16:00", "j1": "2024-01-29 16:00", "p1": "2024-01-28 16:00"}
+    assert dict(con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine").fetchall()) == {
+        "d2": "occurred_at.type", "d3": "occurred_at.type"}
+
+
 def test_parquet_double_amount_tolerance(con, settings, land):
     buf = io.BytesIO()
     pq.write_table(pa.table({

@@ -86,6 +86,20 @@ def test_ledger_lists_every_landing_file(demo):
         assert read == loaded + quarantined
 
 
+def test_a_rejected_file_is_a_warning_naming_it(demo):
+    """A file that cannot be read is rejected (SPEC §2): the source's files_readable check warns and names it,
+    in the summary (and the UI's checks), not only in the ledger and the log."""
+    from collections import Counter
+
+    summary, _, first, _, second = demo
+    assert summary.bad_files
+    for source, n in Counter(path.split("/")[0] for path in summary.bad_files).items():
+        (line,) = [line for line in first.stdout.splitlines() if f"raw/{source} · files_readable" in line]
+        assert line.strip().startswith("[WARN]") and f"{n} file{'s' if n != 1 else ''} rejected, nothing of" in line, line
+        assert any(bad in line for bad in summary.bad_files), line
+    assert "files_readable" not in second.stdout  # the second run read no new file
+
+
 def test_injected_dirty_rows_are_quarantined_with_their_rule(demo):
     summary, _, _, snapshot, _ = demo
     quarantined = snapshot["quarantine_by_rule"]
@@ -95,6 +109,24 @@ def test_injected_dirty_rows_are_quarantined_with_their_rule(demo):
         # A dirty row copied into the re-delivered duplicate file is not loaded twice, so <= count.
         assert 1 <= quarantined.get(rule, 0) <= count, rule
     assert set(quarantined) <= set(injected), "rows quarantined for rules the generator did not break"
+
+
+def test_the_contract_check_counts_rule_breaks_and_rows_apart(demo):
+    """A row may break several rules: the GX check's line says how many rule breaks and, apart, how many rows
+    were quarantined (it used to call the rule breaks rows)."""
+    _, _, first, snapshot, _ = demo
+    per_source: dict[str, int] = {}
+    for source, _, _, status, _, _, quarantined in snapshot["ledger"]:
+        per_source[source] = per_source.get(source, 0) + quarantined
+    lines = [line for line in first.stdout.splitlines() if "· contract_expectations" in line]
+    assert lines, first.stdout
+    for source, rows in per_source.items():
+        line = next((line for line in lines if f"raw/{source} ·" in line), None)
+        if not rows:
+            assert line is None, line
+            continue
+        assert line is not None and "rule break" in line, (source, lines)
+        assert line.endswith(f"as the quarantine counts them ({rows:,} row{'s' if rows != 1 else ''} quarantined)"), line
 
 
 def test_second_run_adds_nothing_and_loses_nothing(demo):
@@ -206,6 +238,22 @@ def test_every_mart_column_is_described_in_dbt_docs(demo):
     undocumented = sorted(f"{t}.{c}" for t, c in columns if c not in documented.get(t, set()))
     assert not undocumented, undocumented
     assert set(documented) == {t for t, _ in columns}
+
+
+def test_no_column_a_bi_tool_reads_is_a_hugeint(demo):
+    """DECISIONS: counts are BIGINT. DuckDB's sum() of integers is a HUGEINT, which the BI copy's Parquet
+    writes as a DOUBLE and many drivers cannot read: dim_customers.points_redeemed and referrals_converted_12m
+    were both."""
+    _, data_dir, _, _, _ = demo
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        wide = con.execute(
+            "select table_schema || '.' || table_name || '.' || column_name from information_schema.columns "
+            "where data_type in ('HUGEINT', 'UHUGEINT') order by 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert not wide, wide
 
 
 def test_every_segment_is_exported_after_a_run_and_a_rerun_on_the_same_data_keeps_it(demo):

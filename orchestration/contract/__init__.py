@@ -180,7 +180,7 @@ def _standard_rules(source: str, columns: tuple[Column, ...], required: tuple[st
     for c in columns:
         if c.type in ("timestamp", "decimal", "integer", "phone"):
             what = {
-                "timestamp": "an ISO-8601 timestamp from 1990 on (a space may stand for the T; no offset means Asia/Shanghai)",
+                "timestamp": "an ISO-8601 timestamp from 1990 on (a space may stand for the T; a date alone is its 00:00; no offset means Asia/Shanghai)",
                 "decimal": "an amount in whole cents (at most 2 decimals; floats within 1e-9 of a cent value)",
                 "integer": "a whole number",
                 "phone": "a mainland mobile number once normalised (e.g. +86 138-0013-8000)",

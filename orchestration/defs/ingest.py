@@ -19,6 +19,7 @@ from orchestration.settings import share_of_memory_limit
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
 CHECK_QUARANTINE_SHARE = "quarantine_share"
 CHECK_CONTRACT = "contract_expectations"
+CHECK_FILES_READABLE = "files_readable"
 
 
 def _file_table(report: SourceIngestReport) -> str:
@@ -81,6 +82,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(CHECK_ROWS_RECONCILE, asset=key, description="For every file: rows read = rows loaded + rows quarantined."),
             dg.AssetCheckSpec(CHECK_QUARANTINE_SHARE, asset=key, description="Share of this run's new rows quarantined, against max_quarantine_share (ERROR above it, WARN at or below)."),
             dg.AssetCheckSpec(CHECK_CONTRACT, asset=key, description="Great Expectations suite of the raw data contract on this run's new rows as delivered; failures by rule must equal quarantine counts by rule."),
+            dg.AssetCheckSpec(CHECK_FILES_READABLE, asset=key, description="Every new landing file of this run could be read as a whole (WARN otherwise: a rejected file loads nothing and affects nothing else; raw.ingestion_ledger says why, and a corrected file under a new name loads)."),
         ],
     )
     def _ingest(context: dg.AssetExecutionContext, privdom: PrivdomResource):
@@ -137,6 +139,17 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
             metadata={"files_checked": len(report.files), "files_not_reconciling": mismatched[:20]},
         )
         yield quarantine_share_check(report, settings.max_quarantine_share)
+        rejected = report.rejected
+        yield dg.AssetCheckResult(
+            check_name=CHECK_FILES_READABLE,
+            passed=not rejected,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(f"{len(rejected)} file{'s' if len(rejected) != 1 else ''} rejected, nothing of "
+                         f"{'them' if len(rejected) != 1 else 'it'} loaded: {rejected[0].error}"
+                         + (f" (and {len(rejected) - 1} more: see raw.ingestion_ledger)" if len(rejected) > 1 else ""))
+            if rejected else None,
+            metadata={"files_checked": len(report.files), "files_rejected": [f"{f.path}: {f.error}" for f in rejected[:20]]},
+        )
 
         try:
             validation = report.validation.result()
@@ -149,9 +162,11 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         if not agrees:
             description = "Great Expectations and the quarantine disagree on rows per rule"
         elif not validation.success:
-            description = (f"{len(metadata['failed_expectations'])} of {metadata['expectations']} expectations unmet by "
-                           f"{metadata['unexpected_rows']:,} of this run's {metadata['evaluated_rows']:,} new rows, as the "
-                           "quarantine counts them")
+            # a row may break several rules: the rule breaks are not the rows quarantined
+            description = (f"{len(metadata['failed_expectations'])} of {metadata['expectations']} expectations unmet: "
+                           f"{metadata['unexpected_rows']:,} rule break{'s' if metadata['unexpected_rows'] != 1 else ''} "
+                           f"in this run's {metadata['evaluated_rows']:,} new rows, as the quarantine counts them "
+                           f"({report.rows_quarantined:,} row{'s' if report.rows_quarantined != 1 else ''} quarantined)")
         else:
             description = None
         yield dg.AssetCheckResult(

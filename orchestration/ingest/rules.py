@@ -33,8 +33,10 @@ SQL_TYPES = {
 # year 0001, 1900 or 1970 is a default or an epoch zero, not an event, and one such row made the triangle's
 # month spine run from year 1 (218k rows for 9) and gave the marts cohorts nobody has.
 EARLIEST_YEAR = 1990
-TIMESTAMP_PATTERN = (r"^(199[0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
-                     r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?$")
+# A date alone (`1997-01-01`) is that day's 00:00, as a Parquet DATE is: ISO-8601 allows it, and day-grain
+# exports (CDNOW's orders) have nothing else. An offset needs a time.
+TIMESTAMP_PATTERN = (r"^(199[0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+                     r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?)?$")
 # A plain decimal (no exponent, no thousands separators) that is a whole number of cents: digits after the
 # second decimal place must be zeros.
 DECIMAL_PATTERN = r"^[+-]?[0-9]+(\.[0-9]{0,2}0*)?$"
