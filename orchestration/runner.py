@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -272,7 +271,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with dg.DagsterInstance.get() as instance, _output_to(log_path):
         # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them)
-        print(f"privdom settings: {json.dumps(json.loads(settings_as_json(settings)), ensure_ascii=False)}", flush=True)
+        print(f"privdom settings: {settings_as_json(settings)}", flush=True)
         for run_id in _fail_abandoned_runs(instance):
             print(f"privdom: run {run_id} was left unfinished by a killed process; marked failed", flush=True)
         result = job.execute_in_process(
@@ -343,5 +342,12 @@ def _defined_segments(settings: Settings) -> list[str] | None:
 
 
 def _first_line(message: str) -> str:
+    """A step failure's message in one line: its first, and when that ends in a colon, the lines it announces
+    (Dagster's "1 blocking asset check failed with ERROR severity:" names the checks on the lines below)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+    if not lines:
+        return ""
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text += " " + "; ".join(lines[1:])
+    return text if len(text) <= 300 else text[:299] + "…"

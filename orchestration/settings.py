@@ -278,4 +278,5 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
 
 
 def settings_as_json(settings: Settings) -> str:
-    return json.dumps({k: getattr(settings, k) for k in _TUNABLE}, default=str, indent=2)
+    """The tunable settings as one line of JSON (a run's log opens with it)."""
+    return json.dumps({k: getattr(settings, k) for k in _TUNABLE}, default=str, ensure_ascii=False)

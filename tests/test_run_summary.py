@@ -102,3 +102,18 @@ def test_a_dbt_tests_check_says_how_many_rows_it_returned():
     assert _failed_rows(evaluation(False, 1)) == "1 row returned"
     assert _failed_rows(evaluation(True, 0)) is None
     assert _failed_rows(SimpleNamespace(passed=False, metadata={})) is None
+
+
+def test_a_failed_step_is_one_line_that_names_what_failed():
+    """Dagster's message for a blocking check names the checks on the lines after its first, which ends in a
+    colon: the summary's one line keeps them (it used to stop at "failed with ERROR severity:")."""
+    from orchestration.runner import _first_line
+
+    blocked = ("1 blocking asset check failed with ERROR severity:\n"
+               "segments/segment_members: upstream_checks_passed\n")
+    assert _first_line(blocked) == (
+        "1 blocking asset check failed with ERROR severity: segments/segment_members: upstream_checks_passed")
+    assert _first_line("dbt build failed\n  Traceback (most recent call last):\n  ...") == "dbt build failed"
+    assert _first_line("\n  \n") == ""
+    long = _first_line("x" * 400)
+    assert len(long) == 300 and long.endswith("…")
