@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ui", help="start the Dagster UI on this workspace",
-                       description="Start the Dagster UI and daemon (dagster dev) on this workspace and data directory.")
+                       description="Start the Dagster UI and daemon (dg dev -w workspace.yaml) on this workspace and data directory.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     add_data_dir(p)

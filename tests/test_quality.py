@@ -291,6 +291,28 @@ def test_validation_works_in_a_process_whose_main_module_has_no_file():
     assert "Skipping doctests" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
 
 
+def test_a_thread_that_asks_for_gx_while_another_imports_it_gets_the_whole_module():
+    """Python lists a module in sys.modules when its import starts: a second thread that took it from there got a
+    module without its names (GX's validation runs in a thread beside the load). It waits for the import."""
+    code = textwrap.dedent(
+        """
+        import sys, threading, time
+        from orchestration import quality
+        first = threading.Thread(target=quality._import_gx)
+        first.start()
+        while "great_expectations" not in sys.modules:
+            time.sleep(0.0005)
+        gx = quality._import_gx()
+        print(hasattr(gx, "get_context"), hasattr(gx, "ExpectationSuite"))
+        first.join()
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "True"]), done.stderr
+
+
 def test_a_quarantine_share_within_the_limit_warns_with_its_figures():
     """The WARN result of quarantine_share said nothing in the run summary ("[WARN] raw/orders · quarantine_share"):
     it names the rows, the share, the limit and the rules; above the limit it fails; none quarantined passes."""

@@ -149,9 +149,10 @@ def _with_reason(context: dg.AssetExecutionContext, con, event, target_path: Pat
     build compiled it, is read again on the warehouse the build left."""
     if not isinstance(event, dg.AssetCheckResult) or event.passed or event.description:
         return event
-    # compiled/<project>/tests/<name>.sql; a generic test's compiled SQL lives under models/, and what it
-    # returns is rows, which dbt's count describes
-    path = next((target_path / "compiled").glob(f"*/tests/{event.check_name}.sql"), None)
+    # compiled/<project>/tests/[<folder>/]<name>.sql, in this invocation's own target directory; a generic
+    # test's compiled SQL lives under models/, and what it returns is rows, which dbt's count describes
+    tests = target_path / "compiled" / dbt_project.name / "tests"
+    path = next(tests.rglob(f"{event.check_name}.sql"), None) if tests.is_dir() else None
     if path is None:
         return event
     try:
@@ -160,7 +161,7 @@ def _with_reason(context: dg.AssetExecutionContext, con, event, target_path: Pat
             if "reason" not in rel.columns:
                 return event
             reasons = [r for (r,) in rel.select("reason").limit(3).fetchall() if r]
-    except duckdb.Error as exc:  # the check's own result stands; only its explanation is lost
+    except (duckdb.Error, OSError, UnicodeDecodeError) as exc:  # the check's result stands; its explanation is lost
         context.log.debug(f"could not read the reason of {event.check_name}: {exc}")
         return event
     if not reasons:

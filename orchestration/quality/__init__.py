@@ -35,6 +35,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -313,6 +314,9 @@ def _defer_scipy_stats() -> None:
     scipy.stats = module
 
 
+_GX_IMPORT_LOCK = threading.Lock()
+
+
 def _import_gx():
     """great_expectations, imported the first time with scipy.stats kept lazy (_defer_scipy_stats) and PySpark
     kept from ending the process.
@@ -324,23 +328,26 @@ def _import_gx():
     bare `-c` module), and so is `python -c`: every run launched from the UI, the sensor or the schedule that
     validated new rows ended in `SystemExit: 0` at GX's import. While GX is imported there, `sys.ps1` says the
     process is interactive, and PySpark's FutureWarning about pandas (in every run's log) is silenced."""
-    if "great_expectations" in sys.modules:
-        return sys.modules["great_expectations"]
-    _defer_scipy_stats()
-    main = sys.modules.get("__main__")
-    doctest_like = (main is not None and getattr(main, "__spec__", None) is None and not hasattr(main, "__file__")
-                    and not hasattr(sys, "ps1"))
-    if doctest_like:
-        sys.ps1 = ">>> "
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark(\.|$)")
+    with _GX_IMPORT_LOCK:  # one thread imports; another waits for the whole module (sys.modules has it early)
+        if "great_expectations" in sys.modules:
             import great_expectations as gx
-    finally:
+
+            return gx
+        _defer_scipy_stats()
+        main = sys.modules.get("__main__")
+        doctest_like = (main is not None and getattr(main, "__spec__", None) is None
+                        and not hasattr(main, "__file__") and not hasattr(sys, "ps1"))
         if doctest_like:
-            del sys.ps1
-    longlived.freeze()  # GX's modules live to the end: out of the garbage collector's full passes
-    return gx
+            sys.ps1 = ">>> "
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark(\.|$)")
+                import great_expectations as gx
+        finally:
+            if doctest_like:
+                del sys.ps1
+        longlived.freeze()  # GX's modules live to the end: out of the garbage collector's full passes
+        return gx
 
 
 def _context():
