@@ -694,6 +694,23 @@ def test_malformed_csv_rows_are_quarantined_and_the_rest_of_the_file_loads(con, 
     assert report.rows_read == 17 and report.rows_loaded == 7 and report.rows_quarantined == 10
 
 
+def test_a_header_that_alone_ends_in_a_comma_reads_its_rows(con, settings, land):
+    """A header line ending in a comma has a blank last name; rows without that comma were each one field short,
+    so every row of the file was quarantined as malformed. When no row holds a value under the blank name, the
+    rows are read against the named columns (a row that ends in a comma too is read as well). When one does,
+    the file is read as before: the short rows are malformed, the others load."""
+    header = CE_HEADER.rstrip("\n") + ",\n"
+    land("channel_events/a_20240131.csv", header + "a1,2024-01-31 10:00,wecom,follow,o1,,,,,,\n"
+         "a2,2024-01-31 10:00,wecom,follow,o2,,,,,,,\n")
+    land("channel_events/b_20240131.csv", header + "b1,2024-01-31 10:00,wecom,follow,o3,,,,,,\n"
+         "b2,2024-01-31 10:00,wecom,follow,o4,,,,,,,x\n")
+    report = ingest_source(con, "channel_events", settings, "t")
+    assert (report.rows_read, report.rows_loaded, report.rows_quarantined) == (4, 3, 1)
+    assert sorted(r[0] for r in con.execute("SELECT event_id FROM raw.channel_events").fetchall()) == ["a1", "a2", "b2"]
+    assert con.execute("SELECT rule, original_row->>'malformed_record' FROM raw.quarantine").fetchall() == [
+        ("row.malformed", "b1,2024-01-31 10:00,wecom,follow,o3,,,,,,")]
+
+
 def test_malformed_json_lines_are_quarantined_and_the_rest_of_the_file_loads(con, settings, land):
     """A JSON Lines line that is not JSON (cut short, a stray comma), or JSON but not an object, is a malformed
     record; the objects load. Blank lines are no record."""

@@ -320,17 +320,29 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
     judged by one statement (one schema signature), and orders `original_row` of their quarantined rows like
     the contract."""
     if f.format == "csv":
-        names = _csv_header(path, compression, f, require_content=fast)
-        columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
-        try:
-            rows = con.execute(
+        names, last_blank = _csv_header(path, compression, f, require_content=fast)
+
+        def strict(names: list[str]) -> int:
+            columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
+            return con.execute(
                 f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({path_sql(path)}, "
                 f"columns = {columns}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
                 f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)}, "
                 f"{_NO_HIVE})"
             ).fetchone()[0]
+
+        try:
+            rows = strict(names)
             malformed = False
         except duckdb.Error as exc:
+            if last_blank and len(names) > 1:
+                # the header alone ends in a comma (its last name is blank) and no row has a field there: the
+                # rows are read against the named columns (a row with a trailing comma too is read as well)
+                try:
+                    rows = strict(names[:-1])
+                    return tuple((n, "VARCHAR") for n in names[:-1]), rows, False
+                except duckdb.Error:
+                    pass  # some row holds a value under the blank name, or is wrong otherwise: read as before
             refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})"
             try:
                 rows = _read_csv_records(con, path, compression, names, refused)
@@ -655,10 +667,11 @@ def _line_endings_hint(path: Path, compression: str) -> str:
     return ""
 
 
-def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_content: bool = False) -> list[str]:
-    """Column names from the header line (UTF-8 by now); blanks and duplicates get unique names, duplicates
-    compared without case as DuckDB compares column names (the first keeps its name: the one the judge reads,
-    as for JSON Lines keys).
+def _csv_header(path: Path, compression: str, f: fl.LandingFile, *,
+                require_content: bool = False) -> tuple[list[str], bool]:
+    """Column names from the header line (UTF-8 by now), and whether its last name is blank (the line ends in
+    a comma); blanks and duplicates get unique names, duplicates compared without case as DuckDB compares
+    column names (the first keeps its name: the one the judge reads, as for JSON Lines keys).
 
     With require_content, a blank first line raises _Fallback (the file may be white space only). A header
     line of more than 1 MiB, or one that is not UTF-8, rejects the file (FileRejected; on the first, fast read
@@ -691,7 +704,7 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile, *, require_cont
         taken.add(n.lower())
     if not names:
         raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (no header line)")
-    return names
+    return names, not header[-1].strip()
 
 
 def _signature(con: duckdb.DuckDBPyConnection, malformed: bool = False) -> _Signature:
