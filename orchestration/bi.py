@@ -6,9 +6,19 @@ successful run the pipeline publishes:
 
 - ``bi/warehouse.duckdb``: every table and view of the schemas ``marts`` and ``segments`` as tables, written
   to a temporary file and renamed over the previous copy (atomic: a reader sees the old copy or the new
-  one, never a half-written file; a reader that has the old one open keeps reading it);
-- ``bi/parquet/<schema>/<table>.parquet``: one Parquet file per table, each replaced atomically;
+  one, never a half-written file; a reader that has the old one open keeps reading it). It is written in
+  DuckDB's storage format v1.0.0 (``BI_STORAGE_VERSION``), which every DuckDB from 1.0 reads: the BI tools'
+  drivers and a DuckDB CLI installed on its own are often older than the pipeline's DuckDB, and a file in
+  the newest format is refused by them ("version number 69, but we can only read versions between 64 and 68").
+- ``bi/parquet/<schema>/<table>.parquet``: one Parquet file per table, each replaced atomically, each with
+  the publication's run id and time in its key-value metadata (``privdom_run_id``, ``privdom_published_at``);
 - ``bi/manifest.json`` (written last): when, by which run, and the row count of every table.
+
+Everything is written to temporary files first; then the DuckDB copy and the Parquet files are renamed into
+place one after the other, and the manifest last, so a run killed while it publishes leaves either the old
+set or (past the renames) a new set whose manifest is still the old one. A WAL beside the copy's name (left
+by a tool that opened the copy read-write and died) belongs to the old file and is removed: DuckDB would
+replay it on the new copy and refuse to open it.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import duckdb
 BI_SCHEMAS: tuple[str, ...] = ("marts", "segments")
 BI_DIR_NAME = "bi"
 BI_DATABASE_NAME = "warehouse.duckdb"
+BI_STORAGE_VERSION = "v1.0.0"  # the oldest DuckDB storage format: readable by every DuckDB from 1.0 on
 _ALIAS = "privdom_bi_copy"
 
 
@@ -89,7 +100,7 @@ def publish(
         published_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         run_id=run_id,
     )
-    con.execute(f"ATTACH {_sql_string(str(tmp))} AS {_ALIAS}")
+    con.execute(f"ATTACH {_sql_string(str(tmp))} AS {_ALIAS} (STORAGE_VERSION {_sql_string(BI_STORAGE_VERSION)})")
     try:
         for schema in schemas:
             con.execute(f"CREATE SCHEMA {_ALIAS}.{_quote(schema)}")
@@ -103,25 +114,34 @@ def publish(
         raise
     con.execute(f"DETACH {_ALIAS}")
     _remove(Path(str(tmp) + ".wal"))  # DETACH checkpoints; a WAL must not be left beside the renamed file
-    os.replace(tmp, final)
 
+    parts: list[tuple[Path, Path]] = []  # (temporary file, final name)
     if parquet:
         root = bi_dir / "parquet"
-        wanted: set[Path] = set()
-        for schema, table in tables:
-            out = root / schema / f"{table}.parquet"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            part = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            con.execute(
-                f"COPY (SELECT * FROM {_quote(schema)}.{_quote(table)}) TO {_sql_string(str(part))} (FORMAT parquet)"
-            )
-            os.replace(part, out)
-            wanted.add(out)
-            publication.parquet_files.append(str(out.relative_to(bi_dir)))
-        if root.exists():
-            for stale in root.glob("*/*.parquet"):
-                if stale not in wanted:
-                    stale.unlink()
+        metadata = (f"KV_METADATA {{privdom_run_id: {_sql_string(run_id or '')}, "
+                    f"privdom_published_at: {_sql_string(publication.published_at)}}}")
+        try:
+            for schema, table in tables:
+                out = root / schema / f"{table}.parquet"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                part = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+                parts.append((part, out))
+                con.execute(f"COPY (SELECT * FROM {_quote(schema)}.{_quote(table)}) TO {_sql_string(str(part))} "
+                            f"(FORMAT parquet, {metadata})")
+        except BaseException:
+            _remove(tmp, *(part for part, _ in parts))
+            raise
+
+    _remove(Path(str(final) + ".wal"))  # the old copy's, never this one's: it would be replayed on the new copy
+    os.replace(tmp, final)
+    for part, out in parts:
+        os.replace(part, out)
+        publication.parquet_files.append(str(out.relative_to(bi_dir)))
+    if parquet and (bi_dir / "parquet").exists():
+        wanted = {out for _, out in parts}
+        for stale in (bi_dir / "parquet").glob("*/*.parquet"):
+            if stale not in wanted:
+                stale.unlink()
 
     manifest = bi_dir / "manifest.json"
     part = bi_dir / f".manifest.json.{os.getpid()}.tmp"

@@ -1,0 +1,61 @@
+"""The BI copy (orchestration/bi.py): what BI tools open, in a format their drivers read, and never spoilt by what
+a tool left beside it."""
+
+from __future__ import annotations
+
+import duckdb
+
+from orchestration.bi import BI_STORAGE_VERSION, publish
+
+
+def _warehouse(rows: int) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("create schema marts; create schema segments")
+    con.execute(f"create table marts.dim_customers as select 'C' || range as customer_key, 1.50::decimal(18, 2) as net_revenue "
+                f"from range({rows})")
+    con.execute("create table segments.segment_members as select 'C0' as customer_key, 'vip' as segment")
+    return con
+
+
+def test_the_copy_is_in_a_storage_format_every_duckdb_from_1_0_reads(tmp_path):
+    """BI tools' DuckDB drivers and a DuckDB CLI installed on its own are often older than the pipeline's DuckDB:
+    DuckDB 1.5 refused a copy in 2.0's format ("version number 69, but we can only read versions between 64
+    and 68"). The copy is written in storage format v1.0.0."""
+    publication = publish(_warehouse(3), tmp_path / "bi", run_id="run-1")
+    with duckdb.connect(str(publication.database), read_only=True) as con:
+        (tags,) = con.execute("select tags from duckdb_databases() where database_name = current_database()").fetchone()
+        assert tags["storage_version"].startswith(BI_STORAGE_VERSION) and BI_STORAGE_VERSION == "v1.0.0"
+        assert con.execute("select count(*), sum(net_revenue) from marts.dim_customers").fetchone() == (3, 4.5)
+
+
+def test_a_wal_left_by_a_tool_that_wrote_to_the_copy_does_not_spoil_the_next_copy(tmp_path):
+    """A tool that opened the copy read-write (DBeaver's default), wrote and died leaves warehouse.duckdb.wal
+    beside it: DuckDB replayed it on every later copy and refused to open them ("WAL does not match database
+    file"), while the runs reported success. Publishing removes it with the old copy."""
+    bi = tmp_path / "bi"
+    first = publish(_warehouse(3), bi, run_id="run-1")
+    tool = duckdb.connect(str(first.database))
+    tool.execute("pragma disable_checkpoint_on_shutdown")
+    tool.execute("create table main.scratch as select 42 as x")
+    tool.close()
+    assert (bi / "warehouse.duckdb.wal").exists()  # what the tool left
+    second = publish(_warehouse(5), bi, run_id="run-2")
+    assert not (bi / "warehouse.duckdb.wal").exists()
+    with duckdb.connect(str(second.database), read_only=True) as con:
+        assert con.execute("select count(*) from marts.dim_customers").fetchone() == (5,)
+        assert not con.execute("select * from duckdb_tables() where table_name = 'scratch'").fetchall()
+
+
+def test_every_parquet_file_names_its_publication_and_nothing_temporary_is_left(tmp_path):
+    """A reader of the Parquet files can tell which publication each file belongs to (the manifest lists
+    them, written last); the files are written before any is renamed into place."""
+    bi = tmp_path / "bi"
+    publish(_warehouse(3), bi, run_id="run-1")
+    publication = publish(_warehouse(4), bi, run_id="run-2")
+    assert sorted(publication.parquet_files) == ["parquet/marts/dim_customers.parquet", "parquet/segments/segment_members.parquet"]
+    con = duckdb.connect()
+    for rel in publication.parquet_files:
+        kv = dict(con.execute(f"select key::varchar, value::varchar from parquet_kv_metadata('{bi / rel}')").fetchall())
+        assert kv == {"privdom_run_id": "run-2", "privdom_published_at": publication.published_at}, rel
+    assert con.execute(f"select count(*) from '{bi / 'parquet/marts/dim_customers.parquet'}'").fetchone() == (4,)
+    assert sorted(p.name for p in bi.rglob(".*")) == []  # no temporary file (.name.pid.tmp) is left
