@@ -325,10 +325,8 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         def strict(names: list[str]) -> int:
             columns = "{" + ", ".join(f"{R.lit(n)}: 'VARCHAR'" for n in names) + "}"
             return con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({path_sql(path)}, "
-                f"columns = {columns}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
-                f"strict_mode = true, null_padding = false, ignore_errors = false, compression = {R.lit(compression)}, "
-                f"{_NO_HIVE})"
+                f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_csv({_csv_options(path, compression)}, "
+                f"columns = {columns}, null_padding = false, ignore_errors = false)"
             ).fetchone()[0]
 
         try:
