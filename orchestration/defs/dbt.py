@@ -1,6 +1,7 @@
 """The dbt project as Dagster assets: staging → intermediate → marts → segments, tests as asset checks."""
 
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,31 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
         if error is not None:
             text = str(error)
             if warehouse.is_lock_conflict(text):
-                raise warehouse.locked_error(settings.warehouse_path, text) from error
+                raise dg.Failure(description=str(warehouse.locked_error(settings.warehouse_path, text))) from None
+            missing = _missing_upstream(text)
+            if missing:
+                raise dg.Failure(description=f"{missing}\n\n{text}") from None
             raise error
 
     return _dbt
+
+
+_MISSING_RELATION = re.compile(r'(?:Table|View) with name "?([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)"? does not exist')
+
+
+def _missing_upstream(text: str) -> str | None:
+    """What to do when a model read a table this warehouse does not have yet (an asset launched without its
+    upstream on a data directory where the upstream was never materialized), or None for any other error."""
+    found = _MISSING_RELATION.search(text)
+    if not found:
+        return None
+    schema, name = found.groups()
+    return (
+        f"{schema}.{name} is not in this warehouse yet: its asset {schema}/{name} (or one further upstream) has "
+        "never been materialized in this data directory. Build the graph once first (`privdom run`, or "
+        "`dg launch --job whole_graph`, or the job whole_graph in the UI); a single asset can be materialized on "
+        "its own after that."
+    )
 
 
 def _whole_step(context: dg.AssetExecutionContext) -> bool:

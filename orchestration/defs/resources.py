@@ -43,10 +43,17 @@ class PrivdomResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def writer(self, context: dg.OpExecutionContext) -> Iterator[None]:
-        """Hold the warehouse lock for this step (taken inside the pool slot: see orchestration/locking.py)."""
+        """Hold the warehouse lock for this step (taken inside the pool slot: see orchestration/locking.py).
+
+        Another kind of process (a notebook, a DuckDB shell, a BI tool) holding DuckDB's own lock on the file
+        fails the step with what to do, as a Failure: the step's error in the UI and the run log is that one
+        paragraph, not a traceback through privdom's code (`privdom run` checks before it starts instead)."""
         what = f"Dagster run {context.run_id[:8]}, step {context.op_def.name}"
         with locking.warehouse_lock(self.data_dir, what=what, log=context.log.info):
-            yield
+            try:
+                yield
+            except warehouse.WarehouseLockedError as exc:
+                raise dg.Failure(description=str(exc)) from None
 
 
 class PrivdomDbtCliResource(DbtCliResource):
