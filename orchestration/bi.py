@@ -14,6 +14,11 @@ successful run the pipeline publishes:
   the publication's run id and time in its key-value metadata (``privdom_run_id``, ``privdom_published_at``);
 - ``bi/manifest.json`` (written last): when, by which run, and the row count of every table.
 
+The tables and columns of the DuckDB copy carry their dbt docs as comments (``COMMENT ON``; DuckDB's
+``duckdb_tables().comment`` and ``duckdb_columns().comment``, shown by DBeaver and other SQL clients): the
+models' descriptions, and for the schema ``segments``, which Python writes, the sources of
+``dbt_project/models/segments/__sources.yml`` (``docs_from_manifest``).
+
 Everything is written to temporary files first; then the DuckDB copy and the Parquet files are renamed into
 place one after the other, and the manifest last, so a run killed while it publishes leaves either the old
 set or (past the renames) a new set whose manifest is still the old one. A WAL beside the copy's name (left
@@ -58,6 +63,66 @@ class BiPublication:
         }
 
 
+@dataclass(frozen=True)
+class TableDocs:
+    """A published table's description and its columns' (column name -> text), from dbt's manifest."""
+
+    description: str
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+# segments.segment_members repeats marts.dim_customers' columns as of computed_at (the fields that explain
+# membership); its source documents only its own columns and says so, and the others take dim_customers' text
+_MEMBERS = "segments.segment_members"
+_MEMBERS_FROM = "marts.dim_customers"
+
+
+def docs_from_manifest(manifest: dict, schemas: tuple[str, ...] = BI_SCHEMAS) -> dict[str, TableDocs]:
+    """"<schema>.<table>" -> TableDocs for every model and source of `schemas` in a dbt manifest (the parsed
+    manifest.json), with blank descriptions left out."""
+
+    def text(value) -> str:
+        return " ".join(str(value or "").split())
+
+    docs: dict[str, TableDocs] = {}
+    for node in [*manifest.get("nodes", {}).values(), *manifest.get("sources", {}).values()]:
+        if node.get("resource_type") not in ("model", "snapshot", "seed", "source") or node.get("schema") not in schemas:
+            continue
+        name = node.get("identifier") if node["resource_type"] == "source" else node.get("alias")
+        columns = {c: text(col.get("description")) for c, col in (node.get("columns") or {}).items()}
+        docs[f"{node['schema']}.{name or node['name']}"] = TableDocs(
+            text(node.get("description")), {c: d for c, d in columns.items() if d}
+        )
+    members, dim = docs.get(_MEMBERS), docs.get(_MEMBERS_FROM)
+    if members is not None and dim is not None:
+        inherited = {c: f"As {_MEMBERS_FROM}.{c} at computed_at: {d}" for c, d in dim.columns.items()}
+        docs[_MEMBERS] = TableDocs(members.description, {**inherited, **members.columns})
+    return docs
+
+
+def _comment_statements(con: duckdb.DuckDBPyConnection, docs: dict[str, TableDocs]) -> list[str]:
+    """COMMENT ON statements for the tables and columns of the copy (attached as _ALIAS) that docs describe."""
+    present: dict[str, set[str]] = {}
+    for schema, table, column in con.execute(
+        "select table_schema, table_name, column_name from information_schema.columns where table_catalog = ?",
+        [_ALIAS],
+    ).fetchall():
+        present.setdefault(f"{schema}.{table}", set()).add(column)
+    statements = []
+    for qualified, columns in sorted(present.items()):
+        doc = docs.get(qualified)
+        if doc is None:
+            continue
+        schema, table = qualified.split(".", 1)
+        target = f"{_ALIAS}.{_quote(schema)}.{_quote(table)}"
+        if doc.description:
+            statements.append(f"COMMENT ON TABLE {target} IS {_sql_string(doc.description)}")
+        for column, text in sorted(doc.columns.items()):
+            if column in columns:
+                statements.append(f"COMMENT ON COLUMN {target}.{_quote(column)} IS {_sql_string(text)}")
+    return statements
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -81,8 +146,10 @@ def publish(
     schemas: tuple[str, ...] = BI_SCHEMAS,
     run_id: str | None = None,
     parquet: bool = True,
+    docs: dict[str, TableDocs] | None = None,
 ) -> BiPublication:
-    """Copy `schemas` of the warehouse open on `con` into bi_dir (see the module docstring)."""
+    """Copy `schemas` of the warehouse open on `con` into bi_dir (see the module docstring); `docs`
+    ("<schema>.<table>" -> TableDocs, from docs_from_manifest) become the copy's table and column comments."""
     bi_dir.mkdir(parents=True, exist_ok=True)
     final = bi_dir / BI_DATABASE_NAME
     tmp = bi_dir / f".{BI_DATABASE_NAME}.{os.getpid()}.tmp"
@@ -108,6 +175,17 @@ def publish(
             target = f"{_ALIAS}.{_quote(schema)}.{_quote(table)}"
             con.execute(f"CREATE TABLE {target} AS SELECT * FROM {_quote(schema)}.{_quote(table)}")
             publication.tables[f"{schema}.{table}"] = con.execute(f"select count(*) from {target}").fetchone()[0]
+        if docs:
+            statements = _comment_statements(con, docs)
+            if statements:  # one transaction: a few hundred catalog entries in ~0.1 s
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    for statement in statements:
+                        con.execute(statement)
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
     except BaseException:
         con.execute(f"DETACH {_ALIAS}")
         _remove(tmp, Path(str(tmp) + ".wal"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import duckdb
 
-from orchestration.bi import BI_STORAGE_VERSION, publish
+from orchestration.bi import BI_STORAGE_VERSION, docs_from_manifest, publish
 
 
 def _warehouse(rows: int) -> duckdb.DuckDBPyConnection:
@@ -59,3 +59,51 @@ def test_every_parquet_file_names_its_publication_and_nothing_temporary_is_left(
         assert kv == {"privdom_run_id": "run-2", "privdom_published_at": publication.published_at}, rel
     assert con.execute(f"select count(*) from '{bi / 'parquet/marts/dim_customers.parquet'}'").fetchone() == (4,)
     assert sorted(p.name for p in bi.rglob(".*")) == []  # no temporary file (.name.pid.tmp) is left
+
+
+def test_the_copy_carries_the_dbt_docs_as_table_and_column_comments(tmp_path):
+    """dbt's descriptions (models, and the sources that document the schema segments) become COMMENT ON the copy's
+    tables and columns; a column segment_members repeats from dim_customers takes dim_customers' text."""
+    manifest = {
+        "nodes": {
+            "model.privdom.dim_customers": {
+                "resource_type": "model", "schema": "marts", "name": "dim_customers", "alias": "dim_customers",
+                "description": "One row per customer,\n  as of the data's end.",
+                "columns": {
+                    "customer_key": {"description": "Stable customer key."},
+                    "net_revenue": {"description": "Net revenue in CNY (gross − discount − refund)."},
+                    "not_in_the_table": {"description": "A documented column the table does not have."},
+                },
+            },
+            "model.privdom.stg_orders": {  # not a published schema
+                "resource_type": "model", "schema": "staging", "name": "stg_orders", "alias": "stg_orders",
+                "description": "Staged orders.", "columns": {},
+            },
+            "test.privdom.unique_x": {"resource_type": "test", "schema": "marts", "name": "unique_x", "description": "x"},
+        },
+        "sources": {
+            "source.privdom.segments.segment_members": {
+                "resource_type": "source", "schema": "segments", "name": "segment_members",
+                "identifier": "segment_members", "description": "One row per segment and member.",
+                "columns": {"segment": {"description": "The segment's name."}, "customer_key": {"description": ""}},
+            },
+        },
+    }
+    docs = docs_from_manifest(manifest)
+    assert sorted(docs) == ["marts.dim_customers", "segments.segment_members"]
+    assert docs["marts.dim_customers"].description == "One row per customer, as of the data's end."
+    publication = publish(_warehouse(2), tmp_path / "bi", run_id="run-1", docs=docs)
+    with duckdb.connect(str(publication.database), read_only=True) as con:
+        tables = dict(con.execute("select schema_name || '.' || table_name, comment from duckdb_tables()").fetchall())
+        columns = dict(con.execute(
+            "select table_name || '.' || column_name, comment from duckdb_columns() where not internal"
+        ).fetchall())
+    assert tables == {"marts.dim_customers": "One row per customer, as of the data's end.",
+                      "segments.segment_members": "One row per segment and member."}
+    assert columns == {
+        "dim_customers.customer_key": "Stable customer key.",
+        "dim_customers.net_revenue": "Net revenue in CNY (gross − discount − refund).",
+        # its own blank description gives way to dim_customers'
+        "segment_members.customer_key": "As marts.dim_customers.customer_key at computed_at: Stable customer key.",
+        "segment_members.segment": "The segment's name.",
+    }
