@@ -61,6 +61,20 @@ def test_a_partitioned_run_loads_only_its_batch_dates_and_an_unpartitioned_run_t
         assert result.success
         dates = {row[2] for row in _ledger(settings) if row[2] is not None}
         assert dates == {dt.date(2024, 1, 3), dt.date(2024, 1, 5), dt.date(2024, 1, 6), dt.date(2024, 1, 7)}
+        # every partition of the range gets the run's one result: it says so, and what each date brought
+        loaded = {}
+        for source, path, batch_date, status in _ledger(settings):
+            if source == "orders" and batch_date and batch_date >= dt.date(2024, 1, 5):
+                loaded.setdefault(batch_date.isoformat(), 0)
+                loaded[batch_date.isoformat()] += 1
+        event = instance.get_latest_materialization_event(dg.AssetKey(["raw", "orders"]))
+        materialization = event.asset_materialization
+        assert materialization.partition in {"2024-01-05", "2024-01-06", "2024-01-07"}
+        meta = materialization.metadata
+        assert meta["batch_dates"].value.startswith("2024-01-05…2024-01-07 (3 batch dates): the other figures are this run's totals")
+        by_date = meta["by_batch_date"].value
+        assert {d: v["new_files"] for d, v in by_date.items()} == loaded
+        assert sum(v["rows_loaded"] for v in by_date.values()) == meta["rows_loaded"].value
 
         assert dg.materialize(_ingest_assets(defs), instance=instance).success
         delivered = {p for p in landing.snapshot(settings.landing_dir)}
