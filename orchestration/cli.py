@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings
+from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings, misspelled_environment
 from orchestration.warehouse import WarehouseLockedError
 
 
@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         args.dbt_args = argv[at + 1 :]
     else:
         args = build_parser().parse_args(argv)
+    for warning in misspelled_environment():
+        print(f"privdom: warning: {warning}", file=sys.stderr)
     try:
         settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
         return args.func(args, settings)

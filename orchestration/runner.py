@@ -270,7 +270,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
     started = time.perf_counter()
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
     with dg.DagsterInstance.get() as instance, _output_to(log_path):
-        # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them)
+        # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them:
+        # `privdom` warns of one close to a name it reads, settings.misspelled_environment)
         print(f"privdom settings: {settings_as_json(settings)}", flush=True)
         for run_id in _fail_abandoned_runs(instance):
             print(f"privdom: run {run_id} was left unfinished by a killed process; marked failed", flush=True)

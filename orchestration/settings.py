@@ -11,6 +11,7 @@ and DuckDB run from other working directories.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import tomllib
@@ -275,6 +276,31 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
             "retention is an order or engage event in [acquired_at + start, acquired_at + end)"
         )
     return settings
+
+
+# PRIVDOM_* variables privdom reads besides the settings' own PRIVDOM_<SETTING> (dbt's profiles.yml reads the
+# PRIVDOM_SPARK_* ones; PRIVDOM_WAREHOUSE and PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT are set by privdom for dbt)
+OTHER_ENVIRONMENT = frozenset({
+    "PRIVDOM_HOME", "PRIVDOM_WAREHOUSE", "PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT", "PRIVDOM_DBT_TARGET", "PRIVDOM_DBT_WARM",
+    "PRIVDOM_GX_WARM", "PRIVDOM_PYTHON_EXIT", "PRIVDOM_SPARK_METHOD", "PRIVDOM_SPARK_HOST", "PRIVDOM_SPARK_PORT",
+    "PRIVDOM_SPARK_USER", "PRIVDOM_SPARK_SCHEMA", "PRIVDOM_SPARK_THREADS",
+})
+
+
+def misspelled_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> list[str]:
+    """A warning for each environment variable that looks like one privdom reads and is not: it is ignored, so
+    a misspelled PRIVDOM_ACTIVATION_WINDOW_DAY would leave the default window in force without a word. Only
+    names close to a known one are named: secrets of destinations may be called PRIVDOM_<anything>."""
+    environ = os.environ if environ is None else environ
+    known = sorted({f"PRIVDOM_{key.upper()}" for key in _TUNABLE} | OTHER_ENVIRONMENT)
+    warnings = []
+    for name in sorted(environ):
+        if name in known or not name.upper().startswith("PRIVDOM"):
+            continue
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
+        if close:
+            warnings.append(f"${name} is not a variable privdom reads, and is ignored; did you mean ${close[0]}?")
+    return warnings
 
 
 def settings_as_json(settings: Settings) -> str:

@@ -126,3 +126,33 @@ def test_a_data_directory_that_is_a_file_is_refused_in_one_line(tmp_path, capsys
     for argv in (["--data-dir", str(afile), "run"], ["generate", "--data-dir", str(afile)], ["--data-dir", str(afile), "ui"]):
         assert main(argv) == 2
         assert capsys.readouterr().err == f"privdom: data directory {afile} is a file, not a directory (--data-dir or PRIVDOM_HOME)\n"
+
+
+def test_a_variable_that_looks_like_a_setting_and_is_not_one_is_named_with_the_one_meant(tmp_path, capsys, monkeypatch):
+    """A misspelled PRIVDOM_ variable is ignored: the default stays in force. `privdom` says so (once per
+    command, on stderr) and names the variable meant; names far from any it reads (a destination's secret) pass."""
+    from orchestration.cli import main
+    from orchestration.settings import misspelled_environment
+
+    environ = {
+        "PRIVDOM_ACTIVATION_WINDOW_DAY": "7",  # the setting is activation_window_days
+        "privdom_home": str(tmp_path),  # variables are case-sensitive
+        "PRIVDOM_SPARK_HSOT": "spark.example",  # read by dbt's profiles.yml
+        "PRIVDOM_ACTIVATION_WINDOW_DAYS": "30", "PRIVDOM_GX_WARM": "0", "PRIVDOM_CRM_SECRET": "s3cret",
+        "PRIVDOM_WECOM_CORP_SECRET": "s", "PATH": "/usr/bin",
+    }
+    assert misspelled_environment(environ) == [
+        "$PRIVDOM_ACTIVATION_WINDOW_DAY is not a variable privdom reads, and is ignored; did you mean "
+        "$PRIVDOM_ACTIVATION_WINDOW_DAYS?",
+        "$PRIVDOM_SPARK_HSOT is not a variable privdom reads, and is ignored; did you mean $PRIVDOM_SPARK_HOST?",
+        "$privdom_home is not a variable privdom reads, and is ignored; did you mean $PRIVDOM_HOME?",
+    ]
+    monkeypatch.setenv("PRIVDOM_REPURCHASE_WINDOW_DAY", "60")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x", encoding="utf-8")
+    assert main(["--data-dir", str(afile), "run"]) == 2  # refused after the warning, before anything runs
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "privdom: warning: $PRIVDOM_REPURCHASE_WINDOW_DAY is not a variable privdom reads, and is ignored; "
+        "did you mean $PRIVDOM_REPURCHASE_WINDOW_DAYS?"
+    )
+    assert load_settings(tmp_path).repurchase_window_days == 90  # the default, as the warning says
