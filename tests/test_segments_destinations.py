@@ -320,6 +320,26 @@ def test_wecom_tags_only_live_contacts(warehouse):
     assert (report.accepted, report.skipped) == (6, 1)
 
 
+def test_wecom_never_tags_through_an_id_that_is_not_the_members_handle(warehouse):
+    """A review found members labelled `wecom` whose handle was an openid seen on a WeCom event, beside the id of a
+    contact they had removed, and the sync tagging that contact. Membership labels such an openid `openid` now; the
+    sync also refuses a `wecom` row whose handle is not its WeCom id (as a membership built before wrote it)."""
+    _sql(warehouse, "update marts.dim_customers set reachable_channels = 'community_group', openid = 'oC7', "
+                    "openid_channel = 'wecom' where customer_key = 'C7'")
+    assert query(warehouse, "select contact_channel, contact_handle from segments.segment_members where customer_key = 'C7'") == [("openid", "oC7")]
+    con = connect(warehouse)
+    try:  # the row as the membership of an earlier version wrote it
+        con.execute("update segments.segment_members set contact_channel = 'wecom' where customer_key = 'C7'")
+    finally:
+        con.close()
+    with WeComServer([0] * 6) as server:
+        config = _wecom(server.url)
+        report = _sync(warehouse, config, WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None), "run-1")
+        assert "wmC7" not in {c["body"]["external_userid"] for c in server.calls}
+    log = {r[0]: r[2:5] for r in _log(warehouse, "run-1")}
+    assert log["C7"][0] == "skipped" and (report.accepted, report.skipped) == (6, 1)
+
+
 def test_wecom_tags_with_rate_limits_busy_expired_token_and_a_bad_contact(warehouse):
     _sql(warehouse, "update marts.dim_customers set wecom_external_userid = null where customer_key = 'C7'")  # no WeCom contact
     # C1: rate limited, then ok. C2: busy, then ok. C3: token expired -> refresh -> ok. C4: invalid contact. C5, C6 ok.

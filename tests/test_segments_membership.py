@@ -112,6 +112,10 @@ def test_members_carry_contact_handles_by_precedence_and_no_clear_phone(tmp_path
                  is_member=True),
         customer("O"),  # official-account openid
         customer("M", openid="oMini1", openid_channel="mini_program"),
+        # an openid seen on a WeCom event, beside the id of a WeCom contact the customer removed: not `wecom`
+        customer("W5", wecom_external_userid="wmGONE5", wecom_staff_userid="lisi", openid="oW5", openid_channel="wecom",
+                 reachable_channels="community_group"),
+        customer("U", openid="oU", openid_channel="unknown"),  # from an order naming no channel
         customer("P", openid=None, openid_channel=None, phone_sha256=sha, phone_masked="138****8000"),
         customer("X", openid=None, openid_channel=None, member_id="M001"),  # reachable member, no handle
     ])
@@ -124,6 +128,8 @@ def test_members_carry_contact_handles_by_precedence_and_no_clear_phone(tmp_path
     assert rows["W4"] == (None, None, None)
     assert rows["O"] == ("official_account", "oAO", None)
     assert rows["M"] == ("mini_program", "oMini1", None)
+    assert rows["W5"] == ("openid", "oW5", None)
+    assert rows["U"] == ("openid", "oU", None)
     assert rows["P"] == ("phone_sha256", sha, sha)
     assert rows["X"] == (None, None, None)
     columns = {r[0] for r in query(warehouse, "select column_name from information_schema.columns where table_name = 'segment_members'")}

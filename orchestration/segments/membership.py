@@ -23,11 +23,15 @@ DEFINITIONS_TABLE = "segments.segment_definitions"
 # Where a marketing tool reaches the customer (SPEC §5): the WeCom contact, then the official-account openid,
 # then another openid with the channel it was seen on, then the phone's SHA-256. A WeCom external id is a
 # contact only while the relationship is live (`wecom` in reachable_channels, SPEC §4): a customer who removed
-# the contact, or whose id was only seen on an event, is reached by the next handle.
+# the contact, or whose id was only seen on an event, is reached by the next handle. `wecom` names the WeCom
+# contact and nothing else: an openid seen on a WeCom event (or on an order naming no channel) is `openid`, as
+# one seen only on referrals is. A review found former WeCom contacts labelled `wecom` with an openid as handle,
+# and a WeCom sync tagging the contact they had removed.
 _WECOM_CONTACT_SQL = "d.wecom_external_userid is not null and list_contains(string_split(d.reachable_channels, ','), 'wecom')"
 CONTACT_CHANNEL_SQL = f"""case
         when {_WECOM_CONTACT_SQL} then 'wecom'
-        when d.openid is not null then coalesce(d.openid_channel, 'openid')
+        when d.openid is not null then
+            case when d.openid_channel is null or d.openid_channel in ('wecom', 'unknown') then 'openid' else d.openid_channel end
         when d.phone_sha256 is not null then 'phone_sha256'
     end"""
 CONTACT_HANDLE_SQL = f"""case

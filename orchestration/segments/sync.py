@@ -62,9 +62,11 @@ class SyncReport:
 
 
 # A member WeCom can tag: a live contact (the contact handle is its WeCom id) with its owning staff member. A former
-# contact's id, or one only seen on an event, is not one: mark_tag would only fail on it.
+# contact's id, or one only seen on an event, is not one: mark_tag would tag a contact the customer removed. The
+# handle is compared too, so that no row labelled `wecom` by an older membership (an openid seen on a WeCom event)
+# is ever tagged through the stale id beside it.
 TAGGABLE = ("a.contact_channel = 'wecom' and coalesce(a.wecom_external_userid, '') <> '' "
-            "and coalesce(a.wecom_staff_userid, '') <> ''")
+            "and a.contact_handle = a.wecom_external_userid and coalesce(a.wecom_staff_userid, '') <> ''")
 NOT_TAGGABLE = ("no WeCom contact: needs a live WeCom contact (wecom_external_userid) and its owner "
                 "(wecom_staff_userid)")
 
