@@ -295,7 +295,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
                     )
                 )
         failed_steps = [
-            f"{e.step_key}: {_first_line(e.event_specific_data.error.message if e.event_specific_data.error else '')}"
+            f"{e.step_key}: {_first_line(_step_error_message(e.event_specific_data.error))}"
             for e in result.all_events
             if e.event_type_value == "STEP_FAILURE"
         ]
@@ -340,6 +340,17 @@ def _defined_segments(settings: Settings) -> list[str] | None:
         return [d.name for d in load_segment_definitions(settings.data_dir, settings.sources) if d.enabled]
     except Exception:  # noqa: BLE001 - a summary names what it can
         return None
+
+
+def _step_error_message(error) -> str:
+    """What a failed step's error says: for an exception raised in privdom's code, Dagster's message is only
+    "DagsterExecutionStepExecutionError: Error occurred while executing op …:" and the exception itself is its
+    cause, whose message is the one to show (e.g. "PermissionError: [Errno 13] Permission denied: '…'")."""
+    if error is None:
+        return ""
+    while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
+        error = error.cause
+    return error.message
 
 
 def _first_line(message: str) -> str:

@@ -187,3 +187,46 @@ def test_an_export_that_fails_its_own_verification_is_not_published_and_holds_ba
         assert "syncs__crm" not in _step_events(result, "STEP_START")
         assert server.requests == []
     assert not any((data_dir / "exports").rglob("LATEST")) if (data_dir / "exports").exists() else True
+
+
+def test_a_segment_whose_files_cannot_be_written_holds_back_no_other_and_fails_the_run_naming_it(data_dir):
+    """From the exports review: a file-system error on one segment's folder stopped every segment after it, and
+    the run's summary said only "DagsterExecutionStepExecutionError: Error occurred while executing op". Now each
+    segment is published on its own, the one not written fails its checks, and the step fails naming it."""
+    two = parse_definitions([("defaults", {}), ("privdom.toml", {
+        "all_buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
+        "buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
+    })])
+    (data_dir / "exports").mkdir()
+    (data_dir / "exports" / "all_buyers").write_text("not a folder", encoding="utf-8")  # as root, chmod stops nothing
+    assets = _upstream(True) + [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(data_dir, instance, assets)
+    assert not result.success
+    checks = _checks(result)
+    assert not checks["exports/all_buyers:no_suppressed_customers"].passed
+    assert "not published" in checks["exports/all_buyers:no_suppressed_customers"].description
+    assert not checks["exports/all_buyers:fresh"].passed
+    # the segment after it in name order is published
+    assert checks["exports/buyers:no_suppressed_customers"].passed and checks["exports/buyers:fresh"].passed
+    assert (data_dir / "exports" / "buyers" / "LATEST").is_file()
+    failure = _step_events(result, "STEP_FAILURE")["segment_exports"].event_specific_data.error
+    assert failure.cls_name == "Failure"
+    assert "1 segment export(s) could not be written, the others were published: all_buyers:" in failure.message
+    assert "exports/all_buyers" in failure.message
+
+
+def test_the_run_summary_names_the_exception_a_step_raised_not_dagsters_wrapper():
+    from dagster._utils.error import SerializableErrorInfo
+
+    from orchestration.runner import _step_error_message
+
+    cause = SerializableErrorInfo("PermissionError: [Errno 13] Permission denied: '/data/exports/x/.tmp-1'\n", [], "PermissionError")
+    wrapped = SerializableErrorInfo(
+        'dagster._core.errors.DagsterExecutionStepExecutionError: Error occurred while executing op "segment_exports":\n',
+        [], "DagsterExecutionStepExecutionError", cause=cause,
+    )
+    assert _step_error_message(wrapped) == cause.message
+    failure = SerializableErrorInfo("dagster._core.definitions.events.Failure: 2 blocking checks failed\n", [], "Failure")
+    assert _step_error_message(failure) == failure.message
+    assert _step_error_message(None) == ""

@@ -80,18 +80,28 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
     def segment_exports(context: dg.AssetExecutionContext, privdom: PrivdomResource):
         refuse_if_blocked(context, MEMBERS_GATES, "exports")
         settings = privdom.settings()
+        not_written: list[str] = []  # segments whose files could not be written (the file system said no)
         # the writer lock also keeps two runs from publishing the same segment's LATEST at once
         with privdom.writer(context), privdom.connect(read_only=True) as con:
             for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
                 d = by_key[key]
                 try:
                     result = export_segment(con, settings.exports_dir, d, options)
-                except ExportError as exc:
+                except (ExportError, OSError) as exc:
+                    # each segment is published on its own: one that cannot be does not hold the others back
+                    if isinstance(exc, OSError):
+                        not_written.append(f"{d.name}: {exc}")
                     context.log.error(f"export of {d.name} withheld: {exc}")
                     yield dg.AssetCheckResult(
                         asset_key=key, check_name=CHECK_NO_SUPPRESSED, passed=False,
                         severity=dg.AssetCheckSeverity.ERROR, description=f"not published: {exc}",
                     )
+                    try:
+                        fresh = export_freshness(con, settings.exports_dir, d.name)
+                    except (OSError, ValueError, KeyError) as unreadable:  # its folder is what failed
+                        fresh = {"fresh": False, "latest": f"unreadable ({unreadable})", "export_data_end_at": None,
+                                 "warehouse_data_end_at": None}
+                    yield _freshness_check(key, fresh)
                     continue
                 yield dg.MaterializeResult(
                     asset_key=key,
@@ -111,17 +121,25 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
                     asset_key=key, check_name=CHECK_NO_SUPPRESSED, passed=True,
                     metadata={"files_verified": len(result.manifest["files"]), "rows": result.rows},
                 )
-                fresh = export_freshness(con, settings.exports_dir, d.name)
-                yield dg.AssetCheckResult(
-                    asset_key=key,
-                    check_name=CHECK_FRESH,
-                    passed=fresh["fresh"],
-                    severity=dg.AssetCheckSeverity.ERROR,
-                    description=None if fresh["fresh"] else f"LATEST {fresh['latest']} has data end {fresh['export_data_end_at']}, the warehouse {fresh['warehouse_data_end_at']}",
-                    metadata={k: str(v) for k, v in fresh.items()},
-                )
+                yield _freshness_check(key, export_freshness(con, settings.exports_dir, d.name))
+        if not_written:  # the other segments are published; the run fails so that someone sees to the disk
+            raise dg.Failure(
+                description=f"{len(not_written)} segment export(s) could not be written, the others were published: "
+                + "; ".join(not_written)
+            )
 
     return segment_exports
+
+
+def _freshness_check(key: dg.AssetKey, fresh: dict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=CHECK_FRESH,
+        passed=fresh["fresh"],
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=None if fresh["fresh"] else f"LATEST {fresh['latest']} has data end {fresh['export_data_end_at']}, the warehouse {fresh['warehouse_data_end_at']}",
+        metadata={k: str(v) for k, v in fresh.items()},
+    )
 
 
 def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
