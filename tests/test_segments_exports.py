@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 
@@ -100,6 +101,28 @@ def test_an_export_writes_every_format_adds_removes_and_a_manifest(world):
     assert set(table.column("data_end_at").to_pylist()) == {DATA_END}
     assert all(r["computed_at"] and r["data_end_at"] for r in json_rows)
     assert json_rows[0]["acquisition_campaign"] == "双十一"
+    # JSON has no timestamp type: instants are RFC 3339 text in Shanghai time, which strict parsers take
+    shanghai = dt.timezone(dt.timedelta(hours=8))
+    assert json_rows[0]["computed_at"] == "2024-07-01T08:00:00+08:00"
+    assert json_rows[0]["data_end_at"] == DATA_END.astimezone(shanghai).isoformat()
+    rfc3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?[+-]\d\d:\d\d$")
+    instants = [v for r in json_rows for k, v in r.items() if k.endswith("_at") and v is not None]
+    assert instants and all(rfc3339.match(v) for v in instants), instants
+
+
+def test_jsonl_instants_keep_a_fraction_of_a_second_and_any_offset():
+    from orchestration.segments.exports import _rfc3339_instant_sql
+
+    con = duckdb.connect()
+    con.execute("set TimeZone = 'Asia/Shanghai'")
+    row = con.execute(
+        f"select {_rfc3339_instant_sql('a')}, {_rfc3339_instant_sql('b')} from (select "
+        "timestamptz '2024-01-05 08:16:48.25Z' as a, timestamptz '2024-12-31 16:00:00Z' as b)"
+    ).fetchone()
+    assert row == ("2024-01-05T16:16:48.250000+08:00", "2025-01-01T00:00:00+08:00")
+    con.execute("set TimeZone = 'Asia/Kolkata'")
+    (kolkata,) = con.execute(f"select {_rfc3339_instant_sql('a')} from (select timestamptz '2024-01-05 08:16:48Z' as a)").fetchone()
+    assert kolkata == "2024-01-05T13:46:48+05:30"
 
 
 def test_csv_is_utf8_with_bom_by_default_and_without_when_asked(world):

@@ -148,7 +148,7 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, 
     if fmt == "parquet":
         con.execute(f"copy ({query}) to {_sql_path(path)} (format parquet, compression zstd)", params)
     elif fmt == "jsonl":
-        con.execute(f"copy ({query}) to {_sql_path(path)} (format json)", params)
+        con.execute(f"copy ({_rfc3339_instants(con, query, params)}) to {_sql_path(path)} (format json)", params)
     else:
         target = path.with_name(path.name + ".nobom") if csv_bom else path
         con.execute(f"copy ({query}) to {_sql_path(target)} (format csv, header true)", params)
@@ -157,6 +157,28 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, 
                 out.write(BOM)
                 shutil.copyfileobj(src, out, 1 << 20)
             target.unlink()
+
+
+def _rfc3339_instant_sql(column: str) -> str:
+    """A TIMESTAMPTZ as RFC 3339 text in the session's time zone: `2024-01-05T16:16:48+08:00`, with `.ffffff` only
+    when there is a fraction of a second. DuckDB's own text (what its JSON writer gives) is
+    `2024-01-05 16:16:48+08`, whose offset strict parsers refuse (Java's OffsetDateTime, JavaScript's Date)."""
+    col = f'"{column}"'
+    text = (f"strftime({col}, case when microsecond({col}) % 1000000 = 0 then '%Y-%m-%dT%H:%M:%S%z' "
+            f"else '%Y-%m-%dT%H:%M:%S.%f%z' end)")
+    # %z is `+08` for a whole-hour offset, `+0530` otherwise
+    return (f"regexp_replace(regexp_replace({text}, '([+-][0-9]{{2}})([0-9]{{2}})$', '\\1:\\2'), "
+            f"'([+-][0-9]{{2}})$', '\\1:00')")
+
+
+def _rfc3339_instants(con: duckdb.DuckDBPyConnection, query: str, params: list) -> str:
+    """`query` with its TIMESTAMPTZ columns as RFC 3339 text (for JSON Lines, which has no timestamp type)."""
+    described = con.execute(f"select * from ({query}) limit 0", params).description
+    instants = [name for name, kind, *_ in described if str(kind) == "TIMESTAMP WITH TIME ZONE"]
+    if not instants:
+        return query
+    replaced = ", ".join(f'{_rfc3339_instant_sql(c)} as "{c}"' for c in instants)
+    return f"select * replace ({replaced}) from ({query})"
 
 
 def _reader(path: Path, fmt: str) -> str:
