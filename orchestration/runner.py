@@ -43,6 +43,7 @@ class PipelineResult:
     ledger: list[tuple] = field(default_factory=list)
     tables: list[tuple[str, str, int]] = field(default_factory=list)
     exports: list[tuple[str, str, int, int, int]] = field(default_factory=list)
+    new_exports: set[str] = field(default_factory=set)  # segments whose LATEST this run wrote
     log_path: Path | None = None
     summary_error: str | None = None
     stray_files: list[str] = field(default_factory=list)  # under landing/, outside every source's folder
@@ -82,9 +83,11 @@ class PipelineResult:
                 lines.append(f"    {schema + '.' + table:<{width}} {rows:>12,} rows")
         if self.exports:
             lines.append("")
-            lines.append(f"  segment exports (LATEST in {s.exports_dir}/<segment>/)      rows    adds  removes")
+            lines.append(f"  segment exports (LATEST in {s.exports_dir}/<segment>/)      rows    adds  removes  this run")
             for segment, export_id, rows, adds, removes in self.exports:
-                lines.append(f"    {segment:<28} {export_id:<24} {rows:>8,} {adds:>7,} {removes:>8,}")
+                # adds and removes are LATEST's, against the export before it: "kept" says this run wrote none
+                mark = "new" if segment in self.new_exports else "kept"
+                lines.append(f"    {segment:<28} {export_id:<24} {rows:>8,} {adds:>7,} {removes:>8,}  {mark}")
         failed = [c for c in self.checks if not c.passed]
         lines.append("")
         lines.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} did not pass")
@@ -294,6 +297,13 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
                         description=data.description or _failed_rows(data),
                     )
                 )
+        new_exports = {
+            e.event_specific_data.materialization.asset_key.path[-1]
+            for e in result.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+            and e.event_specific_data.materialization.asset_key.path[0] == "exports"
+            and _metadata_value(e.event_specific_data.materialization.metadata.get("unchanged")) is False
+        }
         failed_steps = [
             f"{e.step_key}: {_first_line(_step_error_message(e.event_specific_data.error))}"
             for e in result.all_events
@@ -317,6 +327,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         ledger=ledger,
         tables=tables,
         exports=summarise_exports(settings.exports_dir, _defined_segments(settings)),
+        new_exports=new_exports,
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
     )
@@ -340,6 +351,10 @@ def _defined_segments(settings: Settings) -> list[str] | None:
         return [d.name for d in load_segment_definitions(settings.data_dir, settings.sources) if d.enabled]
     except Exception:  # noqa: BLE001 - a summary names what it can
         return None
+
+
+def _metadata_value(entry):
+    return getattr(entry, "value", entry)
 
 
 def _step_error_message(error) -> str:

@@ -308,6 +308,10 @@ def test_every_segment_is_exported_after_a_run_and_a_rerun_on_the_same_data_keep
         assert manifest["previous_export_id"] is None
         assert (manifest["adds"], manifest["removes"]) == (manifest["row_count"], 0)
         assert manifest["row_count"] == len([p for p in (folder / f"{name}.csv").read_text(encoding="utf-8-sig").splitlines()[1:] if p])
+        # the summaries say which run wrote LATEST: its adds and removes are against the export before it
+        for run, mark in ((first, "new"), (second, "kept")):
+            (line,) = [line for line in run.stdout.splitlines() if line.split()[:2] == [name, latest]]
+            assert line.split()[-1] == mark, (mark, line)
 
 
 def test_the_dbt_unit_tests_pass_on_the_built_warehouse_and_privdom_run_skips_them(demo):
