@@ -185,6 +185,16 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     if on_duckdb and reads_warehouse and not settings.warehouse_path.exists():
         # dbt-duckdb would create an empty warehouse file
         raise SettingsError(f"no warehouse at {settings.warehouse_path} yet: `privdom run` builds it")
+    if not on_duckdb and reads_warehouse and os.environ.get("PRIVDOM_SPARK_METHOD", "session") == "session":
+        # dbt's subprocess would start a new local Spark with an empty metastore (and leave metastore_db/ and
+        # derby.log in dbt_project/): no source there, and a long stack trace about `raw`.`orders`
+        raise SettingsError(
+            f"privdom dbt --target {target}: the Spark target's session method (PRIVDOM_SPARK_METHOD unset or "
+            "`session`) runs dbt on the SparkSession of the Python process that calls it, and privdom dbt starts "
+            "dbt as a process of its own, where that would be a new, empty local Spark. Point it at a cluster "
+            "(PRIVDOM_SPARK_METHOD=thrift with PRIVDOM_SPARK_HOST) or call dbt from the process that owns the "
+            "session (docs/scale-out.md)."
+        )
     dbt_runner.apply_dbt_environment(settings)
     cmd = [str(dbt_runner.dbt_executable()), *rest]
     if not command:  # `privdom dbt --version`, `--help`: dbt's own answer

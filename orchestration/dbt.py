@@ -92,8 +92,9 @@ def require_pipeline_target() -> None:
         raise SettingsError(
             f"PRIVDOM_DBT_TARGET={DBT_TARGET}: `privdom run` and the Dagster assets build on the "
             f"{PIPELINE_TARGET!r} target only (their ingest, identity and publishing steps read and write the "
-            "DuckDB warehouse). Build the dbt models on Spark with dbt itself (`dbt build --target spark`, "
-            "docs/scale-out.md), or unset PRIVDOM_DBT_TARGET."
+            "DuckDB warehouse). Build the dbt models on Spark with dbt itself, on a cluster "
+            "(PRIVDOM_SPARK_METHOD=thrift and `dbt build --target spark`; docs/scale-out.md), or unset "
+            "PRIVDOM_DBT_TARGET."
         )
 
 

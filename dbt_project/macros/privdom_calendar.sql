@@ -34,7 +34,7 @@
 
 {#- Whole calendar months from one first-of-month DATE to a later one (year() and month() exist on both engines). -#}
 {% macro privdom_months_between(earlier_month, later_month) -%}
-    ((year({{ later_month }}) - year({{ earlier_month }})) * 12 + (month({{ later_month }}) - month({{ earlier_month }})))
+    cast((year({{ later_month }}) - year({{ earlier_month }})) * 12 + (month({{ later_month }}) - month({{ earlier_month }})) as bigint)
 {%- endmacro %}
 
 {#- A ratio as DOUBLE, NULL when the denominator is 0 or NULL (SPEC §4: a rate over 0 is NULL). Sums of money
