@@ -173,6 +173,10 @@ def test_adds_and_removes_against_the_previous_export_and_a_merge_shows_as_remov
         adds, removes = _keys(second.path / f"adds.{fmt}"), _keys(second.path / f"removes.{fmt}")
         assert adds == ["C5", "C9"], fmt
         assert removes == ["C1", "C3"], fmt
+    # why each left: C3 is still a reachable customer the rule no longer selects; C1's key is gone from
+    # dim_customers and this warehouse has no key registry to say it was merged
+    reasons = {r["customer_key"]: r["reason"] for r in _read(second.path / "removes.jsonl")}
+    assert reasons == {"C1": "no_longer_a_customer", "C3": "left_segment"}
     removed = {r["customer_key"]: r for r in _read(second.path / "removes.jsonl")}
     assert removed["C1"]["contact_handle"] == "wmA"  # named as the previous export named it
     assert (second.rows, second.adds, second.removes) == (3, 2, 2)
@@ -495,6 +499,7 @@ def test_a_merge_of_two_members_adds_the_survivor_and_a_changed_contact_is_an_ad
     for fmt in ("csv", "parquet", "jsonl"):
         adds, removes = _keys(second.path / f"adds.{fmt}"), _keys(second.path / f"removes.{fmt}")
         assert (adds, removes) == (["C1", "C2"], ["C3"]), fmt
+    assert [r["reason"] for r in _read(second.path / "removes.jsonl")] == ["merged"]
     added = {r["customer_key"]: r for r in _read(second.path / "adds.jsonl")}
     assert added["C1"]["contact_handle"] == "wmB"
     assert (second.rows, second.adds, second.removes) == (2, 2, 1)
@@ -538,3 +543,28 @@ def test_the_summary_names_a_segment_no_longer_defined(world):
     assert [row[0] for row in summarise_exports(exports)] == ["buyers"]
     assert [row[0] for row in summarise_exports(exports, ["other"])] == ["buyers (no longer defined)"]
     assert [row[0] for row in summarise_exports(exports, ["buyers"])] == ["buyers"]
+
+
+def test_a_remove_says_why_the_customer_left(world):
+    """A marketing tool that keeps lists of its own must stop contacting an opted-out customer everywhere (PIPL),
+    not only in this segment: each remove says why (exports review). Worked out by hand: C1 opted out (and so is
+    no longer reachable: opted_out wins), C2 lost its last live relationship, C3 no longer buys."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    assert _keys(first.path / "buyers.jsonl") == ["C1", "C2", "C3"]
+    con = connect(warehouse)
+    con.execute("update marts.dim_customers set opted_out = true, is_reachable = false, reachable_channels = null "
+                "where customer_key = 'C1'")
+    con.execute("update marts.dim_customers set is_reachable = false, reachable_channels = null where customer_key = 'C2'")
+    con.execute("update marts.dim_customers set paid_orders = 0 where customer_key = 'C3'")
+    con.close()
+    _membership(warehouse, [d])
+    second = _export(warehouse, exports, d)
+    reasons = {r["customer_key"]: r["reason"] for r in _read(second.path / "removes.jsonl")}
+    assert reasons == {"C1": "opted_out", "C2": "unreachable", "C3": "left_segment"}
+    csv_header = (second.path / "removes.csv").read_text(encoding="utf-8-sig").splitlines()[0]
+    assert csv_header.split(",")[-1] == "reason"
+    manifest = json.loads((second.path / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["columns"]["removes"][-1] == "reason"

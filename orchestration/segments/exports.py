@@ -32,9 +32,12 @@ BOM = b"\xef\xbb\xbf"
 # Columns of every members / adds row (stable, SPEC §5), in this order.
 ROW_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
                *EXPLAIN_COLUMNS, "computed_at", "data_end_at")
-# A remove names the customer as the previous export did: its key and contact fields.
+# A remove names the customer as the previous export did: its key and contact fields, and why it left
+# (REMOVE_REASONS): a tool that keeps lists of its own must stop contacting an opted-out customer everywhere (PIPL),
+# not only in this segment.
 REMOVE_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
-                  "computed_at", "data_end_at")
+                  "computed_at", "data_end_at", "reason")
+REMOVE_REASONS = ("merged", "opted_out", "unreachable", "left_segment", "no_longer_a_customer")
 # The text columns of an export row, where a clear phone could hide; every other column is typed. Identifier
 # columns hold hex and base64-like ids (openids, SHA-256): a mobile counts there only between non-hex
 # characters, or 1 in ~50 hashes would look like one. The free text (a campaign, masked in dim_customers) is
@@ -132,13 +135,24 @@ def _read_previous(con: duckdb.DuckDBPyConnection, export_dir: Path, segment: st
     con.execute(f"create or replace temp table previous_rows as select {cols} from {_reader(members[fmt], fmt)}")
 
 
+def _merged_keys(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL for the keys of previous_rows that were merged into another key; none where there is no registry."""
+    if not _has_key_registry(con):
+        return "select cast(null as varchar) where false"
+    return ("select k.customer_key from identity_state.customer_keys k where k.status = 'merged' "
+            "and k.customer_key in (select customer_key from previous_rows)")
+
+
+def _has_key_registry(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute(
+        "select count(*) from information_schema.tables where table_schema = 'identity_state' and table_name = 'customer_keys'"
+    ).fetchone()[0] > 0
+
+
 def _merge_survivors(con: duckdb.DuckDBPyConnection) -> str:
     """SQL for the keys that keys of previous_rows were merged into (the key registry keeps `merged_into`
     pointing at the active end of a chain); no rows where the warehouse has no registry."""
-    registry = con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'identity_state' and table_name = 'customer_keys'"
-    ).fetchone()[0]
-    if not registry:
+    if not _has_key_registry(con):
         return "select cast(null as varchar) where false"
     return ("select k.merged_into from identity_state.customer_keys k where k.status = 'merged' "
             "and k.customer_key in (select customer_key from previous_rows)")
@@ -315,10 +329,16 @@ def export_segment(
             "or m.contact_handle is distinct from p.contact_handle or m.phone_sha256 is distinct from p.phone_sha256 "
             f"or m.customer_key in ({_merge_survivors(con)})) order by m.customer_key"
         )
+        # why each left, first that applies: merged into another key (its survivor is among the adds), opted out,
+        # no longer reachable, still a reachable customer the rule no longer selects, or not a customer any more
         removes_q = (
             "select cast(? as varchar) as segment, cast(? as integer) as segment_version, p.customer_key, p.contact_channel, "
-            "p.contact_handle, p.phone_sha256, cast(? as timestamptz) as computed_at, cast(? as timestamptz) as data_end_at "
-            f"from previous_rows p where p.customer_key not in (select customer_key from {MEMBERS_TABLE} where segment = ?) "
+            "p.contact_handle, p.phone_sha256, cast(? as timestamptz) as computed_at, cast(? as timestamptz) as data_end_at, "
+            f"case when p.customer_key in ({_merged_keys(con)}) then 'merged' "
+            "when d.customer_key is null then 'no_longer_a_customer' when d.opted_out then 'opted_out' "
+            "when not d.is_reachable then 'unreachable' else 'left_segment' end as reason "
+            f"from previous_rows p left join {DIM_CUSTOMERS} d on d.customer_key = p.customer_key "
+            f"where p.customer_key not in (select customer_key from {MEMBERS_TABLE} where segment = ?) "
             "order by p.customer_key"
         )
         plans = [
