@@ -136,11 +136,10 @@ def _read_previous(con: duckdb.DuckDBPyConnection, export_dir: Path, segment: st
 
 
 def _merged_keys(con: duckdb.DuckDBPyConnection) -> str:
-    """SQL for the keys of previous_rows that were merged into another key; none where there is no registry."""
+    """SQL for the keys merged into another key (the key registry); none where there is no registry."""
     if not _has_key_registry(con):
-        return "select cast(null as varchar) where false"
-    return ("select k.customer_key from identity_state.customer_keys k where k.status = 'merged' "
-            "and k.customer_key in (select customer_key from previous_rows)")
+        return "select cast(null as varchar) as customer_key where false"
+    return "select k.customer_key from identity_state.customer_keys k where k.status = 'merged'"
 
 
 def _has_key_registry(con: duckdb.DuckDBPyConnection) -> bool:
@@ -329,27 +328,33 @@ def export_segment(
             "or m.contact_handle is distinct from p.contact_handle or m.phone_sha256 is distinct from p.phone_sha256 "
             f"or m.customer_key in ({_merge_survivors(con)})) order by m.customer_key"
         )
-        # why each left, first that applies: merged into another key (its survivor is among the adds), opted out,
-        # no longer reachable, still a reachable customer the rule no longer selects, or not a customer any more
-        removes_q = (
+        # why each left, first that applies: merged into another key (its survivor is among the adds), not a
+        # customer any more, opted out, no longer reachable, else still a reachable customer the rule no longer
+        # selects. Computed once into a temporary table (counted, then copied once per format): the reasons join
+        # dim_customers and the key registry, ~0.2 s for 120k removes among 1.25M customers.
+        con.execute(
+            "create or replace temp table export_removes as "
+            f"with gone as (select p.* from previous_rows p where p.customer_key not in "
+            f"(select customer_key from {MEMBERS_TABLE} where segment = ?)) "
             "select cast(? as varchar) as segment, cast(? as integer) as segment_version, p.customer_key, p.contact_channel, "
             "p.contact_handle, p.phone_sha256, cast(? as timestamptz) as computed_at, cast(? as timestamptz) as data_end_at, "
-            f"case when p.customer_key in ({_merged_keys(con)}) then 'merged' "
+            "case when k.customer_key is not null then 'merged' "
             "when d.customer_key is null then 'no_longer_a_customer' when d.opted_out then 'opted_out' "
             "when not d.is_reachable then 'unreachable' else 'left_segment' end as reason "
-            f"from previous_rows p left join {DIM_CUSTOMERS} d on d.customer_key = p.customer_key "
-            f"where p.customer_key not in (select customer_key from {MEMBERS_TABLE} where segment = ?) "
-            "order by p.customer_key"
+            f"from gone p left join {DIM_CUSTOMERS} d on d.customer_key = p.customer_key "
+            f"left join ({_merged_keys(con)}) k on k.customer_key = p.customer_key",
+            [definition.name, definition.name, definition.version, computed_at, data_end_at],
         )
+        removes_q = f"select {', '.join(REMOVE_COLUMNS)} from export_removes order by customer_key"
         plans = [
             ("members", definition.name, members_q, [definition.name]),
             ("adds", "adds", adds_q, [definition.name]),
-            ("removes", "removes", removes_q, [definition.name, definition.version, computed_at, data_end_at, definition.name]),
+            ("removes", "removes", removes_q, []),
         ]
         expected = {
             "members": rows,
             "adds": con.execute(f"select count(*) from ({adds_q})", [definition.name]).fetchone()[0],
-            "removes": con.execute(f"select count(*) from ({removes_q})", plans[2][3]).fetchone()[0],
+            "removes": con.execute("select count(*) from export_removes").fetchone()[0],
         }
         files = []
         copies: dict[str, str] = {}
