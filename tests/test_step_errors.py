@@ -96,3 +96,19 @@ def test_the_hint_names_the_relation_dbt_could_not_find_and_nothing_else():
     # other catalog errors (a column, a function) are not about a missing upstream
     assert _missing_upstream('Binder Error: Referenced column "paid_at" not found in FROM clause!') is None
     assert _missing_upstream("Catalog Error: Scalar Function with name foo does not exist!") is None
+
+
+def test_with_another_dbt_target_no_step_writes_the_warehouse(job, monkeypatch):
+    """PRIVDOM_DBT_TARGET=spark in a Dagster deployment: the dbt steps refuse it, and so does every other step
+    that writes the warehouse, before it writes (a sensor's runs loaded DuckDB on every tick, the Spark review)."""
+    from orchestration import dbt as dbt_runner
+
+    data_dir, job_def = job
+    monkeypatch.setattr(dbt_runner, "DBT_TARGET", "spark")
+    with dg.instance_for_test() as instance:
+        result = job_def.execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey(["raw", "orders"])], raise_on_error=False
+        )
+    error = _failures(result)["raw__orders"]
+    assert error.cls_name == "Failure" and "PRIVDOM_DBT_TARGET=spark" in error.message
+    assert not (data_dir / "warehouse.duckdb").exists()

@@ -13,9 +13,10 @@ import duckdb
 from dagster_dbt import DbtCliResource
 from packaging.version import Version
 
+from orchestration import dbt as dbt_runner
 from orchestration import locking, warehouse
 from orchestration.dbt import DBT_TARGET, apply_dbt_environment, command_executable, dbt_executable
-from orchestration.settings import DBT_PROJECT_DIR, Settings, load_settings, resolve_data_dir
+from orchestration.settings import DBT_PROJECT_DIR, Settings, SettingsError, load_settings, resolve_data_dir
 
 # Pool shared by every asset that writes the warehouse: DuckDB allows one writer per file. The instance
 # config (dagster.yaml) limits it to 1, so a second run queues instead of failing on the file lock. Each
@@ -48,6 +49,12 @@ class PrivdomResource(dg.ConfigurableResource):
         Another kind of process (a notebook, a DuckDB shell, a BI tool) holding DuckDB's own lock on the file
         fails the step with what to do, as a Failure: the step's error in the UI and the run log is that one
         paragraph, not a traceback through privdom's code (`privdom run` checks before it starts instead)."""
+        # with another dbt target (PRIVDOM_DBT_TARGET=spark) no step of this graph can do its part: refused before
+        # anything is written (the dbt steps say the same; a sensor's runs would otherwise load DuckDB every tick)
+        try:
+            dbt_runner.require_pipeline_target()
+        except SettingsError as exc:
+            raise dg.Failure(description=str(exc)) from None
         what = f"Dagster run {context.run_id[:8]}, step {context.op_def.name}"
         with locking.warehouse_lock(self.data_dir, what=what, log=context.log.info):
             try:
