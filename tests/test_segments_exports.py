@@ -568,3 +568,27 @@ def test_a_remove_says_why_the_customer_left(world):
     assert csv_header.split(",")[-1] == "reason"
     manifest = json.loads((second.path / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["columns"]["removes"][-1] == "reason"
+
+
+def test_old_exports_that_cannot_be_removed_leave_the_new_export_published(world, monkeypatch):
+    """From the diff review: an error removing exports beyond `keep`, after LATEST had moved, was reported as the
+    export not published. The export stands; the error comes back to be warned of."""
+    from orchestration.segments import exports as exports_lib
+
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d, ExportOptions(formats=("csv",), keep=1))
+    con = connect(warehouse)
+    con.execute("update marts.dim_customers set net_revenue = 99 where customer_key = 'C1'")
+    con.close()
+    _membership(warehouse, [d])
+
+    def refuse(segment_dir, export_id):
+        raise PermissionError(13, "Permission denied", str(segment_dir / export_id))
+
+    monkeypatch.setattr(exports_lib, "_discard", refuse)
+    second = _export(warehouse, exports, d, ExportOptions(formats=("csv",), keep=1))
+    assert latest_export_id(exports / "buyers") == second.export_id != first.export_id
+    assert second.prune_error and "not removed" in second.prune_error and "Permission denied" in second.prune_error
+    assert (exports / "buyers" / first.export_id).is_dir()  # still there, for the next prune

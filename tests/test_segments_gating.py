@@ -216,6 +216,37 @@ def test_a_segment_whose_files_cannot_be_written_holds_back_no_other_and_fails_t
     assert "exports/all_buyers" in failure.message
 
 
+def test_a_full_disk_under_duckdbs_copy_holds_back_no_other_segment(data_dir, monkeypatch):
+    """DuckDB's COPY raises its own IOException, not an OSError (the diff review): a full disk while it wrote one
+    segment's file stopped every segment after it."""
+    import duckdb
+
+    from orchestration.segments import exports as exports_lib
+
+    two = parse_definitions([("defaults", {}), ("privdom.toml", {
+        "all_buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
+        "buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
+    })])
+    copy = exports_lib._copy
+
+    def full_disk(con, query, params, path, fmt, csv_bom):
+        if "all_buyers" in str(path):
+            raise duckdb.IOException(f'IO Error: Could not write file "{path}": No space left on device')
+        return copy(con, query, params, path, fmt, csv_bom)
+
+    monkeypatch.setattr(exports_lib, "_copy", full_disk)
+    assets = _upstream(True) + [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(data_dir, instance, assets)
+    assert not result.success
+    checks = _checks(result)
+    assert not checks["exports/all_buyers:no_suppressed_customers"].passed
+    assert checks["exports/buyers:no_suppressed_customers"].passed
+    assert (data_dir / "exports" / "buyers" / "LATEST").is_file() and not (data_dir / "exports" / "all_buyers" / "LATEST").exists()
+    failure = _step_events(result, "STEP_FAILURE")["segment_exports"].event_specific_data.error
+    assert failure.cls_name == "Failure" and "all_buyers: IO Error" in failure.message and "No space left" in failure.message
+
+
 def test_the_run_summary_names_the_exception_a_step_raised_not_dagsters_wrapper():
     from dagster._utils.error import SerializableErrorInfo
 

@@ -8,6 +8,7 @@ suppressed customer is in them (the blocking check `no_suppressed_customers`) be
 
 
 import dagster as dg
+import duckdb
 
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.defs.segments import (
@@ -87,9 +88,10 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
                 d = by_key[key]
                 try:
                     result = export_segment(con, settings.exports_dir, d, options)
-                except (ExportError, OSError) as exc:
-                    # each segment is published on its own: one that cannot be does not hold the others back
-                    if isinstance(exc, OSError):
+                except (ExportError, OSError, duckdb.IOException) as exc:
+                    # each segment is published on its own: one that cannot be does not hold the others back (an
+                    # OSError from Python's writes, an IOException from DuckDB's COPY: a full disk, a file too large)
+                    if not isinstance(exc, ExportError):
                         not_written.append(f"{d.name}: {exc}")
                     context.log.error(f"export of {d.name} withheld: {exc}")
                     yield dg.AssetCheckResult(
@@ -103,6 +105,8 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
                                  "warehouse_data_end_at": None}
                     yield _freshness_check(key, fresh)
                     continue
+                if result.prune_error:
+                    context.log.warning(f"{d.name}: {result.prune_error}")
                 yield dg.MaterializeResult(
                     asset_key=key,
                     metadata={

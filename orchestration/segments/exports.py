@@ -64,6 +64,7 @@ class ExportResult:
     previous_export_id: str | None
     manifest: dict = field(repr=False)
     unchanged: bool = False  # nothing differs from LATEST: no new export was written, LATEST stands
+    prune_error: str | None = None  # old exports beyond `keep` that could not be removed (the export stands)
 
 
 def _inside(path: Path, root: Path) -> Path:
@@ -295,9 +296,9 @@ def export_segment(
     if previous_id is not None:
         previous = read_manifest(segment_dir / previous_id)
         if _same_export(previous, definition, formats, options, digest):
-            _prune(segment_dir, keep=options.keep)  # a lowered `keep` applies without new data too
+            pruned = _prune_after_publishing(segment_dir, keep=options.keep)  # a lowered `keep` applies without new data too
             return ExportResult(definition.name, previous_id, segment_dir / previous_id, previous["row_count"], 0, 0,
-                                previous.get("previous_export_id"), previous, unchanged=True)
+                                previous.get("previous_export_id"), previous, unchanged=True, prune_error=pruned)
     export_id = new_export_id(now, previous_id)
     tmp = segment_dir / f".tmp-{export_id}"
     final = segment_dir / export_id
@@ -414,9 +415,21 @@ def export_segment(
         raise
     finally:
         con.execute("drop table if exists previous_rows")
+        con.execute("drop table if exists export_removes")
     _write_latest(segment_dir, export_id)
-    _prune(segment_dir, keep=options.keep)
-    return ExportResult(definition.name, export_id, final, rows, expected["adds"], expected["removes"], previous_id, manifest)
+    pruned = _prune_after_publishing(segment_dir, keep=options.keep)
+    return ExportResult(definition.name, export_id, final, rows, expected["adds"], expected["removes"], previous_id,
+                        manifest, prune_error=pruned)
+
+
+def _prune_after_publishing(segment_dir: Path, keep: int) -> str | None:
+    """_prune once LATEST names the export: a file-system error there (an old folder that cannot be removed) is
+    no reason to call the export unpublished. Returns what went wrong, for the step to warn of, or None."""
+    try:
+        _prune(segment_dir, keep=keep)
+    except OSError as exc:
+        return f"old exports beyond keep = {keep} not removed from {segment_dir}: {exc}"
+    return None
 
 
 def _members_digest(con: duckdb.DuckDBPyConnection, segment: str) -> str:
