@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings, misspelled_environment
+from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings, misspelled_environment, referenced_environment
 from orchestration.warehouse import WarehouseLockedError
 
 
@@ -185,7 +185,7 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     if on_duckdb and reads_warehouse and not settings.warehouse_path.exists():
         # dbt-duckdb would create an empty warehouse file
         raise SettingsError(f"no warehouse at {settings.warehouse_path} yet: `privdom run` builds it")
-    if not on_duckdb and reads_warehouse and os.environ.get("PRIVDOM_SPARK_METHOD", "session") == "session":
+    if target == "spark" and reads_warehouse and (os.environ.get("PRIVDOM_SPARK_METHOD") or "session") == "session":
         # dbt's subprocess would start a new local Spark with an empty metastore (and leave metastore_db/ and
         # derby.log in dbt_project/): no source there, and a long stack trace about `raw`.`orders`
         raise SettingsError(
@@ -335,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         args.dbt_args = argv[at + 1 :]
     else:
         args = build_parser().parse_args(argv)
-    for warning in misspelled_environment():
-        print(f"privdom: warning: {warning}", file=sys.stderr)
+    settings = None
     try:
         settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
+        _warn_of_misspelled_environment(settings)
         return args.func(args, settings)
     except SettingsError as exc:
+        if settings is None:
+            _warn_of_misspelled_environment(None)
         print(f"privdom: {exc}", file=sys.stderr)
         return 2
     except WarehouseLockedError as exc:
@@ -356,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"privdom: {found}", file=sys.stderr)
         return 2
+
+
+def _warn_of_misspelled_environment(settings: Settings | None) -> None:
+    referenced = referenced_environment(settings) if settings is not None else []
+    for warning in misspelled_environment(referenced=referenced):
+        print(f"privdom: warning: {warning}", file=sys.stderr)
 
 
 def _definition_error(exc: BaseException) -> BaseException | None:

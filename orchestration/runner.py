@@ -365,7 +365,8 @@ def _step_error_message(error) -> str:
         return ""
     while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
         error = error.cause
-    return error.message
+    # a Failure's message is its description, after the class's dotted name: the description is what to show
+    return error.message.removeprefix("dagster._core.definitions.events.Failure: ")
 
 
 def _first_line(message: str) -> str:

@@ -11,10 +11,10 @@ and DuckDB run from other working directories.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -284,23 +284,46 @@ OTHER_ENVIRONMENT = frozenset({
     "PRIVDOM_HOME", "PRIVDOM_WAREHOUSE", "PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT", "PRIVDOM_DBT_TARGET", "PRIVDOM_DBT_WARM",
     "PRIVDOM_GX_WARM", "PRIVDOM_PYTHON_EXIT", "PRIVDOM_SPARK_METHOD", "PRIVDOM_SPARK_HOST", "PRIVDOM_SPARK_PORT",
     "PRIVDOM_SPARK_USER", "PRIVDOM_SPARK_SCHEMA", "PRIVDOM_SPARK_THREADS",
+    "PRIVDOM_WECOM_CORP_ID", "PRIVDOM_WECOM_CORP_SECRET",  # a WeCom destination's defaults (corp_id_env, corp_secret_env)
 })
 
 
-def misspelled_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> list[str]:
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def misspelled_environment(environ: os._Environ[str] | dict[str, str] | None = None, referenced: Iterable[str] = ()) -> list[str]:
     """A warning for each environment variable that looks like one privdom reads and is not: it is ignored, so
-    a misspelled PRIVDOM_ACTIVATION_WINDOW_DAY would leave the default window in force without a word. Only
-    names close to a known one are named: secrets of destinations may be called PRIVDOM_<anything>."""
+    a misspelled PRIVDOM_ACTIVATION_WINDOW_DAY would leave the default window in force without a word. Only a
+    typo's distance from a known name counts (two letters changed, added, dropped or swapped; upper or lower
+    case alike), and `referenced` (the variables the destinations name for their secrets) are known: secrets
+    may be called PRIVDOM_<anything>, and PRIVDOM_SPARK_PASSWORD is no misspelled PRIVDOM_SPARK_PORT."""
     environ = os.environ if environ is None else environ
-    known = sorted({f"PRIVDOM_{key.upper()}" for key in _TUNABLE} | OTHER_ENVIRONMENT)
+    known = sorted({f"PRIVDOM_{key.upper()}" for key in _TUNABLE} | OTHER_ENVIRONMENT | set(referenced))
     warnings = []
     for name in sorted(environ):
         if name in known or not name.upper().startswith("PRIVDOM"):
             continue
-        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
-        if close:
-            warnings.append(f"${name} is not a variable privdom reads, and is ignored; did you mean ${close[0]}?")
+        distance, close = min((_edit_distance(name.upper(), k), k) for k in known)
+        if distance <= 2:
+            warnings.append(f"${name} is not a variable privdom reads, and is ignored; did you mean ${close}?")
     return warnings
+
+
+def referenced_environment(settings: Settings) -> list[str]:
+    """The environment variables the settings file's destinations name (`secret_env`, `corp_id_env`, …)."""
+    names = []
+    for table in (settings.sources.get("destinations") or {}).values():
+        if isinstance(table, dict):
+            names += [v for k, v in table.items() if k.endswith("_env") and isinstance(v, str)]
+    return names
 
 
 def settings_as_json(settings: Settings) -> str:

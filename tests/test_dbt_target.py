@@ -68,6 +68,10 @@ def test_privdom_dbt_refuses_the_spark_session_method_it_cannot_serve(tmp_path, 
     assert result.stderr.startswith("privdom: privdom dbt --target spark: the Spark target's session method")
     assert "PRIVDOM_SPARK_METHOD=thrift" in result.stderr and "Traceback" not in result.stderr
     assert not (DBT_PROJECT_DIR / "metastore_db").exists()
+    # another target of the user's own (a databricks one, docs/scale-out.md) is dbt's to judge, not refused here
+    other = subprocess.run([str(PRIVDOM), "--data-dir", str(tmp_path), "dbt", "run", "--target", "databricks"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert "session method" not in other.stderr + other.stdout
     # `dbt ls` reads no warehouse: no refusal (dbt answers from the manifest)
     listed = subprocess.run([str(PRIVDOM), "--data-dir", str(tmp_path), "dbt", "ls", "--select", "stg_orders", "--target", "spark"],
                             capture_output=True, text=True, env=env, timeout=300)

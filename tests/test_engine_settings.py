@@ -156,3 +156,21 @@ def test_a_variable_that_looks_like_a_setting_and_is_not_one_is_named_with_the_o
         "did you mean $PRIVDOM_REPURCHASE_WINDOW_DAYS?"
     )
     assert load_settings(tmp_path).repurchase_window_days == 90  # the default, as the warning says
+
+
+def test_secrets_and_names_beyond_a_typo_pass_without_a_warning(tmp_path):
+    """From the diff review: a secret close to a known name (PRIVDOM_SPARK_PASSWORD to PRIVDOM_SPARK_PORT,
+    PRIVDOM_DEMO_SECRET to PRIVDOM_DEMO_SEED) was reported as a misspelling. A warning needs a typo's distance (two
+    letters), and a variable a destination names for its secret is one privdom reads."""
+    from orchestration.settings import misspelled_environment, referenced_environment
+
+    quiet = {name: "x" for name in ("PRIVDOM_SPARK_PASSWORD", "PRIVDOM_SPARK_SECRET", "PRIVDOM_SPARK_CLUSTER",
+                                    "PRIVDOM_DEMO_SECRET", "PRIVDOM_HOME_URL", "PRIVDOM_WECOM_CORP_SECRET")}
+    assert misspelled_environment(quiet) == []
+    (tmp_path / "privdom.toml").write_text(
+        '[destinations.crm]\ntype = "webhook"\nurl = "https://crm.example/hook"\nsecret_env = "PRIVDOM_DEMO_SEEDS"\n'
+        'segments = ["one_time_buyers"]\n', encoding="utf-8")
+    referenced = referenced_environment(load_settings(tmp_path))
+    assert referenced == ["PRIVDOM_DEMO_SEEDS"]
+    assert misspelled_environment({"PRIVDOM_DEMO_SEEDS": "s"}) != []  # one letter from demo_seed's variable
+    assert misspelled_environment({"PRIVDOM_DEMO_SEEDS": "s"}, referenced=referenced) == []

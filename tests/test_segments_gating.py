@@ -259,5 +259,5 @@ def test_the_run_summary_names_the_exception_a_step_raised_not_dagsters_wrapper(
     )
     assert _step_error_message(wrapped) == cause.message
     failure = SerializableErrorInfo("dagster._core.definitions.events.Failure: 2 blocking checks failed\n", [], "Failure")
-    assert _step_error_message(failure) == failure.message
+    assert _step_error_message(failure) == "2 blocking checks failed\n"
     assert _step_error_message(None) == ""

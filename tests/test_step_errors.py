@@ -93,6 +93,11 @@ def test_the_hint_names_the_relation_dbt_could_not_find_and_nothing_else():
                            "intermediate/int_customers__keyed")
     view = 'Catalog Error: View with name "staging.stg_orders" does not exist!'
     assert _missing_upstream(view).startswith("staging.stg_orders is not in this warehouse yet")
+    # the schema exists and the table does not (DuckDB names the table alone), and a quoted three-part name
+    alone = 'Catalog Error: Table with name stg_orders does not exist!\nDid you mean "stg_referrals"?'
+    assert _missing_upstream(alone).startswith("stg_orders is not in this warehouse yet: its asset (or one further")
+    three = 'Catalog Error: Table with name "warehouse"."staging"."stg_orders" does not exist'
+    assert _missing_upstream(three).startswith("staging.stg_orders is not in this warehouse yet: its asset staging/stg_orders")
     # other catalog errors (a column, a function) are not about a missing upstream
     assert _missing_upstream('Binder Error: Referenced column "paid_at" not found in FROM clause!') is None
     assert _missing_upstream("Catalog Error: Scalar Function with name foo does not exist!") is None

@@ -122,21 +122,26 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
     return _dbt
 
 
-_MISSING_RELATION = re.compile(r'(?:Table|View) with name "?([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)"? does not exist')
+# DuckDB's words for a missing table or view: `Table with name "intermediate.int_x" does not exist because schema
+# …` when the schema is missing too, `Table with name stg_orders does not exist!` when only the table is
+_MISSING_RELATION = re.compile(r'(?:Table|View) with name ((?:"?[A-Za-z0-9_]+"?\.){0,2}"?[A-Za-z0-9_]+"?) does not exist')
 
 
 def _missing_upstream(text: str) -> str | None:
     """What to do when a model read a table this warehouse does not have yet (an asset launched without its
-    upstream on a data directory where the upstream was never materialized), or None for any other error."""
+    upstream on a data directory where the upstream was never materialized, or before a newer release's new
+    model was first built), or None for any other error."""
     found = _MISSING_RELATION.search(text)
     if not found:
         return None
-    schema, name = found.groups()
+    parts = found.group(1).replace('"', "").split(".")  # [catalog.][schema.]name
+    schema, name = (parts[-2], parts[-1]) if len(parts) > 1 else (None, parts[-1])
+    what = f"{schema}.{name}" if schema else name
+    asset = f"its asset {schema}/{name}" if schema else "its asset"
     return (
-        f"{schema}.{name} is not in this warehouse yet: its asset {schema}/{name} (or one further upstream) has "
-        "never been materialized in this data directory. Build the graph once first (`privdom run`, or "
-        "`dg launch --job whole_graph`, or the job whole_graph in the UI); a single asset can be materialized on "
-        "its own after that."
+        f"{what} is not in this warehouse yet: {asset} (or one further upstream) has never been materialized in "
+        "this data directory. Build the graph once first (`privdom run`, or `dg launch --job whole_graph`, or the "
+        "job whole_graph in the UI); a single asset can be materialized on its own after that."
     )
 
 
