@@ -51,6 +51,7 @@ class BiPublication:
     run_id: str | None
     tables: dict[str, int] = field(default_factory=dict)  # "<schema>.<table>" -> rows
     parquet_files: list[str] = field(default_factory=list)  # relative to directory
+    comments_error: str | None = None  # the docs could not be written as comments: the copy is published without
 
     def to_manifest(self) -> dict:
         return {
@@ -182,10 +183,14 @@ def publish(
                 try:
                     for statement in statements:
                         con.execute(statement)
+                except duckdb.Error as exc:  # the docs are a convenience: the data are published without them
+                    con.execute("ROLLBACK")
+                    publication.comments_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
-                con.execute("COMMIT")
+                else:
+                    con.execute("COMMIT")
     except BaseException:
         con.execute(f"DETACH {_ALIAS}")
         _remove(tmp, Path(str(tmp) + ".wal"))

@@ -107,3 +107,19 @@ def test_the_copy_carries_the_dbt_docs_as_table_and_column_comments(tmp_path):
         "segment_members.customer_key": "As marts.dim_customers.customer_key at computed_at: Stable customer key.",
         "segment_members.segment": "The segment's name.",
     }
+
+
+def test_docs_that_cannot_be_written_leave_the_copy_published_without_them(tmp_path, monkeypatch):
+    """The comments are a convenience: one that fails (here, every one) rolls the comments back and the copy is
+    published with its data, saying why it has no descriptions (the diff review)."""
+    from orchestration import bi
+
+    def broken(con, docs):
+        return ["COMMENT ON TABLE privdom_bi_copy.marts.no_such_table IS 'x'"]
+
+    monkeypatch.setattr(bi, "_comment_statements", broken)
+    docs = {"marts.dim_customers": bi.TableDocs("One row per customer.")}
+    publication = publish(_warehouse(2), tmp_path / "bi", run_id="run-1", docs=docs)
+    assert publication.comments_error and "no_such_table" in publication.comments_error
+    with duckdb.connect(str(publication.database), read_only=True) as con:
+        assert con.execute("select count(*) from marts.dim_customers").fetchone() == (2,)

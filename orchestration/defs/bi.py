@@ -39,10 +39,12 @@ def _published_model_keys() -> list[dg.AssetKey]:
 )
 def bi_warehouse_copy(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     settings = privdom.settings()
-    # the tables' and columns' dbt docs, as comments in the copy (the manifest this code location loaded)
+    # the tables' and columns' dbt docs, as comments in the copy (dbt's manifest as the run finds it)
     docs = bi.docs_from_manifest(json.loads(dbt_project.manifest_path.read_text(encoding="utf-8")))
     with privdom.writer(context), privdom.connect() as con:
         publication = bi.publish(con, settings.bi_dir, run_id=context.run_id, docs=docs)
+    if publication.comments_error:
+        context.log.warning(f"the BI copy is published without its tables' descriptions: {publication.comments_error}")
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(publication.database)),
