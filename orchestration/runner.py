@@ -47,6 +47,7 @@ class PipelineResult:
     log_path: Path | None = None
     summary_error: str | None = None
     stray_files: list[str] = field(default_factory=list)  # under landing/, outside every source's folder
+    rebuilt: list[str] = field(default_factory=list)  # what this run built in full, and why (not on a first run)
 
     def describe(self) -> str:
         s = self.settings
@@ -56,6 +57,10 @@ class PipelineResult:
         ]
         for step in self.failed_steps:
             lines.append(f"  failed step: {step}")
+        if self.rebuilt:
+            lines.append("")
+            lines.append("  built in full this run, not only from the new files (a run like this takes longer):")
+            lines += [f"    {line}" for line in self.rebuilt]
         if self.ledger:
             lines.append("")
             lines.append("  ingestion ledger (all runs)     files  loaded  rejected  duplicate     rows loaded  quarantined")
@@ -257,6 +262,25 @@ def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: boo
             return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh)
 
 
+# The steps' log lines that say a step did all its work again, not only the new files' (defs/ingest.py,
+# defs/identity.py, defs/dbt.py): after an upgrade or a changed setting, the summary lists them.
+REBUILD_MESSAGES = (
+    "raw rows' _row_hash computed again",
+    "identity graph built in full:",
+    "customer keys assigned to every component:",
+    "incremental models of ",
+)
+
+
+def _rebuilt(instance, run_id: str) -> list[str]:
+    out = []
+    for record in instance.all_logs(run_id):
+        message = (record.user_message or "").strip()
+        if message.startswith(REBUILD_MESSAGES):
+            out.append(_first_line(message))
+    return out
+
+
 def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: bool) -> PipelineResult:
     import dagster as dg
 
@@ -272,6 +296,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
     longlived.freeze()
     started = time.perf_counter()
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    had_warehouse = settings.warehouse_path.exists()
     with dg.DagsterInstance.get() as instance, _output_to(log_path):
         # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them:
         # `privdom` warns of one close to a name it reads, settings.misspelled_environment)
@@ -304,6 +329,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
             and e.event_specific_data.materialization.asset_key.path[0] == "exports"
             and _metadata_value(e.event_specific_data.materialization.metadata.get("unchanged")) is False
         }
+        # a first run builds everything, as it should: only a later run's full builds are news
+        rebuilt = _rebuilt(instance, result.run_id) if had_warehouse else []
         failed_steps = [
             f"{e.step_key}: {_first_line(_step_error_message(e.event_specific_data.error))}"
             for e in result.all_events
@@ -328,6 +355,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         tables=tables,
         exports=summarise_exports(settings.exports_dir, _defined_segments(settings)),
         new_exports=new_exports,
+        rebuilt=rebuilt,
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
     )

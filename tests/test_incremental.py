@@ -101,11 +101,18 @@ def history(tmp_path_factory):
     finally:
         con.close()
     assert _deliver(source, data_dir, *DELIVERIES[-1])
-    _run(data_dir)
+    day = _run(data_dir)
+    # the summary lists what a run built in full (after an upgrade, a changed setting, --full-refresh): an
+    # incremental run, nothing
+    assert "built in full this run" not in day.stdout, day.stdout
     seen_by_last_run = _query(data_dir, "select campaign from staging.stg_channel_events where event_id = ?", [event_id])[0][0]
     _execute(data_dir, "update raw.channel_events set campaign = ? where event_id = ?", [original, event_id])
     incremental = snapshot(data_dir / "warehouse.duckdb")
-    _run(data_dir, "--full-refresh")
+    refreshed = _run(data_dir, "--full-refresh")
+    rebuilt = refreshed.stdout.split("built in full this run", 1)[1].split("\n\n", 1)[0]
+    for step in ("dbt_staging", "dbt_identity_inputs", "dbt_models"):
+        assert f"incremental models of {step} are rebuilt from raw: the run has tag" in rebuilt, rebuilt
+    assert "identity graph built in full:" in rebuilt and "customer keys assigned to every component:" in rebuilt
     full = snapshot(data_dir / "warehouse.duckdb")
     return data_dir, incremental, full, (event_id, original, seen_by_last_run)
 
