@@ -592,3 +592,25 @@ def test_old_exports_that_cannot_be_removed_leave_the_new_export_published(world
     assert latest_export_id(exports / "buyers") == second.export_id != first.export_id
     assert second.prune_error and "not removed" in second.prune_error and "Permission denied" in second.prune_error
     assert (exports / "buyers" / first.export_id).is_dir()  # still there, for the next prune
+
+
+def test_a_jsonl_export_from_before_rfc3339_instants_is_written_again_once(world):
+    """After the upgrade to RFC 3339 instants, a segment whose members did not change kept LATEST in the old text
+    (the upgrade review): a manifest that does not say `jsonl_instants: rfc3339` is exported again, once."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    options = ExportOptions(formats=("jsonl",))
+    first = _export(warehouse, exports, d, options)
+    assert first.manifest["jsonl_instants"] == "rfc3339"
+    # as the code before wrote it: no such key
+    manifest_path = first.path / "manifest.json"
+    old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del old["jsonl_instants"]
+    manifest_path.write_text(json.dumps(old), encoding="utf-8")
+    second = _export(warehouse, exports, d, options)
+    assert not second.unchanged and second.export_id != first.export_id and (second.adds, second.removes) == (0, 0)
+    third = _export(warehouse, exports, d, options)
+    assert third.unchanged and third.export_id == second.export_id
+    # a CSV-only export says nothing of JSON Lines and is not written again for it
+    assert "jsonl_instants" not in _export(warehouse, exports, d, ExportOptions(formats=("csv",))).manifest
