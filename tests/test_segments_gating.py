@@ -189,17 +189,22 @@ def test_an_export_that_fails_its_own_verification_is_not_published_and_holds_ba
     assert not any((data_dir / "exports").rglob("LATEST")) if (data_dir / "exports").exists() else True
 
 
-def test_a_segment_whose_files_cannot_be_written_holds_back_no_other_and_fails_the_run_naming_it(data_dir):
-    """From the exports review: a file-system error on one segment's folder stopped every segment after it, and
-    the run's summary said only "DagsterExecutionStepExecutionError: Error occurred while executing op". Now each
-    segment is published on its own, the one not written fails its checks, and the step fails naming it."""
+def _two_buyer_segments():
+    """Membership and exports of two segments with the same members, all_buyers first in name order."""
     two = parse_definitions([("defaults", {}), ("privdom.toml", {
         "all_buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
         "buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
     })])
+    return [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+
+
+def test_a_segment_whose_files_cannot_be_written_holds_back_no_other_and_fails_the_run_naming_it(data_dir):
+    """From the exports review: a file-system error on one segment's folder stopped every segment after it, and
+    the run's summary said only "DagsterExecutionStepExecutionError: Error occurred while executing op". Now each
+    segment is published on its own, the one not written fails its checks, and the step fails naming it."""
     (data_dir / "exports").mkdir()
     (data_dir / "exports" / "all_buyers").write_text("not a folder", encoding="utf-8")  # as root, chmod stops nothing
-    assets = _upstream(True) + [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+    assets = _upstream(True) + _two_buyer_segments()
     with dg.DagsterInstance.ephemeral() as instance:
         result = _run(data_dir, instance, assets)
     assert not result.success
@@ -223,10 +228,6 @@ def test_a_full_disk_under_duckdbs_copy_holds_back_no_other_segment(data_dir, mo
 
     from orchestration.segments import exports as exports_lib
 
-    two = parse_definitions([("defaults", {}), ("privdom.toml", {
-        "all_buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
-        "buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
-    })])
     copy = exports_lib._copy
 
     def full_disk(con, query, params, path, fmt, csv_bom):
@@ -235,7 +236,7 @@ def test_a_full_disk_under_duckdbs_copy_holds_back_no_other_segment(data_dir, mo
         return copy(con, query, params, path, fmt, csv_bom)
 
     monkeypatch.setattr(exports_lib, "_copy", full_disk)
-    assets = _upstream(True) + [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+    assets = _upstream(True) + _two_buyer_segments()
     with dg.DagsterInstance.ephemeral() as instance:
         result = _run(data_dir, instance, assets)
     assert not result.success
