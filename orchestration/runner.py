@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -82,7 +83,9 @@ class PipelineResult:
             lines.append(f"  (no table summary: {self.summary_error})")
         if self.tables:
             lines.append("")
-            lines.append("  warehouse tables")
+            # a failed step's tables are as an earlier run left them: the counts are the warehouse's, not this run's
+            lines.append("  warehouse tables" + ("" if self.success else
+                                                  " (as the warehouse holds them: a failed step's are an earlier run's)"))
             width = max(40, *(len(schema) + 1 + len(table) for schema, table, _ in self.tables))
             for schema, table, rows in self.tables:
                 lines.append(f"    {schema + '.' + table:<{width}} {rows:>12,} rows")
@@ -393,8 +396,35 @@ def _step_error_message(error) -> str:
         return ""
     while error.cls_name == "DagsterExecutionStepExecutionError" and error.cause is not None:
         error = error.cause
+    if error.cls_name == "DagsterDbtCliRuntimeError":
+        return _dbt_failure(error.message) or error.message
     # a Failure's message is its description, after the class's dotted name: the description is what to show
     return error.message.removeprefix("dagster._core.definitions.events.Failure: ")
+
+
+_ANSI = re.compile(r"\x1b?\[[0-9;]*m")
+_DBT_PROGRESS = re.compile(r"^\d+ of \d+ ((?:ERROR|FAIL)\b.*?)\s*(?:\.{3,}.*)?$")
+_DBT_DETAIL_HEAD = re.compile(r"^(?:Runtime|Database|Compilation) Error in |^Failure in test ")
+
+
+def _dbt_failure(message: str) -> str | None:
+    """dagster-dbt's error says "The dbt CLI process with command" on its first line; what failed is in the
+    dbt log lines it quotes below: the first failed node, the first line of its error, how many more, and
+    the dbt log. None when it quotes none."""
+    lines = [_ANSI.sub("", line).strip() for line in message.splitlines()]
+    failed = [m.group(1) for m in (_DBT_PROGRESS.match(line) for line in lines) if m]
+    if not failed:
+        return None
+    detail = None
+    for i, line in enumerate(lines):
+        if _DBT_DETAIL_HEAD.match(line):
+            detail = next((nxt for nxt in lines[i + 1:] if nxt), None)
+            break
+    log = re.search(r"view the dbt debug log: (\S+?)\.?$", message, re.MULTILINE)
+    text = f"dbt: {failed[0]}" + (f": {detail}" if detail else "")
+    if len(failed) > 1:
+        text += f" (and {len(failed) - 1} more)"
+    return text + (f"; dbt log {log.group(1)}" if log else "")
 
 
 def _first_line(message: str) -> str:

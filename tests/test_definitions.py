@@ -26,7 +26,7 @@ def test_definitions_load_with_every_expected_asset_and_check(dbt_manifest, monk
     added = sorted(set(actual) - set(expected))
     assert not missing and not added, (
         f"asset graph changed: missing {missing}, new {added}. If intended, regenerate {EXPECTED.name} with "
-        "`python -m tests.test_definitions`."
+        "`.venv/bin/python -m tests.test_definitions`."
     )
 
 
@@ -84,3 +84,24 @@ def test_dbt_steps_do_not_build_a_dbt_adapter_in_process():
     dbt = resources().resources["dbt"]
     assert isinstance(dbt, PrivdomDbtCliResource)
     assert dbt._initialize_dbt_core_adapter(["build"]) is None
+
+
+def test_every_singular_test_that_reads_several_models_says_which_asset_it_checks(dbt_manifest):
+    """A singular test that refs more than one model (a reconciliation) is no asset check unless its config names
+    the asset it checks: dagster-dbt leaves it out with a warning deep in the run log, and its failure shows in
+    no check (the contributor review). Each such test says `meta.dagster.ref`."""
+    import json
+
+    manifest = json.loads(dbt_manifest.read_text(encoding="utf-8"))
+    missing = []
+    for node in manifest["nodes"].values():
+        if node["resource_type"] != "test" or node.get("test_metadata"):  # generic tests name their model
+            continue
+        models = {d for d in node["depends_on"]["nodes"] if d.startswith("model.")}
+        dagster_meta = (node.get("config", {}).get("meta") or node.get("meta") or {}).get("dagster", {})
+        if len(models) > 1 and not (dagster_meta.get("ref") or dagster_meta.get("asset_key")):
+            missing.append(
+                f"{node['original_file_path']}: reads {', '.join(sorted(m.split('.')[-1] for m in models))}; add "
+                "{{ config(meta={'dagster': {'ref': {'name': '<the model it checks>'}}}) }} as its first line"
+            )
+    assert not missing, "\n".join(missing)

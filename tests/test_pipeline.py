@@ -283,6 +283,21 @@ def test_no_column_a_bi_tool_reads_is_a_hugeint(demo):
     assert not wide, wide
 
 
+def test_money_in_every_mart_is_decimal_18_2(demo):
+    """Money is DECIMAL(18,2) in every mart (a sum of them is DECIMAL(38,2) on DuckDB, (28,2) on Spark: each
+    published money column casts). Without the cast only the slow Spark parity test noticed (contributor review)."""
+    _, data_dir, _, _, _ = demo
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        decimals = con.execute(
+            "select table_name || '.' || column_name, data_type from information_schema.columns "
+            "where table_schema = 'marts' and data_type like 'DECIMAL%' order by 1"
+        ).fetchall()
+    finally:
+        con.close()
+    assert decimals and all(kind == "DECIMAL(18,2)" for _, kind in decimals), decimals
+
+
 def test_every_segment_is_exported_after_a_run_and_a_rerun_on_the_same_data_keeps_it(demo):
     """SPEC §6: exports/<segment>/<export_id>/ with its files and manifest, LATEST written last."""
     import hashlib

@@ -117,3 +117,38 @@ def test_a_failed_step_is_one_line_that_names_what_failed():
     assert _first_line("\n  \n") == ""
     long = _first_line("x" * 400)
     assert len(long) == 300 and long.endswith("…")
+
+
+def test_a_failed_dbt_step_is_summarised_by_the_node_that_failed_and_its_error():
+    """From the contributor review: the summary said only "DagsterDbtCliRuntimeError: The dbt CLI process with
+    command" (the first line of dagster-dbt's message); the failed node and its error were in the run log. The
+    message below is dagster-dbt's, as it quotes dbt's log (colours included)."""
+    from dagster._utils.error import SerializableErrorInfo
+
+    from orchestration.runner import _first_line, _step_error_message
+
+    message = (
+        "The dbt CLI process with command\n\n`/x/.venv/bin/dbt build --exclude-resource-type unit_test`\n\n"
+        "failed with exit code `1`. Check the stdout in the Dagster compute logs for the full information about the "
+        "error, or view the dbt debug log: /x/dbt_project/target/dbt_models-1a2b3c4-5d6e7f8/dbt.log.\n\n"
+        "Errors parsed from dbt logs:\n\n"
+        "7 of 24 ERROR creating sql table model marts.fct_channel_weekly ............ [\x1b[31mERROR\x1b[0m in 0.05s]\n"
+        "9 of 24 FAIL 1 assert_channel_weekly_reconciles ............................ [\x1b[31mFAIL 1\x1b[0m in 0.02s]\n\n"
+        "\x1b[31mFailure in model fct_channel_weekly (models/marts/fct_channel_weekly.sql)\x1b[0m\n\n"
+        "  Runtime Error in model fct_channel_weekly (models/marts/fct_channel_weekly.sql)\n"
+        '  Binder Error: Table "o" does not have a column named "net_revenue_typo"\n\n  LINE 12: ...\n'
+    )
+    cause = SerializableErrorInfo(message, [], "DagsterDbtCliRuntimeError")
+    wrapped = SerializableErrorInfo('Error occurred while executing op "dbt_models":', [], "DagsterExecutionStepExecutionError", cause=cause)
+    assert _first_line(_step_error_message(wrapped)) == (
+        'dbt: ERROR creating sql table model marts.fct_channel_weekly: Binder Error: Table "o" does not have a column '
+        'named "net_revenue_typo" (and 1 more); dbt log /x/dbt_project/target/dbt_models-1a2b3c4-5d6e7f8/dbt.log'
+    )
+    # a failing data test alone
+    test_only = message.split("7 of 24")[0] + (
+        "9 of 24 FAIL 1 assert_channel_weekly_reconciles ........ [FAIL 1 in 0.02s]\n\n"
+        "Failure in test assert_channel_weekly_reconciles (tests/assert_channel_weekly_reconciles.sql)\n"
+        "  Got 1 result, configured to fail if != 0\n"
+    )
+    assert _step_error_message(SerializableErrorInfo(test_only, [], "DagsterDbtCliRuntimeError")).startswith(
+        "dbt: FAIL 1 assert_channel_weekly_reconciles: Got 1 result, configured to fail if != 0; dbt log /x/")
