@@ -270,19 +270,24 @@ def test_every_table_and_column_of_the_bi_copy_carries_its_description(demo):
     assert members_phone.startswith("As marts.dim_customers.phone_sha256 at computed_at: SHA-256")
 
 
+def _columns(data_dir: Path, where: str) -> list[tuple[str, str]]:
+    """(schema.table.column, type) of the demo warehouse's columns that match `where`, sorted."""
+    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(
+            "select table_schema || '.' || table_name || '.' || column_name, data_type from information_schema.columns "
+            f"where {where} order by 1"
+        ).fetchall()
+    finally:
+        con.close()
+
+
 def test_no_column_a_bi_tool_reads_is_a_hugeint(demo):
     """DECISIONS: counts are BIGINT. DuckDB's sum() of integers is a HUGEINT, which the BI copy's Parquet
     writes as a DOUBLE and many drivers cannot read: dim_customers.points_redeemed and referrals_converted_12m
     were both."""
     _, data_dir, _, _, _ = demo
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
-    try:
-        wide = con.execute(
-            "select table_schema || '.' || table_name || '.' || column_name from information_schema.columns "
-            "where data_type in ('HUGEINT', 'UHUGEINT') order by 1"
-        ).fetchall()
-    finally:
-        con.close()
+    wide = _columns(data_dir, "data_type in ('HUGEINT', 'UHUGEINT')")
     assert not wide, wide
 
 
@@ -290,14 +295,7 @@ def test_money_in_every_mart_is_decimal_18_2(demo):
     """Money is DECIMAL(18,2) in every mart (a sum of them is DECIMAL(38,2) on DuckDB, (28,2) on Spark: each
     published money column casts). Without the cast only the slow Spark parity test noticed (contributor review)."""
     _, data_dir, _, _, _ = demo
-    con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)
-    try:
-        decimals = con.execute(
-            "select table_name || '.' || column_name, data_type from information_schema.columns "
-            "where table_schema = 'marts' and data_type like 'DECIMAL%' order by 1"
-        ).fetchall()
-    finally:
-        con.close()
+    decimals = _columns(data_dir, "table_schema = 'marts' and data_type like 'DECIMAL%'")
     assert decimals and all(kind == "DECIMAL(18,2)" for _, kind in decimals), decimals
 
 

@@ -189,13 +189,18 @@ def test_an_export_that_fails_its_own_verification_is_not_published_and_holds_ba
     assert not any((data_dir / "exports").rglob("LATEST")) if (data_dir / "exports").exists() else True
 
 
-def _two_buyer_segments():
-    """Membership and exports of two segments with the same members, all_buyers first in name order."""
+def _run_two_buyer_segments(data_dir):
+    """A run of membership and exports of two segments with the same members (all_buyers first in name order),
+    its ingest check passing: it fails (the tests break one segment's export); its check evaluations by key."""
     two = parse_definitions([("defaults", {}), ("privdom.toml", {
         "all_buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
         "buyers": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]},
     })])
-    return [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+    assets = _upstream(True) + [build_membership_asset(two, OPTIONS), build_export_asset(two, OPTIONS)]
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(data_dir, instance, assets)
+    assert not result.success
+    return result, _checks(result)
 
 
 def test_a_segment_whose_files_cannot_be_written_holds_back_no_other_and_fails_the_run_naming_it(data_dir):
@@ -204,11 +209,7 @@ def test_a_segment_whose_files_cannot_be_written_holds_back_no_other_and_fails_t
     segment is published on its own, the one not written fails its checks, and the step fails naming it."""
     (data_dir / "exports").mkdir()
     (data_dir / "exports" / "all_buyers").write_text("not a folder", encoding="utf-8")  # as root, chmod stops nothing
-    assets = _upstream(True) + _two_buyer_segments()
-    with dg.DagsterInstance.ephemeral() as instance:
-        result = _run(data_dir, instance, assets)
-    assert not result.success
-    checks = _checks(result)
+    result, checks = _run_two_buyer_segments(data_dir)
     assert not checks["exports/all_buyers:no_suppressed_customers"].passed
     assert "not published" in checks["exports/all_buyers:no_suppressed_customers"].description
     assert not checks["exports/all_buyers:fresh"].passed
@@ -236,11 +237,7 @@ def test_a_full_disk_under_duckdbs_copy_holds_back_no_other_segment(data_dir, mo
         return copy(con, query, params, path, fmt, csv_bom)
 
     monkeypatch.setattr(exports_lib, "_copy", full_disk)
-    assets = _upstream(True) + _two_buyer_segments()
-    with dg.DagsterInstance.ephemeral() as instance:
-        result = _run(data_dir, instance, assets)
-    assert not result.success
-    checks = _checks(result)
+    result, checks = _run_two_buyer_segments(data_dir)
     assert not checks["exports/all_buyers:no_suppressed_customers"].passed
     assert checks["exports/buyers:no_suppressed_customers"].passed
     assert (data_dir / "exports" / "buyers" / "LATEST").is_file() and not (data_dir / "exports" / "all_buyers" / "LATEST").exists()

@@ -23,7 +23,7 @@ import duckdb
 
 from orchestration.segments.definitions import EXPLAIN_COLUMNS, ExportOptions, SegmentDefinition
 from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
-from orchestration.warehouse import path_sql
+from orchestration.warehouse import path_sql, table_exists
 
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
@@ -34,12 +34,11 @@ JSONL_INSTANTS = "rfc3339"
 # Columns of every members / adds row (stable, SPEC §5), in this order.
 ROW_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
                *EXPLAIN_COLUMNS, "computed_at", "data_end_at")
-# A remove names the customer as the previous export did: its key and contact fields, and why it left
-# (REMOVE_REASONS): a tool that keeps lists of its own must stop contacting an opted-out customer everywhere (PIPL),
-# not only in this segment.
+# A remove names the customer as the previous export did: its key and contact fields, and why it left (`reason`:
+# merged, no_longer_a_customer, opted_out, unreachable or left_segment; export_segment): a tool that keeps lists of
+# its own must stop contacting an opted-out customer everywhere (PIPL), not only in this segment.
 REMOVE_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
                   "computed_at", "data_end_at", "reason")
-REMOVE_REASONS = ("merged", "opted_out", "unreachable", "left_segment", "no_longer_a_customer")
 # The text columns of an export row, where a clear phone could hide; every other column is typed. Identifier
 # columns hold hex and base64-like ids (openids, SHA-256): a mobile counts there only between non-hex
 # characters, or 1 in ~50 hashes would look like one. The free text (a campaign, masked in dim_customers) is
@@ -140,21 +139,15 @@ def _read_previous(con: duckdb.DuckDBPyConnection, export_dir: Path, segment: st
 
 def _merged_keys(con: duckdb.DuckDBPyConnection) -> str:
     """SQL for the keys merged into another key (the key registry); none where there is no registry."""
-    if not _has_key_registry(con):
+    if not table_exists(con, "identity_state.customer_keys"):
         return "select cast(null as varchar) as customer_key where false"
     return "select k.customer_key from identity_state.customer_keys k where k.status = 'merged'"
-
-
-def _has_key_registry(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute(
-        "select count(*) from information_schema.tables where table_schema = 'identity_state' and table_name = 'customer_keys'"
-    ).fetchone()[0] > 0
 
 
 def _merge_survivors(con: duckdb.DuckDBPyConnection) -> str:
     """SQL for the keys that keys of previous_rows were merged into (the key registry keeps `merged_into`
     pointing at the active end of a chain); no rows where the warehouse has no registry."""
-    if not _has_key_registry(con):
+    if not table_exists(con, "identity_state.customer_keys"):
         return "select cast(null as varchar) where false"
     return ("select k.merged_into from identity_state.customer_keys k where k.status = 'merged' "
             "and k.customer_key in (select customer_key from previous_rows)")
