@@ -1,27 +1,20 @@
 """Row counts and masked previews of warehouse tables, for materialization metadata (the Dagster UI).
 
-A preview never shows a clear phone: a column named like a phone (other than ``phone_sha256`` /
-``phone_masked``) is masked as 138****8000, and any text value holding a mainland mobile number anywhere
-is masked the same way, so staging's clear phones stay in the warehouse.
+A preview never shows a clear phone: a column named like a phone (other than ``phone_masked``) is masked as
+138****8000, any text value holding a mainland mobile number anywhere (ASCII or full-width digits, spaces, dots
+or dashes between them) is masked the same way, and a SHA-256 value (``phone_sha256``, a contact handle that is
+one) is hidden, since beside the masked phone it is the phone (``contract.mask_text``). Staging's clear phones
+stay in the warehouse.
 """
 
 from __future__ import annotations
 
-import re
-
 import duckdb
 
-from orchestration.contract import mask_phone
+from orchestration.contract import mask_phone, mask_text
 
-_MOBILE_INSIDE = re.compile(r"(?<!\d)(?:\+?86[\s-]?)?1[3-9]\d(?:[\s-]?\d){8}(?!\d)")
 _SAFE_PHONE_COLUMNS = ("phone_sha256", "phone_masked")
 MAX_CELL = 40
-
-
-def mask_text(value: object) -> object:
-    if not isinstance(value, str):
-        return value
-    return _MOBILE_INSIDE.sub(lambda m: mask_phone(re.sub(r"\D", "", m.group(0))[-11:]), value)
 
 
 def _is_phone_column(name: str) -> bool:

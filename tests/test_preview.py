@@ -48,3 +48,21 @@ def test_run_summary_counts_tables_and_leaves_views_out():
     assert [row[0] for row in ledger] == ["channel_events", "orders", "referrals"]
     assert ("intermediate", "t", 2) in tables
     assert not [t for t in tables if t[1] == "v"]
+
+
+def test_preview_hides_a_phone_hash_and_masks_every_spelling():
+    """Beside phone_masked (10,000 candidates) an unsalted phone hash is the phone, so a preview hides it whole,
+    in phone_sha256 and in a contact handle that is one; dotted and full-width phones are masked too (the
+    privacy review found both clear in raw and staging previews)."""
+    import hashlib
+
+    digest = hashlib.sha256(b"8613912345678").hexdigest()
+    con = duckdb.connect()
+    con.execute("create schema marts")
+    con.execute("create table marts.t (customer_key varchar, phone_masked varchar, phone_sha256 varchar, "
+                "contact_handle varchar, note varchar)")
+    con.execute("insert into marts.t values (?, '139****5678', ?, ?, '139.1234.5601 / １３９１２３４５６０２')",
+                ["C1", digest, digest])
+    text = preview.preview_markdown(con, "marts", "t")
+    assert text.splitlines()[2] == "| C1 | 139****5678 | (sha256) | (sha256) | 139****5601 / 139****5602 |"
+    assert digest[:8] not in text

@@ -805,3 +805,51 @@ def test_retry_after_is_taken_in_seconds_or_as_an_http_date():
     client = WebhookClient(config, SECRET, http=httpx.Client(transport=httpx.MockTransport(lambda r: answers.pop(0))), sleep=slept.append)
     out = client.send("buyers", 1, "add", [{"customer_key": "C1", "contact_channel": None, "contact_handle": None, "phone_sha256": None}])
     assert out[0].accepted and slept == [2.0, 60.0]
+
+
+def test_an_answer_that_echoes_credentials_never_puts_them_in_an_error():
+    """WeCom puts the access token and the corp secret in the query string; a proxy's or a gateway's error page
+    that echoes the URL put the corp secret into the run summary, sync_log, the BI copy and Dagster's event log
+    (the privacy review). Every error a client reports is redacted: the secret, the corp id, every token fetched,
+    a webhook URL's query values and any credential-named query parameter."""
+    import httpx
+
+    corp_secret, token = "CORPSECRETPLANT99", "TOKENPLANT12345"
+
+    def echo(request: httpx.Request, status: int) -> httpx.Response:
+        return httpx.Response(status, text=f"<html>upstream refused {request.url} (secret {corp_secret}) sig=abc&x=1</html>")
+
+    def refuse_token(request: httpx.Request) -> httpx.Response:
+        return echo(request, 403)
+
+    config = _wecom("https://wecom.example", max_attempts=1)
+    client = WeComClient(config, "wwPLANTCORP", corp_secret, http=httpx.Client(transport=httpx.MockTransport(refuse_token)),
+                         sleep=lambda s: None)
+    member = {"customer_key": "C1", "wecom_staff_userid": "staff", "wecom_external_userid": "wmC1", "target": None}
+    with pytest.raises(DestinationUnavailable) as refused:
+        client.send("buyers", 1, "add", [member])
+    message = str(refused.value)
+    assert "gettoken failed: HTTP 403" in message and "corpsecret=***" in message and "sig=***" in message, message
+    assert corp_secret not in message and "wwPLANTCORP" not in message
+
+    def tag_refused(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/gettoken"):
+            return httpx.Response(200, json={"errcode": 0, "access_token": token, "expires_in": 7200})
+        return httpx.Response(400, text=f"bad request for token {token} at {request.url.path}?access_token={token}")
+
+    client = WeComClient(config, "wwPLANTCORP", corp_secret, http=httpx.Client(transport=httpx.MockTransport(tag_refused)),
+                         sleep=lambda s: None)
+    (outcome,) = client.send("buyers", 1, "add", [member])
+    assert not outcome.accepted and outcome.error.startswith("HTTP 400: bad request for token ***"), outcome.error
+    assert token not in outcome.error
+
+    hook = _webhook("https://crm.example/hook?apikey=APIKEYPLANT77&team=growth")
+
+    def hook_refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, text=f"no: {request.url} signed {request.headers['X-Privdom-Signature']} with {SECRET}")
+
+    webhook = WebhookClient(hook, SECRET, http=httpx.Client(transport=httpx.MockTransport(hook_refused)), sleep=lambda s: None)
+    (outcome,) = webhook.send("buyers", 1, "add", [{"customer_key": "C1", "contact_channel": None, "contact_handle": None,
+                                                   "phone_sha256": None}])
+    assert outcome.error.startswith("HTTP 401: no: https://crm.example/hook?apikey=***&team=***"), outcome.error
+    assert "APIKEYPLANT77" not in outcome.error and SECRET not in outcome.error

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -216,6 +216,28 @@ def _retrying(config: DestinationConfig, sleep: Callable[[float], None]) -> tena
     )
 
 
+# A query parameter whose value is a credential (WeCom puts the access token and the corp secret in the URL; a
+# webhook URL may carry an API key): a proxy's or a gateway's error page that echoes the URL would store it in
+# sync_log, the BI copy, Dagster's event log and the run summary (the privacy review found the corp secret there).
+_SECRET_IN_QUERY = re.compile(
+    r"(?i)\b(access_token|corpsecret|corpid|secret|token|apikey|api_key|key|signature|sig|password|passwd)=[^&\s\"'<>;]+"
+)
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` without any of `secrets` (whole values, longest first) and without the value of a query parameter
+    named like a credential. Every error a client reports passes through it before it is stored or shown."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _SECRET_IN_QUERY.sub(lambda m: m.group(1) + "=***", text)
+
+
+def _answer(response: httpx.Response, limit: int) -> str:
+    """The start of an answer's body for an error message (redacted where it is stored: see redact)."""
+    text = response.text
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _transport_error(exc: httpx.HTTPError) -> _Transient:
     if isinstance(exc, httpx.TimeoutException):
         return _Transient(f"timeout ({type(exc).__name__})")
@@ -283,16 +305,17 @@ class WebhookClient:
                 raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
             if 200 <= response.status_code < 300 and response.content.strip() and not _is_json(response):
                 # not the receiver's answer (a proxy's or a load balancer's page): nothing says what it took
-                raise _Transient(f"HTTP {response.status_code} with an answer that is not JSON: {response.text[:100]!r}")
+                raise _Transient(f"HTTP {response.status_code} with an answer that is not JSON: {_answer(response, 100)!r}")
             return response
 
         try:
             response = _retrying(self.config, self.sleep)(attempt)
         except _Transient as exc:
-            return [RowOutcome(r["customer_key"], False, attempts, f"gave up after {attempts} attempts: {exc}", key) for r in rows]
-        if not 200 <= response.status_code < 300:
-            error = f"HTTP {response.status_code}: {response.text[:200]}"
+            error = self._redact(f"gave up after {attempts} attempts: {exc}")
             return [RowOutcome(r["customer_key"], False, attempts, error, key) for r in rows]
+        if not 200 <= response.status_code < 300:
+            error = f"HTTP {response.status_code}: {_answer(response, 200)}"
+            return [RowOutcome(r["customer_key"], False, attempts, self._redact(error), key) for r in rows]
         rejected: dict[str, str] = {}
         answer = _json_or_none(response)
         listed = answer.get("rejected") if isinstance(answer, dict) else None
@@ -303,17 +326,22 @@ class WebhookClient:
             sent = {r["customer_key"] for r in rows}
             for item in listed if isinstance(listed, list) else [None]:
                 if isinstance(item, dict) and item.get("customer_key") in sent:
-                    rejected[item["customer_key"]] = str(item.get("error") or "rejected by the destination")
+                    rejected[item["customer_key"]] = self._redact(str(item.get("error") or "rejected by the destination"))
                 elif isinstance(item, str) and item in sent:
                     rejected[item] = "rejected by the destination"
                 else:
                     error = (f"HTTP {response.status_code}, but its `rejected` is not a list of this batch's rows: "
-                             f"{response.text[:200]}")
-                    return [RowOutcome(r["customer_key"], False, attempts, error, key) for r in rows]
+                             f"{_answer(response, 200)}")
+                    return [RowOutcome(r["customer_key"], False, attempts, self._redact(error), key) for r in rows]
         return [
             RowOutcome(r["customer_key"], r["customer_key"] not in rejected, attempts, rejected.get(r["customer_key"]), key)
             for r in rows
         ]
+
+    def _redact(self, text: str) -> str:
+        """Without the signing secret, nor any value of the URL's query (an API key in it)."""
+        query = urlsplit(self.config.url).query
+        return redact(text, [self.secret, *(part.partition("=")[2] for part in query.split("&"))])
 
     def close(self) -> None:
         self.http.close()
@@ -363,6 +391,7 @@ class WeComClient:
         self.sleep = sleep
         self.clock = clock
         self._token: str | None = None
+        self._tokens: set[str] = set()  # every token fetched: none is ever written into an error
         self._token_expires = 0.0
         self.token_requests = 0
         self.requests_sent = 0
@@ -383,11 +412,11 @@ class WeComClient:
         if response.status_code in RETRY_HTTP_STATUS:
             raise _Transient(f"HTTP {response.status_code}", _retry_after(response))
         if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            raise RuntimeError(f"HTTP {response.status_code}: {_answer(response, 200)}")
         try:
             answer = response.json()
         except ValueError:
-            raise _Transient(f"HTTP 200 with a body that is not JSON: {response.text[:100]!r}") from None
+            raise _Transient(f"HTTP 200 with a body that is not JSON: {_answer(response, 100)!r}") from None
         if not isinstance(answer, dict) or "errcode" not in answer:
             raise RuntimeError(f"unexpected answer {str(answer)[:200]}")
         return answer
@@ -406,15 +435,20 @@ class WeComClient:
         try:
             answer = _retrying(self.config, self.sleep)(fetch)
         except (_Transient, RuntimeError) as exc:
-            raise DestinationUnavailable(f"destination {self.config.name!r}: gettoken failed: {exc}") from None
+            raise DestinationUnavailable(self._redact(f"destination {self.config.name!r}: gettoken failed: {exc}")) from None
         if answer.get("errcode") != 0 or not answer.get("access_token"):
-            raise DestinationUnavailable(
+            raise DestinationUnavailable(self._redact(
                 f"destination {self.config.name!r}: gettoken refused: errcode {answer.get('errcode')}: {answer.get('errmsg', '')}"
-            )
+            ))
         self._token = str(answer["access_token"])
+        self._tokens.add(self._token)
         expires_in = float(answer.get("expires_in", 7200))
         self._token_expires = self.clock() + max(0.0, expires_in - min(self.TOKEN_MARGIN_SECONDS, expires_in / 2))
         return self._token
+
+    def _redact(self, text: str) -> str:
+        """Without the corp secret, the corp id or any access token fetched."""
+        return redact(text, [self.corp_secret, self.corp_id, *self._tokens])
 
     def _invalidate(self) -> None:
         self._token = None
@@ -471,7 +505,8 @@ class WeComClient:
             try:
                 ok, attempts, error = self.mark_tag(r["wecom_staff_userid"], r["wecom_external_userid"], tag_id, operation)
             except DestinationUnavailable as exc:  # no token any more: the contacts tagged so far still count
-                raise DestinationUnavailable(str(exc), out) from None
+                raise DestinationUnavailable(self._redact(str(exc)), out) from None
+            error = self._redact(error) if error else error
             out.append(RowOutcome(r["customer_key"], ok, attempts, error, None))
             in_a_row = in_a_row + 1 if (error or "").startswith("gave up") else 0
             if in_a_row >= GIVE_UP_IN_A_ROW and len(out) < len(rows):

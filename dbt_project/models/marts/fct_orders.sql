@@ -50,5 +50,6 @@ select
     refund_amount,
     net_revenue,
     points_redeemed,
-    referral_code
+    -- free text from the sources: invite and distributor codes are often the inviter's phone (REF13612349993)
+    {{ privdom_mask_phones('referral_code') }} as referral_code
 from dated
