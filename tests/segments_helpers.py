@@ -149,6 +149,7 @@ class ScriptedServer(LocalHTTPServer):
         self.applied_keys: dict[str, int] = {}  # idempotency key -> times delivered
         self.members: dict[str, int] = {}  # customer_key -> times the add took effect (by effect: once)
         self.removed: dict[str, int] = {}
+        self.remove_reasons: dict[str, object] = {}  # customer_key -> the `reason` its last remove carried
         self.bad_signatures = 0
         self.lock = threading.Lock()
         outer = self
@@ -183,6 +184,8 @@ class ScriptedServer(LocalHTTPServer):
                     continue
                 target = self.members if payload["operation"] == "add" else self.removed
                 target[row["customer_key"]] = target.get(row["customer_key"], 0) + 1
+                if payload["operation"] == "remove":
+                    self.remove_reasons[row["customer_key"]] = row.get("reason")
 
     def handle(self, handler, body: bytes) -> None:
         import hmac

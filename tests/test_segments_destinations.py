@@ -161,6 +161,9 @@ def test_additive_mode_keeps_leavers_but_always_removes_opted_out_and_unreachabl
         _sql(warehouse, "update marts.dim_customers set is_reachable = false where customer_key = 'C3'")
         report = _sync(warehouse, config, client, "run-2")
         assert report.to_remove == 2 and server.removed == {"C2": 1, "C3": 1}
+        # each remove says why, as the export's removes file does (privacy review: the receiver must stop
+        # contacting an opted-out customer in its other lists too)
+        assert server.remove_reasons == {"C2": "opted_out", "C3": "unreachable"}
         assert _state(warehouse) == {"C1", "C4", "C5", "C6", "C7"}
         # mirror mode on the same change removes the leaver too
         mirror = _webhook(server.url + "/hook", batch_size=10)
@@ -171,7 +174,7 @@ def test_additive_mode_keeps_leavers_but_always_removes_opted_out_and_unreachabl
         con = connect(warehouse)
         rep = sync_segment(con, mirror_cfg, WebhookClient(mirror_cfg, SECRET, sleep=lambda s: None), "buyers", 1, sync_run_id="m1")
         con.close()
-        assert rep.to_remove == 1 and server.removed["C1"] == 1
+        assert rep.to_remove == 1 and server.removed["C1"] == 1 and server.remove_reasons["C1"] == "left_segment"
 
 
 def test_a_definition_that_selects_the_suppressed_sends_none_of_them(warehouse):

@@ -570,6 +570,35 @@ def test_a_remove_says_why_the_customer_left(world):
     assert manifest["columns"]["removes"][-1] == "reason"
 
 
+def test_a_key_merged_into_a_customer_who_opted_out_leaves_as_opted_out(world):
+    """The opt-out arrived on C3's openid and merged C3 into C1 (privacy review): `merged` alone told a tool that
+    keeps do-not-contact lists by handle nothing about C3's handle. A merged key takes its survivor's opt-out or
+    unreachability; a merge into a customer still reachable stays `merged`. Worked by hand: C3 into C1 (opted
+    out) is opted_out, C2 into C5 (reachable, not a buyer) is merged, C1 itself is opted_out."""
+    warehouse, exports = world
+    (d,) = _defs()
+    con = connect(warehouse)
+    con.execute("create schema if not exists identity_state")
+    con.execute("create table identity_state.customer_keys (customer_key varchar, status varchar, merged_into varchar)")
+    con.execute("insert into identity_state.customer_keys values ('C1', 'active', null), ('C2', 'active', null), "
+                "('C3', 'active', null), ('C5', 'active', null)")
+    con.close()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    assert _keys(first.path / "buyers.jsonl") == ["C1", "C2", "C3"]
+    con = connect(warehouse)
+    con.execute("delete from marts.dim_customers where customer_key in ('C2', 'C3')")
+    con.execute("update identity_state.customer_keys set status = 'merged', merged_into = 'C1' where customer_key = 'C3'")
+    con.execute("update identity_state.customer_keys set status = 'merged', merged_into = 'C5' where customer_key = 'C2'")
+    con.execute("update marts.dim_customers set opted_out = true, is_reachable = false, reachable_channels = null "
+                "where customer_key = 'C1'")
+    con.close()
+    _membership(warehouse, [d])
+    second = _export(warehouse, exports, d)
+    reasons = {r["customer_key"]: r["reason"] for r in _read(second.path / "removes.jsonl")}
+    assert reasons == {"C1": "opted_out", "C2": "merged", "C3": "opted_out"}
+
+
 def test_old_exports_that_cannot_be_removed_leave_the_new_export_published(world, monkeypatch):
     """From the diff review: an error removing exports beyond `keep`, after LATEST had moved, was reported as the
     export not published. The export stands; the error comes back to be warned of."""

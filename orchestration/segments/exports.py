@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from orchestration.segments.definitions import EXPLAIN_COLUMNS, ExportOptions, SegmentDefinition
-from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
+from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE, REMOVE_REASON_SQL, remove_reason_joins
 from orchestration.warehouse import path_sql, table_exists
 
 LATEST = "LATEST"
@@ -135,13 +135,6 @@ def _read_previous(con: duckdb.DuckDBPyConnection, export_dir: Path, segment: st
     if fmt is None:
         raise ExportError(f"{export_dir}: the previous export of {segment!r} has no members file to diff against")
     con.execute(f"create or replace temp table previous_rows as select {cols} from {_reader(members[fmt], fmt)}")
-
-
-def _merged_keys(con: duckdb.DuckDBPyConnection) -> str:
-    """SQL for the keys merged into another key (the key registry); none where there is no registry."""
-    if not table_exists(con, "identity_state.customer_keys"):
-        return "select cast(null as varchar) as customer_key where false"
-    return "select k.customer_key from identity_state.customer_keys k where k.status = 'merged'"
 
 
 def _merge_survivors(con: duckdb.DuckDBPyConnection) -> str:
@@ -324,21 +317,17 @@ def export_segment(
             "or m.contact_handle is distinct from p.contact_handle or m.phone_sha256 is distinct from p.phone_sha256 "
             f"or m.customer_key in ({_merge_survivors(con)})) order by m.customer_key"
         )
-        # why each left, first that applies: merged into another key (its survivor is among the adds), not a
-        # customer any more, opted out, no longer reachable, else still a reachable customer the rule no longer
-        # selects. Computed once into a temporary table (counted, then copied once per format): the reasons join
-        # dim_customers and the key registry, ~0.2 s for 120k removes among 1.25M customers.
+        # why each left (membership.REMOVE_REASON_SQL). Computed once into a temporary table (counted, then
+        # copied once per format): the reasons join dim_customers and the key registry, ~0.2 s for 120k removes
+        # among 1.25M customers.
         con.execute(
             "create or replace temp table export_removes as "
             f"with gone as (select p.* from previous_rows p where p.customer_key not in "
             f"(select customer_key from {MEMBERS_TABLE} where segment = ?)) "
             "select cast(? as varchar) as segment, cast(? as integer) as segment_version, p.customer_key, p.contact_channel, "
             "p.contact_handle, p.phone_sha256, cast(? as timestamptz) as computed_at, cast(? as timestamptz) as data_end_at, "
-            "case when k.customer_key is not null then 'merged' "
-            "when d.customer_key is null then 'no_longer_a_customer' when d.opted_out then 'opted_out' "
-            "when not d.is_reachable then 'unreachable' else 'left_segment' end as reason "
-            f"from gone p left join {DIM_CUSTOMERS} d on d.customer_key = p.customer_key "
-            f"left join ({_merged_keys(con)}) k on k.customer_key = p.customer_key",
+            f"{REMOVE_REASON_SQL} as reason "
+            f"from gone p {remove_reason_joins(con, 'p.customer_key')}",
             [definition.name, definition.name, definition.version, computed_at, data_end_at],
         )
         removes_q = f"select {', '.join(REMOVE_COLUMNS)} from export_removes order by customer_key"

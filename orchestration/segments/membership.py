@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import duckdb
 
 from orchestration.segments.definitions import COLUMNS, EXPLAIN_COLUMNS, SegmentDefinition
-from orchestration.warehouse import transaction
+from orchestration.warehouse import table_exists, transaction
 
 DIM_CUSTOMERS = "marts.dim_customers"
 MEMBERS_TABLE = "segments.segment_members"
@@ -39,6 +39,29 @@ CONTACT_HANDLE_SQL = f"""case
         else coalesce(d.openid, d.phone_sha256)
     end"""
 SUPPRESSION_SQL = "d.is_reachable and not d.opted_out"
+
+# Why a customer key left a segment (export removes, webhook removes), first that applies: merged into another key
+# (the key registry) - unless the surviving customer opted out or is unreachable, which a tool that keeps
+# do-not-contact lists by handle must hear for the old key's handle too (the privacy review) -, not a customer
+# any more, opted out, no longer reachable, else still a reachable customer the rule no longer selects.
+REMOVE_REASON_SQL = (
+    "case when reason_key.customer_key is not null then "
+    "case when reason_survivor.opted_out then 'opted_out' when not reason_survivor.is_reachable then 'unreachable' "
+    "else 'merged' end "
+    "when reason_dim.customer_key is null then 'no_longer_a_customer' when reason_dim.opted_out then 'opted_out' "
+    "when not reason_dim.is_reachable then 'unreachable' else 'left_segment' end"
+)
+
+
+def remove_reason_joins(con: duckdb.DuckDBPyConnection, key: str) -> str:
+    """The joins REMOVE_REASON_SQL reads, for the customer key expression `key`."""
+    if table_exists(con, "identity_state.customer_keys"):
+        merged = "select customer_key, merged_into from identity_state.customer_keys where status = 'merged'"
+    else:  # a warehouse without the key registry: nothing was merged
+        merged = "select cast(null as varchar) as customer_key, cast(null as varchar) as merged_into where false"
+    return (f"left join {DIM_CUSTOMERS} reason_dim on reason_dim.customer_key = {key} "
+            f"left join ({merged}) reason_key on reason_key.customer_key = {key} "
+            f"left join {DIM_CUSTOMERS} reason_survivor on reason_survivor.customer_key = reason_key.merged_into")
 
 _TYPES = {
     "int": ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"),

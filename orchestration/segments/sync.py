@@ -30,7 +30,7 @@ import duckdb
 import pyarrow as pa
 
 from orchestration.segments.destinations import DestinationConfig, DestinationUnavailable, RowOutcome
-from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE
+from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE, REMOVE_REASON_SQL, remove_reason_joins
 from orchestration.warehouse import transaction
 
 STATE_TABLE = "segments.sync_state"
@@ -222,12 +222,15 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
         moved = (f"h.customer_key in (select d.customer_key from ({desired}) d where d.wecom_external_userid is distinct from "
                  "h.wecom_external_userid or d.wecom_staff_userid is distinct from h.wecom_staff_userid)")
         moved_params = params
+    # each with why it leaves (membership.REMOVE_REASON_SQL; `left_segment` for a member moved to another tag or
+    # contact): a webhook receiver that keeps its own lists must stop contacting an opted-out customer everywhere
     rows = _rows(
         con,
+        f"select r.*, {REMOVE_REASON_SQL} as reason from ("
         f"select h.* replace (coalesce(h.target, ?) as target) from ({held}) h "  # rows from before targets: the current one
         f"where h.customer_key not in ({keep}) "
         f"or (coalesce(h.target, ?) is distinct from ? and h.customer_key in (select customer_key from ({desired}))) "
-        f"or {moved} order by h.customer_key",
+        f"or {moved}) r {remove_reason_joins(con, 'r.customer_key')} order by r.customer_key",
         [now, config.name, segment, config.name, segment, config.name, segment, *keep_params, now, now, *params, *moved_params],
     )
     return rows
@@ -345,8 +348,8 @@ def _mark_removing(con, config: DestinationConfig, segment: str, rows: list[dict
 
 
 def _payload(config: DestinationConfig, row: dict) -> dict:
-    if config.type == "webhook":
-        return {k: row[k] for k in ("customer_key", "contact_channel", "contact_handle", "phone_sha256")}
+    if config.type == "webhook":  # a remove says why (`reason`), as the export's removes file does
+        return {k: row[k] for k in ("customer_key", "contact_channel", "contact_handle", "phone_sha256", "reason") if k in row}
     return row  # WeCom: a remove carries the tag it is held at (`target`)
 
 
