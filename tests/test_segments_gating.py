@@ -231,10 +231,10 @@ def test_a_full_disk_under_duckdbs_copy_holds_back_no_other_segment(data_dir, mo
 
     copy = exports_lib._copy
 
-    def full_disk(con, query, params, path, fmt, csv_bom):
+    def full_disk(con, query, params, path, fmt, csv_bom, *more):
         if "all_buyers" in str(path):
             raise duckdb.IOException(f'IO Error: Could not write file "{path}": No space left on device')
-        return copy(con, query, params, path, fmt, csv_bom)
+        return copy(con, query, params, path, fmt, csv_bom, *more)
 
     monkeypatch.setattr(exports_lib, "_copy", full_disk)
     result, checks = _run_two_buyer_segments(data_dir)

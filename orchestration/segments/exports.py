@@ -146,14 +146,30 @@ def _merge_survivors(con: duckdb.DuckDBPyConnection) -> str:
             "and k.customer_key in (select customer_key from previous_rows)")
 
 
-def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, fmt: str, csv_bom: bool) -> None:
+# CSV cells a spreadsheet would run as a formula (OWASP's "CSV injection"): the CSV is written with a BOM so that
+# Excel opens it by double-click, and a campaign is free text from outside (share-link and QR parameters). Only
+# the free-text column is neutralised, with a leading apostrophe, and only in CSV: identifiers stay exact (the next
+# export diffs against them), money is numeric, Parquet and JSON Lines carry every value as it is.
+FORMULA_COLUMNS = ("acquisition_campaign",)
+FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def _neutralised(query: str, columns: Sequence[str]) -> str:
+    cells = ", ".join(
+        f"case when regexp_matches({c}, '{FORMULA_START}') then concat(chr(39), {c}) else {c} end as {c}" for c in columns
+    )
+    return f"select * replace ({cells}) from ({query})" if columns else query
+
+
+def _copy(con: duckdb.DuckDBPyConnection, query: str, params: list, path: Path, fmt: str, csv_bom: bool,
+          formula_columns: Sequence[str] = ()) -> None:
     if fmt == "parquet":
         con.execute(f"copy ({query}) to {_sql_path(path)} (format parquet, compression zstd)", params)
     elif fmt == "jsonl":
         con.execute(f"copy ({_rfc3339_instants(con, query, params)}) to {_sql_path(path)} (format json)", params)
     else:
         target = path.with_name(path.name + ".nobom") if csv_bom else path
-        con.execute(f"copy ({query}) to {_sql_path(target)} (format csv, header true)", params)
+        con.execute(f"copy ({_neutralised(query, formula_columns)}) to {_sql_path(target)} (format csv, header true)", params)
         if csv_bom:  # DuckDB writes no BOM; Excel needs one to open Chinese text as UTF-8
             with open(path, "wb") as out, open(target, "rb") as src:
                 out.write(BOM)
@@ -354,7 +370,8 @@ def export_segment(
                     shutil.copyfile(tmp / members_name, tmp / name)
                     copies[name] = members_name
                 else:
-                    _copy(con, query, params, tmp / name, fmt, options.csv_bom)
+                    _copy(con, query, params, tmp / name, fmt, options.csv_bom,
+                          FORMULA_COLUMNS if kind != "removes" else ())
                 files.append({"name": name, "kind": kind, "format": fmt, "rows": expected[kind]})
         _verify(con, tmp, files, expected, copies)
         for f in files:
