@@ -42,6 +42,8 @@ def test_whole_file_rejections(con, settings, land):
         "channel_events/export_20240131.xlsx": (b"PK\x03\x04 not really", "unsupported file type"),
         "channel_events/events.csv": (CE_GOOD.replace("e1,", "e6,"), "no batch date"),
         "channel_events/nodate_20241399.csv": (CE_GOOD.replace("e1,", "e7,"), "not a real date"),
+        # a range: the first date quarantined most rows as after the batch (time review); ambiguous, so rejected
+        "channel_events/range_20240101_20240131.csv": (CE_GOOD.replace("e1,", "e8,"), "holds 2 dates (20240101, 20240131)"),
         # a quote left open, or text after a closing quote: the file cannot be split into records
         "channel_events/quote_20240131.csv": (CE_HEADER + 'e9,"2024-01-31 10:00,wecom,follow,o9,,,,,,\n', "cannot be parsed as CSV"),
         "channel_events/afterquote_20240131.csv": (CE_HEADER + 'e9b,2024-01-31 10:00,wecom,follow,"o9"x,,,,,,\n' + 'e9c,2024-01-31 10:00,wecom,follow,o9,,,,\n', "cannot be parsed as CSV"),
@@ -57,6 +59,7 @@ def test_whole_file_rejections(con, settings, land):
         assert rel.split("/")[-1] in error and reason in error, (rel, error)
         assert rows == [0, 0, 0]
     assert BATCH_DATE_HELP in led["channel_events/events.csv"][1]
+    assert BATCH_DATE_HELP in led["channel_events/range_20240101_20240131.csv"][1]
     assert ".csv, .csv.gz, .parquet, .jsonl, .jsonl.gz, .ndjson" in led["channel_events/export_20240131.xlsx"][1]
     assert con.execute("SELECT list(event_id) FROM raw.channel_events").fetchone()[0] == ["e1"]
     assert con.execute("SELECT count(*) FROM raw.quarantine").fetchone()[0] == 0

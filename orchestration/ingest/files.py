@@ -58,13 +58,21 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
                 return dt.date.fromisoformat(m.group(1)), None
             except ValueError:
                 return None, f"folder {folder!r} is not a real date"
-    bad = []
+    bad, dates = [], []
     for m in _DATE_IN_NAME.finditer(parts[-1]):
         text = m.group(1)
         try:
-            return dt.datetime.strptime(text, "%Y%m%d").date(), None
+            dates.append(dt.datetime.strptime(text, "%Y%m%d").date())
         except ValueError:
             bad.append(text)
+    distinct = sorted(set(dates))
+    if len(distinct) > 1:
+        # a range (orders_20240101_20240131.csv, common in back-office exports): its first date made most of its
+        # rows "after the batch" and quarantined them (time review); which date is meant is not for us to guess
+        return None, (f"the file name holds {len(distinct)} dates ({', '.join(d.strftime('%Y%m%d') for d in distinct)}), "
+                      "so its batch date is ambiguous; a file covering several days is named with its last day")
+    if distinct:
+        return distinct[0], None
     if bad:
         return None, f"{', '.join(bad)} in the file name is not a real date"
     return None, None
