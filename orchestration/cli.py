@@ -105,9 +105,21 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return status if status else cmd_run(args, settings)
 
 
+def ui_exposure_warning(host: str) -> str | None:
+    """A warning when the UI would listen beyond this machine: Dagster's UI has no login."""
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        return None
+    return (f"the Dagster UI on {host} has no login: whoever reaches it can launch runs, wipe assets and read the "
+            "previews and check examples (masked, but customers' data); put it behind an authenticating proxy or "
+            "keep the default 127.0.0.1 and tunnel (ssh -L 3000:127.0.0.1:3000)")
+
+
 def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     from orchestration import dbt as dbt_runner
 
+    warning = ui_exposure_warning(args.host)
+    if warning:
+        print(f"privdom: warning: {warning}", file=sys.stderr, flush=True)
     _prepare_environment(settings)
     dbt_runner.parse(settings)
     # `dg dev` with a workspace file goes straight to Dagster's dev server (`dagster dev` prints that it is
@@ -326,7 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _no_access_for_others() -> None:
+    """Files and folders privdom creates are not readable by other users of the machine: the warehouse, the
+    landing files, exports, the BI copy, logs and Dagster's storage hold personal data (PIPL; the privacy review
+    found them all world-readable, 0644). The user's own umask stays for the owner and the group (share the
+    BI copy or the exports with a BI or marketing tool's user through a group), and a stricter one is kept."""
+    os.umask(os.umask(0) | 0o007)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _no_access_for_others()
     argv = sys.argv[1:] if argv is None else list(argv)
     # everything after `dbt` is dbt's, options included (argparse would take `--version` for privdom's)
     at = next((i for i, a in enumerate(argv) if a == "dbt" and (i == 0 or argv[i - 1] != "--data-dir")), None)

@@ -157,3 +157,29 @@ def test_console_script_is_run():
     text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert 'privdom = "orchestration.cli:run"' in text
     assert (REPO / "orchestration" / "cli.py").read_text(encoding="utf-8").rstrip().endswith("run()")
+
+
+def test_what_privdom_writes_is_not_readable_by_other_users(tmp_path):
+    """The data directory holds personal data; the privacy review found every file 0644 and every folder 0755.
+    `privdom` takes the 'other' permissions away (owner and group keep what the user's umask gives)."""
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "--data-dir", str(data), "generate", "--customers", "20", "--days", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o022),
+    )
+    assert done.returncode == 0, done.stderr
+    made = [data, *data.rglob("*")]
+    assert len(made) > 3
+    for path in made:
+        assert path.stat().st_mode & 0o007 == 0, (path, oct(path.stat().st_mode))
+    assert any(p.is_file() and p.stat().st_mode & 0o070 == 0o040 for p in made)  # the group keeps its read
+
+
+def test_a_ui_listening_beyond_this_machine_is_warned_of():
+    """Dagster's UI has no login (privacy review: `privdom ui --host 0.0.0.0` said nothing)."""
+    from orchestration.cli import ui_exposure_warning
+
+    for local in ("127.0.0.1", "localhost", "::1", "127.0.1.1"):
+        assert ui_exposure_warning(local) is None, local
+    for exposed in ("0.0.0.0", "::", "10.1.2.3"):
+        assert "has no login" in ui_exposure_warning(exposed), exposed
