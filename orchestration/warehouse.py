@@ -77,12 +77,35 @@ def is_lock_conflict(text: str) -> bool:
 def locked_error(path: str | Path, detail: str) -> WarehouseLockedError:
     holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", detail)
     who = f" ({holder.group(1)}, PID {holder.group(2)})" if holder else ""
+    if holder and _is_privdoms_dbt(int(holder.group(2))):
+        # privdom's own dbt, left by a run that was killed (PRIVDOM_DBT_WARM=0 runs dbt as a plain child, which
+        # outlives a kill -9 of the run): not a tool of the user's (crash review)
+        return WarehouseLockedError(
+            f"The warehouse {path} is in use by a dbt command of privdom{who}, whose run is no longer there "
+            "(killed?): it ends by itself once its models are built. Wait and run again, or stop it: "
+            f"kill {holder.group(2)}. DuckDB said: " + _lock_line(detail)
+        )
     return WarehouseLockedError(
         f"The warehouse {path} is in use by another process{who}, and DuckDB allows one writer at a time. "
         "Close the other connection (a notebook, a DuckDB shell, a BI tool opened on warehouse.duckdb) and run "
         "again; BI tools should read the published copy in bi/ instead. DuckDB said: "
         + _lock_line(detail)
     )
+
+
+def _is_privdoms_dbt(pid: int) -> bool:
+    """Whether process `pid` is a dbt command privdom started (through its warm server, or dbt itself with
+    privdom's profile) and not a privdom run: Linux's /proc; False where it cannot tell."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    text = b" ".join(argv)
+    if b"orchestration.warm" in text:
+        return True  # the warm server or one of its commands
+    return any(Path(a.decode(errors="replace")).name == "dbt" for a in argv[:2]) and any(
+        e.startswith(b"PRIVDOM_WAREHOUSE=") for e in environ)
 
 
 def _lock_line(detail: str) -> str:

@@ -79,6 +79,16 @@ def forward(signum, frame):
         pass
 signal.signal(signal.SIGINT, forward)
 signal.signal(signal.SIGTERM, forward)
+try:
+    # Linux: killed when the process that started it dies (a `kill -9` of privdom run, the OOM killer); its
+    # command then dies with it (_die_with_client). An orphaned client kept dbt writing the warehouse for
+    # seconds after the run was gone, and the next run found it locked by "another process" (crash review).
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except Exception:
+    pass
+if os.getppid() == 1:  # the starter died before the line above: nobody waits for this command
+    sys.exit(1)
 def fallback(why):
     if pending:
         sys.exit(130)

@@ -22,6 +22,7 @@ def env(tmp_path, monkeypatch, dbt_manifest):
 
     data_dir = tmp_path / "data"
     generate(data_dir / "landing", customers=60, days=12, seed=3, dirty_rate=0.0)
+    monkeypatch.setattr(landing, "SETTLE_NS", 0)  # files written a moment ago count as complete here
     monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
     (tmp_path / "dagster").mkdir()

@@ -858,3 +858,35 @@ def test_path_sql_escapes_only_glob_characters(tmp_path):
     (weird.parent / "it's 1.csv").write_text("a\n2\n")
     assert duckdb.connect().execute(f"SELECT a FROM read_csv({path_sql(weird)})").fetchall() == [(1,)]
     assert path_sql("/plain/path.csv") == "'/plain/path.csv'"
+
+
+def test_a_file_still_being_written_loads_nothing_of_its_source_until_it_is_complete(con, settings, land, monkeypatch):
+    """A run that starts while a delivery is copied in read a CSV cut short: its last row loaded valid and wrong
+    for good, under a hash of other bytes (crash review). A file whose stamp changed between its hash and the
+    end of its read stops the source's load, naming the file; nothing of the source is recorded, and the next
+    run loads the whole file."""
+    import pytest
+
+    from orchestration.ingest import core
+
+    land("channel_events/done_20240130.csv", CE_GOOD.replace("e1,", "e0,"))
+    partial = CE_HEADER + "e1,2024-01-31T10:00:00+08:00,wecom,add_contact,o1,,,,,,staff\n"
+    land("channel_events/copying_20240131.csv", partial)
+    real = core._stage_all
+
+    def stage_while_the_copy_goes_on(*args, **kwargs):
+        out = real(*args, **kwargs)
+        with open(settings.landing_dir / "channel_events/copying_20240131.csv", "a", encoding="utf-8") as f:
+            f.write("e2,2024-01-31T11:00:00+08:00,wecom,add_contact,o2,,,,,,staff_02\n")
+        return out
+
+    monkeypatch.setattr(core, "_stage_all", stage_while_the_copy_goes_on)
+    with pytest.raises(core.LandingFileChanged, match="copying_20240131.csv: changed while being read"):
+        ingest_source(con, "channel_events", settings, "run1")
+    assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone() == (0,)
+    assert ledger(con) == {}
+    monkeypatch.setattr(core, "_stage_all", real)
+    ingest_source(con, "channel_events", settings, "run2")
+    assert sorted(con.execute("SELECT event_id FROM raw.channel_events").fetchall()) == [("e0",), ("e1",), ("e2",)]
+    assert {k: v[0] for k, v in ledger(con).items()} == {"channel_events/done_20240130.csv": "loaded",
+                                                          "channel_events/copying_20240131.csv": "loaded"}

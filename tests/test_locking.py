@@ -92,8 +92,8 @@ def test_lock_is_reentrant_in_one_process_and_times_out_across_processes(tmp_pat
         child.wait()
 
 
-def _hold_duckdb_in_child(path: Path) -> subprocess.Popen:
-    code = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(600)"
+def _hold_duckdb_in_child(path: Path, comment: str = "") -> subprocess.Popen:
+    code = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(600){comment}"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert child.stdout.readline().strip() == "open"
     return child
@@ -119,6 +119,25 @@ def test_duckdb_lock_held_by_another_process_gives_a_readable_error(tmp_path, se
         )
         assert result.returncode == 1
         assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def test_a_dbt_command_left_by_a_killed_run_is_named_as_privdoms_own(tmp_path, settings):
+    """After `kill -9` of a run, its dbt command could hold the warehouse a few seconds more, and the next run
+    told the user to close "a notebook, a DuckDB shell, a BI tool" (crash review). A holder that is privdom's
+    warm dbt server (its command line names orchestration.warm; here a stand-in that does) is named as such."""
+    path = settings.warehouse_path
+    path.parent.mkdir(parents=True)
+    duckdb.connect(str(path)).close()
+    child = _hold_duckdb_in_child(path, comment="  # as the warm server is started: from orchestration.warm import main")
+    try:
+        with pytest.raises(warehouse.WarehouseLockedError) as info:
+            warehouse.ensure_not_locked(path)
+        message = str(info.value)
+        assert "a dbt command of privdom" in message and f"kill {child.pid}" in message, message
+        assert "notebook" not in message
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()

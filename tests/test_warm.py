@@ -225,3 +225,33 @@ def test_warm_server_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     with dbt_runner.warm_dbt() as client:
         assert client is None
         assert dbt_runner.command_executable() == dbt_runner.dbt_executable()
+
+
+def test_a_command_does_not_outlive_the_process_that_started_its_client(entries: str, tmp_path: Path) -> None:
+    """`kill -9` of privdom run (or the OOM killer) left its dbt client and the command running for seconds,
+    writing the warehouse, and the next run failed on a lock held by "another process" (crash review). The
+    client dies with the process that started it, and the command with its client."""
+    script = (f"import os, subprocess, sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+              "from orchestration.warm import WarmServer\n"
+              f"s = WarmServer(None, entry={entries + ':sleeper'!r}, preload=()).start()\n"
+              "assert s.wait_ready()\n"
+              "c = subprocess.Popen([str(s.executable), 'with-pid'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)\n"
+              "child = c.stdout.readline().split()[1]\n"
+              "print(c.pid, child, flush=True)\n"
+              "os.kill(os.getpid(), 9)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    client, child = (int(p) for p in parent.stdout.readline().split())
+    parent.wait(timeout=30)
+    assert parent.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    alive = {client, child}
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+        time.sleep(0.05)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"outlived the process that started them: {sorted(alive)} (client {client}, command {child})"

@@ -62,7 +62,15 @@ def landing_files_sensor(context: dg.SensorEvaluationContext):
     change = landing.changes(previous, current)
     if change is None:
         return dg.SkipReason(f"no new landing files in {settings.landing_dir}")
-    context.update_cursor(json.dumps(current, sort_keys=True, separators=(",", ":")))
+    context.update_cursor(json.dumps(landing.cursor_after(previous, current, change), sort_keys=True, separators=(",", ":")))
+    if not change.paths:
+        return dg.SkipReason(
+            f"{len(change.waiting)} landing file(s) modified in the last {landing.SETTLE_NS // 1_000_000_000} s, "
+            f"perhaps still being copied in, wait for a later tick: {', '.join(change.waiting[:5])}"
+        )
+    if change.waiting:
+        context.log.info(f"{len(change.waiting)} landing file(s) modified in the last "
+                         f"{landing.SETTLE_NS // 1_000_000_000} s wait for a later tick: {', '.join(change.waiting[:5])}")
     context.log.info(
         f"{len(change.paths)} new or changed landing file(s), batch dates "
         f"{change.batch_dates[0] if change.batch_dates else '-'} .. {change.batch_dates[-1] if change.batch_dates else '-'}"

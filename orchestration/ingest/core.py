@@ -872,27 +872,55 @@ def _stamp(st: os.stat_result) -> _Stamp:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[_Stamp, str]]) -> tuple[str, int, _Stamp | None]:
+def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[_Stamp, str]]) -> tuple[str, int, _Stamp | None, _Stamp]:
     """(sha256, size, stamp to record or None) of a landing file: from raw.landing_hash_cache when its path and
     stamp (size, modification time, inode change time, inode) are those recorded, else read and hashed.
 
     The change time cannot be set back (`touch -d`, `cp -p`, `rsync -t` and unpacking restore the modification
     time only) and any write or rename into place changes it or the inode. A hash is to be recorded (its stamp
     returned) only when the file's stamp was the same before and after it was read, the bytes read were its
-    size, and it last changed more than RACY_NS before it was read; otherwise it is hashed again next time."""
+    size, and it last changed more than RACY_NS before it was read; otherwise it is hashed again next time.
+    The last item is the stamp seen before the hash, which the file must still have once it has been read
+    (_still_as_hashed)."""
     started = time.time_ns()
     before = _stamp(f.path.stat())
     known = hashed.get(f.rel_path)
     if known is not None and known[0] == before:
-        return known[1], before[0], None
+        return known[1], before[0], None, before
     sha, size = fl.sha256_of(f.path)
     after = _stamp(f.path.stat())
     record = after == before and size == before[0] and before[2] < started - RACY_NS
-    return sha, size, before if record else None
+    return sha, size, before if record else None, before
+
+
+class LandingFileChanged(RuntimeError):
+    """A landing file changed between its hash and the end of its read: it was still being written."""
+
+
+def _still_as_hashed(source: str, cands: list[_Candidate], stamps: dict[int, _Stamp]) -> None:
+    """Raise LandingFileChanged, before anything of the source is loaded, when a file read this run is not as it
+    was when hashed: a delivery still being copied in (cp, SFTP) was loaded cut short, its last row valid and
+    wrong for good (a channel event keeps its first content), and recorded under a hash of other bytes (crash
+    review). Nothing is lost: the run loads none of the source, and the next run reads the whole file."""
+    changed = []
+    for cand in cands:
+        try:
+            now = _stamp(cand.f.path.stat())
+        except FileNotFoundError:
+            now = None
+        if now != stamps[cand.file_id]:
+            changed.append(cand.f.rel_path)
+    if changed:
+        raise LandingFileChanged(
+            f"{', '.join(changed[:5])}{' and more' if len(changed) > 5 else ''}: changed while being read (still being "
+            f"written?); nothing of {source} was loaded by this run, and the next run loads the whole file. Deliver "
+            "files under a name starting with '.' or '_' and rename them into place when complete "
+            "(docs/data-contract.md)."
+        )
 
 
 def _content_hashes(files: list[fl.LandingFile], hashed: dict[str, tuple[_Stamp, str]],
-                    newly_hashed: list[tuple[str, _Stamp, str]]) -> list[tuple[str, int]]:
+                    newly_hashed: list[tuple[str, _Stamp, str]]) -> list[tuple[str, int, _Stamp]]:
     """_content_hash of every file, in order, ingest_workers() threads at a time (hashlib works without the
     GIL: a first run's 1.8 GB at 1M customers, ~1.8 s on one thread); the hashes to record are appended to
     `newly_hashed` in file order."""
@@ -900,10 +928,10 @@ def _content_hashes(files: list[fl.LandingFile], hashed: dict[str, tuple[_Stamp,
 
     with ThreadPoolExecutor(max_workers=ingest_workers(), thread_name_prefix="privdom-hash") as pool:
         results = list(pool.map(lambda f: _content_hash(f, hashed), files))
-    for f, (sha, _, stamp) in zip(files, results):
+    for f, (sha, _, stamp, _) in zip(files, results):
         if stamp is not None:
             newly_hashed.append((f.rel_path, stamp, sha))
-    return [(sha, size) for sha, size, _ in results]
+    return [(sha, size, seen) for sha, size, _, seen in results]
 
 
 def _remember_hashes(con, source: str, rows: list[tuple[str, _Stamp, str]], chunk: int = 500) -> None:
@@ -1191,11 +1219,13 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         run_shas: set[str] = set()
         wanted = [f for f in fl.discover(settings.landing_dir, source)
                   if not (batch_dates and f.batch_date is not None and not batch_dates[0] <= f.batch_date <= batch_dates[1])]
-        for f, (sha, size) in zip(wanted, _content_hashes(wanted, hashed, newly_hashed)):
+        stamps: dict[int, _Stamp] = {}
+        for f, (sha, size, stamp) in zip(wanted, _content_hashes(wanted, hashed, newly_hashed)):
             if (f.rel_path, sha) in seen:
                 report.files_skipped += 1
                 continue
             cand = _Candidate(next_id, f, sha, size, dt.datetime.now(dt.timezone.utc))
+            stamps[cand.file_id] = stamp
             next_id += 1
             if sha in loaded_at or sha in run_shas:  # loaded by an earlier run, or a second copy in this one
                 later.append(cand)
@@ -1228,6 +1258,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 results, more = _stage_all(con, c, settings, [cand], spill, f"b{cand.file_id:09d}-")
                 record(cand, results[cand.file_id])
                 parts += more
+        _still_as_hashed(source, first + later, stamps)
         report.files.sort(key=lambda r: r.file_id)
         staged.sort(key=lambda s: s.result.file_id)
 
