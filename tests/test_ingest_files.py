@@ -890,3 +890,25 @@ def test_a_file_still_being_written_loads_nothing_of_its_source_until_it_is_comp
     assert sorted(con.execute("SELECT event_id FROM raw.channel_events").fetchall()) == [("e0",), ("e1",), ("e2",)]
     assert {k: v[0] for k, v in ledger(con).items()} == {"channel_events/done_20240130.csv": "loaded",
                                                           "channel_events/copying_20240131.csv": "loaded"}
+
+
+def test_an_opt_out_quarantined_for_another_field_is_warned_of_by_its_place(con, settings, land):
+    """Privacy review: an opt-out with an empty channel was quarantined like any row, and its customer stayed in
+    every segment and sync with nothing but the quarantine share to say so. The ingest step warns, naming where
+    each such row is; a malformed line is matched on its text; another run's rows and other events are not counted."""
+    from orchestration.defs.ingest import opt_outs_quarantined_check
+
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "e1,2024-01-31T10:00:00+08:00,,opt_out,o1,,,,,,",  # no channel
+        "e2,2024-01-31T10:00:00+08:00,wecom, OPT_OUT ,o2,,,,,,",  # loads: event types are trimmed, lower-cased
+        "e3,not a time,wecom,opt_out,o3,,,,,,",  # bad timestamp
+        "e4,2024-01-31T10:00:00+08:00,wecom,opt_out,o4,,,,,,,,,extra",  # malformed: more fields than the header
+        "e5,2024-01-31T10:00:00+08:00,,follow,o5,,,,,,",  # quarantined, not an opt-out
+    ]) + "\n")
+    report = ingest_source(con, "channel_events", settings, "run1")
+    assert report.rows_quarantined == 4, report.quarantine_by_rule
+    result = opt_outs_quarantined_check(con, "run1")
+    assert not result.passed and result.metadata["opt_outs_quarantined"].value == 3
+    assert result.description.startswith("3 opt-out events quarantined: these customers stay contactable")
+    assert "channel_events/ce_20240131.csv:1, channel_events/ce_20240131.csv:3, channel_events/ce_20240131.csv:4" in result.description
+    assert opt_outs_quarantined_check(con, "another-run").passed
