@@ -338,16 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+UMASK_VARIABLE = "PRIVDOM_UMASK"
+
+
 def _no_access_for_others() -> None:
     """Files and folders privdom creates are not readable by other users of the machine: the warehouse, the
     landing files, exports, the BI copy, logs and Dagster's storage hold personal data (PIPL; the privacy review
     found them all world-readable, 0644). The user's own umask stays for the owner and the group (share the
-    BI copy or the exports with a BI or marketing tool's user through a group), and a stricter one is kept."""
+    BI copy or the exports with a BI or marketing tool's user through a group), and a stricter one is kept.
+    $PRIVDOM_UMASK (octal, e.g. 022) is taken as it is instead, for a tool outside the group that reads them."""
+    wanted = os.environ.get(UMASK_VARIABLE, "").strip()
+    if wanted:
+        try:
+            value = int(wanted, 8)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= 0o777:
+            raise SettingsError(f"${UMASK_VARIABLE} = {wanted!r} is not an octal umask such as 022 or 027")
+        os.umask(value)
+        return
     os.umask(os.umask(0) | 0o007)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _no_access_for_others()
     argv = sys.argv[1:] if argv is None else list(argv)
     # everything after `dbt` is dbt's, options included (argparse would take `--version` for privdom's)
     at = next((i for i, a in enumerate(argv) if a == "dbt" and (i == 0 or argv[i - 1] != "--data-dir")), None)
@@ -358,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     settings = None
     try:
+        _no_access_for_others()
         settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
         _warn_of_misspelled_environment(settings)
         return args.func(args, settings)

@@ -22,6 +22,9 @@ from orchestration.ingest import files as fl
 # while it is read stops that source's load (ingest.core.LandingFileChanged); delivering under a hidden name and
 # renaming into place avoids both.
 SETTLE_NS = 30 * 1_000_000_000
+# The tag of a sensor's run: files modified after this (ns since the epoch) wait for a later run, also those of
+# a date the run loads
+SETTLED_BEFORE_TAG = "privdom/landing_settled_before_ns"
 
 
 @dataclass(frozen=True)

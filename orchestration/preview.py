@@ -14,6 +14,8 @@ import duckdb
 from orchestration.contract import mask_phone, mask_text
 
 _SAFE_PHONE_COLUMNS = ("phone_sha256", "phone_masked")
+# columns of files' content hashes (raw.ingestion_ledger, raw.landing_hash_cache): shown, operators trace files by them
+FILE_HASH_COLUMNS = ("content_sha256",)
 MAX_CELL = 40
 
 
@@ -56,7 +58,10 @@ def preview_markdown(con: duckdb.DuckDBPyConnection, schema: str, table: str, li
     for row in rows:
         cells = []
         for name, value in zip(columns, row):
-            value = mask_phone(value) if _is_phone_column(name) and value is not None else mask_text(value)
+            if _is_phone_column(name) and value is not None:
+                value = mask_phone(value)
+            else:
+                value = mask_text(value, hashes=name.lower() not in FILE_HASH_COLUMNS)
             cells.append(_cell(value))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

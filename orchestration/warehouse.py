@@ -77,9 +77,15 @@ def is_lock_conflict(text: str) -> bool:
 def locked_error(path: str | Path, detail: str) -> WarehouseLockedError:
     holder = re.search(r"Conflicting lock is held in (.+?) \(PID (\d+)\)", detail)
     who = f" ({holder.group(1)}, PID {holder.group(2)})" if holder else ""
-    if holder and _is_privdoms_dbt(int(holder.group(2))):
-        # privdom's own dbt, left by a run that was killed (PRIVDOM_DBT_WARM=0 runs dbt as a plain child, which
-        # outlives a kill -9 of the run): not a tool of the user's (crash review)
+    owner = _privdoms_dbt_owner(int(holder.group(2))) if holder else None
+    if owner is not None:
+        # privdom's own dbt: not a tool of the user's (crash review)
+        if owner > 1 and _pid_alive(owner):
+            return WarehouseLockedError(
+                f"The warehouse {path} is in use by a dbt command{who} of a privdom process that is still going "
+                f"(PID {owner}); wait for it to end. DuckDB said: " + _lock_line(detail)
+            )
+        # left by a run that was killed (PRIVDOM_DBT_WARM=0 runs dbt as a plain child, which outlives a kill -9)
         return WarehouseLockedError(
             f"The warehouse {path} is in use by a dbt command of privdom{who}, whose run is no longer there "
             "(killed?): it ends by itself once its models are built. Wait and run again, or stop it: "
@@ -93,19 +99,36 @@ def locked_error(path: str | Path, detail: str) -> WarehouseLockedError:
     )
 
 
-def _is_privdoms_dbt(pid: int) -> bool:
-    """Whether process `pid` is a dbt command privdom started (through its warm server, or dbt itself with
-    privdom's profile) and not a privdom run: Linux's /proc; False where it cannot tell."""
+def _privdoms_dbt_owner(pid: int) -> int | None:
+    """When process `pid` is a dbt command privdom started (through its warm server, or dbt itself with
+    privdom's profile), the pid of the privdom process it works for (the warm server's `--parent`, else its
+    parent; 1 when orphaned); None when it is not one, or where it cannot tell (no /proc)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return None
+    parent = int(stat.rsplit(")", 1)[1].split()[1])
+    if b"orchestration.warm" in b" ".join(argv):  # the warm server or one of its commands
+        at = argv.index(b"--parent") if b"--parent" in argv else -1
+        return int(argv[at + 1]) if 0 <= at < len(argv) - 1 and argv[at + 1].isdigit() else parent
+    if any(Path(a.decode(errors="replace")).name == "dbt" for a in argv[:2]) and any(
+            e.startswith(b"PRIVDOM_WAREHOUSE=") for e in environ):
+        return parent
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    text = b" ".join(argv)
-    if b"orchestration.warm" in text:
-        return True  # the warm server or one of its commands
-    return any(Path(a.decode(errors="replace")).name == "dbt" for a in argv[:2]) and any(
-        e.startswith(b"PRIVDOM_WAREHOUSE=") for e in environ)
+    except PermissionError:
+        return True
+    return True
 
 
 def _lock_line(detail: str) -> str:

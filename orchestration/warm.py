@@ -83,12 +83,11 @@ try:
     # Linux: killed when the process that started it dies (a `kill -9` of privdom run, the OOM killer); its
     # command then dies with it (_die_with_client). An orphaned client kept dbt writing the warehouse for
     # seconds after the run was gone, and the next run found it locked by "another process" (crash review).
+    # (No check of the parent's pid after it: privdom is pid 1 in a container started without an init.)
     import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 except Exception:
     pass
-if os.getppid() == 1:  # the starter died before the line above: nobody waits for this command
-    sys.exit(1)
 def fallback(why):
     if pending:
         sys.exit(130)
@@ -295,9 +294,9 @@ def _alive(pid_file: Path) -> bool | None:
 
 def sweep_stale(parent: Path, *, grace_seconds: float = 3600.0) -> list[Path]:
     """Remove the directories of servers that are gone: a server killed with its whole process group (SIGKILL)
-    cannot remove its own. A directory goes when neither the process that started the server (its owner,
-    whose dbt commands use the client in it) nor the server is alive, or, without pid files, when it is older
-    than `grace_seconds` (a server being started has none for a moment)."""
+    cannot remove its own. A directory goes when it is older than `grace_seconds` and neither the process that
+    started the server (its owner, whose dbt commands use the client in it) nor the server is alive (or it has
+    no pid files)."""
     import shutil
 
     removed = []
@@ -305,10 +304,12 @@ def sweep_stale(parent: Path, *, grace_seconds: float = 3600.0) -> list[Path]:
         try:
             if not d.is_dir() or d.stat().st_uid != os.getuid():
                 continue
+            if time.time() - d.stat().st_mtime < grace_seconds:
+                # young: a server being started has no pid files for a moment, and a process in another pid
+                # namespace sharing /tmp (a container, `unshare -p`) sees live servers' pids as gone
+                continue
             owner, server = _alive(d / OWNER_NAME), _alive(d / PID_NAME)
             if owner or server:
-                continue
-            if owner is None and server is None and time.time() - d.stat().st_mtime < grace_seconds:
                 continue
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)

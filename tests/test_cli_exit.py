@@ -173,6 +173,20 @@ def test_what_privdom_writes_is_not_readable_by_other_users(tmp_path):
     for path in made:
         assert path.stat().st_mode & 0o007 == 0, (path, oct(path.stat().st_mode))
     assert any(p.is_file() and p.stat().st_mode & 0o070 == 0o040 for p in made)  # the group keeps its read
+    # a tool outside the group that reads the BI copy or the exports: $PRIVDOM_UMASK is taken as it is
+    shared = tmp_path / "shared"
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "--data-dir", str(shared), "generate", "--customers", "20", "--days", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o077),
+        env={**os.environ, "PRIVDOM_UMASK": "022"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert all(p.stat().st_mode & 0o004 for p in [shared, *shared.rglob("*")])
+    refused = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "--data-dir", str(shared), "generate", "--customers", "20", "--days", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PRIVDOM_UMASK": "rw-r--r--"},
+    )
+    assert refused.returncode == 2 and "PRIVDOM_UMASK" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_a_ui_listening_beyond_this_machine_is_warned_of():

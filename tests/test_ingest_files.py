@@ -60,6 +60,10 @@ def test_whole_file_rejections(con, settings, land):
         assert rows == [0, 0, 0]
     assert BATCH_DATE_HELP in led["channel_events/events.csv"][1]
     assert BATCH_DATE_HELP in led["channel_events/range_20240101_20240131.csv"][1]
+    from orchestration.ingest.files import batch_date_of
+
+    # a store code that parses as a date of year 1001 is no second date (diff review)
+    assert batch_date_of("orders/orders_20240131_store10010101.csv") == (dt.date(2024, 1, 31), None)
     assert ".csv, .csv.gz, .parquet, .jsonl, .jsonl.gz, .ndjson" in led["channel_events/export_20240131.xlsx"][1]
     assert con.execute("SELECT list(event_id) FROM raw.channel_events").fetchone()[0] == ["e1"]
     assert con.execute("SELECT count(*) FROM raw.quarantine").fetchone()[0] == 0
@@ -912,3 +916,31 @@ def test_an_opt_out_quarantined_for_another_field_is_warned_of_by_its_place(con,
     assert result.description.startswith("3 opt-out events quarantined: these customers stay contactable")
     assert "channel_events/ce_20240131.csv:1, channel_events/ce_20240131.csv:3, channel_events/ce_20240131.csv:4" in result.description
     assert opt_outs_quarantined_check(con, "another-run").passed
+
+
+def test_a_file_whose_metadata_alone_changes_while_it_is_read_loads(con, settings, land, monkeypatch, tmp_path):
+    """Only a change of the bytes stops a load (diff review): a chmod, a hard link into a snapshot folder
+    (rsnapshot, cp -al), an access time restored by a backup tool, or a rejected file written to leave the
+    source's rows to load."""
+    import os
+
+    from orchestration.ingest import core
+
+    land("channel_events/ce_20240131.csv", CE_GOOD)
+    land("channel_events/bad_20240131.xlsx", b"PK not really")
+    real = core._stage_all
+
+    def stage_then_touch_metadata(*args, **kwargs):
+        out = real(*args, **kwargs)
+        path = settings.landing_dir / "channel_events/ce_20240131.csv"
+        os.chmod(path, 0o600)
+        os.link(path, tmp_path / "snapshot.csv")
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns - 10**9, st.st_mtime_ns))
+        with open(settings.landing_dir / "channel_events/bad_20240131.xlsx", "ab") as f:
+            f.write(b" more")
+        return out
+
+    monkeypatch.setattr(core, "_stage_all", stage_then_touch_metadata)
+    report = ingest_source(con, "channel_events", settings, "run1")
+    assert report.rows_loaded == 1 and sorted(f.status for f in report.files) == ["loaded", "rejected"]

@@ -33,3 +33,30 @@ def test_a_file_modified_within_the_settle_time_waits_for_a_later_tick():
     assert later.paths == ("orders/orders_20240102.csv", "orders/orders_20240104.csv") and later.waiting == ()
     assert landing.cursor_after(cursor, current, later) == current
     assert landing.SETTLE_NS == 30 * S
+
+
+def test_the_sensors_run_leaves_files_modified_after_its_cutoff_to_a_later_run(con, settings, land):
+    """A file still being copied in may be of a date the sensor's run loads (diff review: the run loaded the
+    file the sensor had set aside as waiting). The run carries the sensor's cutoff; its ingest steps neither read
+    nor record a file modified after it, and a later run loads it."""
+    import os
+    import time
+
+    from orchestration.defs.automation import run_request_for
+    from orchestration.ingest import ingest_source
+
+    header = "event_id,occurred_at,channel,event_type,openid,unionid,wecom_external_userid,phone,member_id,campaign,wecom_staff_userid\n"
+    settled = land("channel_events/a_20240131.csv", header + "e1,2024-01-31T10:00:00+08:00,wecom,follow,o1,,,,,,\n")
+    land("channel_events/b_20240131.csv", header + "e2,2024-01-31T10:00:00+08:00,wecom,follow,o2,,,,,,\n")
+    now = time.time_ns()
+    os.utime(settled, ns=(now - 60 * S, now - 60 * S))
+    change = landing.LandingChange(paths=("channel_events/a_20240131.csv",), batch_dates=(dt.date(2024, 1, 31),), undated=0,
+                                   waiting=("channel_events/b_20240131.csv",))
+    request = run_request_for(change, now - 30 * S)
+    assert request.partition_key == "2024-01-31" and request.tags[landing.SETTLED_BEFORE_TAG] == str(now - 30 * S)
+    report = ingest_source(con, "channel_events", settings, "run1", modified_before_ns=now - 30 * S)
+    assert [f.path for f in report.files] == ["channel_events/a_20240131.csv"]
+    assert report.files_waiting == ["channel_events/b_20240131.csv"]
+    assert con.execute("select count(*) from raw.ingestion_ledger").fetchone() == (1,)
+    later = ingest_source(con, "channel_events", settings, "run2")
+    assert [f.path for f in later.files] == ["channel_events/b_20240131.csv"] and later.files_waiting == []

@@ -92,9 +92,9 @@ def test_lock_is_reentrant_in_one_process_and_times_out_across_processes(tmp_pat
         child.wait()
 
 
-def _hold_duckdb_in_child(path: Path, comment: str = "") -> subprocess.Popen:
+def _hold_duckdb_in_child(path: Path, comment: str = "", args: tuple[str, ...] = ()) -> subprocess.Popen:
     code = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('open', flush=True); time.sleep(600){comment}"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert child.stdout.readline().strip() == "open"
     return child
 
@@ -131,13 +131,26 @@ def test_a_dbt_command_left_by_a_killed_run_is_named_as_privdoms_own(tmp_path, s
     path = settings.warehouse_path
     path.parent.mkdir(parents=True)
     duckdb.connect(str(path)).close()
-    child = _hold_duckdb_in_child(path, comment="  # as the warm server is started: from orchestration.warm import main")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    warm = "  # as the warm server is started: from orchestration.warm import main"
+    child = _hold_duckdb_in_child(path, comment=warm, args=("--parent", str(gone.pid)))
     try:
         with pytest.raises(warehouse.WarehouseLockedError) as info:
             warehouse.ensure_not_locked(path)
         message = str(info.value)
         assert "a dbt command of privdom" in message and f"kill {child.pid}" in message, message
         assert "notebook" not in message
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    # its run still going (here, this test's process): wait, not kill (diff review)
+    child = _hold_duckdb_in_child(path, comment=warm, args=("--parent", str(os.getpid())))
+    try:
+        with pytest.raises(warehouse.WarehouseLockedError) as info:
+            warehouse.ensure_not_locked(path)
+        message = str(info.value)
+        assert f"of a privdom process that is still going (PID {os.getpid()}); wait for it to end" in message, message
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()

@@ -66,3 +66,7 @@ def test_preview_hides_a_phone_hash_and_masks_every_spelling():
     text = preview.preview_markdown(con, "marts", "t")
     assert text.splitlines()[2] == "| C1 | 139****5678 | (sha256) | (sha256) | 139****5601 / 139****5602 |"
     assert digest[:8] not in text
+    # a file's content hash is not a person's: the ledger's stays visible (diff review)
+    con.execute("create schema raw")
+    con.execute("create table raw.ingestion_ledger as select 'orders/o_20240131.csv' as file_path, ? as content_sha256", [digest])
+    assert digest[:39] in preview.preview_markdown(con, "raw", "ingestion_ledger")

@@ -846,7 +846,7 @@ def test_an_answer_that_echoes_credentials_never_puts_them_in_an_error():
     assert not outcome.accepted and outcome.error.startswith("HTTP 400: bad request for token ***"), outcome.error
     assert token not in outcome.error
 
-    hook = _webhook("https://crm.example/hook?apikey=APIKEYPLANT77&team=growth")
+    hook = _webhook("https://crm.example/hook?apikey=APIKEYPLANT77&team=growth&format=json")
 
     def hook_refused(request: httpx.Request) -> httpx.Response:
         return httpx.Response(401, text=f"no: {request.url} signed {request.headers['X-Privdom-Signature']} with {SECRET}")
@@ -854,5 +854,23 @@ def test_an_answer_that_echoes_credentials_never_puts_them_in_an_error():
     webhook = WebhookClient(hook, SECRET, http=httpx.Client(transport=httpx.MockTransport(hook_refused)), sleep=lambda s: None)
     (outcome,) = webhook.send("buyers", 1, "add", [{"customer_key": "C1", "contact_channel": None, "contact_handle": None,
                                                    "phone_sha256": None}])
-    assert outcome.error.startswith("HTTP 401: no: https://crm.example/hook?apikey=***&team=***"), outcome.error
+    assert outcome.error.startswith("HTTP 401: no: https://crm.example/hook?apikey=***&team=growth&format=json"), outcome.error
     assert "APIKEYPLANT77" not in outcome.error and SECRET not in outcome.error
+
+
+def test_redact_finds_credentials_in_every_form_and_leaves_other_words():
+    """The diff review found forms the first pattern missed (a prefixed name, URL-encoded, JSON, a header) and
+    words it took away (every query value of the webhook's URL, wherever they appeared)."""
+    from orchestration.segments.destinations import redact
+
+    cases = {
+        "client_secret=CS1&refresh_token=RT1&x_api_key=XK1&n=2": "client_secret=***&refresh_token=***&x_api_key=***&n=2",
+        "redirect=https%3A%2F%2Fa%2Fb%3Faccess_token%3DAT1%26corpsecret%3DCS2%26x%3D1": "redirect=https%3A%2F%2Fa%2Fb%3Faccess_token%3D***%26corpsecret%3D***%26x%3D1",
+        '{"errmsg": "bad", "access_token": "AT2", "refresh_token":"RT2"}': '{"errmsg": "bad", "access_token": "***", "refresh_token":"***"}',
+        "Authorization: Bearer eyJhbGciOi.J9.x-y_z": "Authorization: Bearer ***",
+        "product json not found for team growth": "product json not found for team growth",
+        "monitoring=on&design=blue": "monitoring=on&design=blue",
+    }
+    for text, expected in cases.items():
+        assert redact(text) == expected, text
+    assert redact("the secret s3cretvalue leaked", ["s3cretvalue"]) == "the secret *** leaked"

@@ -626,7 +626,16 @@ def test_a_campaign_a_spreadsheet_would_run_is_neutralised_in_csv_only(world):
     con.close()
     _membership(warehouse, [d])
     second = _export(warehouse, exports, d, ExportOptions(formats=("csv",)))
-    assert (second.adds, second.removes) == (0, 0)
+    assert (second.adds, second.removes) == (0, 0) and second.manifest["csv_formulas"] == "neutralised"
+    # a LATEST written before (its manifest without csv_formulas) is written again once, then kept (diff review)
+    manifest_path = second.path / "manifest.json"
+    old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del old["csv_formulas"]
+    manifest_path.write_text(json.dumps(old), encoding="utf-8")
+    third = _export(warehouse, exports, d, ExportOptions(formats=("csv",)))
+    assert not third.unchanged and third.export_id != second.export_id and (third.adds, third.removes) == (0, 0)
+    assert _export(warehouse, exports, d, ExportOptions(formats=("csv",))).unchanged
+    assert "csv_formulas" not in _export(warehouse, exports, d, ExportOptions(formats=("parquet",))).manifest
 
 
 def _csv_dicts(path):

@@ -203,8 +203,17 @@ def test_directories_of_dead_servers_are_swept(entries: str, tmp_path: Path) -> 
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     other = tmp_path / "privdom-ingest-x"
     other.mkdir()
+    # a live server seen from another pid namespace (a container sharing /tmp, `unshare -p`): its pids look
+    # gone, and a sweep there removed the client of a run going on, which then failed (found this session)
+    young = tmp_path / (warm.DIR_PREFIX + "young")
+    young.mkdir()
+    (young / warm.PID_NAME).write_text(str(dead.pid))
+    (young / warm.OWNER_NAME).write_text(str(dead.pid))
+    for d in (gone, alive, orphaned):  # pid files decide for directories past the grace time
+        os.utime(d, (time.time() - 7200, time.time() - 7200))
     assert sorted(p.name for p in warm.sweep_stale(tmp_path)) == [gone.name, old.name]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, orphaned.name, starting.name, other.name, "warm_test_entries.py"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, orphaned.name, starting.name, young.name, other.name, "warm_test_entries.py"])
 
 
 def test_dbt_through_the_warm_server_is_dbt(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,3 +264,28 @@ def test_a_command_does_not_outlive_the_process_that_started_its_client(entries:
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"outlived the process that started them: {sorted(alive)} (client {client}, command {child})"
+
+
+def test_a_command_runs_when_privdom_is_process_1(entries: str, tmp_path: Path) -> None:
+    """In a container started without an init, privdom is pid 1: a client that took a parent pid of 1 for a
+    dead starter exited at once, and every dbt command of the run failed without a word (diff review). Run in
+    a pid namespace of its own where `unshare` may make one (skipped elsewhere)."""
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-rpf", "--mount-proc", "true"], capture_output=True).returncode:
+        pytest.skip("no unprivileged pid namespace here")
+    script = tmp_path / "as_pid_1.py"
+    script.write_text(
+        f"import os, subprocess, sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
+        "from orchestration.warm import WarmServer\n"
+        "assert os.getpid() == 1\n"
+        f"s = WarmServer(None, entry={entries + ':echo'!r}, preload=()).start()\n"
+        "assert s.wait_ready()\n"
+        "r = subprocess.run([str(s.executable), '3'], input='hi\\n', capture_output=True, text=True, timeout=60)\n"
+        "print(r.returncode, r.stdout.splitlines()[:1], flush=True)\n"
+        "s.stop()\n"
+    )
+    out = subprocess.run([unshare, "-rpf", "--mount-proc", sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3 ['argv=3']", out.stdout

@@ -91,13 +91,14 @@ _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
 
 
-def mask_text(value: object) -> object:
+def mask_text(value: object, *, hashes: bool = True) -> object:
     """Any text as it may be shown to people: every mainland mobile in it masked as 138****8000, and a value that
     is a SHA-256 (a phone's hash) hidden whole: even four of its characters pick the phone out of the mask's
-    10,000 candidates. Non-text passes through."""
+    10,000 candidates. `hashes=False` shows a SHA-256 (a column known to hold files' hashes). Non-text passes
+    through."""
     if not isinstance(value, str):
         return value
-    if _SHA256_HEX.match(value):
+    if hashes and _SHA256_HEX.match(value):
         return "(sha256)"
     return _MOBILE_IN_TEXT.sub(
         lambda m: mask_phone(re.sub(r"[^0-9]", "", m.group(0).translate(_FULL_WIDTH_DIGITS))[-11:]), value

@@ -13,6 +13,7 @@ start`; they need the Dagster daemon, which `privdom ui` (dagster dev) runs.
 from __future__ import annotations
 
 import json
+import time
 
 import dagster as dg
 
@@ -36,11 +37,15 @@ RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
-def run_request_for(change: landing.LandingChange) -> dg.RunRequest:
+def run_request_for(change: landing.LandingChange, settled_before_ns: int | None = None) -> dg.RunRequest:
     """One run for all changed files: the partition range of their batch dates (unpartitioned if none is a
-    partition: undated files, or dates before partitions_start_date)."""
+    partition: undated files, or dates before partitions_start_date). With `settled_before_ns`, the run's ingest
+    steps leave files modified after it for a later run (landing.SETTLED_BEFORE_TAG): a file still being copied
+    in may be of a date the run loads."""
     keys = partition_keys_of(change.batch_dates)
     tags = {"privdom/trigger": "landing_files_sensor", "privdom/new_files": str(len(change.paths))}
+    if settled_before_ns is not None:
+        tags[landing.SETTLED_BEFORE_TAG] = str(settled_before_ns)
     if keys and len(keys) == len(change.batch_dates) and not change.undated:
         if keys[0] == keys[-1]:
             return dg.RunRequest(run_key=change.digest, partition_key=keys[0], tags=tags)
@@ -59,7 +64,8 @@ def landing_files_sensor(context: dg.SensorEvaluationContext):
     settings = current_settings()
     current = landing.snapshot(settings.landing_dir)
     previous = json.loads(context.cursor) if context.cursor else {}
-    change = landing.changes(previous, current)
+    now_ns = time.time_ns()
+    change = landing.changes(previous, current, now_ns)
     if change is None:
         return dg.SkipReason(f"no new landing files in {settings.landing_dir}")
     context.update_cursor(json.dumps(landing.cursor_after(previous, current, change), sort_keys=True, separators=(",", ":")))
@@ -75,7 +81,7 @@ def landing_files_sensor(context: dg.SensorEvaluationContext):
         f"{len(change.paths)} new or changed landing file(s), batch dates "
         f"{change.batch_dates[0] if change.batch_dates else '-'} .. {change.batch_dates[-1] if change.batch_dates else '-'}"
     )
-    return run_request_for(change)
+    return run_request_for(change, now_ns - landing.SETTLE_NS)
 
 
 daily_full_graph = dg.ScheduleDefinition(

@@ -14,6 +14,7 @@ from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_rang
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.ingest.files import stray_files
+from orchestration.landing import SETTLED_BEFORE_TAG
 from orchestration.settings import share_of_memory_limit
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
@@ -112,6 +113,12 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
     )
 
 
+def _settled_before(context: dg.AssetExecutionContext) -> int | None:
+    """The landing sensor's cutoff for this run, if it started it (landing.SETTLED_BEFORE_TAG)."""
+    value = context.run.tags.get(SETTLED_BEFORE_TAG)
+    return int(value) if value and value.isdigit() else None
+
+
 def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
     key = dg.AssetKey(["raw", source])
 
@@ -146,7 +153,8 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         gx_limit = share_of_memory_limit(settings.duckdb_memory_limit, 0.25)
         with privdom.writer(context), privdom.connect(memory_limit=load_limit) as con:
             report = ingest_source(con, source, settings, load_id=context.run_id, batch_dates=dates,
-                                   validate=lambda frame: gx_worker.validate(source, frame, memory_limit=gx_limit))
+                                   validate=lambda frame: gx_worker.validate(source, frame, memory_limit=gx_limit),
+                                   modified_before_ns=_settled_before(context))
             with con.cursor() as cur:
                 rows_in_table = cur.execute(f"select count(*) from raw.{source}").fetchone()[0]
                 opt_outs = opt_outs_quarantined_check(cur, context.run_id) if source == "channel_events" else None
@@ -156,6 +164,9 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         for f in report.files:
             if f.status == "rejected":
                 context.log.error(f"rejected {f.path}: {f.error}")
+        if report.files_waiting:
+            context.log.info(f"{len(report.files_waiting)} landing file(s) modified after the sensor saw them settled "
+                             f"wait for a later run (they may still be being copied in): {', '.join(report.files_waiting[:5])}")
         astray = [p for p in stray_files(settings.landing_dir) if p.split("/")[0].strip().lower() == source]
         if astray:  # landing/Orders/...: meant for this source, never read
             context.log.warning(f"{len(astray)} landing file(s) in a folder that is not landing/{source}/ are not read: "

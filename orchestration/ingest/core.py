@@ -98,6 +98,7 @@ class SourceIngestReport:
     load_id: str
     files: list[FileResult] = field(default_factory=list)  # files recorded in the ledger by this run
     files_skipped: int = 0  # already in the ledger (same path and content)
+    files_waiting: list[str] = field(default_factory=list)  # modified after the run's cutoff: left for a later run
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
@@ -893,23 +894,33 @@ def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[_Stamp, str]]) -> t
     return sha, size, before if record else None, before
 
 
+def _modified_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0  # gone since it was listed: judged (and rejected) like any file that cannot be read
+
+
 class LandingFileChanged(RuntimeError):
     """A landing file changed between its hash and the end of its read: it was still being written."""
 
 
-def _still_as_hashed(source: str, cands: list[_Candidate], stamps: dict[int, _Stamp]) -> None:
-    """Raise LandingFileChanged, before anything of the source is loaded, when a file read this run is not as it
-    was when hashed: a delivery still being copied in (cp, SFTP) was loaded cut short, its last row valid and
-    wrong for good (a channel event keeps its first content), and recorded under a hash of other bytes (crash
-    review). Nothing is lost: the run loads none of the source, and the next run reads the whole file."""
+def _still_as_hashed(source: str, staged: list[_Staged], stamps: dict[int, _Stamp]) -> None:
+    """Raise LandingFileChanged, before anything of the source is loaded, when a file whose rows are to load is
+    not as it was when hashed: a delivery still being copied in (cp, SFTP) was loaded cut short, its last row
+    valid and wrong for good (a channel event keeps its first content), and recorded under a hash of other bytes
+    (crash review). Nothing is lost: the run loads none of the source, and the next run reads the whole file.
+    Its size, modification time and inode are compared, not its change time (a chmod, a hard link into a
+    snapshot or a restored access time change that alone); a file removed since it was read loads what was read."""
     changed = []
-    for cand in cands:
+    for s in staged:
         try:
-            now = _stamp(cand.f.path.stat())
+            now = _stamp(s.f.path.stat())
         except FileNotFoundError:
-            now = None
-        if now != stamps[cand.file_id]:
-            changed.append(cand.f.rel_path)
+            continue
+        size, modified, _, inode = stamps[s.result.file_id]
+        if (now[0], now[1], now[3]) != (size, modified, inode):
+            changed.append(s.f.rel_path)
     if changed:
         raise LandingFileChanged(
             f"{', '.join(changed[:5])}{' and more' if len(changed) > 5 else ''}: changed while being read (still being "
@@ -1178,11 +1189,14 @@ def _parts_sql(parts: list[Path]) -> str:
 def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Settings, load_id: str,
                   *, keep_frame: bool = True,
                   batch_dates: tuple[dt.date, dt.date] | None = None,
-                  validate: Callable[[SpilledFrame | pd.DataFrame], Any] | None = None) -> SourceIngestReport:
+                  validate: Callable[[SpilledFrame | pd.DataFrame], Any] | None = None,
+                  modified_before_ns: int | None = None) -> SourceIngestReport:
     """Load every new file of `source` from settings.landing_dir/<source>/ into raw.<source>.
 
     With ``batch_dates`` (first, last), only new files whose batch date is in that range load (a daily
     partition or a backfill's range); files without a batch date are always judged (and rejected).
+    With ``modified_before_ns`` (the landing sensor's cutoff: files it saw settled), a file modified later is
+    not read nor recorded (``report.files_waiting``): it may still be being copied in, and a later run loads it.
 
     All files of the run load in one transaction (raw rows, quarantine rows and ledger rows of loaded,
     rejected and duplicate files together); see the module docstring. The report carries the run's new rows
@@ -1219,6 +1233,10 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         run_shas: set[str] = set()
         wanted = [f for f in fl.discover(settings.landing_dir, source)
                   if not (batch_dates and f.batch_date is not None and not batch_dates[0] <= f.batch_date <= batch_dates[1])]
+        if modified_before_ns is not None:
+            report.files_waiting = [f.rel_path for f in wanted if _modified_ns(f.path) > modified_before_ns]
+            waiting = set(report.files_waiting)
+            wanted = [f for f in wanted if f.rel_path not in waiting]
         stamps: dict[int, _Stamp] = {}
         for f, (sha, size, stamp) in zip(wanted, _content_hashes(wanted, hashed, newly_hashed)):
             if (f.rel_path, sha) in seen:
@@ -1258,7 +1276,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 results, more = _stage_all(con, c, settings, [cand], spill, f"b{cand.file_id:09d}-")
                 record(cand, results[cand.file_id])
                 parts += more
-        _still_as_hashed(source, first + later, stamps)
+        _still_as_hashed(source, staged, stamps)
         report.files.sort(key=lambda r: r.file_id)
         staged.sort(key=lambda s: s.result.file_id)
 

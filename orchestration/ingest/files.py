@@ -48,6 +48,11 @@ def match_suffix(name: str) -> str | None:
     return None
 
 
+# The years a batch date in a file name can have (timestamps before 1990 are refused by the contract): another
+# 8-digit number in the name, a store or an order code, is not a date
+FIRST_YEAR, LAST_YEAR = 1990, 2199
+
+
 def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
     """Batch date from a ``dt=YYYY-MM-DD`` folder (preferred) or a ``YYYYMMDD`` in the file name."""
     parts = rel_path.split("/")
@@ -62,9 +67,12 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
     for m in _DATE_IN_NAME.finditer(parts[-1]):
         text = m.group(1)
         try:
-            dates.append(dt.datetime.strptime(text, "%Y%m%d").date())
+            day = dt.datetime.strptime(text, "%Y%m%d").date()
         except ValueError:
             bad.append(text)
+            continue
+        if FIRST_YEAR <= day.year <= LAST_YEAR:  # a store code like 10010101 is no second date
+            dates.append(day)
     distinct = sorted(set(dates))
     if len(distinct) > 1:
         # a range (orders_20240101_20240131.csv, common in back-office exports): its first date made most of its

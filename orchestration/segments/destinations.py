@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import tenacity
@@ -219,17 +219,31 @@ def _retrying(config: DestinationConfig, sleep: Callable[[float], None]) -> tena
 # A query parameter whose value is a credential (WeCom puts the access token and the corp secret in the URL; a
 # webhook URL may carry an API key): a proxy's or a gateway's error page that echoes the URL would store it in
 # sync_log, the BI copy, Dagster's event log and the run summary (the privacy review found the corp secret there).
-_SECRET_IN_QUERY = re.compile(
-    r"(?i)\b(access_token|corpsecret|corpid|secret|token|apikey|api_key|key|signature|sig|password|passwd)=[^&\s\"'<>;]+"
+# A name is a credential's when it ends in one of these words (client_secret, refresh_token, x_api_key, corpid).
+_CREDENTIAL_NAME = r"[A-Za-z0-9_.\-]*(?:token|secret|key|signature|sig|password|passwd|corpid|auth)"
+_CREDENTIAL_FORMS = (
+    # name=value in a query or form, also URL-encoded inside another URL (name%3Dvalue%26...)
+    re.compile(rf"(?i)(?<![A-Za-z0-9_.\-])({_CREDENTIAL_NAME}(?:=|%3D))(?:(?!%26)[^&\s\"'<>;])+"),
+    # "name": "value" in a JSON body
+    re.compile(rf'(?i)("{_CREDENTIAL_NAME}"\s*:\s*")[^"]*'),
+    # an Authorization header's credentials
+    re.compile(r"(?i)\b((?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]+"),
 )
 
 
+def is_credential_name(name: str) -> bool:
+    return re.fullmatch(rf"(?i){_CREDENTIAL_NAME}", name) is not None
+
+
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` without any of `secrets` (whole values, longest first) and without the value of a query parameter
-    named like a credential. Every error a client reports passes through it before it is stored or shown."""
+    """`text` without any of `secrets` (whole values, longest first) and without the value of anything named like
+    a credential (a query or form parameter, plain or URL-encoded; a JSON key; an Authorization header). Every
+    error a client reports passes through it before it is stored or shown."""
     for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, "***")
-    return _SECRET_IN_QUERY.sub(lambda m: m.group(1) + "=***", text)
+    for form in _CREDENTIAL_FORMS:
+        text = form.sub(lambda m: m.group(1) + "***", text)
+    return text
 
 
 def _answer(response: httpx.Response, limit: int) -> str:
@@ -339,9 +353,9 @@ class WebhookClient:
         ]
 
     def _redact(self, text: str) -> str:
-        """Without the signing secret, nor any value of the URL's query (an API key in it)."""
-        query = urlsplit(self.config.url).query
-        return redact(text, [self.secret, *(part.partition("=")[2] for part in query.split("&"))])
+        """Without the signing secret, nor the value of a credential-named parameter of the URL (an API key)."""
+        query = parse_qsl(urlsplit(self.config.url).query, keep_blank_values=True)
+        return redact(text, [self.secret, *(value for name, value in query if is_credential_name(name))])
 
     def close(self) -> None:
         self.http.close()

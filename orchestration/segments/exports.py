@@ -31,6 +31,8 @@ EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}
 BOM = b"\xef\xbb\xbf"
 # How the JSON Lines files write instants (the manifest says so): `2024-06-30T12:00:00+08:00` (_rfc3339_instants)
 JSONL_INSTANTS = "rfc3339"
+# What a CSV manifest says of its formula-like campaigns (_neutralised): a LATEST without it is written again once
+CSV_FORMULAS = "neutralised"
 # Columns of every members / adds row (stable, SPEC §5), in this order.
 ROW_COLUMNS = ("segment", "segment_version", "customer_key", "contact_channel", "contact_handle", "phone_sha256",
                *EXPLAIN_COLUMNS, "computed_at", "data_end_at")
@@ -401,6 +403,7 @@ def export_segment(
             "formats": list(formats),
             "csv_bom": options.csv_bom,
             **({"jsonl_instants": JSONL_INSTANTS} if "jsonl" in formats else {}),
+            **({"csv_formulas": CSV_FORMULAS} if "csv" in formats else {}),
             "columns": {"members": list(ROW_COLUMNS), "adds": list(ROW_COLUMNS), "removes": list(REMOVE_COLUMNS)},
             "suppression": "opted-out and unreachable customers are never exported",
             "files": files,
@@ -464,6 +467,8 @@ def _same_export(previous: dict, definition: SegmentDefinition, formats, options
         and previous.get("csv_bom") == options.csv_bom
         # a LATEST written with another text for instants in its JSON Lines (before RFC 3339) is written again
         and ("jsonl" not in formats or previous.get("jsonl_instants") == JSONL_INSTANTS)
+        # and one whose CSV wrote formula-like campaigns as they came (diff review)
+        and ("csv" not in formats or previous.get("csv_formulas") == CSV_FORMULAS)
     )
 
 
