@@ -233,9 +233,11 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
     settings_file = root / SETTINGS_FILE_NAME
     if settings_file.exists():
         try:
-            doc = tomllib.loads(settings_file.read_text(encoding="utf-8"))
+            doc = tomllib.loads(read_settings_text(settings_file))
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{settings_file}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{settings_file}: {NOT_UTF8}") from None
         table = doc.get("privdom", doc)
         if table is not doc and set(doc) != {"privdom"}:
             raise SettingsError(
@@ -280,6 +282,16 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
 
 # PRIVDOM_* variables privdom reads besides the settings' own PRIVDOM_<SETTING> (dbt's profiles.yml reads the
 # PRIVDOM_SPARK_* ones; PRIVDOM_WAREHOUSE and PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT are set by privdom for dbt)
+NOT_UTF8 = ("not UTF-8 text (saved as GBK / \"ANSI\" by Notepad?): save it as UTF-8 (in Notepad: Save as, "
+            "Encoding UTF-8)")
+
+
+def read_settings_text(path: Path) -> str:
+    """A settings or segments file's text: UTF-8, with or without a BOM (Windows' Notepad writes one, and TOML
+    then failed with "Invalid statement at line 1, column 1": marketer review). Raises UnicodeDecodeError."""
+    return path.read_bytes().decode("utf-8-sig")
+
+
 OTHER_ENVIRONMENT = frozenset({
     "PRIVDOM_HOME", "PRIVDOM_WAREHOUSE", "PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT", "PRIVDOM_DBT_TARGET", "PRIVDOM_DBT_WARM",
     "PRIVDOM_GX_WARM", "PRIVDOM_PYTHON_EXIT", "PRIVDOM_SPARK_METHOD", "PRIVDOM_SPARK_HOST", "PRIVDOM_SPARK_PORT",

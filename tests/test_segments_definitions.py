@@ -81,6 +81,9 @@ def test_identifier_columns_are_not_rule_columns():
         ({"column": "is_member", "op": "eq", "value": "yes"}, "true/false"),
         ({"column": "paid_orders", "op": "is_null", "value": 3}, "takes no value"),
         ({"column": "paid_orders", "op": "gte"}, "needs a value"),
+        # marketer review: 99.999 was rounded to 100.00 without a word; "3" said nothing of the quotes
+        ({"column": "net_revenue", "op": "gt", "value": 99.999}, "at most 2 decimal places"),
+        ({"column": "paid_orders", "op": "gte", "value": "3"}, "is a whole number, not '3' (write it without quotes)"),
     ],
 )
 def test_bad_value_names_the_segment(condition, words):
@@ -224,6 +227,34 @@ def test_the_rules_page_lists_every_column_and_operator():
     for kind, ops in OPERATORS_BY_KIND.items():
         row = next(line for line in page.splitlines() if line.startswith(f"| {kind} |"))
         assert all(f"`{op}`" in row for op in ops), kind
+    from orchestration.segments.definitions import LIST_OPERATORS
+
+    for name, col in COLUMNS.items():
+        if col.items:
+            row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+            assert all(f"`{op}`" in row for op in LIST_OPERATORS) and all(v in row for v in col.items), name
+
+
+def test_contains_selects_one_relationship_of_the_list(tmp_path):
+    """Marketer review: no rule could select "is a WeCom contact": `eq "wecom"` matched 391 of 973 (those reachable
+    on WeCom alone). Worked by hand: C1 wecom alone, C2 official_account and wecom, C3 official_account, C4 none."""
+    path = tmp_path / "w.duckdb"
+    write_dim_customers(path, [
+        customer("C1", reachable_channels="wecom"),
+        customer("C2", reachable_channels="official_account,wecom"),
+        customer("C3", reachable_channels="official_account"),
+        customer("C4", reachable_channels=None),
+    ])
+    con = duckdb.connect(str(path))
+    for op, expected in (("contains", ["C1", "C2"]), ("not_contains", ["C3"])):
+        (d,) = [x for x in parse_definitions(_user("w", rule=[{"column": "reachable_channels", "op": op, "value": "wecom"}]))
+                if x.name == "w"]
+        got = [k for (k,) in con.execute(f"select customer_key from marts.dim_customers d where {d.sql} order by 1", d.params).fetchall()]
+        assert got == expected, op
+    message = _error(_user("w", rule=[{"column": "reachable_channels", "op": "contains", "value": "weixin"}]))
+    assert "'contains' on 'reachable_channels' takes one of community_group, member, official_account, wecom" in message
+    message = _error(_user("w", rule=[{"column": "acquisition_campaign", "op": "contains", "value": "x"}]))
+    assert "unknown operator 'contains'" in message
 
 
 @pytest.mark.parametrize("name", ["adds", "removes"])
@@ -267,3 +298,44 @@ def test_privdom_run_reports_a_bad_definition_in_one_line_with_exit_status_2(tmp
     assert "segment 'vip'" in result.stderr and "unknown column 'nett_revenue'" in result.stderr
     assert "Traceback" not in result.stderr
     assert cli._definition_error(RuntimeError("wrapped")) is None
+
+
+def test_a_segments_file_saved_by_windows_notepad_is_read_or_named(tmp_path):
+    """Marketer review: a UTF-8 file with a BOM failed as "Invalid statement (at line 1, column 1)", a GBK one with a
+    60-line traceback, and campaigns.toml.txt or CAMPAIGNS.TOML were skipped without a word."""
+    seg = tmp_path / "segments"
+    seg.mkdir()
+    table = '[segments.vip_618]\nversion = 1\npurpose = "618 大促 VIP"\nrule = [{ column = "paid_orders", op = "gte", value = 3 }]\n'
+    (seg / "a.toml").write_bytes(b"\xef\xbb\xbf" + table.encode("utf-8"))
+    assert "vip_618" in {d.name for d in load_segment_definitions(tmp_path, {})}
+    (seg / "a.toml").write_bytes(table.encode("gbk"))
+    with pytest.raises(SegmentDefinitionError, match=r"a\.toml: not UTF-8 text .*save it as UTF-8"):
+        load_segment_definitions(tmp_path, {})
+    (seg / "a.toml").write_bytes(table.encode("utf-8"))
+    (seg / "campaigns.toml.txt").write_text(table.replace("vip_618", "other"), encoding="utf-8")
+    (seg / "CAMPAIGNS3.TOML").write_text(table.replace("vip_618", "third"), encoding="utf-8")
+    (seg / ".notes.md").write_text("kept aside", encoding="utf-8")
+    with pytest.raises(SegmentDefinitionError) as info:
+        load_segment_definitions(tmp_path, {})
+    assert "CAMPAIGNS3.TOML, campaigns.toml.txt: only files ending in .toml (lower case) are read here" in str(info.value)
+
+
+def test_the_settings_file_saved_with_a_bom_or_in_gbk(tmp_path):
+    from orchestration.settings import SettingsError, load_settings
+
+    (tmp_path / "privdom.toml").write_bytes(b"\xef\xbb\xbf" + "max_quarantine_share = 0.1 # 上限\n".encode("utf-8"))
+    assert load_settings(tmp_path).max_quarantine_share == 0.1
+    (tmp_path / "privdom.toml").write_bytes("max_quarantine_share = 0.1 # 上限\n".encode("gbk"))
+    with pytest.raises(SettingsError, match="not UTF-8 text"):
+        load_settings(tmp_path)
+
+
+def test_a_destination_listing_a_switched_off_segment_says_so():
+    """Marketer review: "unknown segment(s) 'top_referrers'" of a segment that was defined, only switched off."""
+    from orchestration.segments import DestinationConfigError, parse_destinations
+
+    table = {"crm": {"type": "webhook", "url": "https://x.example", "secret_env": "S", "segments": ["top_referrers", "nope"]}}
+    with pytest.raises(DestinationConfigError) as info:
+        parse_destinations(table, ["buyers"], switched_off=["top_referrers"])
+    message = str(info.value)
+    assert "segment(s) 'top_referrers' switched off (enabled = false)" in message and "unknown segment(s) 'nope'" in message

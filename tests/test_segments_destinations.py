@@ -874,3 +874,44 @@ def test_redact_finds_credentials_in_every_form_and_leaves_other_words():
     for text, expected in cases.items():
         assert redact(text) == expected, text
     assert redact("the secret s3cretvalue leaked", ["s3cretvalue"]) == "the secret *** leaked"
+
+
+def test_a_segment_no_longer_synced_still_loses_its_opted_out_and_unreachable_customers(warehouse):
+    """Marketer review: a segment renamed, deleted or taken out of a destination's `segments` left its customers
+    held there for good, opted-out ones included. Such customers are removed all the same (SPEC §5), with their
+    reason; the others stay, nothing is added, and the tag a WeCom row is held at is the one untagged."""
+    with ScriptedServer([], SECRET) as server:
+        config = _webhook(server.url + "/hook", batch_size=10)
+        client = WebhookClient(config, SECRET, sleep=lambda s: None)
+        _sync(warehouse, config, client, "run-1")
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C2'")
+        _sql(warehouse, "update marts.dim_customers set is_reachable = false where customer_key = 'C3'")
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C4'")  # left: stays held
+        _sql(warehouse, "update marts.dim_customers set paid_orders = 1 where customer_key = 'N1'")  # joined: not added
+        con = connect(warehouse)
+        try:
+            report = sync_segment(con, config, client, "buyers", 1, sync_run_id="retired-1", no_longer_synced=True)
+        finally:
+            con.close()
+        assert (report.to_remove, report.to_add, report.accepted) == (2, 0, 2)
+        assert server.removed == {"C2": 1, "C3": 1} and server.remove_reasons == {"C2": "opted_out", "C3": "unreachable"}
+        assert "N1" not in server.members
+        assert _state(warehouse) == {"C1", "C4", "C5", "C6", "C7"}
+
+
+def test_a_wecom_segment_no_longer_synced_untags_an_opted_out_customer_at_the_tag_it_holds(warehouse):
+    with WeComServer([0] * 20) as server:
+        config = _wecom(server.url)
+        client = WeComClient(config, "ww-corp", "corp-secret", sleep=lambda s: None)
+        _sync(warehouse, config, client, "w-1")
+        _sql(warehouse, "update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C5'")
+        retired = _wecom(server.url, tags={"buyers": "etNEWTAG"})  # its tag since changed: the held one is untagged
+        con = connect(warehouse)
+        try:
+            report = sync_segment(con, retired, WeComClient(retired, "ww-corp", "corp-secret", sleep=lambda s: None),
+                                  "buyers", 1, sync_run_id="w-retired", no_longer_synced=True)
+        finally:
+            con.close()
+        assert report.accepted == 1
+        (untag,) = [c["body"] for c in server.calls if "remove_tag" in c["body"]]
+        assert untag["external_userid"] == "wmC5" and untag["remove_tag"] == ["etBUYERS"]

@@ -34,6 +34,15 @@ CHECK_FRESH = "fresh"
 CHECK_ACCEPTED = "all_rows_accepted"
 
 
+def _last_version(con, destination: str, segment: str) -> int:
+    """The definition version of the rows a destination holds of a segment (the newest), 0 when unknown."""
+    row = con.execute(
+        "select max(segment_version) from (select segment_version from segments.sync_state where destination = ? "
+        "and segment = ? union all select segment_version from segments.sync_pending where destination = ? and segment = ?)",
+        [destination, segment, destination, segment]).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def export_key(segment: str) -> dg.AssetKey:
     return dg.AssetKey(["exports", segment])
 
@@ -184,11 +193,18 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
                     context.log.info(f"{destination.name} · {segment}: {report.to_metadata()}")
                     reports.append(report)
                 for segment, held in unsynced_segments(con, destination):
+                    # opted-out and unreachable customers are removed there all the same (SPEC §5)
+                    report = sync_segment(con, destination, client, segment, _last_version(con, destination.name, segment),
+                                          sync_run_id=f"{context.run_id}:{destination.name}:{segment}", no_longer_synced=True)
+                    reports.append(report)
+                    left = held - report.accepted
                     context.log.warning(
-                        f"{destination.name} still holds {held} customers of segment {segment!r}, which it no longer "
-                        "syncs: nobody removes them there, opted-out customers included. Put the segment back in its "
-                        "`segments` to clear them (or clear them at the destination, then delete their rows from "
-                        "segments.sync_state and segments.sync_pending)."
+                        f"{destination.name} still holds {left} customers of segment {segment!r}, which it no longer "
+                        f"syncs ({report.accepted} opted-out or unreachable removed this run; such customers are always "
+                        "removed). The others stay there: to clear them, list the segment again (defined and "
+                        "enabled) in the destination's `segments`, or remove them at the destination (or its tag) and "
+                        f"then, with no run going on, delete the rows of destination '{destination.name}' and segment "
+                        f"'{segment}' from segments.sync_state and segments.sync_pending."
                     )
         finally:
             client.close()

@@ -36,7 +36,8 @@ def load_segment_config():
     definitions = load_segment_definitions(settings.data_dir, settings.sources)
     options = export_options(settings.sources)
     enabled = [d for d in definitions if d.enabled]
-    destinations = parse_destinations(settings.sources.get("destinations", {}), [d.name for d in enabled], str(settings.settings_file))
+    destinations = parse_destinations(settings.sources.get("destinations", {}), [d.name for d in enabled], str(settings.settings_file),
+                                      switched_off=[d.name for d in definitions if not d.enabled])
     return definitions, options, destinations
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestration.settings import NOT_UTF8, read_settings_text
+
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
 SEGMENTS_DIR_NAME = "segments"  # $PRIVDOM_HOME/segments/*.toml
 
@@ -45,6 +47,11 @@ LIFECYCLE_STAGES = ("new", "active", "at_risk", "dormant", "churned")
 class Column:
     kind: str  # int | decimal | bool | text | timestamp
     allowed: tuple[str, ...] | None = None  # accepted values of a text column, when it has a closed set
+    # a text column holding a sorted, comma-separated list: `contains` / `not_contains` one of these values
+    items: tuple[str, ...] | None = None
+
+
+RELATIONSHIPS = ("community_group", "member", "official_account", "wecom")  # reachable_channels' items (SPEC §4)
 
 
 # The dim_customers columns a rule may use, and the columns that explain membership in every export row (in
@@ -60,7 +67,7 @@ COLUMNS: dict[str, Column] = {
     "paid_orders": Column("int"),
     "net_revenue": Column("decimal"),
     "points_redeemed": Column("int"),
-    "reachable_channels": Column("text"),
+    "reachable_channels": Column("text", items=RELATIONSHIPS),
     "is_member": Column("bool"),
     "is_activated": Column("bool"),
     "is_retained": Column("bool"),
@@ -88,6 +95,9 @@ OPERATORS_BY_KIND = {
     "text": ("eq", "ne", "in", "not_in", "is_null", "not_null"),
     "timestamp": ("within_last_days", "more_than_days_ago", "between_days_ago", "is_null", "not_null"),
 }
+# on a list column (reachable_channels = 'official_account,wecom'): one item among the list's, or not among them;
+# `eq "wecom"` matched only customers reachable on WeCom alone (marketer review)
+LIST_OPERATORS = ("contains", "not_contains")
 DEFINITION_FIELDS = {"version", "purpose", "campaign", "rule", "enabled", "formats"}
 CONDITION_FIELDS = {"column", "op", "value"}
 
@@ -152,8 +162,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def operators_of(spec: Column) -> tuple[str, ...]:
+    """The operators a rule may use on a column of this kind (a list column also takes contains, not_contains)."""
+    return OPERATORS_BY_KIND[spec.kind] + (LIST_OPERATORS if spec.items else ())
+
+
 def _check_value(column: str, spec: Column, op: str, value: Any) -> str | None:
     """None when `value` suits `op` on `column`, else what is wrong with it."""
+    if op in LIST_OPERATORS:
+        if not isinstance(value, str) or value not in (spec.items or ()):
+            return f"{op!r} on {column!r} takes one of {', '.join(spec.items or ())}, not {value!r}"
+        return None
     if op in ("is_null", "not_null"):
         return None if value in (None, True) else f"operator {op!r} takes no value (or true)"
     if value is None:
@@ -190,9 +209,16 @@ def _check_scalar(column: str, spec: Column, value: Any) -> str | None:
         return None if isinstance(value, bool) else f"{column!r} is true/false, not {value!r}"
     if spec.kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
-        return None if ok else f"{column!r} is a whole number, not {value!r}"
+        hint = " (write it without quotes)" if isinstance(value, str) and value.strip().lstrip("-").isdigit() else ""
+        return None if ok else f"{column!r} is a whole number, not {value!r}{hint}"
     if spec.kind == "decimal":
-        return None if _is_number(value) else f"{column!r} is a number, not {value!r}"
+        if not _is_number(value):
+            return f"{column!r} is a number, not {value!r}"
+        # money has cents: 99.999 was rounded to 100.00 without a word, and left out a customer at exactly
+        # 100.00 (marketer review)
+        if isinstance(value, float) and abs(round(value, 2) - value) > 1e-9:
+            return f"{column!r} is money with at most 2 decimal places, not {value!r}"
+        return None
     if spec.kind == "text":
         if not isinstance(value, str):
             return f"{column!r} is text, not {value!r}"
@@ -231,10 +257,10 @@ def _validate_rule(rule: Any, name: str, source: str, problems: _Problems, depth
         problems.add(name, source, f"unknown column {column!r}; rules may use: {', '.join(COLUMNS)}")
         return None
     spec = COLUMNS[column]
-    if not isinstance(op, str) or op not in OPERATORS_BY_KIND[spec.kind]:
+    if not isinstance(op, str) or op not in operators_of(spec):
         problems.add(
             name, source,
-            f"unknown operator {op!r} for {column!r} ({spec.kind}); use one of: {', '.join(OPERATORS_BY_KIND[spec.kind])}",
+            f"unknown operator {op!r} for {column!r} ({spec.kind}); use one of: {', '.join(operators_of(spec))}",
         )
         return None
     message = _check_value(column, spec, op, value)
@@ -341,6 +367,10 @@ def compile_rule(rule: Any, alias: str = "d") -> tuple[str, tuple[Any, ...]]:
         if op == "between":
             params.extend(value)
             return f"coalesce({ident} between cast(? as {cast}) and cast(? as {cast}), false)"
+        if op in LIST_OPERATORS:
+            params.append(value)
+            negate = "not " if op == "not_contains" else ""
+            return f"coalesce({negate}list_contains(string_split({ident}, ','), cast(? as varchar)), false)"
         if op in ("in", "not_in"):
             params.append(list(value))
             negate = "not " if op == "not_in" else ""
@@ -365,9 +395,11 @@ def compile_rule(rule: Any, alias: str = "d") -> tuple[str, tuple[Any, ...]]:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_settings_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise SegmentDefinitionError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise SegmentDefinitionError(f"{path}: {NOT_UTF8}") from None
 
 
 def export_options(sources: Mapping[str, Any]) -> ExportOptions:
@@ -436,6 +468,12 @@ def load_segment_definitions(data_dir: Path, sources: Mapping[str, Any]) -> list
         layers.append((str(Path(data_dir) / "privdom.toml"), sources["segments"]))
     segments_dir = Path(data_dir) / SEGMENTS_DIR_NAME
     if segments_dir.is_dir():
+        others = sorted(p.name for p in segments_dir.iterdir()
+                        if p.suffix != ".toml" and not p.name.startswith((".", "_")) and not p.name.endswith("~"))
+        if others:  # campaigns.toml.txt (Notepad's habit), CAMPAIGNS.TOML: never read, and nothing said (marketer review)
+            raise SegmentDefinitionError(
+                f"{segments_dir}: {', '.join(others)}: only files ending in .toml (lower case) are read here; rename "
+                "or move the other files (names starting with '.' or '_' are left alone)")
         for path in sorted(segments_dir.glob("*.toml")):
             doc = _read_toml(path)
             unknown = set(doc) - {"segments"}

@@ -96,8 +96,10 @@ def _url_ok(url: Any) -> bool:
     return parts.scheme == "http" and parts.hostname in LOOPBACK  # plain http only to this machine (tests, a local relay)
 
 
-def parse_destinations(raw: Mapping[str, Any], segment_names: Sequence[str], origin: str = "privdom.toml") -> list[DestinationConfig]:
-    """Validate the `[destinations.<name>]` tables against the known segments; all problems at once."""
+def parse_destinations(raw: Mapping[str, Any], segment_names: Sequence[str], origin: str = "privdom.toml",
+                       switched_off: Sequence[str] = ()) -> list[DestinationConfig]:
+    """Validate the `[destinations.<name>]` tables against the known (enabled) segments; all problems at once.
+    `switched_off`: segments defined with enabled = false, named as such when a destination lists one."""
     problems: list[str] = []
     out = []
     for name, table in raw.items():
@@ -156,7 +158,13 @@ def parse_destinations(raw: Mapping[str, Any], segment_names: Sequence[str], ori
                     problems.append(f"{where}: {key} must name an environment variable, not {v!r}")
                 values[key] = v
             values.update(base_url=str(base_url).rstrip("/"), tags=dict(tags))
-        missing = [s for s in segments if s not in segment_names]
+        off = [s for s in segments if s not in segment_names and s in switched_off]
+        if off:  # the marketer review was told "unknown segment" of a segment it had only switched off
+            problems.append(
+                f"{where}: segment(s) {', '.join(map(repr, off))} switched off (enabled = false): switch it on, or take it "
+                "out of this destination's `segments` (its opted-out and unreachable customers held there are removed "
+                "all the same, the others stay)")
+        missing = [s for s in segments if s not in segment_names and s not in switched_off]
         if missing:
             problems.append(f"{where}: unknown segment(s) {', '.join(map(repr, missing))}; defined: {', '.join(segment_names)}")
         values["segments"] = tuple(dict.fromkeys(segments))

@@ -236,6 +236,30 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     return rows
 
 
+def plan_suppression_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
+    """Held rows of a segment the destination no longer syncs (renamed, deleted, switched off, or taken out of
+    its `segments`) whose customer opted out or is unreachable, or merged into one who did: SPEC §5 removes them
+    whatever else happens to the segment (the marketer review found them held for good). The others stay: a
+    segment taken out of a destination's list is not a request to clear it there. Rows held at no known target
+    (a WeCom row from before targets, its tag no longer configured) cannot be untagged and are left out."""
+    scols = ", ".join(f"s.{c}" for c in (*CONTACT_FIELDS, "target"))
+    pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
+    state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
+    held = (
+        f"select {scols}, 'state' as held_as, s.remove_sent_at from {state} s union all "
+        f"select {pcols}, 'pending' as held_as, cast(null as timestamptz) from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
+        f"and p.customer_key not in (select customer_key from {state})"
+    )
+    now = target(config, segment)
+    return _rows(
+        con,
+        f"select * from (select h.* replace (coalesce(h.target, ?) as target), {REMOVE_REASON_SQL} as reason from ({held}) h "
+        f"{remove_reason_joins(con, 'h.customer_key')}) "
+        f"where reason in ('opted_out', 'unreachable') and (target is not null or ? = 'webhook') order by customer_key",
+        [now, config.name, segment, config.name, segment, config.name, segment, config.type],
+    )
+
+
 def unsynced_segments(con: duckdb.DuckDBPyConnection, config: DestinationConfig) -> list[tuple[str, int]]:
     """(segment, customers held) of segments the destination holds customers of but no longer syncs."""
     ensure_sync_tables(con)
@@ -403,16 +427,17 @@ def _record(con, config: DestinationConfig, segment: str, version: int, run_id: 
 
 
 def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, client, segment: str, segment_version: int,
-                 *, sync_run_id: str | None = None) -> SyncReport:
-    """Send one segment's difference to one destination; see the module docstring."""
+                 *, sync_run_id: str | None = None, no_longer_synced: bool = False) -> SyncReport:
+    """Send one segment's difference to one destination; see the module docstring. `no_longer_synced`: a segment
+    the destination holds customers of but no longer syncs: only plan_suppression_removes, no adds."""
     ensure_sync_tables(con)
     run_id = sync_run_id or uuid.uuid4().hex
     started = dt.datetime.now(dt.UTC)
     report = SyncReport(run_id, config.name, segment, config.mode)
     requests_before = client.requests_sent
-    for operation in ("remove", "add"):  # stop contacting first; the adds are planned once the removes are settled
+    for operation in ("remove",) if no_longer_synced else ("remove", "add"):  # stop contacting first; the adds are planned once the removes are settled
         if operation == "remove":
-            rows = plan_removes(con, config, segment)
+            rows = plan_suppression_removes(con, config, segment) if no_longer_synced else plan_removes(con, config, segment)
             report.to_remove = len(rows)
         else:
             rows = plan_adds(con, config, segment)
@@ -421,7 +446,7 @@ def sync_segment(con: duckdb.DuckDBPyConnection, config: DestinationConfig, clie
             # a tag needs a live contact (contact_channel 'wecom': the customer is a WeCom contact now, SPEC §4)
             # and its owner: the others are not sent (plan_adds), and logged once
             report.skipped += _record_skipped(con, config, segment, run_id)
-        if config.type == "wecom" and operation == "remove":
+        if config.type == "wecom" and operation == "remove" and not no_longer_synced:
             # a key merged away whose contact a kept customer inherited: the contact keeps its tag and the state
             # passes to that customer. A customer who still exists (opted out, unreachable, left) is untagged
             # whoever else shares the contact.
