@@ -146,6 +146,46 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
 MANUAL_DBT_TARGET_PATH = "target/manual"
 
 
+def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
+    """Check the segment definitions and destinations of this data directory, and count each enabled segment's
+    customers on the warehouse as it is, without writing anything: a draft is tried before a run publishes it
+    (the marketer review had only `privdom run`, which exports and syncs at once). Invalid definitions are
+    reported as by `privdom run` (one line each, exit 2)."""
+    from orchestration.locking import warehouse_lock
+    from orchestration.segments.definitions import export_options, load_segment_definitions
+    from orchestration.segments.destinations import parse_destinations
+    from orchestration.segments.membership import count_members
+    from orchestration.warehouse import connect
+
+    definitions = load_segment_definitions(settings.data_dir, settings.sources)
+    export_options(settings.sources)
+    enabled = [d for d in definitions if d.enabled]
+    destinations = parse_destinations(settings.sources.get("destinations", {}), [d.name for d in enabled],
+                                      str(settings.settings_file), switched_off=[d.name for d in definitions if not d.enabled])
+    counts, data_end = {}, None
+    if settings.warehouse_path.exists():
+        with warehouse_lock(settings.data_dir, what="privdom segments", log=lambda m: print(m, file=sys.stderr)):
+            con = connect(settings.warehouse_path, read_only=True)
+            try:
+                counts, data_end = count_members(con, enabled)
+            finally:
+                con.close()
+    rows = [("segment", "version", "state", "defined in", "matched", "suppressed", "members")]
+    for d in definitions:
+        c = counts.get(d.name)
+        rows.append((d.name, str(d.version), "enabled" if d.enabled else "switched off", d.source,
+                     *((f"{c[0]:,}", f"{c[1]:,}", f"{c[2]:,}") if c else ("-", "-", "-"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) if i < 4 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip())
+    print(f"{len(definitions)} definitions valid ({len(enabled)} enabled); {len(destinations)} destinations valid")
+    if data_end is not None:
+        print(f"counted on marts.dim_customers as of its data end {data_end}; nothing was written or sent")
+    else:
+        print(f"no customers to count yet ({settings.warehouse_path} has no marts.dim_customers: `privdom run` builds it)")
+    return 0
+
+
 def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     """dbt on this data directory, as privdom's own dbt steps run it: the same dbt, project, profile env vars
     and settings (`--vars`: the settings dbt reads, overlaid by the caller's own `--vars`), holding the
@@ -325,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000, help="port (default 3000)")
     add_data_dir(p)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("segments", help="check the segment definitions and count their customers, writing nothing",
+                       description="Validate the segment definitions and destinations of this data directory and count "
+                       "each enabled segment's customers (matched by its rule, suppressed, members) on the warehouse "
+                       "as it is. Nothing is written, exported or sent.")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_segments)
 
     p = sub.add_parser(
         "dbt", help="run a dbt command on this data directory's warehouse, with the pipeline's settings",

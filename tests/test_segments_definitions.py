@@ -339,3 +339,36 @@ def test_a_destination_listing_a_switched_off_segment_says_so():
         parse_destinations(table, ["buyers"], switched_off=["top_referrers"])
     message = str(info.value)
     assert "segment(s) 'top_referrers' switched off (enabled = false)" in message and "unknown segment(s) 'nope'" in message
+
+
+def test_privdom_segments_checks_and_counts_a_draft_without_writing(tmp_path):
+    """Marketer review: the only way to try a definition was `privdom run`, which exports and syncs at once.
+    `privdom segments` validates the definitions and destinations and counts each enabled segment on the warehouse
+    as it is; nothing is written. Worked by hand: vip (paid_orders >= 2) matches C1, C2 and C3, C3 opted out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dim_customers(data / "warehouse.duckdb", [
+        customer("C1", paid_orders=2), customer("C2", paid_orders=5),
+        customer("C3", paid_orders=3, opted_out=True, is_reachable=False), customer("C4", paid_orders=1),
+    ])
+    (data / "privdom.toml").write_text(
+        '[segments.vip]\nversion = 2\npurpose = "p"\nrule = [{ column = "paid_orders", op = "gte", value = 2 }]\n'
+        '[segments.top_referrers]\nenabled = false\n', encoding="utf-8")
+    before = (data / "warehouse.duckdb").read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PRIVDOM_", "DAGSTER_"))}
+
+    def segments():
+        return subprocess.run([sys.executable, "-m", "orchestration.cli", "--data-dir", str(data), "segments"],
+                              capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300, env=env)
+
+    result = segments()
+    assert result.returncode == 0, result.stderr
+    vip = next(line for line in result.stdout.splitlines() if line.startswith("vip "))
+    assert vip.split()[-3:] == ["3", "1", "2"] and " 2 " in vip and "enabled" in vip
+    assert "switched off" in next(line for line in result.stdout.splitlines() if line.startswith("top_referrers "))
+    assert "7 definitions valid (6 enabled)" in result.stdout and "nothing was written or sent" in result.stdout
+    assert (data / "warehouse.duckdb").read_bytes() == before and not (data / "exports").exists()
+    (data / "privdom.toml").write_text(
+        '[segments.vip]\nversion = 2\npurpose = "p"\nrule = [{ column = "paid_order", op = "gte", value = 2 }]\n', encoding="utf-8")
+    result = segments()
+    assert result.returncode == 2 and "unknown column 'paid_order'" in result.stderr and "Traceback" not in result.stderr

@@ -187,6 +187,22 @@ def build_membership(
     return summaries
 
 
+def count_members(con: duckdb.DuckDBPyConnection, definitions: Sequence[SegmentDefinition]) -> tuple[dict[str, tuple[int, int, int]], dt.datetime | None]:
+    """{segment: (matched by its rule, suppressed, members)} over marts.dim_customers as it is, and its data end,
+    reading only (`privdom segments`); ({}, None) where dim_customers is not built yet."""
+    try:
+        check_dim_customers(con)
+    except WarehouseShapeError:
+        return {}, None
+    out = {}
+    for d in definitions:
+        matched, members = con.execute(
+            f"select count(*), count(*) filter (where {SUPPRESSION_SQL}) from {DIM_CUSTOMERS} d where {d.sql}", list(d.params)
+        ).fetchone()
+        out[d.name] = (matched, matched - members, members)
+    return out, con.execute(f"select max(data_end_at) from {DIM_CUSTOMERS}").fetchone()[0]
+
+
 def _params(d: SegmentDefinition, computed_at: dt.datetime) -> list:
     return [d.name, d.version, computed_at, *d.params]
 
