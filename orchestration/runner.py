@@ -92,10 +92,11 @@ class PipelineResult:
         if self.exports:
             lines.append("")
             lines.append(f"  segment exports (LATEST in {s.exports_dir}/<segment>/)      rows    adds  removes  this run")
+            named = max([28, *(len(e[0]) for e in self.exports)])
             for segment, export_id, rows, adds, removes in self.exports:
                 # adds and removes are LATEST's, against the export before it: "kept" says this run wrote none
                 mark = "new" if segment in self.new_exports else "kept"
-                lines.append(f"    {segment:<28} {export_id:<24} {rows:>8,} {adds:>7,} {removes:>8,}  {mark}")
+                lines.append(f"    {segment:<{named}} {export_id:<24} {rows:>8,} {adds:>7,} {removes:>8,}  {mark}")
         failed = [c for c in self.checks if not c.passed]
         lines.append("")
         lines.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} did not pass")
@@ -356,7 +357,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         checks=checks,
         ledger=ledger,
         tables=tables,
-        exports=summarise_exports(settings.exports_dir, _defined_segments(settings)),
+        exports=summarise_exports(settings.exports_dir, *_defined_segments(settings)),
         new_exports=new_exports,
         rebuilt=rebuilt,
         log_path=log_path,
@@ -374,14 +375,16 @@ def _failed_rows(evaluation) -> str | None:
     return f"{value:,} row{'s' if value != 1 else ''} returned" if isinstance(value, int) else None
 
 
-def _defined_segments(settings: Settings) -> list[str] | None:
-    """The names of the segments defined now (None when the definitions cannot be read: the run said why)."""
+def _defined_segments(settings: Settings) -> tuple[list[str] | None, list[str]]:
+    """The names of the segments enabled now, and of those switched off (None, [] when the definitions cannot be
+    read: the run said why)."""
     from orchestration.segments.definitions import load_segment_definitions
 
     try:
-        return [d.name for d in load_segment_definitions(settings.data_dir, settings.sources) if d.enabled]
+        definitions = load_segment_definitions(settings.data_dir, settings.sources)
     except Exception:  # noqa: BLE001 - a summary names what it can
-        return None
+        return None, []
+    return [d.name for d in definitions if d.enabled], [d.name for d in definitions if not d.enabled]
 
 
 def _metadata_value(entry):

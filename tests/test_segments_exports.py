@@ -543,6 +543,7 @@ def test_the_summary_names_a_segment_no_longer_defined(world):
     assert [row[0] for row in summarise_exports(exports)] == ["buyers"]
     assert [row[0] for row in summarise_exports(exports, ["other"])] == ["buyers (no longer defined)"]
     assert [row[0] for row in summarise_exports(exports, ["buyers"])] == ["buyers"]
+    assert [row[0] for row in summarise_exports(exports, ["other"], ["buyers"])] == ["buyers (switched off)"]
 
 
 def test_a_remove_says_why_the_customer_left(world):

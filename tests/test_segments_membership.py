@@ -197,3 +197,25 @@ def test_a_large_rebuild_reads_back_correctly_in_the_same_connection(tmp_path):
             assert suppression_violations(con)[0] == 1
     finally:
         con.close()
+
+
+def test_a_rule_changed_under_the_same_version_is_named(warehouse):
+    """Marketer review: a rule edited from gte 3 to gte 4 without a new version gave two exports with different
+    rules and the same definition_version. The segments whose rule changed since the last build under the same
+    version are named; a new version, an unchanged rule and a new segment are not."""
+    from orchestration.segments.membership import changed_without_new_version
+
+    def defs(**rules):
+        layers = [("defaults", {}), ("privdom.toml", {
+            name: {"version": version, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": value}]}
+            for name, (version, value) in rules.items()})]
+        return [d for d in parse_definitions(layers) if d.name in rules]
+
+    con = connect(warehouse)
+    try:
+        assert changed_without_new_version(con, defs(vip=(1, 3))) == []  # first build: nothing to compare
+        build_membership(con, defs(vip=(1, 3), loyal=(1, 2), steady=(1, 5)), dt.datetime(2024, 7, 1, tzinfo=dt.UTC))
+        now = defs(vip=(1, 4), loyal=(2, 3), steady=(1, 5), fresh=(1, 1))
+        assert changed_without_new_version(con, now) == ["vip"]
+    finally:
+        con.close()

@@ -20,6 +20,7 @@ from orchestration.segments import (
     parse_destinations,
     suppression_violations,
 )
+from orchestration.segments.membership import changed_without_new_version
 
 DIM_CUSTOMERS = dg.AssetKey(["marts", "dim_customers"])
 DEFINITIONS_KEY = dg.AssetKey(["segments", "segment_definitions"])
@@ -28,6 +29,7 @@ CHECK_UPSTREAM = "upstream_checks_passed"
 CHECK_SUPPRESSION = "no_suppressed_members"
 CHECK_NOT_EMPTY = "segments_not_empty"
 CHECK_DATA_AGE = "source_data_age"
+CHECK_VERSIONS = "rule_changes_have_new_versions"
 
 
 def load_segment_config():
@@ -136,6 +138,7 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
                 description="No member is opted out, unreachable or missing from marts.dim_customers (re-checked against dim_customers). Exports and syncs wait otherwise.",
             ),
             dg.AssetCheckSpec(CHECK_NOT_EMPTY, asset=MEMBERS_KEY, description="Warns when an enabled segment has no members."),
+            dg.AssetCheckSpec(CHECK_VERSIONS, asset=MEMBERS_KEY, description="Warns when a segment's rule changed since the last build and its version did not: exports, manifests and syncs would carry one version for two rules."),
             dg.AssetCheckSpec(
                 CHECK_DATA_AGE,
                 asset=MEMBERS_KEY,
@@ -147,6 +150,7 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
         failed_upstream = failed_upstream_checks(context, MEMBERS_KEY)
         computed_at = dt.datetime.now(dt.UTC)
         with privdom.writer(context), privdom.connect() as con:
+            unversioned = changed_without_new_version(con, definitions)
             summaries = build_membership(con, definitions, computed_at)
             violations, examples = suppression_violations(con)
             data_end = con.execute("select max(data_end_at) from marts.dim_customers").fetchone()[0]
@@ -178,6 +182,15 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
             severity=dg.AssetCheckSeverity.ERROR,
             description=f"{violations} members are opted out, unreachable or unknown: exports and syncs wait" if violations else None,
             metadata={"violations": violations, "examples": [" ".join(e) for e in examples]},
+        )
+        yield dg.AssetCheckResult(
+            asset_key=MEMBERS_KEY,
+            check_name=CHECK_VERSIONS,
+            passed=not unversioned,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(f"the rule of {', '.join(unversioned)} changed and its version did not: raise `version` so that "
+                         "exports, manifests and syncs tell the two rules apart") if unversioned else None,
+            metadata={"segments": unversioned},
         )
         empty = [s.segment for s in summaries if s.members == 0]
         yield dg.AssetCheckResult(

@@ -542,10 +542,12 @@ def export_freshness(con: duckdb.DuckDBPyConnection, exports_dir: Path, segment:
     }
 
 
-def summarise_exports(exports_dir: Path, defined: Sequence[str] | None = None) -> list[tuple[str, str, int, int, int]]:
+def summarise_exports(exports_dir: Path, defined: Sequence[str] | None = None,
+                      switched_off: Sequence[str] = ()) -> list[tuple[str, str, int, int, int]]:
     """(segment, latest export id, rows, adds, removes) for every segment folder with a LATEST; with `defined`
-    (the segments defined now), a folder of another segment (switched off, or renamed) is named
-    `<segment> (no longer defined)`: its last export stays for whoever reads it, and is not current."""
+    (the segments enabled now), a folder of another segment is named `<segment> (switched off)` when it is among
+    `switched_off`, else `<segment> (no longer defined)` (renamed or deleted): its last export stays for whoever
+    reads it, and is not current."""
     out = []
     if not exports_dir.is_dir():
         return out
@@ -553,6 +555,8 @@ def summarise_exports(exports_dir: Path, defined: Sequence[str] | None = None) -
         latest = latest_export_id(segment_dir)
         if latest and (segment_dir / latest / MANIFEST).is_file():
             m = read_manifest(segment_dir / latest)
-            name = segment_dir.name if defined is None or segment_dir.name in defined else f"{segment_dir.name} (no longer defined)"
+            name = segment_dir.name
+            if defined is not None and name not in defined:
+                name += " (switched off)" if name in switched_off else " (no longer defined)"
             out.append((name, latest, m["row_count"], m["adds"], m["removes"]))
     return out

@@ -8,6 +8,7 @@ definition says. `suppression_violations` re-checks the built table independentl
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -185,6 +186,20 @@ def build_membership(
                  s.matched if s else None, s.suppressed if s else None, s.members if s else None, computed_at],
             )
     return summaries
+
+
+def changed_without_new_version(con: duckdb.DuckDBPyConnection, definitions: Sequence[SegmentDefinition]) -> list[str]:
+    """Enabled segments whose rule differs from the one their last membership was built with, under the same
+    version (segments.segment_definitions, read before it is rebuilt): exports and syncs then carry one version
+    for two rules (marketer review). Empty on a first build."""
+    if not table_exists(con, DEFINITIONS_TABLE):
+        return []
+    before = {name: (version, json.dumps(json.loads(rule), sort_keys=True, ensure_ascii=False, default=str))
+              for name, version, rule in con.execute(
+                  f"select segment, segment_version, cast(rule as varchar) from {DEFINITIONS_TABLE}").fetchall()
+              if rule is not None}
+    return sorted(d.name for d in definitions
+                  if d.enabled and d.name in before and before[d.name][0] == d.version and before[d.name][1] != d.rule_json())
 
 
 def count_members(con: duckdb.DuckDBPyConnection, definitions: Sequence[SegmentDefinition]) -> tuple[dict[str, tuple[int, int, int]], dt.datetime | None]:
