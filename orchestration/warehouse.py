@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 
+from orchestration.scratch import pid_alive
 from orchestration.settings import TIMEZONE
 
 
@@ -80,7 +81,7 @@ def locked_error(path: str | Path, detail: str) -> WarehouseLockedError:
     owner = _privdoms_dbt_owner(int(holder.group(2))) if holder else None
     if owner is not None:
         # privdom's own dbt: not a tool of the user's (crash review)
-        if owner > 1 and _pid_alive(owner):
+        if owner > 1 and pid_alive(owner):
             return WarehouseLockedError(
                 f"The warehouse {path} is in use by a dbt command{who} of a privdom process that is still going "
                 f"(PID {owner}); wait for it to end. DuckDB said: " + _lock_line(detail)
@@ -119,16 +120,7 @@ def _privdoms_dbt_owner(pid: int) -> int | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    import os
 
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_line(detail: str) -> str:

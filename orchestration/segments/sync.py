@@ -194,6 +194,20 @@ def _record_skipped(con: duckdb.DuckDBPyConnection, config: DestinationConfig, s
     return int(n)
 
 
+def _held() -> str:
+    """SQL of the rows a destination holds of a segment: accepted (sync_state) and sent, not confirmed
+    (sync_pending), with where they are held; parameters: destination, segment, three times. (remove_sent_at:
+    _transfer passes it on with the row.)"""
+    scols = ", ".join(f"s.{c}" for c in (*CONTACT_FIELDS, "target"))
+    pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
+    state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
+    return (
+        f"select {scols}, 'state' as held_as, s.remove_sent_at from {state} s union all "
+        f"select {pcols}, 'pending' as held_as, cast(null as timestamptz) from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
+        f"and p.customer_key not in (select customer_key from {state})"
+    )
+
+
 def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
     """Held rows (accepted, or pending: sent and not confirmed since) to remove, sorted by customer_key: those no
     longer members (mirror) or never to be contacted again (additive), members held at another target than the
@@ -207,14 +221,7 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
     else:  # additive: remove only those who must never be contacted again
         keep, keep_params = f"select customer_key from {DIM_CUSTOMERS} where is_reachable and not opted_out", []
     now = target(config, segment)
-    scols = ", ".join(f"s.{c}" for c in (*CONTACT_FIELDS, "target"))
-    pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
-    state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
-    held = (  # (remove_sent_at: _transfer passes it on with the row)
-        f"select {scols}, 'state' as held_as, s.remove_sent_at from {state} s union all "
-        f"select {pcols}, 'pending' as held_as, cast(null as timestamptz) from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
-        f"and p.customer_key not in (select customer_key from {state})"
-    )
+    held = _held()
     # WeCom: a member now reached on another contact (or none), or through another staff member, leaves the tag
     # there first: mark_tag tags the relationship of one staff member with one contact
     moved, moved_params = "false", []
@@ -242,14 +249,7 @@ def plan_suppression_removes(con: duckdb.DuckDBPyConnection, config: Destination
     whatever else happens to the segment (the marketer review found them held for good). The others stay: a
     segment taken out of a destination's list is not a request to clear it there. Rows held at no known target
     (a WeCom row from before targets, its tag no longer configured) cannot be untagged and are left out."""
-    scols = ", ".join(f"s.{c}" for c in (*CONTACT_FIELDS, "target"))
-    pcols = ", ".join(f"p.{c}" for c in (*CONTACT_FIELDS, "target"))
-    state = f"(select * from {STATE_TABLE} where destination = ? and segment = ?)"
-    held = (
-        f"select {scols}, 'state' as held_as, s.remove_sent_at from {state} s union all "
-        f"select {pcols}, 'pending' as held_as, cast(null as timestamptz) from {PENDING_TABLE} p where p.destination = ? and p.segment = ? "
-        f"and p.customer_key not in (select customer_key from {state})"
-    )
+    held = _held()
     now = target(config, segment)
     return _rows(
         con,
