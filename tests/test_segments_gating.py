@@ -81,13 +81,13 @@ def _assert_held_back(instance, result):
 
 
 def _segment_assets(server_url=None):
-    assets = [build_membership_asset(DEFS, OPTIONS), build_export_asset(DEFS, OPTIONS)]
+    destinations = []
     if server_url:
-        (destination,) = parse_destinations({"crm": {
+        destinations = parse_destinations({"crm": {
             "type": "webhook", "url": server_url, "secret_env": "TEST_GATE_SECRET", "segments": ["buyers"], "backoff_seconds": 0.01,
         }}, ["buyers"])
-        assets.append(build_sync_asset(destination, DEFS))
-    return assets
+    assets = [build_membership_asset(DEFS, OPTIONS, destinations), build_export_asset(DEFS, OPTIONS)]
+    return assets + [build_sync_asset(d, DEFS) for d in destinations]
 
 
 def test_a_failed_quarantine_check_holds_back_exports_and_syncs_and_says_why(data_dir, monkeypatch):
@@ -259,3 +259,29 @@ def test_the_run_summary_names_the_exception_a_step_raised_not_dagsters_wrapper(
     failure = SerializableErrorInfo("dagster._core.definitions.events.Failure: 2 blocking checks failed\n", [], "Failure")
     assert _step_error_message(failure) == "2 blocking checks failed\n"
     assert _step_error_message(None) == ""
+
+
+def test_while_exports_wait_an_opted_out_customer_is_still_removed_from_destinations(data_dir, monkeypatch):
+    """Privacy review: a delivery of four opt-outs and one bad row was above the quarantine limit, so exports and
+    syncs waited, and the opted-out customers stayed tagged and held until the next passing run. While the rest
+    waits, the membership step removes held customers who opted out or became unreachable, and only them."""
+    from orchestration.warehouse import connect
+
+    monkeypatch.setenv("TEST_GATE_SECRET", "gate")
+    with dg.DagsterInstance.ephemeral() as instance, ScriptedServer([], "gate") as server:
+        assert _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets(server.url + "/hook")).success
+        assert server.members == {"C1": 1, "C2": 1}
+        con = connect(data_dir / "warehouse.duckdb")
+        con.execute("update marts.dim_customers set opted_out = true, is_reachable = false where customer_key = 'C2'")
+        con.execute("update marts.dim_customers set paid_orders = 0 where customer_key = 'C1'")  # left: waits
+        con.execute("insert into marts.dim_customers by name select * replace ('C4' as customer_key, 3 as paid_orders) "
+                    "from marts.dim_customers where customer_key = 'C1'")  # joined: waits
+        con.close()
+        held = _run(data_dir, instance, _upstream(quarantine_ok=False) + _segment_assets(server.url + "/hook"))
+        assert not held.success
+        _assert_held_back(instance, held)
+        assert server.removed == {"C2": 1} and server.remove_reasons == {"C2": "opted_out"}
+        assert server.members == {"C1": 1, "C2": 1}  # nothing added; C1 not removed
+        materialization = next(e for e in held.get_asset_materialization_events()
+                               if e.asset_key == dg.AssetKey(["segments", "segment_members"]))
+        assert materialization.materialization.metadata["removed_while_exports_wait"].value == {"crm": 1}

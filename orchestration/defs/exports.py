@@ -27,20 +27,11 @@ from orchestration.segments import (
     export_segment,
     sync_segment,
 )
-from orchestration.segments.sync import unsynced_segments
+from orchestration.segments.sync import held_version, unsynced_segments
 
 CHECK_NO_SUPPRESSED = "no_suppressed_customers"
 CHECK_FRESH = "fresh"
 CHECK_ACCEPTED = "all_rows_accepted"
-
-
-def _last_version(con, destination: str, segment: str) -> int:
-    """The definition version of the rows a destination holds of a segment (the newest), 0 when unknown."""
-    row = con.execute(
-        "select max(segment_version) from (select segment_version from segments.sync_state where destination = ? "
-        "and segment = ? union all select segment_version from segments.sync_pending where destination = ? and segment = ?)",
-        [destination, segment, destination, segment]).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
 
 
 def export_key(segment: str) -> dg.AssetKey:
@@ -194,7 +185,7 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
                     reports.append(report)
                 for segment, held in unsynced_segments(con, destination):
                     # opted-out and unreachable customers are removed there all the same (SPEC §5)
-                    report = sync_segment(con, destination, client, segment, _last_version(con, destination.name, segment),
+                    report = sync_segment(con, destination, client, segment, held_version(con, destination.name, segment),
                                           sync_run_id=f"{context.run_id}:{destination.name}:{segment}", no_longer_synced=True)
                     reports.append(report)
                     left = held - report.accepted

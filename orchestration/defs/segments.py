@@ -99,8 +99,41 @@ def _members_table(summaries) -> str:
     return "\n".join(lines)
 
 
-def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
-    """The membership asset for these (validated) definitions; tests build it with their own."""
+def remove_suppressed_while_held_back(context, con, destinations, definitions) -> dict[str, int]:
+    """When exports and syncs wait (a blocking check failed), each destination still has its held customers who
+    opted out or became unreachable removed, in every segment it holds (SPEC §5: "always removed"; the privacy
+    review had an opt-out delivery with one bad row keep four opted-out customers tagged and held until the next
+    passing run). Only removes, only of suppressed customers: the other changes wait with the exports. A
+    destination that cannot be used is a warning here; the rows stay due. {destination: customers removed}."""
+    from orchestration.segments import DestinationUnavailable, client_for, sync_segment
+    from orchestration.segments.sync import held_version, unsynced_segments
+
+    versions = {d.name: d.version for d in definitions}
+    removed: dict[str, int] = {}
+    for destination in destinations:
+        try:
+            client = client_for(destination)
+        except DestinationUnavailable as exc:
+            context.log.warning(f"{destination.name}: opted-out and unreachable customers not removed while exports wait: {exc}")
+            continue
+        try:
+            segments = [*destination.segments, *(s for s, _ in unsynced_segments(con, destination))]
+            for segment in segments:
+                report = sync_segment(con, destination, client, segment,
+                                      versions.get(segment) or held_version(con, destination.name, segment),
+                                      sync_run_id=f"{context.run_id}:{destination.name}:{segment}:held-back",
+                                      no_longer_synced=True)
+                removed[destination.name] = removed.get(destination.name, 0) + report.accepted
+                if report.error or report.failed:
+                    context.log.warning(f"{destination.name} · {segment}: removing opted-out and unreachable customers while "
+                                        f"exports wait: {report.failed} not accepted{': ' + report.error if report.error else ''}")
+        finally:
+            client.close()
+    return removed
+
+
+def build_membership_asset(definitions, options, destinations=()) -> dg.AssetsDefinition:
+    """The membership asset for these (validated) definitions and destinations; tests build it with their own."""
 
     @dg.multi_asset(
         name="segment_membership",
@@ -154,6 +187,8 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
             summaries = build_membership(con, definitions, computed_at)
             violations, examples = suppression_violations(con)
             data_end = con.execute("select max(data_end_at) from marts.dim_customers").fetchone()[0]
+            held_back_removes = (remove_suppressed_while_held_back(context, con, destinations, definitions)
+                                 if (failed_upstream or violations) and destinations else {})
         yield dg.MaterializeResult(
             asset_key=DEFINITIONS_KEY,
             metadata={"segments": len(definitions), "enabled": sum(d.enabled for d in definitions), "dagster/row_count": len(definitions)},
@@ -165,6 +200,7 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
                 "computed_at": computed_at.isoformat(),
                 "data_end_at": data_end.isoformat() if data_end else "",
                 "segments": dg.MetadataValue.md(_members_table(summaries)),
+                **({"removed_while_exports_wait": dg.MetadataValue.json(held_back_removes)} if held_back_removes else {}),
             },
         )
         yield dg.AssetCheckResult(
@@ -220,4 +256,4 @@ def build_membership_asset(definitions, options) -> dg.AssetsDefinition:
 
 # Read and validated when the code location loads: a bad definition stops the load, naming the segment.
 SEGMENT_DEFINITIONS, EXPORT_OPTIONS, DESTINATIONS = load_segment_config()
-membership_asset = build_membership_asset(SEGMENT_DEFINITIONS, EXPORT_OPTIONS)
+membership_asset = build_membership_asset(SEGMENT_DEFINITIONS, EXPORT_OPTIONS, DESTINATIONS)

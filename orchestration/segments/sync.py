@@ -260,6 +260,16 @@ def plan_suppression_removes(con: duckdb.DuckDBPyConnection, config: Destination
     )
 
 
+def held_version(con: duckdb.DuckDBPyConnection, destination: str, segment: str) -> int:
+    """The definition version of the rows a destination holds of a segment (the newest), 0 when unknown."""
+    ensure_sync_tables(con)
+    row = con.execute(
+        f"select max(segment_version) from (select segment_version from {STATE_TABLE} where destination = ? "
+        f"and segment = ? union all select segment_version from {PENDING_TABLE} where destination = ? and segment = ?)",
+        [destination, segment, destination, segment]).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def unsynced_segments(con: duckdb.DuckDBPyConnection, config: DestinationConfig) -> list[tuple[str, int]]:
     """(segment, customers held) of segments the destination holds customers of but no longer syncs."""
     ensure_sync_tables(con)
