@@ -372,3 +372,16 @@ def test_privdom_segments_checks_and_counts_a_draft_without_writing(tmp_path):
         '[segments.vip]\nversion = 2\npurpose = "p"\nrule = [{ column = "paid_order", op = "gte", value = 2 }]\n', encoding="utf-8")
     result = segments()
     assert result.returncode == 2 and "unknown column 'paid_order'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mistakes_are_told_in_the_words_of_the_file_not_of_python():
+    """Marketer review: "not datetime.date(2024, 6, 1)", "version ... not None" and "got ['or']" asked the
+    analyst to read Python."""
+    import datetime as dt
+
+    message = _error(_user("d", rule=[{"column": "acquired_at", "op": "within_last_days", "value": dt.date(2024, 6, 1)}]))
+    assert "2024-06-01 (a date)" in message and "datetime" not in message
+    layers = [("defaults", {}), ("privdom.toml", {"v": {"purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}})]
+    assert "version is missing: a whole number ≥ 1" in _error(layers) and "None" not in _error(layers)
+    message = _error(_user("o", rule=[{"or": [{"column": "paid_orders", "op": "gte", "value": 1}]}]))
+    assert "{ any = [...] } or { all = [...] }" in message

@@ -151,6 +151,10 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, name: str, source: str, message: str) -> None:
+        # a TOML date or time is shown as written, not as Python's repr (marketer review: "not datetime.date(2024, 6, 1)")
+        message = re.sub(r"datetime\.date\((\d+), (\d+), (\d+)\)",
+                         lambda m: f"{int(m[1]):04d}-{int(m[2]):02d}-{int(m[3]):02d} (a date)", message)
+        message = re.sub(r"datetime\.datetime\([^)]*\)", "a date and time", message)
         self.lines.append(f"segment {name!r} ({source}): {message}")
 
     def raise_if_any(self) -> None:
@@ -249,7 +253,8 @@ def _validate_rule(rule: Any, name: str, source: str, problems: _Problems, depth
     if unknown or "column" not in rule or "op" not in rule:
         problems.add(
             name, source,
-            f"a condition has the fields column, op and value; got {sorted(map(str, rule))}",
+            f"a condition has the fields column, op and value (or is {{ any = [...] }} or {{ all = [...] }} of "
+            f"conditions); got {sorted(map(str, rule))}",
         )
         return None
     column, op, value = rule["column"], rule["op"], rule.get("value")
@@ -296,7 +301,9 @@ def _validate_definition(name: str, raw: Any, source: str, problems: _Problems) 
     if unknown:
         problems.add(name, source, f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(sorted(DEFINITION_FIELDS))}")
     version = raw.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if version is None:
+        problems.add(name, source, "version is missing: a whole number ≥ 1 (raise it when the rule changes)")
+    elif not isinstance(version, int) or isinstance(version, bool) or version < 1:
         problems.add(name, source, f"version must be a whole number ≥ 1, not {version!r}")
     purpose = raw.get("purpose")
     if not isinstance(purpose, str) or not purpose.strip():
