@@ -282,14 +282,17 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
 
 # PRIVDOM_* variables privdom reads besides the settings' own PRIVDOM_<SETTING> (dbt's profiles.yml reads the
 # PRIVDOM_SPARK_* ones; PRIVDOM_WAREHOUSE and PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT are set by privdom for dbt)
-NOT_UTF8 = ("not UTF-8 text (saved as GBK / \"ANSI\" by Notepad?): save it as UTF-8 (in Notepad: Save as, "
-            "Encoding UTF-8)")
+NOT_UTF8 = ("not UTF-8 text (saved as GBK / \"ANSI\" or as \"Unicode\" by Notepad?): save it as UTF-8 (in Notepad: "
+            "Save as, Encoding UTF-8)")
 
 
 def read_settings_text(path: Path) -> str:
     """A settings or segments file's text: UTF-8, with or without a BOM (Windows' Notepad writes one, and TOML
     then failed with "Invalid statement at line 1, column 1": marketer review). Raises UnicodeDecodeError."""
-    return path.read_bytes().decode("utf-8-sig")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Notepad's "Unicode": UTF-16
+        raise UnicodeDecodeError("utf-16", data[:2], 0, 2, "UTF-16 (Notepad's \"Unicode\")")
+    return data.decode("utf-8-sig")
 
 
 OTHER_ENVIRONMENT = frozenset({

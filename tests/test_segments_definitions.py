@@ -83,6 +83,8 @@ def test_identifier_columns_are_not_rule_columns():
         ({"column": "paid_orders", "op": "gte"}, "needs a value"),
         # marketer review: 99.999 was rounded to 100.00 without a word; "3" said nothing of the quotes
         ({"column": "net_revenue", "op": "gt", "value": 99.999}, "at most 2 decimal places"),
+        ({"column": "net_revenue", "op": "gt", "value": float("nan")}, "money below 10^16"),
+        ({"column": "net_revenue", "op": "lt", "value": 1e20}, "money below 10^16"),
         ({"column": "paid_orders", "op": "gte", "value": "3"}, "is a whole number, not '3' (write it without quotes)"),
     ],
 )
@@ -314,10 +316,15 @@ def test_a_segments_file_saved_by_windows_notepad_is_read_or_named(tmp_path):
     (seg / "a.toml").write_bytes(table.encode("utf-8"))
     (seg / "campaigns.toml.txt").write_text(table.replace("vip_618", "other"), encoding="utf-8")
     (seg / "CAMPAIGNS3.TOML").write_text(table.replace("vip_618", "third"), encoding="utf-8")
-    (seg / ".notes.md").write_text("kept aside", encoding="utf-8")
+    for other in (".notes.md", "README.md", "Thumbs.db", "desktop.ini"):  # left alone (diff review)
+        (seg / other).write_text("kept aside", encoding="utf-8")
+    (seg / "archive").mkdir()
     with pytest.raises(SegmentDefinitionError) as info:
         load_segment_definitions(tmp_path, {})
     assert "CAMPAIGNS3.TOML, campaigns.toml.txt: only files ending in .toml (lower case) are read here" in str(info.value)
+    (seg / "campaigns.toml.txt").unlink()
+    (seg / "CAMPAIGNS3.TOML").unlink()
+    assert "vip_618" in {d.name for d in load_segment_definitions(tmp_path, {})}
 
 
 def test_the_settings_file_saved_with_a_bom_or_in_gbk(tmp_path):
@@ -381,7 +388,20 @@ def test_mistakes_are_told_in_the_words_of_the_file_not_of_python():
 
     message = _error(_user("d", rule=[{"column": "acquired_at", "op": "within_last_days", "value": dt.date(2024, 6, 1)}]))
     assert "2024-06-01 (a date)" in message and "datetime" not in message
+    eight = dt.timezone(dt.timedelta(hours=8))
+    message = _error(_user("d", rule=[{"column": "acquired_at", "op": "within_last_days", "value": dt.datetime(2024, 6, 1, tzinfo=eight)}]))
+    assert "2024-06-01T00:00:00+08:00 (a date and time)" in message and "datetime" not in message
+    message = _error(_user("d", rule=[{"column": "paid_orders", "op": "eq", "value": dt.time(10, 0)}]))
+    assert "10:00:00 (a time)" in message and "datetime" not in message
     layers = [("defaults", {}), ("privdom.toml", {"v": {"purpose": "p", "rule": [{"column": "paid_orders", "op": "gte", "value": 1}]}})]
     assert "version is missing: a whole number ≥ 1" in _error(layers) and "None" not in _error(layers)
     message = _error(_user("o", rule=[{"or": [{"column": "paid_orders", "op": "gte", "value": 1}]}]))
     assert "{ any = [...] } or { all = [...] }" in message
+
+
+def test_a_settings_file_in_utf16_is_named_as_such(tmp_path):
+    from orchestration.settings import SettingsError, load_settings
+
+    (tmp_path / "privdom.toml").write_bytes("max_quarantine_share = 0.1\n".encode("utf-16"))
+    with pytest.raises(SettingsError, match="not UTF-8 text .*\"Unicode\""):
+        load_settings(tmp_path)

@@ -888,15 +888,17 @@ def test_a_segment_no_longer_synced_still_loses_its_opted_out_and_unreachable_cu
         _sql(warehouse, "update marts.dim_customers set is_reachable = false where customer_key = 'C3'")
         _sql(warehouse, "update marts.dim_customers set paid_orders = 0 where customer_key = 'C4'")  # left: stays held
         _sql(warehouse, "update marts.dim_customers set paid_orders = 1 where customer_key = 'N1'")  # joined: not added
+        _sql(warehouse, "delete from marts.dim_customers where customer_key = 'C6'")  # erased (docs/privacy.md)
         con = connect(warehouse)
         try:
             report = sync_segment(con, config, client, "buyers", 1, sync_run_id="retired-1", no_longer_synced=True)
         finally:
             con.close()
-        assert (report.to_remove, report.to_add, report.accepted) == (2, 0, 2)
-        assert server.removed == {"C2": 1, "C3": 1} and server.remove_reasons == {"C2": "opted_out", "C3": "unreachable"}
+        assert (report.to_remove, report.to_add, report.accepted) == (3, 0, 3)
+        assert server.removed == {"C2": 1, "C3": 1, "C6": 1}
+        assert server.remove_reasons == {"C2": "opted_out", "C3": "unreachable", "C6": "no_longer_a_customer"}
         assert "N1" not in server.members
-        assert _state(warehouse) == {"C1", "C4", "C5", "C6", "C7"}
+        assert _state(warehouse) == {"C1", "C4", "C5", "C7"}
 
 
 def test_a_wecom_segment_no_longer_synced_untags_an_opted_out_customer_at_the_tag_it_holds(warehouse):

@@ -193,7 +193,8 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
                         f"{destination.name} still holds {left} customers of segment {segment!r}, which it no longer "
                         f"syncs ({report.accepted} opted-out or unreachable removed this run; such customers are always "
                         "removed). The others stay there: to clear them, list the segment again (defined and "
-                        "enabled) in the destination's `segments`, or remove them at the destination (or its tag) and "
+                        f"enabled) in the destination's `{'tags' if destination.type == 'wecom' else 'segments'}`, or "
+                        "remove them at the destination (or its tag) and "
                         f"then, with no run going on, delete the rows of destination '{destination.name}' and segment "
                         f"'{segment}' from segments.sync_state and segments.sync_pending."
                     )

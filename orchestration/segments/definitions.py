@@ -13,7 +13,9 @@ definition may replace a default; defining one name in two user places is an err
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -151,15 +153,43 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, name: str, source: str, message: str) -> None:
-        # a TOML date or time is shown as written, not as Python's repr (marketer review: "not datetime.date(2024, 6, 1)")
-        message = re.sub(r"datetime\.date\((\d+), (\d+), (\d+)\)",
-                         lambda m: f"{int(m[1]):04d}-{int(m[2]):02d}-{int(m[3]):02d} (a date)", message)
-        message = re.sub(r"datetime\.datetime\([^)]*\)", "a date and time", message)
         self.lines.append(f"segment {name!r} ({source}): {message}")
 
     def raise_if_any(self) -> None:
         if self.lines:
             raise SegmentDefinitionError("invalid segment definitions:\n  " + "\n  ".join(self.lines))
+
+
+class _AsWrittenDate(dt.date):
+    def __repr__(self) -> str:
+        return f"{self.isoformat()} (a date)"
+
+
+class _AsWrittenDateTime(dt.datetime):
+    def __repr__(self) -> str:
+        return f"{self.isoformat()} (a date and time)"
+
+
+class _AsWrittenTime(dt.time):
+    def __repr__(self) -> str:
+        return f"{self.isoformat()} (a time)"
+
+
+def _as_written(value: Any) -> Any:
+    """A rule with its TOML dates and times shown in messages as written, not as Python's repr (marketer review:
+    "not datetime.date(2024, 6, 1)"); they stay dates and times, which no rule value may be."""
+    if isinstance(value, dict):
+        return {k: _as_written(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_written(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return _AsWrittenDateTime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                                  value.microsecond, value.tzinfo)
+    if isinstance(value, dt.date):
+        return _AsWrittenDate(value.year, value.month, value.day)
+    if isinstance(value, dt.time):
+        return _AsWrittenTime(value.hour, value.minute, value.second, value.microsecond, value.tzinfo)
+    return value
 
 
 def _is_number(value: Any) -> bool:
@@ -220,6 +250,8 @@ def _check_scalar(column: str, spec: Column, value: Any) -> str | None:
             return f"{column!r} is a number, not {value!r}"
         # money has cents: 99.999 was rounded to 100.00 without a word, and left out a customer at exactly
         # 100.00 (marketer review)
+        if not math.isfinite(value) or abs(value) >= 1e16:
+            return f"{column!r} is money below 10^16, not {value!r}"
         if isinstance(value, float) and abs(round(value, 2) - value) > 1e-9:
             return f"{column!r} is money with at most 2 decimal places, not {value!r}"
         return None
@@ -323,7 +355,7 @@ def _validate_definition(name: str, raw: Any, source: str, problems: _Problems) 
         problems.add(name, source, "a definition needs a rule")
         rule = None
     else:
-        rule = _validate_rule(raw["rule"], name, source, problems)
+        rule = _validate_rule(_as_written(raw["rule"]), name, source, problems)
     if len(problems.lines) > count:
         return None
     sql, params = compile_rule(rule)
@@ -475,12 +507,15 @@ def load_segment_definitions(data_dir: Path, sources: Mapping[str, Any]) -> list
         layers.append((str(Path(data_dir) / "privdom.toml"), sources["segments"]))
     segments_dir = Path(data_dir) / SEGMENTS_DIR_NAME
     if segments_dir.is_dir():
-        others = sorted(p.name for p in segments_dir.iterdir()
-                        if p.suffix != ".toml" and not p.name.startswith((".", "_")) and not p.name.endswith("~"))
-        if others:  # campaigns.toml.txt (Notepad's habit), CAMPAIGNS.TOML: never read, and nothing said (marketer review)
+        # campaigns.toml.txt (Notepad's habit), CAMPAIGNS.TOML: meant as definitions, never read, and nothing said
+        # (marketer review). Other files (a README, Thumbs.db, an archive/ folder) are left alone.
+        near = sorted(p.name for p in segments_dir.iterdir()
+                      if p.is_file() and p.suffix != ".toml" and re.search(r"\.(toml|tml)", p.name, re.IGNORECASE)
+                      and not p.name.startswith((".", "_", "~$", "#")) and not p.name.endswith("~"))
+        if near:
             raise SegmentDefinitionError(
-                f"{segments_dir}: {', '.join(others)}: only files ending in .toml (lower case) are read here; rename "
-                "or move the other files (names starting with '.' or '_' are left alone)")
+                f"{segments_dir}: {', '.join(near)}: only files ending in .toml (lower case) are read here; rename "
+                "them (or give them a name starting with '.' or '_' to keep them aside)")
         for path in sorted(segments_dir.glob("*.toml")):
             doc = _read_toml(path)
             unknown = set(doc) - {"segments"}

@@ -162,7 +162,7 @@ def parse_destinations(raw: Mapping[str, Any], segment_names: Sequence[str], ori
         if off:  # the marketer review was told "unknown segment" of a segment it had only switched off
             problems.append(
                 f"{where}: segment(s) {', '.join(map(repr, off))} switched off (enabled = false): switch it on, or take it "
-                "out of this destination's `segments` (its opted-out and unreachable customers held there are removed "
+                f"out of this destination's `{'tags' if kind == 'wecom' else 'segments'}` (its opted-out and unreachable customers held there are removed "
                 "all the same, the others stay)")
         missing = [s for s in segments if s not in segment_names and s not in switched_off]
         if missing:

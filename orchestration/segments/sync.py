@@ -245,8 +245,9 @@ def plan_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segm
 
 def plan_suppression_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, segment: str) -> list[dict]:
     """Held rows of a segment the destination no longer syncs (renamed, deleted, switched off, or taken out of
-    its `segments`) whose customer opted out or is unreachable, or merged into one who did: SPEC §5 removes them
-    whatever else happens to the segment (the marketer review found them held for good). The others stay: a
+    its `segments`), or of any segment while exports wait, whose customer opted out, is unreachable or is no
+    longer a customer (erased), or merged into one who opted out or is unreachable: SPEC §5 removes them always
+    (the marketer review found them held for good; the diff review, an erased customer). The others stay: a
     segment taken out of a destination's list is not a request to clear it there. Rows held at no known target
     (a WeCom row from before targets, its tag no longer configured) cannot be untagged and are left out."""
     held = _held()
@@ -255,7 +256,8 @@ def plan_suppression_removes(con: duckdb.DuckDBPyConnection, config: Destination
         con,
         f"select * from (select h.* replace (coalesce(h.target, ?) as target), {REMOVE_REASON_SQL} as reason from ({held}) h "
         f"{remove_reason_joins(con, 'h.customer_key')}) "
-        f"where reason in ('opted_out', 'unreachable') and (target is not null or ? = 'webhook') order by customer_key",
+        f"where reason in ('opted_out', 'unreachable', 'no_longer_a_customer') and (target is not null or ? = 'webhook') "
+        "order by customer_key",
         [now, config.name, segment, config.name, segment, config.name, segment, config.type],
     )
 
