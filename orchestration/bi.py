@@ -195,13 +195,14 @@ def publish(
         published_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         run_id=run_id,
     )
+    selects = {(schema, table): _published_select(con, schema, table) for schema, table in tables}
     con.execute(f"ATTACH {_sql_string(str(tmp))} AS {_ALIAS} (STORAGE_VERSION {_sql_string(BI_STORAGE_VERSION)})")
     try:
         for schema in schemas:
             con.execute(f"CREATE SCHEMA {_ALIAS}.{_quote(schema)}")
         for schema, table in tables:
             target = f"{_ALIAS}.{_quote(schema)}.{_quote(table)}"
-            con.execute(f"CREATE TABLE {target} AS {_published_select(con, schema, table)}")
+            con.execute(f"CREATE TABLE {target} AS {selects[schema, table]}")
             publication.tables[f"{schema}.{table}"] = con.execute(f"select count(*) from {target}").fetchone()[0]
         if docs:
             statements = _comment_statements(con, docs)
@@ -236,7 +237,7 @@ def publish(
                 out.parent.mkdir(parents=True, exist_ok=True)
                 part = out.with_name(f".{out.name}.{os.getpid()}.tmp")
                 parts.append((part, out))
-                con.execute(f"COPY ({_published_select(con, schema, table)}) TO {_sql_string(str(part))} "
+                con.execute(f"COPY ({selects[schema, table]}) TO {_sql_string(str(part))} "
                             f"(FORMAT parquet, {metadata})")
         except BaseException:
             _remove(tmp, *(part for part, _ in parts))

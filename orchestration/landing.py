@@ -62,7 +62,7 @@ def changes(previous: dict[str, str], current: dict[str, str], now_ns: int | Non
     if not changed:
         return None
     waiting = [p for p in changed if int(current[p].split(":")[1]) > now_ns - settle_ns]
-    settled = [p for p in changed if p not in set(waiting)]
+    settled = [p for p in changed if int(current[p].split(":")[1]) <= now_ns - settle_ns]
     dates = [fl.batch_date_of(p)[0] for p in settled]
     return LandingChange(
         paths=tuple(settled),

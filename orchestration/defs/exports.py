@@ -27,7 +27,7 @@ from orchestration.segments import (
     export_segment,
     sync_segment,
 )
-from orchestration.segments.sync import held_version, unsynced_segments
+from orchestration.segments.sync import sync_suppression_removes, unsynced_segments
 
 CHECK_NO_SUPPRESSED = "no_suppressed_customers"
 CHECK_FRESH = "fresh"
@@ -183,11 +183,11 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
                     report = sync_segment(con, destination, client, segment, versions[segment], sync_run_id=f"{context.run_id}:{destination.name}:{segment}")
                     context.log.info(f"{destination.name} · {segment}: {report.to_metadata()}")
                     reports.append(report)
-                for segment, held in unsynced_segments(con, destination):
-                    # opted-out and unreachable customers are removed there all the same (SPEC §5)
-                    report = sync_segment(con, destination, client, segment, held_version(con, destination.name, segment),
-                                          sync_run_id=f"{context.run_id}:{destination.name}:{segment}", no_longer_synced=True)
-                    reports.append(report)
+                unsynced = unsynced_segments(con, destination)
+                # opted-out and unreachable customers are removed there all the same (SPEC §5)
+                removed = sync_suppression_removes(con, destination, client, [s for s, _ in unsynced], context.run_id)
+                reports += removed
+                for (segment, held), report in zip(unsynced, removed):
                     left = held - report.accepted
                     context.log.warning(
                         f"{destination.name} still holds {left} customers of segment {segment!r}, which it no longer "

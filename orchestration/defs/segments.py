@@ -105,8 +105,8 @@ def remove_suppressed_while_held_back(context, con, destinations, definitions) -
     review had an opt-out delivery with one bad row keep four opted-out customers tagged and held until the next
     passing run). Only removes, only of suppressed customers: the other changes wait with the exports. A
     destination that cannot be used is a warning here; the rows stay due. {destination: customers removed}."""
-    from orchestration.segments import DestinationUnavailable, client_for, sync_segment
-    from orchestration.segments.sync import held_version, unsynced_segments
+    from orchestration.segments import DestinationUnavailable, client_for
+    from orchestration.segments.sync import sync_suppression_removes, unsynced_segments
 
     versions = {d.name: d.version for d in definitions}
     removed: dict[str, int] = {}
@@ -118,11 +118,8 @@ def remove_suppressed_while_held_back(context, con, destinations, definitions) -
             continue
         try:
             segments = [*destination.segments, *(s for s, _ in unsynced_segments(con, destination))]
-            for segment in segments:
-                report = sync_segment(con, destination, client, segment,
-                                      versions.get(segment) or held_version(con, destination.name, segment),
-                                      sync_run_id=f"{context.run_id}:{destination.name}:{segment}:held-back",
-                                      no_longer_synced=True)
+            for segment, report in zip(segments, sync_suppression_removes(
+                    con, destination, client, segments, f"{context.run_id}:held-back", versions)):
                 removed[destination.name] = removed.get(destination.name, 0) + report.accepted
                 if report.error or report.failed:
                     context.log.warning(f"{destination.name} · {segment}: removing opted-out and unreachable customers while "

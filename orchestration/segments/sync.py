@@ -262,6 +262,14 @@ def plan_suppression_removes(con: duckdb.DuckDBPyConnection, config: Destination
     )
 
 
+def sync_suppression_removes(con: duckdb.DuckDBPyConnection, config: DestinationConfig, client, segments, run_id: str,
+                             versions: dict[str, int] | None = None) -> list[SyncReport]:
+    """sync_segment(no_longer_synced=True) for each of `segments`: only the removes of plan_suppression_removes.
+    A segment's version is `versions`' (the definition's), else the one of the rows held (held_version)."""
+    return [sync_segment(con, config, client, segment, (versions or {}).get(segment) or held_version(con, config.name, segment),
+                         sync_run_id=f"{run_id}:{config.name}:{segment}", no_longer_synced=True) for segment in segments]
+
+
 def held_version(con: duckdb.DuckDBPyConnection, destination: str, segment: str) -> int:
     """The definition version of the rows a destination holds of a segment (the newest), 0 when unknown."""
     ensure_sync_tables(con)
