@@ -186,6 +186,19 @@ def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove Dagster run history, run logs and sync audit rows older than --older-than days (orchestration/prune.py)."""
+    from orchestration.prune import prune
+
+    if not settings.data_dir.exists():
+        print(f"privdom prune: {settings.data_dir} does not exist; nothing to prune")
+        return 0
+    _prepare_environment(settings)
+    report = prune(settings, older_than_days=args.older_than, dry_run=args.dry_run)
+    print(report.describe())
+    return 0
+
+
 def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     """dbt on this data directory, as privdom's own dbt steps run it: the same dbt, project, profile env vars
     and settings (`--vars`: the settings dbt reads, overlaid by the caller's own `--vars`), holding the
@@ -372,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "as it is. Nothing is written, exported or sent.")
     add_data_dir(p)
     p.set_defaults(func=cmd_segments)
+
+    p = sub.add_parser(
+        "prune", help="remove run history, run logs and sync audit rows older than some days",
+        description="Remove what every run adds and nothing reads again, older than --older-than days: finished "
+        "Dagster runs with their event logs and captured output (the runs that hold a check's latest "
+        "evaluation are kept), logs/run-*.log, and the rows of segments.sync_log and segments.sync_runs; "
+        "Dagster's shared SQLite files are compacted. Waits for a privdom run in progress. Data (raw rows, "
+        "identity, marts, segments' state) and exports ([exports] keep) are not touched.")
+    p.add_argument("--older-than", type=_at_least_one, default=90, metavar="DAYS",
+                   help="remove what is older than this many days, 1 or more (default 90)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser(
         "dbt", help="run a dbt command on this data directory's warehouse, with the pipeline's settings",

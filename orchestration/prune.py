@@ -1,0 +1,229 @@
+"""`privdom prune`: remove what every run adds and nothing reads again, older than a number of days.
+
+A run adds, whatever the data's size (the soak review: 38 daily runs on one data directory):
+- Dagster's run history in `$PRIVDOM_HOME/dagster`: a SQLite event log per run (`history/runs/<run id>.db`,
+  ~1.7 MB), its events mirrored into `history/runs/index.db` (~1.6 MB) and the steps' captured output
+  (`storage/<run id>/`, ~40 KB): ~3.6 MB a run, ~1.3 GB a year of daily runs. `dagster run delete` removes a
+  run's rows but frees no disk: the run's file and compute logs stay and SQLite keeps the freed pages.
+- `logs/run-*.log` (~40 KB a run).
+- `segments.sync_log` and `segments.sync_runs`: a row per customer sent (add or remove) and per sync. They
+  are an audit trail: nothing privdom does reads them (the state that decides the next sync is in
+  `sync_state`, `sync_pending` and `sync_skipped`, which are never pruned).
+
+Kept whatever their age: runs not finished, and every run that holds the latest evaluation of an asset check
+(the blocking checks hold exports back by their latest evaluation, whichever run made it:
+orchestration/defs/segments.py). Exports have their own limit (`[exports] keep`). The raw rows, the identity
+state and the marts are the data, not history: prune never touches them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
+from orchestration.settings import Settings
+
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class PruneReport:
+    cutoff: datetime
+    dry_run: bool
+    runs: list[str] = field(default_factory=list)  # run ids removed (or that would be)
+    runs_kept_for_checks: int = 0  # older finished runs kept: they hold a check's latest evaluation
+    run_bytes: int = 0  # their event-log files and captured output
+    logs: list[Path] = field(default_factory=list)
+    log_bytes: int = 0
+    sync_log_rows: int = 0
+    sync_runs_rows: int = 0
+    compacted: list[str] = field(default_factory=list)  # Dagster's shared SQLite files compacted
+    not_compacted: list[str] = field(default_factory=list)  # "file: why" (another process had it open)
+
+    def describe(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        lines = [
+            f"privdom prune: {verb} what is older than {self.cutoff:%Y-%m-%d %H:%M} UTC",
+            f"  Dagster runs      {len(self.runs):,} ({_mb(self.run_bytes)} of event logs and step output"
+            + (f"; {self.runs_kept_for_checks} older kept: they hold a check's latest evaluation" if self.runs_kept_for_checks else "")
+            + ")",
+            f"  run logs          {len(self.logs):,} ({_mb(self.log_bytes)})",
+            f"  sync_log rows     {self.sync_log_rows:,}",
+            f"  sync_runs rows    {self.sync_runs_rows:,}",
+        ]
+        if self.compacted:
+            lines.append(f"  compacted         {', '.join(self.compacted)}")
+        for item in self.not_compacted:
+            lines.append(f"  not compacted     {item}")
+        return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _run_files(dagster_home: Path, run_id: str) -> list[Path]:
+    """A run's own files under DAGSTER_HOME: its event-log shard (with SQLite's side files) and the steps'
+    captured stdout/stderr (Dagster's LocalComputeLogManager keeps them in storage/<run id>/)."""
+    shard = dagster_home / "history" / "runs" / f"{run_id}.db"
+    return [shard, shard.with_name(shard.name + "-wal"), shard.with_name(shard.name + "-shm"),
+            dagster_home / "storage" / run_id]
+
+
+def _runs_holding_latest_check_evaluations(index_db: Path) -> set[str]:
+    """Run ids that hold the latest completed evaluation of some asset check, as
+    orchestration/defs/segments.py reads them (the newest record per check)."""
+    if not index_db.exists():
+        return set()
+    con = sqlite3.connect(f"file:{index_db}?mode=ro", uri=True, timeout=30)
+    try:
+        if not con.execute("select 1 from sqlite_master where name = 'asset_check_executions'").fetchone():
+            return set()
+        rows = con.execute(
+            """select run_id from asset_check_executions as a
+               where id = (select max(id) from asset_check_executions as b
+                           where b.asset_key = a.asset_key and b.check_name = a.check_name
+                             and b.execution_status in ('SUCCEEDED', 'FAILED'))"""
+        ).fetchall()
+    finally:
+        con.close()
+    return {r[0] for r in rows if r[0]}
+
+
+def _forget_check_executions(index_db: Path, run_ids: list[str]) -> None:
+    """Dagster's delete_run leaves the runs' rows in `asset_check_executions` (each with its evaluation event,
+    most of what a run adds to index.db): remove them too, or the history file keeps growing."""
+    if not index_db.exists():
+        return
+    con = sqlite3.connect(index_db, timeout=30)
+    try:
+        with con:
+            if con.execute("select 1 from sqlite_master where name = 'asset_check_executions'").fetchone():
+                for start in range(0, len(run_ids), 500):
+                    chunk = run_ids[start : start + 500]
+                    con.execute(f"delete from asset_check_executions where run_id in ({', '.join('?' * len(chunk))})", chunk)
+    finally:
+        con.close()
+
+
+def _compact(path: Path) -> str | None:
+    """VACUUM a SQLite file (it gives the pages of deleted rows back to the file system); the reason when
+    another process holds it (a `privdom ui` reading the history): it is compacted by a later prune."""
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(path, timeout=5)
+        try:
+            con.execute("vacuum")
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    return None
+
+
+def prune(settings: Settings, *, older_than_days: int, dry_run: bool = False, now: float | None = None) -> PruneReport:
+    """Remove finished Dagster runs, run logs and sync audit rows older than `older_than_days` (see the module
+    docstring for what is kept). Holds the run lock: a `privdom run` in progress is waited for, and none starts
+    until the prune is done. DAGSTER_HOME must point at this data directory's instance (cli._prepare_environment)."""
+    if older_than_days < 1:
+        raise ValueError("older_than_days must be 1 or more")
+    now = time.time() if now is None else now
+    cutoff_ts = now - older_than_days * SECONDS_PER_DAY
+    cutoff = datetime.fromtimestamp(cutoff_ts, tz=timezone.utc)
+    report = PruneReport(cutoff=cutoff, dry_run=dry_run)
+    with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom prune"):
+        _prune_runs(settings, cutoff, report)
+        _prune_logs(settings, cutoff_ts, report)
+        _prune_sync_audit(settings, cutoff, report)
+    return report
+
+
+def _prune_runs(settings: Settings, cutoff: datetime, report: PruneReport) -> None:
+    home = settings.dagster_home
+    if not (home / "history").exists():
+        return
+    import dagster as dg
+
+    finished = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+    index_db = home / "history" / "runs" / "index.db"
+    with dg.DagsterInstance.get() as instance:
+        old = [r.dagster_run.run_id for r in instance.get_run_records(
+            filters=dg.RunsFilter(statuses=finished, created_before=cutoff))]
+        holding = _runs_holding_latest_check_evaluations(index_db)
+        report.runs = [run_id for run_id in old if run_id not in holding]
+        report.runs_kept_for_checks = len(old) - len(report.runs)
+        report.run_bytes = sum(_size(p) for run_id in report.runs for p in _run_files(home, run_id))
+        if report.dry_run:
+            return
+        for run_id in report.runs:
+            instance.delete_run(run_id)  # its run record, its events and their mirror in index.db
+    # after the instance is closed: its event log keeps each run file's connection open
+    for run_id in report.runs:
+        for path in _run_files(home, run_id):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+    if report.runs:
+        _forget_check_executions(index_db, report.runs)
+        for path in (index_db, home / "history" / "runs.db"):
+            why = _compact(path)
+            if why is None and path.exists():
+                report.compacted.append(str(path.relative_to(settings.data_dir)))
+            elif why is not None:
+                report.not_compacted.append(f"{path.relative_to(settings.data_dir)}: {why}")
+
+
+def _prune_logs(settings: Settings, cutoff_ts: float, report: PruneReport) -> None:
+    logs = settings.data_dir / "logs"
+    if not logs.is_dir():
+        return
+    for path in sorted(logs.glob("run-*.log")):
+        stat = path.stat()
+        if stat.st_mtime < cutoff_ts:
+            report.logs.append(path)
+            report.log_bytes += stat.st_size
+            if not report.dry_run:
+                path.unlink()
+
+
+def _prune_sync_audit(settings: Settings, cutoff: datetime, report: PruneReport) -> None:
+    if not settings.warehouse_path.exists():
+        return
+    from orchestration.segments.sync import LOG_TABLE, RUNS_TABLE
+    from orchestration.warehouse import connect
+
+    with warehouse_lock(settings.data_dir, what="privdom prune"):
+        con = connect(settings.warehouse_path, read_only=report.dry_run)
+        try:
+            tables = {r[0] for r in con.execute(
+                "select schema_name || '.' || table_name from duckdb_tables() where schema_name = 'segments'").fetchall()}
+            # sync_runs by when the sync ended (its start when it never ended)
+            wheres = {LOG_TABLE: "logged_at < ?", RUNS_TABLE: "coalesce(finished_at, started_at) < ?"}
+            counts = {}
+            for table, where in wheres.items():
+                if table not in tables:
+                    counts[table] = 0
+                    continue
+                counts[table] = con.execute(f"select count(*) from {table} where {where}", [cutoff]).fetchone()[0]
+                if counts[table] and not report.dry_run:
+                    con.execute(f"delete from {table} where {where}", [cutoff])
+            if not report.dry_run and any(counts.values()):
+                con.execute("checkpoint")
+        finally:
+            con.close()
+    report.sync_log_rows, report.sync_runs_rows = counts[LOG_TABLE], counts[RUNS_TABLE]
