@@ -49,6 +49,10 @@ class PipelineResult:
     summary_error: str | None = None
     stray_files: list[str] = field(default_factory=list)  # under landing/, outside every source's folder
     rebuilt: list[str] = field(default_factory=list)  # what this run built in full, and why (not on a first run)
+    # what `privdom run` did before the Dagster run began, in seconds (not in `seconds`): the lock wait, workers,
+    # dbt parse, the definitions; the summary names them when they took long (the soak review saw a run
+    # reported as 20 s that had taken 331 s, with nothing saying where the rest went)
+    before_run: list[tuple[str, float]] = field(default_factory=list)
 
     def describe(self) -> str:
         s = self.settings
@@ -56,6 +60,8 @@ class PipelineResult:
             "",
             f"privdom run {self.run_id[:8]}: {'succeeded' if self.success else 'FAILED'} in {self.seconds:.1f} s",
         ]
+        if sum(seconds for _, seconds in self.before_run) >= BEFORE_RUN_SHOWN_SECONDS:
+            lines.append(f"  before the run: {describe_before_run(self.before_run)}")
         for step in self.failed_steps:
             lines.append(f"  failed step: {step}")
         if self.rebuilt:
@@ -242,6 +248,14 @@ def _fail_abandoned_runs(instance) -> list[str]:
     return [run.run_id for run in abandoned]
 
 
+# the summary names the time spent before the Dagster run from this much on (definitions alone take ~3 s)
+BEFORE_RUN_SHOWN_SECONDS = 10.0
+
+
+def describe_before_run(phases: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{what} {seconds:.1f} s" for what, seconds in phases)
+
+
 def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: bool = False) -> PipelineResult:
     """Materialize every asset (ingest → dbt build → checks → exports) as one Dagster run.
 
@@ -253,17 +267,20 @@ def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: boo
     from orchestration import dbt as dbt_runner
 
     dbt_runner.require_pipeline_target()  # before anything is loaded: the steps work on DuckDB only
+    entered = time.perf_counter()
     with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom run"):
         # Another kind of process (a notebook, a DuckDB shell) holding DuckDB's lock is not waited for.
         with warehouse_lock(settings.data_dir, what="privdom run (checking the warehouse)"):
             ensure_not_locked(settings.warehouse_path)
+        locked = time.perf_counter()
         from orchestration import validation_worker as gx_worker
 
         # GX's validations of this run go to a process that imports GX while the run begins
         # (orchestration/validation_worker.py), and dbt's commands start with dbt already imported
         # (orchestration/warm.py); both are stopped by PID when the run is over
         with gx_worker.warm_validation(), dbt_runner.warm_dbt():
-            return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh)
+            before_run = [("waiting for the locks", locked - entered), ("starting workers", time.perf_counter() - locked)]
+            return _run_pipeline_locked(settings, verbose=verbose, full_refresh=full_refresh, before_run=before_run)
 
 
 # The steps' log lines that say a step did all its work again, not only the new files' (defs/ingest.py,
@@ -285,17 +302,23 @@ def _rebuilt(instance, run_id: str) -> list[str]:
     return out
 
 
-def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: bool) -> PipelineResult:
+def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: bool,
+                         before_run: list[tuple[str, float]] | None = None) -> PipelineResult:
     import dagster as dg
 
     from orchestration import dbt as dbt_runner
     from orchestration import longlived
 
+    before_run = list(before_run or [])
+    phase = time.perf_counter()
     dbt_runner.parse_if_changed(settings)
+    before_run.append(("dbt parse", time.perf_counter() - phase))
+    phase = time.perf_counter()
     from orchestration.definitions import build_definitions
 
     defs = build_definitions()
     job = defs.resolve_implicit_global_asset_job_def()
+    before_run.append(("loading the definitions", time.perf_counter() - phase))
     # the definitions live to the end: out of the garbage collector's full passes (in `privdom`'s own process)
     longlived.freeze()
     started = time.perf_counter()
@@ -305,6 +328,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them:
         # `privdom` warns of one close to a name it reads, settings.misspelled_environment)
         print(f"privdom settings: {settings_as_json(settings)}", flush=True)
+        print(f"privdom: before the run: {describe_before_run(before_run)}", flush=True)
         for run_id in _fail_abandoned_runs(instance):
             print(f"privdom: run {run_id} was left unfinished by a killed process; marked failed", flush=True)
         result = job.execute_in_process(
@@ -360,6 +384,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         exports=summarise_exports(settings.exports_dir, *_defined_segments(settings)),
         new_exports=new_exports,
         rebuilt=rebuilt,
+        before_run=before_run,
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
     )

@@ -152,3 +152,18 @@ def test_a_failed_dbt_step_is_summarised_by_the_node_that_failed_and_its_error()
     )
     assert _step_error_message(SerializableErrorInfo(test_only, [], "DagsterDbtCliRuntimeError")).startswith(
         "dbt: FAIL 1 assert_channel_weekly_reconciles: Got 1 result, configured to fail if != 0; dbt log /x/")
+
+
+def test_time_before_the_run_is_named_when_it_was_long(tmp_path):
+    """The soak review saw `succeeded in 20.0 s` for a command that took 331 s: what privdom did before the
+    Dagster run began (locks, workers, dbt parse, the definitions) was counted nowhere. From 10 s on, the
+    summary names each phase; below that (the definitions alone take ~3 s) it stays quiet."""
+    settings = load_settings(tmp_path / "data")
+    slow = [("waiting for the locks", 0.0), ("starting workers", 0.2), ("dbt parse", 4.1), ("loading the definitions", 300.4)]
+    text = PipelineResult(settings, "0123456789abcdef", True, 20.0, before_run=slow).describe()
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("privdom run 01234567: succeeded in 20.0 s"))
+    assert lines[at + 1] == ("  before the run: waiting for the locks 0.0 s, starting workers 0.2 s, dbt parse 4.1 s, "
+                             "loading the definitions 300.4 s")
+    usual = [("waiting for the locks", 0.0), ("starting workers", 0.1), ("dbt parse", 0.0), ("loading the definitions", 2.9)]
+    assert "before the run" not in PipelineResult(settings, "0123456789abcdef", True, 20.0, before_run=usual).describe()

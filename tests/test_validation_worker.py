@@ -192,7 +192,7 @@ def test_a_run_validates_through_its_worker_and_ends_it(settings, monkeypatch):
     monkeypatch.delenv(gx_worker.ENV_SWITCH, raising=False)
     seen = []
 
-    def locked(settings, *, verbose, full_refresh):
+    def locked(settings, *, verbose, full_refresh, before_run=None):
         worker = gx_worker._ACTIVE
         seen.append((worker is not None and worker.alive, worker.process if worker else None))
         return "result"
