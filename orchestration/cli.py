@@ -270,6 +270,10 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
         cmd += ["--profiles-dir", str(dbt_runner.DBT_PROJECT_DIR)]
     if named is None:
         cmd += ["--target", target]
+    if _option_value(rest, "--log-path") is None:
+        # dbt's log (dbt show logs the rows it shows) stays in this data directory, not in the checkout's
+        # dbt_project/logs/ shared by every data directory (docs/privacy.md)
+        cmd += ["--log-path", str(settings.data_dir / "logs" / "dbt")]
     if _option_value(rest, "--target-path") is None and command not in ("debug", "deps", "init"):
         # its own: the pipeline's target/manifest.json (read by the Dagster definitions) stays the pipeline's
         cmd += ["--target-path", MANUAL_DBT_TARGET_PATH]
@@ -447,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         _no_access_for_others()
         settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
         _warn_of_misspelled_environment(settings)
+        if args.func in (cmd_run, cmd_demo, cmd_ui, cmd_dbt):
+            _require_source_checkout()
+        if args.func in (cmd_generate, cmd_run, cmd_demo, cmd_ui):
+            _require_writable_data_dir(settings)
         return args.func(args, settings)
     except SettingsError as exc:
         if settings is None:
@@ -466,6 +474,31 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"privdom: {found}", file=sys.stderr)
         return 2
+
+
+def _require_source_checkout() -> None:
+    """privdom runs the dbt project and the workspace of its source checkout (`pip install -e .`): a wheel or
+    `pip install .` carries the Python package only, and its first dbt parse failed deep in a run (the
+    install-and-paths review)."""
+    from orchestration.settings import DBT_PROJECT_DIR
+
+    if not (DBT_PROJECT_DIR / "dbt_project.yml").is_file():
+        raise SettingsError(
+            f"no dbt project at {DBT_PROJECT_DIR}: privdom runs from its source checkout, installed with "
+            "`pip install -e .` there (README, 'Two commands'); a wheel or `pip install .` holds the Python package only")
+
+
+def _require_writable_data_dir(settings: Settings) -> None:
+    """A data directory that cannot be created or written is refused with one line, not a traceback."""
+    import tempfile
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.data_dir):
+            pass
+    except OSError as exc:
+        raise SettingsError(f"data directory {settings.data_dir} cannot be created or written "
+                            f"({exc.strerror}); choose another with --data-dir or PRIVDOM_HOME") from None
 
 
 def _warn_of_misspelled_environment(settings: Settings | None) -> None:

@@ -27,6 +27,7 @@ DBT_TARGET = os.environ.get("PRIVDOM_DBT_TARGET", "duckdb")
 # write the DuckDB warehouse, and so does each dbt step around its build (docs/scale-out.md, "What runs where").
 PIPELINE_TARGET = "duckdb"
 MANIFEST_PATH = DBT_PROJECT_DIR / "target" / "manifest.json"
+PARTIAL_PARSE_FILE = "partial_parse.msgpack"
 # Run tag that makes every dbt step of a run rebuild its incremental models from raw (`privdom run
 # --full-refresh`; in the UI, launch with this tag set to "true").
 FULL_REFRESH_TAG = "privdom/full_refresh"
@@ -359,21 +360,39 @@ def parse(settings: Settings, *, quiet: bool = True) -> Path:
 
 def _parse_locked(settings: Settings, fingerprint: str, *, quiet: bool) -> Path:
     PARSE_STAMP_PATH.unlink(missing_ok=True)  # a failed parse leaves no stamp: the next run parses again
-    cmd = [
-        str(command_executable()),
-        "parse",
-        *(["--quiet"] if quiet else []),
-        "--project-dir",
-        str(DBT_PROJECT_DIR),
-        "--profiles-dir",
-        str(DBT_PROJECT_DIR),
-        "--target",
-        DBT_TARGET,
-        *dbt_vars_arg(settings),
-    ]
-    result = subprocess.run(cmd, cwd=DBT_PROJECT_DIR, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"dbt parse failed:\n{result.stdout}\n{result.stderr}")
+    # dbt writes manifest.json in place, and the Dagster definitions of another data directory's run (or
+    # `privdom ui`) read it without this lock: the install-and-paths review read a half-written manifest 172
+    # times in 5,033 reads. The parse writes to a folder of its own (with the last parse's partial-parse file,
+    # so partial parsing is kept), and its outputs are renamed into target/, each replaced whole.
+    target = MANIFEST_PATH.parent
+    staging = target / f".parse-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        if (target / PARTIAL_PARSE_FILE).exists():
+            shutil.copy2(target / PARTIAL_PARSE_FILE, staging / PARTIAL_PARSE_FILE)
+        cmd = [
+            str(command_executable()),
+            "parse",
+            *(["--quiet"] if quiet else []),
+            "--project-dir",
+            str(DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(DBT_PROJECT_DIR),
+            "--target",
+            DBT_TARGET,
+            "--target-path",
+            str(staging),
+            *dbt_vars_arg(settings),
+        ]
+        result = subprocess.run(cmd, cwd=DBT_PROJECT_DIR, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"dbt parse failed:\n{result.stdout}\n{result.stderr}")
+        # the manifest last: it is what readers look for
+        for path in sorted((p for p in staging.iterdir() if p.is_file()), key=lambda p: p.name == MANIFEST_PATH.name):
+            os.replace(path, target / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     stamp = _parse_stamp(fingerprint)
     if stamp is not None:
         PARSE_STAMP_PATH.write_text(stamp, encoding="utf-8")

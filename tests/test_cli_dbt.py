@@ -43,6 +43,9 @@ def test_dbt_gets_the_settings_as_vars_with_the_callers_laid_over_them(tmp_path,
     assert result.returncode == 0, result.stdout + result.stderr
     # 120 from privdom.toml, 5 from the caller's --vars over the file's 3, and the caller's own var
     assert "select 5 as a, 120 as r, True as t" in result.stdout
+    # dbt's log (dbt show writes the rows it shows there) is the data directory's, not the checkout's, which
+    # every data directory shares
+    assert "select 5 as a" in (data_dir / "logs" / "dbt" / "dbt.log").read_text(encoding="utf-8")
     # dbt's outputs went to target/manual: the manifest the Dagster definitions read is the pipeline's
     assert dbt_runner.MANIFEST_PATH.stat().st_mtime_ns == pipeline_manifest
     assert (dbt_runner.DBT_PROJECT_DIR / "target" / "manual" / "manifest.json").exists()

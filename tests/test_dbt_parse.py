@@ -6,9 +6,11 @@ so the tests check the decision, not dbt.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +30,9 @@ def project(tmp_path, monkeypatch):
     def fake_dbt(cmd, **kwargs):
         assert cmd[1] == "parse"
         calls.append(cmd)
-        (copy / "target").mkdir(exist_ok=True)
-        (copy / "target" / "manifest.json").write_text("{}", encoding="utf-8")
+        out = Path(cmd[cmd.index("--target-path") + 1])  # where dbt writes its outputs
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text("{}", encoding="utf-8")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(dbt_runner.subprocess, "run", fake_dbt)
@@ -222,3 +225,46 @@ def test_the_raw_contents_staging_compares_are_the_contracts_columns():
         with pytest.raises(Returned) as returned:
             env.from_string(macro + "{{ privdom_raw_contents(" + repr(source) + ") }}").render()
         assert returned.value.args[0] == list(c.column_names), source
+
+
+def test_a_parse_replaces_the_manifest_whole_and_keeps_partial_parsing(project, tmp_path, monkeypatch):
+    """dbt writes manifest.json in place, and other processes (another data directory's run, `privdom ui`) read
+    it without the parse lock: the install-and-paths review read a half-written manifest 172 times in 5,033
+    reads. dbt now writes to a folder of its own, given the last partial-parse file, and its outputs are renamed
+    into target/."""
+    copy, calls = project
+    target = copy / "target"
+    target.mkdir()
+    (target / "manifest.json").write_text('{"old": true}', encoding="utf-8")
+    (target / "partial_parse.msgpack").write_bytes(b"last parse")
+    seen = {}
+
+    def dbt_writing_slowly(cmd, **kwargs):
+        out = Path(cmd[cmd.index("--target-path") + 1])
+        assert out.parent == target and out != target
+        seen["partial parse given"] = (out / "partial_parse.msgpack").read_bytes()
+        with open(out / "manifest.json", "w", encoding="utf-8") as fh:
+            fh.write('{"new": ')
+            fh.flush()
+            seen["reader saw"] = json.loads((target / "manifest.json").read_text(encoding="utf-8"))  # mid-write
+            fh.write("true}")
+        (out / "partial_parse.msgpack").write_bytes(b"this parse")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(dbt_runner.subprocess, "run", dbt_writing_slowly)
+    assert dbt_runner.parse_if_changed(load_settings(tmp_path / "data"))
+    assert seen == {"partial parse given": b"last parse", "reader saw": {"old": True}}
+    assert json.loads((target / "manifest.json").read_text(encoding="utf-8")) == {"new": True}
+    assert (target / "partial_parse.msgpack").read_bytes() == b"this parse"
+    assert not [p for p in target.iterdir() if p.name.startswith(".parse-")]  # its folder is gone
+
+    def failing(cmd, **kwargs):
+        Path(cmd[cmd.index("--target-path") + 1], "manifest.json").write_text("{", encoding="utf-8")
+        return subprocess.CompletedProcess(cmd, 2, "", "Compilation Error")
+
+    monkeypatch.setattr(dbt_runner.subprocess, "run", failing)
+    monkeypatch.setenv("PRIVDOM_ACTIVATION_WINDOW_DAYS", "7")  # something dbt reads changed: it parses again
+    with pytest.raises(RuntimeError, match="dbt parse failed"):
+        dbt_runner.parse_if_changed(load_settings(tmp_path / "data"))
+    assert json.loads((target / "manifest.json").read_text(encoding="utf-8")) == {"new": True}  # a failed parse's half is not taken
+    assert not [p for p in target.iterdir() if p.name.startswith(".parse-")]

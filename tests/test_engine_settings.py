@@ -174,3 +174,29 @@ def test_secrets_and_names_beyond_a_typo_pass_without_a_warning(tmp_path):
     assert referenced == ["PRIVDOM_DEMO_SEEDS"]
     assert misspelled_environment({"PRIVDOM_DEMO_SEEDS": "s"}) != []  # one letter from demo_seed's variable
     assert misspelled_environment({"PRIVDOM_DEMO_SEEDS": "s"}, referenced=referenced) == []
+
+
+def test_data_directories_that_cannot_work_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    """From the install-and-paths review: each of these ended in a traceback (or a stray database beside the
+    data directory), now exit 2 with one line."""
+    import orchestration.settings as settings_module
+    from orchestration.cli import main
+
+    monkeypatch.delenv("PRIVDOM_HOME", raising=False)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x", encoding="utf-8")
+    # its parent is a file: it cannot be created (NotADirectoryError from deep in the run before)
+    assert main(["--data-dir", str(afile / "sub"), "generate"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be created or written" in err and "Traceback" not in err
+    # Dagster's SQLite storage cuts its URL at '?': its run tables went to a file beside the data directory
+    with pytest.raises(SettingsError, match="has a '\\?' in its path"):
+        load_settings(tmp_path / "brand A?x")
+    assert main(["--data-dir", str(tmp_path / "brand A?x"), "run"]) == 2
+    assert "'?'" in capsys.readouterr().err and not (tmp_path / "brand A").exists()
+    # installed without its source checkout (a wheel, `pip install .`): no dbt project to run
+    monkeypatch.setattr(settings_module, "DBT_PROJECT_DIR", tmp_path / "site-packages" / "dbt_project")
+    for command in ("run", "demo", "dbt"):
+        assert main(["--data-dir", str(tmp_path / "data"), command]) == 2, command
+        assert "pip install -e ." in capsys.readouterr().err
+    assert not (tmp_path / "data" / "landing").exists()  # demo refused before generating

@@ -347,3 +347,17 @@ def test_a_quarantine_share_within_the_limit_warns_with_its_figures():
     assert quarantine_share_check(report, 0.005).severity == dg.AssetCheckSeverity.ERROR
     clean = SourceIngestReport("orders", "run", rows_read=400, rows_loaded=400)
     assert quarantine_share_check(clean, 0.05).passed and quarantine_share_check(clean, 0.05).description is None
+
+
+def test_a_data_directory_with_a_colon_after_a_space_validates(tmp_path, con):
+    """GX runs the query over the parts as SQLAlchemy text(), where ` :v2` is a bind parameter: the parts of a
+    data directory `brand :v2` were read as `brand NULL/...`, and every source's validation failed."""
+    from orchestration.settings import load_settings
+
+    settings = load_settings(tmp_path / "brand :v2")
+    path = settings.landing_dir / "orders" / "orders_20240131.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join([HEADERS["orders"], GOOD["orders"]]) + "\n", encoding="utf-8")
+    report = ingest_source(con, "orders", settings, "run")
+    v = validate_contract("orders", report.frame)
+    assert v.success and v.evaluated_rows == 1

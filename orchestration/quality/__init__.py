@@ -551,7 +551,10 @@ class SpilledFrame:
         casts: decimals stay exact)."""
         wanted = set(columns or self.columns)
         cols = ", ".join(f"{_q(src)} AS {_q(name)}" for name, src in self._select if name in wanted)
-        return f"SELECT {cols} FROM read_parquet({self._paths_sql()})"
+        # GX runs it as SQLAlchemy text(), nested in its metrics' queries, where `:name` is a bind parameter: a
+        # data directory such as `/srv/brand :v2` became `/srv/brand NULL`. No colon in the SQL at all: DuckDB
+        # folds the constant expression chr(58).
+        return f"SELECT {cols} FROM read_parquet({self._paths_sql().replace(':', chr(39) + ' || chr(58) || ' + chr(39))})"
 
     def position(self, file_id: int, row_number: int) -> int:
         """A row's position in the run."""
