@@ -200,3 +200,44 @@ def test_data_directories_that_cannot_work_are_refused_in_one_line(tmp_path, cap
         assert main(["--data-dir", str(tmp_path / "data"), command]) == 2, command
         assert "pip install -e ." in capsys.readouterr().err
     assert not (tmp_path / "data" / "landing").exists()  # demo refused before generating
+
+
+@pytest.mark.parametrize("text, words", [
+    # a share is a fraction: 5 meant as "5 %" would let every bad delivery through
+    ("max_quarantine_share = 5\n", "must be between 0 and 1"),
+    ("max_quarantine_share = -0.1\n", "must be between 0 and 1"),
+    ("activation_window_days = -30\n", "must not be negative"),
+    ("identity_max_degree = -1\n", "must not be negative"),
+    # a boolean is no count: `true` would be identity_max_degree 1 and mark nearly every identifier shared
+    ("identity_max_degree = true\n", "must be a whole number"),
+    # a window that starts where it ends holds no instant: nobody could be retained
+    ("retention_start_days = 90\nretention_end_days = 90\n", "must be below retention_end_days"),
+    ("demo_dirty_rate = 0.5\n", "must be below 0.5"),
+    ("triangle_baseline_month = \"2024-13\"\n", "must look like 2024-03"),
+    ("triangle_baseline_month = \"2024-00\"\n", "must look like 2024-03"),
+])
+def test_values_just_outside_a_settings_range_are_refused(tmp_path, text, words):
+    (tmp_path / "privdom.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(SettingsError) as info:
+        load_settings(tmp_path)
+    assert words in str(info.value)
+
+
+def test_values_on_the_edge_of_a_settings_range_load(tmp_path):
+    (tmp_path / "privdom.toml").write_text(
+        "max_quarantine_share = 1\nreferral_window_days = 36500\nretention_start_days = 89\nretention_end_days = 90\n"
+        "demo_dirty_rate = 0.49\ntriangle_baseline_month = \"2024-12\"\nidentity_max_degree = 0\n", encoding="utf-8")
+    s = load_settings(tmp_path)
+    assert (s.max_quarantine_share, s.referral_window_days, s.retention_start_days, s.retention_end_days,
+            s.demo_dirty_rate, s.triangle_baseline_month, s.identity_max_degree) == (1.0, 36500, 89, 90, 0.49, "2024-12", 0)
+
+
+def test_the_environment_overrides_the_settings_file_and_block_list_values_are_lower_cased(tmp_path, monkeypatch):
+    """Settings module docstring / SPEC §6: environment variables win over privdom.toml; placeholders are
+    compared lower-cased (SPEC §3), so a block-list value written `TEST-USER` matches `test-user`."""
+    (tmp_path / "privdom.toml").write_text(
+        "identity_max_degree = 5\nplaceholder_block_list = [\"TEST-USER\", \" Guest \"]\n", encoding="utf-8")
+    monkeypatch.setenv("PRIVDOM_IDENTITY_MAX_DEGREE", "7")
+    s = load_settings(tmp_path)
+    assert s.identity_max_degree == 7
+    assert s.placeholder_values[-2:] == ("test-user", "guest")

@@ -403,6 +403,8 @@ def test_generate_warns_when_small_data_would_fail_the_quarantine_limit(tmp_path
     (["--customers", "0"], "--customers: must be 1 or more, got 0"),
     (["--days", "-3"], "--days: must be 1 or more, got -3"),
     (["--dirty-rate", "2"], "--dirty-rate: must be from 0 to below 0.5, got 2"),
+    (["--dirty-rate", "0.5"], "--dirty-rate: must be from 0 to below 0.5, got 0.5"),
+    (["--dirty-rate", "-0.01"], "--dirty-rate: must be from 0 to below 0.5, got -0.01"),
     (["--customers", "many"], "--customers: not a whole number: 'many'"),
 ])
 def test_generate_refuses_values_it_cannot_use_with_a_usage_error(tmp_path, capsys, args, words):

@@ -14,6 +14,7 @@ import pytest
 from orchestration.identity.graph import build_identity_graph
 from orchestration.identity.keys import assign_customer_keys
 
+
 # ------------------------------------------------------------------------------------------------ helpers
 IDS = ("openid", "unionid", "wecom_external_userid", "phone", "member_id")
 
@@ -292,6 +293,21 @@ def test_a_referee_id_links_to_the_buyer_ids_of_its_order_for_its_degree(db):
     assert rec(db, "referrals", "R1", "referee") == rec(db, "orders", "O1", "buyer") == comp(db, "openid", "o1")
 
 
+def test_an_order_id_on_a_referral_that_is_not_converted_links_nothing(db):
+    # SPEC §3: only a *converted* referral's referee is the buyer of its order_id. r2 is `registered` and carries
+    # an order id anyway (optional then, SPEC §2): its referee uRef2 and O8's buyer oOther stay two customers.
+    stage(
+        db,
+        orders=[{"order_id": "O8", "openid": "oOther"}],
+        referrals=[{"referral_id": "r2", "status": "registered", "referrer_member_id": "M_R", "referee_unionid": "uRef2",
+                    "order_id": "O8"}],
+    )
+    build_identity_graph(db, 20)
+    assert comp(db, "unionid", "uRef2") != comp(db, "openid", "oOther")
+    assert rec(db, "referrals", "r2", "referee") == comp(db, "unionid", "uRef2")
+    assert n_customers(db) == 3
+
+
 def test_record_with_only_shared_identifiers_goes_to_first_shared_in_column_order(db):
     # unionid U and phone P are both shared (3 openids each, max_degree 2); row 'both' names only U and P
     events = [ev(f"u{i}", openid=f"ou{i}", unionid="U") for i in range(3)]
@@ -302,6 +318,20 @@ def test_record_with_only_shared_identifiers_goes_to_first_shared_in_column_orde
     assert rec(db, "channel_events", "both", "person") == comp(db, "unionid", "U")
     assert comp(db, "unionid", "U") != comp(db, "phone", "13600000006")
     assert n_customers(db) == 7
+
+
+def test_record_with_a_shared_and_an_own_identifier_belongs_to_its_own(db):
+    # unionid U is shared (3 openids, max_degree 2). Row 'mine' names U (column 2) and member M9 (column 5), which
+    # is not shared: the row is M9's customer's (SPEC §3: only a row whose *only* identifiers are shared goes to its
+    # first shared one); so is order 'o1', whose buyer is named by U and M9 as well.
+    events = [ev(f"u{i}", openid=f"ou{i}", unionid="U") for i in range(3)]
+    events += [ev("mine", unionid="U", member_id="M9")]
+    stage(db, events=events, orders=[{"order_id": "o1", "unionid": "U", "member_id": "M9"}])
+    build_identity_graph(db, 2)
+    assert rec(db, "channel_events", "mine", "person") == comp(db, "member_id", "M9")
+    assert rec(db, "orders", "o1", "buyer") == comp(db, "member_id", "M9")
+    assert comp(db, "member_id", "M9") != comp(db, "unionid", "U")
+    assert n_customers(db) == 4  # ou0, ou1, ou2 (each with its row) and M9
 
 
 def test_a_long_chain_of_rows_is_one_customer_and_its_smallest_node_labels_it(db):

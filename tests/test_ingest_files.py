@@ -74,6 +74,53 @@ def test_whole_file_rejections(con, settings, land):
     assert con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == len(bad) + 1
 
 
+def test_eight_digits_inside_a_longer_number_are_no_batch_date():
+    """SPEC §2: the batch date is a `YYYYMMDD` in the name, not eight digits cut out of a longer number. An order
+    or export code whose first eight digits happen to read as a date (1999123145678912) gave a file the batch date
+    1999-12-31, after which every row was `timestamp.after_batch`; beside a real date it made the name ambiguous
+    and the file was rejected."""
+    from orchestration.ingest.files import batch_date_of
+
+    assert batch_date_of("orders/orders_export_1999123145678912.csv") == (None, None)
+    assert batch_date_of("orders/orders_20240131_1999123145678912.csv") == (dt.date(2024, 1, 31), None)
+    assert batch_date_of("orders/orders_202401310.csv") == (None, None)
+
+
+def test_utf8_with_one_bad_sequence_per_four_characters_is_still_damaged_utf8(con, settings, land):
+    """sniff_text: at least 20 valid multi-byte characters and at least 4 of them per invalid sequence is UTF-8
+    with damaged bytes, rejected, not read as GBK (which would garble every Chinese value). Exactly 20 characters
+    and 5 invalid sequences (20 = 4 x 5) is on the limit, and rejected; the bytes also decode as GB18030 (the
+    60 bytes of 中 pair up, and 0x81 0x40 is a GB18030 pair), so only that rule keeps them out."""
+    row = b"e1,2024-01-31 10:00,wecom,follow,o1,,,,," + "中".encode() * 20 + b"," + b"\x81\x40" * 5 + b"\n"
+    land("channel_events/damaged_20240131.csv", CE_HEADER.encode() + row)
+    ingest_source(con, "channel_events", settings, "t")
+    status, error, *_ = ledger(con)["channel_events/damaged_20240131.csv"]
+    assert status == "rejected" and "UTF-8 with 5 invalid byte sequence(s) among 20 valid characters" in error
+
+
+def test_hidden_and_underscore_files_are_not_deliveries(con, settings, land):
+    """Spark and Hadoop jobs leave `_SUCCESS` markers and `_temporary/` folders, Finder `.DS_Store`: none is a batch
+    file, so none is loaded, rejected or listed in the ledger; the real file beside them loads."""
+    land("orders/dt=2024-01-31/_SUCCESS", "")
+    land("orders/dt=2024-01-31/.DS_Store", b"\x00\x00\x00\x01Bud1")
+    land("orders/_temporary/part-0_20240131.csv", "not, a, delivery\n")
+    land("orders/dt=2024-01-31/part-0.csv",
+         "order_id,updated_at,created_at,status,gross_amount,member_id\na1,2024-01-31 12:00,2024-01-31 10:00,created,10,m1\n")
+    report = ingest_source(con, "orders", settings, "t")
+    assert [(f.path, f.status) for f in report.files] == [("orders/dt=2024-01-31/part-0.csv", "loaded")]
+    assert list(ledger(con)) == ["orders/dt=2024-01-31/part-0.csv"]
+
+
+def test_a_file_with_a_bom_and_bytes_that_are_not_utf8_is_rejected_for_that(con, settings, land):
+    """A UTF-8 byte order mark says the file is UTF-8: invalid bytes after it are damage, not a hint to try GBK
+    (read as GBK the mark itself turns the first header name into mojibake, and the file was refused for a
+    "missing column" it has). The error names the mark and the line of the first bad byte."""
+    land("channel_events/bom_20240131.csv", b"\xef\xbb\xbf" + CE_HEADER.encode() + b"e1,2024-01-31 10:00,wecom,follow,o1,,,,,\xff,\n")
+    ingest_source(con, "channel_events", settings, "t")
+    status, error, *_ = ledger(con)["channel_events/bom_20240131.csv"]
+    assert status == "rejected" and "starts with a UTF-8 byte order mark but is not valid UTF-8 (first invalid byte on line 2)" in error
+
+
 def test_header_only_csv_loads_zero_rows_and_missing_source_is_empty(con, settings, land):
     land("channel_events/ce_20240131.csv", CE_HEADER)
     report = ingest_source(con, "channel_events", settings, "t")
@@ -100,6 +147,17 @@ def test_content_hash_idempotency(con, settings, land):
     assert con.execute("SELECT count(DISTINCT _row_hash), count(*) FROM raw.channel_events WHERE event_id = 'e1'").fetchone() == (1, 2)
     assert [r[0] for r in con.execute("SELECT file_id FROM raw.ingestion_ledger ORDER BY file_id").fetchall()] == [1, 2, 3]
 
+
+def test_a_rejected_file_renamed_as_the_error_asks_loads(con, settings, land):
+    """A file without a batch date is rejected with a message saying how to name it (SPEC §2). Renamed as told,
+    the same bytes under the new name load: a content hash seen only on a rejected file is no "already loaded"."""
+    first = land("channel_events/events.csv", CE_GOOD)
+    ingest_source(con, "channel_events", settings, "run1")
+    assert ledger(con)["channel_events/events.csv"][0] == "rejected"
+    first.rename(first.with_name("events_20240131.csv"))
+    report = ingest_source(con, "channel_events", settings, "run2")
+    assert [(f.path, f.status, f.rows_loaded) for f in report.files] == [("channel_events/events_20240131.csv", "loaded", 1)]
+    assert con.execute("SELECT list(event_id) FROM raw.channel_events").fetchone()[0] == ["e1"]
 
 
 def test_recorded_files_are_not_hashed_again_unless_their_stamp_changes(con, settings, land, monkeypatch):
@@ -366,6 +424,21 @@ def test_timestamps_before_1990_or_with_an_impossible_offset_are_quarantined(con
         k: "occurred_at.type" for k in ("y1", "y2", "y3", "y5", "y7", "naive0", "naive2", "utc0", "utc2")}
 
 
+def test_an_offset_beyond_14_59_is_quarantined_and_14_59_loads(con, settings, land):
+    """The contract's timestamp: an offset within ±14:59 (rule occurred_at.type). +14:59 and -14:59 load (Shanghai
+    2024-01-31 03:01 and 08:59, before the batch limit); +15:00 and -1500 are typos, not zones: quarantined."""
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "z1,2024-01-31T10:00:00+14:59,wecom,follow,o1,,,,,,",
+        "z2,2024-01-31T10:00:00+15:00,wecom,follow,o1,,,,,,",
+        "z3,2024-01-30T10:00:00-14:59,wecom,follow,o1,,,,,,",
+        "z4,2024-01-30T10:00:00-1500,wecom,follow,o1,,,,,,",
+    ]) + "\n")
+    ingest_source(con, "channel_events", settings, "t")
+    assert {r[0] for r in con.execute("SELECT event_id FROM raw.channel_events").fetchall()} == {"z1", "z3"}
+    assert dict(con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine").fetchall()) == {
+        "z2": "occurred_at.type", "z4": "occurred_at.type"}
+
+
 def test_a_date_alone_is_that_days_midnight_in_shanghai_in_every_format(con, settings, land):
     """ISO-8601 allows a date alone, and day-grain exports (CDNOW's orders) have nothing else: `1997-01-01` in a
     CSV or JSON Lines text is 1997-01-01 00:00 Asia/Shanghai, as a Parquet DATE always was (the text was
@@ -402,6 +475,39 @@ def test_parquet_double_amount_tolerance(con, settings, land):
     ingest_source(con, "orders", settings, "t")
     assert con.execute("SELECT order_id, gross_amount FROM raw.orders ORDER BY 1").fetchall() == [("a", Decimal("19.99")), ("b", Decimal("19.99"))]
     assert con.execute("SELECT row_number, rule, original_row FROM raw.quarantine").fetchall()[0][:2] == (3, "gross_amount.type")
+
+
+def test_a_parquet_double_more_than_1e_9_off_a_cent_value_is_quarantined(con, settings, land):
+    """SPEC §2: a float takes a cent value only within 1e-9 of it. 19.9900000005 is 5e-10 off 19.99: it loads as
+    19.99; 19.99000001 (1e-8 off) and 19.9900005 (5e-7 off) are not whole cents: quarantined, rule gross_amount.type."""
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "order_id": ["a", "b", "c"], "updated_at": ["2024-01-31 12:00"] * 3, "created_at": ["2024-01-31 10:00"] * 3,
+        "status": ["created"] * 3, "member_id": ["m1"] * 3,
+        "gross_amount": pa.array([19.9900000005, 19.99000001, 19.9900005], pa.float64()),
+    }), buf)
+    land("orders/orders_20240131.parquet", buf.getvalue())
+    ingest_source(con, "orders", settings, "t")
+    assert con.execute("SELECT order_id, gross_amount FROM raw.orders").fetchall() == [("a", Decimal("19.99"))]
+    assert con.execute("SELECT row_number, rule FROM raw.quarantine ORDER BY 1").fetchall() == [
+        (2, "gross_amount.type"), (3, "gross_amount.type")]
+
+
+def test_a_parquet_decimal_with_a_fraction_of_a_cent_is_quarantined(con, settings, land):
+    """SPEC §2 names it: a Parquet decimal 19.999 is not a whole number of cents and is quarantined, as the text
+    "19.999" is; 19.990 in the same DECIMAL(18,3) column is 19.99."""
+    from decimal import Decimal as D
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "order_id": ["a", "b"], "updated_at": ["2024-01-31 12:00"] * 2, "created_at": ["2024-01-31 10:00"] * 2,
+        "status": ["created"] * 2, "member_id": ["m1"] * 2,
+        "gross_amount": pa.array([D("19.990"), D("19.999")], pa.decimal128(18, 3)),
+    }), buf)
+    land("orders/orders_20240131.parquet", buf.getvalue())
+    ingest_source(con, "orders", settings, "t")
+    assert con.execute("SELECT order_id, gross_amount FROM raw.orders").fetchall() == [("a", Decimal("19.99"))]
+    assert con.execute("SELECT row_number, rule FROM raw.quarantine").fetchall() == [(2, "gross_amount.type")]
 
 
 def test_json_number_amounts_take_the_parquet_double_rule_and_json_strings_the_text_rule(con, settings, land):
@@ -471,6 +577,24 @@ def test_phone_spellings_normalise(con, settings, land):
     ingest_source(con, "channel_events", settings, "t")
     got = dict(con.execute("SELECT event_id, phone FROM raw.channel_events").fetchall())
     assert got == {**{f"p{i}": "13800138000" for i in range(1, 6)}, "p6": "NULL", "p7": "00000000000"}
+
+
+def test_an_eleven_digit_number_that_is_no_mainland_mobile_breaks_the_phone_rule(con, settings, land):
+    """SPEC §2: once normalised a phone is a mainland mobile, 1 then 3-9 then nine digits. 19912345678 and
+    +86 135 0000 0000 are; 12345678901 and 10086000000 (eleven digits, second digit 2 or 0) and 1380013800 (ten
+    digits) are not: quarantined, rule phone.type (each row also names an openid, so no other rule breaks)."""
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "m1,2024-01-31 10:00,wecom,follow,o1,,,19912345678,,,",
+        "m2,2024-01-31 10:00,wecom,follow,o2,,,+86 135 0000 0000,,,",
+        "m3,2024-01-31 10:00,wecom,follow,o3,,,12345678901,,,",
+        "m4,2024-01-31 10:00,wecom,follow,o4,,,10086000000,,,",
+        "m5,2024-01-31 10:00,wecom,follow,o5,,,1380013800,,,",
+    ]) + "\n")
+    ingest_source(con, "channel_events", settings, "t")
+    assert dict(con.execute("SELECT event_id, phone FROM raw.channel_events").fetchall()) == {
+        "m1": "19912345678", "m2": "13500000000"}
+    assert dict(con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine").fetchall()) == {
+        "m3": "phone.type", "m4": "phone.type", "m5": "phone.type"}
 
 
 def test_unicode_spaces_are_separators_in_phones_and_no_value_alone(con, settings, land):
@@ -816,10 +940,11 @@ def test_a_file_name_with_glob_characters_reads_that_file_only(con, tmp_path):
     """DuckDB's readers take a path as a glob pattern: `ce_20240131_[1].csv` was read as `ce_20240131_1.csv`
     and `ce_20240131_*.csv` as every file beside it, while the ledger said loaded and the counts balanced.
     Each file now reads its own rows, in every format, and so do the scratch parts it loads from, under a data
-    directory whose own path has such characters."""
+    directory whose own path has such characters (not `?`, which a data directory's path may not hold: Dagster's
+    storage cannot take it, so load_settings refuses it)."""
     from orchestration.settings import load_settings
 
-    settings = load_settings(tmp_path / "data [1]*?")
+    settings = load_settings(tmp_path / "data [1]*")
 
     def land(rel, content):
         path = settings.landing_dir / rel

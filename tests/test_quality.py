@@ -361,3 +361,20 @@ def test_a_data_directory_with_a_colon_after_a_space_validates(tmp_path, con):
     report = ingest_source(con, "orders", settings, "run")
     v = validate_contract("orders", report.frame)
     assert v.success and v.evaluated_rows == 1
+
+
+def test_a_quarantine_share_exactly_at_the_limit_warns_and_does_not_block():
+    """SPEC §2: above max_quarantine_share the blocking check fails; at or below it, it warns. 5 of 100 rows is
+    exactly the default 5 %: a warning, exports go on; 6 of 100 is above it: an error."""
+    import dagster as dg
+
+    from orchestration.defs.ingest import quarantine_share_check
+    from orchestration.ingest import SourceIngestReport
+
+    at_limit = SourceIngestReport("orders", "run", rows_read=100, rows_loaded=95, rows_quarantined=5,
+                                  quarantine_by_rule={"gross_amount.type": 5})
+    result = quarantine_share_check(at_limit, 0.05)
+    assert not result.passed and result.severity == dg.AssetCheckSeverity.WARN
+    above = SourceIngestReport("orders", "run", rows_read=100, rows_loaded=94, rows_quarantined=6,
+                               quarantine_by_rule={"gross_amount.type": 6})
+    assert quarantine_share_check(above, 0.05).severity == dg.AssetCheckSeverity.ERROR

@@ -242,6 +242,24 @@ def test_destination_config_errors_name_the_destination(table, words):
     assert "destination 'crm'" in str(info.value) and words in str(info.value)
 
 
+@pytest.mark.parametrize(("key", "bad", "edge", "words"), [
+    # max_attempts 0 is no number of tries (tenacity quietly makes it one, so retries the user asked for never happen)
+    ("max_attempts", 0, 1, "max_attempts must be a whole number from 1 to 20"),
+    ("max_attempts", 21, 20, "max_attempts must be a whole number from 1 to 20"),
+    ("batch_size", 10_001, 10_000, "batch_size must be a whole number from 1 to 10000"),
+    # a timeout of a day would hold the run (and the warehouse) for that long on one dead receiver
+    ("timeout_seconds", 3601, 3600, "timeout_seconds must be a number of seconds from 0 to 3600"),
+    ("max_backoff_seconds", -1, 0, "max_backoff_seconds must be a number of seconds from 0 to 3600"),
+])
+def test_destination_numbers_just_outside_their_range_are_refused_and_the_edge_loads(key, bad, edge, words):
+    table = {"type": "webhook", "url": "https://x.example", "secret_env": "S", "segments": ["buyers"]}
+    with pytest.raises(DestinationConfigError) as info:
+        parse_destinations({"crm": {**table, key: bad}}, ["buyers"])
+    assert "destination 'crm'" in str(info.value) and words in str(info.value)
+    (config,) = parse_destinations({"crm": {**table, key: edge}}, ["buyers"])
+    assert getattr(config, key) == edge
+
+
 # --------------------------------------------------------------------------------------------------- WeCom
 
 

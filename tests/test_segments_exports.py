@@ -533,6 +533,21 @@ def test_a_definition_edited_without_a_new_version_exports_again_and_a_lowered_k
     assert kept.unchanged and complete_exports(exports / "buyers") == [again.export_id]
 
 
+def test_a_rule_edited_alone_under_the_same_version_exports_again(world):
+    """The test above edits the purpose and the rule together, so either alone was not checked: a rule changed
+    under the same version, purpose and campaign untouched and the same members selected, must not leave LATEST's
+    manifest stating the old rule."""
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d)
+    (e,) = _defs({"buyers": {**BUYERS["buyers"], "rule": [{"column": "paid_orders", "op": "between", "value": [1, 99]}]}})
+    _membership(warehouse, [e])
+    again = _export(warehouse, exports, e)
+    assert not again.unchanged and again.export_id != first.export_id and (again.adds, again.removes) == (0, 0)
+    assert "between" in json.dumps(again.manifest["rule"]) and "between" not in json.dumps(first.manifest["rule"])
+
+
 def test_the_summary_names_a_segment_no_longer_defined(world):
     from orchestration.segments import summarise_exports
 
@@ -637,6 +652,23 @@ def test_a_campaign_a_spreadsheet_would_run_is_neutralised_in_csv_only(world):
     assert not third.unchanged and third.export_id != second.export_id and (third.adds, third.removes) == (0, 0)
     assert _export(warehouse, exports, d, ExportOptions(formats=("csv",))).unchanged
     assert "csv_formulas" not in _export(warehouse, exports, d, ExportOptions(formats=("parquet",))).manifest
+
+
+def test_a_campaign_starting_with_a_tab_or_carriage_return_is_neutralised_in_csv(world):
+    """OWASP's list, as FORMULA_START and the test above state it, includes a leading tab and carriage return (a
+    spreadsheet strips them and runs what follows): "\t=cmd" and "\r+1+1" get the apostrophe in CSV too; a
+    campaign with a tab inside ("a\tb") is text and is left as it is."""
+    warehouse, exports = world
+    (d,) = _defs()
+    planted = {"C1": "\t=HYPERLINK(\"http://evil.example\")", "C2": "\r+1+1", "C3": "a\tb"}
+    con = connect(warehouse)
+    for key, campaign in planted.items():
+        con.execute("update marts.dim_customers set acquisition_campaign = ? where customer_key = ?", [campaign, key])
+    con.close()
+    _membership(warehouse, [d])
+    first = _export(warehouse, exports, d, ExportOptions(formats=("csv",)))
+    got = {r["customer_key"]: r["acquisition_campaign"] for r in _csv_dicts(first.path / "buyers.csv")}
+    assert {k: got[k] for k in planted} == {"C1": "'" + planted["C1"], "C2": "'" + planted["C2"], "C3": "a\tb"}
 
 
 def _csv_dicts(path):
