@@ -270,7 +270,7 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
         cmd += ["--profiles-dir", str(dbt_runner.DBT_PROJECT_DIR)]
     if named is None:
         cmd += ["--target", target]
-    if _option_value(rest, "--log-path") is None:
+    if _option_value(rest, "--log-path") is None and settings.data_dir.is_dir():
         # dbt's log (dbt show logs the rows it shows) stays in this data directory, not in the checkout's
         # dbt_project/logs/ shared by every data directory (docs/privacy.md)
         cmd += ["--log-path", str(settings.data_dir / "logs" / "dbt")]

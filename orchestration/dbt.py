@@ -366,7 +366,8 @@ def _parse_locked(settings: Settings, fingerprint: str, *, quiet: bool) -> Path:
     # so partial parsing is kept), and its outputs are renamed into target/, each replaced whole.
     target = MANIFEST_PATH.parent
     staging = target / f".parse-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    for stale in target.glob(".parse-*"):  # every parse holds the lock: another's folder is a killed parse's
+        shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         if (target / PARTIAL_PARSE_FILE).exists():

@@ -19,6 +19,7 @@ state and the marts are the data, not history: prune never touches them.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import sqlite3
 import time
@@ -43,6 +44,8 @@ class PruneReport:
     log_bytes: int = 0
     sync_log_rows: int = 0
     sync_runs_rows: int = 0
+    sync_error: str | None = None  # the warehouse could not be opened (another process holds it): not pruned
+    leftovers: int = 0  # files of runs Dagster no longer knows (`dagster run delete`, the UI's Delete, a prune cut short)
     compacted: list[str] = field(default_factory=list)  # Dagster's shared SQLite files compacted
     not_compacted: list[str] = field(default_factory=list)  # "file: why" (another process had it open)
 
@@ -57,6 +60,10 @@ class PruneReport:
             f"  sync_log rows     {self.sync_log_rows:,}",
             f"  sync_runs rows    {self.sync_runs_rows:,}",
         ]
+        if self.leftovers:
+            lines.insert(2, f"  leftover files    {self.leftovers:,} (of runs deleted before, by `dagster run delete` or the UI)")
+        if self.sync_error:
+            lines.append(f"  sync audit rows not pruned: {self.sync_error}")
         if self.compacted:
             lines.append(f"  compacted         {', '.join(self.compacted)}")
         for item in self.not_compacted:
@@ -87,7 +94,9 @@ def _runs_holding_latest_check_evaluations(index_db: Path) -> set[str]:
     orchestration/defs/segments.py reads them (the newest record per check)."""
     if not index_db.exists():
         return set()
-    con = sqlite3.connect(f"file:{index_db}?mode=ro", uri=True, timeout=30)
+    # as_uri quotes the path: a raw `#` in a data directory's path cut the URI there, and SQLite opened (and
+    # created) another file, so no run was kept for its checks (the diff review)
+    con = sqlite3.connect(f"{index_db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     try:
         if not con.execute("select 1 from sqlite_master where name = 'asset_check_executions'").fetchone():
             return set()
@@ -102,7 +111,8 @@ def _runs_holding_latest_check_evaluations(index_db: Path) -> set[str]:
     return {r[0] for r in rows if r[0]}
 
 
-def _forget_check_executions(index_db: Path, run_ids: list[str]) -> None:
+def _forget_check_executions(index_db: Path, run_ids: list[str] | None, *, known: set[str] | None = None,
+                             keep: set[str] | frozenset[str] = frozenset()) -> None:
     """Dagster's delete_run leaves the runs' rows in `asset_check_executions` (each with its evaluation event,
     most of what a run adds to index.db): remove them too, or the history file keeps growing."""
     if not index_db.exists():
@@ -111,6 +121,9 @@ def _forget_check_executions(index_db: Path, run_ids: list[str]) -> None:
     try:
         with con:
             if con.execute("select 1 from sqlite_master where name = 'asset_check_executions'").fetchone():
+                if known is not None:  # also the rows of runs Dagster no longer knows, but those still holding
+                    run_ids = [r for (r,) in con.execute("select distinct run_id from asset_check_executions")
+                               if r and r not in known and r not in keep]
                 for start in range(0, len(run_ids), 500):
                     chunk = run_ids[start : start + 500]
                     con.execute(f"delete from asset_check_executions where run_id in ({', '.join('?' * len(chunk))})", chunk)
@@ -166,20 +179,25 @@ def _prune_runs(settings: Settings, cutoff: datetime, report: PruneReport) -> No
         report.runs = [run_id for run_id in old if run_id not in holding]
         report.runs_kept_for_checks = len(old) - len(report.runs)
         report.run_bytes = sum(_size(p) for run_id in report.runs for p in _run_files(home, run_id))
-        if report.dry_run:
-            return
-        for run_id in report.runs:
-            instance.delete_run(run_id)  # its run record, its events and their mirror in index.db
+        if not report.dry_run:
+            for run_id in report.runs:
+                instance.delete_run(run_id)  # its run record, its events and their mirror in index.db
+        known = set(instance.get_run_ids())
+    leftovers = _leftover_run_ids(home, known | set(report.runs), cutoff.timestamp())
+    report.leftovers = len(leftovers)
+    report.run_bytes += sum(_size(p) for run_id in leftovers for p in _run_files(home, run_id))
+    if report.dry_run:
+        return
     # after the instance is closed: its event log keeps each run file's connection open
-    for run_id in report.runs:
+    for run_id in [*report.runs, *leftovers]:
         for path in _run_files(home, run_id):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-    if report.runs:
-        _forget_check_executions(index_db, report.runs)
+    if report.runs or leftovers:
+        _forget_check_executions(index_db, None, known=known, keep=holding)
         for path in (index_db, home / "history" / "runs.db"):
             why = _compact(path)
             if why is None and path.exists():
@@ -188,11 +206,29 @@ def _prune_runs(settings: Settings, cutoff: datetime, report: PruneReport) -> No
                 report.not_compacted.append(f"{path.relative_to(settings.data_dir)}: {why}")
 
 
+_RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _leftover_run_ids(home: Path, known: set[str], cutoff_ts: float) -> list[str]:
+    """Run ids with files under DAGSTER_HOME (an event-log shard, captured output) but no run record, older
+    than the cutoff: what `dagster run delete` and the UI's *Delete* leave, or a prune cut short."""
+    found = set()
+    for folder, suffix in ((home / "history" / "runs", ".db"), (home / "storage", "")):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            name = path.name[: -len(suffix)] if suffix and path.name.endswith(suffix) else path.name
+            if _RUN_ID.fullmatch(name) and name not in known and path.stat().st_mtime < cutoff_ts:
+                found.add(name)
+    return sorted(found)
+
+
 def _prune_logs(settings: Settings, cutoff_ts: float, report: PruneReport) -> None:
     logs = settings.data_dir / "logs"
     if not logs.is_dir():
         return
-    for path in sorted(logs.glob("run-*.log")):
+    # each run's log, and `privdom dbt`'s (dbt rotates it as dbt.log.1, …), which holds rows `dbt show` showed
+    for path in sorted([*logs.glob("run-*.log"), *logs.glob("dbt/dbt.log*")]):
         stat = path.stat()
         if stat.st_mtime < cutoff_ts:
             report.logs.append(path)
@@ -205,10 +241,14 @@ def _prune_sync_audit(settings: Settings, cutoff: datetime, report: PruneReport)
     if not settings.warehouse_path.exists():
         return
     from orchestration.segments.sync import LOG_TABLE, RUNS_TABLE
-    from orchestration.warehouse import connect
+    from orchestration.warehouse import WarehouseLockedError, connect
 
     with warehouse_lock(settings.data_dir, what="privdom prune"):
-        con = connect(settings.warehouse_path, read_only=report.dry_run)
+        try:
+            con = connect(settings.warehouse_path, read_only=report.dry_run)
+        except WarehouseLockedError as exc:  # a DuckDB shell or notebook on the warehouse: the rest still counts
+            report.sync_error = str(exc)
+            return
         try:
             tables = {r[0] for r in con.execute(
                 "select schema_name || '.' || table_name from duckdb_tables() where schema_name = 'segments'").fetchall()}

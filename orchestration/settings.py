@@ -228,11 +228,13 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
     root = resolve_data_dir(data_dir)
     if root.exists() and not root.is_dir():
         raise SettingsError(f"data directory {root} is a file, not a directory (--data-dir or PRIVDOM_HOME)")
-    if "?" in str(root):
-        # Dagster's SQLite storage cuts its database URL at `?`: its run tables went to a file beside the data
-        # directory, and every run failed (the install-and-paths review)
-        raise SettingsError(f"data directory {root} has a '?' in its path, which Dagster's storage cannot take; "
-                            "choose another with --data-dir or PRIVDOM_HOME")
+    odd = [c for c in "?%" if c in str(root)]
+    if odd:
+        # Dagster's SQLite storage puts the path in a database URL: it cut it at `?` (its run tables went to a file
+        # beside the data directory) and SQLAlchemy decodes `%41` as `A` (another directory's instance); every run
+        # failed (the install-and-paths and diff reviews)
+        raise SettingsError(f"data directory {root} has a {' and a '.join(repr(c) for c in odd)} in its path, which "
+                            "Dagster's storage cannot take; choose another with --data-dir or PRIVDOM_HOME")
     values: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     settings_file = root / SETTINGS_FILE_NAME

@@ -235,6 +235,7 @@ def test_a_parse_replaces_the_manifest_whole_and_keeps_partial_parsing(project, 
     copy, calls = project
     target = copy / "target"
     target.mkdir()
+    (target / ".parse-999999").mkdir()  # a killed parse's folder: removed by the next parse, which holds the lock
     (target / "manifest.json").write_text('{"old": true}', encoding="utf-8")
     (target / "partial_parse.msgpack").write_bytes(b"last parse")
     seen = {}

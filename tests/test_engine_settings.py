@@ -207,6 +207,9 @@ def test_data_directories_that_cannot_work_are_refused_in_one_line(tmp_path, cap
         load_settings(tmp_path / "brand A?x")
     assert main(["--data-dir", str(tmp_path / "brand A?x"), "run"]) == 2
     assert "'?'" in capsys.readouterr().err and not (tmp_path / "brand A").exists()
+    # SQLAlchemy decodes %41 in that URL as A: another directory's instance, or none
+    with pytest.raises(SettingsError, match="has a '%' in its path"):
+        load_settings(tmp_path / "brand%41")
     # installed without its source checkout (a wheel, `pip install .`): no dbt project to run
     monkeypatch.setattr(settings_module, "DBT_PROJECT_DIR", tmp_path / "site-packages" / "dbt_project")
     for command in ("run", "demo", "dbt"):

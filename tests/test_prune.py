@@ -45,9 +45,10 @@ def other():
     return 2
 
 
-@pytest.fixture()
-def data(tmp_path, monkeypatch):
-    settings = load_settings(tmp_path / "data")
+@pytest.fixture(params=["data", "data #1"])
+def data(tmp_path, monkeypatch, request):
+    # "#" in the path: the kept runs were read through an SQLite URI the "#" cut short (the diff review)
+    settings = load_settings(tmp_path / request.param)
     settings.dagster_home.mkdir(parents=True)
     (settings.dagster_home / "dagster.yaml").write_text(instance_config_text(settings), encoding="utf-8")
     monkeypatch.setenv("DAGSTER_HOME", str(settings.dagster_home))
@@ -87,8 +88,9 @@ def test_old_runs_go_with_their_files_and_the_latest_check_evaluations_stay(data
     assert sorted(report.runs) == sorted(plain) and report.runs_kept_for_checks == 1
     assert not any(_run_files_exist(data, r) for r in plain)
     assert not any((data.dagster_home / "storage" / r).exists() for r in plain)
-    assert "data/dagster/history/runs/index.db" not in report.compacted  # paths are relative to the data directory
-    assert "dagster/history/runs/index.db" in report.compacted and index.stat().st_size < index_before
+    assert report.compacted == ["dagster/history/runs/index.db", "dagster/history/runs.db"]  # relative to the data directory
+    assert index.stat().st_size < index_before
+    assert sorted(p.name for p in data.data_dir.parent.iterdir()) == [data.data_dir.name]  # no file beside it
     with dg.DagsterInstance.get() as instance:
         assert [instance.get_run_by_id(r) for r in plain] == [None, None]
         assert instance.get_run_by_id(failed_gate) is not None
@@ -157,3 +159,40 @@ def test_the_command_line(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "would remove what is older than" in dry.stdout and "Dagster runs      0" in dry.stdout
     assert not (tmp_path / "elsewhere").exists()  # the data directory's own Dagster instance, whatever DAGSTER_HOME says
+
+
+def test_files_left_by_runs_deleted_elsewhere_go_too(data):
+    """`dagster run delete` and the UI's *Delete run* remove a run's record and events but leave its event-log
+    file, its captured output and its check executions; prune removes those once they are older than the cutoff."""
+    with dg.DagsterInstance.get() as instance:
+        CHECK_PASSES["value"] = True
+        deleted = _run(instance, [gated], [gated_is_good])
+        kept = _run(instance, [gated], [gated_is_good])  # the latest evaluation
+        instance.delete_run(deleted)
+    assert _run_files_exist(data, deleted) and (data.dagster_home / "storage" / deleted).exists()
+    assert prune(data, older_than_days=1).leftovers == 0  # not old yet
+    later = time.time() + 2 * DAY
+    assert prune(data, older_than_days=1, now=later, dry_run=True).leftovers == 1 and _run_files_exist(data, deleted)
+    report = prune(data, older_than_days=1, now=later)
+    assert (report.leftovers, report.runs, report.runs_kept_for_checks) == (1, [], 1)
+    assert not _run_files_exist(data, deleted) and not (data.dagster_home / "storage" / deleted).exists()
+    assert _run_files_exist(data, kept)
+    con = sqlite3.connect(data.dagster_home / "history" / "runs" / "index.db")
+    assert con.execute("select distinct run_id from asset_check_executions").fetchall() == [(kept,)]
+    con.close()
+    assert "leftover files    1" in report.describe()
+
+
+def test_a_warehouse_held_by_another_process_leaves_the_sync_rows_and_says_so(data, monkeypatch):
+    from orchestration import warehouse
+
+    con = connect(data.warehouse_path)
+    ensure_sync_tables(con)
+    con.close()
+
+    def held(*args, **kwargs):
+        raise warehouse.WarehouseLockedError("the warehouse is in use by another process (PID 4242: duckdb)")
+
+    monkeypatch.setattr(warehouse, "connect", held)
+    report = prune(data, older_than_days=1)
+    assert report.sync_error and "PID 4242" in report.describe()
