@@ -489,16 +489,28 @@ def _require_source_checkout() -> None:
 
 
 def _require_writable_data_dir(settings: Settings) -> None:
-    """A data directory that cannot be created or written is refused with one line, not a traceback."""
+    """A data directory that cannot be created or written is refused with one line, not a traceback. Nothing is
+    created here: a command refused later (another dbt target) must leave no data directory behind."""
     import tempfile
 
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=settings.data_dir):
-            pass
-    except OSError as exc:
-        raise SettingsError(f"data directory {settings.data_dir} cannot be created or written "
-                            f"({exc.strerror}); choose another with --data-dir or PRIVDOM_HOME") from None
+    path = settings.data_dir
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    why = None
+    if not existing.is_dir():
+        why = f"{existing} is not a directory"
+    elif existing == path:
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as exc:
+            why = exc.strerror
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    if why:
+        raise SettingsError(f"data directory {path} cannot be created or written ({why}); choose another with "
+                            "--data-dir or PRIVDOM_HOME")
 
 
 def _warn_of_misspelled_environment(settings: Settings | None) -> None:
