@@ -394,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
         "prune", help="remove run history, run logs and sync audit rows older than some days",
         description="Remove what every run adds and nothing reads again, older than --older-than days: finished "
         "Dagster runs with their event logs and captured output (the runs that hold a check's latest "
-        "evaluation are kept), logs/run-*.log, and the rows of segments.sync_log and segments.sync_runs; "
-        "Dagster's shared SQLite files are compacted. Waits for a privdom run in progress. Data (raw rows, "
+        "evaluation are kept), the files that `dagster run delete` leaves, logs/run-*.log and logs/dbt/, and "
+        "the rows of segments.sync_log and segments.sync_runs; Dagster's shared SQLite files are compacted. Waits for a privdom run in progress. Data (raw rows, "
         "identity, marts, segments' state) and exports ([exports] keep) are not touched.")
     p.add_argument("--older-than", type=_at_least_one, default=90, metavar="DAYS",
                    help="remove what is older than this many days, 1 or more (default 90)")

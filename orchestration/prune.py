@@ -5,10 +5,12 @@ A run adds, whatever the data's size (the soak review: 38 daily runs on one data
   ~1.7 MB), its events mirrored into `history/runs/index.db` (~1.6 MB) and the steps' captured output
   (`storage/<run id>/`, ~40 KB): ~3.6 MB a run, ~1.3 GB a year of daily runs. `dagster run delete` removes a
   run's rows but frees no disk: the run's file and compute logs stay and SQLite keeps the freed pages.
-- `logs/run-*.log` (~40 KB a run).
+- `logs/run-*.log` (~40 KB a run), and `logs/dbt/` (`privdom dbt`'s log, with the rows `dbt show` showed).
 - `segments.sync_log` and `segments.sync_runs`: a row per customer sent (add or remove) and per sync. They
   are an audit trail: nothing privdom does reads them (the state that decides the next sync is in
   `sync_state`, `sync_pending` and `sync_skipped`, which are never pruned).
+Also the files and check rows of runs Dagster no longer knows (deleted by `dagster run delete`, the UI's
+*Delete*, or a prune cut short).
 
 Kept whatever their age: runs not finished, and every run that holds the latest evaluation of an asset check
 (the blocking checks hold exports back by their latest evaluation, whichever run made it:
@@ -111,19 +113,18 @@ def _runs_holding_latest_check_evaluations(index_db: Path) -> set[str]:
     return {r[0] for r in rows if r[0]}
 
 
-def _forget_check_executions(index_db: Path, run_ids: list[str] | None, *, known: set[str] | None = None,
-                             keep: set[str] | frozenset[str] = frozenset()) -> None:
-    """Dagster's delete_run leaves the runs' rows in `asset_check_executions` (each with its evaluation event,
-    most of what a run adds to index.db): remove them too, or the history file keeps growing."""
+def _forget_check_executions(index_db: Path, *, known: set[str], keep: set[str]) -> None:
+    """Remove the `asset_check_executions` rows of runs Dagster no longer knows (not in `known`), but those
+    in `keep`: delete_run leaves them (each with its evaluation event, most of what a run adds to index.db),
+    and the history file kept growing."""
     if not index_db.exists():
         return
     con = sqlite3.connect(index_db, timeout=30)
     try:
         with con:
             if con.execute("select 1 from sqlite_master where name = 'asset_check_executions'").fetchone():
-                if known is not None:  # also the rows of runs Dagster no longer knows, but those still holding
-                    run_ids = [r for (r,) in con.execute("select distinct run_id from asset_check_executions")
-                               if r and r not in known and r not in keep]
+                run_ids = [r for (r,) in con.execute("select distinct run_id from asset_check_executions")
+                           if r and r not in known and r not in keep]
                 for start in range(0, len(run_ids), 500):
                     chunk = run_ids[start : start + 500]
                     con.execute(f"delete from asset_check_executions where run_id in ({', '.join('?' * len(chunk))})", chunk)
@@ -197,7 +198,7 @@ def _prune_runs(settings: Settings, cutoff: datetime, report: PruneReport) -> No
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
     if report.runs or leftovers:
-        _forget_check_executions(index_db, None, known=known, keep=holding)
+        _forget_check_executions(index_db, known=known, keep=holding)
         for path in (index_db, home / "history" / "runs.db"):
             why = _compact(path)
             if why is None and path.exists():

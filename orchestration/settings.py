@@ -287,8 +287,6 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
     return settings
 
 
-# PRIVDOM_* variables privdom reads besides the settings' own PRIVDOM_<SETTING> (dbt's profiles.yml reads the
-# PRIVDOM_SPARK_* ones; PRIVDOM_WAREHOUSE and PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT are set by privdom for dbt)
 NOT_UTF8 = ("not UTF-8 text (saved as GBK / \"ANSI\" or as \"Unicode\" by Notepad?): save it as UTF-8 (in Notepad: "
             "Save as, Encoding UTF-8)")
 
@@ -302,6 +300,8 @@ def read_settings_text(path: Path) -> str:
     return data.decode("utf-8-sig")
 
 
+# PRIVDOM_* variables privdom reads besides the settings' own PRIVDOM_<SETTING> (dbt's profiles.yml reads the
+# PRIVDOM_SPARK_* ones; PRIVDOM_WAREHOUSE and PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT are set by privdom for dbt)
 OTHER_ENVIRONMENT = frozenset({
     "PRIVDOM_HOME", "PRIVDOM_WAREHOUSE", "PRIVDOM_DBT_DUCKDB_MEMORY_LIMIT", "PRIVDOM_DBT_TARGET", "PRIVDOM_DBT_WARM",
     "PRIVDOM_GX_WARM", "PRIVDOM_PYTHON_EXIT", "PRIVDOM_SPARK_METHOD", "PRIVDOM_SPARK_HOST", "PRIVDOM_SPARK_PORT",

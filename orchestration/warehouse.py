@@ -120,9 +120,6 @@ def _privdoms_dbt_owner(pid: int) -> int | None:
     return None
 
 
-
-
-
 def _lock_line(detail: str) -> str:
     lines = [line.strip() for line in detail.strip().splitlines() if line.strip()] or [""]
     return next((line for line in lines if "lock" in line.lower()), lines[0])[:400]
