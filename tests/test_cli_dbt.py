@@ -35,11 +35,15 @@ def _data_dir(tmp_path: Path, settings: str = "") -> Path:
 
 def test_dbt_gets_the_settings_as_vars_with_the_callers_laid_over_them(tmp_path, dbt_manifest):
     data_dir = _data_dir(tmp_path, "activation_window_days = 3\nretention_end_days = 120\n")
-    pipeline_manifest = dbt_runner.MANIFEST_PATH.stat().st_mtime_ns
-    result = _privdom(data_dir, "compile", "--inline",
-                      "select {{ var('activation_window_days') }} as a, {{ var('retention_end_days') }} as r, "
-                      "{{ var('privdom_test_all_rows', false) }} as t",
-                      "--vars", "{activation_window_days: 5, privdom_test_all_rows: true}")
+    # the parse lock keeps the pipeline's parses (other test files' runs, beside this one) off the manifest
+    # while the command runs: privdom dbt itself never takes it
+    with dbt_runner._parse_lock():
+        pipeline_manifest = dbt_runner.MANIFEST_PATH.stat().st_mtime_ns
+        result = _privdom(data_dir, "compile", "--inline",
+                          "select {{ var('activation_window_days') }} as a, {{ var('retention_end_days') }} as r, "
+                          "{{ var('privdom_test_all_rows', false) }} as t",
+                          "--vars", "{activation_window_days: 5, privdom_test_all_rows: true}")
+        manifest_after = dbt_runner.MANIFEST_PATH.stat().st_mtime_ns
     assert result.returncode == 0, result.stdout + result.stderr
     # 120 from privdom.toml, 5 from the caller's --vars over the file's 3, and the caller's own var
     assert "select 5 as a, 120 as r, True as t" in result.stdout
@@ -47,7 +51,7 @@ def test_dbt_gets_the_settings_as_vars_with_the_callers_laid_over_them(tmp_path,
     # every data directory shares
     assert "select 5 as a" in (data_dir / "logs" / "dbt" / "dbt.log").read_text(encoding="utf-8")
     # dbt's outputs went to target/manual: the manifest the Dagster definitions read is the pipeline's
-    assert dbt_runner.MANIFEST_PATH.stat().st_mtime_ns == pipeline_manifest
+    assert manifest_after == pipeline_manifest
     assert (dbt_runner.DBT_PROJECT_DIR / "target" / "manual" / "manifest.json").exists()
 
 

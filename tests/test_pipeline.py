@@ -42,6 +42,35 @@ def _snapshot(warehouse: Path) -> dict[str, object]:
         con.close()
 
 
+def _keep_run_results(data_dir: Path, run: subprocess.CompletedProcess) -> None:
+    """Copy the run's dbt results (target/<step>-<run id[:7]>-<hash>/run_results.json) to
+    <data dir>/dbt-run-results/ at once: every data directory's runs share dbt_project/target/, whose steps keep
+    their 10 newest invocation folders, and the test files run beside this one (pytest-xdist) run pipelines too."""
+    import re
+    import shutil
+
+    from orchestration.settings import DBT_PROJECT_DIR
+
+    run_id = re.search(r"privdom run ([0-9a-f]{8}): succeeded", run.stdout).group(1)
+    kept = data_dir / "dbt-run-results"
+    kept.mkdir(exist_ok=True)
+    for d in (DBT_PROJECT_DIR / "target").glob(f"dbt_*-{run_id[:7]}-*"):
+        if (d / "run_results.json").exists():
+            shutil.copy2(d / "run_results.json", kept / f"{d.name}.json")
+
+
+def _run_results(data_dir: Path, run: subprocess.CompletedProcess, step: str = "dbt_") -> list[dict]:
+    """The results of the run's dbt steps whose name starts with `step`, as _keep_run_results kept them."""
+    import json
+    import re
+
+    run_id = re.search(r"privdom run ([0-9a-f]{8}): succeeded", run.stdout).group(1)
+    return [
+        json.loads(f.read_text(encoding="utf-8"))
+        for f in sorted((data_dir / "dbt-run-results").glob(f"{step}*-{run_id[:7]}-*.json"))
+    ]
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("demo")
@@ -50,8 +79,11 @@ def demo(tmp_path_factory):
     summary = generate(data_dir / "landing", customers=400, days=150, seed=7, dirty_rate=0.02)
     first = _privdom(data_dir, "run")
     assert first.returncode == 0, first.stdout + first.stderr
+    _keep_run_results(data_dir, first)
     snapshot = _snapshot(data_dir / "warehouse.duckdb")
     second = _privdom(data_dir, "run")
+    assert second.returncode == 0, second.stdout + second.stderr
+    _keep_run_results(data_dir, second)
     return summary, data_dir, first, snapshot, second
 
 
@@ -337,17 +369,14 @@ def test_the_dbt_unit_tests_pass_on_the_built_warehouse_and_privdom_run_skips_th
     the hand-worked dbt unit tests run here instead, all of them, against the demo's warehouse (they read the
     parents' column types from it)."""
     import json
-    import re
 
     from orchestration import dbt as dbt_runner
     from orchestration.settings import DBT_PROJECT_DIR, load_settings
 
     _, data_dir, first, _, second = demo
-    run_ids = [re.search(r"privdom run ([0-9a-f]{8}): succeeded", p.stdout).group(1) for p in (first, second)]
-    target = DBT_PROJECT_DIR / "target"  # one folder per dbt step and run: <step>-<run id[:7]>-<hash>
-    run_dirs = [d for d in target.glob("dbt_*") if (d / "run_results.json").exists() and d.name.split("-")[1] in {r[:7] for r in run_ids}]
-    assert len(run_dirs) >= 3
-    ran = {r["unique_id"] for d in run_dirs for r in json.loads((d / "run_results.json").read_text())["results"]}
+    builds = _run_results(data_dir, first) + _run_results(data_dir, second)  # one per dbt step and run
+    assert len(builds) >= 3
+    ran = {r["unique_id"] for build in builds for r in build["results"]}
     assert not [u for u in ran if u.startswith("unit_test.")], "a pipeline build ran unit tests"
 
     settings = load_settings(data_dir)
@@ -371,19 +400,13 @@ def test_the_dbt_unit_tests_pass_on_the_built_warehouse_and_privdom_run_skips_th
 def test_event_id_conflicts_warns_with_every_event_id_delivered_with_other_content(demo):
     """SPEC §2: the `event_id_conflicts` data test (a warning) counts the event_ids delivered again with
     different content. Expected count worked out here from the raw rows' content columns, not their hashes."""
-    import json
-    import re
-
     from orchestration.contract import contract
-    from orchestration.settings import DBT_PROJECT_DIR
 
     _, data_dir, first, _, _ = demo
-    run_id = re.search(r"privdom run ([0-9a-f]{8}): succeeded", first.stdout).group(1)
     results = [
         r
-        for d in (DBT_PROJECT_DIR / "target").glob(f"dbt_staging-{run_id[:7]}-*")
-        if (d / "run_results.json").exists()
-        for r in json.loads((d / "run_results.json").read_text())["results"]
+        for build in _run_results(data_dir, first, "dbt_staging")
+        for r in build["results"]
         if r["unique_id"] == "test.privdom.event_id_conflicts"
     ]
     assert len(results) == 1
