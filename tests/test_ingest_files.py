@@ -27,6 +27,11 @@ def test_whole_file_rejections(con, settings, land):
     land("channel_events/good_20240131.csv", CE_GOOD)
     bad = {
         "channel_events/nochannel_20240131.csv": ("event_id,occurred_at,event_type,openid\ne2,2024-01-31 10:00,follow,o2\n", "missing required column(s): channel"),
+        # another separator (schema-drift review): every column is there, but not split by commas
+        "channel_events/semicolon_20240131.csv": (CE_HEADER.replace(",", ";") + "e2s;2024-01-31 10:00;wecom;follow;o2\n",
+                                                  "(the header is one column holding ';': privdom reads comma-separated files only)"),
+        "channel_events/tabs_20240131.csv": (CE_HEADER.replace(",", "\t") + "e2t\t2024-01-31 10:00\twecom\tfollow\to2\n",
+                                             "missing required column(s): event_id, occurred_at, channel, event_type (the header is one column holding a tab"),
         "channel_events/corrupt_20240131.parquet": (b"PAR1 this is not parquet PAR1", "not a valid Parquet file"),
         "channel_events/corrupt_20240131.csv.gz": (b"plain text, not gzip", "not a valid gzip file"),
         "channel_events/truncated_20240131.csv.gz": (gzip.compress(CE_GOOD.encode())[:-12], "gzip"),
@@ -727,6 +732,54 @@ def test_parquet_nested_contract_columns_reject_the_file_and_whole_floats_are_in
     assert con.execute("SELECT count(*) FROM raw.channel_events WHERE event_id LIKE 'e%'").fetchone()[0] == 3
     assert con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine WHERE original_row->>'event_id' LIKE 'q%' "
                        "ORDER BY 1").fetchall() == [("q1", "identifier.required"), ("q2", "identifier.required")]
+
+
+def test_parquet_binary_text_reads_as_utf8_and_a_boolean_contract_column_rejects_the_file(con, settings, land):
+    """A Parquet BINARY column without the UTF8 annotation (Impala, Hive and older Spark write text so) read as
+    BLOB, whose text is its bytes escaped: a campaign 双十一 loaded as "\\xE5\\x8F\\x8C...". It is UTF-8 text;
+    bytes that are not reject the file, naming the column. A BOOLEAN contract column loaded "true"/"false" as
+    an identifier every such row shares (a JSON boolean there is a malformed record): the file is rejected."""
+    base = {"occurred_at": ["2024-01-31 10:00"] * 2, "channel": ["wecom"] * 2, "event_type": ["follow"] * 2}
+    for name, table in {
+        "binary": {"event_id": ["b1", "b2"], "openid": pa.array([b"o1", None], pa.binary()),
+                   "campaign": pa.array(["双十一".encode(), b"qr"], pa.binary()), "member_id": ["m1", "m2"]},
+        "notutf8": {"event_id": ["n1", "n2"], "openid": ["o1", "o2"], "campaign": pa.array([b"ok", b"\xff\xfe"], pa.binary())},
+        "boolean": {"event_id": ["f1", "f2"], "openid": ["o1", "o2"], "member_id": pa.array([False, True])},
+    }.items():
+        buf = io.BytesIO()
+        pq.write_table(pa.table({**base, **table}), buf)
+        land(f"channel_events/{name}_20240131.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    led = ledger(con)
+    assert con.execute("SELECT event_id, openid, campaign FROM raw.channel_events ORDER BY 1").fetchall() == [
+        ("b1", "o1", "双十一"), ("b2", None, "qr")]
+    assert led["channel_events/notutf8_20240131.parquet"][0] == "rejected"
+    assert "campaign (BLOB) holds bytes that are not UTF-8 text (row 2)" in led["channel_events/notutf8_20240131.parquet"][1]
+    assert led["channel_events/boolean_20240131.parquet"][0] == "rejected"
+    assert "member_id (BOOLEAN) hold true/false" in led["channel_events/boolean_20240131.parquet"][1]
+
+
+def test_a_renamed_optional_column_loads_its_default_and_is_named(con, settings, land):
+    """Schema-drift review: an orders file that renamed discount_amount to `discount` loaded every discount as 0
+    (net revenue with it) and nothing said so. The rows still load with the default (SPEC §2: optional columns
+    default, unknown columns are ignored), and the file is named with the likely rename. A file that only lacks
+    optional columns, or only has unknown ones, or both with names unlike each other, is not named."""
+    head = "order_id,updated_at,created_at,status,gross_amount,member_id"
+    row = "2024-01-31 12:00,2024-01-31 10:00,created,100.00,m1"
+    land("orders/renamed_20240131.csv", f"{head},discount,Points\nr1,{row},15.50,3\n")
+    land("orders/lean_20240131.csv", f"{head}\nl1,{row}\n")
+    land("orders/extra_20240131.csv", f"{head},sku,store_name,id\nx1,{row},A-1,Shop 9,77\n")
+    report = ingest_source(con, "orders", settings, "t")
+    notes = {f.path: f.columns_note for f in report.files}
+    assert notes == {
+        "orders/renamed_20240131.csv": "orders/renamed_20240131.csv: no discount_amount (default used) beside "
+                                       "discount; no points_redeemed (default used) beside Points, which the "
+                                       "contract does not know: a renamed column?",
+        "orders/lean_20240131.csv": None,
+        "orders/extra_20240131.csv": None,
+    }
+    assert con.execute("SELECT discount_amount, points_redeemed FROM raw.orders WHERE order_id = 'r1'").fetchone() == (0, 0)
+    assert all(f.status == "loaded" for f in report.files)
 
 
 def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settings):

@@ -344,9 +344,30 @@ def test_a_quarantine_share_within_the_limit_warns_with_its_figures():
     assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
     assert warn.description == ("4 of this run's 400 new rows (1.00%) were quarantined, within the 5.00% limit; "
                                 "by rule: gross_amount.type 3, paid_at.required 1")
-    assert quarantine_share_check(report, 0.005).severity == dg.AssetCheckSeverity.ERROR
+    error = quarantine_share_check(report, 0.005)
+    assert error.severity == dg.AssetCheckSeverity.ERROR
+    assert error.description == ("4 of this run's 400 new rows (1.00%) were quarantined, above the 0.50% limit; "
+                                 "by rule: gross_amount.type 3, paid_at.required 1")
     clean = SourceIngestReport("orders", "run", rows_read=400, rows_loaded=400)
     assert quarantine_share_check(clean, 0.05).passed and quarantine_share_check(clean, 0.05).description is None
+
+
+def test_the_columns_check_warns_of_files_with_a_likely_renamed_column():
+    import dagster as dg
+
+    from orchestration.defs.ingest import columns_check
+    from orchestration.ingest import FileResult, SourceIngestReport
+
+    note = "orders/a_20240131.csv: no discount_amount (default used) beside discount, which the contract does not know: a renamed column?"
+    files = [FileResult("orders/a_20240131.csv", "loaded", 1, None, columns_note=note),
+             FileResult("orders/b_20240131.csv", "loaded", 2, None),
+             FileResult("orders/c_20240131.csv", "loaded", 3, None, columns_note="orders/c_20240131.csv: ...")]
+    warn = columns_check(SourceIngestReport("orders", "run", files=files))
+    assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
+    assert warn.description == f"2 files loaded with defaults for missing columns beside columns the contract does not know: {note} (and 1 more: see this check's metadata)"
+    assert warn.metadata["files_noted"].value == [note, "orders/c_20240131.csv: ..."]
+    clean = columns_check(SourceIngestReport("orders", "run", files=files[1:2]))
+    assert clean.passed and clean.description is None
 
 
 def test_a_data_directory_with_a_colon_after_a_space_validates(tmp_path, con):

@@ -25,6 +25,7 @@ validation keeps the calling thread: GX changes process-wide state (warning filt
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pandas as pd
@@ -78,6 +79,9 @@ class FileResult:
     rows_loaded: int = 0
     rows_quarantined: int = 0
     error: str | None = None
+    # a loaded file without some optional contract columns that has columns the contract does not know: a renamed
+    # column, whose rows took the default (see _columns_note)
+    columns_note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +93,7 @@ class FileResult:
             "rows_loaded": self.rows_loaded,
             "rows_quarantined": self.rows_quarantined,
             "error": self.error,
+            "columns_note": self.columns_note,
         }
 
 
@@ -969,6 +974,37 @@ class _Candidate:
     started: dt.datetime
 
 
+class _Read(NamedTuple):
+    """A file read whole by _stage_batch: its encoding (for the ledger) and its _columns_note."""
+
+    encoding: str
+    columns_note: str | None
+
+
+def _columns_note(c: SourceContract, rel_path: str, src_cols: dict[str, tuple[str, str]]) -> str | None:
+    """A file that lacks an optional contract column and has a column the contract does not know under a name
+    like it (schema-drift review: `discount_amount` delivered as `discount` loaded every discount as 0, and net
+    revenue with it, without a word). Either alone is allowed and common (SPEC §2: optional columns default,
+    unknown ones are ignored); a likeness of names says rename: one name inside the other (4 letters or more,
+    case, `_`, `-` and spaces aside) or a SequenceMatcher ratio of 0.75 or more."""
+    absent = [n for n in c.column_names if n not in src_cols and n not in c.required_columns]
+    unknown = [name for key, (name, _) in src_cols.items() if key not in c.column_names]
+    pairs = []
+    for column in absent:
+        a = _bare(column)
+        for name in unknown:
+            u = _bare(name)
+            if (len(u) >= 4 and (u in a or a in u)) or difflib.SequenceMatcher(None, a, u).ratio() >= 0.75:
+                pairs.append(f"{column} (default used) beside {name}")
+    if not pairs:
+        return None
+    return f"{rel_path}: no {'; no '.join(pairs)}, which the contract does not know: a renamed column?"
+
+
+def _bare(name: str) -> str:
+    return "".join(ch for ch in name.strip().lower() if ch.isalnum())
+
+
 @dataclass
 class _Staged:
     result: FileResult
@@ -1026,15 +1062,15 @@ class _Arm:
 
 
 def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Settings, batch: list[_Candidate],
-                 spill: Path, name: str, scratch: _Scratch) -> tuple[dict[int, str | fl.FileRejected], list[Path]]:
+                 spill: Path, name: str, scratch: _Scratch) -> tuple[dict[int, _Read | fl.FileRejected], list[Path]]:
     """Read every file of `batch` (whole-file rejections per file) and write the judged rows of each schema
-    signature to one part. Returns (file id → encoding or FileRejected, the parts in order).
+    signature to one part. Returns (file id → _Read or FileRejected, the parts in order).
 
     The judge reads the files of a signature as one UNION ALL, in file order (DuckDB keeps a UNION ALL's
     order). A file of SMALL_FILE_ROWS rows or more is an input of its own (its temp table, renamed: no row is
     copied); consecutive smaller files are appended to one table, because each input costs ~5 ms of planning
     the wide judging statement, more than copying a few thousand rows."""
-    results: dict[int, str | fl.FileRejected] = {}
+    results: dict[int, _Read | fl.FileRejected] = {}
     # per (signature, whether the files have malformed records): the judge of files without reads no _MF column
     signatures: dict[tuple[_Signature, bool], list[_Arm]] = {}
     tables: list[str] = []
@@ -1048,11 +1084,34 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
                 src_cols = _source_columns(signature)
                 missing = [n for n in c.required_columns if n not in src_cols]
                 if missing:
-                    raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}")
+                    hint = ""
+                    if len(signature) == 1:  # a header that is one column: another separator than the comma?
+                        seps = [name for sep, name in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")) if sep in signature[0][0]]
+                        if seps:
+                            hint = (f" (the header is one column holding {seps[0]}: privdom reads comma-separated "
+                                    "files only)")
+                    raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}{hint}")
                 nested = [f"{src_cols[n][0]} ({src_cols[n][1]})" for n in c.column_names if n in src_cols and _nested(src_cols[n][1])]
                 if nested:  # a Parquet struct, list or map: its text ("{'a': 1}") would load as the value
                     raise fl.FileRejected(f"{f.rel_path}: column(s) {', '.join(nested)} hold nested values (a struct, "
                                           f"list or map); a contract column holds one value per row")
+                flags = [f"{src_cols[n][0]} (BOOLEAN)" for n in c.column_names if n in src_cols and src_cols[n][1] == "BOOLEAN"]
+                if flags:  # its text, "true"/"false", would load as an id every such row shares (as a JSON boolean)
+                    raise fl.FileRejected(f"{f.rel_path}: column(s) {', '.join(flags)} hold true/false; a contract "
+                                          f"column holds a text, a number or a timestamp")
+                # a Parquet BINARY column without the UTF8 annotation (Impala, Hive, older Spark write text so) reads
+                # as BLOB, whose text is its bytes escaped: 双十一 loaded as \xE5\x8F\x8C...: read as UTF-8 text
+                blobs = [src_cols[n][0] for n in c.column_names if n in src_cols and src_cols[n][1] == "BLOB"]
+                for name in blobs:
+                    bad = cur.execute(f"SELECT min(rowid) + 1 FROM {_SRC} WHERE {R.q(name)} IS NOT NULL "
+                                      f"AND try(decode({R.q(name)})) IS NULL").fetchone()[0]
+                    if bad is not None:
+                        raise fl.FileRejected(f"{f.rel_path}: column {name} (BLOB) holds bytes that are not UTF-8 text "
+                                              f"(row {bad}); a contract column holds text")
+                    cur.execute(f"ALTER TABLE {_SRC} ALTER {R.q(name)} TYPE VARCHAR USING decode({R.q(name)})")
+                if blobs:
+                    signature = _signature(cur)
+                note = _columns_note(c, f.rel_path, src_cols)
             except fl.FileRejected as exc:
                 results[cand.file_id] = exc
                 continue
@@ -1078,7 +1137,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
                 else:
                     cur.execute(f"ALTER TABLE {_SRC} RENAME TO {table}")
                     arms.append(_Arm(table, f"SELECT {lineage} FROM {table}", False))
-            results[cand.file_id] = encoding
+            results[cand.file_id] = _Read(encoding, note)
         cur.execute(f"DROP TABLE IF EXISTS {_SRC}")
         parts = []
         for k, ((signature, malformed), arms) in enumerate(signatures.items()):
@@ -1096,11 +1155,11 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
 
 
 def _stage_all(con: duckdb.DuckDBPyConnection, c: SourceContract, settings: Settings, cands: list[_Candidate],
-               spill: Path, name: str) -> tuple[dict[int, str | fl.FileRejected], list[Path]]:
+               spill: Path, name: str) -> tuple[dict[int, _Read | fl.FileRejected], list[Path]]:
     """Stage `cands` in batches, ingest_workers() threads each with its own cursor. Returns (file id →
-    encoding or FileRejected, every part in batch order). Any other error stops the workers and is raised."""
+    _Read or FileRejected, every part in batch order). Any other error stops the workers and is raised."""
     batches = _batches(cands)
-    done: dict[int, tuple[dict[int, str | fl.FileRejected], list[Path]]] = {}
+    done: dict[int, tuple[dict[int, _Read | fl.FileRejected], list[Path]]] = {}
     todo = list(reversed(range(len(batches))))
     lock = threading.Lock()
     failure: list[BaseException] = []
@@ -1136,7 +1195,7 @@ def _stage_all(con: duckdb.DuckDBPyConnection, c: SourceContract, settings: Sett
             t.join()
     if failure:
         raise failure[0]
-    results: dict[int, str | fl.FileRejected] = {}
+    results: dict[int, _Read | fl.FileRejected] = {}
     parts: list[Path] = []
     for i in range(len(batches)):
         results.update(done[i][0])
@@ -1251,7 +1310,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 run_shas.add(sha)
                 first.append(cand)
 
-        def record(cand: _Candidate, result: str | fl.FileRejected | None) -> None:
+        def record(cand: _Candidate, result: _Read | fl.FileRejected | None) -> None:
             f = cand.f
             if result is None:
                 err = f"{f.rel_path}: duplicate: same content (sha256 {cand.sha[:12]}…) as {loaded_at[cand.sha]}, already loaded"
@@ -1261,9 +1320,9 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 ledger_rows.append(_ledger_row(cand.file_id, source, f, cand.sha, cand.size, None, "rejected", (0, 0, 0), str(result), load_id, cand.started))
                 report.files.append(FileResult(f.rel_path, "rejected", cand.file_id, f.batch_date, error=str(result)))
             else:
-                res = FileResult(f.rel_path, "loaded", cand.file_id, f.batch_date)
+                res = FileResult(f.rel_path, "loaded", cand.file_id, f.batch_date, columns_note=result.columns_note)
                 report.files.append(res)
-                staged.append(_Staged(res, f, cand.sha, cand.size, result, cand.started))
+                staged.append(_Staged(res, f, cand.sha, cand.size, result.encoding, cand.started))
                 loaded_at[cand.sha] = f.rel_path
 
         results, parts = _stage_all(con, c, settings, first, spill, "a")
