@@ -782,6 +782,27 @@ def test_a_renamed_optional_column_loads_its_default_and_is_named(con, settings,
     assert all(f.status == "loaded" for f in report.files)
 
 
+def test_whole_json_numbers_in_text_columns_are_their_integer_text(con, settings, land):
+    """Schema-drift review: pandas writes an id column with a gap as float64, and `to_json` gave
+    `"member_id": 880001.0`, which loaded as "880001.0" (a second customer beside "880001") and a phone
+    13812340002.0 was quarantined. A whole JSON number below 2^53 in a contract column other than an amount is its
+    integer text, as in a Parquet float column; a JSON string keeps its text, a fraction and numbers beyond 2^53
+    stay as written, and an integer keeps every digit."""
+    base = {"updated_at": "2024-01-31 12:00", "created_at": "2024-01-31 10:00", "status": "created", "gross_amount": 10}
+    rows = [{"order_id": "o1", "member_id": "880001"}, {"order_id": "o2", "member_id": 880001.0},
+            {"order_id": "o3", "phone": 13812340002.0}, {"order_id": "o4", "member_id": "12345.0"},
+            {"order_id": 5.0, "member_id": 1e5}, {"order_id": "o6", "member_id": 1.5},
+            {"order_id": "o7", "member_id": 12345678901234567890}, {"order_id": "o8", "member_id": 1e300},
+            {"order_id": "o9", "member_id": 9007199254740992.0}]
+    land("orders/pandas_20240131.jsonl", "".join(json.dumps({**base, **r}) + "\n" for r in rows))
+    ingest_source(con, "orders", settings, "t")
+    assert con.execute("SELECT order_id, member_id, phone FROM raw.orders ORDER BY order_id").fetchall() == [
+        ("5", "100000", None), ("o1", "880001", None), ("o2", "880001", None), ("o3", None, "13812340002"),
+        ("o4", "12345.0", None), ("o6", "1.5", None), ("o7", "12345678901234567890", None), ("o8", "1e300", None),
+        ("o9", "9007199254740992.0", None)]
+    assert con.execute("SELECT count(*) FROM raw.quarantine").fetchone()[0] == 0
+
+
 def test_a_csv_files_signature_is_its_header_as_duckdb_names_it(tmp_path, settings):
     """The reader takes a CSV file's signature from its header (every column VARCHAR) instead of asking DuckDB:
     it must be exactly what DESCRIBE gives, odd names included, and the row count the table's."""
