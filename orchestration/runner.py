@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestration.contract import SOURCES
-from orchestration.ingest.files import stray_files
+from orchestration.ingest.files import stray_files, unlisted
 from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
 from orchestration.settings import Settings, settings_as_json
 from orchestration.warehouse import LAYER_SCHEMAS, WarehouseLockedError, connect, ensure_not_locked
@@ -48,6 +48,7 @@ class PipelineResult:
     log_path: Path | None = None
     summary_error: str | None = None
     stray_files: list[str] = field(default_factory=list)  # under landing/, outside every source's folder
+    unlisted: list[str] = field(default_factory=list)  # under landing/<source>/, no regular file that can be read
     rebuilt: list[str] = field(default_factory=list)  # what this run built in full, and why (not on a first run)
     # what `privdom run` did before the Dagster run began, in seconds (not in `seconds`): the lock wait, workers,
     # dbt parse, the definitions; the summary names them when they took long (the soak review saw a run
@@ -84,6 +85,10 @@ class PipelineResult:
                 lines.append("")
             lines.append(f"    NOT READ: {len(self.stray_files):,}{'+' if len(self.stray_files) >= 1000 else ''} file(s) under "
                          f"{s.landing_dir}/ outside the source folders ({', '.join(SOURCES)}; deliver to {s.landing_dir}/<source>/): {shown}")
+        if self.unlisted:
+            shown = ", ".join(self.unlisted[:5]) + (" …" if len(self.unlisted) > 5 else "")
+            lines.append(f"    NOT READ: {len(self.unlisted):,} entr{'y' if len(self.unlisted) == 1 else 'ies'} under the source "
+                         f"folders that are not regular files privdom can read: {shown}")
         if self.summary_error:
             lines.append("")
             lines.append(f"  (no table summary: {self.summary_error})")
@@ -387,6 +392,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         before_run=before_run,
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
+        unlisted=[u for source in SOURCES for u in unlisted(settings.landing_dir, source)],
     )
 
 

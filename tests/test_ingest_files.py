@@ -1143,3 +1143,86 @@ def test_a_file_whose_metadata_alone_changes_while_it_is_read_loads(con, setting
     monkeypatch.setattr(core, "_stage_all", stage_then_touch_metadata)
     report = ingest_source(con, "channel_events", settings, "run1")
     assert report.rows_loaded == 1 and sorted(f.status for f in report.files) == ["loaded", "rejected"]
+
+
+def test_a_file_that_cannot_be_read_or_is_gone_when_hashed_stops_nothing_else(con, settings, land, monkeypatch):
+    """A landing file the run cannot read (no read permission, an I/O error) is rejected by name and the
+    source's other files load; a file removed between the listing and its hash is passed over. Either used to
+    fail the source's whole step with a bare OSError (the filesystem review)."""
+    import orchestration.ingest.core as core
+
+    land("channel_events/good_20240131.csv", CE_GOOD)
+    locked = land("channel_events/locked_20240131.csv", CE_GOOD.replace("e1,", "e2,"))
+    gone = land("channel_events/gone_20240131.csv", CE_GOOD.replace("e1,", "e3,"))
+    real_hash, real_discover = core.fl.sha256_of, core.fl.discover
+
+    def hash_(path):
+        if path.name == locked.name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_hash(path)
+
+    def discover(landing_dir, source):
+        out = real_discover(landing_dir, source)
+        gone.unlink(missing_ok=True)
+        return out
+
+    monkeypatch.setattr(core.fl, "sha256_of", hash_)
+    monkeypatch.setattr(core.fl, "discover", discover)
+    report = ingest_source(con, "channel_events", settings, "run1")
+    led = ledger(con)
+    assert led["channel_events/good_20240131.csv"][0] == "loaded"
+    status, error, *rows = led["channel_events/locked_20240131.csv"]
+    assert status == "rejected" and "locked_20240131.csv: unreadable: cannot be read (Permission denied)" in error
+    assert "channel_events/gone_20240131.csv" not in led
+    assert report.rows_loaded == 1 and [r.path for r in report.rejected] == ["channel_events/locked_20240131.csv"]
+
+    again = ingest_source(con, "channel_events", settings, "run2")  # still unreadable: recorded once
+    assert again.files == [] and con.execute("SELECT count(*) FROM raw.ingestion_ledger").fetchone()[0] == 2
+    monkeypatch.setattr(core.fl, "sha256_of", real_hash)  # readable again: loads
+    third = ingest_source(con, "channel_events", settings, "run3")
+    assert [(r.path, r.status) for r in third.files] == [("channel_events/locked_20240131.csv", "loaded")]
+
+
+def test_entries_that_are_no_readable_files_are_named_not_passed_over(con, settings, land, tmp_path, monkeypatch):
+    """A link to a folder (not followed), a link to nothing or to itself, a pipe or a socket under
+    landing/<source>/ is in no ledger row: discovery passed them over without a word (the filesystem review).
+    They are named by fl.unlisted, which the ingest step logs and `privdom run`'s summary lists as NOT READ."""
+    import os
+    import socket
+
+    from orchestration.ingest import files as fl
+    from orchestration.runner import PipelineResult
+
+    land("orders/orders_20240131.csv", "x")
+    root = settings.landing_dir / "orders"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "orders_20240201.csv").write_text("x")
+    os.symlink(elsewhere, root / "linked")
+    os.symlink("nothing_20240202.csv", root / "orders_20240202.csv")
+    os.symlink("orders_20240203.csv", root / "orders_20240203.csv")
+    os.mkfifo(root / "orders_20240204.csv")
+    sock = socket.socket(socket.AF_UNIX)
+    monkeypatch.chdir(root)  # a socket's path has at most 107 bytes: a worker's tmp_path can be longer
+    sock.bind("orders_20240205.csv")
+    os.symlink(root / "orders_20240131.csv", root / "orders_20240206.csv")  # a link to a file: a file
+    os.mkfifo(root / ".hidden_fifo")  # hidden: no delivery, not named
+    # what uploaders, Excel and Windows leave beside deliveries: no delivery, not named (they were rejected, and
+    # a transfer in progress again on every run its size changed)
+    for name in ("orders_20240207.csv.part", "orders_20240207.csv.filepart", "orders_20240207.csv.crdownload",
+                 "orders_20240207.TMP", "~$orders_20240207.csv", "Thumbs.db", "desktop.ini"):
+        land(f"orders/{name}", "x")
+    land("orders/tmp_orders_part_20240208.csv", "x")  # such words inside a name are no such file
+    try:
+        assert [f.rel_path for f in fl.discover(settings.landing_dir, "orders")] == [
+            "orders/orders_20240131.csv", "orders/orders_20240206.csv", "orders/tmp_orders_part_20240208.csv"]
+        assert fl.stray_files(settings.landing_dir) == []
+        names = fl.unlisted(settings.landing_dir, "orders")
+        assert [n.split(" (")[0] for n in names] == ["orders/linked", "orders/orders_20240202.csv",
+                                                     "orders/orders_20240203.csv", "orders/orders_20240204.csv",
+                                                     "orders/orders_20240205.csv"]
+        assert "a link to a folder, not followed" in names[0] and "pipe, socket or device" in names[3]
+        text = PipelineResult(settings, "0123456789abcdef", True, 1.0, unlisted=names).describe()
+        assert "NOT READ: 5 entries under the source folders" in text and "orders/linked (a link to a folder" in text
+    finally:
+        sock.close()

@@ -13,7 +13,7 @@ from orchestration.contract import CONTRACTS, SOURCES
 from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
-from orchestration.ingest.files import stray_files
+from orchestration.ingest.files import stray_files, unlisted
 from orchestration.landing import SETTLED_BEFORE_TAG
 from orchestration.settings import share_of_memory_limit
 
@@ -187,6 +187,11 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         if report.files_waiting:
             context.log.info(f"{len(report.files_waiting)} landing file(s) modified after the sensor saw them settled "
                              f"wait for a later run (they may still be being copied in): {', '.join(report.files_waiting[:5])}")
+        passed_over = unlisted(settings.landing_dir, source)
+        if passed_over:  # a link to a folder, a folder without permission, a pipe: in no ledger row
+            context.log.warning(f"{len(passed_over)} entr{'y' if len(passed_over) == 1 else 'ies'} under landing/{source}/ "
+                                f"not read (not regular files that can be read): {', '.join(passed_over[:5])}"
+                                f"{' …' if len(passed_over) > 5 else ''}")
         astray = [p for p in stray_files(settings.landing_dir) if p.split("/")[0].strip().lower() == source]
         if astray:  # landing/Orders/...: meant for this source, never read
             context.log.warning(f"{len(astray)} landing file(s) in a folder that is not landing/{source}/ are not read: "

@@ -902,6 +902,10 @@ RACY_NS = 2_000_000_000
 
 _Stamp = tuple[int, int, int, int]  # size, modification time (ns), inode change time (ns), inode
 
+# _content_hash's answer for a listed file that is gone when hashed, and the ledger's content hash of one that
+# cannot be read (its path is recorded once as rejected; once readable, its real hash makes it new)
+GONE, UNREADABLE = "gone", "unreadable"
+
 
 def _stamp(st: os.stat_result) -> _Stamp:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
@@ -918,12 +922,17 @@ def _content_hash(f: fl.LandingFile, hashed: dict[str, tuple[_Stamp, str]]) -> t
     The last item is the stamp seen before the hash, which the file must still have once it has been read
     (_still_as_hashed)."""
     started = time.time_ns()
-    before = _stamp(f.path.stat())
-    known = hashed.get(f.rel_path)
-    if known is not None and known[0] == before:
-        return known[1], before[0], None, before
-    sha, size = fl.sha256_of(f.path)
-    after = _stamp(f.path.stat())
+    try:
+        before = _stamp(f.path.stat())
+        known = hashed.get(f.rel_path)
+        if known is not None and known[0] == before:
+            return known[1], before[0], None, before
+        sha, size = fl.sha256_of(f.path)
+        after = _stamp(f.path.stat())
+    except FileNotFoundError:
+        return GONE, 0, None, None  # removed since it was listed: not a delivery any more
+    except OSError as exc:  # no read permission, an I/O error: rejected by name, the source's other files load
+        return UNREADABLE, 0, None, exc
     record = after == before and size == before[0] and before[2] < started - RACY_NS
     return sha, size, before if record else None, before
 
@@ -1327,8 +1336,18 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
             wanted = [f for f in wanted if f.rel_path not in waiting]
         stamps: dict[int, _Stamp] = {}
         for f, (sha, size, stamp) in zip(wanted, _content_hashes(wanted, hashed, newly_hashed)):
+            if sha == GONE:
+                continue
             if (f.rel_path, sha) in seen:
                 report.files_skipped += 1
+                continue
+            if sha == UNREADABLE:
+                why = getattr(stamp, "strerror", None) or _first_line(stamp)
+                err = f"{f.rel_path}: unreadable: cannot be read ({why}); nothing of it loaded, the next run reads it again once it can be read"
+                started = dt.datetime.now(dt.timezone.utc)
+                ledger_rows.append(_ledger_row(next_id, source, f, UNREADABLE, 0, None, "rejected", (0, 0, 0), err, load_id, started))
+                report.files.append(FileResult(f.rel_path, "rejected", next_id, f.batch_date, error=err))
+                next_id += 1
                 continue
             cand = _Candidate(next_id, f, sha, size, dt.datetime.now(dt.timezone.utc))
             stamps[cand.file_id] = stamp

@@ -6,7 +6,9 @@ import codecs
 import datetime as dt
 import gzip
 import hashlib
+import os
 import re
+import stat
 import threading
 import zlib
 from dataclasses import dataclass
@@ -86,10 +88,17 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
     return None, None
 
 
+# Names that uploaders, Excel and Windows write beside deliveries: a transfer in progress (WinSCP's .filepart,
+# a browser's .crdownload, .part, .partial, .tmp), an Excel lock file, folder metadata. Each was rejected as an
+# unsupported file type (a transfer in progress again on every run its size changed), and files_readable warned.
+_LEFT_BESIDE = re.compile(r"(?i)(~\$.*|thumbs\.db|desktop\.ini|.*\.(part|partial|filepart|crdownload|tmp))")
+
+
 def is_delivery(parts: tuple[str, ...]) -> bool:
     """Whether a path under a landing folder (its parts) can be a delivery: no part hidden or starting with `_`
-    (`.DS_Store`, `_SUCCESS` markers, `_tmp/`)."""
-    return not any(part.startswith((".", "_")) for part in parts)
+    (`.DS_Store`, `_SUCCESS` markers, `_tmp/`), and a name that is no upload's, Excel's or Windows' own file
+    (_LEFT_BESIDE)."""
+    return not any(part.startswith((".", "_")) for part in parts) and not _LEFT_BESIDE.fullmatch(parts[-1])
 
 
 def discover(landing_dir: Path, source: str) -> list[LandingFile]:
@@ -102,12 +111,7 @@ def discover(landing_dir: Path, source: str) -> list[LandingFile]:
     if not root.is_dir():
         return []
     out = []
-    for p in root.rglob("*"):
-        if not p.is_file():
-            continue
-        rel_parts = p.relative_to(root).parts
-        if not is_delivery(rel_parts):
-            continue
+    for p in _walk(root)[0]:
         rel = p.relative_to(landing_dir).as_posix()
         suffix = match_suffix(p.name)
         bd, bd_err = batch_date_of(rel)
@@ -123,6 +127,54 @@ def discover(landing_dir: Path, source: str) -> list[LandingFile]:
             )
         )
     return sorted(out, key=lambda f: f.sort_key)
+
+
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the regular files under `root` that can be deliveries, a link to one included; the entries named like
+    deliveries that are not listed, each with why). Hidden and `_` names are neither. A link to a folder is not
+    followed (Path.rglob does not either), and a folder that cannot be listed, a link to nothing or to itself, a
+    pipe, socket or device are no files: rglob passed them over without a word, so a delivery in such a folder,
+    or one that is such a link, was in neither the ledger nor the summary (the filesystem review)."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            skipped.append((folder, f"a folder that cannot be listed: {exc.strerror}"))
+            continue
+        for e in entries:
+            if not is_delivery((e.name,)):
+                continue
+            p = Path(e.path)
+            try:
+                link = e.is_symlink()
+                mode = os.stat(p).st_mode  # the link's target
+            except OSError as exc:
+                skipped.append((p, f"a link to nothing that can be read: {exc.strerror}"))
+                continue
+            if stat.S_ISDIR(mode):
+                if link:
+                    skipped.append((p, "a link to a folder, not followed"))
+                else:
+                    stack.append(p)
+            elif stat.S_ISREG(mode):
+                files.append(p)
+            else:
+                skipped.append((p, "not a regular file: a pipe, socket or device"))
+    return files, skipped
+
+
+def unlisted(landing_dir: Path, source: str) -> list[str]:
+    """Entries under landing/<source>/ named like deliveries that discover does not list, each as
+    "<relative path> (why)", sorted."""
+    root = landing_dir / source
+    if not root.is_dir():
+        return []
+    return sorted(f"{p.relative_to(landing_dir).as_posix()} ({why})" for p, why in _walk(root)[1])
 
 
 def stray_files(landing_dir: Path, limit: int = 1000) -> list[str]:
@@ -176,6 +228,8 @@ def _chunks(f: LandingFile):
             while chunk := fh.read(CHUNK):
                 yield chunk
     except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # no permission, an I/O error: not the bytes' fault
+            raise FileRejected(f"{f.rel_path}: unreadable: cannot be read ({exc.strerror})") from None
         raise FileRejected(f"{f.rel_path}: unreadable: not a valid gzip file ({exc})") from None
 
 
