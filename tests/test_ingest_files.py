@@ -290,6 +290,25 @@ def test_every_format_gives_identical_raw_tables(con, settings, land):
     assert row == ("wecom", "13800138000", "春节大促二维码", True)
 
 
+def test_parquet_int96_timestamps_are_utc_instants(con, settings, land):
+    """Spark (whose default Parquet timestamp is INT96) and Hive write instants there, normalised to UTC; DuckDB
+    reads INT96 as a naive TIMESTAMP, which the contract takes as Shanghai wall time: an event at 10:00 in
+    Shanghai (02:00 UTC) loaded as 02:00 Shanghai (schema-drift review). INT64 timestamps keep their rules: naive
+    is Shanghai, UTC-adjusted is an instant."""
+    utc = [dt.datetime(2024, 1, 31, 2, tzinfo=dt.UTC)]
+    base = {"channel": ["wecom"], "event_type": ["follow"], "openid": ["o1"]}
+    for name, occurred, int96 in (("spark", pa.array(utc, pa.timestamp("ns", tz="UTC")), True),
+                                  ("naive", pa.array([dt.datetime(2024, 1, 31, 10)], pa.timestamp("us")), False),
+                                  ("adjusted", pa.array(utc, pa.timestamp("us", tz="UTC")), False)):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"event_id": [name], "occurred_at": occurred, **base}), buf,
+                       use_deprecated_int96_timestamps=int96)
+        land(f"channel_events/{name}_20240131.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    assert con.execute("SELECT event_id, occurred_at = TIMESTAMPTZ '2024-01-31 10:00:00+08' FROM raw.channel_events "
+                       "ORDER BY 1").fetchall() == [("adjusted", True), ("naive", True), ("spark", True)]
+
+
 def test_jsonl_records_keep_file_order_whatever_their_keys(con, settings, land):
     # the JSON Lines reader extracts all keys in one call over a subquery; keys named like its internal
     # columns ("_n", "_v") must neither shift the values nor change the row order, and no key is path syntax

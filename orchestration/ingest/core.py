@@ -279,6 +279,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
             ).fetchone()[0]
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
+        _int96_as_instants(con, f)
         return "binary", None, rows, False
 
     compression = "gzip" if f.compression == "gzip" else "none"
@@ -299,6 +300,20 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
         fl.transcode_to_utf8(f, encoding, path)
     signature, rows, malformed = _read_text(con, f, path, compression, fast=False, order=order, cents=cents)
     return encoding, signature, rows, malformed
+
+
+def _int96_as_instants(con: duckdb.DuckDBPyConnection, f: fl.LandingFile) -> None:
+    """A Parquet INT96 timestamp column of _SRC becomes TIMESTAMPTZ, its values read as UTC: Spark (INT96 is its
+    default timestamp type) and Hive write instants there, normalised to UTC, and DuckDB reads them as a naive
+    TIMESTAMP, which the contract takes as Asia/Shanghai wall-clock time: 10:00 in Shanghai loaded as 02:00
+    (schema-drift review). Only a file with a naive TIMESTAMP column asks for its Parquet schema."""
+    naive = {r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE {_SRC}) WHERE column_type = 'TIMESTAMP'").fetchall()}
+    if not naive:
+        return
+    int96 = [r[0] for r in con.execute(f"SELECT name FROM parquet_schema({path_sql(f.path)}) WHERE type = 'INT96'").fetchall()
+             if r[0] in naive]
+    for name in int96:
+        con.execute(f"ALTER TABLE {_SRC} ALTER {R.q(name)} TYPE TIMESTAMPTZ USING timezone('UTC', {R.q(name)})")
 
 
 def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool,
