@@ -471,9 +471,28 @@ def main(argv: list[str] | None = None) -> int:
         # by Dagster: its own message names the file and the segment, and what is allowed
         found = _definition_error(exc)
         if found is None:
-            raise
+            unreadable = _file_error(exc)
+            if unreadable is None:
+                raise
+            print(f"privdom: {unreadable}", file=sys.stderr)
+            return 1
         print(f"privdom: {found}", file=sys.stderr)
         return 2
+
+
+def _file_error(exc: BaseException) -> str | None:
+    """One line for a file of the data directory that cannot be opened, read or written (a damaged warehouse, a
+    read-only mount, a full disk), or None for any other error (which keeps its traceback)."""
+    import duckdb
+
+    if not isinstance(exc, (OSError, duckdb.IOException)):
+        return None
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if "not a valid DuckDB database file" in text:
+        text += (" It is damaged: restore warehouse.duckdb from a backup. Deleting it makes the next run rebuild"
+                 " from landing/, with customer keys issued anew (segment exports are withheld until exports/ is"
+                 " moved aside) and no record of what destinations hold.")
+    return text
 
 
 def _require_source_checkout() -> None:

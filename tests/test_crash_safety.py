@@ -123,8 +123,9 @@ def runs(tmp_path_factory):
     return clean, crashed, final, exported_before_the_kill, left_by_the_kill
 
 
-# An export's own identity and wall-clock times; everything else in the manifest must be equal.
-VOLATILE_MANIFEST_KEYS = {"export_id", "exported_at", "computed_at", "files"}
+# An export's own identity and wall-clock times, and its warehouse's key registry (an id of its own per warehouse);
+# everything else in the manifest must be equal.
+VOLATILE_MANIFEST_KEYS = {"export_id", "exported_at", "computed_at", "files", "key_registry"}
 
 
 def exports_snapshot(exports: Path) -> dict:

@@ -236,3 +236,16 @@ def test_the_environment_overrides_the_settings_file_and_block_list_values_are_l
     s = load_settings(tmp_path)
     assert s.identity_max_degree == 7
     assert s.placeholder_values[-2:] == ("test-user", "guest")
+
+
+def test_a_damaged_warehouse_or_a_read_only_data_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    """From the runbook review: garbage in the warehouse's first bytes (or a data directory on a read-only
+    mount) ended `privdom segments`, `prune`, `dbt` and `run` in a traceback."""
+    from orchestration.cli import main
+
+    monkeypatch.delenv("PRIVDOM_HOME", raising=False)
+    (tmp_path / "warehouse.duckdb").write_bytes(b"GARBAGE" * 4096)
+    assert main(["--data-dir", str(tmp_path), "segments"]) == 1
+    err = capsys.readouterr().err
+    assert "not a valid DuckDB database file" in err and "restore warehouse.duckdb" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -185,6 +185,43 @@ def test_adds_and_removes_against_the_previous_export_and_a_merge_shows_as_remov
     assert (third.adds, third.removes) == (0, 0)
 
 
+def test_an_export_after_its_key_registry_was_replaced_is_withheld(world):
+    """Runbook review: a warehouse deleted and rebuilt from landing issued its customer keys again, to other
+    people (186 of 520), and the next exports' adds and removes were computed key by key against the old export.
+    Every manifest names the key registry; an export against a previous one of another registry is withheld,
+    saying what to do. The same registry, or a previous export that named none (older privdom), goes on."""
+    from orchestration.identity.keys import KEY_REGISTRY, ensure_state_tables, key_registry_id
+
+    warehouse, exports = world
+    (d,) = _defs()
+    _membership(warehouse, [d])
+    unnamed = _export(warehouse, exports, d)  # no identity step yet: no registry
+    assert unnamed.manifest["key_registry"] is None
+    con = connect(warehouse)
+    ensure_state_tables(con)
+    ensure_state_tables(con)  # made once: the id stays
+    first_registry = key_registry_id(con)
+    assert con.execute(f"select count(*) from {KEY_REGISTRY}").fetchone()[0] == 1
+    con.execute("update marts.dim_customers set paid_orders = 2 where customer_key = 'C5'")
+    con.close()
+    _membership(warehouse, [d])
+    named = _export(warehouse, exports, d)
+    assert named.manifest["key_registry"] == first_registry and named.adds == 1
+    con = connect(warehouse)  # the warehouse is rebuilt: a new registry
+    con.execute(f"drop table {KEY_REGISTRY}")
+    ensure_state_tables(con)
+    con.execute("update marts.dim_customers set paid_orders = 0 where customer_key = 'C5'")
+    con.close()
+    _membership(warehouse, [d])
+    with pytest.raises(ExportError, match="another key registry") as refused:
+        _export(warehouse, exports, d)
+    assert "Restore warehouse.duckdb from a backup, or move" in str(refused.value)
+    assert latest_export_id(exports / "buyers") == named.export_id  # nothing published
+    shutil.move(exports / "buyers", exports.parent / "buyers-before-rebuild")
+    anew = _export(warehouse, exports, d)
+    assert anew.previous_export_id is None and anew.manifest["key_registry"] not in (None, first_registry)
+
+
 def test_an_empty_segment_exports_an_empty_file_with_its_dates(world):
     warehouse, exports = world
     (d,) = _defs({"nobody": {"version": 1, "purpose": "p", "rule": [{"column": "paid_orders", "op": "gt", "value": 100}]}})

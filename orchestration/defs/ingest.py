@@ -99,6 +99,12 @@ def columns_check(report: SourceIngestReport) -> dg.AssetCheckResult:
     )
 
 
+def _worst_files(report: SourceIngestReport, shown: int = 3) -> str:
+    """The files with the most quarantined rows of this run, most first, as "<path> <rows>"."""
+    worst = sorted((f for f in report.files if f.rows_quarantined), key=lambda f: (-f.rows_quarantined, f.path))
+    return ", ".join(f"{f.path} {f.rows_quarantined:,}" for f in worst[:shown]) + (" …" if len(worst) > shown else "")
+
+
 def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.AssetCheckResult:
     """Above max_quarantine_share: the run's blocking check fails (exports wait). At or below: it warns."""
     share = report.quarantined_share or 0.0
@@ -119,7 +125,9 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
             severity=dg.AssetCheckSeverity.ERROR,
             metadata=metadata,
             description=(f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({share:.2%}) were "
-                         f"quarantined, above the {max_share:.2%} limit; by rule: {by_rule}"),
+                         f"quarantined, above the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)}: "
+                         "exports and syncs wait, and the next run exports without these rows; to count them, deliver "
+                         "them corrected before it (under the same name or a new one), or pause the schedule"),
         )
     return dg.AssetCheckResult(
         check_name=CHECK_QUARANTINE_SHARE,

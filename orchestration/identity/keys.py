@@ -39,6 +39,7 @@ in its changes"); a full pass after a full build of the graph or with ``full_ref
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -61,6 +62,10 @@ CUSTOMER_KEYS = f"{STATE_SCHEMA}.customer_keys"
 IDENTIFIER_KEYS = f"{STATE_SCHEMA}.identifier_keys"
 MERGES = f"{STATE_SCHEMA}.customer_key_merges"
 SPLITS = f"{STATE_SCHEMA}.customer_key_splits"
+# One row: this warehouse's key registry, named when its key tables were made. Customer keys are issued in
+# sequence, so a warehouse rebuilt from landing gives them to other people; what holds keys outside the warehouse
+# (segment exports, their manifests carry the id) can tell it is not the registry that named them.
+KEY_REGISTRY = f"{STATE_SCHEMA}.key_registry"
 OUTPUT_TABLE = "intermediate.int_customer_keys"
 # this step's name in the identity graph's change log (identity_state.graph_consumers)
 CONSUMER = "int_customer_keys"
@@ -95,8 +100,19 @@ class KeyReport:
     as_metadata = to_metadata
 
 
+def key_registry_id(con) -> str | None:
+    """The id of the warehouse's key registry (KEY_REGISTRY), or None before the identity step made it."""
+    if not table_exists(con, KEY_REGISTRY):
+        return None
+    row = con.execute(f"SELECT registry_id FROM {KEY_REGISTRY}").fetchone()
+    return row[0] if row else None
+
+
 def ensure_state_tables(con) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA}")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {KEY_REGISTRY} (registry_id VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL)")
+    con.execute(f"INSERT INTO {KEY_REGISTRY} SELECT ?, now() WHERE NOT EXISTS (SELECT 1 FROM {KEY_REGISTRY})",
+                [str(uuid.uuid4())])
     con.execute(
         f"""
         CREATE TABLE IF NOT EXISTS {CUSTOMER_KEYS} (

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 
+from orchestration.identity.keys import key_registry_id
 from orchestration.segments.definitions import EXPLAIN_COLUMNS, ExportOptions, SegmentDefinition
 from orchestration.segments.membership import DIM_CUSTOMERS, MEMBERS_TABLE, REMOVE_REASON_SQL, remove_reason_joins
 from orchestration.warehouse import path_sql, table_exists
@@ -299,8 +300,10 @@ def export_segment(
         raise ExportError(f"{segment_dir / LATEST} names {previous_id!r}, which is not a complete export")
     _remove_leftovers(segment_dir, previous_id)
     digest = _members_digest(con, definition.name)
+    registry = key_registry_id(con)
     if previous_id is not None:
         previous = read_manifest(segment_dir / previous_id)
+        _require_same_registry(previous, registry, segment_dir / previous_id)
         if _same_export(previous, definition, formats, options, digest):
             pruned = _prune_after_publishing(segment_dir, keep=options.keep)  # a lowered `keep` applies without new data too
             return ExportResult(definition.name, previous_id, segment_dir / previous_id, previous["row_count"], 0, 0,
@@ -398,6 +401,7 @@ def export_segment(
             "data_end_at": data_end_at.isoformat() if data_end_at else None,
             "row_count": rows,
             "members_digest": digest,
+            "key_registry": registry,
             "adds": expected["adds"],
             "removes": expected["removes"],
             "formats": list(formats),
@@ -511,6 +515,21 @@ def _prune(segment_dir: Path, keep: int) -> None:
     for export_id in ids[: max(0, len(ids) - keep)]:
         if export_id != latest:
             _discard(segment_dir, export_id)
+
+
+def _require_same_registry(previous: dict, registry: str | None, previous_dir: Path) -> None:
+    """Raise ExportError when the previous export was made with another key registry's customer keys (runbook
+    review: a warehouse deleted and rebuilt from landing gave 186 of 520 keys to other people, and the next
+    exports' adds and removes, reasons included, were computed key by key against the old export's people). An
+    export from before manifests named their registry, or a warehouse without one, is taken as the same."""
+    earlier = previous.get("key_registry")
+    if earlier and registry and earlier != registry:
+        raise ExportError(
+            f"{previous_dir} was made with the customer keys of another key registry ({earlier}; this warehouse's is "
+            f"{registry}): the warehouse was rebuilt or replaced, and its keys name other people. Restore "
+            f"warehouse.duckdb from a backup, or move {previous_dir.parent} aside, and clear what destinations "
+            "received from it, to begin this segment's exports anew"
+        )
 
 
 def export_all(
