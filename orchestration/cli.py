@@ -483,8 +483,24 @@ def main(argv: list[str] | None = None) -> int:
 def _file_error(exc: BaseException) -> str | None:
     """One line for a file of the data directory that cannot be opened, read or written (a damaged warehouse, a
     read-only mount, a full disk), or None for any other error (which keeps its traceback)."""
+    import sqlite3
+
     import duckdb
 
+    # Dagster's run storage (SQLite under $PRIVDOM_HOME/dagster) on a full disk or read-only files: its error,
+    # through SQLAlchemy's, was a 127-line traceback that never said where (runbook review)
+    cause: BaseException | None = exc
+    for _ in range(10):  # SQLAlchemy keeps the driver's error as .orig; Dagster may wrap it again
+        if cause is None or isinstance(cause, sqlite3.OperationalError):
+            break
+        orig = getattr(cause, "orig", None)
+        cause = orig if isinstance(orig, BaseException) else (cause.__cause__ or cause.__context__)
+    if isinstance(cause, sqlite3.OperationalError):
+        text = str(cause)
+        if any(s in text for s in ("disk I/O error", "database or disk is full", "readonly database", "unable to open")):
+            return (f"Dagster's run storage (the SQLite files under the data directory's dagster/) could not be "
+                    f"written: {text}; check the free space and permissions there")
+        return None
     if not isinstance(exc, (OSError, duckdb.IOException)):
         return None
     text = " ".join(str(exc).split()) or type(exc).__name__

@@ -249,3 +249,29 @@ def test_a_damaged_warehouse_or_a_read_only_data_directory_is_one_line(tmp_path,
     err = capsys.readouterr().err
     assert "not a valid DuckDB database file" in err and "restore warehouse.duckdb" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_dagster_storage_out_of_disk_is_one_line():
+    """From the runbook review: a full disk under dagster/ ended `privdom run` in a 127-line SQLAlchemy traceback
+    ending in `sqlite3.OperationalError: disk I/O error`, which never said where."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from orchestration.cli import _file_error
+
+    full = sqlalchemy.exc.OperationalError("INSERT INTO event_logs ...", {}, sqlite3.OperationalError("disk I/O error"))
+    text = _file_error(full)
+    assert text.startswith("Dagster's run storage (the SQLite files under the data directory's dagster/) could not "
+                           "be written: disk I/O error") and "free space" in text
+    assert _file_error(sqlite3.OperationalError("database or disk is full")) is not None
+    try:  # wrapped again, as Dagster does
+        try:
+            raise full
+        except sqlalchemy.exc.OperationalError as inner:
+            raise RuntimeError("could not store the event") from inner
+    except RuntimeError as wrapped:
+        assert "disk I/O error" in _file_error(wrapped)
+    # any other SQL error keeps its traceback
+    assert _file_error(sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: runs"))) is None
+    assert _file_error(ValueError("x")) is None
