@@ -27,6 +27,7 @@ VOLATILE_COLUMNS = {
     "built_at",  # when the identity graph was built (its change log)
     "_built_at",  # when the dbt build that wrote a row of int_channel_events__customers started
     "tested_built_at",  # the newest of those that the data tests have covered (raw.dbt_incremental_state)
+    "registry_id",  # the key registry's id (identity_state.key_registry): one of its own per warehouse
 }
 # The identity graph's change log records every build: a run that was killed and run again builds the graph once
 # more (with nothing new) and its readers take in both builds, so the log's rows differ from an uninterrupted
@@ -91,7 +92,7 @@ def snapshot(path: Path) -> dict[str, list]:
                 ).fetchall()
                 if c not in VOLATILE_COLUMNS and not (c == "created_at" and schema == REGISTRY_SCHEMA)
             ]
-            select = ", ".join(f'"{c}"' for c in cols)
+            select = ", ".join(f'"{c}"' for c in cols) or "count(*)"  # identity_state.key_registry: its row count
             out[f"{schema}.{table}"] = con.execute(f'select {select} from "{schema}"."{table}" order by all').fetchall()
         return out
     finally:
