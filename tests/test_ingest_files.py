@@ -1173,20 +1173,20 @@ def test_a_file_that_cannot_be_read_or_is_gone_when_hashed_stops_nothing_else(co
     land("channel_events/good_20240131.csv", CE_GOOD)
     locked = land("channel_events/locked_20240131.csv", CE_GOOD.replace("e1,", "e2,"))
     gone = land("channel_events/gone_20240131.csv", CE_GOOD.replace("e1,", "e3,"))
-    real_hash, real_discover = core.fl.sha256_of, core.fl.discover
+    real_hash, real_listing = core.fl.sha256_of, core.fl.listing
 
     def hash_(path):
         if path.name == locked.name:
             raise PermissionError(13, "Permission denied", str(path))
         return real_hash(path)
 
-    def discover(landing_dir, source):
-        out = real_discover(landing_dir, source)
+    def listing(landing_dir, source):
+        out = real_listing(landing_dir, source)
         gone.unlink(missing_ok=True)
         return out
 
     monkeypatch.setattr(core.fl, "sha256_of", hash_)
-    monkeypatch.setattr(core.fl, "discover", discover)
+    monkeypatch.setattr(core.fl, "listing", listing)
     report = ingest_source(con, "channel_events", settings, "run1")
     led = ledger(con)
     assert led["channel_events/good_20240131.csv"][0] == "loaded"

@@ -42,16 +42,21 @@ def _snapshot(warehouse: Path) -> dict[str, object]:
         con.close()
 
 
+def _run_id(run: subprocess.CompletedProcess) -> str:
+    import re
+
+    return re.search(r"privdom run ([0-9a-f]{8}): succeeded", run.stdout).group(1)
+
+
 def _keep_run_results(data_dir: Path, run: subprocess.CompletedProcess) -> None:
     """Copy the run's dbt results (target/<step>-<run id[:7]>-<hash>/run_results.json) to
     <data dir>/dbt-run-results/ at once: every data directory's runs share dbt_project/target/, whose steps keep
     their 10 newest invocation folders, and the test files run beside this one (pytest-xdist) run pipelines too."""
-    import re
     import shutil
 
     from orchestration.settings import DBT_PROJECT_DIR
 
-    run_id = re.search(r"privdom run ([0-9a-f]{8}): succeeded", run.stdout).group(1)
+    run_id = _run_id(run)
     kept = data_dir / "dbt-run-results"
     kept.mkdir(exist_ok=True)
     for d in (DBT_PROJECT_DIR / "target").glob(f"dbt_*-{run_id[:7]}-*"):
@@ -62,9 +67,8 @@ def _keep_run_results(data_dir: Path, run: subprocess.CompletedProcess) -> None:
 def _run_results(data_dir: Path, run: subprocess.CompletedProcess, step: str = "dbt_") -> list[dict]:
     """The results of the run's dbt steps whose name starts with `step`, as _keep_run_results kept them."""
     import json
-    import re
 
-    run_id = re.search(r"privdom run ([0-9a-f]{8}): succeeded", run.stdout).group(1)
+    run_id = _run_id(run)
     return [
         json.loads(f.read_text(encoding="utf-8"))
         for f in sorted((data_dir / "dbt-run-results").glob(f"{step}*-{run_id[:7]}-*.json"))

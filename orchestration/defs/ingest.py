@@ -13,7 +13,7 @@ from orchestration.contract import CONTRACTS, SOURCES
 from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
-from orchestration.ingest.files import stray_files, unlisted
+from orchestration.ingest.files import stray_files
 from orchestration.landing import SETTLED_BEFORE_TAG
 from orchestration.settings import share_of_memory_limit
 
@@ -84,19 +84,36 @@ def _range_metadata(report: SourceIngestReport, dates) -> dict:
     }
 
 
+def _files_warning(check_name: str, report: SourceIngestReport, notes: list[str], lead: str, more: str,
+                   listed_as: str, listed: list[str] | None = None) -> dg.AssetCheckResult:
+    """A WARN check over this run's new files: passes without `notes`; otherwise "<lead>: <first note>" and how
+    many more there are, and where (`more`); the first 20 of `listed` (default: the notes) as metadata `listed_as`."""
+    return dg.AssetCheckResult(
+        check_name=check_name,
+        passed=not notes,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"{lead}: {notes[0]}" + (f" (and {len(notes) - 1} more: {more})" if len(notes) > 1 else ""))
+        if notes else None,
+        metadata={"files_checked": len(report.files), listed_as: (notes if listed is None else listed)[:20]},
+    )
+
+
+def files_readable_check(report: SourceIngestReport) -> dg.AssetCheckResult:
+    """WARN when a new file of this run was rejected whole."""
+    rejected = report.rejected
+    n = len(rejected)
+    return _files_warning(CHECK_FILES_READABLE, report, [f.error for f in rejected],
+                          f"{n} file{'s' if n != 1 else ''} rejected, nothing of {'them' if n != 1 else 'it'} loaded",
+                          "see raw.ingestion_ledger", "files_rejected", [f"{f.path}: {f.error}" for f in rejected])
+
+
 def columns_check(report: SourceIngestReport) -> dg.AssetCheckResult:
     """WARN when a loaded file looks like it renamed a contract column (FileResult.columns_note)."""
     noted = [f.columns_note for f in report.files if f.columns_note]
-    return dg.AssetCheckResult(
-        check_name=CHECK_COLUMNS,
-        passed=not noted,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(f"{len(noted)} file{'s' if len(noted) != 1 else ''} loaded with defaults for missing columns "
-                     f"beside columns the contract does not know: {noted[0]}"
-                     + (f" (and {len(noted) - 1} more: see this check's metadata)" if len(noted) > 1 else ""))
-        if noted else None,
-        metadata={"files_checked": len(report.files), "files_noted": noted[:20]},
-    )
+    n = len(noted)
+    return _files_warning(CHECK_COLUMNS, report, noted,
+                          f"{n} file{'s' if n != 1 else ''} loaded with defaults for missing columns beside columns "
+                          "the contract does not know", "see this check's metadata", "files_noted")
 
 
 def _worst_files(report: SourceIngestReport, shown: int = 3) -> str:
@@ -195,7 +212,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         if report.files_waiting:
             context.log.info(f"{len(report.files_waiting)} landing file(s) modified after the sensor saw them settled "
                              f"wait for a later run (they may still be being copied in): {', '.join(report.files_waiting[:5])}")
-        passed_over = unlisted(settings.landing_dir, source)
+        passed_over = report.unlisted
         if passed_over:  # a link to a folder, a folder without permission, a pipe: in no ledger row
             context.log.warning(f"{len(passed_over)} entr{'y' if len(passed_over) == 1 else 'ies'} under landing/{source}/ "
                                 f"not read (not regular files that can be read): {', '.join(passed_over[:5])}"
@@ -240,17 +257,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
         yield quarantine_share_check(report, settings.max_quarantine_share)
         if opt_outs is not None:
             yield opt_outs
-        rejected = report.rejected
-        yield dg.AssetCheckResult(
-            check_name=CHECK_FILES_READABLE,
-            passed=not rejected,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=(f"{len(rejected)} file{'s' if len(rejected) != 1 else ''} rejected, nothing of "
-                         f"{'them' if len(rejected) != 1 else 'it'} loaded: {rejected[0].error}"
-                         + (f" (and {len(rejected) - 1} more: see raw.ingestion_ledger)" if len(rejected) > 1 else ""))
-            if rejected else None,
-            metadata={"files_checked": len(report.files), "files_rejected": [f"{f.path}: {f.error}" for f in rejected[:20]]},
-        )
+        yield files_readable_check(report)
         yield columns_check(report)
 
         try:

@@ -104,6 +104,7 @@ class SourceIngestReport:
     files: list[FileResult] = field(default_factory=list)  # files recorded in the ledger by this run
     files_skipped: int = 0  # already in the ledger (same path and content)
     files_waiting: list[str] = field(default_factory=list)  # modified after the run's cutoff: left for a later run
+    unlisted: list[str] = field(default_factory=list)  # under landing/<source>/, no regular file (files.listing)
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
@@ -593,11 +594,7 @@ def _json_non_scalars(con: duckdb.DuckDBPyConnection, keys: list[str], order: Se
     text first, one scan of _SRC; only where one starts with `{` or `[`, or is `true`/`false`, are the JSON
     types of the record's values asked (a text "[vip]" is a text). _SRC is made again from _JRAW, not joined
     with it: a key may be called anything ("_n", "rowid")."""
-    wanted = {name.strip().lower() for name in order}
-    read: dict[str, int] = {}  # contract column -> position of the key read, 1-based
-    for i, k in enumerate(keys, start=1):
-        if k.strip().lower() in wanted:
-            read.setdefault(k.strip().lower(), i)
+    read = _keys_read(keys, order)
     if not read:
         return False
     def like_json(v: str) -> str:  # a value json_extract_string may have made of an object, array or boolean
@@ -630,18 +627,15 @@ def _json_whole_numbers(con: duckdb.DuckDBPyConnection, keys: list[str], order: 
     "880001.0", a second customer beside "880001", and a phone 13812340002.0 was quarantined (schema-drift
     review). A JSON string "880001.0" stays as delivered. The values are looked at as text first (json_extract_string
     writes a whole double with ".0"); only where one ends so are the records' JSON types asked."""
-    wanted = {n.strip().lower() for n in order} - {n.strip().lower() for n in cents}
-    read: dict[str, str] = {}  # contract column -> the key read (the first, as _judge_select reads it)
-    for k in keys:
-        if k.strip().lower() in wanted:
-            read.setdefault(k.strip().lower(), k)
+    amounts = {n.strip().lower() for n in cents}
+    read = [keys[i - 1] for column, i in _keys_read(keys, order).items() if column not in amounts]
     # a key called rowid hides _SRC's row id, which pairs its rows with _JRAW's: such a file keeps its texts
     if not read or any(k.strip().lower() == "rowid" for k in keys):
         return
-    looks = " OR ".join(f"{R.q(k)} LIKE '%.0'" for k in read.values())
+    looks = " OR ".join(f"{R.q(k)} LIKE '%.0'" for k in read)
     if not con.execute(f"SELECT count(*) FROM {_SRC} WHERE {looks}").fetchone()[0]:
         return
-    for k in read.values():
+    for k in read:
         col = f"{_SRC}.{R.q(k)}"
         con.execute(
             f"UPDATE {_SRC} SET {R.q(k)} = CAST(CAST(CAST({col} AS DOUBLE) AS BIGINT) AS VARCHAR) "
@@ -649,6 +643,17 @@ def _json_whole_numbers(con: duckdb.DuckDBPyConnection, keys: list[str], order: 
             f"WHERE {_SRC}.rowid = _j._n AND _j._t = 'DOUBLE' AND {col} LIKE '%.0' "
             f"AND abs(TRY_CAST({col} AS DOUBLE)) < 9007199254740992"
         )
+
+
+def _keys_read(keys: list[str], order: Sequence[str]) -> dict[str, int]:
+    """Contract column -> 1-based position in `keys` of the key read for it: the first whose name is the column's,
+    case and surrounding spaces aside, as _judge_select reads it."""
+    wanted = {name.strip().lower() for name in order}
+    read: dict[str, int] = {}
+    for i, k in enumerate(keys, start=1):
+        if k.strip().lower() in wanted:
+            read.setdefault(k.strip().lower(), i)
+    return read
 
 
 def _json_pointer(key: str) -> str:
@@ -1343,7 +1348,8 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         first: list[_Candidate] = []
         later: list[_Candidate] = []
         run_shas: set[str] = set()
-        wanted = [f for f in fl.discover(settings.landing_dir, source)
+        listed, report.unlisted = fl.listing(settings.landing_dir, source)
+        wanted = [f for f in listed
                   if not (batch_dates and f.batch_date is not None and not batch_dates[0] <= f.batch_date <= batch_dates[1])]
         if modified_before_ns is not None:
             report.files_waiting = [f.rel_path for f in wanted if _modified_ns(f.path) > modified_before_ns]

@@ -102,16 +102,23 @@ def is_delivery(parts: tuple[str, ...]) -> bool:
 
 
 def discover(landing_dir: Path, source: str) -> list[LandingFile]:
-    """Every file under landing/<source>/ (recursively), in (batch date, relative path) order.
+    """The files of listing()."""
+    return listing(landing_dir, source)[0]
+
+
+def listing(landing_dir: Path, source: str) -> tuple[list[LandingFile], list[str]]:
+    """(every file under landing/<source>/ (recursively), in (batch date, relative path) order; the entries there
+    named like deliveries that are no regular file to read, each as "<relative path> (why)", sorted), from one walk.
 
     Hidden files and files starting with ``_`` (``.DS_Store``, ``_SUCCESS`` markers) are not deliveries and are
-    not listed.
+    not listed, nor are the files uploaders, Excel and Windows leave (_LEFT_BESIDE).
     """
     root = landing_dir / source
     if not root.is_dir():
-        return []
+        return [], []
+    found, skipped = _walk(root)
     out = []
-    for p in _walk(root)[0]:
+    for p in found:
         rel = p.relative_to(landing_dir).as_posix()
         suffix = match_suffix(p.name)
         bd, bd_err = batch_date_of(rel)
@@ -126,7 +133,7 @@ def discover(landing_dir: Path, source: str) -> list[LandingFile]:
                 batch_date_error=bd_err,
             )
         )
-    return sorted(out, key=lambda f: f.sort_key)
+    return sorted(out, key=lambda f: f.sort_key), sorted(f"{p.relative_to(landing_dir).as_posix()} ({why})" for p, why in skipped)
 
 
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -169,12 +176,8 @@ def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def unlisted(landing_dir: Path, source: str) -> list[str]:
-    """Entries under landing/<source>/ named like deliveries that discover does not list, each as
-    "<relative path> (why)", sorted."""
-    root = landing_dir / source
-    if not root.is_dir():
-        return []
-    return sorted(f"{p.relative_to(landing_dir).as_posix()} ({why})" for p, why in _walk(root)[1])
+    """The entries of listing() that are no files to read."""
+    return listing(landing_dir, source)[1]
 
 
 def stray_files(landing_dir: Path, limit: int = 1000) -> list[str]:
