@@ -45,6 +45,8 @@ class PipelineResult:
     tables: list[tuple[str, str, int]] = field(default_factory=list)
     exports: list[tuple[str, str, int, int, int]] = field(default_factory=list)
     new_exports: set[str] = field(default_factory=set)  # segments whose LATEST this run wrote
+    # (destination, rows accepted, failed, skipped) for each sync this run made: a successful sync says so too
+    syncs: list[tuple[str, int, int, int]] = field(default_factory=list)
     log_path: Path | None = None
     summary_error: str | None = None
     stray_files: list[str] = field(default_factory=list)  # under landing/, outside every source's folder
@@ -76,6 +78,9 @@ class PipelineResult:
                 lines.append(
                     f"    {source:<28} {files:>6} {loaded:>7} {rejected:>9} {duplicate:>10} {rows_loaded:>15,} {quarantined:>12,}"
                 )
+            unloaded = sum(files - loaded - rejected - duplicate for _, files, loaded, rejected, duplicate, *_ in self.ledger)
+            if unloaded:
+                lines.append(f"    {unloaded:,} file(s) unloaded (`privdom unload`): their rows are no longer in raw, nor counted here")
             if not any(files for _, files, *_ in self.ledger):
                 lines.append(f"    no landing files yet: deliver batch files to {s.landing_dir}/<source>/ "
                              "(docs/data-contract.md), or write synthetic ones with `privdom generate`")
@@ -108,6 +113,12 @@ class PipelineResult:
                 # adds and removes are LATEST's, against the export before it: "kept" says this run wrote none
                 mark = "new" if segment in self.new_exports else "kept"
                 lines.append(f"    {segment:<{named}} {export_id:<24} {rows:>8,} {adds:>7,} {removes:>8,}  {mark}")
+        if self.syncs:
+            lines.append("")
+            lines.append("  syncs this run (each row's outcome in segments.sync_log)   accepted   failed  skipped")
+            named = max([40, *(len(name) for name, *_ in self.syncs)])
+            for destination, accepted, failed_rows, skipped in self.syncs:
+                lines.append(f"    {destination:<{named}} {accepted:>11,} {failed_rows:>8,} {skipped:>8,}")
         failed = [c for c in self.checks if not c.passed]
         lines.append("")
         lines.append(f"  checks: {len(self.checks) - len(failed)} passed, {len(failed)} did not pass")
@@ -185,8 +196,9 @@ def _summary_queries(con) -> tuple[list[tuple], list[tuple[str, str, int]]]:
                count(*) filter (where l.status = 'loaded'),
                count(*) filter (where l.status = 'rejected'),
                count(*) filter (where l.status = 'duplicate'),
-               coalesce(sum(l.rows_loaded), 0),
-               coalesce(sum(l.rows_quarantined), 0)
+               -- what raw holds: an unloaded file's ledger row keeps its counts as the record of its delivery
+               coalesce(sum(l.rows_loaded) filter (where l.status = 'loaded'), 0),
+               coalesce(sum(l.rows_quarantined) filter (where l.status = 'loaded'), 0)
         from (select unnest(?::varchar[]) as source) s
         left join raw.ingestion_ledger l using (source)
         group by s.source order by s.source
@@ -362,6 +374,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
             and e.event_specific_data.materialization.asset_key.path[0] == "exports"
             and _metadata_value(e.event_specific_data.materialization.metadata.get("unchanged")) is False
         }
+        syncs = synced(result.all_events)
         # a first run builds everything, as it should: only a later run's full builds are news
         rebuilt = _rebuilt(instance, result.run_id) if had_warehouse else []
         failed_steps = [
@@ -388,12 +401,29 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         tables=tables,
         exports=summarise_exports(settings.exports_dir, *_defined_segments(settings)),
         new_exports=new_exports,
+        syncs=syncs,
         rebuilt=rebuilt,
         before_run=before_run,
         log_path=log_path,
         stray_files=stray_files(settings.landing_dir),
         unlisted=[u for source in SOURCES for u in unlisted(settings.landing_dir, source)],
     )
+
+
+def synced(events) -> list[tuple[str, int, int, int]]:
+    """Each sync a run materialized, from its events: (destination, rows accepted, failed, skipped). A sync that
+    stopped is a failed step instead (the summary names it there), with no materialization."""
+    out = []
+    for e in events:
+        if e.event_type_value != "ASSET_MATERIALIZATION":
+            continue
+        materialization = e.event_specific_data.materialization
+        if materialization.asset_key.path[0] != "syncs":
+            continue
+        metadata = materialization.metadata
+        out.append((materialization.asset_key.path[-1],
+                    *(int(_metadata_value(metadata.get(name)) or 0) for name in ("accepted", "failed", "skipped"))))
+    return sorted(out)
 
 
 def _failed_rows(evaluation) -> str | None:

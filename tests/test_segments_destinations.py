@@ -565,6 +565,32 @@ def test_a_destination_that_cannot_be_used_fails_its_dagster_step(warehouse, tmp
     assert query(warehouse, "select count(*) from segments.sync_log where status = 'failed'") == [(7,)]
 
 
+def test_the_run_summary_lists_each_sync_the_run_made_with_its_rows(warehouse, tmp_path, monkeypatch):
+    """A sync that succeeded is in `privdom run`'s summary too (it said nothing of one), with the rows it failed."""
+    import dagster as dg
+
+    from orchestration.defs.exports import build_sync_asset
+    from orchestration.defs.resources import PrivdomResource
+    from orchestration.runner import PipelineResult, synced
+    from orchestration.settings import load_settings
+
+    monkeypatch.setenv("TEST_WEBHOOK_SECRET", SECRET)
+    # 7 members in batches of 2: the receiver takes every row but C3
+    with ScriptedServer(["ok", "reject:C3"], SECRET) as server:
+        asset = build_sync_asset(_webhook(server.url + "/hook"), _defs())
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = dg.materialize([asset], instance=instance, raise_on_error=False,
+                                    resources={"privdom": PrivdomResource(data_dir=str(warehouse.parent))})
+    assert result.success
+    assert synced(result.all_events) == [("crm", 6, 1, 0)]
+    text = PipelineResult(load_settings(tmp_path / "data"), "0123456789abcdef", True, 1.0,
+                          syncs=synced(result.all_events)).describe()
+    assert "syncs this run" in text
+    assert [line.split() for line in text.splitlines() if line.strip().startswith("crm ")] == [["crm", "6", "1", "0"]]
+    # a run without syncs prints no such section
+    assert "syncs this run" not in PipelineResult(load_settings(tmp_path / "data"), "0123456789abcdef", True, 1.0).describe()
+
+
 def test_wecom_an_opted_out_customer_is_untagged_even_if_a_member_shares_the_contact(warehouse):
     """Only a key merged away leaves its contact's tag to a member: a customer who still exists and opts out is
     untagged, whoever else carries the same contact (two customers the identity graph kept apart)."""
