@@ -1245,3 +1245,30 @@ def test_entries_that_are_no_readable_files_are_named_not_passed_over(con, setti
         assert "NOT READ: 5 entries under the source folders" in text and "orders/linked (a link to a folder" in text
     finally:
         sock.close()
+
+
+def test_a_name_with_edge_white_space_or_a_newline_is_quoted_where_it_is_printed(con, settings, land, tmp_path):
+    """`orders/a.csv ` printed bare reads as `orders/a.csv`, and a newline in a name broke the message's line
+    (the filesystem review): such a name is quoted with escapes wherever privdom prints it; a plain name, Chinese
+    included, is printed as it is."""
+    from orchestration.ingest.files import shown, stray_files
+
+    assert shown("orders/订单_20240131.csv") == "orders/订单_20240131.csv"
+    assert shown("orders/dt=2024-01-31/a b.csv") == "orders/dt=2024-01-31/a b.csv"
+    assert shown("orders/a_20240131.csv ") == '"orders/a_20240131.csv "'
+    assert shown("orders/ x/a_20240131.csv") == '"orders/ x/a_20240131.csv"'
+    assert shown("orders/a\n_20240131.csv") == '"orders/a\\n_20240131.csv"'
+    assert shown("orders/a\t_20240131.xlsx") == '"orders/a\\t_20240131.xlsx"'
+
+    land("channel_events/ev_20240131.xlsx ", b"PK\x03\x04")
+    land("channel_events/ev\n_20240131.xlsx", b"PK\x03\x04")
+    report = ingest_source(con, "channel_events", settings, "run1")
+    errors = sorted(f.error for f in report.rejected)
+    assert errors[0].startswith('"channel_events/ev\\n_20240131.xlsx": unsupported file type')
+    assert errors[1].startswith('"channel_events/ev_20240131.xlsx ": unsupported file type')
+    assert all("\n" not in e for e in errors)
+    # the ledger keeps the name as it is: it is the file's identity
+    assert set(ledger(con)) == {"channel_events/ev_20240131.xlsx ", "channel_events/ev\n_20240131.xlsx"}
+
+    land("stray\n.csv", "x")
+    assert stray_files(settings.landing_dir) == ['"stray\\n.csv"']

@@ -13,6 +13,7 @@ from orchestration.contract import CONTRACTS, SOURCES
 from orchestration.defs.partitions import BATCH_DATE_PARTITIONS, batch_date_range, partition_keys_of
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.ingest import SourceIngestReport, ingest_source
+from orchestration.ingest.files import shown as shown_path
 from orchestration.ingest.files import stray_files
 from orchestration.landing import SETTLED_BEFORE_TAG
 from orchestration.settings import share_of_memory_limit
@@ -119,7 +120,7 @@ def columns_check(report: SourceIngestReport) -> dg.AssetCheckResult:
 def _worst_files(report: SourceIngestReport, shown: int = 3) -> str:
     """The files with the most quarantined rows of this run, most first, as "<path> <rows>"."""
     worst = sorted((f for f in report.files if f.rows_quarantined), key=lambda f: (-f.rows_quarantined, f.path))
-    return ", ".join(f"{f.path} {f.rows_quarantined:,}" for f in worst[:shown]) + (" …" if len(worst) > shown else "")
+    return ", ".join(f"{shown_path(f.path)} {f.rows_quarantined:,}" for f in worst[:shown]) + (" …" if len(worst) > shown else "")
 
 
 def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.AssetCheckResult:
@@ -211,7 +212,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
                 context.log.error(f"rejected {f.path}: {f.error}")
         if report.files_waiting:
             context.log.info(f"{len(report.files_waiting)} landing file(s) modified after the sensor saw them settled "
-                             f"wait for a later run (they may still be being copied in): {', '.join(report.files_waiting[:5])}")
+                             f"wait for a later run (they may still be being copied in): {', '.join(map(shown_path, report.files_waiting[:5]))}")
         passed_over = report.unlisted
         if passed_over:  # a link to a folder, a folder without permission, a pipe: in no ledger row
             context.log.warning(f"{len(passed_over)} entr{'y' if len(passed_over) == 1 else 'ies'} under landing/{source}/ "

@@ -269,9 +269,9 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
     if f.batch_date is None:
         raise fl.FileRejected(fl.no_batch_date_message(f))
     if size == 0:
-        raise fl.FileRejected(f"{f.rel_path}: empty file (0 bytes)")
+        raise fl.FileRejected(f"{f.shown}: empty file (0 bytes)")
     if unreadable_name(f.path):
-        raise fl.FileRejected(f"{f.rel_path}: unreadable name: DuckDB cannot open a path holding both a backslash and "
+        raise fl.FileRejected(f"{f.shown}: unreadable name: DuckDB cannot open a path holding both a backslash and "
                               f"one of [ * ? (it takes the path for a pattern); rename the file")
     if f.format == "parquet":
         try:
@@ -279,7 +279,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
                 f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT * FROM read_parquet({path_sql(f.path)}, {_NO_HIVE})"
             ).fetchone()[0]
         except duckdb.Error as exc:
-            raise fl.FileRejected(f"{f.rel_path}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
+            raise fl.FileRejected(f"{f.shown}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
         _int96_as_instants(con, f)
         return "binary", None, rows, False
 
@@ -294,7 +294,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
 
     encoding, empty = fl.sniff_text(f)
     if empty:
-        raise fl.FileRejected(f"{f.rel_path}: empty file (no content but white space)")
+        raise fl.FileRejected(f"{f.shown}: empty file (no content but white space)")
     path = f.path
     if encoding == "gb18030" or (encoding == "utf-8-sig" and f.format == "jsonl"):
         path, compression = scratch.path(), "none"
@@ -363,7 +363,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                     return tuple((n, "VARCHAR") for n in names[:-1]), rows, False
                 except duckdb.Error:
                     pass  # some row holds a value under the blank name, or is wrong otherwise: read as before
-            refused = f"{f.rel_path}: unreadable: cannot be parsed as CSV ({_first_line(exc)})"
+            refused = f"{f.shown}: unreadable: cannot be parsed as CSV ({_first_line(exc)})"
             try:
                 rows = _read_csv_records(con, path, compression, names, refused)
             except fl.FileRejected as rejected:
@@ -387,7 +387,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                 f"compression = {R.lit(compression)})"
             )
         except duckdb.Error as exc:
-            refused = f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})"
+            refused = f"{f.shown}: unreadable: not valid JSON Lines ({_first_line(exc)})"
             _read_json_records(con, path, compression, refused)
             malformed = True
         # read_ndjson_objects has parsed every record (malformed JSON fails above) and keeps its text without the
@@ -400,7 +400,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
         if fast and n_records == 0:
             raise _Fallback()
         if bad is not None and n_objects == 0:
-            raise fl.FileRejected(refused or f"{f.rel_path}: unreadable: not JSON Lines: record {bad} is not a JSON "
+            raise fl.FileRejected(refused or f"{f.shown}: unreadable: not JSON Lines: record {bad} is not a JSON "
                                   f"object, and no record is")
         if bad is not None:
             # a record that is JSON but not an object joins the lines that are not JSON (the careful read's _bad)
@@ -426,7 +426,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
             # stable; among keys of one contract column, the one spelled exactly as the contract first (the one read)
             keys.sort(key=lambda k: (position.get(k.strip().lower(), len(position)), k not in position))
         if malformed and any(k.lower() == _MF for k in keys):
-            raise fl.FileRejected(refused or f"{f.rel_path}: unreadable: a key is named {_MF}, which privdom keeps for "
+            raise fl.FileRejected(refused or f"{f.shown}: unreadable: a key is named {_MF}, which privdom keeps for "
                                   f"the text of the lines that are not JSON objects")
         if not keys:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {_SRC} AS SELECT NULL::VARCHAR AS {R.q('_')}{mf} FROM {_JRAW}")
@@ -447,7 +447,7 @@ def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, co
                 malformed = True
             _json_whole_numbers(con, keys, order, cents)
     except duckdb.Error as exc:
-        raise fl.FileRejected(f"{f.rel_path}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
+        raise fl.FileRejected(f"{f.shown}: unreadable: not valid JSON Lines ({_first_line(exc)})") from None
     finally:
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}")
         con.execute(f"DROP TABLE IF EXISTS {_JRAW}_mf")
@@ -737,15 +737,15 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile, *,
     if require_content and not raw.removeprefix(fl.UTF8_BOM).strip(b" \t\r\n\x0b\x0c"):
         raise _Fallback()
     if len(raw) > _HEADER_LIMIT:
-        raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (the header line is longer than 1 MiB)")
+        raise fl.FileRejected(f"{f.shown}: unreadable: cannot be parsed as CSV (the header line is longer than 1 MiB)")
     try:
         line = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise fl.FileRejected(f"{f.rel_path}: undecodable: the header line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise fl.FileRejected(f"{f.shown}: undecodable: the header line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         header = next(csv.reader(io.StringIO(line), delimiter=",", quotechar='"', strict=True), [])
     except csv.Error as exc:
-        raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (bad header: {exc}"
+        raise fl.FileRejected(f"{f.shown}: unreadable: cannot be parsed as CSV (bad header: {exc}"
                               f"{_line_endings_hint(path, compression)})") from None
     names: list[str] = []
     taken: set[str] = set()
@@ -756,7 +756,7 @@ def _csv_header(path: Path, compression: str, f: fl.LandingFile, *,
         names.append(n)
         taken.add(n.lower())
     if not names:
-        raise fl.FileRejected(f"{f.rel_path}: unreadable: cannot be parsed as CSV (no header line)")
+        raise fl.FileRejected(f"{f.shown}: unreadable: cannot be parsed as CSV (no header line)")
     return names, not header[-1].strip()
 
 
@@ -1056,7 +1056,7 @@ def _columns_note(c: SourceContract, rel_path: str, src_cols: dict[str, tuple[st
                 pairs.append(f"{column} (default used) beside {name}")
     if not pairs:
         return None
-    return f"{rel_path}: no {'; no '.join(pairs)}, which the contract does not know: a renamed column?"
+    return f"{fl.shown(rel_path)}: no {'; no '.join(pairs)}, which the contract does not know: a renamed column?"
 
 
 def _bare(name: str) -> str:
@@ -1148,14 +1148,14 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
                         if seps:
                             hint = (f" (the header is one column holding {seps[0]}: privdom reads comma-separated "
                                     "files only)")
-                    raise fl.FileRejected(f"{f.rel_path}: missing required column(s): {', '.join(missing)}{hint}")
+                    raise fl.FileRejected(f"{f.shown}: missing required column(s): {', '.join(missing)}{hint}")
                 nested = [f"{src_cols[n][0]} ({src_cols[n][1]})" for n in c.column_names if n in src_cols and _nested(src_cols[n][1])]
                 if nested:  # a Parquet struct, list or map: its text ("{'a': 1}") would load as the value
-                    raise fl.FileRejected(f"{f.rel_path}: column(s) {', '.join(nested)} hold nested values (a struct, "
+                    raise fl.FileRejected(f"{f.shown}: column(s) {', '.join(nested)} hold nested values (a struct, "
                                           f"list or map); a contract column holds one value per row")
                 flags = [f"{src_cols[n][0]} (BOOLEAN)" for n in c.column_names if n in src_cols and src_cols[n][1] == "BOOLEAN"]
                 if flags:  # its text, "true"/"false", would load as an id every such row shares (as a JSON boolean)
-                    raise fl.FileRejected(f"{f.rel_path}: column(s) {', '.join(flags)} hold true/false; a contract "
+                    raise fl.FileRejected(f"{f.shown}: column(s) {', '.join(flags)} hold true/false; a contract "
                                           f"column holds a text, a number or a timestamp")
                 # a Parquet BINARY column without the UTF8 annotation (Impala, Hive, older Spark write text so) reads
                 # as BLOB, whose text is its bytes escaped: 双十一 loaded as \xE5\x8F\x8C...: read as UTF-8 text
@@ -1164,7 +1164,7 @@ def _stage_batch(cur: duckdb.DuckDBPyConnection, c: SourceContract, settings: Se
                     bad = cur.execute(f"SELECT min(rowid) + 1 FROM {_SRC} WHERE {R.q(name)} IS NOT NULL "
                                       f"AND try(decode({R.q(name)})) IS NULL").fetchone()[0]
                     if bad is not None:
-                        raise fl.FileRejected(f"{f.rel_path}: column {name} (BLOB) holds bytes that are not UTF-8 text "
+                        raise fl.FileRejected(f"{f.shown}: column {name} (BLOB) holds bytes that are not UTF-8 text "
                                               f"(row {bad}); a contract column holds text")
                     cur.execute(f"ALTER TABLE {_SRC} ALTER {R.q(name)} TYPE VARCHAR USING decode({R.q(name)})")
                 if blobs:
@@ -1364,7 +1364,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 continue
             if sha == UNREADABLE:
                 why = getattr(stamp, "strerror", None) or _first_line(stamp)
-                err = f"{f.rel_path}: unreadable: cannot be read ({why}); nothing of it loaded, the next run reads it again once it can be read"
+                err = f"{f.shown}: unreadable: cannot be read ({why}); nothing of it loaded, the next run reads it again once it can be read"
                 started = dt.datetime.now(dt.timezone.utc)
                 ledger_rows.append(_ledger_row(next_id, source, f, UNREADABLE, 0, None, "rejected", (0, 0, 0), err, load_id, started))
                 report.files.append(FileResult(f.rel_path, "rejected", next_id, f.batch_date, error=err))
@@ -1382,7 +1382,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         def record(cand: _Candidate, result: _Read | fl.FileRejected | None) -> None:
             f = cand.f
             if result is None:
-                err = f"{f.rel_path}: duplicate: same content (sha256 {cand.sha[:12]}…) as {loaded_at[cand.sha]}, already loaded"
+                err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {loaded_at[cand.sha]}, already loaded"
                 ledger_rows.append(_ledger_row(cand.file_id, source, f, cand.sha, cand.size, None, "duplicate", (0, 0, 0), err, load_id, cand.started))
                 report.files.append(FileResult(f.rel_path, "duplicate", cand.file_id, f.batch_date, error=err))
             elif isinstance(result, fl.FileRejected):

@@ -6,6 +6,7 @@ import codecs
 import datetime as dt
 import gzip
 import hashlib
+import json
 import os
 import re
 import stat
@@ -38,8 +39,23 @@ class LandingFile:
     batch_date_error: str | None
 
     @property
+    def shown(self) -> str:
+        """The relative path as messages print it (shown())."""
+        return shown(self.rel_path)
+
+    @property
     def sort_key(self) -> tuple:
         return (self.batch_date or dt.date.max, self.rel_path)
+
+
+def shown(rel_path: str) -> str:
+    """A landing path as messages and the summary print it: as it is, or quoted with escapes (JSON's, which keeps
+    Chinese as it is) when it starts or ends with white space or holds a character that does not print (a
+    newline, a tab). Printed bare, `orders/a.csv ` and `orders/a.csv` read the same, and a name with a newline
+    broke a log line in two (the filesystem review)."""
+    if rel_path.isprintable() and not any(part != part.strip() for part in rel_path.split("/")):
+        return rel_path
+    return json.dumps(rel_path, ensure_ascii=False)
 
 
 def match_suffix(name: str) -> str | None:
@@ -133,7 +149,7 @@ def listing(landing_dir: Path, source: str) -> tuple[list[LandingFile], list[str
                 batch_date_error=bd_err,
             )
         )
-    return sorted(out, key=lambda f: f.sort_key), sorted(f"{p.relative_to(landing_dir).as_posix()} ({why})" for p, why in skipped)
+    return sorted(out, key=lambda f: f.sort_key), sorted(f"{shown(p.relative_to(landing_dir).as_posix())} ({why})" for p, why in skipped)
 
 
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -195,7 +211,7 @@ def stray_files(landing_dir: Path, limit: int = 1000) -> list[str]:
             continue  # `Orders/` on a file system blind to case (macOS's default) is `orders/`: read
         found = [entry] if entry.is_file() else sorted(
             p for p in entry.rglob("*") if p.is_file() and is_delivery(p.relative_to(entry).parts))
-        out += [p.relative_to(landing_dir).as_posix() for p in found]
+        out += [shown(p.relative_to(landing_dir).as_posix()) for p in found]
         if len(out) >= limit:
             return out[:limit]
     return out
@@ -213,12 +229,12 @@ def sha256_of(path: Path) -> tuple[str, int]:
 
 def no_batch_date_message(f: LandingFile) -> str:
     why = f" ({f.batch_date_error})" if f.batch_date_error else ""
-    return f"{f.rel_path}: no batch date{why}: {BATCH_DATE_HELP}"
+    return f"{f.shown}: no batch date{why}: {BATCH_DATE_HELP}"
 
 
 def unsupported_message(f: LandingFile) -> str:
     return (
-        f"{f.rel_path}: unsupported file type; supported endings are "
+        f"{f.shown}: unsupported file type; supported endings are "
         f"{', '.join(SUPPORTED_SUFFIXES)}"
     )
 
@@ -232,8 +248,8 @@ def _chunks(f: LandingFile):
                 yield chunk
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:  # no permission, an I/O error: not the bytes' fault
-            raise FileRejected(f"{f.rel_path}: unreadable: cannot be read ({exc.strerror})") from None
-        raise FileRejected(f"{f.rel_path}: unreadable: not a valid gzip file ({exc})") from None
+            raise FileRejected(f"{f.shown}: unreadable: cannot be read ({exc.strerror})") from None
+        raise FileRejected(f"{f.shown}: unreadable: not a valid gzip file ({exc})") from None
 
 
 # A file with at least this many valid UTF-8 multi-byte characters and at least UTF8_VALID_PER_ERROR of them
@@ -295,11 +311,11 @@ def sniff_text(f: LandingFile) -> tuple[str, bool]:
     if errors == 0:
         return encoding or "utf-8", not nonblank
     if encoding == "utf-8-sig":
-        raise FileRejected(f"{f.rel_path}: undecodable: starts with a UTF-8 byte order mark but is not valid UTF-8 "
+        raise FileRejected(f"{f.shown}: undecodable: starts with a UTF-8 byte order mark but is not valid UTF-8 "
                            f"(first invalid byte on line {first_error_line})")
     if multibyte >= UTF8_MIN_MULTIBYTE and errors * UTF8_VALID_PER_ERROR <= multibyte:
         raise FileRejected(
-            f"{f.rel_path}: undecodable: UTF-8 with {errors} invalid byte sequence(s) among {multibyte} valid "
+            f"{f.shown}: undecodable: UTF-8 with {errors} invalid byte sequence(s) among {multibyte} valid "
             f"characters (first on line {first_error_line}); not read as GBK, which would garble every Chinese "
             f"value of it: correct those bytes and deliver the file again")
     decoder = codecs.getincrementaldecoder("gb18030")()
@@ -311,7 +327,7 @@ def sniff_text(f: LandingFile) -> tuple[str, bool]:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
         raise FileRejected(
-            f"{f.rel_path}: undecodable: the bytes are neither UTF-8 nor GBK/GB18030 ({exc.reason} at byte {exc.start} of a chunk)"
+            f"{f.shown}: undecodable: the bytes are neither UTF-8 nor GBK/GB18030 ({exc.reason} at byte {exc.start} of a chunk)"
         ) from None
     return "gb18030", not nonblank
 
