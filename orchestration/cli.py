@@ -199,6 +199,29 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_unload(args: argparse.Namespace, settings: Settings) -> int:
+    """Take loaded landing files' rows back out of the warehouse (orchestration/unload.py), holding the run lock
+    and the warehouse's (it waits for a run in progress)."""
+    from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
+    from orchestration.unload import unload
+    from orchestration.warehouse import connect, ensure_not_locked
+
+    if not settings.warehouse_path.exists():
+        print(f"privdom unload: {settings.warehouse_path} does not exist; nothing to unload", file=sys.stderr)
+        return 2
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom unload", log=log), \
+            warehouse_lock(settings.data_dir, what="privdom unload", log=log):
+        ensure_not_locked(settings.warehouse_path)
+        con = connect(settings.warehouse_path, read_only=args.dry_run)
+        try:
+            report = unload(con, settings, args.files, dry_run=args.dry_run)
+        finally:
+            con.close()
+    print(report.describe())
+    return 0
+
+
 def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     """dbt on this data directory, as privdom's own dbt steps run it: the same dbt, project, profile env vars
     and settings (`--vars`: the settings dbt reads, overlaid by the caller's own `--vars`), holding the
@@ -402,6 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     add_data_dir(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser(
+        "unload", help="take a file loaded by mistake back out of the warehouse",
+        description="Take the rows of loaded landing files out of raw.<source> and raw.quarantine, in one "
+        "transaction, and mark their ledger rows `unloaded`; the next `privdom run` rebuilds the models from raw "
+        "without them (customers they merged are split again, the split-off ones under new keys). Name a file "
+        "by its path under landing/ as the run summary and raw.ingestion_ledger print it "
+        "(orders/orders_20240530.csv), or by a path to it. The file itself is not touched: left in landing/, it "
+        "is not read again; delivered again under another name, it loads. Waits for a privdom run in progress.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a loaded file's path under landing/")
+    p.add_argument("--dry-run", action="store_true", help="say what would be taken out, change nothing")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_unload)
 
     p = sub.add_parser(
         "dbt", help="run a dbt command on this data directory's warehouse, with the pipeline's settings",

@@ -184,18 +184,21 @@ def recorded_fingerprint(con, step: str) -> str | None:
 # raw and did not succeed (or built only some of them): it matches no fingerprint, so the next build rebuilds
 # them from raw again.
 INCOMPLETE = "incomplete: a rebuild from raw did not finish"
+# ... and for every step after `privdom unload` took files' rows out of raw (orchestration/unload.py)
+UNLOADED = "unloaded: files were taken out of raw"
 
 
-def invalidate_fingerprint(con, step: str | None = None) -> None:
+def invalidate_fingerprint(con, step: str | None = None, *, marker: str = INCOMPLETE) -> None:
     """Before a build with --full-refresh: from its first model on, the step's incremental models may hold rows
     computed under two fingerprints until it succeeds (a failed test, a crash, Ctrl-C, out of memory), so the
     record must match none. A review had a build under a changed window fail after rebuilding
     int_customers__purchases; the settings put back, the next run matched the old record, stayed incremental and
     kept 32 customers' activation from the failed build. A successful whole build records its fingerprint.
-    Without `step`, every step's (`privdom dbt run --vars` building them under other vars than the settings)."""
+    Without `step`, every step's (`privdom dbt run --vars` building them under other vars than the settings);
+    `marker` says why (INCOMPLETE, UNLOADED), and matches no fingerprint either."""
     if warehouse.table_exists(con, INCREMENTAL_STATE_TABLE):
         con.execute(f"update {INCREMENTAL_STATE_TABLE} set fingerprint = ?, recorded_at = ? where step = coalesce(?, step)",
-                    [INCOMPLETE, dt.datetime.now(dt.UTC), step])
+                    [marker, dt.datetime.now(dt.UTC), step])
 
 
 def loaded_through(con) -> int:

@@ -174,6 +174,46 @@ def test_incremental_runs_equal_a_full_refresh_row_for_row(history):
     assert full["identity_state.graph_changed_components"] == []
 
 
+def _without_keys(data_dir: Path, table: str) -> list[tuple]:
+    """A table's rows without its customer-key columns (a warehouse built afresh issues keys anew), sorted."""
+    columns = [c for (c,) in _query(data_dir, "select column_name from information_schema.columns where table_schema "
+                                   "= ? and table_name = ? order by ordinal_position", table.split("."))
+               if "key" not in c and c != "_built_at"]
+    return _query(data_dir, f"select {', '.join(columns)} from {table} order by all")
+
+
+def test_an_unloaded_file_leaves_the_marts_as_if_never_delivered(history, tmp_path):
+    """`privdom unload` of an orders file, then a plain `privdom run`: every dbt step rebuilds from raw, the graph
+    builds in full, and the marts equal a warehouse built afresh from every landing file but that one (keys
+    aside: a fresh warehouse issues them anew)."""
+    data_dir = _copy(history, tmp_path)
+    (path, rows), = _query(data_dir, "select file_path, rows_loaded from raw.ingestion_ledger where source = 'orders' "
+                                     "and status = 'loaded' order by rows_loaded desc, file_id limit 1")
+    (file_id,), = _query(data_dir, "select file_id from raw.ingestion_ledger where file_path = ?", [path])
+    assert rows > 0 and _query(data_dir, "select count(*) from staging.stg_orders__versions where file_id = ?", [file_id]) != [(0,)]
+    unloaded = subprocess.run([str(PRIVDOM), "--data-dir", str(data_dir), "unload", path], capture_output=True, text=True, timeout=300)
+    assert unloaded.returncode == 0, unloaded.stdout + unloaded.stderr
+    assert f"{path} (file_id" in unloaded.stdout and f"{rows:,} rows of raw.orders" in unloaded.stdout
+    day = _run(data_dir)
+    rebuilt = day.stdout.split("built in full this run", 1)[1].split("\n\n", 1)[0]
+    for step in ("dbt_staging", "dbt_identity_inputs", "dbt_models"):
+        assert f"incremental models of {step} are rebuilt from raw: files were taken out of raw (privdom unload)" in rebuilt, rebuilt
+    assert "identity graph built in full:" in rebuilt
+    assert "1 file(s) unloaded" in day.stdout
+    assert _query(data_dir, "select count(*) from staging.stg_orders__versions where file_id = ?", [file_id]) == [(0,)]
+
+    fresh = tmp_path / "fresh"
+    source_landing = history[0] / "landing"
+    shutil.copytree(source_landing, fresh / "landing", ignore=lambda folder, names: [
+        n for n in names if (Path(folder) / n).relative_to(source_landing).as_posix() == path])
+    assert not (fresh / "landing" / path).exists() and (source_landing / path).exists()
+    (fresh / "privdom.toml").write_text("max_quarantine_share = 1.0\n", encoding="utf-8")
+    _run(fresh)
+    for table in ("marts.fct_aarrr_funnel", "marts.fct_cohort_retention", "marts.fct_private_domain_triangle",
+                  "marts.fct_fission_summary", "marts.fct_orders", "marts.fct_referrals", "marts.dim_customers"):
+        assert _without_keys(data_dir, table) == _without_keys(fresh, table), table
+
+
 def test_a_full_build_of_the_graph_makes_its_readers_compute_everything_again(history, tmp_path):
     """identity_max_degree is not in the dbt fingerprint: changing it rebuilds the identity graph in full while
     the dbt models stay incremental. Every reader of the graph's log must then compute all its rows again

@@ -160,6 +160,8 @@ def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None
         return f"the run has tag {dbt_runner.FULL_REFRESH_TAG}"
     if recorded is None:
         return "no successful build of this step recorded yet"
+    if recorded == dbt_runner.UNLOADED:
+        return "files were taken out of raw (privdom unload) since the last build"
     if recorded == dbt_runner.INCOMPLETE:
         return "the last build that rebuilt them from raw did not finish, or built only some of them"
     if recorded != fingerprint:
