@@ -1272,3 +1272,43 @@ def test_a_name_with_edge_white_space_or_a_newline_is_quoted_where_it_is_printed
 
     land("stray\n.csv", "x")
     assert stray_files(settings.landing_dir) == ['"stray\\n.csv"']
+
+
+def test_nanosecond_parquet_timestamps_are_cut_to_the_microsecond_like_text(con, settings, land):
+    """A timestamp is kept to the microsecond; what lies below is cut off, in every format: the text
+    `2024-01-31 23:59:59.999999999` (Java's LocalTime.MAX, a common end-of-day value) loads as 23:59:59.999999 on
+    Jan 31. A naive Parquet TIMESTAMP_NS of the same value was rounded by DuckDB's cast to Feb 1 00:00: its order
+    was paid in another month (cohort, triangle, funnel), and at the batch limit (batch 2024-01-30 ends Feb 1 00:00)
+    quarantined as `timestamp.after_batch` while the CSV row loaded."""
+    late = "2024-01-31 23:59:59.999999999"
+    land("channel_events/text_20240130.csv", CE_HEADER + f"t1,{late},wecom,follow,o1,,,,,,\n")
+    base = {"channel": ["wecom"], "event_type": ["follow"], "openid": ["o1"]}
+    for name, occurred in (("naive", pa.array([pd_ts(late)], pa.timestamp("ns"))),
+                           ("utc", pa.array([pd_ts("2024-01-31 15:59:59.999999999", tz="UTC")], pa.timestamp("ns", tz="UTC")))):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"event_id": [name], "occurred_at": occurred, **base}), buf)
+        land(f"channel_events/{name}_20240130.parquet", buf.getvalue())
+    ingest_source(con, "channel_events", settings, "t")
+    assert con.execute("SELECT count(*) FROM raw.quarantine").fetchone()[0] == 0
+    assert con.execute("SELECT event_id, strftime(timezone('Asia/Shanghai', occurred_at), '%Y-%m-%d %H:%M:%S.%f') "
+                       "FROM raw.channel_events ORDER BY 1").fetchall() == [
+        ("naive", "2024-01-31 23:59:59.999999"), ("t1", "2024-01-31 23:59:59.999999"), ("utc", "2024-01-31 23:59:59.999999")]
+
+
+def pd_ts(text, tz=None):
+    import pandas as pd
+
+    return pd.Timestamp(text, tz=tz)
+
+
+def test_a_dt_folder_holds_a_batch_date_of_the_years_a_file_name_can():
+    """A file name's YYYYMMDD is a batch date from 1990 to 2199 only; a dt= folder took any year, so
+    `dt=9999-12-31` let a row dated 9999-12-31 load (rows must only be earlier than the batch date + 2 days): the
+    data's end became year 9999, the triangle ran 95,712 months, and the months_since test failed every later run
+    (the row stays in raw). The folder is held to the same years, and says so."""
+    from orchestration.ingest.files import batch_date_of
+
+    assert batch_date_of("channel_events/dt=2199-12-31/a.csv") == (dt.date(2199, 12, 31), None)
+    for folder in ("dt=9999-12-31", "dt=1900-01-01", "dt=2200-01-01"):
+        date, error = batch_date_of(f"channel_events/{folder}/a.csv")
+        assert date is None and folder in error and "1990" in error and "2199" in error, (folder, error)

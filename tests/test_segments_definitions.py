@@ -405,3 +405,17 @@ def test_a_settings_file_in_utf16_is_named_as_such(tmp_path):
     (tmp_path / "privdom.toml").write_bytes("max_quarantine_share = 0.1\n".encode("utf-16"))
     with pytest.raises(SettingsError, match="not UTF-8 text .*\"Unicode\""):
         load_settings(tmp_path)
+
+
+def test_export_options_take_the_two_warning_thresholds_and_refuse_what_is_no_number_of_days():
+    from orchestration.segments.definitions import ExportOptions, SegmentDefinitionError, export_options
+
+    assert export_options({}) == ExportOptions()
+    assert (ExportOptions().warn_data_age_days, ExportOptions().warn_source_lag_days) == (2.0, 7.0)
+    options = export_options({"exports": {"warn_data_age_days": 1, "warn_source_lag_days": 30}})
+    assert (options.warn_data_age_days, options.warn_source_lag_days) == (1.0, 30.0)
+    for bad in (-1, True, "7"):
+        with pytest.raises(SegmentDefinitionError, match=r"\[exports\] warn_source_lag_days must be a number of days ≥ 0"):
+            export_options({"exports": {"warn_source_lag_days": bad}})
+    with pytest.raises(SegmentDefinitionError, match="known: csv_bom, formats, keep, warn_data_age_days, warn_source_lag_days"):
+        export_options({"exports": {"warn_source_lag": 7}})

@@ -285,3 +285,71 @@ def test_while_exports_wait_an_opted_out_customer_is_still_removed_from_destinat
         materialization = next(e for e in held.get_asset_materialization_events()
                                if e.asset_key == dg.AssetKey(["segments", "segment_members"]))
         assert materialization.materialization.metadata["removed_while_exports_wait"].value == {"crm": 1}
+
+
+def test_a_data_end_in_the_future_is_warned_of_not_taken_as_fresh(tmp_path):
+    """"Now" is the data's end (SPEC §4): one row dated years ahead, in a batch dated ahead too (no contract rule
+    stops it), made every customer lapsed, and source_data_age passed, since its age against the wall clock was
+    negative (it even silenced the warning of data that had stopped arriving). A day ahead is tolerated; beyond,
+    the check warns, and never blocks."""
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    for ahead_days, warned in ((0.5, False), (400, True)):
+        data = tmp_path / f"ahead{ahead_days}"
+        data.mkdir()
+        end = now + dt.timedelta(days=ahead_days)
+        write_dim_customers(data / "warehouse.duckdb", [customer("C1", paid_orders=1, data_end_at=end)])
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = _run(data, instance, _upstream(quarantine_ok=True) + _segment_assets())
+            assert result.success  # a warning, never a block
+            age = _checks(result)["segments/segment_members:source_data_age"]
+            assert age.passed is not warned, (ahead_days, age.description)
+            if warned:
+                assert "days after now" in age.description and "in the future" in age.description
+    from orchestration.defs.segments import data_age_problem
+
+    assert data_age_problem(-0.9, 2.0) is None and data_age_problem(3.0, 2.0).startswith("the data ends 3.0 days before now")
+
+
+def test_a_source_that_stopped_arriving_is_warned_of_by_name(tmp_path):
+    """"Now" is the data's end whichever source set it (SPEC §4): orders that stop while the channel events go on
+    make paying customers dormant and send them to win-back segments, and nothing said so (the calendar review).
+    source_data_age names each source whose newest row is more than [exports] warn_source_lag_days (7) before
+    the data's end; a source without rows is not one."""
+    import datetime as dt
+
+    from orchestration.defs.segments import source_lag_problem
+    from orchestration.warehouse import connect
+
+    end = dt.datetime(2025, 9, 30, 12, 0, tzinfo=dt.UTC)
+    assert source_lag_problem({"channel_events": end, "orders": end - dt.timedelta(days=7)}, end, 7.0) is None
+    text = source_lag_problem({"channel_events": end, "orders": end - dt.timedelta(days=227.5),
+                               "referrals": end - dt.timedelta(days=8)}, end, 7.0)
+    assert text.startswith("a source's newest row is far before the data's end (2025-09-30 12:00 UTC; warn above 7 days): "
+                           "orders 227.5 days, referrals 8.0 days before it")
+    assert source_lag_problem({"orders": end - dt.timedelta(days=30)}, end, 30.0) is None
+
+    now = dt.datetime.now(dt.UTC)
+    for orders_behind, warned in ((3, False), (30, True)):
+        data = tmp_path / f"behind{orders_behind}"
+        data.mkdir()
+        write_dim_customers(data / "warehouse.duckdb", [customer("C1", paid_orders=1, data_end_at=now)])
+        con = connect(data / "warehouse.duckdb")
+        try:
+            con.execute("create schema if not exists staging")
+            con.execute("create table staging.stg_channel_events as select ?::timestamptz as occurred_at", [now])
+            con.execute("create table staging.stg_orders__versions as select ?::timestamptz as updated_at",
+                        [now - dt.timedelta(days=orders_behind)])
+            con.execute("create table staging.stg_referrals__versions (updated_at timestamptz)")  # no rows
+        finally:
+            con.close()
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = _run(data, instance, _upstream(quarantine_ok=True) + _segment_assets())
+            assert result.success  # a warning, never a block
+            age = _checks(result)["segments/segment_members:source_data_age"]
+            assert age.passed is not warned, (orders_behind, age.description)
+            if warned:
+                assert "orders 30.0 days before it" in age.description and "channel_events" not in age.description
+                assert "referrals" not in age.description
+            assert set(age.metadata["source_ends"].value) == {"channel_events", "orders"}

@@ -32,6 +32,64 @@ CHECK_DATA_AGE = "source_data_age"
 CHECK_VERSIONS = "rule_changes_have_new_versions"
 
 
+# The data's end may be this far after the wall clock before it is warned of (a clock a little behind, a
+# delivery stamped in another zone); beyond it a row is dated in the future.
+FUTURE_DATA_END_DAYS = 1.0
+
+
+def data_age_problem(age_days: float | None, warn_data_age_days: float) -> str | None:
+    """What source_data_age warns of: a data end older than warn_data_age_days against the wall clock, or one more
+    than FUTURE_DATA_END_DAYS after it. "Now" is the data's end (SPEC §4), so one row dated in the future, in a
+    batch whose date is in the future too (no contract rule stops it), makes every customer lapsed and every
+    segment counted back from it; and it hid the warning of old data."""
+    if age_days is None:
+        return None
+    if age_days > warn_data_age_days:
+        return (f"the data ends {age_days:.1f} days before now (warn above {warn_data_age_days}): "
+                "are the sources still delivering?")
+    if age_days < -FUTURE_DATA_END_DAYS:
+        return (f"the data ends {-age_days:.1f} days after now: a row is dated in the future, and the data's end "
+                "(\"now\" for recency, lifecycle and segments) is that row's time; find it with "
+                "intermediate.int_data_end and the staged rows of that time (`privdom unload` takes its file out)")
+    return None
+
+
+# Each source's newest row, by the time column its staged rows are ordered by (the data's end is the latest of
+# every timestamp, intermediate/int_data_end.sql)
+SOURCE_ENDS = (("channel_events", "staging.stg_channel_events", "occurred_at"),
+               ("orders", "staging.stg_orders__versions", "updated_at"),
+               ("referrals", "staging.stg_referrals__versions", "updated_at"))
+
+
+def source_ends(con) -> dict[str, dt.datetime]:
+    """The newest row of each source that has rows (a source with none, or not built, is left out)."""
+    from orchestration.warehouse import table_exists
+
+    ends = {}
+    for source, table, column in SOURCE_ENDS:
+        if table_exists(con, table):
+            (end,) = con.execute(f"select max({column}) from {table}").fetchone()
+            if end is not None:
+                ends[source] = end
+    return ends
+
+
+def source_lag_problem(ends: dict[str, dt.datetime], data_end: dt.datetime | None, warn_source_lag_days: float) -> str | None:
+    """A source whose newest row is more than warn_source_lag_days before the data's end: it has stopped
+    arriving while the others go on (the calendar review: orders ended 7.5 months before the channel events,
+    and a champion became dormant and was exported to the win-back segment, with no word of it). "Now" is the
+    data's end whichever source set it (SPEC §4), so recency, lifecycle and segments count its silence."""
+    if data_end is None:
+        return None
+    behind = {source: (data_end - end).total_seconds() / 86400 for source, end in ends.items()}
+    late = [f"{source} {days:.1f} days" for source, days in sorted(behind.items()) if days > warn_source_lag_days]
+    if not late:
+        return None
+    return (f"a source's newest row is far before the data's end ({data_end.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC; warn above "
+            f"{warn_source_lag_days:g} days): {', '.join(late)} before it. Has it stopped arriving? Recency, "
+            "lifecycle and segments count from the data's end")
+
+
 def load_segment_config():
     """(definitions, export options, destinations) of the current data directory, validated."""
     settings = current_settings()
@@ -172,7 +230,7 @@ def build_membership_asset(definitions, options, destinations=()) -> dg.AssetsDe
             dg.AssetCheckSpec(
                 CHECK_DATA_AGE,
                 asset=MEMBERS_KEY,
-                description="Warns when the data's end is older than [exports] warn_data_age_days against the wall clock: a warning about the sources, never a reason to block.",
+                description="Warns when the data's end is older than [exports] warn_data_age_days against the wall clock or more than a day after it, or when a source's newest row is more than [exports] warn_source_lag_days before the data's end: a warning about the sources, never a reason to block.",
             ),
         ],
     )
@@ -184,6 +242,7 @@ def build_membership_asset(definitions, options, destinations=()) -> dg.AssetsDe
             summaries = build_membership(con, definitions, computed_at)
             violations, examples = suppression_violations(con)
             data_end = con.execute("select max(data_end_at) from marts.dim_customers").fetchone()[0]
+            ends = source_ends(con)
             held_back_removes = (remove_suppressed_while_held_back(context, con, destinations, definitions)
                                  if (failed_upstream or violations) and destinations else {})
         yield dg.MaterializeResult(
@@ -235,17 +294,18 @@ def build_membership_asset(definitions, options, destinations=()) -> dg.AssetsDe
             metadata={"empty_segments": empty},
         )
         age_days = (computed_at - data_end).total_seconds() / 86400 if data_end else None
+        problems = [p for p in (data_age_problem(age_days, options.warn_data_age_days),
+                                source_lag_problem(ends, data_end, options.warn_source_lag_days)) if p]
         yield dg.AssetCheckResult(
             asset_key=MEMBERS_KEY,
             check_name=CHECK_DATA_AGE,
-            passed=age_days is not None and age_days <= options.warn_data_age_days,
+            passed=age_days is not None and not problems,
             severity=dg.AssetCheckSeverity.WARN,
-            description=(
-                f"the data ends {age_days:.1f} days before now (warn above {options.warn_data_age_days}): are the sources still delivering?"
-                if age_days is not None and age_days > options.warn_data_age_days
-                else None
-            ),
-            metadata={"data_age_days": round(age_days, 2) if age_days is not None else None, "warn_data_age_days": options.warn_data_age_days},
+            description="; ".join(problems) or None,
+            metadata={"data_age_days": round(age_days, 2) if age_days is not None else None,
+                      "warn_data_age_days": options.warn_data_age_days,
+                      "source_ends": {source: end.isoformat() for source, end in ends.items()},
+                      "warn_source_lag_days": options.warn_source_lag_days},
         )
 
     return segment_membership

@@ -78,9 +78,12 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
         m = _DT_FOLDER.match(folder)
         if m:
             try:
-                return dt.date.fromisoformat(m.group(1)), None
+                day = dt.date.fromisoformat(m.group(1))
             except ValueError:
                 return None, f"folder {folder!r} is not a real date"
+            if not FIRST_YEAR <= day.year <= LAST_YEAR:  # as in a file name: dt=9999-12-31 let year-9999 rows load
+                return None, f"folder {folder!r} is not a batch date from {FIRST_YEAR} to {LAST_YEAR}"
+            return day, None
     bad, dates = [], []
     for m in _DATE_IN_NAME.finditer(parts[-1]):
         text = m.group(1)

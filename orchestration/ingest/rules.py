@@ -237,8 +237,11 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
     if col.type == "timestamp":
         # a typed Parquet value: from EARLIEST_YEAR on, as a Shanghai wall-clock time (what the text's year is)
         if x is not None and base in ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE", "DATETIME"):
-            conv = (f"(CASE WHEN CAST({x} AS TIMESTAMP) >= TIMESTAMP '{EARLIEST_YEAR}-01-01' "
-                    f"THEN timezone({lit(TIMEZONE)}, CAST({x} AS TIMESTAMP)) END)")
+            # nanoseconds are cut to the microsecond, as a text's digits and a UTC-adjusted Parquet value are:
+            # DuckDB's cast rounds, so 23:59:59.999999999 (an end-of-day value) was the next day's 00:00
+            ts = f"make_timestamp(epoch_ns({x}) // 1000)" if base == "TIMESTAMP_NS" else f"CAST({x} AS TIMESTAMP)"
+            conv = (f"(CASE WHEN {ts} >= TIMESTAMP '{EARLIEST_YEAR}-01-01' "
+                    f"THEN timezone({lit(TIMEZONE)}, {ts}) END)")
         elif x is not None and (base.startswith("TIMESTAMP WITH TIME ZONE") or base == "TIMESTAMPTZ"):
             conv = (f"(CASE WHEN timezone({lit(TIMEZONE)}, CAST({x} AS TIMESTAMPTZ)) >= TIMESTAMP '{EARLIEST_YEAR}-01-01' "
                     f"THEN CAST({x} AS TIMESTAMPTZ) END)")

@@ -135,6 +135,7 @@ class ExportOptions:
     csv_bom: bool = True
     keep: int = 30  # complete exports kept per segment (older ones are removed, LATEST's never)
     warn_data_age_days: float = 2.0  # the data's end older than this against the wall clock: a warning only
+    warn_source_lag_days: float = 7.0  # a source's newest row older than this against the data's end: a warning only
 
 
 def _columns_of(rule: Any) -> list[str]:
@@ -444,10 +445,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def export_options(sources: Mapping[str, Any]) -> ExportOptions:
     """The `[exports]` table of the settings file: default formats, CSV BOM, exports kept per segment."""
     raw = dict(sources.get("exports", {}))
-    unknown = set(raw) - {"formats", "csv_bom", "keep", "warn_data_age_days"}
+    unknown = set(raw) - {"formats", "csv_bom", "keep", "warn_data_age_days", "warn_source_lag_days"}
     if unknown:
         raise SegmentDefinitionError(
-            f"[exports]: unknown setting(s) {', '.join(sorted(unknown))}; known: csv_bom, formats, keep, warn_data_age_days"
+            f"[exports]: unknown setting(s) {', '.join(sorted(unknown))}; known: csv_bom, formats, keep, "
+            "warn_data_age_days, warn_source_lag_days"
         )
     formats = raw.get("formats", ["csv"])
     if not isinstance(formats, list) or not formats or any(f not in FORMATS for f in formats):
@@ -458,10 +460,13 @@ def export_options(sources: Mapping[str, Any]) -> ExportOptions:
     keep = raw.get("keep", 30)
     if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise SegmentDefinitionError(f"[exports] keep must be a whole number ≥ 1, not {keep!r}")
-    age = raw.get("warn_data_age_days", 2.0)
-    if not isinstance(age, (int, float)) or isinstance(age, bool) or age < 0:
-        raise SegmentDefinitionError(f"[exports] warn_data_age_days must be a number of days ≥ 0, not {age!r}")
-    return ExportOptions(formats=tuple(dict.fromkeys(formats)), csv_bom=csv_bom, keep=keep, warn_data_age_days=float(age))
+    days = {}
+    for name, default in (("warn_data_age_days", 2.0), ("warn_source_lag_days", 7.0)):
+        value = raw.get(name, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise SegmentDefinitionError(f"[exports] {name} must be a number of days ≥ 0, not {value!r}")
+        days[name] = float(value)
+    return ExportOptions(formats=tuple(dict.fromkeys(formats)), csv_bom=csv_bom, keep=keep, **days)
 
 
 def parse_definitions(layers: list[tuple[str, Mapping[str, Any]]]) -> list[SegmentDefinition]:
