@@ -151,7 +151,7 @@ def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
     customers on the warehouse as it is, without writing anything: a draft is tried before a run publishes it
     (the marketer review had only `privdom run`, which exports and syncs at once). Invalid definitions are
     reported as by `privdom run` (one line each, exit 2)."""
-    from orchestration.locking import warehouse_lock
+    from orchestration.locking import reading_lock
     from orchestration.segments.definitions import export_options, load_segment_definitions
     from orchestration.segments.destinations import parse_destinations
     from orchestration.segments.membership import count_members
@@ -164,7 +164,7 @@ def cmd_segments(args: argparse.Namespace, settings: Settings) -> int:
                                       str(settings.settings_file), switched_off=[d.name for d in definitions if not d.enabled])
     counts, data_end = {}, None
     if settings.warehouse_path.exists():
-        with warehouse_lock(settings.data_dir, what="privdom segments", log=lambda m: print(m, file=sys.stderr)):
+        with reading_lock(settings.data_dir, what="privdom segments", log=lambda m: print(m, file=sys.stderr)):
             con = connect(settings.warehouse_path, read_only=True)
             try:
                 counts, data_end = count_members(con, enabled)

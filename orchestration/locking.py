@@ -19,6 +19,7 @@ what it waits for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -126,6 +127,24 @@ def warehouse_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def reading_lock(data_dir: str | os.PathLike[str], *, what: str, log: Callable[[str], None] | None = None) -> Iterator[bool]:
+    """The warehouse lock for a command that only reads the warehouse (`privdom segments`); yields whether it is
+    held. Where this user cannot write the data directory (a read-only mount, another user's directory), the lock
+    file cannot be opened, and the command reads without it: DuckDB's own file lock keeps a read-only
+    connection and a writer apart (the writer is then another user's, which privdom's lock would not name
+    anyway). Such a command failed with "Permission denied" (runbook review)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(warehouse_lock(data_dir, what=what, log=log))
+            held = True
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            held = False
+        yield held
 
 
 def is_held_here(data_dir: str | os.PathLike[str], name: str = LOCK_FILE_NAME) -> bool:

@@ -419,3 +419,34 @@ def test_export_options_take_the_two_warning_thresholds_and_refuse_what_is_no_nu
             export_options({"exports": {"warn_source_lag_days": bad}})
     with pytest.raises(SegmentDefinitionError, match="known: csv_bom, formats, keep, warn_data_age_days, warn_source_lag_days"):
         export_options({"exports": {"warn_source_lag": 7}})
+
+
+def test_privdom_segments_reads_a_data_directory_it_cannot_write(tmp_path, monkeypatch, capsys):
+    """Runbook review: on a read-only data directory (a mount, another user's directory) `privdom segments`, which
+    writes nothing, failed on creating the lock file. It now counts without privdom's lock (DuckDB's own keeps a
+    writer apart). Tests run as root, whom permissions do not stop: the lock file's open is made to fail."""
+    import errno
+
+    from orchestration import locking
+    from orchestration.cli import main
+
+    monkeypatch.delenv("PRIVDOM_HOME", raising=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dim_customers(data / "warehouse.duckdb", [customer("C1", paid_orders=2), customer("C2", paid_orders=1)])
+    real_open = os.open
+
+    def refused(path, flags, *args, **kwargs):
+        if str(path).endswith(locking.LOCK_FILE_NAME):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(locking.os, "open", refused)
+    assert main(["--data-dir", str(data), "segments"]) == 0
+    out = capsys.readouterr().out
+    assert "counted on marts.dim_customers" in out and not (data / locking.LOCK_FILE_NAME).exists()
+    # any other failure of the lock is still an error
+    monkeypatch.setattr(locking.os, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError):
+        with locking.reading_lock(data, what="t"):
+            pass
