@@ -113,8 +113,8 @@ def columns_check(report: SourceIngestReport) -> dg.AssetCheckResult:
     noted = [f.columns_note for f in report.files if f.columns_note]
     n = len(noted)
     return _files_warning(CHECK_COLUMNS, report, noted,
-                          f"{n} file{'s' if n != 1 else ''} loaded with defaults for missing columns beside columns "
-                          "the contract does not know", "see this check's metadata", "files_noted")
+                          f"{n} file{'s' if n != 1 else ''} loaded with columns unlike the contract's (a renamed "
+                          "column, an amount as a 32-bit float)", "see this check's metadata", "files_noted")
 
 
 def _worst_files(report: SourceIngestReport, shown: int = 3) -> str:
@@ -185,7 +185,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(CHECK_QUARANTINE_SHARE, asset=key, description="Share of this run's new rows quarantined, against max_quarantine_share (ERROR above it, WARN at or below)."),
             dg.AssetCheckSpec(CHECK_CONTRACT, asset=key, description="Great Expectations suite of the raw data contract on this run's new rows as delivered; failures by rule must equal quarantine counts by rule."),
             dg.AssetCheckSpec(CHECK_FILES_READABLE, asset=key, description="Every new landing file of this run could be read as a whole (WARN otherwise: a rejected file loads nothing and affects nothing else; raw.ingestion_ledger says why, and a corrected file under a new name loads)."),
-            dg.AssetCheckSpec(CHECK_COLUMNS, asset=key, description="No new file of this run lacks an optional contract column beside an unknown column with a like name (WARN otherwise: a renamed column, e.g. discount for discount_amount, loads its default for every row; correct the file and deliver it under a new name)."),
+            dg.AssetCheckSpec(CHECK_COLUMNS, asset=key, description="No new file of this run lacks an optional contract column beside an unknown column with a like name, nor delivers an amount as a 32-bit float (WARN otherwise: a renamed column, e.g. discount for discount_amount, loads its default for every row; a float32 amount with cents is quarantined; correct the file and deliver it under a new name)."),
         ] + ([dg.AssetCheckSpec(CHECK_OPT_OUTS_QUARANTINED, asset=key, description="No opt-out event of this run was quarantined (WARN otherwise: its customer stays contactable until the row is delivered again, corrected).")]
              if source == "channel_events" else []),
     )

@@ -1040,11 +1040,12 @@ class _Read(NamedTuple):
 
 
 def _columns_note(c: SourceContract, rel_path: str, src_cols: dict[str, tuple[str, str]]) -> str | None:
-    """A file that lacks an optional contract column and has a column the contract does not know under a name
-    like it (schema-drift review: `discount_amount` delivered as `discount` loaded every discount as 0, and net
+    """What a loaded file's columns say against the contract, or None. A file that lacks an optional contract
+    column and has a column the contract does not know under a name like it (schema-drift review: `discount_amount` delivered as `discount` loaded every discount as 0, and net
     revenue with it, without a word). Either alone is allowed and common (SPEC §2: optional columns default,
     unknown ones are ignored); a likeness of names says rename: one name inside the other (4 letters or more,
-    case, `_`, `-` and spaces aside) or a SequenceMatcher ratio of 0.75 or more."""
+    case, `_`, `-` and spaces aside) or a SequenceMatcher ratio of 0.75 or more. And an amount delivered as a
+    32-bit float (Parquet FLOAT)."""
     absent = [n for n in c.column_names if n not in src_cols and n not in c.required_columns]
     unknown = [name for key, (name, _) in src_cols.items() if key not in c.column_names]
     pairs = []
@@ -1054,9 +1055,18 @@ def _columns_note(c: SourceContract, rel_path: str, src_cols: dict[str, tuple[st
             u = _bare(name)
             if (len(u) >= 4 and (u in a or a in u)) or difflib.SequenceMatcher(None, a, u).ratio() >= 0.75:
                 pairs.append(f"{column} (default used) beside {name}")
-    if not pairs:
+    notes = [f"no {'; no '.join(pairs)}, which the contract does not know: a renamed column?"] if pairs else []
+    # A 32-bit float holds no cent exactly (12.34 is 12.3400001526): SPEC §2 takes a float amount within 1e-9 of
+    # a cent value, so every such row with cents is quarantined as <column>.type, which alone says nothing of why
+    narrow = [src_cols[col.name][0] for col in c.columns
+              if col.type == "decimal" and col.name in src_cols and src_cols[col.name][1] in ("FLOAT", "REAL")]
+    if narrow:
+        notes.append(f"{', '.join(narrow)} {'is a' if len(narrow) == 1 else 'are'} 32-bit float{'s' if len(narrow) > 1 else ''}, "
+                     "which cannot hold cents (12.34 is 12.3400001526), so rows with cents are quarantined as not "
+                     "amounts: write amounts as DECIMAL, DOUBLE or text")
+    if not notes:
         return None
-    return f"{fl.shown(rel_path)}: no {'; no '.join(pairs)}, which the contract does not know: a renamed column?"
+    return f"{fl.shown(rel_path)}: {'; '.join(notes)}"
 
 
 def _bare(name: str) -> str:
