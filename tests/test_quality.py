@@ -370,7 +370,7 @@ def test_the_columns_check_warns_of_files_with_a_likely_renamed_column():
              FileResult("orders/c_20240131.csv", "loaded", 3, None, columns_note="orders/c_20240131.csv: ...")]
     warn = columns_check(SourceIngestReport("orders", "run", files=files))
     assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
-    assert warn.description == f"2 files loaded with defaults for missing columns beside columns the contract does not know: {note} (and 1 more: see this check's metadata)"
+    assert warn.description == f"2 files loaded with columns unlike the contract's (a renamed column, an amount as a 32-bit float): {note} (and 1 more: see this check's metadata)"
     assert warn.metadata["files_noted"].value == [note, "orders/c_20240131.csv: ..."]
     clean = columns_check(SourceIngestReport("orders", "run", files=files[1:2]))
     assert clean.passed and clean.description is None
