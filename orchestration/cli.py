@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import sys
@@ -202,7 +203,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_unload(args: argparse.Namespace, settings: Settings) -> int:
     """Take loaded landing files' rows back out of the warehouse (orchestration/unload.py), holding the run lock
     and the warehouse's (it waits for a run in progress)."""
-    from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
+    from orchestration.locking import RUN_LOCK_FILE_NAME, reading_lock, warehouse_lock
     from orchestration.unload import unload
     from orchestration.warehouse import connect, ensure_not_locked
 
@@ -210,9 +211,13 @@ def cmd_unload(args: argparse.Namespace, settings: Settings) -> int:
         print(f"privdom unload: {settings.warehouse_path} does not exist; nothing to unload", file=sys.stderr)
         return 2
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom unload", log=log), \
-            warehouse_lock(settings.data_dir, what="privdom unload", log=log):
-        ensure_not_locked(settings.warehouse_path)
+    with contextlib.ExitStack() as locks:
+        if args.dry_run:  # reads only: no run to wait for, and a data directory it cannot write will do
+            locks.enter_context(reading_lock(settings.data_dir, what="privdom unload --dry-run", log=log))
+        else:
+            locks.enter_context(warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom unload", log=log))
+            locks.enter_context(warehouse_lock(settings.data_dir, what="privdom unload", log=log))
+            ensure_not_locked(settings.warehouse_path)
         con = connect(settings.warehouse_path, read_only=args.dry_run)
         try:
             report = unload(con, settings, args.files, dry_run=args.dry_run)

@@ -201,6 +201,23 @@ def invalidate_fingerprint(con, step: str | None = None, *, marker: str = INCOMP
                     [marker, dt.datetime.now(dt.UTC), step])
 
 
+# The dbt steps in the order a run builds them: each reads the tables of the ones before it (through the identity
+# graph and the customer keys, which follow staging's rows by themselves).
+STEP_ORDER = ("dbt_staging", "dbt_identity_inputs", "dbt_models")
+
+
+def stale_upstream(con, step: str, fingerprint: str) -> tuple[str, str | None] | None:
+    """(the first step before `step` whose incremental models were not last rebuilt whole under `fingerprint`,
+    what it records), or None. A build of `step` read that step's tables as they were: after `privdom unload`,
+    rows its own next rebuild takes out. `step` must then record no fingerprint either, or its next build would
+    stay incremental and keep them (a delete+insert model keeps a row whose key is gone)."""
+    for upstream in STEP_ORDER[:STEP_ORDER.index(step)] if step in STEP_ORDER else ():
+        recorded = recorded_fingerprint(con, upstream)
+        if recorded != fingerprint:
+            return upstream, recorded
+    return None
+
+
 def loaded_through(con) -> int:
     """The newest file_id of the ingestion ledger (0 without one): a dbt build that starts now takes in the
     rows of every file up to it (runs hold the warehouse lock, nothing is loaded during a build)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class UnloadedFile:
     batch_date: dt.date | None
     rows: int  # in raw.<source> before
     quarantined: int  # in raw.quarantine before
+    # other landing paths recorded as `duplicate` of the same content: not loaded, and not read again either
+    copies: tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,6 +53,9 @@ class UnloadReport:
         for f in self.files:
             lines.append(f"  {shown(f.path)} (file_id {f.file_id}, batch {f.batch_date or '-'}): {f.rows:,} rows of "
                          f"raw.{f.source}, {f.quarantined:,} of raw.quarantine")
+            if f.copies:
+                lines.append(f"    the same content was delivered as {', '.join(map(shown, f.copies))}, recorded as a "
+                             "duplicate: it is not read again either (deliver it under a new name to load it)")
         if self.dry_run:
             lines.append("nothing was changed (--dry-run)")
         else:
@@ -78,7 +84,12 @@ def ledger_path(settings: Settings, given: str) -> str:
                 return path.relative_to(base).as_posix()
             except ValueError:
                 continue
-    return text.removeprefix("./")
+    text = posixpath.normpath(text) if text not in ("", ".") else text
+    # `landing/orders/x.csv` from outside the data directory: the part after landing/, when it names a source
+    head, sep, tail = text.rpartition("landing/")
+    if sep and (not head or head.endswith("/")) and tail.split("/", 1)[0] in SOURCES:
+        return tail
+    return text
 
 
 def unload(con, settings: Settings, given: list[str], *, dry_run: bool = False,
@@ -113,8 +124,15 @@ def unload(con, settings: Settings, given: list[str], *, dry_run: bool = False,
     quarantined = dict(con.execute(
         "select file_id, count(*) from raw.quarantine where file_id in (select unnest(?::bigint[])) group by 1",
         [[r[0] for r in loaded]]).fetchall()) if warehouse.table_exists(con, "raw.quarantine") else {}
+    copies: dict[int, tuple[str, ...]] = {}
+    for file_id, path in con.execute(
+            "select l.file_id, d.file_path from raw.ingestion_ledger l join raw.ingestion_ledger d "
+            "on d.source = l.source and d.content_sha256 = l.content_sha256 and d.status = 'duplicate' "
+            "where l.file_id in (select unnest(?::bigint[])) order by d.file_path", [[r[0] for r in loaded]]).fetchall():
+        copies[file_id] = (*copies.get(file_id, ()), path)
     report = UnloadReport(dry_run=dry_run, files=[
-        UnloadedFile(file_id, source, path, batch_date, counts.get((source, file_id), 0), quarantined.get(file_id, 0))
+        UnloadedFile(file_id, source, path, batch_date, counts.get((source, file_id), 0), quarantined.get(file_id, 0),
+                     copies.get(file_id, ()))
         for file_id, source, path, batch_date, *_ in loaded])
     if dry_run:
         return report
@@ -141,8 +159,12 @@ def _not_loaded(con, path: str, mine: list[tuple]) -> str:
         return f"{shown(path)} is not loaded (its ledger row{'s say' if len(mine) > 1 else ' says'} {', '.join(statuses)})"
     like = [p for (p,) in con.execute(
         "select distinct file_path from raw.ingestion_ledger where status = 'loaded'").fetchall()]
+    inside = sorted(p for p in like if p.startswith(path.rstrip("/") + "/"))
+    if inside:  # a folder: its files are named one by one, so that nothing is taken out unseen
+        return (f"{shown(path)} is a folder: name its files ({len(inside):,} loaded under it, e.g. "
+                f"{', '.join(map(shown, inside[:3]))})")
     close = difflib.get_close_matches(path, like, n=3, cutoff=0.6)
     where = f"; loaded files with a like name: {', '.join(map(shown, close))}" if close else ""
-    if "/" not in path or path.split("/", 1)[0] not in SOURCES:
+    if path.split("/", 1)[0] not in SOURCES:
         where += f" (name it by its path under landing/, beginning with its source: {', '.join(SOURCES)})"
     return f"no loaded file {shown(path)} in raw.ingestion_ledger{where}"

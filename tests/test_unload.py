@@ -168,3 +168,80 @@ def test_the_run_summary_counts_unloaded_files_apart(settings):
     assert "1 file(s) unloaded (`privdom unload`)" in text
     assert "unloaded" not in PipelineResult(settings, "0123456789abcdef", True, 1.0,
                                             ledger=[("orders", 3, 2, 1, 0, 30, 2)]).describe()
+
+
+def test_a_later_step_built_before_staging_was_rebuilt_records_no_fingerprint(loaded):
+    """After an unload, a run of only the later steps (intermediate and marts picked in the UI, or a run that was
+    going on when `privdom unload` ran: it holds no run lock) rebuilt dbt_models from staging that still held the
+    file's rows and recorded its fingerprint: the next plain run kept them for good (int_channel_events__customers
+    is delete+insert by event_id). A step may record only once every step before it has been rebuilt."""
+    fp = "fp"
+    con = connect(loaded.warehouse_path)
+    try:
+        unload(con, loaded, ["orders/a_20240131.csv"])
+        assert dbt_runner.stale_upstream(con, "dbt_staging", fp) is None
+        assert dbt_runner.stale_upstream(con, "dbt_models", fp) == ("dbt_staging", dbt_runner.UNLOADED)
+        dbt_runner.record_fingerprint(con, "dbt_staging", fp)
+        assert dbt_runner.stale_upstream(con, "dbt_models", fp) == ("dbt_identity_inputs", dbt_runner.UNLOADED)
+        dbt_runner.record_fingerprint(con, "dbt_identity_inputs", fp)
+        assert dbt_runner.stale_upstream(con, "dbt_models", fp) is None
+        assert dbt_runner.stale_upstream(con, "dbt_models", "another fingerprint") == ("dbt_staging", fp)
+    finally:
+        con.close()
+
+
+def test_the_steps_in_order_are_the_dbt_steps_of_the_definitions():
+    from orchestration.defs.dbt import DBT_SELECTIONS
+
+    assert dbt_runner.STEP_ORDER == tuple(DBT_SELECTIONS)
+
+
+def test_a_folder_or_a_path_from_elsewhere_is_named_clearly(loaded, monkeypatch, tmp_path):
+    con = connect(loaded.warehouse_path)
+    try:
+        with pytest.raises(SettingsError) as caught:
+            unload(con, loaded, ["orders/"])
+        assert str(caught.value).startswith("orders is a folder: name its files (2 loaded under it, e.g. "
+                                            "orders/a_20240131.csv, orders/b_20240131.csv)")
+        assert "beginning with its source" not in str(caught.value)
+    finally:
+        con.close()
+    monkeypatch.chdir(tmp_path)  # not the data directory's parent: `landing/…` is not a path to the file here
+    assert ledger_path(loaded, "landing/orders/a_20240131.csv") == "orders/a_20240131.csv"
+    assert ledger_path(loaded, "some/where/landing/orders/a_20240131.csv") == "orders/a_20240131.csv"
+    assert ledger_path(loaded, "orders/../orders/a_20240131.csv") == "orders/a_20240131.csv"
+    assert ledger_path(loaded, "landing/notasource/a.csv") == "landing/notasource/a.csv"
+
+
+def test_a_copy_recorded_as_a_duplicate_is_named(loaded, land):
+    land("orders/b_again_20240131.csv", HEADER + _order("B1"))  # the content of b, under another name
+    con = connect(loaded.warehouse_path)
+    try:
+        assert [f.status for f in ingest_source(con, "orders", loaded, "run2").files] == ["duplicate"]
+        report = unload(con, loaded, ["orders/b_20240131.csv"], dry_run=True)
+    finally:
+        con.close()
+    assert report.files[0].copies == ("orders/b_again_20240131.csv",)
+    assert ("the same content was delivered as orders/b_again_20240131.csv, recorded as a duplicate: it is not "
+            "read again either") in report.describe()
+
+
+def test_a_dry_run_does_not_wait_for_a_run(loaded, capsys, monkeypatch):
+    """A dry run reads only: it takes the warehouse's lock (as `privdom segments` does), not the run lock, which a
+    `privdom run` holds from start to end."""
+    from orchestration import locking
+
+    taken = []
+    real = locking.warehouse_lock
+
+    def recording(data_dir, *, name=locking.LOCK_FILE_NAME, **kwargs):
+        taken.append(name)
+        return real(data_dir, name=name, **kwargs)
+
+    monkeypatch.setattr(locking, "warehouse_lock", recording)
+    assert main(["--data-dir", str(loaded.data_dir), "unload", "--dry-run", "orders/a_20240131.csv"]) == 0
+    assert "would take out 1 loaded file(s)" in capsys.readouterr().out
+    assert taken == [locking.LOCK_FILE_NAME]
+    taken.clear()
+    assert main(["--data-dir", str(loaded.data_dir), "unload", "orders/a_20240131.csv"]) == 0
+    assert taken == [locking.RUN_LOCK_FILE_NAME, locking.LOCK_FILE_NAME]

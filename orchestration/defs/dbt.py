@@ -98,7 +98,16 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                 if not whole:
                     dbt_runner.restore_graph_marks(con, marks)
                 # only a whole build has rebuilt every incremental model of the step under this fingerprint
-                if error is None and whole:
+                stale = dbt_runner.stale_upstream(con, name, fingerprint) if error is None and whole else None
+                if stale:
+                    # built from an earlier step's tables that are still to be rebuilt from raw (an unload, a run of
+                    # only the later steps, or one that was going on when `privdom unload` ran): rebuilt again
+                    upstream, recorded = stale
+                    dbt_runner.invalidate_fingerprint(
+                        con, name, marker=dbt_runner.UNLOADED if recorded == dbt_runner.UNLOADED else dbt_runner.INCOMPLETE)
+                    context.log.warning(f"{name} was built from {upstream}'s models, which are still to be rebuilt "
+                                        f"from raw ({recorded or 'never built'}): its next build rebuilds from raw too")
+                elif error is None and whole:
                     stamp = dbt_runner.newest_build_stamp(con) if name == "dbt_models" else None
                     dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through, tested_built_at=stamp)
                 for event in events:
