@@ -353,3 +353,12 @@ def test_a_source_that_stopped_arriving_is_warned_of_by_name(tmp_path):
                 assert "orders 30.0 days before it" in age.description and "channel_events" not in age.description
                 assert "referrals" not in age.description
             assert set(age.metadata["source_ends"].value) == {"channel_events", "orders"}
+
+
+def test_with_no_data_loaded_the_data_age_check_says_why_it_warns():
+    """A run on an empty landing zone (or one whose every file was rejected) has no data end: source_data_age
+    does not pass, and used to say nothing (`[WARN] segments/segment_members · source_data_age`, bare, in the run's
+    summary). It says why."""
+    from orchestration.defs.segments import data_age_problem
+
+    assert data_age_problem(None, 2.0) == "no data loaded yet: the warehouse has no data end to compare with the wall clock"

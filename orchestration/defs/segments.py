@@ -41,9 +41,10 @@ def data_age_problem(age_days: float | None, warn_data_age_days: float) -> str |
     """What source_data_age warns of: a data end older than warn_data_age_days against the wall clock, or one more
     than FUTURE_DATA_END_DAYS after it. "Now" is the data's end (SPEC §4), so one row dated in the future, in a
     batch whose date is in the future too (no contract rule stops it), makes every customer lapsed and every
-    segment counted back from it; and it hid the warning of old data."""
+    segment counted back from it; and it hid the warning of old data. With no data loaded there is no data end:
+    the check warns (it does not pass), and says so (it used to warn without a word)."""
     if age_days is None:
-        return None
+        return "no data loaded yet: the warehouse has no data end to compare with the wall clock"
     if age_days > warn_data_age_days:
         return (f"the data ends {age_days:.1f} days before now (warn above {warn_data_age_days}): "
                 "are the sources still delivering?")

@@ -6,7 +6,11 @@
 -- referrer whose chain never reaches a root. Time to convert is in hours from invited_at to the first
 -- updated_at seen as converted; the converted order's net revenue comes from fct_orders (NULL while the order
 -- has not arrived).
-with referrals as (
+-- A referral closes a loop when its referee is an ancestor of its referrer in the acquisition forest: same root,
+-- higher up, and reached by walking up from the referrer (only those candidates walk, each as many steps as
+-- the depths differ).
+{{ privdom_require_recursive_cte() }}
+with recursive referrals as (
     select * from {{ ref('int_referrals__customers') }}
 ),
 
@@ -15,8 +19,37 @@ depths as (
 ),
 
 referees as (
-    select customer_key, acquisition_source, acquisition_record_id
+    select customer_key, acquisition_source, acquisition_record_id, acquisition_referrer_key
     from {{ ref('int_customers__keyed') }}
+),
+
+loop_candidates as (
+    select r.referral_id, r.referee_key, r.referrer_key as at_key, dx.referral_depth - dy.referral_depth as steps_left
+    from referrals as r
+    inner join depths as dx
+        on dx.customer_key = r.referrer_key
+    inner join depths as dy
+        on dy.customer_key = r.referee_key
+    where not r.is_self_referral
+        and dy.referral_root_key = dx.referral_root_key
+        and dy.referral_depth < dx.referral_depth
+),
+
+walk_up as (
+    select referral_id, referee_key, at_key, steps_left
+    from loop_candidates
+    union all
+    select w.referral_id, w.referee_key, k.acquisition_referrer_key, w.steps_left - 1
+    from walk_up as w
+    inner join referees as k
+        on k.customer_key = w.at_key
+    where w.steps_left > 0
+),
+
+loops as (
+    select distinct referral_id
+    from walk_up
+    where steps_left = 0 and at_key = referee_key
 ),
 
 orders as (
@@ -30,10 +63,12 @@ judged as (
         r.status in ('registered', 'converted') as reached_registered,
         r.status = 'converted' as reached_converted,
         d.referral_depth as referrer_depth,
-        d.referral_path as referrer_path
+        l.referral_id is not null as closes_loop
     from referrals as r
     left join depths as d
         on d.customer_key = r.referrer_key
+    left join loops as l
+        on l.referral_id = r.referral_id
 )
 
 select
@@ -48,7 +83,7 @@ select
     j.is_self_referral,
     case
         when j.is_self_referral then null
-        when j.referee_key is not null and instr(j.referrer_path, '>' || j.referee_key || '>') > 0 then null
+        when j.closes_loop then null
         else j.referrer_depth + 1
     end as generation,
     coalesce(
