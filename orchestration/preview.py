@@ -9,6 +9,8 @@ stay in the warehouse.
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 
 from orchestration.contract import mask_phone, mask_text
@@ -24,10 +26,27 @@ def _is_phone_column(name: str) -> bool:
     return "phone" in lowered and not lowered.endswith(_SAFE_PHONE_COLUMNS)
 
 
-def _cell(value: object) -> str:
+# What a Markdown table cell must not carry from data delivered from outside (a campaign from a share link, a
+# landing file's name): a line break (CR as well as LF: CommonMark ends a line at either) ends the table row and
+# `|` the cell, and a link, an image, an autolink, raw HTML or a code span would show it as something else (a
+# campaign `[Verify your account](https:evil.io)` became a link in the Dagster UI, with text of its choosing).
+# Each of these characters is escaped with a backslash, which CommonMark reads as the character itself.
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`|<>\[\]])")
+
+
+def markdown_cell(value: object, limit: int | None = None) -> str:
+    """`value` as the text of one Markdown table cell that reads as it is: on one line, `limit` characters at
+    most (cut with "…"), with the characters that would end the cell or make a link, HTML or code escaped."""
     text = "" if value is None else str(value)
-    text = text.replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    text = _LINE_BREAK.sub(" ", text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def _cell(value: object) -> str:
+    return markdown_cell(value, MAX_CELL)
 
 
 def _is_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -54,7 +73,7 @@ def preview_markdown(con: duckdb.DuckDBPyConnection, schema: str, table: str, li
     cur = con.execute(f'select * from "{schema}"."{table}" limit {int(limit)}')
     columns = [d[0] for d in cur.description]
     rows = cur.fetchall()
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(markdown_cell, columns)) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
         for name, value in zip(columns, row):

@@ -235,6 +235,19 @@ def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: A
         # failed (the install-and-paths and diff reviews)
         raise SettingsError(f"data directory {root} has a {' and a '.join(repr(c) for c in odd)} in its path, which "
                             "Dagster's storage cannot take; choose another with --data-dir or PRIVDOM_HOME")
+    if "\\" in str(root):
+        # DuckDB opens a database file (connect, ATTACH) with every backslash read as '/': a data directory
+        # `/srv/brands/acme\old` ran on the warehouse of `/srv/brands/acme/old`, another data directory, loading
+        # its landing files there and exporting from both brands' customers (the injection review). Its readers
+        # and COPY take a backslash as it is, so landing files may have one.
+        raise SettingsError(f"data directory {root} has a backslash in its path, which DuckDB reads as '/' when it "
+                            "opens the warehouse; choose another with --data-dir or PRIVDOM_HOME")
+    if "#" in str(root):
+        # dbt-duckdb names the warehouse's catalog after the file name of its path read as a URL (urlparse), which
+        # ends at `#`: `/srv/brand #2/warehouse.duckdb` became catalog "brand " and every run failed in dbt_staging,
+        # after ingestion, with 'Catalog Error: "brand " is not a catalog or schema' (the injection review)
+        raise SettingsError(f"data directory {root} has a '#' in its path, which dbt-duckdb cannot take (it reads "
+                            "the warehouse's path as a URL); choose another with --data-dir or PRIVDOM_HOME")
     values: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     settings_file = root / SETTINGS_FILE_NAME

@@ -210,6 +210,15 @@ def test_data_directories_that_cannot_work_are_refused_in_one_line(tmp_path, cap
     # SQLAlchemy decodes %41 in that URL as A: another directory's instance, or none
     with pytest.raises(SettingsError, match="has a '%' in its path"):
         load_settings(tmp_path / "brand%41")
+    # dbt-duckdb reads the warehouse's path as a URL: a '#' cut it, and every run failed in dbt_staging
+    with pytest.raises(SettingsError, match="has a '#' in its path"):
+        load_settings(tmp_path / "brand #2")
+    # DuckDB opens `acme\old/warehouse.duckdb` as `acme/old/warehouse.duckdb`: another data directory's warehouse
+    (tmp_path / "acme" / "old").mkdir(parents=True)
+    with pytest.raises(SettingsError, match="has a backslash in its path"):
+        load_settings(tmp_path / "acme\\old")
+    assert main(["--data-dir", str(tmp_path / "acme\\old"), "run"]) == 2
+    assert "backslash" in capsys.readouterr().err and not (tmp_path / "acme" / "old" / "warehouse.duckdb").exists()
     # installed without its source checkout (a wheel, `pip install .`): no dbt project to run
     monkeypatch.setattr(settings_module, "DBT_PROJECT_DIR", tmp_path / "site-packages" / "dbt_project")
     for command in ("run", "demo", "dbt"):

@@ -70,3 +70,36 @@ def test_preview_hides_a_phone_hash_and_masks_every_spelling():
     con.execute("create schema raw")
     con.execute("create table raw.ingestion_ledger as select 'orders/o_20240131.csv' as file_path, ? as content_sha256", [digest])
     assert digest[:39] in preview.preview_markdown(con, "raw", "ingestion_ledger")
+
+
+def test_a_cell_from_outside_stays_one_cell_and_makes_no_link():
+    """Text delivered from outside reaches the Dagster UI's Markdown: a campaign in a preview, a landing file's name
+    in the ingest step's file table. A carriage return ended the table row (only LF was replaced), and
+    `[text](url)` rendered as a link with text of the sender's choosing."""
+    from markdown_it import MarkdownIt
+
+    from orchestration.defs.ingest import _file_table
+
+    render = MarkdownIt("commonmark").enable("table").render
+    con = duckdb.connect()
+    con.execute("create schema staging")
+    con.execute("create table staging.t (event_id varchar, campaign varchar)")
+    con.execute("insert into staging.t values ('e1', 'spring' || chr(13) || '| x | y |'), "
+                "('e2', '[Verify account](https:evil.io)'), ('e3', '<b>bold</b> `code`')")
+    html = render(preview.preview_markdown(con, "staging", "t"))
+    assert html.count("<tr>") == 4 and html.count("<td") == 6  # a header and three rows of two cells
+    assert "<a " not in html and "<code>" not in html and "<b>" not in html
+    assert "[Verify account](https:evil.io)" in html and "spring | x | y |" in html
+
+    class F:
+        def __init__(self, path, error=None):
+            self.path, self.error, self.status = path, error, "rejected" if error else "loaded"
+            self.rows_read = self.rows_loaded = self.rows_quarantined = 0
+
+    class Report:
+        files = [F("orders/orders_20240115_a|b.csv"), F("orders/orders_20240115_[re-upload](https:evil.io).csv"),
+                 F("orders/orders_20240115_x\nline.csv", "orders/orders_20240115_x\nline.csv: bad | worse")]
+
+    html = render(_file_table(Report()))
+    assert html.count("<tr>") == 4 and html.count("<td") == 18  # a header and three rows of six cells
+    assert "<a " not in html and "orders/orders_20240115_a|b.csv" in html

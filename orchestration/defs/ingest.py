@@ -16,6 +16,7 @@ from orchestration.ingest import SourceIngestReport, ingest_source
 from orchestration.ingest.files import shown as shown_path
 from orchestration.ingest.files import stray_files
 from orchestration.landing import SETTLED_BEFORE_TAG
+from orchestration.preview import markdown_cell
 from orchestration.settings import share_of_memory_limit
 
 CHECK_ROWS_RECONCILE = "rows_read_equals_loaded_plus_quarantined"
@@ -59,8 +60,9 @@ def opt_outs_quarantined_check(con, load_id: str) -> dg.AssetCheckResult:
 def _file_table(report: SourceIngestReport) -> str:
     lines = ["| file | status | read | loaded | quarantined | error |", "|---|---|---:|---:|---:|---|"]
     for f in report.files[:200]:
-        error = (f.error or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {f.path} | {f.status} | {f.rows_read} | {f.rows_loaded} | {f.rows_quarantined} | {error} |")
+        # a landing file's name is the uploader's: `|`, a newline or `[text](url)` in it broke the table or made a link
+        lines.append(f"| {markdown_cell(f.path)} | {f.status} | {f.rows_read} | {f.rows_loaded} | {f.rows_quarantined} "
+                     f"| {markdown_cell(f.error)} |")
     if len(report.files) > 200:
         lines.append(f"| … {len(report.files) - 200} more | | | | | |")
     return "\n".join(lines)
@@ -209,7 +211,7 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
                              "DuckDB version): " + ", ".join(f"{k} {n:,}" for k, n in report.rows_rehashed.items()))
         for f in report.files:
             if f.status == "rejected":
-                context.log.error(f"rejected {f.path}: {f.error}")
+                context.log.error(f"rejected {shown_path(f.path)}: {f.error}")  # a newline in a name forged a log line
         if report.files_waiting:
             context.log.info(f"{len(report.files_waiting)} landing file(s) modified after the sensor saw them settled "
                              f"wait for a later run (they may still be being copied in): {', '.join(map(shown_path, report.files_waiting[:5]))}")
