@@ -386,7 +386,9 @@ select
     {{ privdom_mask_phones("'推荐人１３８００１３８０００送券'") }} as full_width_phone_in_chinese,
     {{ privdom_mask_phones("'call +86 138-0013-8000 now'") }} as prefixed_phone_with_dashes,
     {{ privdom_mask_phones("'order 213800138000 and 1380013800'") }} as digits_that_are_no_phone,
-    {{ privdom_mask_phones("'tel13800138000x'") }} as phone_between_letters
+    {{ privdom_mask_phones("'tel13800138000x'") }} as phone_between_letters,
+    {{ privdom_string_literal("it's \\\\N, a\\\\ ''中文''") }} as literal_text,
+    {{ privdom_string_literal("ends with \\\\") }} as literal_ending_in_a_backslash
 from instants as i
 cross join aggregates as a
 """
@@ -420,6 +422,9 @@ MACRO_EXPECTED = {
     "prefixed_phone_with_dashes": "call 138****8000 now",
     "digits_that_are_no_phone": "order 213800138000 and 1380013800",  # 12 digits; 10 digits
     "phone_between_letters": "tel138****8000x",
+    # as written, backslashes and quotes included (Spark read a backslash as an escape)
+    "literal_text": "it's \\N, a\\ ''中文''",
+    "literal_ending_in_a_backslash": "ends with \\",
 }
 
 

@@ -16,7 +16,7 @@
         when {{ column }} is null then null
         {%- if placeholders %}
         when length({{ value }}) <= {{ placeholders | map('length') | max }} and lower({{ value }}) in (
-            {%- for placeholder in placeholders %}'{{ placeholder | replace("'", "''") }}'{{ "," if not loop.last }}{% endfor -%}
+            {%- for placeholder in placeholders %}{{ privdom_string_literal(placeholder) }}{{ "," if not loop.last }}{% endfor -%}
         ) then null
         {%- endif %}
         when {{ value }} like '0%' and {{ privdom_regexp_full_match(value, '0+') }} then null

@@ -44,6 +44,22 @@
     date_add(cast({{ date_expression }} as date), cast(({{ days }}) as int))
 {%- endmacro %}
 
+{#- A SQL string literal holding `text` as it is. DuckDB's literals take a backslash as itself; Spark's read it
+    as an escape (spark.sql.parser.escapedStringLiterals is off by default), so the placeholder `\N` (the NULL
+    marker of MySQL and Hive exports, lower-cased `\n`) matched nothing there and `n/a\` broke the SQL (the
+    injection review). -#}
+{% macro privdom_string_literal(text) -%}
+    {{ return(adapter.dispatch('privdom_string_literal', 'privdom')(text)) }}
+{%- endmacro %}
+
+{% macro default__privdom_string_literal(text) -%}
+    '{{ text | replace("'", "''") }}'
+{%- endmacro %}
+
+{% macro spark__privdom_string_literal(text) -%}
+    '{{ text | replace("\\", "\\\\") | replace("'", "\\'") }}'
+{%- endmacro %}
+
 {#- Aggregate: the non-NULL values joined by `delimiter` (a plain string), in the order of `order_by` (an SQL
     ORDER BY list; default: the value itself). distinct=true keeps each value once, and then order_by must be
     the value. NULL when the group has no non-NULL value. Spark: listagg … within group (Spark 4.0+). -#}
@@ -52,11 +68,11 @@
 {%- endmacro %}
 
 {% macro default__privdom_string_agg(expression, delimiter, order_by, distinct) -%}
-    string_agg({{ 'distinct ' if distinct }}{{ expression }}, '{{ delimiter | replace("'", "''") }}' order by {{ order_by or expression }})
+    string_agg({{ 'distinct ' if distinct }}{{ expression }}, {{ privdom_string_literal(delimiter) }} order by {{ order_by or expression }})
 {%- endmacro %}
 
 {% macro spark__privdom_string_agg(expression, delimiter, order_by, distinct) -%}
-    listagg({{ 'distinct ' if distinct }}{{ expression }}, '{{ delimiter | replace("'", "''") }}') within group (order by {{ order_by or expression }})
+    listagg({{ 'distinct ' if distinct }}{{ expression }}, {{ privdom_string_literal(delimiter) }}) within group (order by {{ order_by or expression }})
 {%- endmacro %}
 
 {#- Aggregate: the distinct non-NULL values as an array sorted ascending (NULL elements never appear; an
