@@ -1312,6 +1312,9 @@ def test_a_dt_folder_holds_a_batch_date_of_the_years_a_file_name_can():
     for folder in ("dt=9999-12-31", "dt=1900-01-01", "dt=2200-01-01"):
         date, error = batch_date_of(f"channel_events/{folder}/a.csv")
         assert date is None and folder in error and "1990" in error and "2199" in error, (folder, error)
+    # in a file name too, the years are said (it was "no batch date", as if there were no date at all)
+    assert batch_date_of("orders/orders_22000101.csv") == (None, "22000101 in the file name is no batch date from 1990 to 2199")
+    assert batch_date_of("orders/orders_20240131_store10010101.csv") == (dt.date(2024, 1, 31), None)  # a store code beside a date
 
 
 def test_an_amount_as_a_32_bit_float_is_named(con, settings, land):

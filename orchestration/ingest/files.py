@@ -84,7 +84,7 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
             if not FIRST_YEAR <= day.year <= LAST_YEAR:  # as in a file name: dt=9999-12-31 let year-9999 rows load
                 return None, f"folder {folder!r} is not a batch date from {FIRST_YEAR} to {LAST_YEAR}"
             return day, None
-    bad, dates = [], []
+    bad, dates, outside = [], [], []
     for m in _DATE_IN_NAME.finditer(parts[-1]):
         text = m.group(1)
         try:
@@ -94,6 +94,8 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
             continue
         if FIRST_YEAR <= day.year <= LAST_YEAR:  # a store code like 10010101 is no second date
             dates.append(day)
+        else:
+            outside.append(text)
     distinct = sorted(set(dates))
     if len(distinct) > 1:
         # a range (orders_20240101_20240131.csv, common in back-office exports): its first date made most of its
@@ -104,6 +106,8 @@ def batch_date_of(rel_path: str) -> tuple[dt.date | None, str | None]:
         return distinct[0], None
     if bad:
         return None, f"{', '.join(bad)} in the file name is not a real date"
+    if outside:  # orders_22000101.csv said only "no batch date" (calendar review)
+        return None, f"{', '.join(outside)} in the file name is no batch date from {FIRST_YEAR} to {LAST_YEAR}"
     return None, None
 
 
