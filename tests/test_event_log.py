@@ -65,7 +65,7 @@ def test_instance_config_puts_the_event_log_where_dagsters_default_does(data_set
         assert type(storage) is PrivdomSqliteEventLogStorage
         assert storage._base_dir == str(data_settings.dagster_home / "history" / "runs")
         assert storage.supports_global_concurrency_limits  # the warehouse pool lives in the event log
-    odd = load_settings(tmp_path / "a dir: with 'quotes', \"both\" and # hash")
+    odd = load_settings(tmp_path / "a dir: with 'quotes', \"both\", - [x] & {y}")  # ('#' is refused: settings)
     assert f'"{odd.dagster_home}/history/runs"'.replace('"both"', '\\"both\\"') in instance_config_text(odd)
     _prepare_environment(odd)
     with dg.DagsterInstance.from_config(str(odd.dagster_home)) as instance:
