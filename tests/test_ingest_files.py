@@ -1259,6 +1259,11 @@ def test_a_name_with_edge_white_space_or_a_newline_is_quoted_where_it_is_printed
     assert shown("orders/ x/a_20240131.csv") == '"orders/ x/a_20240131.csv"'
     assert shown("orders/a\n_20240131.csv") == '"orders/a\\n_20240131.csv"'
     assert shown("orders/a\t_20240131.xlsx") == '"orders/a\\t_20240131.xlsx"'
+    # a format character that reverses what follows (U+202E) is escaped, not only quoted (injection review);
+    # quotes and backslashes in a quoted name are escaped, and the quoted form reads back as JSON
+    assert shown("orders/a\u202e_20240131.csv") == '"orders/a\\u202e_20240131.csv"'
+    odd = 'orders/"q"\\b\n🙂_20240131.csv'
+    assert shown(odd) == '"orders/\\"q\\"\\\\b\\n🙂_20240131.csv"' and json.loads(shown(odd)) == odd
 
     land("channel_events/ev_20240131.xlsx ", b"PK\x03\x04")
     land("channel_events/ev\n_20240131.xlsx", b"PK\x03\x04")

@@ -51,11 +51,12 @@ class LandingFile:
 def shown(rel_path: str) -> str:
     """A landing path as messages and the summary print it: as it is, or quoted with escapes (JSON's, which keeps
     Chinese as it is) when it starts or ends with white space or holds a character that does not print (a
-    newline, a tab). Printed bare, `orders/a.csv ` and `orders/a.csv` read the same, and a name with a newline
-    broke a log line in two (the filesystem review)."""
+    newline, a tab, a format character such as U+202E, which shows the rest of a name reversed). Printed bare,
+    `orders/a.csv ` and `orders/a.csv` read the same, and a name with a newline broke a log line in two (the
+    filesystem review). The quoted form is a JSON string: `privdom unload` takes it back."""
     if rel_path.isprintable() and not any(part != part.strip() for part in rel_path.split("/")):
         return rel_path
-    return json.dumps(rel_path, ensure_ascii=False)
+    return '"' + "".join(c if c.isprintable() and c not in '"\\' else json.dumps(c)[1:-1] for c in rel_path) + '"'
 
 
 def match_suffix(name: str) -> str | None:
