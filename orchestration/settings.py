@@ -223,31 +223,35 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+# Characters a data directory's path may not hold, and why; with each, every run failed or worked on another
+# directory's files:
+# - `?` and `%`: Dagster's SQLite storage puts the path in a database URL: it cut it at `?` (its run tables went
+#   to a file beside the data directory) and SQLAlchemy decodes `%41` as `A` (another directory's instance) (the
+#   install-and-paths and diff reviews);
+# - `#`: dbt-duckdb names the warehouse's catalog after the file name of its path read as a URL (urlparse), which
+#   ends at `#`: `/srv/brand #2/warehouse.duckdb` became catalog "brand " and every run failed in dbt_staging,
+#   after ingestion (the injection review);
+# - a backslash: DuckDB opens a database file (connect, ATTACH) with every backslash read as '/': a run on
+#   `/srv/brands/acme\old` loaded and exported on the warehouse of `/srv/brands/acme/old`, another data directory
+#   (the injection review). Its readers and COPY take a backslash as it is, so landing files may have one.
+_REFUSED_IN_PATH = (
+    ("?%", "Dagster's storage cannot take"),
+    ("#", "dbt-duckdb cannot take (it reads the warehouse's path as a URL)"),
+    ("\\", "DuckDB reads as '/' when it opens the warehouse"),
+)
+
+
 def load_settings(data_dir: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read settings for a data directory: defaults < settings file < environment < explicit overrides."""
     root = resolve_data_dir(data_dir)
     if root.exists() and not root.is_dir():
         raise SettingsError(f"data directory {root} is a file, not a directory (--data-dir or PRIVDOM_HOME)")
-    odd = [c for c in "?%" if c in str(root)]
-    if odd:
-        # Dagster's SQLite storage puts the path in a database URL: it cut it at `?` (its run tables went to a file
-        # beside the data directory) and SQLAlchemy decodes `%41` as `A` (another directory's instance); every run
-        # failed (the install-and-paths and diff reviews)
-        raise SettingsError(f"data directory {root} has a {' and a '.join(repr(c) for c in odd)} in its path, which "
-                            "Dagster's storage cannot take; choose another with --data-dir or PRIVDOM_HOME")
-    if "\\" in str(root):
-        # DuckDB opens a database file (connect, ATTACH) with every backslash read as '/': a data directory
-        # `/srv/brands/acme\old` ran on the warehouse of `/srv/brands/acme/old`, another data directory, loading
-        # its landing files there and exporting from both brands' customers (the injection review). Its readers
-        # and COPY take a backslash as it is, so landing files may have one.
-        raise SettingsError(f"data directory {root} has a backslash in its path, which DuckDB reads as '/' when it "
-                            "opens the warehouse; choose another with --data-dir or PRIVDOM_HOME")
-    if "#" in str(root):
-        # dbt-duckdb names the warehouse's catalog after the file name of its path read as a URL (urlparse), which
-        # ends at `#`: `/srv/brand #2/warehouse.duckdb` became catalog "brand " and every run failed in dbt_staging,
-        # after ingestion, with 'Catalog Error: "brand " is not a catalog or schema' (the injection review)
-        raise SettingsError(f"data directory {root} has a '#' in its path, which dbt-duckdb cannot take (it reads "
-                            "the warehouse's path as a URL); choose another with --data-dir or PRIVDOM_HOME")
+    for characters, why in _REFUSED_IN_PATH:
+        odd = [c for c in characters if c in str(root)]
+        if odd:
+            named = " and ".join("a backslash" if c == "\\" else f"a {c!r}" for c in odd)
+            raise SettingsError(f"data directory {root} has {named} in its path, which {why}; choose another with "
+                                "--data-dir or PRIVDOM_HOME")
     values: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     settings_file = root / SETTINGS_FILE_NAME

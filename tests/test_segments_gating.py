@@ -287,6 +287,14 @@ def test_while_exports_wait_an_opted_out_customer_is_still_removed_from_destinat
         assert materialization.materialization.metadata["removed_while_exports_wait"].value == {"crm": 1}
 
 
+def _data_age_check(data):
+    """The membership step run on `data`'s warehouse: its source_data_age evaluation (a warning, never a block)."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(data, instance, _upstream(quarantine_ok=True) + _segment_assets())
+        assert result.success
+        return _checks(result)["segments/segment_members:source_data_age"]
+
+
 def test_a_data_end_in_the_future_is_warned_of_not_taken_as_fresh(tmp_path):
     """"Now" is the data's end (SPEC §4): one row dated years ahead, in a batch dated ahead too (no contract rule
     stops it), made every customer lapsed, and source_data_age passed, since its age against the wall clock was
@@ -300,13 +308,10 @@ def test_a_data_end_in_the_future_is_warned_of_not_taken_as_fresh(tmp_path):
         data.mkdir()
         end = now + dt.timedelta(days=ahead_days)
         write_dim_customers(data / "warehouse.duckdb", [customer("C1", paid_orders=1, data_end_at=end)])
-        with dg.DagsterInstance.ephemeral() as instance:
-            result = _run(data, instance, _upstream(quarantine_ok=True) + _segment_assets())
-            assert result.success  # a warning, never a block
-            age = _checks(result)["segments/segment_members:source_data_age"]
-            assert age.passed is not warned, (ahead_days, age.description)
-            if warned:
-                assert "days after now" in age.description and "in the future" in age.description
+        age = _data_age_check(data)
+        assert age.passed is not warned, (ahead_days, age.description)
+        if warned:
+            assert "days after now" in age.description and "in the future" in age.description
     from orchestration.defs.segments import data_age_problem
 
     assert data_age_problem(-0.9, 2.0) is None and data_age_problem(3.0, 2.0).startswith("the data ends 3.0 days before now")
@@ -344,15 +349,12 @@ def test_a_source_that_stopped_arriving_is_warned_of_by_name(tmp_path):
             con.execute("create table staging.stg_referrals__versions (updated_at timestamptz)")  # no rows
         finally:
             con.close()
-        with dg.DagsterInstance.ephemeral() as instance:
-            result = _run(data, instance, _upstream(quarantine_ok=True) + _segment_assets())
-            assert result.success  # a warning, never a block
-            age = _checks(result)["segments/segment_members:source_data_age"]
-            assert age.passed is not warned, (orders_behind, age.description)
-            if warned:
-                assert "orders 30.0 days before it" in age.description and "channel_events" not in age.description
-                assert "referrals" not in age.description
-            assert set(age.metadata["source_ends"].value) == {"channel_events", "orders"}
+        age = _data_age_check(data)
+        assert age.passed is not warned, (orders_behind, age.description)
+        if warned:
+            assert "orders 30.0 days before it" in age.description and "channel_events" not in age.description
+            assert "referrals" not in age.description
+        assert set(age.metadata["source_ends"].value) == {"channel_events", "orders"}
 
 
 def test_with_no_data_loaded_the_data_age_check_says_why_it_warns():

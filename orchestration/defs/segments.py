@@ -300,7 +300,7 @@ def build_membership_asset(definitions, options, destinations=()) -> dg.AssetsDe
         yield dg.AssetCheckResult(
             asset_key=MEMBERS_KEY,
             check_name=CHECK_DATA_AGE,
-            passed=age_days is not None and not problems,
+            passed=not problems,  # no data end is a problem too (data_age_problem)
             severity=dg.AssetCheckSeverity.WARN,
             description="; ".join(problems) or None,
             metadata={"data_age_days": round(age_days, 2) if age_days is not None else None,

@@ -1041,11 +1041,11 @@ class _Read(NamedTuple):
 
 def _columns_note(c: SourceContract, rel_path: str, src_cols: dict[str, tuple[str, str]]) -> str | None:
     """What a loaded file's columns say against the contract, or None. A file that lacks an optional contract
-    column and has a column the contract does not know under a name like it (schema-drift review: `discount_amount` delivered as `discount` loaded every discount as 0, and net
-    revenue with it, without a word). Either alone is allowed and common (SPEC §2: optional columns default,
-    unknown ones are ignored); a likeness of names says rename: one name inside the other (4 letters or more,
-    case, `_`, `-` and spaces aside) or a SequenceMatcher ratio of 0.75 or more. And an amount delivered as a
-    32-bit float (Parquet FLOAT)."""
+    column and has a column the contract does not know under a name like it (schema-drift review:
+    `discount_amount` delivered as `discount` loaded every discount as 0, and net revenue with it, without a
+    word). Either alone is allowed and common (SPEC §2: optional columns default, unknown ones are ignored); a
+    likeness of names says rename: one name inside the other (4 letters or more, case, `_`, `-` and spaces aside)
+    or a SequenceMatcher ratio of 0.75 or more. And an amount delivered as a 32-bit float (Parquet FLOAT)."""
     absent = [n for n in c.column_names if n not in src_cols and n not in c.required_columns]
     unknown = [name for key, (name, _) in src_cols.items() if key not in c.column_names]
     pairs = []
@@ -1392,7 +1392,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         def record(cand: _Candidate, result: _Read | fl.FileRejected | None) -> None:
             f = cand.f
             if result is None:
-                err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {loaded_at[cand.sha]}, already loaded"
+                err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {fl.shown(loaded_at[cand.sha])}, already loaded"
                 ledger_rows.append(_ledger_row(cand.file_id, source, f, cand.sha, cand.size, None, "duplicate", (0, 0, 0), err, load_id, cand.started))
                 report.files.append(FileResult(f.rel_path, "duplicate", cand.file_id, f.batch_date, error=err))
             elif isinstance(result, fl.FileRejected):
