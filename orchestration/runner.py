@@ -428,9 +428,12 @@ def synced(events) -> list[tuple[str, int, int, int]]:
 
 def _failed_rows(evaluation) -> str | None:
     """What a dbt test's check says without a description: the rows it returned (a conflict, a reconciliation
-    gap per row), e.g. "3 rows" for event_id_conflicts."""
+    gap per row), e.g. "3 rows" for event_id_conflicts. A test dbt could not run (its SQL failed: an amount sum
+    out of DECIMAL range, say) returned no rows and is no result: "0 rows returned" read as a pass gone wrong."""
     if evaluation.passed:
         return None
+    if _metadata_value((evaluation.metadata or {}).get("status")) == "error":
+        return "dbt could not run this test (an error, not a result): the failed step's message and its dbt log say why"
     entry = (evaluation.metadata or {}).get("dagster_dbt/failed_row_count")
     value = getattr(entry, "value", entry)
     return f"{value:,} row{'s' if value != 1 else ''} returned" if isinstance(value, int) else None

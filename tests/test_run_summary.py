@@ -102,6 +102,14 @@ def test_a_dbt_tests_check_says_how_many_rows_it_returned():
     assert _failed_rows(evaluation(False, 1)) == "1 row returned"
     assert _failed_rows(evaluation(True, 0)) is None
     assert _failed_rows(SimpleNamespace(passed=False, metadata={})) is None
+    # a test whose SQL failed (e.g. a reconciliation whose sum overflows DECIMAL(18,2)) ran to no result: dbt
+    # reports it with status "error" and 0 failures, which read "0 rows returned" beside [ERROR]
+    errored = SimpleNamespace(passed=False, metadata={"status": dg.MetadataValue.text("error"),
+                                                      "dagster_dbt/failed_row_count": dg.MetadataValue.int(0)})
+    assert _failed_rows(errored).startswith("dbt could not run this test")
+    failed = SimpleNamespace(passed=False, metadata={"status": dg.MetadataValue.text("fail"),
+                                                     "dagster_dbt/failed_row_count": dg.MetadataValue.int(2)})
+    assert _failed_rows(failed) == "2 rows returned"
 
 
 def test_a_failed_step_is_one_line_that_names_what_failed():
