@@ -534,6 +534,34 @@ def test_a_parquet_decimal_with_a_fraction_of_a_cent_is_quarantined(con, setting
     assert con.execute("SELECT row_number, rule FROM raw.quarantine").fetchall() == [(2, "gross_amount.type")]
 
 
+def test_a_parquet_decimal_wider_than_38_digits_rejects_the_file(con, settings, land):
+    """DuckDB reads a decimal256 column as DOUBLE, which rounds: 12.34000000000000000001 (not whole cents) loaded
+    as 12.34 and 99999999.999999999999 as 100000000.00 (money review). The file is rejected, naming the column;
+    a wide decimal in a column outside the contract does no harm and is no reason."""
+    from decimal import Decimal as D
+
+    def parquet(amounts, extra):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({
+            "order_id": ["a", "b"], "updated_at": ["2024-01-31 12:00"] * 2, "created_at": ["2024-01-31 10:00"] * 2,
+            "status": ["created"] * 2, "member_id": ["m1"] * 2, "gross_amount": amounts,
+            "note": pa.array([D(extra)] * 2, pa.decimal256(50, 20))}), buf)
+        return buf.getvalue()
+
+    land("orders/wide_20240131.parquet",
+         parquet(pa.array([D("12.34000000000000000001"), D("19.99")], pa.decimal256(50, 20)), "1.5"))
+    land("orders/narrow_20240131.parquet",
+         parquet(pa.array([D("12.34"), D("19.99")], pa.decimal128(38, 20)), "1.00000000000000000001"))
+    ingest_source(con, "orders", settings, "t")
+    led = ledger(con)
+    assert led["orders/wide_20240131.parquet"][:1] == ("rejected",)
+    assert "gross_amount (DECIMAL(50,20))" in led["orders/wide_20240131.parquet"][1]
+    assert "write DECIMAL(38, s) or narrower" in led["orders/wide_20240131.parquet"][1]
+    assert led["orders/narrow_20240131.parquet"][:1] == ("loaded",)
+    assert con.execute("SELECT order_id, gross_amount FROM raw.orders ORDER BY 1").fetchall() == [
+        ("a", Decimal("12.34")), ("b", Decimal("19.99"))]
+
+
 def test_json_number_amounts_take_the_parquet_double_rule_and_json_strings_the_text_rule(con, settings, land):
     """SPEC §2: a float within 1e-9 of a cent value takes that value, so every format gives the same result.
     A JSON number is a binary double (a JavaScript exporter writes 0.1 + 0.2 as 0.30000000000000004): as a
@@ -581,11 +609,56 @@ def test_decimal_and_integer_text_formats(con, settings, land):
          "c,2024-01-31 12:00,2024-01-31 10:00,created,1e3,0,m1\n"
          "d,2024-01-31 12:00,2024-01-31 10:00,created,\"1,000.00\",0,m1\n"
          "e,2024-01-31 12:00,2024-01-31 10:00,created,99999999999999999.00,0,m1\n"
-         "f,2024-01-31 12:00,2024-01-31 10:00,created,9999999999999999.99,0,m1\n")
+         "f,2024-01-31 12:00,2024-01-31 10:00,created,99999999.99,9999999999,m1\n"
+         "g,2024-01-31 12:00,2024-01-31 10:00,created,.5,0,m1\n"
+         "h,2024-01-31 12:00,2024-01-31 10:00,created,-.050,0,m1\n"
+         "i,2024-01-31 12:00,2024-01-31 10:00,created,.,0,m1\n"
+         "j,2024-01-31 12:00,2024-01-31 10:00,created,100000000.00,0,m1\n"
+         "k,2024-01-31 12:00,2024-01-31 10:00,created,1.00,10000000000,m1\n")
     ingest_source(con, "orders", settings, "t")
     assert con.execute("SELECT order_id, gross_amount, points_redeemed FROM raw.orders ORDER BY 1").fetchall() == [
-        ("a", Decimal("19.99"), 10), ("b", Decimal("7.00"), 0), ("f", Decimal("9999999999999999.99"), 0)]
-    assert con.execute("SELECT list(row_number ORDER BY row_number) FROM raw.quarantine").fetchone()[0] == [3, 4, 5]
+        ("a", Decimal("19.99"), 10), ("b", Decimal("7.00"), 0), ("f", Decimal("99999999.99"), 9999999999),
+        ("g", Decimal("0.50"), 0)]
+    # h loads its amount (-0.05) and breaks the sign rule; i is no number; j and k are at the caps (100M yuan, 10G
+    # points), which no consumer order reaches, and which keep the marts' sums inside DECIMAL(18,2) and BIGINT
+    assert con.execute("SELECT row_number, rule FROM raw.quarantine ORDER BY 1").fetchall() == [
+        (3, "gross_amount.type"), (4, "gross_amount.type"), (5, "gross_amount.type"), (8, "gross_amount.negative"),
+        (9, "gross_amount.type"), (10, "gross_amount.type"), (11, "points_redeemed.type")]
+
+
+def test_the_amount_and_points_caps_hold_in_every_format(con, settings, land):
+    """An amount of 100,000,000 yuan or more, and 10,000,000,000 points or more, break the column's type rule
+    whatever the format: Parquet decimal, double and integer columns, JSON numbers, text. 99,999,999.99 yuan and
+    9,999,999,999 points load. A double above 2^46 (~7e13) is no longer within 1e-9 of any cent value it could
+    take (99999999999999.99 read as 99999999999999.98, money review): the cap quarantines it first."""
+    from decimal import Decimal as D
+
+    head = {"updated_at": ["2024-01-31 12:00"] * 2, "created_at": ["2024-01-31 10:00"] * 2,
+            "status": ["created"] * 2, "member_id": ["m1"] * 2}
+    tables = {
+        "dec": {"gross_amount": pa.array([D("99999999.99"), D("100000000.00")], pa.decimal128(18, 2)),
+                "points_redeemed": pa.array([9999999999, 10000000000], pa.int64())},
+        "dbl": {"gross_amount": pa.array([99999999.99, 99999999999999.99], pa.float64()),
+                "points_redeemed": pa.array([9999999999.0, 1e10], pa.float64())},
+        "int": {"gross_amount": pa.array([99999999, 100000000], pa.int64()),
+                "points_redeemed": pa.array([D("9999999999"), D("10000000000")], pa.decimal128(20, 0))},
+    }
+    for name, cols in tables.items():
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"order_id": [f"{name}1", f"{name}2"], **head, **cols}), buf)
+        land(f"orders/orders_{name}_20240131.parquet", buf.getvalue())
+    land("orders/orders_json_20240131.jsonl",
+         '{"order_id": "json1", "updated_at": "2024-01-31 12:00", "created_at": "2024-01-31 10:00", "status": "created", '
+         '"member_id": "m1", "gross_amount": 99999999.99, "points_redeemed": 9999999999}\n'
+         '{"order_id": "json2", "updated_at": "2024-01-31 12:00", "created_at": "2024-01-31 10:00", "status": "created", '
+         '"member_id": "m1", "gross_amount": 100000000.5, "points_redeemed": 10000000000}\n')
+    ingest_source(con, "orders", settings, "t")
+    loaded = con.execute("SELECT order_id, gross_amount, points_redeemed FROM raw.orders ORDER BY 1").fetchall()
+    assert loaded == [("dbl1", D("99999999.99"), 9999999999), ("dec1", D("99999999.99"), 9999999999),
+                      ("int1", D("99999999.00"), 9999999999), ("json1", D("99999999.99"), 9999999999)]
+    rules = {r[0]: set(r[1].split(",")) for r in con.execute(
+        "SELECT json_extract_string(original_row, '$.order_id'), rules FROM raw.quarantine").fetchall()}
+    assert rules == {f"{n}2": {"gross_amount.type", "points_redeemed.type"} for n in ("dbl", "dec", "int", "json")}
 
 
 def test_phone_spellings_normalise(con, settings, land):

@@ -210,8 +210,10 @@ def _standard_rules(source: str, columns: tuple[Column, ...], required: tuple[st
         if c.type in ("timestamp", "decimal", "integer", "phone"):
             what = {
                 "timestamp": "an ISO-8601 timestamp from 1990 on (a space may stand for the T; a date alone is its 00:00; no offset means Asia/Shanghai)",
-                "decimal": "an amount in whole cents (at most 2 decimals; floats within 1e-9 of a cent value)",
-                "integer": "a whole number",
+                "decimal": ("an amount in whole cents under 100,000,000 yuan (plain digits with an optional sign and "
+                            "point, at most 2 decimals that are not zero; no exponent, thousands separator or "
+                            "currency sign; a float within 1e-9 of a cent value)"),
+                "integer": "a whole number under 10,000,000,000",
                 "phone": "a mainland mobile number once normalised (e.g. +86 138-0013-8000)",
             }[c.type]
             rules.append(Rule(f"{c.name}.type", "type", (c.name,), f"{c.name} must be {what}"))

@@ -281,6 +281,7 @@ def _read(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, size: int, scratch:
         except duckdb.Error as exc:
             raise fl.FileRejected(f"{f.shown}: unreadable: not a valid Parquet file ({_first_line(exc)})") from None
         _int96_as_instants(con, f)
+        _refuse_wide_decimals(con, f, order)
         return "binary", None, rows, False
 
     compression = "gzip" if f.compression == "gzip" else "none"
@@ -315,6 +316,28 @@ def _int96_as_instants(con: duckdb.DuckDBPyConnection, f: fl.LandingFile) -> Non
              if r[0] in naive]
     for name in int96:
         con.execute(f"ALTER TABLE {_SRC} ALTER {R.q(name)} TYPE TIMESTAMPTZ USING timezone('UTC', {R.q(name)})")
+
+
+def _refuse_wide_decimals(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, order: Sequence[str]) -> None:
+    """A Parquet DECIMAL wider than 38 digits (pyarrow's decimal256) in a contract column rejects the file.
+
+    DuckDB reads such a column as DOUBLE, which rounds: 12.34000000000000000001 loaded as 12.34 where SPEC §2
+    quarantines a value that is not a whole number of cents, and 99999999999999.99 as 100000000000000.00 (money
+    review); nothing then tells the row's delivered value. Only a file with a DOUBLE contract column asks for its
+    Parquet schema."""
+    wanted = {n.strip().lower() for n in order}
+    doubles = {r[0] for r in con.execute(
+        f"SELECT column_name FROM (DESCRIBE {_SRC}) WHERE column_type IN ('DOUBLE', 'FLOAT')").fetchall()
+        if r[0].strip().lower() in wanted}
+    if not doubles:
+        return
+    wide = [f"{r[0]} (DECIMAL({r[1]},{r[2]}))" for r in con.execute(
+        f"SELECT name, precision, scale FROM parquet_schema({path_sql(f.path)}) "
+        "WHERE converted_type = 'DECIMAL' AND precision > 38").fetchall() if r[0] in doubles]
+    if wide:
+        raise fl.FileRejected(
+            f"{f.shown}: unreadable column(s) {', '.join(sorted(wide))}: a Parquet DECIMAL of more than 38 digits "
+            "cannot be read exactly; write DECIMAL(38, s) or narrower, or the value as text")
 
 
 def _read_text(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, path: Path, compression: str, *, fast: bool,

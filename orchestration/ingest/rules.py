@@ -38,8 +38,8 @@ EARLIEST_YEAR = 1990
 TIMESTAMP_PATTERN = (r"^(199[0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
                      r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?)?$")
 # A plain decimal (no exponent, no thousands separators) that is a whole number of cents: digits after the
-# second decimal place must be zeros.
-DECIMAL_PATTERN = r"^[+-]?[0-9]+(\.[0-9]{0,2}0*)?$"
+# second decimal place must be zeros. A point may come first (`.5`, as some exporters write half a yuan) or last.
+DECIMAL_PATTERN = r"^[+-]?([0-9]+(\.[0-9]{0,2}0*)?|\.[0-9]{1,2}0*)$"
 # A whole number, optionally written with a zero fraction (``10.0``, as spreadsheets and JSON doubles write it).
 INTEGER_PATTERN = r"^[+-]?[0-9]+(\.0*)?$"
 # separators people and spreadsheets put in a phone number: white space (no-break, ideographic, the Unicode
@@ -56,6 +56,10 @@ _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 # The signature type of a JSON Lines amount key whose values in a file are all JSON numbers (core._read_text):
 # its values are their text, judged as a Parquet DOUBLE where the text is not a whole number of cents.
 JSON_NUMBER = "JSON_NUMBER"
+# The range a value must be in to load (contract.AMOUNT_LIMIT, contract.POINTS_LIMIT), as the type every
+# conversion is tried into: DECIMAL(10,2) holds up to 99,999,999.99, DECIMAL(10,0) up to 9,999,999,999, and a
+# TRY_CAST above that is NULL, which is the column's `type` rule. The loaded value is then the column's own type.
+_CHECK_TYPES = {"decimal": "DECIMAL(10,2)", "integer": "DECIMAL(10,0)"}
 # The judge's column holding a malformed record's text as delivered (NULL for every other row): the
 # `well_formed` rule reads it.
 MALFORMED = "_mf"
@@ -220,7 +224,7 @@ def _cents_of_double(v: str, sqlt: str) -> str:
 def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders: tuple[str, ...]) -> str:
     """SQL for the typed value of `col`; reads ``d__<col>`` (text) and, for typed Parquet columns, the source."""
     dv = d(col.name)
-    sqlt = SQL_TYPES[col.type]
+    sqlt = _CHECK_TYPES.get(col.type, SQL_TYPES[col.type])
     base = _base(src_type)
     x = q(src) if src is not None else None
     if col.type == "string":
@@ -261,18 +265,20 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
             conv = f"(CASE WHEN regexp_full_match({dv}, {lit(DECIMAL_PATTERN)}) THEN TRY_CAST({dv} AS {sqlt}) END)"
     elif col.type == "integer":
         if x is not None and base in _INT_TYPES:
-            conv = f"TRY_CAST({x} AS BIGINT)"
+            conv = f"TRY_CAST({x} AS {sqlt})"
         elif x is not None and (base in _FLOAT_TYPES or base == "DECIMAL"):
-            conv = f"(CASE WHEN isfinite(CAST({x} AS DOUBLE)) AND {x} = trunc({x}) THEN TRY_CAST({x} AS BIGINT) END)"
+            conv = f"(CASE WHEN isfinite(CAST({x} AS DOUBLE)) AND {x} = trunc({x}) THEN TRY_CAST({x} AS {sqlt}) END)"
         else:
             conv = (
                 f"(CASE WHEN regexp_full_match({dv}, {lit(INTEGER_PATTERN)}) "
-                f"THEN TRY_CAST(regexp_replace({dv}, '\\.0*$', '') AS BIGINT) END)"
+                f"THEN TRY_CAST(regexp_replace({dv}, '\\.0*$', '') AS {sqlt}) END)"
             )
     else:  # pragma: no cover - ColumnType is closed
         raise NotImplementedError(f"column type {col.type!r}")
+    if col.type in _CHECK_TYPES:
+        conv = f"CAST({conv} AS {SQL_TYPES[col.type]})"
     if col.default is not None:
-        return f"(CASE WHEN {dv} IS NULL THEN CAST({lit(col.default)} AS {sqlt}) ELSE {conv} END)"
+        return f"(CASE WHEN {dv} IS NULL THEN CAST({lit(col.default)} AS {SQL_TYPES[col.type]}) ELSE {conv} END)"
     return conv
 
 
