@@ -4,9 +4,9 @@
 -- with staging). Returns a row when it does not.
 select c.total as cohort_net_revenue, o.total as paid_orders_net_revenue
 from (
-    select cast(coalesce(sum(net_revenue), 0) as decimal(18, 2)) as total from {{ ref('fct_cohort_retention') }}
+    select cast(coalesce(sum(net_revenue), 0) as decimal(38, 2)) as total from {{ ref('fct_cohort_retention') }}
 ) as c
 cross join (
-    select cast(coalesce(sum(net_revenue), 0) as decimal(18, 2)) as total from {{ ref('fct_orders') }} where is_paid_like
+    select cast(coalesce(sum(net_revenue), 0) as decimal(38, 2)) as total from {{ ref('fct_orders') }} where is_paid_like
 ) as o
 where c.total <> o.total

@@ -14,4 +14,4 @@ orders as (
 select c.total as dim_customers_net_revenue, o.total as staging_net_revenue
 from customers as c
 cross join orders as o
-where cast(c.total as decimal(18, 2)) <> cast(o.total as decimal(18, 2))
+where cast(c.total as decimal(38, 2)) <> cast(o.total as decimal(38, 2))

@@ -4,12 +4,12 @@
 -- Returns a row when it is not.
 select f.total as fission_converted_net_revenue, r.total as converted_orders_net_revenue
 from (
-    select cast(coalesce(sum(converted_net_revenue), 0) as decimal(18, 2)) as total
+    select cast(coalesce(sum(converted_net_revenue), 0) as decimal(38, 2)) as total
     from {{ ref('fct_fission_summary') }}
     where mechanism = 'all'
 ) as f
 cross join (
-    select cast(coalesce(sum(o.net_revenue), 0) as decimal(18, 2)) as total
+    select cast(coalesce(sum(o.net_revenue), 0) as decimal(38, 2)) as total
     from (
         select distinct invited_month, order_id
         from {{ ref('fct_referrals') }}
