@@ -676,6 +676,24 @@ def test_phone_spellings_normalise(con, settings, land):
     assert got == {**{f"p{i}": "13800138000" for i in range(1, 6)}, "p6": "NULL", "p7": "00000000000"}
 
 
+def test_full_width_phones_normalise_and_zeros_in_any_spelling_are_the_placeholder(con, settings, land):
+    """SPEC §2: a phone in any common spelling; §3: all zeros is a placeholder. Full-width digits (全角) were
+    quarantined as phone.type (the campaign masking already reads them as a phone), and so was `+86 000-0000-0000`,
+    all zeros once normalised; a row naming only such a zeros phone names nobody."""
+    land("channel_events/ce_20240131.csv", CE_HEADER + "\n".join([
+        "w1,2024-01-31 10:00,wecom,follow,,,,\uff11\uff13\uff18\uff10\uff10\uff11\uff13\uff18\uff10\uff10\uff10,,,",
+        "w2,2024-01-31 10:00,wecom,follow,,,,\uff0b\uff18\uff16 \uff11\uff13\uff18\uff0d\uff10\uff10\uff11\uff13\uff0d\uff18\uff10\uff10\uff10,,,",
+        "z1,2024-01-31 10:00,wecom,follow,o1,,,+86 000-0000-0000,,,",
+        "z2,2024-01-31 10:00,wecom,follow,o2,,,8600000000000,,,",
+        "z3,2024-01-31 10:00,wecom,follow,,,,000 0000 0000,,,",
+    ]) + "\n")
+    ingest_source(con, "channel_events", settings, "t")
+    got = dict(con.execute("SELECT event_id, phone FROM raw.channel_events").fetchall())
+    assert got == {"w1": "13800138000", "w2": "13800138000", "z1": "00000000000", "z2": "00000000000"}
+    assert con.execute("SELECT original_row->>'event_id', rule FROM raw.quarantine").fetchall() == [
+        ("z3", "identifier.required")]
+
+
 def test_an_eleven_digit_number_that_is_no_mainland_mobile_breaks_the_phone_rule(con, settings, land):
     """SPEC §2: once normalised a phone is a mainland mobile, 1 then 3-9 then nine digits. 19912345678 and
     +86 135 0000 0000 are; 12345678901 and 10086000000 (eleven digits, second digit 2 or 0) and 1380013800 (ten

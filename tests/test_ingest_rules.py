@@ -193,6 +193,31 @@ def test_all_zeros_without_a_regex_agrees_with_the_pattern(con):
     assert con.execute(f"SELECT {all_zeros(lit('000'))}").fetchone()[0] is True
 
 
+def test_a_phone_on_the_block_list_in_any_spelling_blocks_it_in_every_spelling(con, tmp_path, land):
+    """README: the block list is compared "phones once normalised". With `+86 138-0000-0000` on the list only that
+    exact text was blocked: 13800000000 loaded, and staging kept it as an identifier that links strangers."""
+    from orchestration.quality import validate_contract
+    from orchestration.settings import load_settings
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "privdom.toml").write_text('placeholder_block_list = ["+86 138-0000-0000"]\n', encoding="utf-8")
+    blocked = load_settings(data_dir)
+    assert "13800000000" in blocked.placeholder_values
+    (blocked.landing_dir / "channel_events").mkdir(parents=True)
+    (blocked.landing_dir / "channel_events" / "ce_20240131.csv").write_text(csv_file(
+        "channel_events",
+        "p1,2024-01-31T10:00:00+08:00,wecom,add_contact,,,,+86 138-0000-0000,,,",
+        "p2,2024-01-31T10:00:00+08:00,wecom,add_contact,,,,13800000000,,,",
+        "p3,2024-01-31T10:00:00+08:00,wecom,add_contact,,,,8613800000000,,,",
+        "p4,2024-01-31T10:00:00+08:00,wecom,add_contact,,,,+86 139-0013-9000,,,",
+    ), encoding="utf-8")
+    report = ingest_source(con, "channel_events", blocked, "t")
+    assert con.execute("SELECT event_id FROM raw.channel_events").fetchall() == [("p4",)]
+    assert report.quarantine_by_rule["identifier.required"] == 3
+    assert validate_contract("channel_events", report.frame).unexpected_by_rule == report.quarantine_by_rule
+
+
 def test_a_phone_that_normalises_to_a_placeholder_is_no_identifier(con, tmp_path, land):
     """Staging cleans the phone raw keeps, normalised: with 13800138000 on the block list, `+86 138-0013-8000`
     is no identifier there, so ingestion does not count it either (a row it loaded was left out of staging)."""

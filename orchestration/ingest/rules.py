@@ -46,6 +46,8 @@ INTEGER_PATTERN = r"^[+-]?[0-9]+(\.0*)?$"
 # spaces and the zero-width ones among them), hyphens, dots, brackets
 PHONE_STRIP = r"[\s\x{00a0}\x{2000}-\x{200b}\x{202f}\x{205f}\x{3000}\x{feff}\-.()]"
 PHONE_PREFIX = r"^(\+86|0086|86)[0-9]{11}$"
+FULL_WIDTH_PHONE = "０１２３４５６７８９＋－（）"
+ASCII_PHONE = "0123456789+-()"
 # Trimmed from every delivered text value: ASCII white space, the no-break and ideographic spaces, the other
 # Unicode spaces (U+2000-U+200A, U+202F, U+205F) and the invisible U+200B (zero-width space) and U+FEFF (a
 # byte-order mark inside a value): a value of only these is no value, and no identifier.
@@ -232,10 +234,15 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
     if col.type == "enum":
         return f"lower({dv})"
     if col.type == "phone":
-        stripped = f"regexp_replace({dv}, {lit(PHONE_STRIP)}, '', 'g')"
+        # full-width digits, plus, hyphen and brackets (全角, as Chinese input methods type them) read as ASCII
+        ascii_ = f"translate({dv}, {lit(FULL_WIDTH_PHONE)}, {lit(ASCII_PHONE)})"
+        stripped = f"regexp_replace({ascii_}, {lit(PHONE_STRIP)}, '', 'g')"
         norm = f"(CASE WHEN regexp_full_match({stripped}, {lit(PHONE_PREFIX)}) THEN right({stripped}, 11) ELSE {stripped} END)"
+        # a phone that is all zeros once normalised (`+86 000-0000-0000`) is the all-zeros placeholder: kept as
+        # its zeros, which staging cleans away like `00000000000`
         return (
             f"(CASE WHEN regexp_full_match({norm}, {lit(MAINLAND_MOBILE_PATTERN)}) THEN {norm} "
+            f"WHEN {all_zeros(norm)} THEN {norm} "
             f"WHEN {is_placeholder(dv, placeholders)} THEN {dv} END)"
         )
     if col.type == "timestamp":
@@ -304,6 +311,7 @@ def identifier_count_expr(rule: Rule, placeholders: tuple[str, ...], phones: tup
     parts = [
         f"(CASE WHEN {d(c)} IS NULL THEN 0 WHEN {is_placeholder(d(c), placeholders)} THEN 0 "
         + (f"WHEN {t(c)} IN {sql_list(phone_placeholders)} THEN 0 " if c in phones and phone_placeholders else "")
+        + (f"WHEN {all_zeros(t(c))} THEN 0 " if c in phones else "")
         + "ELSE 1 END)"
         for c in rule.columns
     ]
