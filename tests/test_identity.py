@@ -263,6 +263,26 @@ def test_converted_referral_referee_is_the_buyer_of_its_order(db):
     assert n_customers(db) == 2
 
 
+def test_a_converted_referee_is_the_buyer_of_its_order_when_both_sides_name_only_shared_ids(db):
+    """SPEC §3: a converted referral's referee is the buyer of its order_id, also when the order's buyer and the
+    referee are named only by shared identifiers (identity review's oracle, 2 of 9 random histories at small
+    max degrees): the order went to its phone's customer and the referee to its unionid's, a customer of its
+    own acquired by a referral and without the order."""
+    stage(
+        db,
+        events=[ev("e1", openid="o1", phone="13800138001"), ev("e2", openid="o2", phone="13800138001"),
+                ev("e3", unionid="u9", member_id="m1"), ev("e4", unionid="u9", member_id="m2")],
+        orders=[{"order_id": "ordA", "phone": "13800138001"}],
+        referrals=[{"referral_id": "refA", "status": "converted", "referrer_member_id": "m7",
+                    "referee_unionid": "u9", "order_id": "ordA"}],
+    )
+    build_identity_graph(db, 1)
+    phone = comp(db, "phone", "13800138001")
+    assert rec(db, "orders", "ordA", "buyer") == phone
+    assert rec(db, "referrals", "refA", "referee") == phone != comp(db, "unionid", "u9")
+    assert rec(db, "referrals", "refA", "referrer") == comp(db, "member_id", "m7")
+
+
 def test_a_referee_id_links_to_the_buyer_ids_of_its_order_for_its_degree(db):
     """SPEC §3: a converted referral's referee ids and the ids of its order's buyer link, so they count toward
     each other's degree. A clerk's phone on three customers' events and, as the referee of a converted

@@ -195,6 +195,36 @@ def test_a_conversion_that_raises_a_degree_splits_the_customers_it_glued(dbs, or
     assert customers[0] == 1 and customers[-1] == 4
 
 
+@pytest.mark.parametrize("order_first", [True, False])
+def test_a_referee_and_a_buyer_named_by_shared_ids_only_are_one_customer_in_either_order(dbs, order_first):
+    """The order's buyer and the converted referee are named only by shared identifiers (a phone on two
+    openids, a unionid on two member ids, max degree 1): the referee is the order's buyer (SPEC §3) whichever
+    arrives first, and an incremental build equals a full build after each delivery."""
+    inc, full = dbs
+    order = {"order_id": "ordA", "phone": "13800138001"}
+    referral = {"referral_id": "refA", "status": "converted", "referrer_member_id": "m7", "referee_unionid": "u9",
+                "order_id": "ordA"}
+    deliveries = [
+        {"events": [{"event_id": "e1", "openid": "o1", "phone": "13800138001"},
+                    {"event_id": "e2", "openid": "o2", "phone": "13800138001"},
+                    {"event_id": "e3", "unionid": "u9", "member_id": "m1"},
+                    {"event_id": "e4", "unionid": "u9", "member_id": "m2"}]},
+        {"orders": [order]} if order_first else {"referrals": [referral]},
+        {"referrals": [referral]} if order_first else {"orders": [order]},
+    ]
+    h = History()
+    for delivery in deliveries:
+        h.deliver(**delivery)
+        h.stage(inc)
+        h.stage(full)
+        build_identity_graph(inc, 1)
+        build_identity_graph(full, 1, full_refresh=True)
+        assert tables(inc) == tables(full)
+    rec = {r[0]: r[1] for r in inc.execute(
+        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall()}
+    assert rec["referrals:refA:referee"] == rec["orders:ordA:buyer"]
+
+
 def _two_deliveries(con) -> History:
     h = History()
     h.deliver(events=[{"event_id": "a1", "openid": "oA", "member_id": "m1"}])

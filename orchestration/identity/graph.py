@@ -785,6 +785,14 @@ def _records_sql(*, memberships: str, labels: str, groups: str | None, events: s
         components_with_identifiers AS (
             SELECT DISTINCT component_id FROM {labels}
             WHERE NOT is_pseudo AND NOT is_shared AND component_id IN (SELECT component_id FROM pseudo)
+        ),
+        -- a component of pseudo-nodes alone (every id on both sides shared): the converted referees in it are the
+        -- buyer of their order, the order's own choice (with two orders, the smaller order id's). An update
+        -- recomputes every group of a touched component, so the order is among the groups whenever its
+        -- referee is.
+        buyer_of_component AS (
+            SELECT component_id, arg_min(own_component, node_value) AS buyer
+            FROM pseudo WHERE node_type = 'order' GROUP BY component_id
         )
         SELECT 'channel_events' AS source, e.event_id AS record_id, 'person' AS role, o.own_component AS component_id
         FROM ({events}) e
@@ -795,9 +803,10 @@ def _records_sql(*, memberships: str, labels: str, groups: str | None, events: s
         SELECT CASE pl.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END,
                pl.node_value,
                {pseudo_role},
-               coalesce(c.component_id, pl.own_component)
+               coalesce(c.component_id, CASE WHEN pl.node_type <> 'order' THEN b.buyer END, pl.own_component)
         FROM pseudo pl
         LEFT JOIN components_with_identifiers c ON c.component_id = pl.component_id
+        LEFT JOIN buyer_of_component b ON b.component_id = pl.component_id
     """
 
 
