@@ -789,10 +789,11 @@ def _records_sql(*, memberships: str, labels: str, groups: str | None, events: s
         -- a component of pseudo-nodes alone (every id on both sides shared): the converted referees in it are the
         -- buyer of their order, the order's own choice (with two orders, the smaller order id's). An update
         -- recomputes every group of a touched component, so the order is among the groups whenever its
-        -- referee is.
+        -- referee is. Only orders whose own choice is another component are candidates (an order with a
+        -- buyer id of its own is in that id's component): a filter, not an aggregate over every order.
         buyer_of_component AS (
             SELECT component_id, arg_min(own_component, node_value) AS buyer
-            FROM pseudo WHERE node_type = 'order' GROUP BY component_id
+            FROM pseudo WHERE node_type = 'order' AND own_component <> component_id GROUP BY component_id
         )
         SELECT 'channel_events' AS source, e.event_id AS record_id, 'person' AS role, o.own_component AS component_id
         FROM ({events}) e
