@@ -36,8 +36,11 @@ def _normalised_phone(value: str) -> str | None:
     import re
 
     from orchestration.contract import MAINLAND_MOBILE_PATTERN
+    from orchestration.ingest.rules import ASCII_PHONE, FULL_WIDTH_PHONE
 
-    stripped = re.sub(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000\ufeff\-.()]", "", value)
+    # full-width digits, plus, hyphen and brackets read as ASCII, as ingestion's typed_expr reads them
+    ascii_ = value.translate(str.maketrans(FULL_WIDTH_PHONE, ASCII_PHONE))
+    stripped = re.sub(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000\ufeff\-.()]", "", ascii_)
     m = re.fullmatch(r"(?:\+86|0086|86)?([0-9]{11})", stripped)
     return m.group(1) if m and re.fullmatch(MAINLAND_MOBILE_PATTERN, m.group(1)) else None
 

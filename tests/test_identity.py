@@ -283,6 +283,35 @@ def test_a_converted_referee_is_the_buyer_of_its_order_when_both_sides_name_only
     assert rec(db, "referrals", "refA", "referrer") == comp(db, "member_id", "m7")
 
 
+def test_a_shared_ids_only_referee_is_the_buyer_of_its_own_order_not_of_another_in_its_component(db):
+    """R1's versions name orders X then Y, which puts both in one component; R2 names only Y. Every id is shared
+    (max degree 1): R2's referee is Y's buyer (SPEC §3: the buyer of its order_id), not X's (diff review: one
+    buyer was chosen per component)."""
+    stage(
+        db,
+        events=[ev("e1", openid="o1", phone="13800138001"), ev("e2", openid="o2", phone="13800138001"),
+                ev("e3", openid="o3", phone="13800138002"), ev("e4", openid="o4", phone="13800138002"),
+                ev("e5", unionid="u8", member_id="m1"), ev("e6", unionid="u8", member_id="m2"),
+                ev("e7", unionid="u9", member_id="m3"), ev("e8", unionid="u9", member_id="m4")],
+        orders=[{"order_id": "ordX", "phone": "13800138001", "version_rank": 1},
+                {"order_id": "ordY", "phone": "13800138002", "version_rank": 1}],
+        referrals=[
+            {"referral_id": "R1", "status": "converted", "referrer_member_id": "m7", "referee_unionid": "u8",
+             "order_id": "ordY", "version_rank": 1},
+            {"referral_id": "R1", "status": "converted", "referrer_member_id": "m7", "referee_unionid": "u8",
+             "order_id": "ordX", "version_rank": 2},
+            {"referral_id": "R2", "status": "converted", "referrer_member_id": "m6", "referee_unionid": "u9",
+             "order_id": "ordY", "version_rank": 1},
+        ],
+    )
+    build_identity_graph(db, 1)
+    x, y = rec(db, "orders", "ordX", "buyer"), rec(db, "orders", "ordY", "buyer")
+    assert x == comp(db, "phone", "13800138001") != y == comp(db, "phone", "13800138002")
+    assert rec(db, "referrals", "R2", "referee") == y
+    # R1's versions name two orders: the smaller order id's buyer (docs/DECISIONS.md)
+    assert rec(db, "referrals", "R1", "referee") == x
+
+
 def test_a_referee_id_links_to_the_buyer_ids_of_its_order_for_its_degree(db):
     """SPEC §3: a converted referral's referee ids and the ids of its order's buyer link, so they count toward
     each other's degree. A clerk's phone on three customers' events and, as the referee of a converted

@@ -225,6 +225,80 @@ def test_a_referee_and_a_buyer_named_by_shared_ids_only_are_one_customer_in_eith
     assert rec["referrals:refA:referee"] == rec["orders:ordA:buyer"]
 
 
+def test_shared_ids_only_referees_follow_their_own_orders_delivered_piece_by_piece(dbs):
+    """The history of the test above in test_identity.py (R1's versions name X then Y, R2 names Y; every id
+    shared), one piece a delivery: the incremental build equals a full build after each, and R2's referee ends
+    as Y's buyer."""
+    inc, full = dbs
+    h = History()
+    deliveries = [
+        {"events": [{"event_id": "e1", "openid": "o1", "phone": "13800138001"},
+                    {"event_id": "e2", "openid": "o2", "phone": "13800138001"},
+                    {"event_id": "e3", "openid": "o3", "phone": "13800138002"},
+                    {"event_id": "e4", "openid": "o4", "phone": "13800138002"},
+                    {"event_id": "e5", "unionid": "u8", "member_id": "m1"},
+                    {"event_id": "e6", "unionid": "u8", "member_id": "m2"},
+                    {"event_id": "e7", "unionid": "u9", "member_id": "m3"},
+                    {"event_id": "e8", "unionid": "u9", "member_id": "m4"}]},
+        {"orders": [{"order_id": "ordX", "phone": "13800138001"}, {"order_id": "ordY", "phone": "13800138002"}]},
+        {"referrals": [{"referral_id": "R2", "status": "converted", "referrer_member_id": "m6",
+                        "referee_unionid": "u9", "order_id": "ordY", "updated_at": "2024-01-01 00:00:00"}]},
+        {"referrals": [{"referral_id": "R1", "status": "converted", "referrer_member_id": "m7",
+                        "referee_unionid": "u8", "order_id": "ordX", "updated_at": "2024-01-01 00:00:00"}]},
+        {"referrals": [{"referral_id": "R1", "status": "converted", "referrer_member_id": "m7",
+                        "referee_unionid": "u8", "order_id": "ordY", "updated_at": "2024-01-02 00:00:00"}]},
+    ]
+    for d in deliveries:
+        h.deliver(**d)
+        h.stage(inc)
+        h.stage(full)
+        build_identity_graph(inc, 1)
+        build_identity_graph(full, 1, full_refresh=True)
+        assert tables(inc) == tables(full)
+    rec = dict(inc.execute(
+        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall())
+    assert rec["referrals:R2:referee"] == rec["orders:ordY:buyer"] != rec["orders:ordX:buyer"]
+
+
+def test_a_graph_built_before_the_referee_rule_is_built_again_in_full(dbs, monkeypatch):
+    """GRAPH_VERSION 3: a warehouse whose graph the release before the referee-follows-buyer rule built (version
+    2) has referees of shared-ids-only components as customers of their own; the first build after the upgrade
+    is a full one, so they are corrected though no new row touches their component (diff review)."""
+    inc, full = dbs
+    new = G._records_sql
+    rule = "coalesce(c.component_id, b.buyer, pl.own_component)"
+
+    def before_the_rule(**kw):
+        sql = new(**kw)
+        assert sql.count(rule) == 1
+        return sql.replace(rule, "coalesce(c.component_id, pl.own_component)")
+
+    h = History()
+    h.deliver(events=[{"event_id": "e1", "openid": "o1", "phone": "13800138001"},
+                      {"event_id": "e2", "openid": "o2", "phone": "13800138001"},
+                      {"event_id": "e3", "unionid": "u9", "member_id": "m1"},
+                      {"event_id": "e4", "unionid": "u9", "member_id": "m2"}],
+              orders=[{"order_id": "ordA", "phone": "13800138001"}],
+              referrals=[{"referral_id": "refA", "status": "converted", "referrer_member_id": "m7",
+                          "referee_unionid": "u9", "order_id": "ordA"}])
+    h.stage(inc)
+    current = G.GRAPH_VERSION
+    with monkeypatch.context() as m:
+        m.setattr(G, "_records_sql", before_the_rule)
+        m.setattr(G, "GRAPH_VERSION", 2)
+        build_identity_graph(inc, 1)
+    assert G.GRAPH_VERSION == current == 3
+    h.deliver(events=[{"event_id": "e9", "openid": "zz"}])  # touches nothing of refA's
+    h.stage(inc)
+    h.stage(full)
+    assert build_identity_graph(inc, 1).mode == "full"
+    build_identity_graph(full, 1, full_refresh=True)
+    rec = dict(inc.execute(
+        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall())
+    assert rec["referrals:refA:referee"] == rec["orders:ordA:buyer"]
+    assert tables(inc) == tables(full)
+
+
 def _two_deliveries(con) -> History:
     h = History()
     h.deliver(events=[{"event_id": "a1", "openid": "oA", "member_id": "m1"}])

@@ -562,6 +562,23 @@ def test_a_parquet_decimal_wider_than_38_digits_rejects_the_file(con, settings, 
         ("a", Decimal("12.34")), ("b", Decimal("19.99"))]
 
 
+def test_a_wide_decimal_inside_a_struct_outside_the_contract_is_no_reason_to_reject(con, settings, land):
+    """A valid float64 gross_amount beside a struct column (not in the contract) whose child is also called
+    gross_amount and is a decimal256: only top-level columns count (diff review: the file was rejected)."""
+    from decimal import Decimal as D
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "order_id": ["a"], "updated_at": ["2024-01-31 12:00"], "created_at": ["2024-01-31 10:00"],
+        "status": ["created"], "member_id": ["m1"], "gross_amount": pa.array([19.99], pa.float64()),
+        "payment": pa.array([{"gross_amount": D("19.99")}], pa.struct([("gross_amount", pa.decimal256(40, 2))])),
+    }), buf)
+    land("orders/nested_20240131.parquet", buf.getvalue())
+    ingest_source(con, "orders", settings, "t")
+    assert ledger(con)["orders/nested_20240131.parquet"][:1] == ("loaded",)
+    assert con.execute("SELECT gross_amount FROM raw.orders").fetchall() == [(D("19.99"),)]
+
+
 def test_json_number_amounts_take_the_parquet_double_rule_and_json_strings_the_text_rule(con, settings, land):
     """SPEC §2: a float within 1e-9 of a cent value takes that value, so every format gives the same result.
     A JSON number is a binary double (a JavaScript exporter writes 0.1 + 0.2 as 0.30000000000000004): as a

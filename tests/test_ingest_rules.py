@@ -239,3 +239,18 @@ def test_a_phone_that_normalises_to_a_placeholder_is_no_identifier(con, tmp_path
     assert con.execute("SELECT event_id FROM raw.channel_events").fetchall() == [("p3",)]
     assert report.quarantine_by_rule["identifier.required"] == 2
     assert validate_contract("channel_events", report.frame).unexpected_by_rule == report.quarantine_by_rule
+
+
+def test_a_full_width_phone_on_the_block_list_blocks_its_eleven_digits(tmp_path):
+    """Review: ingestion reads full-width digits as ASCII (typed_expr), so the data's phone loads as 13800000000
+    whatever its spelling; a block-list entry typed in full-width (as a Chinese input method types it) must then
+    block those 11 digits too, or it blocks nothing staging sees."""
+    from orchestration.settings import load_settings
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "privdom.toml").write_text(
+        'placeholder_block_list = ["\uff11\uff13\uff18\uff10\uff10\uff10\uff10\uff10\uff10\uff10\uff10"]\n',
+        encoding="utf-8")
+    values = load_settings(data_dir).placeholder_values
+    assert "13800000000" in values

@@ -71,7 +71,9 @@ CHANGES_TABLE = f"{STATE_SCHEMA}.graph_changed_components"
 CONSUMERS_TABLE = f"{STATE_SCHEMA}.graph_consumers"
 # Bump when what the state means changes: the next build after an upgrade is then a full one.
 # 2: degrees count the values across a conversion (a referee's ids and its order's buyer's ids).
-GRAPH_VERSION = 2
+# 3: a converted referee named only by shared ids is its order's buyer when that buyer is too (records of
+#    untouched components were left as the previous release wrote them).
+GRAPH_VERSION = 3
 
 STG_CHANNEL_EVENTS = "staging.stg_channel_events"
 STG_ORDER_VERSIONS = "staging.stg_orders__versions"
@@ -786,14 +788,28 @@ def _records_sql(*, memberships: str, labels: str, groups: str | None, events: s
             SELECT DISTINCT component_id FROM {labels}
             WHERE NOT is_pseudo AND NOT is_shared AND component_id IN (SELECT component_id FROM pseudo)
         ),
-        -- a component of pseudo-nodes alone (every id on both sides shared): the converted referees in it are the
-        -- buyer of their order, the order's own choice (with two orders, the smaller order id's). An update
+        -- a component of pseudo-nodes alone (every id on both sides shared): a converted referee in it is the
+        -- buyer of its own order, the order's own choice (its versions naming two orders, the smaller order id's;
+        -- only its own orders: another referral's versions may put a second order in the component). An update
         -- recomputes every group of a touched component, so the order is among the groups whenever its
-        -- referee is. Only orders whose own choice is another component are candidates (an order with a
-        -- buyer id of its own is in that id's component): a filter, not an aggregate over every order.
-        buyer_of_component AS (
-            SELECT component_id, arg_min(own_component, node_value) AS buyer
-            FROM pseudo WHERE node_type = 'order' AND own_component <> component_id GROUP BY component_id
+        -- referee is. Only referees of such components, and their orders whose own choice is another component
+        -- (an order with a buyer id of its own is in that id's component), are looked at: a filter, not an
+        -- aggregate over every order or conversion.
+        referees_without_identifiers AS (
+            SELECT gid, node_value, component_id FROM pseudo
+            WHERE node_type = 'referral_referee'
+              AND component_id NOT IN (SELECT component_id FROM components_with_identifiers)
+        ),
+        buyer_of_referee AS (
+            SELECT r.gid, arg_min(o.own_component, o.node_value) AS buyer
+            FROM referees_without_identifiers r
+            JOIN (SELECT DISTINCT referral_id, {node_id_sql("'order'", "order_id")} AS o FROM {STG_REFERRAL_VERSIONS}
+                  WHERE status = 'converted' AND order_id IS NOT NULL
+                    AND referral_id IN (SELECT node_value FROM referees_without_identifiers)) c
+                ON c.referral_id = r.node_value
+            JOIN pseudo o ON o.gid = c.o AND o.component_id = r.component_id
+            WHERE o.node_type = 'order' AND o.own_component <> o.component_id
+            GROUP BY r.gid
         )
         SELECT 'channel_events' AS source, e.event_id AS record_id, 'person' AS role, o.own_component AS component_id
         FROM ({events}) e
@@ -804,10 +820,10 @@ def _records_sql(*, memberships: str, labels: str, groups: str | None, events: s
         SELECT CASE pl.node_type WHEN 'order' THEN 'orders' ELSE 'referrals' END,
                pl.node_value,
                {pseudo_role},
-               coalesce(c.component_id, CASE WHEN pl.node_type <> 'order' THEN b.buyer END, pl.own_component)
+               coalesce(c.component_id, b.buyer, pl.own_component)
         FROM pseudo pl
         LEFT JOIN components_with_identifiers c ON c.component_id = pl.component_id
-        LEFT JOIN buyer_of_component b ON b.component_id = pl.component_id
+        LEFT JOIN buyer_of_referee b ON b.gid = pl.gid
     """
 
 

@@ -331,9 +331,24 @@ def _refuse_wide_decimals(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, ord
         if r[0].strip().lower() in wanted}
     if not doubles:
         return
-    wide = [f"{r[0]} (DECIMAL({r[1]},{r[2]}))" for r in con.execute(
-        f"SELECT name, precision, scale FROM parquet_schema({path_sql(f.path)}) "
-        "WHERE converted_type = 'DECIMAL' AND precision > 38").fetchall() if r[0] in doubles]
+    # top-level fields only: parquet_schema lists the schema depth first, and a struct's child may share a
+    # contract column's name (a `payment` struct with its own `gross_amount`) without being that column
+    wide: list[str] = []
+    left = [0]  # children still to come at each open level (the root's are the top-level fields)
+    for i, (name, children, converted, precision, scale) in enumerate(con.execute(
+            f"SELECT name, num_children, converted_type, precision, scale FROM parquet_schema({path_sql(f.path)})"
+    ).fetchall()):
+        if i == 0:
+            left = [children or 0]
+            continue
+        top = len(left) == 1
+        left[-1] -= 1
+        if children:
+            left.append(children)
+        elif top and converted == "DECIMAL" and (precision or 0) > 38 and name in doubles:
+            wide.append(f"{name} (DECIMAL({precision},{scale}))")
+        while len(left) > 1 and left[-1] == 0:
+            left.pop()
     if wide:
         raise fl.FileRejected(
             f"{f.shown}: unreadable column(s) {', '.join(sorted(wide))}: a Parquet DECIMAL of more than 38 digits "

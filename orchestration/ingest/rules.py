@@ -58,7 +58,7 @@ _FLOAT_TYPES = ("FLOAT", "DOUBLE", "REAL")
 # The signature type of a JSON Lines amount key whose values in a file are all JSON numbers (core._read_text):
 # its values are their text, judged as a Parquet DOUBLE where the text is not a whole number of cents.
 JSON_NUMBER = "JSON_NUMBER"
-# The range a value must be in to load (contract.AMOUNT_LIMIT, contract.POINTS_LIMIT), as the type every
+# The range a value must be in to load (under 100,000,000 yuan, under 10,000,000,000 points), as the type every
 # conversion is tried into: DECIMAL(10,2) holds up to 99,999,999.99, DECIMAL(10,0) up to 9,999,999,999, and a
 # TRY_CAST above that is NULL, which is the column's `type` rule. The loaded value is then the column's own type.
 _CHECK_TYPES = {"decimal": "DECIMAL(10,2)", "integer": "DECIMAL(10,0)"}
@@ -234,8 +234,11 @@ def typed_expr(col: Column, src: str | None, src_type: str | None, placeholders:
     if col.type == "enum":
         return f"lower({dv})"
     if col.type == "phone":
-        # full-width digits, plus, hyphen and brackets (全角, as Chinese input methods type them) read as ASCII
-        ascii_ = f"translate({dv}, {lit(FULL_WIDTH_PHONE)}, {lit(ASCII_PHONE)})"
+        # full-width digits, plus, hyphen and brackets (全角, as Chinese input methods type them) read as ASCII;
+        # translate() only where the text has a non-ASCII character (more bytes than characters): it costs
+        # ~1 us a value, twice the rest of the phone's judging, and almost every phone is ASCII
+        ascii_ = (f"(CASE WHEN strlen({dv}) = length({dv}) THEN {dv} "
+                  f"ELSE translate({dv}, {lit(FULL_WIDTH_PHONE)}, {lit(ASCII_PHONE)}) END)")
         stripped = f"regexp_replace({ascii_}, {lit(PHONE_STRIP)}, '', 'g')"
         norm = f"(CASE WHEN regexp_full_match({stripped}, {lit(PHONE_PREFIX)}) THEN right({stripped}, 11) ELSE {stripped} END)"
         # a phone that is all zeros once normalised (`+86 000-0000-0000`) is the all-zeros placeholder: kept as
