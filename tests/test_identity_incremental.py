@@ -165,13 +165,34 @@ def test_a_converted_referral_to_a_later_order_links_when_the_order_arrives(dbs)
     assert tables(inc) == tables(full)
 
 
+def deliver_each_and_compare(dbs, deliveries: list[dict], max_degree: int, after=None) -> History:
+    """Deliver each piece in turn; after each, an incremental build and a full build of the same history give the
+    same tables. `after(inc)` runs after each delivery's builds."""
+    inc, full = dbs
+    h = History()
+    for delivery in deliveries:
+        h.deliver(**delivery)
+        h.stage(inc)
+        h.stage(full)
+        build_identity_graph(inc, max_degree)
+        build_identity_graph(full, max_degree, full_refresh=True)
+        assert tables(inc) == tables(full)
+        if after is not None:
+            after(inc)
+    return h
+
+
+def records(con) -> dict[str, int]:
+    return dict(con.execute(
+        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall())
+
+
 @pytest.mark.parametrize("order_first", [True, False])
 def test_a_conversion_that_raises_a_degree_splits_the_customers_it_glued(dbs, order_first):
     """A clerk's phone on three customers' events (not shared at max_degree 3: one customer), then a converted
     referral whose referee is that phone and whose order is a fourth customer's: the phone now links to four
     openids (SPEC §3: the referee's ids and the buyer's ids link), is shared and splits the customer; whether
     the order or the referral comes first, the incremental builds equal a full build after each delivery."""
-    inc, full = dbs
     clerk = "13900000001"
     order = {"order_id": "O1", "openid": "o4"}
     referral = {"referral_id": "R1", "status": "converted", "referrer_member_id": "mR", "referee_phone": clerk,
@@ -181,17 +202,9 @@ def test_a_conversion_that_raises_a_degree_splits_the_customers_it_glued(dbs, or
         {"orders": [order]} if order_first else {"referrals": [referral]},
         {"referrals": [referral]} if order_first else {"orders": [order]},
     ]
-    h = History()
     customers = []
-    for delivery in deliveries:
-        h.deliver(**delivery)
-        h.stage(inc)
-        h.stage(full)
-        build_identity_graph(inc, 3)
-        build_identity_graph(full, 3, full_refresh=True)
-        assert tables(inc) == tables(full)
-        customers.append(len({c for (c,) in inc.execute(
-            f"SELECT component_id FROM {G.IDENTIFIERS_TABLE} WHERE identifier_type = 'openid'").fetchall()}))
+    deliver_each_and_compare(dbs, deliveries, 3, after=lambda con: customers.append(len({c for (c,) in con.execute(
+        f"SELECT component_id FROM {G.IDENTIFIERS_TABLE} WHERE identifier_type = 'openid'").fetchall()})))
     assert customers[0] == 1 and customers[-1] == 4
 
 
@@ -200,7 +213,6 @@ def test_a_referee_and_a_buyer_named_by_shared_ids_only_are_one_customer_in_eith
     """The order's buyer and the converted referee are named only by shared identifiers (a phone on two
     openids, a unionid on two member ids, max degree 1): the referee is the order's buyer (SPEC §3) whichever
     arrives first, and an incremental build equals a full build after each delivery."""
-    inc, full = dbs
     order = {"order_id": "ordA", "phone": "13800138001"}
     referral = {"referral_id": "refA", "status": "converted", "referrer_member_id": "m7", "referee_unionid": "u9",
                 "order_id": "ordA"}
@@ -212,16 +224,8 @@ def test_a_referee_and_a_buyer_named_by_shared_ids_only_are_one_customer_in_eith
         {"orders": [order]} if order_first else {"referrals": [referral]},
         {"referrals": [referral]} if order_first else {"orders": [order]},
     ]
-    h = History()
-    for delivery in deliveries:
-        h.deliver(**delivery)
-        h.stage(inc)
-        h.stage(full)
-        build_identity_graph(inc, 1)
-        build_identity_graph(full, 1, full_refresh=True)
-        assert tables(inc) == tables(full)
-    rec = {r[0]: r[1] for r in inc.execute(
-        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall()}
+    deliver_each_and_compare(dbs, deliveries, 1)
+    rec = records(dbs[0])
     assert rec["referrals:refA:referee"] == rec["orders:ordA:buyer"]
 
 
@@ -229,8 +233,6 @@ def test_shared_ids_only_referees_follow_their_own_orders_delivered_piece_by_pie
     """The history of the test above in test_identity.py (R1's versions name X then Y, R2 names Y; every id
     shared), one piece a delivery: the incremental build equals a full build after each, and R2's referee ends
     as Y's buyer."""
-    inc, full = dbs
-    h = History()
     deliveries = [
         {"events": [{"event_id": "e1", "openid": "o1", "phone": "13800138001"},
                     {"event_id": "e2", "openid": "o2", "phone": "13800138001"},
@@ -248,15 +250,8 @@ def test_shared_ids_only_referees_follow_their_own_orders_delivered_piece_by_pie
         {"referrals": [{"referral_id": "R1", "status": "converted", "referrer_member_id": "m7",
                         "referee_unionid": "u8", "order_id": "ordY", "updated_at": "2024-01-02 00:00:00"}]},
     ]
-    for d in deliveries:
-        h.deliver(**d)
-        h.stage(inc)
-        h.stage(full)
-        build_identity_graph(inc, 1)
-        build_identity_graph(full, 1, full_refresh=True)
-        assert tables(inc) == tables(full)
-    rec = dict(inc.execute(
-        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall())
+    deliver_each_and_compare(dbs, deliveries, 1)
+    rec = records(dbs[0])
     assert rec["referrals:R2:referee"] == rec["orders:ordY:buyer"] != rec["orders:ordX:buyer"]
 
 
@@ -293,8 +288,7 @@ def test_a_graph_built_before_the_referee_rule_is_built_again_in_full(dbs, monke
     h.stage(full)
     assert build_identity_graph(inc, 1).mode == "full"
     build_identity_graph(full, 1, full_refresh=True)
-    rec = dict(inc.execute(
-        f"SELECT source || ':' || record_id || ':' || role, component_id FROM {G.RECORDS_TABLE}").fetchall())
+    rec = records(inc)
     assert rec["referrals:refA:referee"] == rec["orders:ordA:buyer"]
     assert tables(inc) == tables(full)
 

@@ -32,17 +32,20 @@ def _parse(target: str, tmp_path, monkeypatch) -> dict:
     return json.loads((out / "target" / "manifest.json").read_text(encoding="utf-8"))
 
 
-def _marts(manifest: dict) -> dict[str, dict]:
+def _marts(target: str, tmp_path, monkeypatch) -> dict[str, dict]:
+    """The mart models of the project parsed for `target`; the environment as it was afterwards (dbt sets
+    variables of its own)."""
+    saved = dict(os.environ)
+    try:
+        manifest = _parse(target, tmp_path, monkeypatch)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model" and n["schema"] == "marts"}
 
 
 def test_every_mart_has_an_enforced_contract_with_a_type_for_every_column(tmp_path, monkeypatch):
-    saved = dict(os.environ)
-    try:
-        marts = _marts(_parse("duckdb", tmp_path, monkeypatch))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    marts = _marts("duckdb", tmp_path, monkeypatch)
     assert {"dim_customers", "fct_orders", "fct_aarrr_funnel", "fct_cohort_retention", "fct_private_domain_triangle",
             "fct_referrals", "fct_fission_summary"} <= set(marts)
     problems = [name for name, node in marts.items() if not node["config"]["contract"]["enforced"]]
@@ -56,10 +59,5 @@ def test_every_mart_has_an_enforced_contract_with_a_type_for_every_column(tmp_pa
 
 
 def test_the_contract_is_off_on_spark_whose_type_names_differ(tmp_path, monkeypatch):
-    saved = dict(os.environ)
-    try:
-        marts = _marts(_parse("spark", tmp_path, monkeypatch))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    marts = _marts("spark", tmp_path, monkeypatch)
     assert marts and not [name for name, node in marts.items() if node["config"]["contract"]["enforced"]]
