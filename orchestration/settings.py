@@ -31,20 +31,6 @@ class SettingsError(ValueError):
     """A setting has a value privdom cannot use; the message names the setting and where it came from."""
 
 
-def _normalised_phone(value: str) -> str | None:
-    """The 11 digits of a mainland mobile written in a common spelling (as ingestion normalises phones), else None."""
-    import re
-
-    from orchestration.contract import MAINLAND_MOBILE_PATTERN
-    from orchestration.ingest.rules import ASCII_PHONE, FULL_WIDTH_PHONE
-
-    # full-width digits, plus, hyphen and brackets read as ASCII, as ingestion's typed_expr reads them
-    ascii_ = value.translate(str.maketrans(FULL_WIDTH_PHONE, ASCII_PHONE))
-    stripped = re.sub(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000\ufeff\-.()]", "", ascii_)
-    m = re.fullmatch(r"(?:\+86|0086|86)?([0-9]{11})", stripped)
-    return m.group(1) if m and re.fullmatch(MAINLAND_MOBILE_PATTERN, m.group(1)) else None
-
-
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -108,7 +94,9 @@ class Settings:
         extra = tuple(v.strip().lower() for v in self.placeholder_block_list if v.strip())
         # a phone on the list in any spelling (`+86 138-0000-0000`) blocks that phone in every spelling: the data's
         # phones are compared once normalised, so the list holds the normalised form too
-        phones = tuple(p for p in map(_normalised_phone, extra) if p is not None)
+        from orchestration.ingest.rules import normalised_phone
+
+        phones = tuple(p for p in map(normalised_phone, extra) if p is not None)
         return tuple(dict.fromkeys(BUILTIN_PLACEHOLDERS + extra + phones))
 
     def dbt_vars(self) -> dict[str, Any]:

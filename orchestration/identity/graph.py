@@ -218,13 +218,15 @@ _ROLE_OF_PSEUDO = "CASE {t} " + " ".join(f"WHEN '{t}' THEN '{r}'" for r, t in PS
 _TYPE_NAME = "CASE other_ord " + " ".join(f"WHEN {o} THEN '{t}'" for t, o in TYPE_ORDER.items()) + " END"
 
 
-def _conversions_sql() -> str:
+def _conversions_sql(referral_ids: str | None = None) -> str:
     """Every converted referral's referee group and its order's group (re, o: their pseudo-node ids), over all
-    staged versions: the referee's ids and the buyer's ids link (SPEC §3)."""
+    staged versions: the referee's ids and the buyer's ids link (SPEC §3). ``referral_ids`` (a subquery) limits
+    the referrals, before their ids are hashed."""
     referee, order = node_id_sql("'referral_referee'", "referral_id"), node_id_sql("'order'", "order_id")
+    only = f" AND referral_id IN ({referral_ids})" if referral_ids else ""
     return (
         f"SELECT DISTINCT {referee} AS re, {order} AS o "
-        f"FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL"
+        f"FROM {STG_REFERRAL_VERSIONS} WHERE status = 'converted' AND order_id IS NOT NULL{only}"
     )
 
 
@@ -803,10 +805,7 @@ def _records_sql(*, memberships: str, labels: str, groups: str | None, events: s
         buyer_of_referee AS (
             SELECT r.gid, arg_min(o.own_component, o.node_value) AS buyer
             FROM referees_without_identifiers r
-            JOIN (SELECT DISTINCT referral_id, {node_id_sql("'order'", "order_id")} AS o FROM {STG_REFERRAL_VERSIONS}
-                  WHERE status = 'converted' AND order_id IS NOT NULL
-                    AND referral_id IN (SELECT node_value FROM referees_without_identifiers)) c
-                ON c.referral_id = r.node_value
+            JOIN ({_conversions_sql("SELECT node_value FROM referees_without_identifiers")}) c ON c.re = r.gid
             JOIN pseudo o ON o.gid = c.o AND o.component_id = r.component_id
             WHERE o.node_type = 'order' AND o.own_component <> o.component_id
             GROUP BY r.gid

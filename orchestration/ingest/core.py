@@ -331,27 +331,18 @@ def _refuse_wide_decimals(con: duckdb.DuckDBPyConnection, f: fl.LandingFile, ord
         if r[0].strip().lower() in wanted}
     if not doubles:
         return
-    # top-level fields only: parquet_schema lists the schema depth first, and a struct's child may share a
-    # contract column's name (a `payment` struct with its own `gross_amount`) without being that column
-    wide: list[str] = []
-    left = [0]  # children still to come at each open level (the root's are the top-level fields)
-    for i, (name, children, converted, precision, scale) in enumerate(con.execute(
-            f"SELECT name, num_children, converted_type, precision, scale FROM parquet_schema({path_sql(f.path)})"
-    ).fetchall()):
-        if i == 0:
-            left = [children or 0]
-            continue
-        top = len(left) == 1
-        left[-1] -= 1
-        if children:
-            left.append(children)
-        elif top and converted == "DECIMAL" and (precision or 0) > 38 and name in doubles:
-            wide.append(f"{name} (DECIMAL({precision},{scale}))")
-        while len(left) > 1 and left[-1] == 0:
-            left.pop()
+    # the file's own schema (its footer): a top-level field is looked up by name, so a struct's child of the same
+    # name (a `payment` struct with its own `gross_amount`) is not that column
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(f.path)
+    fields = {name: schema.field(i).type for name in doubles if (i := schema.get_field_index(name)) >= 0}
+    wide = [f"{name} (DECIMAL({t.precision},{t.scale}))" for name, t in sorted(fields.items())
+            if pa.types.is_decimal(t) and t.precision > 38]
     if wide:
         raise fl.FileRejected(
-            f"{f.shown}: unreadable column(s) {', '.join(sorted(wide))}: a Parquet DECIMAL of more than 38 digits "
+            f"{f.shown}: unreadable column(s) {', '.join(wide)}: a Parquet DECIMAL of more than 38 digits "
             "cannot be read exactly; write DECIMAL(38, s) or narrower, or the value as text")
 
 

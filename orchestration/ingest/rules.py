@@ -48,6 +48,17 @@ PHONE_STRIP = r"[\s\x{00a0}\x{2000}-\x{200b}\x{202f}\x{205f}\x{3000}\x{feff}\-.(
 PHONE_PREFIX = r"^(\+86|0086|86)[0-9]{11}$"
 FULL_WIDTH_PHONE = "０１２３４５６７８９＋－（）"
 ASCII_PHONE = "0123456789+-()"
+# The same separators in Python's syntax (PHONE_STRIP is RE2's), for normalised_phone
+_PHONE_STRIP_PY = re.compile(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000\ufeff\-.()]")
+
+
+def normalised_phone(value: str) -> str | None:
+    """A phone's 11 digits as typed_expr normalises it in SQL (full-width read as ASCII, separators stripped, a
+    +86 / 0086 / 86 prefix dropped), when that is a mainland mobile; else None. For values outside the data:
+    the block list's entries (settings.placeholder_values)."""
+    stripped = _PHONE_STRIP_PY.sub("", value.translate(str.maketrans(FULL_WIDTH_PHONE, ASCII_PHONE)))
+    norm = stripped[-11:] if re.fullmatch(PHONE_PREFIX, stripped) else stripped
+    return norm if re.fullmatch(MAINLAND_MOBILE_PATTERN, norm) else None
 # Trimmed from every delivered text value: ASCII white space, the no-break and ideographic spaces, the other
 # Unicode spaces (U+2000-U+200A, U+202F, U+205F) and the invisible U+200B (zero-width space) and U+FEFF (a
 # byte-order mark inside a value): a value of only these is no value, and no identifier.
