@@ -690,7 +690,8 @@ def test_phone_spellings_normalise(con, settings, land):
     ]) + "\n")
     ingest_source(con, "channel_events", settings, "t")
     got = dict(con.execute("SELECT event_id, phone FROM raw.channel_events").fetchall())
-    assert got == {**{f"p{i}": "13800138000" for i in range(1, 6)}, "p6": "NULL", "p7": "00000000000"}
+    # ` NULL ` is a null marker (no value); all zeros a placeholder, kept as delivered and cleaned by staging
+    assert got == {**{f"p{i}": "13800138000" for i in range(1, 6)}, "p6": None, "p7": "00000000000"}
 
 
 def test_full_width_phones_normalise_and_zeros_in_any_spelling_are_the_placeholder(con, settings, land):
@@ -1452,3 +1453,56 @@ def test_an_amount_as_a_32_bit_float_is_named(con, settings, land):
     assert con.execute("SELECT order_id, gross_amount FROM raw.orders ORDER BY 1").fetchall() == [
         ("narrow2", Decimal("100.00")), ("wide1", Decimal("12.34")), ("wide2", Decimal("100.00"))]
     assert con.execute("SELECT rule FROM raw.quarantine").fetchall() == [("gross_amount.type",)]
+
+
+def test_null_markers_are_missing_values_in_every_column_and_format(con, settings, land):
+    """MySQL's, Hive's and PostgreSQL's text exports write NULL as `\\N`, SQL Server's and many tools' as `NULL`
+    (null-marker review). Such a value is missing, as an empty field is (rules.NULL_MARKERS): a created order from
+    MySQL with `\\N` for paid_at, discount, refund and points loaded nowhere (each was a `type` breach), an
+    `\\N` openid was one identifier every such row shared, and an event_id `NULL` loaded as an id. `\\n` (lower
+    case) and `NULLS` are text."""
+    head = ("order_id,updated_at,created_at,paid_at,status,channel,gross_amount,discount_amount,refund_amount,"
+            "points_redeemed,referral_code,openid,unionid,wecom_external_userid,phone,member_id\n")
+    land("orders/mysql_20240131.csv", head + "\n".join([
+        r"a1,2024-01-31 12:00:00,2024-01-31 10:00:00,\N,created,\N,99.50,\N,\N,\N,\N,\N,\N,\N,\N,m1",
+        r"a2,2024-01-31 12:00:00,2024-01-31 10:00:00, NULL ,paid,Null,10,0,0,0,\n,\N,\N,\N,\N,m2",   # paid, no paid_at
+        r"\N,2024-01-31 12:00:00,2024-01-31 10:00:00,\N,created,\N,10,\N,\N,\N,\N,\N,\N,\N,\N,m3",    # no order_id
+        r"a4,2024-01-31 12:00:00,2024-01-31 10:00:00,\N,created,\N,10,\N,\N,\N,\N,\N,null,\N,NULL,\N",  # nobody
+        r"a5,2024-01-31 12:00:00,2024-01-31 10:00:00,\N,created,\N,10,\N,\N,\N,NULLS,\n,\N,\N,\N,\N",  # openid `\n`
+    ]) + "\n")
+    land("orders/export_20240131.jsonl",
+         '{"order_id": "j1", "updated_at": "2024-01-31 12:00", "created_at": "2024-01-31 10:00", "paid_at": "\\\\N", '
+         '"status": "created", "channel": "NULL", "gross_amount": 5, "discount_amount": "null", "member_id": "m1"}\n')
+    buf = io.BytesIO()
+    pq.write_table(pa.table({
+        "order_id": ["p1"], "updated_at": ["2024-01-31 12:00"], "created_at": ["2024-01-31 10:00"],
+        "paid_at": ["\\N"], "status": ["created"], "gross_amount": ["7.00"], "refund_amount": ["NULL"],
+        "openid": ["NULL"], "member_id": ["m1"]}), buf)
+    land("orders/typed_20240131.parquet", buf.getvalue())
+    report = ingest_source(con, "orders", settings, "t")
+    assert [f.status for f in report.files] == ["loaded"] * 3
+    loaded = {r[0]: r[1:] for r in con.execute(
+        "SELECT order_id, paid_at, channel, discount_amount, refund_amount, points_redeemed, referral_code, openid, "
+        "member_id FROM raw.orders").fetchall()}
+    D = Decimal
+    assert loaded == {
+        "a1": (None, None, D("0.00"), D("0.00"), 0, None, None, "m1"),
+        "a5": (None, None, D("0.00"), D("0.00"), 0, "NULLS", "\\n", None),
+        "j1": (None, None, D("0.00"), D("0.00"), 0, None, None, "m1"),
+        "p1": (None, None, D("0.00"), D("0.00"), 0, None, None, "m1"),
+    }
+    quarantined = {r[0]: r[1:] for r in con.execute(
+        "SELECT row_number, rule, rules, original_row FROM raw.quarantine").fetchall()}
+    assert {n: q[:2] for n, q in quarantined.items()} == {
+        2: ("paid_at.required_when_paid", "paid_at.required_when_paid"),
+        3: ("order_id.required", "order_id.required"),
+        4: ("identifier.required", "identifier.required"),
+    }
+    # the quarantine keeps the row as delivered
+    assert json.loads(quarantined[3][2])["order_id"] == "\\N" and json.loads(quarantined[2][2])["paid_at"] == " NULL "
+    # an event id `NULL` is no id, and a campaign `\N` none
+    land("channel_events/ce_20240131.csv", CE_HEADER + "NULL,2024-01-31 10:00,wecom,follow,o1,,,,,,\n"
+         + "e2,2024-01-31 10:00,wecom,follow,o2,,,,,\\N,null\n")
+    ingest_source(con, "channel_events", settings, "t2")
+    assert con.execute("SELECT event_id, campaign, wecom_staff_userid FROM raw.channel_events").fetchall() == [("e2", None, None)]
+    assert con.execute("SELECT rule FROM raw.quarantine WHERE source = 'channel_events'").fetchall() == [("event_id.required",)]

@@ -651,7 +651,7 @@ def _json_non_scalars(con: duckdb.DuckDBPyConnection, keys: list[str], order: Se
 
 def _json_whole_numbers(con: duckdb.DuckDBPyConnection, keys: list[str], order: Sequence[str], cents: Sequence[str]) -> None:
     """In _SRC (a JSON Lines file read by _read_text), a whole JSON number below 2^53 in a contract column other
-    than an amount becomes its integer text, as a whole number in a Parquet float column does (rules.delivered_expr):
+    than an amount becomes its integer text, as a whole number in a Parquet float column does (rules.delivered_text):
     pandas writes an id column with a gap as float64, and `to_json` gave `"member_id": 880001.0`, which loaded as
     "880001.0", a second customer beside "880001", and a phone 13812340002.0 was quarantined (schema-drift
     review). A JSON string "880001.0" stays as delivered. The values are looked at as text first (json_extract_string
@@ -872,11 +872,13 @@ def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, 
     inner = [f"{R.q(_FID)} AS _fid", f"{R.q(_BD)} AS _bd", f"{R.q(_RN)} AS _rn", f"{R.q(_BL)} AS _bl",
              f"{R.q(_MF) if malformed else 'CAST(NULL AS VARCHAR)'} AS {R.MALFORMED}"]
     inner += [f"{R.q(name)} AS {R.q(f'o__{i}')}" for i, name in enumerate(staged_names)]
-    typed = []
+    delivered, typed = [], []
     for col in c.columns:
         name, ty = src_cols.get(col.name, (None, None))
         name = staged[name] if name is not None else None
-        inner.append(f"{R.delivered_expr(name, ty)} AS {R.d(col.name)}")
+        # the delivered text, then (a layer up) a null marker as NULL
+        inner.append(f"{R.delivered_text(name, ty)} AS {R.q(f'v__{col.name}')}")
+        delivered.append(f"{R.no_null_marker(R.q(f'v__{col.name}'))} AS {R.d(col.name)}")
         s_name = None
         if name is not None and ty != "VARCHAR":
             s_name = f"s__{col.name}"
@@ -918,7 +920,8 @@ def _judge_select(c: SourceContract, signature: _Signature, settings: Settings, 
         f"SELECT *, {', '.join(flags)} FROM ("
         f"SELECT *{''.join(', ' + h for h in helpers)} FROM ("
         f"SELECT *, {', '.join(typed)} FROM ("
-        f"SELECT {', '.join(inner)} FROM {table})))))"
+        f"SELECT *, {', '.join(delivered)} FROM ("
+        f"SELECT {', '.join(inner)} FROM {table}))))))"
     )
 
 

@@ -1,7 +1,7 @@
 """Contract → DuckDB SQL: raw table DDL, delivered/typed value expressions and one predicate per rule kind.
 
-Naming inside a batch table: ``"d__<col>"`` is the delivered value (text, trimmed, empty → NULL) and
-``"t__<col>"`` the typed value (NULL when not convertible; the column default when absent).
+Naming inside a batch table: ``"d__<col>"`` is the delivered value (text, trimmed, a null marker such as an empty
+text → NULL) and ``"t__<col>"`` the typed value (NULL when not convertible; the column default when absent).
 Every predicate is TRUE when the row *breaks* the rule, never NULL.
 """
 
@@ -208,21 +208,38 @@ def trimmed(expr: str) -> str:
             f"THEN trim({expr}, {lit(TRIM_CHARS)}) ELSE {expr} END)")
 
 
-def delivered_expr(src: str | None, src_type: str | None) -> str:
-    """The delivered value as text, trimmed, '' as NULL. A whole number in a Parquet float column is its integer
-    text, as CSV and JSON deliver it: pandas writes an integer column with gaps as float64, and an id 123.0 read
-    as "123.0" never linked to "123"; here, not in the typed value, so that the placeholder checks see the text
-    that loads (-1.0 is the placeholder -1, a review found it loaded as an identifier and dropped in staging)."""
+# A delivered text that means "no value" in every column and every format (a CSV's empty field, a JSON null and
+# a Parquet null are NULL already): the empty text, `\N` (exactly: the NULL of MySQL's, Hive's and PostgreSQL's
+# text exports, `SELECT ... INTO OUTFILE`, `COPY ... TO`) and `null` in any case (SQL Server's and many tools'
+# exports write `NULL`). Such a value is missing, as an empty field is: a required column's `required` rule, an
+# optional column's default, no identifier. Compared after trimming (` NULL ` is one); `\n` is text.
+NULL_MARKERS = ("", "\\N", "null")
+
+
+def no_null_marker(expr: str) -> str:
+    """SQL: the text `expr`, or NULL where it is one of NULL_MARKERS. A text longer than four bytes is none of
+    them, and most values are longer: they pay one length test."""
+    return (f"(CASE WHEN strlen({expr}) > 4 THEN {expr} "
+            f"WHEN {expr} = '' OR {expr} = {lit(NULL_MARKERS[1])} OR lower({expr}) = 'null' THEN NULL ELSE {expr} END)")
+
+
+def delivered_text(src: str | None, src_type: str | None) -> str:
+    """The delivered value as text, trimmed; a null marker is still its text (no_null_marker takes it to NULL, a
+    layer up in the judge, so that its reads of the text read a column, not the trimming again). A whole number
+    in a Parquet float column is its integer text, as CSV and JSON deliver it: pandas writes an integer column
+    with gaps as float64, and an id 123.0 read as "123.0" never linked to "123"; here, not in the typed value, so
+    that the placeholder checks see the text that loads (-1.0 is the placeholder -1, a review found it loaded as
+    an identifier and dropped in staging)."""
     if src is None:
         return "CAST(NULL AS VARCHAR)"
     if src_type == "VARCHAR":
-        return f"NULLIF({trimmed(q(src))}, '')"
+        return trimmed(q(src))
     if _base(src_type) in _FLOAT_TYPES:
         x = q(src)
         text = (f"(CASE WHEN isfinite({x}) AND {x} = trunc({x}) AND abs({x}) < 9007199254740992 "
                 f"THEN CAST(CAST({x} AS BIGINT) AS VARCHAR) ELSE CAST({x} AS VARCHAR) END)")
-        return f"NULLIF({trimmed(text)}, '')"
-    return f"NULLIF({trimmed(f'CAST({q(src)} AS VARCHAR)')}, '')"
+        return trimmed(text)
+    return trimmed(f"CAST({q(src)} AS VARCHAR)")
 
 
 def _base(src_type: str | None) -> str:
