@@ -99,9 +99,10 @@ class PipelineResult:
             lines.append(f"  (no table summary: {self.summary_error})")
         if self.tables:
             lines.append("")
-            # a failed step's tables are as an earlier run left them: the counts are the warehouse's, not this run's
+            # the counts are the warehouse's, not this run's: a step that failed may have left an earlier run's
+            # tables, and one held back by a blocking check (segment_membership) has built this run's
             lines.append("  warehouse tables" + ("" if self.success else
-                                                  " (as the warehouse holds them: a failed step's are an earlier run's)"))
+                                                  " (as the warehouse holds them: a failed step may have left an earlier run's)"))
             width = max(40, *(len(schema) + 1 + len(table) for schema, table, _ in self.tables))
             for schema, table, rows in self.tables:
                 lines.append(f"    {schema + '.' + table:<{width}} {rows:>12,} rows")
@@ -465,6 +466,11 @@ def _step_error_message(error) -> str:
         error = error.cause
     if error.cls_name == "DagsterDbtCliRuntimeError":
         return _dbt_failure(error.message) or error.message
+    if error.cls_name == "DagsterAssetCheckFailedError":
+        # "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed with ERROR severity:"
+        # and a line per asset naming its checks: the summary shows a step's first line, so they go on it
+        checks = error.message.splitlines()[1:]
+        return "blocking check failed: " + "; ".join(line.strip() for line in checks if line.strip())
     # a Failure's message is its description, after the class's dotted name: the description is what to show
     return error.message.removeprefix("dagster._core.definitions.events.Failure: ")
 

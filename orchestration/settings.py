@@ -140,6 +140,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     kind = _FIELD_TYPES[name]
     try:
         if kind == "float":
+            if isinstance(value, bool):  # TOML's true is 1.0 to float(): a share of 1 lets every delivery through
+                raise ValueError("must be a number, not true or false")
             out = float(value)
             if not 0 <= out <= 1 and name.endswith(("share", "rate")):
                 raise ValueError("must be between 0 and 1")

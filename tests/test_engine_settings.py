@@ -98,6 +98,8 @@ def test_a_share_of_the_limit_is_in_bytes_in_duckdbs_units():
     # a share is a fraction: 5 meant as "5 %" would let every bad delivery through
     ("max_quarantine_share = 5\n", "must be between 0 and 1"),
     ("max_quarantine_share = -0.1\n", "must be between 0 and 1"),
+    # a boolean is no share: `true` would be 1.0, and no delivery, however bad, would ever block
+    ("max_quarantine_share = true\n", "must be a number"),
     ("activation_window_days = -30\n", "must not be negative"),
     ("identity_max_degree = -1\n", "must not be negative"),
     # a boolean is no count: `true` would be identity_max_degree 1 and mark nearly every identifier shared

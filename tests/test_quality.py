@@ -405,3 +405,10 @@ def test_a_quarantine_share_exactly_at_the_limit_warns_and_does_not_block():
     above = SourceIngestReport("orders", "run", rows_read=100, rows_loaded=94, rows_quarantined=6,
                                quarantine_by_rule={"gross_amount.type": 6})
     assert quarantine_share_check(above, 0.05).severity == dg.AssetCheckSeverity.ERROR
+    # just above: the share shows the digits that tell it from the limit (the gate review saw "5,001 of this
+    # run's 100,000 new rows (5.00%) were quarantined, above the 5.00% limit")
+    just_above = SourceIngestReport("orders", "run", rows_read=100_000, rows_loaded=94_999, rows_quarantined=5_001,
+                                    quarantine_by_rule={"gross_amount.type": 5_001})
+    assert quarantine_share_check(just_above, 0.05).description.startswith(
+        "5,001 of this run's 100,000 new rows (5.001%) were quarantined, above the 5.00% limit;")
+    assert "(5.00%) were quarantined, within the 5.00% limit" in result.description

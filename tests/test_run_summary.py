@@ -175,3 +175,20 @@ def test_time_before_the_run_is_named_when_it_was_long(tmp_path):
                              "loading the definitions 300.4 s")
     usual = [("waiting for the locks", 0.0), ("starting workers", 0.1), ("dbt parse", 0.0), ("loading the definitions", 2.9)]
     assert "before the run" not in PipelineResult(settings, "0123456789abcdef", True, 20.0, before_run=usual).describe()
+
+
+def test_a_step_held_by_a_blocking_check_names_the_check_on_its_line():
+    """From the quality-gate review: the summary's failed-step line read "dagster._core.errors.
+    DagsterAssetCheckFailedError: 1 blocking asset check failed with ERROR severity:" (Dagster puts the checks on
+    the lines after it, and the summary shows a step's first line)."""
+    from dagster._utils.error import SerializableErrorInfo
+
+    from orchestration.runner import _first_line, _step_error_message
+
+    error = SerializableErrorInfo(
+        "dagster._core.errors.DagsterAssetCheckFailedError: 2 blocking asset checks failed with ERROR severity:\n"
+        "segments/segment_members: upstream_checks_passed\nraw/orders: quarantine_share,row_counts_reconcile",
+        [], "DagsterAssetCheckFailedError")
+    assert _first_line(_step_error_message(error)) == (
+        "blocking check failed: segments/segment_members: upstream_checks_passed; "
+        "raw/orders: quarantine_share,row_counts_reconcile")

@@ -149,6 +149,47 @@ def test_a_check_planned_but_never_evaluated_leaves_the_last_evaluation_in_force
         assert failed.startswith("raw/orders:quarantine_share (7.50% of this run's new rows were quarantined, above the 5.00% limit; run ")
 
 
+def test_a_bad_delivery_loaded_by_a_run_without_exports_holds_back_the_next_export(data_dir):
+    """A bad delivery loaded by a run of the raw assets alone (README's backfill command `dagster asset
+    materialize --select group:raw`, the UI's Materialize on raw/*) had its quarantine check fail in a run with
+    no exports to hold back; the next whole run judged only its own (no) new rows and exported everything the
+    bad delivery brought, without a word. Such a failure now holds back the next export once (SPEC §2: never
+    for good)."""
+    raw_orders = dg.AssetKey(["raw", "orders"])
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets()).success
+        first = (data_dir / "exports" / "buyers" / "LATEST").read_text()
+        # the bad delivery, loaded by a run of raw/orders alone: nothing downstream runs
+        raw_only = _run(data_dir, instance, _upstream(quarantine_ok=False) + _segment_assets(), selection=[raw_orders])
+        assert not _checks(raw_only)["raw/orders:quarantine_share"].passed
+        # the next whole run brings nothing new: its own check passes, and the export still waits, saying why
+        held = _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets())
+        assert not held.success
+        gate = _checks(held)["segments/segment_members:upstream_checks_passed"]
+        assert not gate.passed and "raw/orders:quarantine_share" in gate.description and raw_only.run_id[:8] in gate.description
+        assert "segment_exports" not in _step_events(held, "STEP_START")
+        assert (data_dir / "exports" / "buyers" / "LATEST").read_text() == first
+        # and only once: the run after it exports
+        assert _run(data_dir, instance, _upstream(quarantine_ok=True) + _segment_assets()).success
+
+
+def test_the_bi_copy_materialized_on_its_own_waits_like_the_exports(data_dir):
+    """A run whose blocking checks failed publishes no BI copy (README, "BI tools"): Dagster skips it. Materialized on
+    its own (the UI's Materialize on bi/warehouse_copy, `dg launch --assets 'key:"bi/warehouse_copy"'`) it
+    published the held-back run's marts and segment members all the same."""
+    from orchestration.defs.bi import BI_COPY, bi_warehouse_copy
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert not _run(data_dir, instance, _upstream(quarantine_ok=False) + _segment_assets() + [bi_warehouse_copy]).success
+        assert not (data_dir / "bi" / "warehouse.duckdb").exists()
+        alone = _run(data_dir, instance, _upstream(True) + _segment_assets() + [bi_warehouse_copy], selection=[BI_COPY])
+        assert not alone.success
+        (failure,) = _step_events(alone, "STEP_FAILURE").values()
+        message = failure.event_specific_data.error.message + str(failure.event_specific_data.user_failure_data)
+        assert "withheld" in message and "upstream_checks_passed" in message
+        assert not (data_dir / "bi" / "warehouse.duckdb").exists()
+
+
 def test_a_suppression_failure_blocks_every_file_and_request(data_dir, monkeypatch):
     """If membership ever let an opted-out customer in, the blocking check stops exports and syncs."""
     real_build = membership_lib.build_membership

@@ -38,6 +38,11 @@ def _published_model_keys() -> list[dg.AssetKey]:
     ),
 )
 def bi_warehouse_copy(context: dg.AssetExecutionContext, privdom: PrivdomResource):
+    from orchestration.defs.segments import MEMBERS_GATES, refuse_if_blocked
+
+    # in a run, Dagster skips this step when the members' blocking checks fail; materialized on its own it looks
+    # them up, as the exports do, so that a held-back run's marts and members are not published after all
+    refuse_if_blocked(context, MEMBERS_GATES, "BI copy")
     settings = privdom.settings()
     # the tables' and columns' dbt docs, as comments in the copy (dbt's manifest as the run finds it)
     docs = bi.docs_from_manifest(json.loads(dbt_project.manifest_path.read_text(encoding="utf-8")))

@@ -125,6 +125,16 @@ def _worst_files(report: SourceIngestReport, shown: int = 3) -> str:
     return ", ".join(f"{shown_path(f.path)} {f.rows_quarantined:,}" for f in worst[:shown]) + (" …" if len(worst) > shown else "")
 
 
+def _percent(share: float, limit: float) -> str:
+    """`share` as a percentage with two decimals, or with as many more as tell it from `limit` (5,001 rows of
+    100,000 are 5.001%: "5.00%, above the 5.00% limit" read as a contradiction)."""
+    for digits in range(2, 10):
+        text = f"{share:.{digits}%}"
+        if share == limit or text != f"{limit:.{digits}%}":
+            break
+    return text
+
+
 def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.AssetCheckResult:
     """Above max_quarantine_share: the run's blocking check fails (exports wait). At or below: it warns."""
     share = report.quarantined_share or 0.0
@@ -144,7 +154,7 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
             passed=False,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata=metadata,
-            description=(f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({share:.2%}) were "
+            description=(f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({_percent(share, max_share)}) were "
                          f"quarantined, above the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)}: "
                          "exports and syncs wait, and the next run exports without these rows; to count them, deliver "
                          "them corrected before it (under the same name or a new one), or pause the schedule"),
@@ -155,7 +165,7 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
         description=None if report.rows_quarantined == 0 else (
-            f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({share:.2%}) were quarantined, "
+            f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({_percent(share, max_share)}) were quarantined, "
             f"within the {max_share:.2%} limit; by rule: {by_rule}"),
     )
 

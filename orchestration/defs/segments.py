@@ -114,7 +114,16 @@ def failed_upstream_checks(context: dg.AssetExecutionContext, asset_key: dg.Asse
         graph = context.job_def.asset_layer.asset_graph
     keys = graph.get_ancestor_asset_keys(asset_key)
     checks = sorted(graph.get_check_keys_for_assets(keys), key=lambda k: (k.asset_key.to_user_string(), k.name))
-    return _failed_at_error(context.instance, checks)
+    failed = _failed_at_error(context.instance, checks)
+    # The ingest checks judge one run's new rows (SPEC §2): a bad delivery loaded by a run that had no exports to
+    # hold back (the raw assets materialized alone: a backfill of group:raw, the UI's Materialize) would otherwise
+    # be exported by the next run, whose own check passes, without ever holding an export back. Such a failure
+    # holds back the next evaluation of this gate, once.
+    named = {f.split(" (", 1)[0] for f in failed}
+    delivery_checks = [k for k in checks if k.asset_key.path[0] == "raw"
+                       and f"{k.asset_key.to_user_string()}:{k.name}" not in named]
+    since = _last_evaluated_at(context.instance, dg.AssetCheckKey(asset_key, CHECK_UPSTREAM))
+    return failed + _failed_at_error_since(context.instance, delivery_checks, since)
 
 
 def _failed_at_error(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey]) -> list[str]:
@@ -132,6 +141,33 @@ def _failed_at_error(instance: dg.DagsterInstance, check_keys: list[dg.AssetChec
                 and evaluation.severity == dg.AssetCheckSeverity.ERROR):
             reason = evaluation.description or "failed"
             failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]})")
+    return failed
+
+
+def _last_evaluated_at(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> float | None:
+    """When `check_key` was last evaluated (passed or failed), or None if never."""
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        check_key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
+    return history[0].event.timestamp if history and history[0].event else None
+
+
+def _failed_at_error_since(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], since: float | None,
+                           scan: int = 100) -> list[str]:
+    """The checks among `check_keys` with an evaluation failed at ERROR severity after `since` (any, if None),
+    as _failed_at_error names them, the newest such failure of each."""
+    failed = []
+    for check_key in check_keys:
+        for record in instance.event_log_storage.get_asset_check_execution_history(
+                check_key, limit=scan, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES):
+            if record.event is None or (since is not None and record.event.timestamp <= since):
+                break
+            evaluation = record.evaluation
+            if (isinstance(evaluation, AssetCheckEvaluation) and not evaluation.passed
+                    and evaluation.severity == dg.AssetCheckSeverity.ERROR):
+                reason = evaluation.description or "failed"
+                failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]}, "
+                              "which exported nothing: the next export waits once)")
+                break
     return failed
 
 
