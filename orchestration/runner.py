@@ -40,6 +40,7 @@ class PipelineResult:
     success: bool
     seconds: float
     failed_steps: list[str] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)  # steps a failed one left unexecuted (_steps_not_run)
     checks: list[CheckOutcome] = field(default_factory=list)
     ledger: list[tuple] = field(default_factory=list)
     tables: list[tuple[str, str, int]] = field(default_factory=list)
@@ -67,6 +68,8 @@ class PipelineResult:
             lines.append(f"  before the run: {describe_before_run(self.before_run)}")
         for step in self.failed_steps:
             lines.append(f"  failed step: {step}")
+        if self.not_run:
+            lines.append(f"  not run, after the failure: {', '.join(self.not_run)}")
         if self.rebuilt:
             lines.append("")
             lines.append("  built in full this run, not only from the new files (a run like this takes longer):")
@@ -383,6 +386,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
             for e in result.all_events
             if e.event_type_value == "STEP_FAILURE"
         ]
+        not_run = [] if result.success else _steps_not_run(instance, result)
     summary_error = None
     try:
         with warehouse_lock(settings.data_dir, what="privdom run (summary)"):
@@ -397,6 +401,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         success=result.success,
         seconds=time.perf_counter() - started,
         failed_steps=failed_steps,
+        not_run=not_run,
         checks=checks,
         ledger=ledger,
         tables=tables,
@@ -454,6 +459,18 @@ def _defined_segments(settings: Settings) -> tuple[list[str] | None, list[str]]:
 
 def _metadata_value(entry):
     return getattr(entry, "value", entry)
+
+
+def _steps_not_run(instance, result) -> list[str]:
+    """The run's steps that never started, in the plan's order. After a failed step (one held back by a blocking
+    check included) Dagster leaves the steps that depend on it unexecuted and says so only in its log: the
+    summary showed the exports as "kept" with nothing saying that the exports, syncs and BI copy did not run."""
+    try:
+        plan = instance.get_execution_plan_snapshot(result.dagster_run.execution_plan_snapshot_id)
+    except Exception:  # noqa: BLE001 - a summary names what it can
+        return []
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    return [step.key for step in plan.steps if step.key not in started]
 
 
 def _step_error_message(error) -> str:

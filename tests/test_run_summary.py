@@ -192,3 +192,36 @@ def test_a_step_held_by_a_blocking_check_names_the_check_on_its_line():
     assert _first_line(_step_error_message(error)) == (
         "blocking check failed: segments/segment_members: upstream_checks_passed; "
         "raw/orders: quarantine_share,row_counts_reconcile")
+
+
+def test_the_steps_a_failure_left_unexecuted_are_named(tmp_path):
+    """From the quality-gate review: after a blocked or failed step the summary showed the exports as "kept" and
+    said nothing of the steps that did not run (Dagster logs them as text only)."""
+    import dagster as dg
+
+    from orchestration.runner import _steps_not_run
+
+    @dg.asset
+    def first():
+        raise RuntimeError("broken")
+
+    @dg.asset(deps=[first])
+    def second():
+        return 1
+
+    @dg.asset(deps=[second])
+    def third():
+        return 1
+
+    @dg.asset
+    def apart():
+        return 1
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = dg.materialize([first, second, third, apart], instance=instance, raise_on_error=False)
+        assert not result.success
+        assert _steps_not_run(instance, result) == ["second", "third"]
+    settings = load_settings(tmp_path / "data")
+    text = PipelineResult(settings, "0123456789abcdef", False, 1.0, failed_steps=["first: RuntimeError: broken"],
+                          not_run=["second", "third"]).describe()
+    assert "  failed step: first: RuntimeError: broken\n  not run, after the failure: second, third\n" in text
