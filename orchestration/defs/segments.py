@@ -135,13 +135,22 @@ def _failed_at_error(instance: dg.DagsterInstance, check_keys: list[dg.AssetChec
     for check_key in check_keys:
         history = instance.event_log_storage.get_asset_check_execution_history(
             check_key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
-        record = history[0] if history else None
-        evaluation = record.evaluation if record else None
-        if (isinstance(evaluation, AssetCheckEvaluation) and not evaluation.passed
-                and evaluation.severity == dg.AssetCheckSeverity.ERROR):
-            reason = evaluation.description or "failed"
-            failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]})")
+        if history and _failed_at_error_in(history[0]):
+            failed.append(_named(check_key, history[0]))
     return failed
+
+
+def _failed_at_error_in(record) -> bool:
+    """Whether an execution record of a check holds an evaluation that failed at ERROR severity."""
+    evaluation = record.evaluation
+    return (isinstance(evaluation, AssetCheckEvaluation) and not evaluation.passed
+            and evaluation.severity == dg.AssetCheckSeverity.ERROR)
+
+
+def _named(check_key: dg.AssetCheckKey, record, note: str = "") -> str:
+    """A failed check as the gate names it: "asset:check (why; run id)"."""
+    reason = record.evaluation.description or "failed"
+    return f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]}{note})"
 
 
 def _last_evaluated_at(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey) -> float | None:
@@ -161,12 +170,8 @@ def _failed_at_error_since(instance: dg.DagsterInstance, check_keys: list[dg.Ass
                 check_key, limit=scan, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES):
             if record.event is None or (since is not None and record.event.timestamp <= since):
                 break
-            evaluation = record.evaluation
-            if (isinstance(evaluation, AssetCheckEvaluation) and not evaluation.passed
-                    and evaluation.severity == dg.AssetCheckSeverity.ERROR):
-                reason = evaluation.description or "failed"
-                failed.append(f"{check_key.asset_key.to_user_string()}:{check_key.name} ({reason}; run {record.run_id[:8]}, "
-                              "which exported nothing: the next export waits once)")
+            if _failed_at_error_in(record):
+                failed.append(_named(check_key, record, ", which exported nothing: the next export waits once"))
                 break
     return failed
 
