@@ -41,6 +41,7 @@ class PipelineResult:
     seconds: float
     failed_steps: list[str] = field(default_factory=list)
     not_run: list[str] = field(default_factory=list)  # steps a failed one left unexecuted (_steps_not_run)
+    recovered: list[str] = field(default_factory=list)  # what earlier runs left and this one put right
     checks: list[CheckOutcome] = field(default_factory=list)
     ledger: list[tuple] = field(default_factory=list)
     tables: list[tuple[str, str, int]] = field(default_factory=list)
@@ -66,6 +67,7 @@ class PipelineResult:
         ]
         if sum(seconds for _, seconds in self.before_run) >= BEFORE_RUN_SHOWN_SECONDS:
             lines.append(f"  before the run: {describe_before_run(self.before_run)}")
+        lines += [f"  before the run: {line}" for line in self.recovered]
         for step in self.failed_steps:
             lines.append(f"  failed step: {step}")
         if self.not_run:
@@ -249,7 +251,8 @@ def _output_to(path: Path | None) -> Iterator[None]:
 
 
 def _fail_abandoned_runs(instance) -> list[str]:
-    """Mark earlier `privdom run` runs that were killed (still "started") as failed and free their pool slots.
+    """Mark earlier `privdom run` runs that were killed (still "started") as failed and free their pool slots,
+    and free the slots finished runs of any launcher still hold; returns what it did, a line each.
 
     Called with the run lock held: a live `privdom run` holds that lock for its whole run, so any
     tagged run not finished now belongs to a dead process. Without this, a killed run's claimed slot of the
@@ -257,16 +260,36 @@ def _fail_abandoned_runs(instance) -> list[str]:
     """
     import dagster as dg
 
+    from orchestration.defs.resources import WAREHOUSE_POOL
+
     abandoned = instance.get_runs(
         filters=dg.RunsFilter(
             tags={LAUNCHER_TAG: "cli"},
             statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED],
         )
     )
+    done = []
+    storage = instance.event_log_storage
     for run in abandoned:
         instance.report_run_failed(run, message="Marked failed by the next `privdom run`: its process ended without finishing it.")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-    return [run.run_id for run in abandoned]
+        storage.free_concurrency_slots_for_run(run.run_id)
+        done.append(f"run {run.run_id} was left unfinished by a killed process; marked failed")
+    # A slot kept by a run that has finished, whoever launched it: a UI or `dg launch` run whose worker was killed
+    # inside a step is marked failed by Dagster and keeps its slot (the daemon of `privdom ui` frees it after a
+    # minute, run_monitoring in dagster.yaml, but only while it runs), and this run's first step would wait for it
+    # for ever, silently (concurrency review). A slot of an unfinished run of another launcher stays: that run
+    # may be alive in the UI.
+    try:
+        claimed = {slot.run_id for slot in storage.get_concurrency_info(WAREHOUSE_POOL).claimed_slots}
+    except Exception:  # noqa: BLE001 - a storage without pools has nothing to free
+        claimed = set()
+    for run_id in sorted(claimed - {run.run_id for run in abandoned}):
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            storage.free_concurrency_slots_for_run(run_id)
+            done.append(f"freed the `{WAREHOUSE_POOL}` pool slot kept by run {run_id}, which has "
+                        f"{'ended' if run else 'been deleted'}")
+    return done
 
 
 # the summary names the time spent before the Dagster run from this much on (definitions alone take ~3 s)
@@ -350,8 +373,9 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         # `privdom` warns of one close to a name it reads, settings.misspelled_environment)
         print(f"privdom settings: {settings_as_json(settings)}", flush=True)
         print(f"privdom: before the run: {describe_before_run(before_run)}", flush=True)
-        for run_id in _fail_abandoned_runs(instance):
-            print(f"privdom: run {run_id} was left unfinished by a killed process; marked failed", flush=True)
+        recovered = _fail_abandoned_runs(instance)
+        for line in recovered:
+            print(f"privdom: {line}", flush=True)
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
@@ -402,6 +426,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         seconds=time.perf_counter() - started,
         failed_steps=failed_steps,
         not_run=not_run,
+        recovered=recovered,
         checks=checks,
         ledger=ledger,
         tables=tables,

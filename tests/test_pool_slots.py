@@ -1,0 +1,48 @@
+"""A `warehouse` pool slot kept by a finished run of another launcher (a UI or `dg launch` run whose worker was
+killed inside a step: Dagster marks it failed and keeps the slot) is freed by the next `privdom run`, which
+waited for it for ever, silently, at full CPU (concurrency review); the daemon of `privdom ui` frees such slots
+too (run_monitoring in orchestration/dagster.yaml)."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.utils import make_new_run_id
+
+from orchestration.runner import _fail_abandoned_runs
+
+
+@dg.asset
+def _noop():
+    return 1
+
+
+def test_a_finished_ui_runs_kept_slot_is_freed_and_a_live_ones_is_not(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        dead = dg.materialize([_noop], instance=instance).run_id  # finished (SUCCESS here; FAILURE after a kill)
+        live = instance.add_run(DagsterRun(job_name="whole_graph", run_id=make_new_run_id(),
+                                           status=dg.DagsterRunStatus.STARTED))
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("warehouse", 1)
+        assert storage.claim_concurrency_slot("warehouse", dead, "dbt_staging").is_claimed
+        assert _fail_abandoned_runs(instance) == [f"freed the `warehouse` pool slot kept by run {dead}, which has ended"]
+        assert [s.run_id for s in storage.get_concurrency_info("warehouse").claimed_slots] == []
+        # a run not finished and not launched by `privdom run` may be alive (the UI's): its slot is left
+        assert storage.claim_concurrency_slot("warehouse", live.run_id, "raw__orders").is_claimed
+        assert _fail_abandoned_runs(instance) == []
+        assert [s.run_id for s in storage.get_concurrency_info("warehouse").claimed_slots] == [live.run_id]
+
+
+def test_the_ui_daemon_frees_the_slots_of_finished_runs(tmp_path):
+    """The instance privdom writes for a data directory runs the monitoring daemon, which frees a finished run's
+    slots after a minute: without it a UI run killed inside a step held the pool until someone deleted the run."""
+    from orchestration.cli import instance_config_text
+    from orchestration.settings import load_settings
+
+    settings = load_settings(tmp_path / "data")
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config_text(settings), encoding="utf-8")
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
+        assert "MONITORING" in instance.get_required_daemon_types()
