@@ -30,8 +30,10 @@ replay it on the new copy and refuse to open it.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,6 +169,40 @@ def _remove(*paths: Path) -> None:
             pass
 
 
+class BiCopyInUseError(RuntimeError):
+    """The published copy is open read-write in another process: replacing it would hand that process's later
+    writes to the new copy."""
+
+
+def read_write_holder(path: Path) -> int | None:
+    """The PID of a process holding DuckDB's write lock on `path` (a connection opened read-write), or None.
+    Asked with F_GETLK for a read lock, which only a write lock conflicts with: read-only readers (a shared lock)
+    are not named, and nothing is locked by asking."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        request = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+        l_type, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, request))
+        return None if l_type == fcntl.F_UNLCK else pid
+    finally:
+        os.close(fd)
+
+
+def _refuse_read_write_holder(final: Path) -> None:
+    """Raise BiCopyInUseError when a process has the copy open read-write. DuckDB names a database's WAL after
+    its path: such a process's later writes (a BI tool's scratch table, an edit by mistake) went to a WAL that
+    the next open of the new copy replayed into it; a review saw a read-only reader of the new copy get 240 of
+    520 customers and another net revenue, without an error."""
+    pid = read_write_holder(final)
+    if pid is not None:
+        raise BiCopyInUseError(
+            f"{final} is open read-write in another process (PID {pid}): its writes would land in the new copy, so "
+            "none is published; close that connection, or open the copy read-only (README, \"BI tools\"), and run "
+            "again (the previous copy stays)")
+
+
 def publish(
     con: duckdb.DuckDBPyConnection,
     bi_dir: Path,
@@ -180,6 +216,7 @@ def publish(
     ("<schema>.<table>" -> TableDocs, from docs_from_manifest) become the copy's table and column comments."""
     bi_dir.mkdir(parents=True, exist_ok=True)
     final = bi_dir / BI_DATABASE_NAME
+    _refuse_read_write_holder(final)  # before the work; and again before the copy replaces it
     tmp = bi_dir / f".{BI_DATABASE_NAME}.{os.getpid()}.tmp"
     # Left by a publisher that was killed (the caller holds the warehouse lock: no publisher is running).
     _remove(*bi_dir.glob(f".{BI_DATABASE_NAME}.*.tmp"), *bi_dir.glob(f".{BI_DATABASE_NAME}.*.tmp.wal"))
@@ -243,6 +280,11 @@ def publish(
             _remove(tmp, *(part for part, _ in parts))
             raise
 
+    try:
+        _refuse_read_write_holder(final)
+    except BiCopyInUseError:
+        _remove(tmp, *(part for part, _ in parts))
+        raise
     _remove(Path(str(final) + ".wal"))  # the old copy's, never this one's: it would be replayed on the new copy
     os.replace(tmp, final)
     for part, out in parts:

@@ -165,3 +165,45 @@ def test_the_copy_does_not_give_away_a_phone_by_its_masked_form_and_its_hash(tmp
                        f"'{parquet / 'segments/segment_members.parquet'}'") == {}
     # the warehouse keeps the hash: exports and syncs deliver it to ad platforms (SPEC §5)
     assert con.execute("select count(phone_sha256) from marts.dim_customers").fetchone() == (2,)
+
+
+def _holder(path, read_only: bool):
+    """Another process with `path` open in DuckDB (fcntl locks are per process: this one's would not show)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == '1'); "
+                               "print('open', flush=True); sys.stdin.read()", str(path), "1" if read_only else "0"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_a_copy_open_read_write_elsewhere_is_not_replaced(tmp_path):
+    """Concurrency review: DuckDB names a database's WAL after its path, so a tool holding the copy open read-write
+    while a run replaced it wrote into a WAL that the next open of the new copy replayed (a reader saw 240 of
+    520 customers, no error). A run now publishes nothing while a process holds the copy read-write, and says
+    which; a read-only reader is no obstacle."""
+    import pytest
+
+    from orchestration.bi import BiCopyInUseError
+
+    bi = tmp_path / "bi"
+    first = publish(_warehouse(3), bi, run_id="run-1")
+    writer = _holder(first.database, read_only=False)
+    try:
+        with pytest.raises(BiCopyInUseError, match=rf"open read-write in another process \(PID {writer.pid}\)"):
+            publish(_warehouse(5), bi, run_id="run-2")
+    finally:
+        writer.communicate("")
+    assert sorted(p.name for p in bi.rglob(".*")) == []  # nothing temporary left
+    with duckdb.connect(str(first.database), read_only=True) as con:  # the previous copy stays
+        assert con.execute("select count(*) from marts.dim_customers").fetchone() == (3,)
+    reader = _holder(first.database, read_only=True)
+    try:
+        second = publish(_warehouse(5), bi, run_id="run-3")
+    finally:
+        reader.communicate("")
+    with duckdb.connect(str(second.database), read_only=True) as con:
+        assert con.execute("select count(*) from marts.dim_customers").fetchone() == (5,)
