@@ -62,13 +62,16 @@ def run_request_for(change: landing.LandingChange, settled_before_ns: int | None
 )
 def landing_files_sensor(context: dg.SensorEvaluationContext):
     settings = current_settings()
+    listed_at_ns = time.time_ns()
     current = landing.snapshot(settings.landing_dir)
     previous = json.loads(context.cursor) if context.cursor else {}
     now_ns = time.time_ns()
     change = landing.changes(previous, current, now_ns)
+    # moved on by every tick, also one that skips: its time is what keeps the cursor small
+    context.update_cursor(json.dumps(landing.cursor_after(previous, current, change, listed_at_ns),
+                                     sort_keys=True, separators=(",", ":")))
     if change is None:
         return dg.SkipReason(f"no new landing files in {settings.landing_dir}")
-    context.update_cursor(json.dumps(landing.cursor_after(previous, current, change), sort_keys=True, separators=(",", ":")))
     if not change.paths:
         return dg.SkipReason(
             f"{len(change.waiting)} landing file(s) modified in the last {landing.SETTLE_NS // 1_000_000_000} s, "
