@@ -406,7 +406,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         # a first run builds everything, as it should: only a later run's full builds are news
         rebuilt = _rebuilt(instance, result.run_id) if had_warehouse else []
         failed_steps = [
-            f"{e.step_key}: {_first_line(_step_error_message(e.event_specific_data.error))}"
+            f"{e.step_key}: {_out_of_memory_hint(e.event_specific_data.error, settings)}"
+            f"{_first_line(_step_error_message(e.event_specific_data.error))}"
             for e in result.all_events
             if e.event_type_value == "STEP_FAILURE"
         ]
@@ -486,6 +487,21 @@ def _metadata_value(entry):
     return getattr(entry, "value", entry)
 
 
+def _out_of_memory_hint(error, settings: Settings) -> str:
+    """What to do when a step failed because DuckDB reached its memory limit, to put before the step's message
+    (which is cut at 300 characters, and DuckDB's words came after GX's: the resource review saw only
+    "RuntimeError: GX expectation … raised: MetricConfigurationID(…" with the limit at 256MB); '' otherwise."""
+    texts = []
+    while error is not None:
+        texts.append(f"{error.cls_name}: {error.message}")
+        error = error.cause
+    if not any("Out of Memory Error" in t or "OutOfMemoryException" in t for t in texts):
+        return ""
+    limit = settings.duckdb_memory_limit or "80% of the memory"
+    return (f"DuckDB ran out of memory (duckdb_memory_limit = {limit}; the validation of a source gets a quarter "
+            "of it): raise it in privdom.toml or PRIVDOM_DUCKDB_MEMORY_LIMIT. ")
+
+
 def _steps_not_run(instance, result) -> list[str]:
     """The run's steps that never started, in the plan's order. After a failed step (one held back by a blocking
     check included) Dagster leaves the steps that depend on it unexecuted and says so only in its log: the
@@ -519,7 +535,11 @@ def _step_error_message(error) -> str:
 
 _ANSI = re.compile(r"\x1b?\[[0-9;]*m")
 _DBT_PROGRESS = re.compile(r"^\d+ of \d+ ((?:ERROR|FAIL)\b.*?)\s*(?:\.{3,}.*)?$")
-_DBT_DETAIL_HEAD = re.compile(r"^(?:Runtime|Database|Compilation) Error in |^Failure in test ")
+_DBT_DETAIL_HEAD = re.compile(r"^(?:Runtime|Database|Compilation) Error in |^Failure in test "
+                              r"|^Unhandled error while executing |^Encountered an error:$")
+# DuckDB's fatal errors ("database has been invalidated because of a previous fatal error") name the cause on a
+# line of their own: a full disk or a file-size limit ("Could not write file …: File too large") is only there
+_DBT_ORIGINAL_ERROR = re.compile(r'^Original error: "?(.*?)"?$')
 
 
 def _dbt_failure(message: str) -> str | None:
@@ -533,7 +553,11 @@ def _dbt_failure(message: str) -> str | None:
     detail = None
     for i, line in enumerate(lines):
         if _DBT_DETAIL_HEAD.match(line):
-            detail = next((nxt for nxt in lines[i + 1:] if nxt), None)
+            following = [nxt for nxt in lines[i + 1:i + 4] if nxt]
+            detail = following[0] if following else None
+            original = next((m.group(1) for m in map(_DBT_ORIGINAL_ERROR.match, following[1:]) if m), None)
+            if original:
+                detail = original
             break
     log = re.search(r"view the dbt debug log: (\S+?)\.?$", message, re.MULTILINE)
     text = f"dbt: {failed[0]}" + (f": {detail}" if detail else "")

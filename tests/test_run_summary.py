@@ -162,6 +162,37 @@ def test_a_failed_dbt_step_is_summarised_by_the_node_that_failed_and_its_error()
         "dbt: FAIL 1 assert_channel_weekly_reconciles: Got 1 result, configured to fail if != 0; dbt log /x/")
 
 
+def test_a_dbt_step_stopped_by_a_full_disk_names_the_write_that_failed():
+    """From the resource review: with the warehouse at a file-size limit (`ulimit -f`; a full disk reads the same),
+    dbt's DuckDB checkpoint failed and the summary said only "dbt: ERROR creating sql table model
+    marts.fct_orders (and 3 more); dbt log …": dbt quotes DuckDB's fatal error under "Unhandled error while
+    executing", and its cause on an "Original error:" line. The message below is dagster-dbt's, shortened."""
+    from dagster._utils.error import SerializableErrorInfo
+
+    from orchestration.runner import _first_line, _step_error_message
+
+    fatal = ("FATAL Error: Failed: database has been invalidated because of a previous fatal error. The database must "
+             "be restarted prior to being used again.\n"
+             'Original error: "Failed to create checkpoint because of error: Could not write file '
+             '"/d/warehouse.duckdb": File too large"\n\n')
+    message = (
+        "The dbt CLI process with command\n\n`/x/dbt build --exclude-resource-type unit_test`\n\n"
+        "failed with exit code `2`. Check the stdout in the Dagster compute logs for the full information about the "
+        "error, or view the dbt debug log: /x/dbt_project/target/dbt_models-1ab7d85-8f7ab7e/dbt.log.\n\n"
+        "Errors parsed from dbt logs:\n\n"
+        "38 of 136 ERROR creating sql table model marts.fct_orders ...... [\x1b[31mERROR\x1b[0m in 0.17s]\n\n"
+        "\x1b[31mUnhandled error while executing target/dbt_models-1ab7d85-8f7ab7e/run/privdom/models/intermediate/"
+        "int_customers__rfm.sql\x1b[0m\n" + fatal +
+        "39 of 136 ERROR creating sql table model intermediate.int_customers__rfm ....... [\x1b[31mERROR\x1b[0m in 0.02s]\n\n"
+        "Encountered an error:\n" + fatal
+    )
+    text = _first_line(_step_error_message(SerializableErrorInfo(message, [], "DagsterDbtCliRuntimeError")))
+    assert text == (
+        'dbt: ERROR creating sql table model marts.fct_orders: Failed to create checkpoint because of error: Could not '
+        'write file "/d/warehouse.duckdb": File too large (and 1 more); dbt log '
+        "/x/dbt_project/target/dbt_models-1ab7d85-8f7ab7e/dbt.log")
+
+
 def test_time_before_the_run_is_named_when_it_was_long(tmp_path):
     """The soak review saw `succeeded in 20.0 s` for a command that took 331 s: what privdom did before the
     Dagster run began (locks, workers, dbt parse, the definitions) was counted nowhere. From 10 s on, the
@@ -225,3 +256,25 @@ def test_the_steps_a_failure_left_unexecuted_are_named(tmp_path):
     text = PipelineResult(settings, "0123456789abcdef", False, 1.0, failed_steps=["first: RuntimeError: broken"],
                           not_run=["second", "third"]).describe()
     assert "  failed step: first: RuntimeError: broken\n  not run, after the failure: second, third\n" in text
+
+
+def test_a_step_out_of_duckdb_memory_says_which_setting_to_raise(tmp_path):
+    """Resource review: with duckdb_memory_limit = 256MB at 100k customers the orders' validation ran out of
+    memory, and the summary's line (cut at 300 characters) ended before DuckDB's words; nothing named the setting."""
+    from dagster._utils.error import SerializableErrorInfo
+
+    from orchestration.runner import _out_of_memory_hint
+
+    cause = SerializableErrorInfo(
+        "RuntimeError: GX expectation expect_column_values_to_be_between for rule row.malformed of orders raised: "
+        "MetricConfigurationID(metric_name='table.column_types', metric_domain_kwargs_id='x' * 200): "
+        "(_duckdb.OutOfMemoryException) Out of Memory Error: failed to allocate data of size 1.0 MiB "
+        "(60.3 MiB/61.0 MiB used)", [], "RuntimeError")
+    wrapped = SerializableErrorInfo('Error occurred while executing op "raw__orders":', [],
+                                    "DagsterExecutionStepExecutionError", cause=cause)
+    settings = load_settings(tmp_path / "data", duckdb_memory_limit="256MB")
+    assert _out_of_memory_hint(wrapped, settings).startswith(
+        "DuckDB ran out of memory (duckdb_memory_limit = 256MB; the validation of a source gets a quarter of it): "
+        "raise it in privdom.toml or PRIVDOM_DUCKDB_MEMORY_LIMIT.")
+    other = SerializableErrorInfo("PermissionError: [Errno 13] Permission denied: '/d/tmp'", [], "PermissionError")
+    assert _out_of_memory_hint(other, settings) == ""

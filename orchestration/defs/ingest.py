@@ -236,9 +236,14 @@ def _build_ingest_asset(source: str) -> dg.AssetsDefinition:
                                 f"{', '.join(astray[:5])}{' …' if len(astray) > 5 else ''}")
         if dates is None:
             # An unpartitioned run records the batch dates it loaded as materialized partitions.
-            loaded = [f for f in report.files if f.status == "loaded"]
-            for partition in partition_keys_of(f.batch_date for f in loaded):
-                files = [f for f in loaded if f.batch_date and f.batch_date.isoformat() == partition]
+            # Grouped once: a scan of every file per partition cost dates x files (3 years of hourly files, 26k
+            # a source: 11.7 s a source).
+            by_date: dict[str, list] = {}
+            for f in report.files:
+                if f.status == "loaded" and f.batch_date:
+                    by_date.setdefault(f.batch_date.isoformat(), []).append(f)
+            for partition in partition_keys_of(fs[0].batch_date for fs in by_date.values()):
+                files = by_date[partition]
                 context.log_event(
                     dg.AssetMaterialization(
                         asset_key=key,
