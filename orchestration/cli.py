@@ -227,6 +227,40 @@ def cmd_unload(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
+    """List the quarantined rows, which of them a later delivery corrected, and write them as a CSV to correct
+    and deliver again (orchestration/quarantine.py). Reads only, under the warehouse's lock."""
+    from orchestration.locking import reading_lock
+    from orchestration.quarantine import quarantined_rows, write_csv
+    from orchestration.warehouse import connect
+
+    if not settings.warehouse_path.exists():
+        print(f"privdom quarantine: {settings.warehouse_path} does not exist; nothing is quarantined yet", file=sys.stderr)
+        return 2
+    with reading_lock(settings.data_dir, what="privdom quarantine", log=lambda m: print(m, file=sys.stderr)):
+        con = connect(settings.warehouse_path, read_only=True)
+        try:
+            every = quarantined_rows(con, source=args.source, files=args.files or None)
+        finally:
+            con.close()
+    rows = [r for r in every if r.corrected_in is None] if args.open else every
+    if args.csv:
+        try:
+            n = write_csv(rows, Path(args.csv))
+        except ValueError as exc:
+            print(f"privdom quarantine: {exc}", file=sys.stderr)
+            return 2
+        print(f"{n} quarantined row(s) written to {args.csv}: correct them, and deliver the file under a new name "
+              "in landing/<source>/ with a batch date (its _file, _row_number and _rules columns are ignored)")
+        return 0
+    for r in rows:
+        state = f"corrected in {r.corrected_in}" if r.corrected_in else "open"
+        print(f"{r.file_path}\trow {r.row_number}\t{r.rules}\t{state}")
+    opened = sum(1 for r in every if r.corrected_in is None)
+    print(f"{len(every)} quarantined row(s), {opened} open, {len(every) - opened} corrected by a later delivery", file=sys.stderr)
+    return 0
+
+
 def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     """dbt on this data directory, as privdom's own dbt steps run it: the same dbt, project, profile env vars
     and settings (`--vars`: the settings dbt reads, overlaid by the caller's own `--vars`), holding the
@@ -443,6 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be taken out, change nothing")
     add_data_dir(p)
     p.set_defaults(func=cmd_unload)
+
+    p = sub.add_parser(
+        "quarantine", help="list quarantined rows, which were corrected since, and write them as a CSV to correct",
+        description="List the rows in raw.quarantine (file, row number, the rules broken) and whether a file loaded "
+        "after theirs holds a row of the same event_id, or order_id/referral_id and updated_at (corrected). "
+        "With --csv, write them (one source) with the contract's columns as delivered, to correct and deliver "
+        "again under a new name. Reads only.")
+    p.add_argument("files", nargs="*", metavar="FILE", help="only these files (their path under landing/)")
+    p.add_argument("--source", choices=("channel_events", "orders", "referrals"), help="only this source")
+    p.add_argument("--open", action="store_true", help="only the rows no later delivery corrected")
+    p.add_argument("--csv", metavar="OUT", help="write the rows to this CSV file instead of listing them")
+    add_data_dir(p)
+    p.set_defaults(func=cmd_quarantine)
 
     p = sub.add_parser(
         "dbt", help="run a dbt command on this data directory's warehouse, with the pipeline's settings",

@@ -340,20 +340,22 @@ def test_a_quarantine_share_within_the_limit_warns_with_its_figures():
 
     report = SourceIngestReport("orders", "run", rows_read=400, rows_loaded=396, rows_quarantined=4,
                                 quarantine_by_rule={"paid_at.required": 1, "gross_amount.type": 3, "status.in_set": 0})
-    warn = quarantine_share_check(report, 0.05)
-    assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
-    assert warn.description == ("4 of this run's 400 new rows (1.00%) were quarantined, within the 5.00% limit; "
-                                "by rule: gross_amount.type 3, paid_at.required 1")
     report.files = [FileResult("orders/orders_20240530.csv", "loaded", 7, None, rows_read=300, rows_loaded=297, rows_quarantined=3),
                     FileResult("orders/orders_20240529.csv", "loaded", 6, None, rows_read=100, rows_loaded=99, rows_quarantined=1)]
+    warn = quarantine_share_check(report, 0.05)
+    assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
+    # the steward review: the warning named no file and no way to the rows
+    assert warn.description == ("4 of this run's 400 new rows (1.00%) were quarantined, within the 5.00% limit; "
+                                "by rule: gross_amount.type 3, paid_at.required 1; in orders/orders_20240530.csv 3, "
+                                "orders/orders_20240529.csv 1 (`privdom quarantine` lists them)")
     error = quarantine_share_check(report, 0.005)
     assert error.severity == dg.AssetCheckSeverity.ERROR
     # from the runbook review: a blocked run named neither the rules, nor the files, nor what the next run does
     assert error.description == ("4 of this run's 400 new rows (1.00%) were quarantined, above the 0.50% limit; "
                                  "by rule: gross_amount.type 3, paid_at.required 1; in orders/orders_20240530.csv 3, "
                                  "orders/orders_20240529.csv 1: exports and syncs wait, and the next run exports without "
-                                 "these rows; to count them, deliver them corrected before it (under the same name or a "
-                                 "new one), or pause the schedule")
+                                 "these rows; to count them, deliver them corrected before it, under a new name "
+                                 "(`privdom quarantine --csv` writes them out), or pause the schedule")
     clean = SourceIngestReport("orders", "run", rows_read=400, rows_loaded=400)
     assert quarantine_share_check(clean, 0.05).passed and quarantine_share_check(clean, 0.05).description is None
 

@@ -157,7 +157,8 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
             description=(f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({_percent(share, max_share)}) were "
                          f"quarantined, above the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)}: "
                          "exports and syncs wait, and the next run exports without these rows; to count them, deliver "
-                         "them corrected before it (under the same name or a new one), or pause the schedule"),
+                         "them corrected before it, under a new name (`privdom quarantine --csv` writes them out), or "
+                         "pause the schedule"),
         )
     return dg.AssetCheckResult(
         check_name=CHECK_QUARANTINE_SHARE,
@@ -166,7 +167,8 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
         metadata=metadata,
         description=None if report.rows_quarantined == 0 else (
             f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({_percent(share, max_share)}) were quarantined, "
-            f"within the {max_share:.2%} limit; by rule: {by_rule}"),
+            f"within the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)} "
+            "(`privdom quarantine` lists them)"),
     )
 
 

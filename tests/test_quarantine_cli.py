@@ -1,0 +1,93 @@
+"""`privdom quarantine`: a steward gets the quarantined rows back as a CSV to correct, delivers it again, and
+sees which rows a later delivery corrected (SPEC §2: quarantined rows can be corrected and re-delivered)."""
+
+from __future__ import annotations
+
+import csv
+
+from orchestration.cli import main
+from orchestration.ingest import ingest_source
+from orchestration.quarantine import quarantined_rows, write_csv
+from orchestration.warehouse import connect
+
+HEADER = "order_id,updated_at,created_at,status,gross_amount,openid,paid_at\n"
+
+
+def _ingest(settings, source, load_id):
+    con = connect(settings.warehouse_path)
+    try:
+        return ingest_source(con, source, settings, load_id)
+    finally:
+        con.close()
+
+
+def _rows(settings, **kw):
+    con = connect(settings.warehouse_path, read_only=True)
+    try:
+        return quarantined_rows(con, **kw)
+    finally:
+        con.close()
+
+
+def test_quarantined_rows_go_out_as_a_csv_come_back_corrected_and_are_no_longer_open(settings, land, tmp_path, capsys):
+    land("orders/orders_20240131.csv", HEADER
+         + "A1,2024-01-31 10:00:00,2024-01-31 09:00:00,paid,10.00,oA1,2024-01-31 10:00:00\n"
+         + "A2,2024-01-31 11:00:00+08,2024-01-31 09:00:00,lost,12.50,oA2,2024-01-31 10:00:00\n"
+         + "A3,2024-01-31 12:00:00,2024-01-31 09:00:00,paid,19.999,oA3,2024-01-31 10:00:00\n")
+    land("channel_events/channel_events_20240131.csv",
+         "event_id,occurred_at,channel,event_type,openid\nE1,2024-01-31 10:00:00,tiktok,opt_out,oA1\n")
+    _ingest(settings, "orders", "run1")
+    _ingest(settings, "channel_events", "run1")
+    rows = _rows(settings)
+    assert [(r.source, r.file_path, r.row_number, r.corrected_in) for r in rows] == [
+        ("channel_events", "channel_events/channel_events_20240131.csv", 1, None),
+        ("orders", "orders/orders_20240131.csv", 2, None),
+        ("orders", "orders/orders_20240131.csv", 3, None)]
+
+    # out as a CSV, with the contract's columns as delivered and the place of each row
+    out = tmp_path / "fix.csv"
+    assert write_csv(_rows(settings, source="orders"), out) == 2
+    fixed = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [(r["order_id"], r["updated_at"], r["status"], r["gross_amount"], r["_file"], r["_row_number"], r["_rules"])
+            for r in fixed] == [("A2", "2024-01-31 11:00:00+08", "lost", "12.50", "orders/orders_20240131.csv", "2", "status.in_set"),
+                                ("A3", "2024-01-31 12:00:00", "paid", "19.999", "orders/orders_20240131.csv", "3", "gross_amount.type")]
+    # the steward corrects A2 only and delivers the file again under a new name: the extra columns are ignored
+    fixed[0]["status"] = "paid"
+    fixed = fixed[:1]
+    with (settings.landing_dir / "orders" / "orders_fix_20240201.csv").open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, list(fixed[0]))
+        w.writeheader()
+        w.writerows(fixed)
+    land("channel_events/channel_events_20240201.csv",
+         "event_id,occurred_at,channel,event_type,openid\nE1,2024-01-31 10:00:00,wecom,opt_out,oA1\n")
+    report = _ingest(settings, "orders", "run2")
+    assert (report.rows_loaded, report.rows_quarantined) == (1, 0)
+    _ingest(settings, "channel_events", "run2")
+
+    assert [(r.file_path, r.row_number, r.corrected_in) for r in _rows(settings)] == [
+        ("channel_events/channel_events_20240131.csv", 1, "channel_events/channel_events_20240201.csv"),
+        ("orders/orders_20240131.csv", 2, "orders/orders_fix_20240201.csv"),
+        ("orders/orders_20240131.csv", 3, None)]
+    capsys.readouterr()
+    assert main(["--data-dir", str(settings.data_dir), "quarantine", "--open"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == "orders/orders_20240131.csv\trow 3\tgross_amount.type\topen\n"
+    assert "3 quarantined row(s), 1 open, 2 corrected by a later delivery" in printed.err
+
+
+def test_a_header_spelt_otherwise_is_matched_and_written_under_the_contracts_names(settings, land, tmp_path):
+    """Columns are matched by name whatever their case and surrounding spaces (docs/data-contract.md), and
+    original_row keeps the file's spelling: the correction was never matched (the key looked up as `order_id`
+    only), and the CSV had an empty `order_id` beside the `Order_ID` that held the value."""
+    land("orders/orders_20240131.csv", "Order_ID, Updated_At ,created_at,status,gross_amount,openid\n"
+         "B1,2024-01-31 10:00:00,2024-01-31 09:00:00,lost,10.00,oB1\n")
+    _ingest(settings, "orders", "run1")
+    out = tmp_path / "fix.csv"
+    write_csv(_rows(settings, source="orders"), out)
+    (row,) = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert (row["order_id"], row["updated_at"], row["status"]) == ("B1", "2024-01-31 10:00:00", "lost")
+    assert "Order_ID" not in row and " Updated_At " not in row
+    land("orders/orders_fix_20240201.csv", "order_id,updated_at,created_at,status,gross_amount,openid\n"
+         "B1,2024-01-31 10:00:00,2024-01-31 09:00:00,created,10.00,oB1\n")
+    _ingest(settings, "orders", "run2")
+    assert [r.corrected_in for r in _rows(settings)] == ["orders/orders_fix_20240201.csv"]
