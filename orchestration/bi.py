@@ -34,6 +34,7 @@ import fcntl
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,7 +178,10 @@ class BiCopyInUseError(RuntimeError):
 def read_write_holder(path: Path) -> int | None:
     """The PID of a process holding DuckDB's write lock on `path` (a connection opened read-write), or None.
     Asked with F_GETLK for a read lock, which only a write lock conflicts with: read-only readers (a shared lock)
-    are not named, and nothing is locked by asking."""
+    are not named, and nothing is locked by asking. Linux only (the layout of `struct flock` below is Linux's;
+    macOS and the BSDs order its fields otherwise): elsewhere None, and the copy is replaced as before."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

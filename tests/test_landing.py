@@ -85,7 +85,7 @@ def test_the_listing_cursor_of_an_earlier_privdom_is_read_once():
     change = landing.changes(legacy, current, now_ns=NOW, settle_ns=30 * S)
     assert change.paths == ("orders/orders_20240102.csv",)
     cursor = landing.cursor_after(legacy, current, change, NOW)
-    assert cursor == {"before": NOW - landing.CLOCK_MARGIN_NS, "seen": {}, "waiting": []}
+    assert cursor == {"before": NOW - landing.CLOCK_MARGIN_NS, "listed_at": NOW, "seen": {}, "waiting": []}
     assert landing.changes(cursor, current, now_ns=NOW + 60 * S, settle_ns=30 * S) is None
 
 
@@ -114,3 +114,86 @@ def test_the_sensors_run_leaves_files_modified_after_its_cutoff_to_a_later_run(c
     assert con.execute("select count(*) from raw.ingestion_ledger").fetchone() == (1,)
     later = ingest_source(con, "channel_events", settings, "run2")
     assert [f.path for f in later.files] == ["channel_events/b_20240131.csv"] and later.files_waiting == []
+
+
+def test_a_link_to_an_older_file_is_new_when_the_link_is(tmp_path):
+    """A link to a file is a delivery (docs/data-contract.md), read as that file. The listing stamped it with the
+    target's ctime: an archived file linked into landing/ more than CLOCK_MARGIN_NS after it was written was
+    older than the cursor's time, and the sensor never requested it (the review's real-time run: a link made
+    125 s after its target was in no tick's request)."""
+    import os
+    import time
+
+    target = tmp_path / "archive" / "orders_20240105.csv"
+    target.parent.mkdir()
+    target.write_text("order_id\n1\n")
+    (tmp_path / "landing" / "orders").mkdir(parents=True)
+    time.sleep(0.05)
+    link = tmp_path / "landing" / "orders" / "orders_20240105.csv"
+    os.symlink(target, link)
+    stamp = landing.snapshot(tmp_path / "landing")["orders/orders_20240105.csv"]
+    assert stamp.ctime_ns == link.lstat().st_ctime_ns > target.stat().st_ctime_ns
+    assert stamp.size == target.stat().st_size  # the target's size and mtime, as before
+    # a tick between the target's write and the link: the link is new to the next one
+    cursor = landing.cursor_after({}, {}, None, target.stat().st_ctime_ns + 1 + landing.CLOCK_MARGIN_NS)
+    change = landing.changes(cursor, {"orders/orders_20240105.csv": stamp}, now_ns=stamp.mtime_ns + 60 * S)
+    assert change is not None and change.paths == ("orders/orders_20240105.csv",)
+
+
+def test_a_file_delivered_again_under_its_name_gets_a_new_run_key():
+    """The run key was a digest of the paths alone, and Dagster launches one run per run key of a sensor
+    (dagster/_daemon/sensor.py, _get_or_create_sensor_run: a request whose key has a run is skipped): a file
+    delivered again, corrected, under its name (what the quarantine check's message suggests) was changed to the
+    sensor and requested, and the request dropped as a duplicate, until the daily run."""
+    cursor = landing.cursor_after({}, {}, None, NOW)
+    first = {"orders/orders_20240105.csv": _stamp(10, NOW + 10 * S)}
+    a = landing.changes(cursor, first, now_ns=NOW + 60 * S, settle_ns=30 * S)
+    cursor = landing.cursor_after(cursor, first, a, NOW + 60 * S)
+    again = {"orders/orders_20240105.csv": _stamp(12, NOW + 300 * S)}
+    b = landing.changes(cursor, again, now_ns=NOW + 400 * S, settle_ns=30 * S)
+    assert a.paths == b.paths == ("orders/orders_20240105.csv",)
+    assert a.digest != b.digest
+
+
+def test_a_folder_renamed_into_place_makes_its_files_new(tmp_path):
+    """data-contract.md: write under a `_` name, rename into place when complete. A `dt=` folder so delivered (a
+    Spark or Hive job commits a partition folder so) kept its files' ctimes, those of their writing: written
+    more than CLOCK_MARGIN_NS before the rename, they were older than the cursor's time and never requested
+    (the review's real-time run: a folder renamed in 125 s after its file was written, in no tick's request).
+    A file added to the source's own folder does not make the others new."""
+    import os
+    import time
+
+    orders = tmp_path / "landing" / "orders"
+    (orders / "_dt=2024-01-06").mkdir(parents=True)
+    (orders / "_dt=2024-01-06" / "part-0.csv").write_text("order_id\n1\n")
+    (orders / "orders_20240101.csv").write_text("order_id\n2\n")
+    written = (orders / "_dt=2024-01-06" / "part-0.csv").stat().st_ctime_ns
+    time.sleep(0.05)
+    os.rename(orders / "_dt=2024-01-06", orders / "dt=2024-01-06")
+    current = landing.snapshot(tmp_path / "landing")
+    stamp = current["orders/dt=2024-01-06/part-0.csv"]
+    assert stamp.ctime_ns == (orders / "dt=2024-01-06").stat().st_ctime_ns > written
+    # a tick between the write and the rename: the file is new to the next one
+    cursor = landing.cursor_after({}, {}, None, written + 1 + landing.CLOCK_MARGIN_NS)
+    change = landing.changes(cursor, {"orders/dt=2024-01-06/part-0.csv": stamp}, now_ns=stamp.mtime_ns + 60 * S)
+    assert change is not None and change.paths == ("orders/dt=2024-01-06/part-0.csv",)
+    # the flat file's stamp is its own: the source folder's ctime (changed by the rename) is not counted
+    assert current["orders/orders_20240101.csv"].ctime_ns == (orders / "orders_20240101.csv").stat().st_ctime_ns
+
+
+def test_after_the_clock_went_back_every_file_is_looked_at_again():
+    """Diff review: `before` only moved forward, so after the host's clock stepped back (an NTP step, a restored
+    VM) the files written until it caught up had ctimes at or before it and were never requested. A tick whose
+    clock reads earlier than the last one's looks at every file once (one run over all dates; ingestion loads
+    nothing twice) and starts its time afresh."""
+    old = {"orders/orders_20240101.csv": _stamp(10, NOW - 3600 * S)}
+    cursor = landing.cursor_after({}, old, landing.changes({}, old, now_ns=NOW, settle_ns=30 * S), NOW)
+    stepped = NOW - 600 * S  # the clock went back ten minutes
+    current = {**old, "orders/orders_20240102.csv": _stamp(12, stepped - 60 * S)}  # written after the step
+    change = landing.changes(cursor, current, now_ns=stepped, settle_ns=30 * S)
+    assert change.paths == ("orders/orders_20240101.csv", "orders/orders_20240102.csv")
+    after = landing.cursor_after(cursor, current, change, stepped)
+    assert after["before"] == stepped - landing.CLOCK_MARGIN_NS
+    newer = {**current, "orders/orders_20240103.csv": _stamp(9, stepped + 30 * S)}
+    assert landing.changes(after, newer, now_ns=stepped + 90 * S, settle_ns=30 * S).paths == ("orders/orders_20240103.csv",)

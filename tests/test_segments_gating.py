@@ -405,3 +405,28 @@ def test_with_no_data_loaded_the_data_age_check_says_why_it_warns():
     from orchestration.defs.segments import data_age_problem
 
     assert data_age_problem(None, 2.0) == "no data loaded yet: the warehouse has no data end to compare with the wall clock"
+
+
+def test_a_failure_planned_before_but_evaluated_after_the_gate_still_holds_once():
+    """Diff review: the check history is in the order checks were planned, not evaluated. A raw-only run planned
+    first and evaluated after a whole run's gate sat behind that run's own (passing, earlier) evaluation, and the
+    scan stopped there: its failure was never seen."""
+    from types import SimpleNamespace
+
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+
+    from orchestration.defs.segments import _failed_at_error_since
+
+    key = dg.AssetCheckKey(dg.AssetKey(["raw", "orders"]), "quarantine_share")
+
+    def record(at: float, passed: bool, run_id: str):
+        evaluation = AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=passed,
+                                          severity=dg.AssetCheckSeverity.ERROR, description="why")
+        return SimpleNamespace(event=SimpleNamespace(timestamp=at), evaluation=evaluation, run_id=run_id)
+
+    # newest planned first: the whole run's passing evaluation (at 10, before its gate at 11), then the raw-only
+    # run's failure (planned earlier, evaluated at 12, after the gate)
+    history = [record(10.0, True, "whole000"), record(12.0, False, "rawonly0")]
+    storage = SimpleNamespace(get_asset_check_execution_history=lambda *a, **k: history)
+    failed = _failed_at_error_since(SimpleNamespace(event_log_storage=storage), [key], since=11.0)
+    assert failed == ["raw/orders:quarantine_share (why; run rawonly0, which exported nothing: the next export waits once)"]

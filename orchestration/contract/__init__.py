@@ -58,8 +58,11 @@ REFERRER_COLUMNS: tuple[str, ...] = ("referrer_member_id", "referrer_unionid", "
 REFEREE_COLUMNS: tuple[str, ...] = ("referee_openid", "referee_unionid", "referee_phone", "referee_member_id")
 
 # SPEC §3: identifier values that never name a person (compared trimmed and lower-cased). "All zeros" is a
-# pattern, not a value: see ALL_ZEROS_PATTERN. The settings add a configurable block list.
-BUILTIN_PLACEHOLDERS: tuple[str, ...] = ("", "null", "none", "undefined", "anonymous", "-1")
+# pattern, not a value: see ALL_ZEROS_PATTERN. The settings add a configurable block list. `\n` is `\N`
+# lower-cased, the NULL of MySQL's and Hive's exports: ingestion reads it as no value (rules.NULL_MARKERS), and as
+# a placeholder it stops linking in staging the identifiers loaded as that text before that (the list is in the
+# incremental models' fingerprint, so the first run after it rebuilds them).
+BUILTIN_PLACEHOLDERS: tuple[str, ...] = ("", "null", "none", "undefined", "anonymous", "-1", "\\n")
 ALL_ZEROS_PATTERN = r"^0+$"
 
 # Mainland mobile numbers once normalised: 11 digits, 1 then 3-9 (SPEC §2).

@@ -163,13 +163,17 @@ def _last_evaluated_at(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey
 def _failed_at_error_since(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], since: float | None,
                            scan: int = 100) -> list[str]:
     """The checks among `check_keys` with an evaluation failed at ERROR severity after `since` (any, if None),
-    as _failed_at_error names them, the newest such failure of each."""
+    as _failed_at_error names them, the newest such failure of each, among the last `scan` evaluations.
+
+    The history is in the order the checks were *planned* (a row is written when a run plans a check and
+    updated when it evaluates it), not evaluated: a raw-only run planned first may evaluate after a whole run's
+    gate (diff review), so an evaluation at or before `since` is passed over, not taken as the end."""
     failed = []
     for check_key in check_keys:
         for record in instance.event_log_storage.get_asset_check_execution_history(
                 check_key, limit=scan, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES):
             if record.event is None or (since is not None and record.event.timestamp <= since):
-                break
+                continue
             if _failed_at_error_in(record):
                 failed.append(_named(check_key, record, ", which exported nothing: the next export waits once"))
                 break
