@@ -550,15 +550,18 @@ def _dbt_failure(message: str) -> str | None:
     failed = [m.group(1) for m in (_DBT_PROGRESS.match(line) for line in lines) if m]
     if not failed:
         return None
-    detail = None
+    # the detail block of the first failed node: the one whose heading names it ("Runtime Error in model
+    # fct_orders (…)"), else the first (the diff review saw one node's error shown under another's name)
+    name = failed[0].split()[-1].split(".")[-1]
+    blocks = []
     for i, line in enumerate(lines):
         if _DBT_DETAIL_HEAD.match(line):
             following = [nxt for nxt in lines[i + 1:i + 4] if nxt]
             detail = following[0] if following else None
             original = next((m.group(1) for m in map(_DBT_ORIGINAL_ERROR.match, following[1:]) if m), None)
-            if original:
-                detail = original
-            break
+            blocks.append((line, original or detail))
+    named = [d for head, d in blocks if re.search(rf"\b{re.escape(name)}\b", head)]
+    detail = named[0] if named else (blocks[0][1] if blocks else None)
     log = re.search(r"view the dbt debug log: (\S+?)\.?$", message, re.MULTILINE)
     text = f"dbt: {failed[0]}" + (f": {detail}" if detail else "")
     if len(failed) > 1:

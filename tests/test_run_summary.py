@@ -278,3 +278,22 @@ def test_a_step_out_of_duckdb_memory_says_which_setting_to_raise(tmp_path):
         "raise it in privdom.toml or PRIVDOM_DUCKDB_MEMORY_LIMIT.")
     other = SerializableErrorInfo("PermissionError: [Errno 13] Permission denied: '/d/tmp'", [], "PermissionError")
     assert _out_of_memory_hint(other, settings) == ""
+
+
+def test_the_dbt_detail_shown_is_the_first_failed_nodes_own():
+    """Diff review: the summary paired the first failed node with the first error block dbt quoted, which may be
+    another node's; it now takes the block whose heading names the node, the first block when none does."""
+    from orchestration.runner import _dbt_failure
+
+    message = (
+        "The dbt CLI process with command\n\n`/x/dbt build`\n\nfailed with exit code `1`.\n\n"
+        "Errors parsed from dbt logs:\n\n"
+        "7 of 24 ERROR creating sql table model marts.fct_orders ............ [ERROR in 0.05s]\n"
+        "9 of 24 ERROR creating sql table model marts.dim_customers ......... [ERROR in 0.02s]\n\n"
+        "Runtime Error in model dim_customers (models/marts/dim_customers.sql)\n"
+        '  Binder Error: column "x" not found\n\n'
+        "Runtime Error in model fct_orders (models/marts/fct_orders.sql)\n"
+        "  Conversion Error: could not convert string to DECIMAL\n"
+    )
+    assert _dbt_failure(message) == ("dbt: ERROR creating sql table model marts.fct_orders: Conversion Error: could not "
+                                     "convert string to DECIMAL (and 1 more)")
