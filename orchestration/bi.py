@@ -30,11 +30,8 @@ replay it on the new copy and refuse to open it.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
-import struct
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,31 +172,15 @@ class BiCopyInUseError(RuntimeError):
     writes to the new copy."""
 
 
-def read_write_holder(path: Path) -> int | None:
-    """The PID of a process holding DuckDB's write lock on `path` (a connection opened read-write), or None.
-    Asked with F_GETLK for a read lock, which only a write lock conflicts with: read-only readers (a shared lock)
-    are not named, and nothing is locked by asking. Linux only (the layout of `struct flock` below is Linux's;
-    macOS and the BSDs order its fields otherwise): elsewhere None, and the copy is replaced as before."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        request = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
-        l_type, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, request))
-        return None if l_type == fcntl.F_UNLCK else pid
-    finally:
-        os.close(fd)
-
-
 def _refuse_read_write_holder(final: Path) -> None:
     """Raise BiCopyInUseError when a process has the copy open read-write. DuckDB names a database's WAL after
     its path: such a process's later writes (a BI tool's scratch table, an edit by mistake) went to a WAL that
     the next open of the new copy replayed into it; a review saw a read-only reader of the new copy get 240 of
-    520 customers and another net revenue, without an error."""
-    pid = read_write_holder(final)
+    520 customers and another net revenue, without an error. Read-only readers are no obstacle; off Linux
+    nothing is asked and the copy is replaced as before (locking.duckdb_lock_holder)."""
+    from orchestration.locking import duckdb_lock_holder
+
+    pid = duckdb_lock_holder(final)
     if pid is not None:
         raise BiCopyInUseError(
             f"{final} is open read-write in another process (PID {pid}): its writes would land in the new copy, so "

@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import struct
 import sys
 import threading
 import time
@@ -154,3 +155,24 @@ def is_held_here(data_dir: str | os.PathLike[str], name: str = LOCK_FILE_NAME) -
 
 def _stderr(message: str) -> None:
     print(f"privdom: {message}", file=sys.stderr, flush=True)
+
+
+def duckdb_lock_holder(path: str | os.PathLike[str], *, readers_too: bool = False) -> int | None:
+    """The PID of a process holding DuckDB's lock on the database file `path` (fcntl's, not the flock files
+    above), or None: a read-write connection holds a write lock, a read-only one a read lock. Asked with F_GETLK,
+    which locks nothing: for a read lock, which only a write lock conflicts with (a read-write holder), or with
+    `readers_too` for a write lock, which any lock conflicts with. Locks of this process are never named. Linux
+    only (the layout of `struct flock` below is Linux's; macOS and the BSDs order its fields otherwise): None
+    elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        request = struct.pack("hhqqi", fcntl.F_WRLCK if readers_too else fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+        l_type, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, request))
+        return None if l_type == fcntl.F_UNLCK else pid
+    finally:
+        os.close(fd)

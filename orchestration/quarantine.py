@@ -72,7 +72,7 @@ def _matches_sql(source: str) -> str:
 
 
 def quarantined_rows(con: duckdb.DuckDBPyConnection, *, source: str | None = None,
-                     files: list[str] | None = None, open_only: bool = False) -> list[QuarantinedRow]:
+                     files: list[str] | None = None) -> list[QuarantinedRow]:
     sources = [source] if source else list(CONTRACTS)
     present = {n for (n,) in con.execute(
         "select table_name from information_schema.tables where table_schema = 'raw'").fetchall()}
@@ -93,8 +93,7 @@ def quarantined_rows(con: duckdb.DuckDBPyConnection, *, source: str | None = Non
         """,
         [sources, files, files],
     ).fetchall()
-    out = [QuarantinedRow(*r) for r in rows]
-    return [r for r in out if r.corrected_in is None] if open_only else out
+    return [QuarantinedRow(*r) for r in rows]
 
 
 def write_csv(rows: list[QuarantinedRow], path: Path) -> int:
@@ -103,12 +102,12 @@ def write_csv(rows: list[QuarantinedRow], path: Path) -> int:
     if len(sources) > 1:
         raise ValueError(f"a CSV holds one source's rows; these are of {', '.join(sorted(sources))}: add --source")
     columns = list(CONTRACTS[next(iter(sources))].column_names) if rows else []
-    for r in rows:  # columns outside the contract that were delivered, and a malformed record's text
-        columns += [k for k in r.values() if k not in columns]
+    values = [r.values() for r in rows]
+    for v in values:  # columns outside the contract that were delivered, and a malformed record's text
+        columns += [k for k in v if k not in columns]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(columns + list(EXTRA_COLUMNS))
-        for r in rows:
-            v = r.values()
+        for r, v in zip(rows, values):
             w.writerow([("" if v.get(c) is None else v.get(c)) for c in columns] + [r.file_path, r.row_number, r.rules])
     return len(rows)

@@ -3,10 +3,7 @@ the published copy (bi/warehouse.duckdb) while a run is writing the warehouse.""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import struct
 import subprocess
 import sys
 import time
@@ -14,6 +11,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
+from orchestration.locking import duckdb_lock_holder
 
 pytestmark = pytest.mark.slow
 
@@ -28,23 +27,6 @@ def _start_run(data_dir: Path) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
-
-
-def _writer_pid(path: Path) -> int | None:
-    """The PID holding DuckDB's write lock on `path` (F_GETLK: asks without taking any lock), or None.
-
-    The test must not open the warehouse itself, even read-only: a reader's shared lock stops the writer.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        request = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        l_type, _, _, _, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, request))
-        return None if l_type == fcntl.F_UNLCK else pid
-    finally:
-        os.close(fd)
 
 
 def _try_read(path: Path, sql: str):
@@ -71,7 +53,8 @@ def two_runs(tmp_path_factory):
     bi_copy = data_dir / "bi" / "warehouse.duckdb"
     polls = []  # (warehouse state, BI copy state, BI rows)
     while any(r.poll() is None for r in runs):
-        main_state = "locked" if _writer_pid(data_dir / "warehouse.duckdb") else "free"
+        # asked without opening the warehouse, even read-only: a reader's shared lock stops the writer
+        main_state = "locked" if duckdb_lock_holder(data_dir / "warehouse.duckdb", readers_too=True) else "free"
         if bi_copy.exists():
             bi_state, rows = _try_read(bi_copy, "select count(*) from marts.dim_customers")
             polls.append((main_state, bi_state, rows[0][0] if rows else None))

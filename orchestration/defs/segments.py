@@ -114,16 +114,15 @@ def failed_upstream_checks(context: dg.AssetExecutionContext, asset_key: dg.Asse
         graph = context.job_def.asset_layer.asset_graph
     keys = graph.get_ancestor_asset_keys(asset_key)
     checks = sorted(graph.get_check_keys_for_assets(keys), key=lambda k: (k.asset_key.to_user_string(), k.name))
-    failed = _failed_at_error(context.instance, checks)
+    latest = _latest_failures(context.instance, checks)
     # The ingest checks judge one run's new rows (SPEC §2): a bad delivery loaded by a run that had no exports to
     # hold back (the raw assets materialized alone: a backfill of group:raw, the UI's Materialize) would otherwise
     # be exported by the next run, whose own check passes, without ever holding an export back. Such a failure
     # holds back the next evaluation of this gate, once.
-    named = {f.split(" (", 1)[0] for f in failed}
-    delivery_checks = [k for k in checks if k.asset_key.path[0] == "raw"
-                       and f"{k.asset_key.to_user_string()}:{k.name}" not in named]
+    delivery_checks = [k for k in checks if k.asset_key.path[0] == "raw" and k not in latest]
     since = _last_evaluated_at(context.instance, dg.AssetCheckKey(asset_key, CHECK_UPSTREAM))
-    return failed + _failed_at_error_since(context.instance, delivery_checks, since)
+    return ([_named(k, record) for k, record in latest.items()]
+            + _failed_at_error_since(context.instance, delivery_checks, since))
 
 
 def _failed_at_error(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey]) -> list[str]:
@@ -131,13 +130,19 @@ def _failed_at_error(instance: dg.DagsterInstance, check_keys: list[dg.AssetChec
     run id)". Only evaluations count: a run that planned a check and has not evaluated it yet (queued, or
     running now) or never will (it failed or skipped that step first) leaves a PLANNED record, newer than the
     last evaluation, that says nothing about the data."""
-    failed = []
+    return [_named(check_key, record) for check_key, record in _latest_failures(instance, check_keys).items()]
+
+
+def _latest_failures(instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey]) -> dict:
+    """{check key: its latest execution record} for the checks among `check_keys` whose latest evaluation failed
+    at ERROR severity, in the order of `check_keys`."""
+    latest = {}
     for check_key in check_keys:
         history = instance.event_log_storage.get_asset_check_execution_history(
             check_key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
         if history and _failed_at_error_in(history[0]):
-            failed.append(_named(check_key, history[0]))
-    return failed
+            latest[check_key] = history[0]
+    return latest
 
 
 def _failed_at_error_in(record) -> bool:
