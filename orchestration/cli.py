@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -92,9 +93,47 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     dbt_runner.require_pipeline_target()  # before anything is written in the data directory
     _prepare_environment(settings)
-    result = run_pipeline(settings, verbose=args.verbose, full_refresh=getattr(args, "full_refresh", False))
+    with _signals_received() as received:
+        result = run_pipeline(settings, verbose=args.verbose, full_refresh=getattr(args, "full_refresh", False))
     print(result.describe())
+    if not result.success and signal.SIGINT in received():
+        # Dagster takes the Ctrl-C as a failure of the step it stopped ("Query interrupted",
+        # DagsterExecutionInterruptedError): the summary read as any failed run, and the status was 1
+        print("privdom: interrupted (Ctrl-C): the run stopped there; what its steps committed stays, and the next "
+              "`privdom run` goes on from it", file=sys.stderr)
+        return 130
     return 0 if result.success else 1
+
+
+@contextlib.contextmanager
+def _signals_received():
+    """Yields a function that returns the signals this process received meanwhile. Dagster puts its own SIGINT
+    handler in place while a run executes (and drops any other), so they are read from the wakeup fd, to
+    which Python writes every signal it handles, whoever's handler takes it."""
+    import socket
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: set()
+        return
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    seen: set[int] = set()
+
+    def received() -> set[int]:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while data := reader.recv(512):
+                seen.update(data)
+        return seen
+
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    try:
+        yield received
+    finally:
+        received()
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -237,12 +276,23 @@ def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.warehouse_path.exists():
         print(f"privdom quarantine: {settings.warehouse_path} does not exist; nothing is quarantined yet", file=sys.stderr)
         return 2
+    from orchestration.unload import ledger_path
+
+    # named as `privdom unload` takes them: by the path under landing/, or by a path to the file (an absolute
+    # one, or relative to the working directory, as a shell completes it); a path under landing/ was compared
+    # as it was given, and its rows were silently 0
+    files = list(dict.fromkeys(ledger_path(settings, f) for f in args.files)) if args.files else None
     with reading_lock(settings.data_dir, what="privdom quarantine", log=lambda m: print(m, file=sys.stderr)):
         con = connect(settings.warehouse_path, read_only=True)
         try:
-            every = quarantined_rows(con, source=args.source, files=args.files or None)
+            unknown = _not_in_ledger(con, files or [])
+            every = quarantined_rows(con, source=args.source, files=files) if not unknown else []
         finally:
             con.close()
+    if unknown:
+        print(f"privdom quarantine: no file {', '.join(unknown)} in raw.ingestion_ledger (name a file by its path "
+              "under landing/, as `privdom run` lists it, e.g. orders/orders_20240530.csv)", file=sys.stderr)
+        return 2
     rows = [r for r in every if r.corrected_in is None] if args.open else every
     if args.csv:
         try:
@@ -261,6 +311,19 @@ def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _not_in_ledger(con, files: list[str]) -> list[str]:
+    """Those of `files` (paths under landing/) that raw.ingestion_ledger does not know, in their order."""
+    from orchestration import warehouse
+
+    if not files:
+        return []
+    if not warehouse.table_exists(con, "raw.ingestion_ledger"):
+        return list(files)
+    known = {p for (p,) in con.execute("select distinct file_path from raw.ingestion_ledger "
+                                       "where file_path in (select unnest(?::varchar[]))", [files]).fetchall()}
+    return [f for f in files if f not in known]
+
+
 def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     """dbt on this data directory, as privdom's own dbt steps run it: the same dbt, project, profile env vars
     and settings (`--vars`: the settings dbt reads, overlaid by the caller's own `--vars`), holding the
@@ -277,6 +340,11 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
         dbt_args = dbt_args[1:]
     if not dbt_args:
         raise SettingsError("privdom dbt needs a dbt command, e.g. `privdom dbt test --select marts`")
+    if _option_value(dbt_args, "--data-dir") is not None or "--data-dir" in dbt_args:
+        # after `dbt` it is dbt's (which has no such option), and the command ran on $PRIVDOM_HOME or ./data:
+        # its lock taken there, its incremental models' fingerprint reset there by a --vars override
+        raise SettingsError(f"privdom dbt: give --data-dir before `dbt` (privdom --data-dir DIR dbt {dbt_args[0]} ...): "
+                            f"what follows `dbt` goes to dbt, and this would have run on {settings.data_dir}")
     variables = settings.dbt_vars()
     rest: list[str] = []
     i = 0
@@ -340,6 +408,9 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
         # its own: the pipeline's target/manifest.json (read by the Dagster definitions) stays the pipeline's
         cmd += ["--target-path", MANUAL_DBT_TARGET_PATH]
     cmd += ["--vars", json.dumps(variables, sort_keys=True, separators=(",", ":"), default=str)]
+    if not any(a in ("--use-colors", "--no-use-colors") for a in rest) and not dbt_runner.colour_wanted():
+        # dbt colours its output whatever it is written to: escape codes in a file or a pipe (`| less`, CI logs)
+        cmd.append("--no-use-colors")
     if not (on_duckdb and reads_warehouse):
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
     pipeline_vars = settings.dbt_vars()
@@ -484,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
         "after theirs holds a row of the same event_id, or order_id/referral_id and updated_at (corrected). "
         "With --csv, write them (one source) with the contract's columns as delivered, to correct and deliver "
         "again under a new name. Reads only.")
-    p.add_argument("files", nargs="*", metavar="FILE", help="only these files (their path under landing/)")
+    p.add_argument("files", nargs="*", metavar="FILE", help="only these files: their path under landing/ (orders/orders_20240530.csv), or a path to them; "
+                   "a file the ledger does not know exits 2")
     p.add_argument("--source", choices=("channel_events", "orders", "referrals"), help="only this source")
     p.add_argument("--open", action="store_true", help="only the rows no later delivery corrected")
     p.add_argument("--csv", metavar="OUT", help="write the rows to this CSV file instead of listing them")
@@ -553,7 +625,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"privdom: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("privdom: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _output_pipe_closed():
+            raise
+        # the reader of the output stopped reading (`privdom quarantine | head`): end quietly, as `cat` would,
+        # not with "privdom: [Errno 32] Broken pipe" and the status of a failed command
+        return BROKEN_PIPE_STATUS
     except Exception as exc:
         # a bad segment or destination definition is found when the definitions load, inside the run, wrapped
         # by Dagster: its own message names the file and the segment, and what is allowed
@@ -566,6 +645,29 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"privdom: {found}", file=sys.stderr)
         return 2
+
+
+# 128 + SIGPIPE: what a shell reports for a command a closed pipe ended (`cat big | head`)
+BROKEN_PIPE_STATUS = 141
+
+
+def _output_pipe_closed() -> bool:
+    """Whether stdout or stderr is a pipe nobody reads any more; if so, stdout is pointed at /dev/null so that
+    nothing written later (the exit's flush) fails again."""
+    import select
+
+    closed = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            poll = select.poll()
+            poll.register(fd, select.POLLOUT)
+            if any(event & select.POLLERR for _, event in poll.poll(0)):  # a pipe's write end with no reader
+                closed = True
+                os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        except (AttributeError, OSError, ValueError):  # no such stream, or not a file
+            continue
+    return closed
 
 
 def _file_error(exc: BaseException) -> str | None:
@@ -692,8 +794,8 @@ def run(argv: list[str] | None = None) -> None:
             continue
         try:
             stream.flush()
-        except Exception:  # a closed pipe (`privdom run | head`): Python's exit says 120 then
-            code = 120
+        except Exception:  # a closed pipe (`privdom run | head`), as main() ends on one
+            code = BROKEN_PIPE_STATUS
     try:  # C's stdio buffers (a library printing through printf), which os._exit does not flush
         import ctypes
 

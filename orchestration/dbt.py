@@ -269,6 +269,17 @@ def record_fingerprint(con, step: str, fingerprint: str, tested_through: int | N
     )
 
 
+def colour_wanted() -> bool:
+    """Whether dbt may colour what it prints: only on a terminal, and not with NO_COLOR set (no-color.org). dbt
+    colours its output whatever it is written to: escape codes in a pipe, `privdom run`'s logs/run-*.log, a CI log."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        return False
+
+
 def apply_dbt_environment(settings: Settings) -> None:
     """Export the env vars profiles.yml reads, for this process and the dbt processes it starts."""
     os.environ.update(settings.dbt_env())

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
+
 from orchestration.contract import SOURCES
 from orchestration.ingest.files import stray_files, unlisted
 from orchestration.locking import RUN_LOCK_FILE_NAME, warehouse_lock
@@ -418,6 +420,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
             ledger, tables = _summarise_warehouse(settings.warehouse_path)
     except WarehouseLockedError as exc:
         ledger, tables, summary_error = [], [], str(exc)
+    except duckdb.Error as exc:  # e.g. a step's connection an interruption left open in this process
+        ledger, tables, summary_error = [], [], " ".join(str(exc).split())
     from orchestration.segments import summarise_exports
     return PipelineResult(
         summary_error=summary_error,

@@ -115,3 +115,34 @@ def test_building_under_other_window_vars_makes_the_pipeline_rebuild_from_raw(tm
     result = _privdom(data_dir, "run", "--select", "no_such_model", "--vars", "{activation_window_days: 5}")
     assert "sets activation_window_days otherwise than the settings" in result.stderr
     assert recorded() == [("dbt_models", dbt_runner.INCOMPLETE, None), ("dbt_staging", dbt_runner.INCOMPLETE, 7)]
+
+
+def test_output_that_is_no_terminal_gets_no_colour_and_a_data_dir_after_dbt_is_refused(tmp_path, monkeypatch, capsys):
+    """dbt colours its output whatever it goes to: escape codes in `privdom dbt test | less`, a file, a CI log."""
+    from orchestration.cli import main
+
+    data_dir = _data_dir(tmp_path)
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: ran.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    # pytest's captured stdout is no terminal
+    assert main(["--data-dir", str(data_dir), "dbt", "ls"]) == 0
+    assert "--no-use-colors" in ran[-1]
+    # the caller's own choice is kept
+    assert main(["--data-dir", str(data_dir), "dbt", "ls", "--use-colors"]) == 0
+    assert "--no-use-colors" not in ran[-1] and "--use-colors" in ran[-1]
+    # on a terminal: colour, unless NO_COLOR is set
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["--data-dir", str(data_dir), "dbt", "ls"]) == 0
+    assert "--no-use-colors" not in ran[-1]
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert main(["--data-dir", str(data_dir), "dbt", "ls"]) == 0
+    assert "--no-use-colors" in ran[-1]
+
+    # --data-dir after `dbt` was passed to dbt ("No such option"), and the command ran on ./data's warehouse
+    ran.clear()
+    capsys.readouterr()
+    for args in (["--data-dir", str(data_dir)], [f"--data-dir={data_dir}"]):
+        assert main(["dbt", "test", *args]) == 2
+        assert "give --data-dir before `dbt`" in capsys.readouterr().err
+    assert ran == []

@@ -197,3 +197,52 @@ def test_a_ui_listening_beyond_this_machine_is_warned_of():
         assert ui_exposure_warning(local) is None, local
     for exposed in ("0.0.0.0", "::", "10.1.2.3"):
         assert "has no login" in ui_exposure_warning(exposed), exposed
+
+
+def test_output_read_by_a_command_that_stopped_reading_ends_quietly(tmp_path):
+    """`privdom quarantine | head`: no "privdom: [Errno 32] Broken pipe" (or a traceback), and the status a shell
+    gives a command a closed pipe ended (141), whether the output is buffered or not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PRIVDOM_PYTHON_EXIT", "PYTHONUNBUFFERED", "PRIVDOM_HOME")}
+    data_dir = tmp_path / "data"  # no warehouse: `segments` lists the shipped definitions
+    for extra in ({}, {"PYTHONUNBUFFERED": "1"}):
+        read, write = os.pipe()
+        os.close(read)  # nobody reads: the first write fails
+        try:
+            done = subprocess.run([sys.executable, "-m", "orchestration.cli", "--data-dir", str(data_dir), "segments"],
+                                  stdout=write, stderr=subprocess.PIPE, text=True, env={**env, **extra}, timeout=120,
+                                  cwd=REPO)
+        finally:
+            os.close(write)
+        assert done.returncode == 141, (extra, done.stderr)
+        assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)
+
+
+def test_a_ctrl_c_during_the_run_exits_130_and_says_so(settings, monkeypatch, capsys):
+    """Dagster takes a Ctrl-C as the failure of the step it stopped (its own SIGINT handler in place, no
+    KeyboardInterrupt out of it): `privdom run` printed a failed run's summary and exited 1, like a failed check."""
+    import argparse
+    import signal
+    import time
+    import types
+
+    from orchestration import cli, runner
+
+    def interrupted_run(settings, *, verbose=False, full_refresh=False, stopped=True):
+        previous = signal.signal(signal.SIGINT, lambda *_: None)  # as Dagster's capture_interrupts does
+        try:
+            if stopped:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return types.SimpleNamespace(success=False, describe=lambda: "privdom run x: FAILED")
+
+    monkeypatch.setattr(runner, "run_pipeline", interrupted_run)
+    args = argparse.Namespace(verbose=False, full_refresh=False)
+    assert cli.cmd_run(args, settings) == 130
+    printed = capsys.readouterr()
+    assert "FAILED" in printed.out and "interrupted" in printed.err
+    # a run that failed on its own is still 1
+    monkeypatch.setattr(runner, "run_pipeline", lambda s, **kw: interrupted_run(s, stopped=False, **kw))
+    assert cli.cmd_run(args, settings) == 1
+    assert "interrupted" not in capsys.readouterr().err

@@ -91,3 +91,23 @@ def test_a_header_spelt_otherwise_is_matched_and_written_under_the_contracts_nam
          "B1,2024-01-31 10:00:00,2024-01-31 09:00:00,created,10.00,oB1\n")
     _ingest(settings, "orders", "run2")
     assert [r.corrected_in for r in _rows(settings)] == ["orders/orders_fix_20240201.csv"]
+
+
+def test_files_are_named_as_unload_takes_them_and_an_unknown_one_is_refused(settings, land, capsys, monkeypatch):
+    path = land("orders/orders_20240131.csv", HEADER
+                + "A2,2024-01-31 11:00:00+08,2024-01-31 09:00:00,lost,12.50,oA2,2024-01-31 10:00:00\n")
+    _ingest(settings, "orders", "run1")
+    data_dir = str(settings.data_dir)
+    expected = "orders/orders_20240131.csv\trow 1\tstatus.in_set\topen\n"
+    # by its path under landing/, by an absolute path, and by a path relative to the working directory
+    monkeypatch.chdir(settings.data_dir)
+    for name in ("orders/orders_20240131.csv", str(path), "landing/orders/orders_20240131.csv"):
+        capsys.readouterr()
+        assert main(["--data-dir", data_dir, "quarantine", name]) == 0, name
+        assert capsys.readouterr().out == expected, name
+    # a name the ledger does not know is a mistake, not "0 quarantined rows"
+    capsys.readouterr()
+    assert main(["--data-dir", data_dir, "quarantine", "orders/orders_20240132.csv"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert "no file orders/orders_20240132.csv in raw.ingestion_ledger" in printed.err

@@ -88,6 +88,8 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             # Unit tests check the SQL, not the data: the same code gives the same answer every run, so they run
             # in the test suite (tests/test_pipeline.py), not in every build (dbt's advice for production).
             args = ["build", "--exclude-resource-type", "unit_test", *dbt_runner.dbt_vars_arg(settings)]
+            if not dbt_runner.colour_wanted():  # the run's log file, the UI's captured output
+                args.append("--no-use-colors")
             if reason:
                 context.log.info(f"incremental models of {name} are rebuilt from raw: {reason}")
                 args.append("--full-refresh")
@@ -110,8 +112,12 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                 elif error is None and whole:
                     stamp = dbt_runner.newest_build_stamp(con) if name == "dbt_models" else None
                     dbt_runner.record_fingerprint(con, name, fingerprint, tested_through=through, tested_built_at=stamp)
-                for event in events:
-                    yield _with_reason(context, con, _with_table_metadata(context, con, event), invocation.target_path)
+                # yielded once the connection and the lock are let go: Dagster raises a Ctrl-C where the step is
+                # resumed and never closes this generator, and a yield in here left both held by the process (the
+                # run's summary then failed to open the warehouse, in a traceback)
+                outputs = [_with_reason(context, con, _with_table_metadata(context, con, event), invocation.target_path)
+                           for event in events]
+        yield from outputs
         # this invocation's target directory stays (run_results.json for whoever reads it); older ones go
         removed = dbt_runner.prune_invocation_dirs(name)
         if removed:

@@ -83,6 +83,8 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
         settings = privdom.settings()
         not_written: list[str] = []  # segments whose files could not be written (the file system said no)
         # the writer lock also keeps two runs from publishing the same segment's LATEST at once
+        outputs: list = []  # yielded once the connection and the lock are let go (as in the dbt steps: Dagster
+        # raises a Ctrl-C where the step is resumed and never closes this generator, which kept both)
         with privdom.writer(context), privdom.connect(read_only=True) as con:
             for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
                 d = by_key[key]
@@ -94,20 +96,20 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
                     if not isinstance(exc, ExportError):
                         not_written.append(f"{d.name}: {exc}")
                     context.log.error(f"export of {d.name} withheld: {exc}")
-                    yield dg.AssetCheckResult(
+                    outputs.append(dg.AssetCheckResult(
                         asset_key=key, check_name=CHECK_NO_SUPPRESSED, passed=False,
                         severity=dg.AssetCheckSeverity.ERROR, description=f"not published: {exc}",
-                    )
+                    ))
                     try:
                         fresh = export_freshness(con, settings.exports_dir, d.name)
                     except (OSError, ValueError, KeyError) as unreadable:  # its folder is what failed
                         fresh = {"fresh": False, "latest": f"unreadable ({unreadable})", "export_data_end_at": None,
                                  "warehouse_data_end_at": None}
-                    yield _freshness_check(key, fresh)
+                    outputs.append(_freshness_check(key, fresh))
                     continue
                 if result.prune_error:
                     context.log.warning(f"{d.name}: {result.prune_error}")
-                yield dg.MaterializeResult(
+                outputs.append(dg.MaterializeResult(
                     asset_key=key,
                     metadata={
                         "dagster/row_count": result.rows,
@@ -120,12 +122,13 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
                         "data_end_at": result.manifest["data_end_at"] or "",
                         "computed_at": result.manifest["computed_at"] or "",
                     },
-                )
-                yield dg.AssetCheckResult(
+                ))
+                outputs.append(dg.AssetCheckResult(
                     asset_key=key, check_name=CHECK_NO_SUPPRESSED, passed=True,
                     metadata={"files_verified": len(result.manifest["files"]), "rows": result.rows},
-                )
-                yield _freshness_check(key, export_freshness(con, settings.exports_dir, d.name))
+                ))
+                outputs.append(_freshness_check(key, export_freshness(con, settings.exports_dir, d.name)))
+        yield from outputs
         if not_written:  # the other segments are published; the run fails so that someone sees to the disk
             raise dg.Failure(
                 description=f"{len(not_written)} segment export(s) could not be written, the others were published: "
