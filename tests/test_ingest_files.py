@@ -1510,3 +1510,32 @@ def test_null_markers_are_missing_values_in_every_column_and_format(con, setting
     ingest_source(con, "channel_events", settings, "t2")
     assert con.execute("SELECT event_id, campaign, wecom_staff_userid FROM raw.channel_events").fetchall() == [("e2", None, None)]
     assert con.execute("SELECT rule FROM raw.quarantine WHERE source = 'channel_events'").fetchall() == [("event_id.required",)]
+
+
+def test_a_copy_under_a_later_batch_date_is_a_duplicate_that_says_its_rows_keep_the_first_date(con, settings, land):
+    """SPEC §2: the same content is loaded once, by its hash, whatever its name. A copy under a later-dated name
+    is how a user would try to deliver again rows quarantined for timestamp.after_batch (docs/data-contract.md):
+    it changes nothing, and its ledger error says so and how to do it instead (a review met the bare
+    "duplicate" and read it as a bug)."""
+    late = CE_HEADER + "e9,2024-02-03 10:00,wecom,follow,o9,,,,,,\n"  # after 2024-01-31 + 2 days
+    land("channel_events/ce_20240131.csv", late)
+    land("channel_events/ce_dupe_20240131.csv", late)  # same date: the short message
+    report = ingest_source(con, "channel_events", settings, "run1")
+    assert [(f.path, f.status) for f in report.files] == [
+        ("channel_events/ce_20240131.csv", "loaded"), ("channel_events/ce_dupe_20240131.csv", "duplicate")]
+    assert report.files[0].rows_quarantined == 1
+    assert report.files[1].error.endswith("already loaded")
+    land("channel_events/ce_20240203.csv", late)  # a later run
+    again = ingest_source(con, "channel_events", settings, "run2")
+    [copy] = again.files
+    assert copy.status == "duplicate"
+    assert ("with batch date 2024-01-31: a content is loaded once whatever its name, its rows judged by that date, "
+            "not this file's 2024-02-03") in copy.error and "privdom quarantine --csv" in copy.error
+    assert con.execute("SELECT count(*) FROM raw.channel_events").fetchone()[0] == 0
+    # in one run, the copies load in batch-date order: the earlier one loads, the later one says whose date counted
+    land("channel_events/ce_20240301.csv", late.replace("e9,", "e8,"))
+    land("channel_events/ce_20240302.csv", late.replace("e9,", "e8,"))
+    third = ingest_source(con, "channel_events", settings, "run3")
+    assert [(f.path, f.status) for f in third.files] == [
+        ("channel_events/ce_20240301.csv", "loaded"), ("channel_events/ce_20240302.csv", "duplicate")]
+    assert "with batch date 2024-03-01" in third.files[1].error and "not this file's 2024-03-02" in third.files[1].error

@@ -1370,9 +1370,11 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     report = SourceIngestReport(source=source, load_id=load_id, quarantine_by_rule={r.name: 0 for r in c.rules},
                                 rows_rehashed={k: n for k, n in (rehashed or {}).items() if n})
 
-    seen = {(p, h): s for p, h, s in con.execute(
-        "SELECT file_path, content_sha256, status FROM raw.ingestion_ledger WHERE source = ?", [source]).fetchall()}
-    loaded_at = {h: p for (p, h), s in seen.items() if s == "loaded"}
+    ledger = con.execute("SELECT file_path, content_sha256, status, batch_date FROM raw.ingestion_ledger "
+                         "WHERE source = ?", [source]).fetchall()
+    seen = {(p, h): s for p, h, s, _ in ledger}
+    loaded_at = {h: p for p, h, s, _ in ledger if s == "loaded"}
+    loaded_batch = {h: b for p, h, s, b in ledger if s == "loaded"}  # the batch date the content was judged with
     hashed = {p: ((size, m_ns, c_ns, ino), h) for p, size, m_ns, c_ns, ino, h in con.execute(
         "SELECT file_path, size_bytes, modified_ns, changed_ns, inode, content_sha256 FROM raw.landing_hash_cache "
         "WHERE source = ?", [source]).fetchall()}
@@ -1425,6 +1427,14 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
             f = cand.f
             if result is None:
                 err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {fl.shown(loaded_at[cand.sha])}, already loaded"
+                judged = loaded_batch.get(cand.sha)
+                if judged is not None and f.batch_date is not None and judged != f.batch_date:
+                    # a copy under a later-dated name, meant as a correction of rows quarantined for
+                    # timestamp.after_batch: content is loaded once whatever its name (SPEC §2), so nothing changes
+                    err += (f" with batch date {judged.isoformat()}: a content is loaded once whatever its name, its "
+                            f"rows judged by that date, not this file's {f.batch_date.isoformat()}; to deliver rows "
+                            "quarantined there again (timestamp.after_batch), put them in a file of their own "
+                            "(`privdom quarantine --csv`)")
                 ledger_rows.append(_ledger_row(cand.file_id, source, f, cand.sha, cand.size, None, "duplicate", (0, 0, 0), err, load_id, cand.started))
                 report.files.append(FileResult(f.rel_path, "duplicate", cand.file_id, f.batch_date, error=err))
             elif isinstance(result, fl.FileRejected):
@@ -1435,6 +1445,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 report.files.append(res)
                 staged.append(_Staged(res, f, cand.sha, cand.size, result.encoding, cand.started))
                 loaded_at[cand.sha] = f.rel_path
+                loaded_batch[cand.sha] = f.batch_date
 
         results, parts = _stage_all(con, c, settings, first, spill, "a")
         for cand in first:
