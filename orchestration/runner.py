@@ -9,7 +9,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class PipelineResult:
     # dbt parse, the definitions; the summary names them when they took long (the soak review saw a run
     # reported as 20 s that had taken 331 s, with nothing saying where the rest went)
     before_run: list[tuple[str, float]] = field(default_factory=list)
+    stopped: str | None = None  # why the run stopped early, when no step failed (_PoolWaitReporter)
 
     def describe(self) -> str:
         s = self.settings
@@ -70,6 +71,8 @@ class PipelineResult:
         if sum(seconds for _, seconds in self.before_run) >= BEFORE_RUN_SHOWN_SECONDS:
             lines.append(f"  before the run: {describe_before_run(self.before_run)}")
         lines += [f"  before the run: {line}" for line in self.recovered]
+        if self.stopped:
+            lines.append(f"  {self.stopped}")
         for step in self.failed_steps:
             lines.append(f"  failed step: {step}")
         if self.not_run:
@@ -229,20 +232,30 @@ def _summary_queries(con) -> tuple[list[tuple], list[tuple[str, str, int]]]:
 
 
 @contextlib.contextmanager
-def _output_to(path: Path | None) -> Iterator[None]:
-    """Send this process's stdout/stderr (Dagster's and dbt's logs included) to a file, then restore them."""
+def _output_to(path: Path | None) -> Iterator[Callable[[str], None]]:
+    """Send this process's stdout/stderr (Dagster's and dbt's logs included) to a file, then restore them. Yields
+    a function that writes a line to the terminal's stderr all the same (and to the file), for what the user must
+    see while the run goes on: a wait for another run (_PoolWaitReporter)."""
     if path is None:
-        yield
+        yield lambda message: print(message, file=sys.stderr, flush=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+
+    def console(message: str) -> None:
+        data = (message + "\n").encode()
+        with contextlib.suppress(OSError):  # a closed terminal: the run goes on
+            os.write(saved[1], data)
+        with contextlib.suppress(OSError):
+            os.write(1, data)
+
     with open(path, "ab") as log:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
-            yield
+            yield console
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -300,6 +313,152 @@ BEFORE_RUN_SHOWN_SECONDS = 10.0
 
 def describe_before_run(phases: list[tuple[str, float]]) -> str:
     return ", ".join(f"{what} {seconds:.1f} s" for what, seconds in phases)
+
+
+# how often the terminal is told again that a run still waits for the pool `warehouse`, and how long a wait lasts
+# before it is told at all (a UI run's steps and this run's interleave: a wait of a second or two between them is
+# no news)
+POOL_WAIT_REPEAT_SECONDS = 300.0
+POOL_WAIT_TOLD_AFTER_SECONDS = 5.0
+
+
+def _launched_by(tags) -> str:
+    """Who launched a Dagster run, from its tags, in the words of the README."""
+    if tags.get(LAUNCHER_TAG) == "cli":
+        return "`privdom run`"
+    if tags.get("dagster/schedule_name"):
+        return f"the schedule {tags['dagster/schedule_name']}"
+    if tags.get("dagster/sensor_name"):
+        return f"the sensor {tags['dagster/sensor_name']}"
+    if tags.get("dagster/backfill"):
+        return f"the backfill {tags['dagster/backfill']}"
+    return "the UI or `dg launch`"
+
+
+def describe_pool_holders(instance, run_id: str) -> str | None:
+    """What holds the pool `warehouse` while a step of run `run_id` waits for it, in a line; None when no step of
+    that run waits (it holds the slot, runs a step outside the pool, or has not asked yet)."""
+    from orchestration.defs.resources import WAREHOUSE_POOL
+
+    info = instance.event_log_storage.get_concurrency_info(WAREHOUSE_POOL)
+    claimed = {slot.run_id for slot in info.claimed_slots}
+    waiting = [step.step_key for step in info.pending_steps if step.run_id == run_id and step.assigned_timestamp is None]
+    if not waiting or run_id in claimed:
+        return None
+    # the slot's holders; between two steps of theirs, the runs it is being handed to
+    slots = list(info.claimed_slots) or [step for step in info.pending_steps
+                                          if step.run_id != run_id and step.assigned_timestamp is not None]
+    holders = []
+    for slot in slots:
+        record = instance.get_run_record_by_id(slot.run_id)
+        if record is None:
+            holders.append(f"run {slot.run_id} (deleted), step {slot.step_key}")
+            continue
+        run = record.dagster_run
+        started = (f", started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.start_time))}"
+                   if record.start_time else "")
+        holders.append(f"run {run.run_id} (step {slot.step_key}; launched by {_launched_by(run.tags)}{started}, "
+                       f"status {run.status.value})")
+    held = "; ".join(holders) if holders else "another run"
+    return (f"waiting for the warehouse: {held} has the Dagster pool `{WAREHOUSE_POOL}`; this run's step "
+            f"{waiting[0]} starts when it is free. Ctrl-C stops this run (nothing written yet by this step). A run "
+            "whose process was killed keeps its slot until it is terminated or deleted in the UI")
+
+
+class _PoolWaitReporter:
+    """While run `run_id` executes in this process, a thread that tells `console` when a step of it waits for the
+    pool `warehouse` (who holds it, since when), again every POOL_WAIT_REPEAT_SECONDS, and when the wait ends.
+    A Ctrl-C during such a wait stops the run: Dagster's in-process executor records the interrupt and goes on
+    waiting (the review had `privdom run` ignore Ctrl-C and SIGTERM for ten minutes behind a killed `dg launch`
+    run's slot), so the thread raises KeyboardInterrupt in the main thread, which Dagster reports as the run
+    failing."""
+
+    def __init__(self, instance, run_id: str, console: Callable[[str], None], *, poll_seconds: float = 1.0,
+                 repeat_seconds: float | None = None, told_after_seconds: float | None = None,
+                 steps: bool = False) -> None:
+        import threading
+
+        self.instance, self.run_id, self.console = instance, run_id, console
+        self.poll_seconds = poll_seconds
+        self.repeat_seconds = POOL_WAIT_REPEAT_SECONDS if repeat_seconds is None else repeat_seconds
+        self.told_after_seconds = POOL_WAIT_TOLD_AFTER_SECONDS if told_after_seconds is None else told_after_seconds
+        self.interrupted = False
+        # with `steps`, each step's start and failure is told too (Dagster's log goes to the run log: a whole run,
+        # minutes on a benchmark's data, showed nothing on the terminal until its summary)
+        self.steps = steps
+        self._steps_cursor: str | None = None
+        self._step_count: int | None = None
+        self._steps_started = 0
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="privdom-pool-wait", daemon=True)
+
+    def __enter__(self) -> _PoolWaitReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.steps:  # what began since the last poll
+            with contextlib.suppress(Exception):
+                self._tell_steps()
+
+    def _watch(self) -> None:
+        from dagster._utils.interrupts import check_captured_interrupt
+
+        since = last_told = None  # when the wait began; when it was last told (None: not yet)
+        while not self._stop.wait(self.poll_seconds):
+            if self.steps:
+                with contextlib.suppress(Exception):  # progress is news, not the run's business
+                    self._tell_steps()
+            try:
+                waiting = describe_pool_holders(self.instance, self.run_id)
+            except Exception:  # noqa: BLE001 - a storage without pools, or one busy: no news is told
+                continue
+            now = time.monotonic()
+            if waiting is None:
+                if last_told is not None:
+                    self.console(f"privdom: the warehouse is free after {now - since:.0f} s of waiting; the run goes on")
+                since = last_told = None
+                continue
+            if since is None:
+                since = now
+            if last_told is None:
+                if now - since >= self.told_after_seconds:
+                    last_told = now
+                    self.console(f"privdom: {waiting}")
+            elif now - last_told >= self.repeat_seconds:
+                last_told = now
+                self.console(f"privdom: still {waiting} ({now - since:.0f} s so far)")
+            if check_captured_interrupt() and not self.interrupted:
+                self.interrupted = True
+                self.console("privdom: interrupted while waiting for the warehouse: stopping this run")
+                self._raise_in_main(KeyboardInterrupt)
+
+    def _tell_steps(self) -> None:
+        import dagster as dg
+
+        kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_FAILURE}
+        page = self.instance.get_records_for_run(self.run_id, cursor=self._steps_cursor, of_type=kinds)
+        self._steps_cursor = page.cursor
+        if self._step_count is None and page.records:
+            run = self.instance.get_run_by_id(self.run_id)
+            plan = self.instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+            self._step_count = len(plan.steps)
+        for record in page.records:
+            event = record.event_log_entry
+            if event.dagster_event_type == dg.DagsterEventType.STEP_START:
+                self._steps_started += 1
+                self.console(f"privdom: step {self._steps_started} of {self._step_count}: {event.step_key} "
+                             f"({time.strftime('%H:%M:%S', time.localtime(event.timestamp))})")
+            else:
+                self.console(f"privdom: step {event.step_key} failed (the summary says why)")
+
+    def _raise_in_main(self, error: type[BaseException]) -> None:
+        import ctypes
+
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._main), ctypes.py_object(error))
 
 
 def run_pipeline(settings: Settings, *, verbose: bool = False, full_refresh: bool = False) -> PipelineResult:
@@ -370,7 +529,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
     started = time.perf_counter()
     log_path = None if verbose else settings.data_dir / "logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}.log"
     had_warehouse = settings.warehouse_path.exists()
-    with dg.DagsterInstance.get() as instance, _output_to(log_path):
+    with dg.DagsterInstance.get() as instance, _output_to(log_path) as console:
         # the settings this run uses, after privdom.toml and PRIVDOM_* (a misspelled variable is not one of them:
         # `privdom` warns of one close to a name it reads, settings.misspelled_environment)
         print(f"privdom settings: {settings_as_json(settings)}", flush=True)
@@ -378,12 +537,21 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         recovered = _fail_abandoned_runs(instance)
         for line in recovered:
             print(f"privdom: {line}", flush=True)
-        result = job.execute_in_process(
-            instance=instance,
-            raise_on_error=False,
-            tags={LAUNCHER_TAG: "cli", **({dbt_runner.FULL_REFRESH_TAG: "true"} if full_refresh else {})},
-            run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}},
-        )
+        from dagster._core.utils import make_new_run_id
+
+        run_id = make_new_run_id()
+        # a step waiting for the pool `warehouse` (a UI, schedule or `dg launch` run holds it) says so on the
+        # terminal, and Ctrl-C stops the wait (Dagster's in-process executor neither logs it at INFO nor heeds it)
+        if log_path is not None:
+            console(f"privdom run {run_id[:8]}: started; Dagster's and dbt's log: {log_path} (the summary comes at the end)")
+        with _PoolWaitReporter(instance, run_id, console, steps=log_path is not None) as pool_wait:
+            result = job.execute_in_process(
+                instance=instance,
+                run_id=run_id,
+                raise_on_error=False,
+                tags={LAUNCHER_TAG: "cli", **({dbt_runner.FULL_REFRESH_TAG: "true"} if full_refresh else {})},
+                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "INFO"}}}},
+            )
         checks = []
         for event in result.all_events:
             if event.event_type_value == "ASSET_CHECK_EVALUATION":
@@ -414,6 +582,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
             if e.event_type_value == "STEP_FAILURE"
         ]
         not_run = [] if result.success else _steps_not_run(instance, result)
+        stopped = ("stopped by Ctrl-C while a step waited for the warehouse (another run held the pool `warehouse`): "
+                   "the steps not run are left for the next run") if pool_wait.interrupted else None
     summary_error = None
     try:
         with warehouse_lock(settings.data_dir, what="privdom run (summary)"):
@@ -432,6 +602,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         failed_steps=failed_steps,
         not_run=not_run,
         recovered=recovered,
+        stopped=stopped,
         checks=checks,
         ledger=ledger,
         tables=tables,

@@ -14,7 +14,7 @@ from dagster_dbt import DbtCliResource
 from packaging.version import Version
 
 from orchestration import dbt as dbt_runner
-from orchestration import locking, warehouse
+from orchestration import locking, pool_wait, warehouse
 from orchestration.dbt import DBT_TARGET, apply_dbt_environment, command_executable, dbt_executable
 from orchestration.settings import DBT_PROJECT_DIR, Settings, SettingsError, load_settings, resolve_data_dir
 
@@ -23,6 +23,9 @@ from orchestration.settings import DBT_PROJECT_DIR, Settings, SettingsError, loa
 # writer also holds the data directory's lock file (orchestration/locking.py), which serialises writers of
 # different processes and instances and is released by the kernel when a killed run dies.
 WAREHOUSE_POOL = "warehouse"
+
+# a step waiting for that pool sleeps between its claim checks instead of spinning (Dagster 1.13: orchestration/pool_wait.py)
+pool_wait.apply()
 
 
 class PrivdomResource(dg.ConfigurableResource):
