@@ -30,7 +30,7 @@ ORDER_COLUMNS = {
     "refund_amount": "DECIMAL(18,2)", "points_redeemed": "BIGINT", "referral_code": "VARCHAR",
     **{c: "VARCHAR" for c in IDS},
     "version_rank": "BIGINT", "file_id": "BIGINT", "batch_date": "DATE", "row_number_in_file": "BIGINT",
-    "loaded_at": "TIMESTAMPTZ",
+    "loaded_at": "TIMESTAMPTZ", "last_batch_date": "DATE", "last_file_id": "BIGINT", "last_row_number": "BIGINT",
 }
 REFERRAL_COLUMNS = {
     "referral_id": "VARCHAR", "updated_at": "TIMESTAMPTZ", "invited_at": "TIMESTAMPTZ", "mechanism": "VARCHAR",
@@ -38,7 +38,8 @@ REFERRAL_COLUMNS = {
     "referrer_phone": "VARCHAR", "referee_openid": "VARCHAR", "referee_unionid": "VARCHAR",
     "referee_phone": "VARCHAR", "referee_member_id": "VARCHAR", "order_id": "VARCHAR",
     "commission_amount": "DECIMAL(18,2)", "version_rank": "BIGINT", "file_id": "BIGINT", "batch_date": "DATE",
-    "row_number_in_file": "BIGINT", "loaded_at": "TIMESTAMPTZ",
+    "row_number_in_file": "BIGINT", "loaded_at": "TIMESTAMPTZ", "last_batch_date": "DATE", "last_file_id": "BIGINT",
+    "last_row_number": "BIGINT",
 }
 DEFAULTS = {
     "occurred_at": "2024-01-01 10:00:00", "updated_at": "2024-01-01 10:00:00", "created_at": "2024-01-01 09:00:00",
@@ -54,7 +55,9 @@ def _create(con, table: str, columns: dict[str, str], rows: list[dict]) -> None:
     assert not unknown, f"not a column of {table}: {unknown}"
     con.execute(f"CREATE OR REPLACE TABLE {table} ({', '.join(f'{c} {t}' for c, t in columns.items())})")
     for r in rows:
-        values = [r.get(c, DEFAULTS.get(c)) for c in columns]
+        # a version delivered once was last delivered by its first delivery
+        first = {"last_batch_date": "batch_date", "last_file_id": "file_id", "last_row_number": "row_number_in_file"}
+        values = [r.get(c, r.get(first[c], DEFAULTS.get(first[c])) if c in first else DEFAULTS.get(c)) for c in columns]
         con.execute(f"INSERT INTO {table} VALUES ({', '.join('?' for _ in columns)})", values)
 
 

@@ -39,8 +39,10 @@ def dbs(tmp_path):
 
 
 class History:
-    """Staged rows as the staging models keep them: events appended; every version of an order or referral
-    kept, version_rank recomputed over all of them (1 = latest updated_at, then the later file)."""
+    """Staged rows as the staging models keep them: events appended; every distinct version of an order or
+    referral kept once (an identical re-delivery keeps its first delivery's file_id and row number and is
+    dated by its latest: last_file_id, last_row_number), version_rank recomputed over all of them (1 = latest
+    updated_at, then the later last delivery)."""
 
     def __init__(self) -> None:
         self.events: list[dict] = []
@@ -56,12 +58,19 @@ class History:
 
     @staticmethod
     def _ranked(rows: list[dict], key: str) -> list[dict]:
+        lineage = ("file_id", "row_number_in_file")
+        distinct: dict[tuple, dict] = {}
+        for r in rows:  # in delivery order
+            content = tuple(sorted((k, v) for k, v in r.items() if k not in lineage))
+            first = distinct.setdefault(content, r)
+            distinct[content] = {**first, "last_file_id": r["file_id"], "last_row_number": r["row_number_in_file"]}
         out = []
         by_key: dict[str, list[dict]] = {}
-        for r in rows:
+        for r in distinct.values():
             by_key.setdefault(r[key], []).append(r)
         for versions in by_key.values():
-            ordered = sorted(versions, key=lambda r: (r.get("updated_at", ""), r["file_id"], r["row_number_in_file"]), reverse=True)
+            ordered = sorted(versions, key=lambda r: (r.get("updated_at", ""), r["last_file_id"], r["last_row_number"]),
+                             reverse=True)
             out += [{**r, "version_rank": i + 1} for i, r in enumerate(ordered)]
         return out
 
@@ -282,7 +291,7 @@ def test_a_graph_built_before_the_referee_rule_is_built_again_in_full(dbs, monke
         m.setattr(G, "_records_sql", before_the_rule)
         m.setattr(G, "GRAPH_VERSION", 2)
         build_identity_graph(inc, 1)
-    assert G.GRAPH_VERSION == current == 3
+    assert G.GRAPH_VERSION == current >= 3
     h.deliver(events=[{"event_id": "e9", "openid": "zz"}])  # touches nothing of refA's
     h.stage(inc)
     h.stage(full)
@@ -533,3 +542,23 @@ def test_the_change_log_keeps_only_what_a_reader_has_not_taken_in(dbs):
     # a full build: every reader computes everything
     build_identity_graph(con, 20, full_refresh=True)
     assert full("a")
+
+
+def test_an_identical_redelivery_that_reranks_a_tie_is_taken_in(dbs):
+    """SPEC §2: of two versions with the same updated_at the later delivered is the current one, and an identical
+    re-delivery of the older one makes it the later delivered (staging keeps it once, at its first file_id, with
+    last_file_id the re-delivery's). O1's versions name only shared phones, so its record's component is its
+    current version's phone: the re-delivery, which brings no new staged row, must still make the incremental
+    build write O1's record again (and its memberships' ranks), as a full build would."""
+    p1, p2 = "13800000001", "13800000002"
+    shared = [{"event_id": f"e{i}", "openid": f"o{i}", "phone": phone}
+              for i, phone in enumerate((p1, p1, p2, p2))]  # each phone on two openids: shared at max_degree 1
+    a = {"order_id": "O1", "updated_at": "2024-01-09 00:00:00", "status": "paid", "phone": p1}
+    b = {"order_id": "O1", "updated_at": "2024-01-09 00:00:00", "status": "refunded", "phone": p2}
+    seen = []
+    h = deliver_each_and_compare(dbs, [{"events": shared, "orders": [a]}, {"orders": [b]}, {"orders": [a]}],
+                                 max_degree=1, after=lambda inc: seen.append(records(inc)["orders:O1:buyer"]))
+    assert [r["version_rank"] for r in h._ranked(h.orders, "order_id") if r["status"] == "paid"] == [1]
+    phone = {md5_id("phone", p): p for p in (p1, p2)}
+    assert [phone[c] for c in seen] == [p1, p2, p1]
+    assert build_identity_graph(dbs[0], 1).mode == "incremental"

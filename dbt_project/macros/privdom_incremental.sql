@@ -24,8 +24,10 @@
 {%- endmacro %}
 
 {#- A predicate true for raw rows of files that `this` has not taken in yet. `this` records, per row, the
-    file_id of the file that delivered it; a file whose rows were all dropped (duplicates) is simply read
-    again next time and dropped again, so the newest file_id in `this` is a safe high-water mark. -#}
-{% macro privdom_loaded_after_last_build(file_id_column='_file_id') -%}
-    {{ file_id_column }} > (select coalesce(max(file_id), 0) from {{ this }})
+    file_id of the file that delivered it (`watermark_column`); a file whose rows were all dropped (duplicates)
+    is simply read again next time and dropped again, so the newest file_id in `this` is a safe high-water
+    mark. stg_orders and stg_referrals compare their parent's last_file_id (the latest delivery of a version:
+    an identical re-delivery can make an old version current again) with their own. -#}
+{% macro privdom_loaded_after_last_build(file_id_column='_file_id', watermark_column='file_id') -%}
+    {{ file_id_column }} > (select coalesce(max({{ watermark_column }}), 0) from {{ this }})
 {%- endmacro %}

@@ -140,3 +140,18 @@
         {%- endif -%}
     {%- endif -%}
 {%- endmacro %}
+
+{#- A struct of named fields, from a list of (name, expression) pairs. Structs compare field by field in order,
+    so min()/max() of one picks a row by several columns in one aggregate (fields never NULL there: NULL fields
+    compare differently on the two engines). -#}
+{% macro privdom_struct(fields) -%}
+    {{ return(adapter.dispatch('privdom_struct', 'privdom')(fields)) }}
+{%- endmacro %}
+
+{% macro default__privdom_struct(fields) -%}
+    struct_pack({% for name, expression in fields %}{{ name }} := {{ expression }}{{ ', ' if not loop.last }}{% endfor %})
+{%- endmacro %}
+
+{% macro spark__privdom_struct(fields) -%}
+    named_struct({% for name, expression in fields %}'{{ name }}', {{ expression }}{{ ', ' if not loop.last }}{% endfor %})
+{%- endmacro %}

@@ -73,7 +73,9 @@ CONSUMERS_TABLE = f"{STATE_SCHEMA}.graph_consumers"
 # 2: degrees count the values across a conversion (a referee's ids and its order's buyer's ids).
 # 3: a converted referee named only by shared ids is its order's buyer when that buyer is too (records of
 #    untouched components were left as the previous release wrote them).
-GRAPH_VERSION = 3
+# 4: a version tied on updated_at is ranked by its latest delivery (an identical re-delivery re-ranks it): the
+#    memberships' version ranks of a graph built before may be stale.
+GRAPH_VERSION = 4
 
 STG_CHANNEL_EVENTS = "staging.stg_channel_events"
 STG_ORDER_VERSIONS = "staging.stg_orders__versions"
@@ -854,14 +856,35 @@ def _shared_sql(*, shared: str, degree_by_type: str, where: Callable[[str, str, 
 
 
 # ------------------------------------------------------------------------------------------------ incremental
+def _changed_records_sql(table: str, key: str, watermark: int) -> str:
+    """The ids (column ``key``) of the orders or referrals of ``table`` (a versions table) whose versions changed
+    since the build that took in files up to ``watermark``: a version of a newer file, or a version delivered
+    again since, identical, that is tied on updated_at with another of the record's versions. Staging keeps
+    such a re-delivery once, at its first delivery (file_id: the checksum's rows stay as they were), and dates
+    it by its latest (last_file_id), which breaks the tie (SPEC §2, docs/DECISIONS.md "Version ties"): the
+    ranks change, and a record whose identifiers are all shared takes its current version's first one. A
+    re-delivery without a tie changes no rank: the daily re-deliveries of a window touch only the records
+    with such ties, and leave the rows the graph has taken in (file_id, checksum) as they were."""
+    wm = int(watermark)
+    return (
+        f"SELECT {key} FROM {table} WHERE file_id > {wm} "
+        f"UNION "
+        f"SELECT v.{key} FROM {table} v "
+        f"JOIN (SELECT DISTINCT {key}, updated_at FROM {table} WHERE last_file_id > {wm} AND file_id <= {wm}) r "
+        f"USING ({key}, updated_at) "
+        f"GROUP BY v.{key}, v.updated_at HAVING count(*) > 1"
+    )
+
+
 def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[str, int]:
     """Take in the staged rows of files newer than ``watermark`` (per source) and recompute only what they touch.
 
-    What can change: new channel-event tuples and orders / referrals with a new version are *changed groups*
-    (their memberships are written again); their identifiers' degrees are counted again (degrees only grow, so
-    an identifier can only become shared); every component holding a member of a changed group (or a new
-    node) is *touched*, and its nodes are *affected*. Links only come from groups, so a link either lies inside
-    one untouched component (unchanged) or between affected nodes: the affected nodes' components are computed
+    What can change: new channel-event tuples and orders / referrals with a new version (or re-ranked by an
+    identical re-delivery: _changed_records_sql) are *changed groups* (their memberships are written again);
+    their identifiers' degrees are counted again (degrees only grow, so an identifier can only become
+    shared); every component holding a member of a changed group (or a new node) is *touched*, and its nodes
+    are *affected*. Links only come from groups, so a link either lies inside one untouched component
+    (unchanged) or between affected nodes: the affected nodes' components are computed
     again from the links of their groups, every other component keeps its nodes and its id (the smallest
     node id, as in a full build). The records of every group with an affected member are written again, and
     the day's new channel events get theirs. A link found between an affected and an unaffected node means the
@@ -888,12 +911,15 @@ def _build_incremental(con, max_degree: int, watermark: dict[str, int]) -> dict[
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _idg_new_tuples AS SELECT * FROM _idg_day_tuples ANTI JOIN {TUPLES_CACHE} USING (gid)"
     )
-    # 2. Orders and referrals with a new version: every occurrence of all their versions.
+    # 2. Orders and referrals with a new version, or whose versions' ranks an identical re-delivery changed:
+    #    every occurrence of all their versions.
+    changed_orders = _changed_records_sql(STG_ORDER_VERSIONS, "order_id", wm_orders)
+    changed_referrals = _changed_records_sql(STG_REFERRAL_VERSIONS, "referral_id", wm_referrals)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE _idg_touched_ids AS "
-        f"SELECT DISTINCT 'buyer' AS role, order_id AS record_id FROM {STG_ORDER_VERSIONS} WHERE file_id > {wm_orders} "
+        f"SELECT DISTINCT 'buyer' AS role, order_id AS record_id FROM ({changed_orders}) "
         f"UNION ALL "
-        f"SELECT DISTINCT 'referral', referral_id FROM {STG_REFERRAL_VERSIONS} WHERE file_id > {wm_referrals}"
+        f"SELECT DISTINCT 'referral', referral_id FROM ({changed_referrals})"
     )
 
     def touched(role: str, typ: str, record_id: str, column: str) -> str:

@@ -9,9 +9,10 @@
 -- Nothing here depends on the data's end or on other customers, so on DuckDB the model is incremental: a build
 -- computes again the customers of the components the identity graph wrote again since this model last ran,
 -- after the pre-hook deleted their rows and those of keys that no longer exist. A customer's orders, engage
--- events and acquired_at can change only then: a new order version or event makes the graph write its record
--- again, and keys and first touches change only for changed components (docs/DECISIONS.md, "Steps after the
--- graph take in its changes"). The window vars are in the incremental fingerprint: changing one rebuilds it.
+-- events and acquired_at can change only then: a new order version or event (or an identical re-delivery that
+-- re-ranks a tie) makes the graph write its record again, and keys and first touches change only for changed
+-- components (docs/DECISIONS.md, "Steps after the graph take in its changes"). The window vars are in the
+-- incremental fingerprint: changing one rebuilds it.
 {{ config(
     materialized=privdom_incremental_materialization(),
     incremental_strategy='append',

@@ -1,9 +1,11 @@
 -- One row per order in its current state (SPEC §2), with its buyer's customer_key and net revenue (SPEC §4):
 -- gross − discount − refund for paid-like statuses (paid, shipped, completed, refunded, partially_refunded), else 0.
 -- Incremental on DuckDB (delete+insert by order_id): a build writes again the orders whose current version
--- came in a file newer than any it holds (file_id) and the orders of the components the identity graph wrote
+-- came, first or again (stg_orders.last_file_id: an identical re-delivery can make an old version current
+-- again), in a file newer than any it holds (file_id) and the orders of the components the identity graph wrote
 -- again since this model last ran (their buyer's customer_key may have changed; no other order's can, and a
--- new version makes the graph write its order's record again); everything when the graph was built in full
+-- new version, or an identical re-delivery that re-ranks a tie, makes the graph write its order's record
+-- again); everything when the graph was built in full
 -- since (docs/DECISIONS.md, "Steps after the graph take in its changes").
 {{ config(
     materialized=privdom_incremental_materialization(),
@@ -26,7 +28,7 @@ orders as (
     select * from {{ ref('stg_orders') }}
     {%- if is_incremental() %}
     where {{ privdom_graph_full_recompute('int_orders__customers') }}
-        or file_id > (select coalesce(max(file_id), 0) from {{ this }})
+        or last_file_id > (select coalesce(max(file_id), 0) from {{ this }})
         or order_id in (select record_id from changed_buyers)
     {%- endif %}
 ),

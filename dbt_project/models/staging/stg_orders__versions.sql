@@ -1,10 +1,15 @@
 -- Every distinct version of every order, oldest first. An identical re-delivery of a version (every contract
--- column equal, NULLs included: macros/raw_contents.sql; not the row hash, which can collide) is kept once, at
--- its first delivery. version_rank = 1 is the order's current state: the latest updated_at,
--- ties broken by the later batch, then the later row (SPEC §2).
+-- column equal, NULLs included: macros/raw_contents.sql; not the row hash, which can collide) is kept once,
+-- with its first delivery's lineage (file_id, batch_date, row_number_in_file, loaded_at: what the identity
+-- graph's change detection reads) and dated by its latest delivery (last_batch_date, last_file_id,
+-- last_row_number: the later batch, then the later load, then the later row; macros/deduplicate.sql).
+-- version_rank = 1 is the order's current state: the latest updated_at, ties broken by the later batch, then
+-- the later row (SPEC §2), of each version's latest delivery: a version delivered again after another with
+-- the same updated_at is the current one again, whatever order the files came in (docs/DECISIONS.md,
+-- "Version ties").
 -- Incremental (delete+insert by order_id): every order that a file loaded since the last build names is
--- rebuilt from all of its raw rows, since a new version can change the rank of the old ones; the others
--- are left as they are (macros/privdom_incremental.sql).
+-- rebuilt from all of its raw rows, since a new version, or an identical one delivered again, can change the
+-- rank of the old ones; the others are left as they are (macros/privdom_incremental.sql).
 {{ config(
     materialized=privdom_incremental_materialization(),
     incremental_strategy='delete+insert',
@@ -22,7 +27,7 @@ with source as (
 ),
 
 distinct_versions as (
-    {{ first_row_per('source', privdom_raw_contents('orders') | join(', '), '_file_id, _row_number') }}
+    {{ privdom_distinct_versions('source', privdom_raw_contents('orders')) }}
 ),
 
 trimmed as (
@@ -53,7 +58,10 @@ renamed as (
         _file_id as file_id,
         _batch_date as batch_date,
         _row_number as row_number_in_file,
-        _loaded_at as loaded_at
+        _loaded_at as loaded_at,
+        _last_batch_date as last_batch_date,
+        _last_file_id as last_file_id,
+        _last_row_number as last_row_number
     from trimmed
 ),
 
@@ -69,6 +77,6 @@ select
     *,
     row_number() over (
         partition by order_id
-        order by updated_at desc, batch_date desc, file_id desc, row_number_in_file desc
+        order by updated_at desc, last_batch_date desc, last_file_id desc, last_row_number desc
     ) as version_rank
 from identified

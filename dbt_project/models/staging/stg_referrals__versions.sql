@@ -1,9 +1,12 @@
 -- Every distinct version of every referral, oldest first; identical re-deliveries (every contract column equal,
--- NULLs included: macros/raw_contents.sql) kept once. version_rank = 1
--- is the referral's current state (latest updated_at; ties: the later batch, then the later row).
+-- NULLs included: macros/raw_contents.sql) kept once, with their first delivery's lineage (file_id,
+-- batch_date, row_number_in_file, loaded_at) and dated by their latest delivery (last_batch_date,
+-- last_file_id, last_row_number; macros/deduplicate.sql). version_rank = 1 is the referral's current state:
+-- the latest updated_at; ties: the later batch, then the later row, of each version's latest delivery
+-- (docs/DECISIONS.md, "Version ties").
 -- Incremental (delete+insert by referral_id): every referral that a file loaded since the last build names is
--- rebuilt from all of its raw rows, since a new version can change the rank of the old ones; the others
--- are left as they are (macros/privdom_incremental.sql).
+-- rebuilt from all of its raw rows, since a new version, or an identical one delivered again, can change the
+-- rank of the old ones; the others are left as they are (macros/privdom_incremental.sql).
 {{ config(
     materialized=privdom_incremental_materialization(),
     incremental_strategy='delete+insert',
@@ -21,7 +24,7 @@ with source as (
 ),
 
 distinct_versions as (
-    {{ first_row_per('source', privdom_raw_contents('referrals') | join(', '), '_file_id, _row_number') }}
+    {{ privdom_distinct_versions('source', privdom_raw_contents('referrals')) }}
 ),
 
 trimmed as (
@@ -50,7 +53,10 @@ renamed as (
         _file_id as file_id,
         _batch_date as batch_date,
         _row_number as row_number_in_file,
-        _loaded_at as loaded_at
+        _loaded_at as loaded_at,
+        _last_batch_date as last_batch_date,
+        _last_file_id as last_file_id,
+        _last_row_number as last_row_number
     from trimmed
 ),
 
@@ -69,6 +75,6 @@ select
     *,
     row_number() over (
         partition by referral_id
-        order by updated_at desc, batch_date desc, file_id desc, row_number_in_file desc
+        order by updated_at desc, last_batch_date desc, last_file_id desc, last_row_number desc
     ) as version_rank
 from identified
