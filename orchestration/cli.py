@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings, misspelled_environment, referenced_environment
+from orchestration.settings import MAX_DIRTY_RATE, REPO_ROOT, Settings, SettingsError, load_settings, misspelled_environment, referenced_environment, resolve_data_dir
 from orchestration.warehouse import WarehouseLockedError
 
 
@@ -443,6 +443,13 @@ def _option_value(args: list[str], *names: str) -> str | None:
     return None
 
 
+def _data_dir_text(text: str) -> str:
+    """A --data-dir value: an empty one fell back to $PRIVDOM_HOME or ./data, silently another directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (leave the option out for $PRIVDOM_HOME, else ./data)")
+    return text
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -469,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Private-domain data pipeline: landing files → DuckDB warehouse → metrics → segments.",
     )
     parser.add_argument(
-        "--data-dir",
+        "--data-dir", type=_data_dir_text,
         help="data directory (default: $PRIVDOM_HOME, else ./data); holds landing/, warehouse.duckdb, exports/",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -484,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "share)")
 
     def add_data_dir(p: argparse.ArgumentParser) -> None:  # also after the command: `privdom run --data-dir D`
-        p.add_argument("--data-dir", dest="sub_data_dir", metavar="DATA_DIR",
+        p.add_argument("--data-dir", dest="sub_data_dir", metavar="DATA_DIR", type=_data_dir_text,
                        help="data directory (default: $PRIVDOM_HOME, else ./data); may also come before the command")
 
     p = sub.add_parser("generate", help="write deterministic synthetic landing files")
@@ -609,7 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     settings = None
     try:
         _no_access_for_others()
-        settings = load_settings(getattr(args, "sub_data_dir", None) or args.data_dir)
+        sub_data_dir = getattr(args, "sub_data_dir", None)
+        if sub_data_dir and args.data_dir and resolve_data_dir(sub_data_dir) != resolve_data_dir(args.data_dir):
+            # one of them was silently left out (the one after the command won)
+            raise SettingsError(f"--data-dir is given twice, before and after the command, naming two directories "
+                                f"({args.data_dir} and {sub_data_dir}): give it once")
+        settings = load_settings(sub_data_dir or args.data_dir)
         _warn_of_misspelled_environment(settings)
         if args.func in (cmd_run, cmd_demo, cmd_ui, cmd_dbt):
             _require_source_checkout()

@@ -286,3 +286,22 @@ def test_dagster_storage_out_of_disk_is_one_line():
     # any other SQL error keeps its traceback
     assert _file_error(sqlalchemy.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: runs"))) is None
     assert _file_error(ValueError("x")) is None
+
+
+def test_an_empty_data_dir_or_two_different_ones_are_refused(tmp_path, capsys, monkeypatch):
+    """From the CLI review: `--data-dir ""` (an unset shell variable: `--data-dir "$BRAND_DIR"`) fell back to
+    $PRIVDOM_HOME or ./data, and `privdom --data-dir A segments --data-dir B` used B, both silently."""
+    from orchestration.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PRIVDOM_HOME", raising=False)
+    for argv in (["--data-dir", "", "segments"], ["segments", "--data-dir", " "]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "--data-dir: is empty" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path / "A"), "segments", "--data-dir", str(tmp_path / "B")]) == 2
+    assert "--data-dir is given twice" in capsys.readouterr().err
+    # the same directory twice, however written, is no contradiction
+    assert main(["--data-dir", str(tmp_path / "A"), "segments", "--data-dir", "A/."]) == 0
+    assert not (tmp_path / "data").exists()

@@ -89,6 +89,8 @@ def arrival(request, tmp_path_factory):
                 (data_dir / "landing" / rel).write_text(text, encoding="utf-8")
         _run(data_dir)
     incremental = _modelled(data_dir)
+    if len(ARRIVALS[name]) == 1:  # one run: its build was a full one (a --full-refresh would repeat it)
+        return name, data_dir, incremental, incremental
     _run(data_dir, "--full-refresh")
     return name, data_dir, incremental, _modelled(data_dir)
 
