@@ -300,6 +300,9 @@ def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
         except ValueError as exc:
             print(f"privdom quarantine: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # "[Errno 2] No such file or directory: …", which named no option
+            print(f"privdom quarantine: --csv {args.csv}: cannot be written ({exc.strerror or exc})", file=sys.stderr)
+            return 1
         print(f"{n} quarantined row(s) written to {args.csv}: correct them, and deliver the file under a new name "
               "in landing/<source>/ with a batch date (its _file, _row_number and _rules columns are ignored)")
         return 0

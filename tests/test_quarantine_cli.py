@@ -111,3 +111,14 @@ def test_files_are_named_as_unload_takes_them_and_an_unknown_one_is_refused(sett
     printed = capsys.readouterr()
     assert printed.out == ""
     assert "no file orders/orders_20240132.csv in raw.ingestion_ledger" in printed.err
+
+
+def test_a_csv_that_cannot_be_written_names_the_option(settings, land, tmp_path, capsys):
+    land("orders/orders_20240131.csv", HEADER
+         + "A2,2024-01-31 11:00:00+08,2024-01-31 09:00:00,lost,12.50,oA2,2024-01-31 10:00:00\n")
+    _ingest(settings, "orders", "run1")
+    capsys.readouterr()
+    out = tmp_path / "no such folder" / "fix.csv"
+    assert main(["--data-dir", str(settings.data_dir), "quarantine", "--source", "orders", "--csv", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"privdom quarantine: --csv {out}: cannot be written (No such file or directory)\n", err
