@@ -1373,8 +1373,8 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     ledger = con.execute("SELECT file_path, content_sha256, status, batch_date FROM raw.ingestion_ledger "
                          "WHERE source = ?", [source]).fetchall()
     seen = {(p, h): s for p, h, s, _ in ledger}
-    loaded_at = {h: p for p, h, s, _ in ledger if s == "loaded"}
-    loaded_batch = {h: b for p, h, s, b in ledger if s == "loaded"}  # the batch date the content was judged with
+    # each loaded content: the file that loaded it, and the batch date its rows were judged with
+    loaded_at = {h: (p, b) for p, h, s, b in ledger if s == "loaded"}
     hashed = {p: ((size, m_ns, c_ns, ino), h) for p, size, m_ns, c_ns, ino, h in con.execute(
         "SELECT file_path, size_bytes, modified_ns, changed_ns, inode, content_sha256 FROM raw.landing_hash_cache "
         "WHERE source = ?", [source]).fetchall()}
@@ -1426,8 +1426,8 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         def record(cand: _Candidate, result: _Read | fl.FileRejected | None) -> None:
             f = cand.f
             if result is None:
-                err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {fl.shown(loaded_at[cand.sha])}, already loaded"
-                judged = loaded_batch.get(cand.sha)
+                err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {fl.shown(loaded_at[cand.sha][0])}, already loaded"
+                judged = loaded_at[cand.sha][1]
                 if judged is not None and f.batch_date is not None and judged != f.batch_date:
                     # a copy under a later-dated name, meant as a correction of rows quarantined for
                     # timestamp.after_batch: content is loaded once whatever its name (SPEC §2), so nothing changes
@@ -1444,8 +1444,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 res = FileResult(f.rel_path, "loaded", cand.file_id, f.batch_date, columns_note=result.columns_note)
                 report.files.append(res)
                 staged.append(_Staged(res, f, cand.sha, cand.size, result.encoding, cand.started))
-                loaded_at[cand.sha] = f.rel_path
-                loaded_batch[cand.sha] = f.batch_date
+                loaded_at[cand.sha] = (f.rel_path, f.batch_date)
 
         results, parts = _stage_all(con, c, settings, first, spill, "a")
         for cand in first:
