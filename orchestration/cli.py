@@ -273,22 +273,24 @@ def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
     from orchestration.quarantine import quarantined_rows, write_csv
     from orchestration.warehouse import connect
 
-    if not settings.warehouse_path.exists():
-        print(f"privdom quarantine: {settings.warehouse_path} does not exist; nothing is quarantined yet", file=sys.stderr)
-        return 2
     from orchestration.unload import ledger_path
 
     # named as `privdom unload` takes them: by the path under landing/, or by a path to the file (an absolute
     # one, or relative to the working directory, as a shell completes it); a path under landing/ was compared
     # as it was given, and its rows were silently 0
     files = list(dict.fromkeys(ledger_path(settings, f) for f in args.files)) if args.files else None
-    with reading_lock(settings.data_dir, what="privdom quarantine", log=lambda m: print(m, file=sys.stderr)):
-        con = connect(settings.warehouse_path, read_only=True)
-        try:
-            unknown = _not_in_ledger(con, files or [])
-            every = quarantined_rows(con, source=args.source, files=files) if not unknown else []
-        finally:
-            con.close()
+    if not settings.warehouse_path.exists():
+        # nothing loaded yet: no row is quarantined (exit 0, as on a warehouse without any), and a file named
+        # is one the ledger does not know (exit 2, as there); it exited 2 either way
+        unknown, every = list(files or []), []
+    else:
+        with reading_lock(settings.data_dir, what="privdom quarantine", log=lambda m: print(m, file=sys.stderr)):
+            con = connect(settings.warehouse_path, read_only=True)
+            try:
+                unknown = _not_in_ledger(con, files or [])
+                every = quarantined_rows(con, source=args.source, files=files) if not unknown else []
+            finally:
+                con.close()
     if unknown:
         print(f"privdom quarantine: no file {', '.join(unknown)} in raw.ingestion_ledger (name a file by its path "
               "under landing/, as `privdom run` lists it, e.g. orders/orders_20240530.csv)", file=sys.stderr)
@@ -497,12 +499,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", dest="sub_data_dir", metavar="DATA_DIR", type=_data_dir_text,
                        help="data directory (default: $PRIVDOM_HOME, else ./data); may also come before the command")
 
-    p = sub.add_parser("generate", help="write deterministic synthetic landing files")
+    p = sub.add_parser(
+        "generate", help="write deterministic synthetic landing files",
+        description="Write synthetic channel events, orders and referrals for --customers customers over --days "
+        "days to landing/<source>/, a batch per source and day, in every format and encoding the contract "
+        "takes, with a share of rows that break a rule (--dirty-rate) and re-delivered rows and files. The same "
+        "options and seed write the same files. The three source folders are emptied first; a landing/ holding "
+        "files that privdom generate did not write is refused. Loads nothing: `privdom run` does.")
     add_generate_options(p)
     add_data_dir(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("run", help="materialize the whole asset graph in-process and print a summary")
+    p = sub.add_parser(
+        "run", help="materialize the whole asset graph in-process and print a summary",
+        description="Load every landing file not loaded before (validated, bad rows quarantined), update the "
+        "identity graph and customer keys, build and test the dbt models, and write the segments, exports, "
+        "syncs and the BI copy, in one Dagster run in this process; then print a summary of what it loaded, "
+        "how long each phase took and where the results are. Exit 0 when every step succeeded, 1 when one failed "
+        "(the summary names it and the log), 130 on Ctrl-C. Waits for another run holding the warehouse.")
     p.add_argument("--verbose", action="store_true", help="show Dagster's event log")
     p.add_argument(
         "--full-refresh",
@@ -513,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="generate synthetic data, then run the pipeline on it")
+    p = sub.add_parser(
+        "demo", help="generate synthetic data, then run the pipeline on it",
+        description="`privdom generate`, then `privdom run`, on this data directory (the defaults come from the "
+        "settings demo_customers, demo_days, demo_seed and demo_dirty_rate). Running it again adds nothing: "
+        "the files it writes are the same and are loaded once.")
     add_generate_options(p)
     p.add_argument("--verbose", action="store_true", help="show Dagster's event log")
     add_data_dir(p)

@@ -246,3 +246,15 @@ def test_a_ctrl_c_during_the_run_exits_130_and_says_so(settings, monkeypatch, ca
     monkeypatch.setattr(runner, "run_pipeline", lambda s, **kw: interrupted_run(s, stopped=False, **kw))
     assert cli.cmd_run(args, settings) == 1
     assert "interrupted" not in capsys.readouterr().err
+
+
+def test_every_command_says_what_it_does_in_its_help():
+    """`privdom COMMAND --help` explains the command, not only its options (generate, run and demo printed
+    their usage and options alone)."""
+    import argparse
+
+    from orchestration.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        assert parser.description and len(parser.description.split()) >= 12, name

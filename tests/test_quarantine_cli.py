@@ -122,3 +122,16 @@ def test_a_csv_that_cannot_be_written_names_the_option(settings, land, tmp_path,
     assert main(["--data-dir", str(settings.data_dir), "quarantine", "--source", "orders", "--csv", str(out)]) == 1
     err = capsys.readouterr().err
     assert err == f"privdom quarantine: --csv {out}: cannot be written (No such file or directory)\n", err
+
+
+def test_before_any_load_nothing_is_quarantined_and_a_file_named_is_unknown(tmp_path, capsys):
+    """A data directory with no warehouse yet lists 0 rows and exits 0, as one whose loads quarantined nothing
+    (it exited 2, which a monitoring script took for a failure); a file named there is unknown, exit 2."""
+    data_dir = tmp_path / "fresh"
+    assert main(["--data-dir", str(data_dir), "quarantine", "--open"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == "0 quarantined row(s), 0 open, 0 corrected by a later delivery\n"
+    assert main(["--data-dir", str(data_dir), "quarantine", "orders/orders_20240131.csv"]) == 2
+    assert "no file orders/orders_20240131.csv in raw.ingestion_ledger" in capsys.readouterr().err
+    assert not (data_dir / "warehouse.duckdb").exists()  # reading made no warehouse
