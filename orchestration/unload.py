@@ -5,7 +5,8 @@ Deleting a file from landing/ changes nothing, as raw keeps what was delivered (
 file's rows from `raw.<source>` and `raw.quarantine` in one transaction, marks its ledger row `unloaded` (the
 row stays, as the record of the delivery, with what was taken out in `error`), and marks every dbt step's
 incremental models as to be rebuilt from raw: the next `privdom run` rebuilds staging without the file, and the
-identity graph, which finds rows it had taken in gone, builds in full. Customers the file had merged are split
+identity graph builds in full (unload marks its state so: its checksum reads staging's first deliveries, and
+an identical re-delivery of a tied version taken out changes none of them, yet re-ranks the tie). Customers the file had merged are split
 again, the split-off ones under new keys (SPEC §3: a retired key is never used again).
 
 A file is named by its path under landing/, as the ledger and the run summary print it; every content loaded
@@ -98,6 +99,7 @@ def unload(con, settings: Settings, given: list[str], *, dry_run: bool = False,
     loaded file of the ledger."""
     from orchestration import dbt as dbt_runner
     from orchestration import warehouse
+    from orchestration.identity.graph import invalidate_after_unload
     from orchestration.ingest.rules import q
 
     if not warehouse.table_exists(con, "raw.ingestion_ledger"):
@@ -148,6 +150,8 @@ def unload(con, settings: Settings, given: list[str], *, dry_run: bool = False,
                  f"raw.{f.source}, {f.quarantined} of raw.quarantine", f.file_id])
         # the incremental models hold the file's rows: the next build of every step rebuilds them from raw
         dbt_runner.invalidate_fingerprint(con, marker=dbt_runner.UNLOADED)
+        # and the identity graph builds in full: its checksum does not see an identical re-delivery taken out
+        invalidate_after_unload(con)
     return report
 
 

@@ -562,3 +562,30 @@ def test_an_identical_redelivery_that_reranks_a_tie_is_taken_in(dbs):
     phone = {md5_id("phone", p): p for p in (p1, p2)}
     assert [phone[c] for c in seen] == [p1, p2, p1]
     assert build_identity_graph(dbs[0], 1).mode == "incremental"
+
+
+def test_unloading_the_redelivery_that_reranked_a_tie_is_taken_in(dbs):
+    """`privdom unload` of the file that delivered a tied version again (paid, refunded, paid again: paid) takes
+    that re-delivery out of raw: the refunded version is the current one again (SPEC §2), and O1's record, whose
+    phones are all shared, belongs to the refunded version's phone, as a full build says. Staging kept the
+    re-delivery only as last_file_id, which falls back below the graph's watermark: no staged row the graph
+    took in changed (its checksum reads file_id), and no last_file_id is newer than the watermark: unload tells
+    the graph to build in full."""
+    p1, p2 = "13800000001", "13800000002"
+    shared = [{"event_id": f"e{i}", "openid": f"o{i}", "phone": phone}
+              for i, phone in enumerate((p1, p1, p2, p2))]  # each phone on two openids: shared at max_degree 1
+    a = {"order_id": "O1", "updated_at": "2024-01-09 00:00:00", "status": "paid", "phone": p1}
+    b = {"order_id": "O1", "updated_at": "2024-01-09 00:00:00", "status": "refunded", "phone": p2}
+    h = deliver_each_and_compare(dbs, [{"events": shared, "orders": [a]}, {"orders": [b]}, {"orders": [a]}],
+                                 max_degree=1)
+    inc, full = dbs
+    h.orders = [r for r in h.orders if r["file_id"] != 3]  # privdom unload of the third file
+    h.stage(inc)
+    h.stage(full)
+    G.invalidate_after_unload(inc)  # what privdom unload does to the graph's state (tests/test_unload.py)
+    assert build_identity_graph(inc, 1).mode == "full"
+    build_identity_graph(full, 1, full_refresh=True)
+    phone = {md5_id("phone", p): p for p in (p1, p2)}
+    assert phone[records(full)["orders:O1:buyer"]] == p2
+    assert phone[records(inc)["orders:O1:buyer"]] == p2
+    assert tables(inc) == tables(full)

@@ -245,3 +245,20 @@ def test_a_dry_run_does_not_wait_for_a_run(loaded, capsys, monkeypatch):
     taken.clear()
     assert main(["--data-dir", str(loaded.data_dir), "unload", "orders/a_20240131.csv"]) == 0
     assert taken == [locking.RUN_LOCK_FILE_NAME, locking.LOCK_FILE_NAME]
+
+
+def test_the_next_identity_graph_build_after_an_unload_is_a_full_one(loaded):
+    """The graph's checksum reads staging's first-delivery lineage: an identical re-delivery of a tied version
+    taken out of raw changes none of it, yet re-ranks the tie (docs/DECISIONS.md, "Version ties"). unload says
+    so in the graph's state, whatever the files held
+    (tests/test_identity_incremental.py::test_unloading_the_redelivery_that_reranked_a_tie_is_taken_in)."""
+    from orchestration.identity import graph as G
+
+    con = connect(loaded.warehouse_path)
+    try:
+        G._create_state_tables(con)
+        con.execute(f"insert into {G.STATE_TABLE} values ('orders', 1, 1, 1, ?, 20)", [G.GRAPH_VERSION])
+        unload(con, loaded, ["orders/b_20240131.csv"])
+        assert G._why_full(con, 20)[0] == "files were taken out of raw (privdom unload) since the last build"
+    finally:
+        con.close()

@@ -454,6 +454,8 @@ def _why_full(con, max_degree: int) -> tuple[str | None, dict[str, _Mark], dict[
     ).fetchall()
     if not rows:
         return "no graph state yet", {}, {}
+    if {r[4] for r in rows} == {UNLOADED_GRAPH_VERSION}:
+        return UNLOADED_REASON, {}, {}
     missing = [t for t in (NODES_CACHE, TUPLES_CACHE, MEMBERSHIPS_CACHE, LINKS_CACHE, *_OUTPUT_MARKS)
                if not table_exists(con, t)]
     if missing:
@@ -474,6 +476,20 @@ def _why_full(con, max_degree: int) -> tuple[str | None, dict[str, _Mark], dict[
         if before[source] != recorded[source]:
             return f"{_CHECKSUM_COLUMNS[source][0]} changed in rows the graph has already taken in", {}, {}
     return None, recorded, now
+
+
+# What graph_state's graph_version says after `privdom unload` took files' rows out of raw: the next build is a
+# full one. The checksum cannot see every unload: an identical re-delivery of a tied version is staged only as
+# last_file_id (its first delivery's file_id and row stay), so taking it out re-ranks the tie (SPEC §2, "Version
+# ties") and changes no row the checksum reads, and its last_file_id falls back to or below the watermark.
+UNLOADED_GRAPH_VERSION = -1
+UNLOADED_REASON = "files were taken out of raw (privdom unload) since the last build"
+
+
+def invalidate_after_unload(con) -> None:
+    """Make the next build a full one (orchestration/unload.py, in its transaction)."""
+    if table_exists(con, STATE_TABLE):
+        con.execute(f"UPDATE {STATE_TABLE} SET graph_version = ?", [UNLOADED_GRAPH_VERSION])
 
 
 def _write_state(con, marks: dict[str, _Mark], max_degree: int) -> None:
