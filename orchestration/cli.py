@@ -421,6 +421,8 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     pipeline_vars = settings.dbt_vars()
     overridden = sorted(k for k in dbt_runner.INCREMENTAL_VARS if variables.get(k) != pipeline_vars.get(k))
     with warehouse_lock(settings.data_dir, what="privdom dbt", log=lambda m: print(m, file=sys.stderr)):
+        if command in BUILDS_MODELS and not overridden and "--full-refresh" not in rest:
+            _warn_of_stale_incremental_models(settings)
         if overridden and command in BUILDS_MODELS:
             # incremental models built under other vars than the settings' would be kept by the pipeline's next
             # run, whose record of what they were built with still matches the settings
@@ -431,6 +433,28 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
             print(f"privdom dbt: --vars sets {', '.join(overridden)} otherwise than the settings: the pipeline's next run "
                   "rebuilds its incremental models from raw", file=sys.stderr)
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
+
+
+def _warn_of_stale_incremental_models(settings: Settings) -> None:
+    """Before a dbt command that builds models: say so when the pipeline's next run would rebuild a step's
+    incremental models from raw (an upgrade changed their SQL, `privdom unload`, a changed setting, a rebuild
+    that did not finish). Built incrementally now, they fail on a new column ("The source and target schemas on
+    this incremental model are out of sync", with advice about on_schema_change that does not apply here) or
+    take in new rows under the new SQL beside old ones (the upgrade review)."""
+    from orchestration import dbt as dbt_runner
+    from orchestration.warehouse import connection
+
+    fingerprint = dbt_runner.incremental_fingerprint(settings)
+    with connection(settings.warehouse_path, read_only=True) as con:
+        for step in dbt_runner.STEP_ORDER:
+            recorded = dbt_runner.recorded_fingerprint(con, step)
+            reason = dbt_runner.rebuild_reason(recorded, fingerprint) if recorded is not None else None
+            if reason:
+                print(f"privdom dbt: warning: the pipeline's next run rebuilds the incremental models of {step} "
+                      f"and the steps after it from raw ({reason}); `privdom run` first, or add --full-refresh "
+                      "to rebuild the ones selected here. Built incrementally now, they may fail on a changed "
+                      "column or keep rows built before", file=sys.stderr)
+                return
 
 
 # dbt commands that write models (incremental ones among them)

@@ -188,6 +188,20 @@ INCOMPLETE = "incomplete: a rebuild from raw did not finish"
 UNLOADED = "unloaded: files were taken out of raw"
 
 
+def rebuild_reason(recorded: str | None, fingerprint: str) -> str | None:
+    """Why a step's incremental models must be rebuilt from raw, given what its last build recorded, or None:
+    they can take in new rows only."""
+    if recorded is None:
+        return "no successful build of this step recorded yet"
+    if recorded == UNLOADED:
+        return "files were taken out of raw (privdom unload) since the last build"
+    if recorded == INCOMPLETE:
+        return "the last build that rebuilt them from raw did not finish, or built only some of them"
+    if recorded != fingerprint:
+        return "the SQL of the incremental models, or the vars their rows depend on, changed since the last build"
+    return None
+
+
 def invalidate_fingerprint(con, step: str | None = None, *, marker: str = INCOMPLETE) -> None:
     """Before a build with --full-refresh: from its first model on, the step's incremental models may hold rows
     computed under two fingerprints until it succeeds (a failed test, a crash, Ctrl-C, out of memory), so the

@@ -146,3 +146,29 @@ def test_output_that_is_no_terminal_gets_no_colour_and_a_data_dir_after_dbt_is_r
         assert main(["dbt", "test", *args]) == 2
         assert "give --data-dir before `dbt`" in capsys.readouterr().err
     assert ran == []
+
+
+def test_a_build_of_models_the_pipeline_would_rebuild_from_raw_is_warned_of(tmp_path, dbt_manifest):
+    """After an upgrade that changed the incremental models' SQL (or an unload, a changed setting), `privdom
+    dbt build` before `privdom run` failed with dbt's "schemas on this incremental model are out of sync" and
+    advice about on_schema_change that does not apply (the upgrade review): it now says what the pipeline will
+    do and what to run. A step whose record matches the fingerprint, or --full-refresh, says nothing."""
+    from orchestration.settings import load_settings
+
+    data_dir = _data_dir(tmp_path)
+    current = dbt_runner.incremental_fingerprint(load_settings(data_dir))
+    with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:
+        con.execute("create schema raw; create table raw.dbt_incremental_state (step varchar primary key, "
+                    "fingerprint varchar not null, recorded_at timestamptz not null, tested_through_file_id bigint, "
+                    "tested_built_at timestamp); insert into raw.dbt_incremental_state values "
+                    "('dbt_staging', ?, now(), 7, null), ('dbt_identity_inputs', 'an older privdom', now(), null, null)",
+                    [current])
+    warned = _privdom(data_dir, "run", "--select", "no_such_model").stderr
+    assert ("privdom dbt: warning: the pipeline's next run rebuilds the incremental models of dbt_identity_inputs "
+            "and the steps after it from raw (the SQL of the incremental models, or the vars their rows depend on, "
+            "changed since the last build); `privdom run` first, or add --full-refresh") in warned, warned
+    assert "warning" not in _privdom(data_dir, "run", "--select", "no_such_model", "--full-refresh").stderr
+    assert "warning" not in _privdom(data_dir, "compile", "--select", "no_such_model").stderr
+    with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:
+        con.execute("update raw.dbt_incremental_state set fingerprint = ?", [current])
+    assert "warning" not in _privdom(data_dir, "run", "--select", "no_such_model").stderr

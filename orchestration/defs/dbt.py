@@ -173,15 +173,7 @@ def _full_refresh_reason(context: dg.AssetExecutionContext, recorded: str | None
     """Why this step's incremental models must be rebuilt from raw, or None: they can take in new rows only."""
     if dbt_runner.full_refresh_requested(context.run.tags):
         return f"the run has tag {dbt_runner.FULL_REFRESH_TAG}"
-    if recorded is None:
-        return "no successful build of this step recorded yet"
-    if recorded == dbt_runner.UNLOADED:
-        return "files were taken out of raw (privdom unload) since the last build"
-    if recorded == dbt_runner.INCOMPLETE:
-        return "the last build that rebuilt them from raw did not finish, or built only some of them"
-    if recorded != fingerprint:
-        return "the SQL of the incremental models, or the vars their rows depend on, changed since the last build"
-    return None
+    return dbt_runner.rebuild_reason(recorded, fingerprint)
 
 
 def _with_reason(context: dg.AssetExecutionContext, con, event, target_path: Path):
