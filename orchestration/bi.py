@@ -245,7 +245,17 @@ def publish(
         con.execute(f"DETACH {_ALIAS}")
         _remove(tmp, Path(str(tmp) + ".wal"))
         raise
-    con.execute(f"DETACH {_ALIAS}")
+    try:
+        con.execute(f"DETACH {_ALIAS}")  # it checkpoints: at 1M customers, seconds in which a stop may come
+    except BaseException:
+        # a SIGTERM or Ctrl-C there left the copy's temporary file (hundreds of MB at 1M customers) until the next
+        # publication (signal review)
+        try:
+            con.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
+        except duckdb.Error:
+            pass
+        _remove(tmp, Path(str(tmp) + ".wal"))
+        raise
     _remove(Path(str(tmp) + ".wal"))  # DETACH checkpoints; a WAL must not be left beside the renamed file
 
     parts: list[tuple[Path, Path]] = []  # (temporary file, final name)

@@ -93,16 +93,67 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     dbt_runner.require_pipeline_target()  # before anything is written in the data directory
     _prepare_environment(settings)
-    with _signals_received() as received:
-        result = run_pipeline(settings, verbose=args.verbose, full_refresh=getattr(args, "full_refresh", False))
+    with _signals_received() as received, _termination_as_interrupt():
+        try:
+            result = run_pipeline(settings, verbose=args.verbose, full_refresh=getattr(args, "full_refresh", False))
+        except KeyboardInterrupt:
+            stopped_by = _stopping_signal(received())
+            if stopped_by in (None, signal.SIGINT):
+                raise  # a Ctrl-C: main() says so
+            print(f"privdom: interrupted ({_STOPPING_SIGNALS[stopped_by]}) before the run ended: what its steps "
+                  "committed stays, and the next `privdom run` goes on from it", file=sys.stderr)
+            return 128 + stopped_by
     print(result.describe())
-    if not result.success and signal.SIGINT in received():
+    stopped_by = _stopping_signal(received())
+    if not result.success and stopped_by is not None:
         # Dagster takes the Ctrl-C as a failure of the step it stopped ("Query interrupted",
-        # DagsterExecutionInterruptedError): the summary read as any failed run, and the status was 1
-        print("privdom: interrupted (Ctrl-C): the run stopped there; what its steps committed stays, and the next "
-              "`privdom run` goes on from it", file=sys.stderr)
-        return 130
+        # DagsterExecutionInterruptedError): the summary read as any failed run, and the status was 1. While a run
+        # executes Dagster handles SIGTERM (docker stop, systemd, Kubernetes, `timeout`) with the same handler: the
+        # signal review saw such a stop end with 1 and no word of it, like a failed check
+        print(f"privdom: interrupted ({_STOPPING_SIGNALS[stopped_by]}): the run stopped there; what its steps committed "
+              "stays, and the next `privdom run` goes on from it", file=sys.stderr)
+        return 128 + stopped_by
     return 0 if result.success else 1
+
+
+# the signals that stop a run as an interrupt (Dagster maps SIGTERM to its SIGINT handler; _termination_as_interrupt
+# SIGHUP), in the words told
+_STOPPING_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP: the terminal closed"}
+
+
+def _stopping_signal(received: set[int]) -> int | None:
+    """The signal that stopped the run, of those received: Ctrl-C first (the user's own); None when none came."""
+    return next((int(s) for s in _STOPPING_SIGNALS if s in received), None)
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """SIGTERM and SIGHUP stop `privdom run` as a Ctrl-C does, from its start. Dagster maps SIGTERM to its SIGINT
+    handler only while the run executes; before that (the wait for the run lock, dbt parse, loading the
+    definitions) SIGTERM ended the process at once: no word of it, and the warm dbt server's folder under /tmp and
+    the parse folder under dbt_project/target/ left behind (signal review). (A process that is PID 1 in a container, as under
+    `docker run` without --init, would not be stopped by SIGTERM at all without a handler.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_sigint(signum, frame):  # noqa: ANN001 - a signal handler
+        # SIGHUP (the terminal closed, an ssh session dropped): whatever handles SIGINT now, Dagster's during the
+        # run. Killed by it, the run was left "started" holding the pool `warehouse`: the UI's and the schedule's
+        # runs stayed queued behind it until the next `privdom run` (signal review)
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signum, frame)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, signal.default_int_handler)}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # under nohup the run goes on, as it did
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, as_sigint)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -178,6 +229,12 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
     # flushed: exec replaces the process, and a buffered line (stdout a pipe or a file) would be lost
     print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={settings.dagster_home}); Ctrl-C stops it", flush=True)
     os.chdir(REPO_ROOT)
+    # Dagster's dev server handles SIGTERM with whatever handles SIGINT (setup_interrupt_handlers). Started as a
+    # script's `privdom ui &` (a non-interactive shell's background job), SIGINT comes ignored, so `kill PID`
+    # was ignored too and only SIGKILL stopped the UI (signal review): the UI gets Python's own SIGINT handling
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
     os.execv(cmd[0], cmd) if os.path.isabs(cmd[0]) else os.execvp(cmd[0], cmd)
     return 0  # not reached
 
@@ -540,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
         "identity graph and customer keys, build and test the dbt models, and write the segments, exports, "
         "syncs and the BI copy, in one Dagster run in this process; then print a summary of what it loaded, "
         "how long each phase took and where the results are. Exit 0 when every step succeeded, 1 when one failed "
-        "(the summary names it and the log), 130 on Ctrl-C. Waits for another run holding the warehouse.")
+        "(the summary names it and the log), 130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP. Waits for another run "
+        "holding the warehouse.")
     p.add_argument("--verbose", action="store_true", help="show Dagster's event log")
     p.add_argument(
         "--full-refresh",

@@ -433,7 +433,7 @@ class _PoolWaitReporter:
                 self.console(f"privdom: still {waiting} ({now - since:.0f} s so far)")
             if check_captured_interrupt() and not self.interrupted:
                 self.interrupted = True
-                self.console("privdom: interrupted while waiting for the warehouse: stopping this run")
+                self.console("privdom: interrupted while waiting for the warehouse (Ctrl-C or SIGTERM): stopping this run")
                 self._raise_in_main(KeyboardInterrupt)
 
     def _tell_steps(self) -> None:
@@ -582,8 +582,8 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
             if e.event_type_value == "STEP_FAILURE"
         ]
         not_run = [] if result.success else _steps_not_run(instance, result)
-        stopped = ("stopped by Ctrl-C while a step waited for the warehouse (another run held the pool `warehouse`): "
-                   "the steps not run are left for the next run") if pool_wait.interrupted else None
+        stopped = ("stopped by Ctrl-C or SIGTERM while a step waited for the warehouse (another run held the pool "
+                   "`warehouse`): the steps not run are left for the next run") if pool_wait.interrupted else None
     summary_error = None
     try:
         with warehouse_lock(settings.data_dir, what="privdom run (summary)"):

@@ -207,3 +207,29 @@ def test_a_copy_open_read_write_elsewhere_is_not_replaced(tmp_path):
         reader.communicate("")
     with duckdb.connect(str(second.database), read_only=True) as con:
         assert con.execute("select count(*) from marts.dim_customers").fetchone() == (5,)
+
+
+def test_a_stop_while_the_copy_is_detached_leaves_no_temporary_file(tmp_path):
+    """DETACH writes the copy's checkpoint (seconds at 1M customers); a SIGTERM or Ctrl-C there left
+    bi/.warehouse.duckdb.<pid>.tmp behind until the next publication (signal review). The previous copy stays."""
+    import pytest
+
+    bi = tmp_path / "bi"
+    first = publish(_warehouse(3), bi, run_id="run-1")
+
+    class StoppedAtDetach:
+        def __init__(self, con):
+            self.con, self.stopped = con, False
+
+        def execute(self, sql, *args):
+            if sql.startswith("DETACH") and not self.stopped:
+                self.stopped = True
+                self.con.execute(sql, *args)  # the checkpoint was written; the stop comes as it returns
+                raise KeyboardInterrupt
+            return self.con.execute(sql, *args)
+
+    with pytest.raises(KeyboardInterrupt):
+        publish(StoppedAtDetach(_warehouse(5)), bi, run_id="run-2")
+    assert sorted(p.name for p in bi.iterdir()) == ["manifest.json", "parquet", "warehouse.duckdb"]
+    with duckdb.connect(str(first.database), read_only=True) as con:
+        assert con.execute("select count(*) from marts.dim_customers").fetchone() == (3,)

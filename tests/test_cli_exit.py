@@ -258,3 +258,120 @@ def test_every_command_says_what_it_does_in_its_help():
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser in commands.choices.items():
         assert parser.description and len(parser.description.split()) >= 12, name
+
+
+def test_a_sigterm_during_the_run_exits_143_and_says_so(settings, monkeypatch, capsys):
+    """docker stop, systemd, Kubernetes and `timeout` send SIGTERM. While a run executes, Dagster handles it with
+    its SIGINT handler (capture_interrupts maps SIGTERM to it), so the run stops as on a Ctrl-C: `privdom run`
+    exited 1 with a failed run's summary and no word of the signal, as after a failed check (signal review)."""
+    import argparse
+    import signal
+    import time
+    import types
+
+    from orchestration import cli, runner
+
+    def terminated_run(settings, *, verbose=False, full_refresh=False):
+        captured = lambda *_: None  # noqa: E731 - as Dagster's capture_interrupts: one handler for both
+        previous = {s: signal.signal(s, captured) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return types.SimpleNamespace(success=False, describe=lambda: "privdom run x: FAILED")
+
+    monkeypatch.setattr(runner, "run_pipeline", terminated_run)
+    assert cli.cmd_run(argparse.Namespace(verbose=False, full_refresh=False), settings) == 143
+    printed = capsys.readouterr()
+    assert "FAILED" in printed.out and "interrupted (SIGTERM)" in printed.err
+
+
+def test_a_sigterm_before_the_run_executes_exits_143_with_its_cleanup(settings, monkeypatch, capsys):
+    """Before Dagster's run begins (the run lock's wait, dbt parse, the definitions) SIGTERM had no handler: the
+    process ended at once, printing nothing, leaving the warm dbt server's folder and the parse folder behind."""
+    import argparse
+    import signal
+    import time
+
+    from orchestration import cli, runner
+
+    cleaned = []
+
+    def run_before_dagster(settings, *, verbose=False, full_refresh=False):
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            raise AssertionError("a SIGTERM now would end privdom at once, without its cleanup")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        finally:
+            cleaned.append(True)  # as the warm servers' and the parse's context managers do
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(runner, "run_pipeline", run_before_dagster)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert cli.cmd_run(argparse.Namespace(verbose=False, full_refresh=False), settings) == 143
+    assert cleaned and "interrupted (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) == previous  # put back
+
+
+def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(settings, monkeypatch, capsys):
+    """SIGHUP (the terminal closed, an ssh session dropped) killed `privdom run` on the spot: its Dagster run stayed
+    "started" holding the pool `warehouse`, and the UI's and the schedule's runs stayed queued behind it until the
+    next `privdom run`. Now it goes to whatever handles SIGINT (Dagster's during the run), and exits 129."""
+    import argparse
+    import signal
+    import time
+    import types
+
+    from orchestration import cli, runner
+
+    def hung_up_run(settings, *, verbose=False, full_refresh=False):
+        if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+            raise AssertionError("a SIGHUP now would kill privdom on the spot")
+        stopped = []
+        previous = signal.signal(signal.SIGINT, lambda *_: stopped.append(True))  # as Dagster's capture_interrupts
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        assert stopped, "the SIGHUP did not reach the run's interrupt handler"
+        return types.SimpleNamespace(success=False, describe=lambda: "privdom run x: FAILED")
+
+    monkeypatch.setattr(runner, "run_pipeline", hung_up_run)
+    assert cli.cmd_run(argparse.Namespace(verbose=False, full_refresh=False), settings) == 129
+    assert "interrupted (SIGHUP" in capsys.readouterr().err
+
+
+def test_the_ui_started_in_the_background_of_a_script_stops_on_sigterm(settings, monkeypatch):
+    """A script's `privdom ui &` starts it with SIGINT ignored; Dagster's dev server handles SIGTERM as it handles
+    SIGINT, so `kill PID` was ignored and only SIGKILL stopped the UI. The dev server must start with neither
+    ignored."""
+    import argparse
+    import signal
+
+    from orchestration import cli
+    from orchestration import dbt as dbt_runner
+
+    seen = {}
+
+    def fake_exec(path, argv):
+        seen.update({s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
+        raise SystemExit(0)
+
+    monkeypatch.setattr(dbt_runner, "parse", lambda settings: None)
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "execvp", fake_exec)
+    monkeypatch.chdir(os.getcwd())  # cmd_ui changes directory
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            cli.cmd_ui(argparse.Namespace(host="127.0.0.1", port=3999), settings)
+        except SystemExit:
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert seen and all(handler is not signal.SIG_IGN for handler in seen.values()), seen
