@@ -367,9 +367,14 @@ def cmd_quarantine(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for r in rows:
         state = f"corrected in {r.corrected_in}" if r.corrected_in else "open"
+        if r.copies > 1:  # a feed that sends the last days again: one line per row, at its latest copy
+            state += f" (sent {r.copies} times, first in {r.first_file})"
         print(f"{r.file_path}\trow {r.row_number}\t{r.rules}\t{state}")
     opened = sum(1 for r in every if r.corrected_in is None)
-    print(f"{len(every)} quarantined row(s), {opened} open, {len(every) - opened} corrected by a later delivery", file=sys.stderr)
+    copies = sum(r.copies for r in every)
+    more = f" ({copies:,} copies: rows sent again unchanged are listed once)" if copies != len(every) else ""
+    print(f"{len(every)} quarantined row(s){more}, {opened} open, {len(every) - opened} corrected by a later delivery",
+          file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,11 @@ its own holds a row of the same key (event_id; order_id or referral_id with the 
 ingestion reads it): the event or the order version it was meant to be. A row without a key, or a version row
 whose `updated_at` does not read as a timestamp, cannot be matched and stays open until its file is unloaded.
 
+A row delivered again unchanged (the same original row: a feed that sends the last N days again every day) is
+one row, listed at its latest copy with how many times it came and where first, in the state of that copy: the
+windowed re-delivery review saw one bad row listed 7 times, and its earlier copies "corrected" by a later file
+that re-sent the same bad row beside the valid version.
+
 `--csv OUT` writes the rows of one source as a CSV with the contract's columns, the values as delivered, and
 three columns the contract does not know (`_file`, `_row_number`, `_rules`), which ingestion ignores: correct
 the values, keep the rows to deliver, and put the file into landing/<source>/ under a new name with a batch
@@ -35,6 +40,8 @@ class QuarantinedRow:
     rules: str
     original_row: str
     corrected_in: str | None  # the ledger path of the first later file with a row of the same key
+    copies: int = 1  # how many times this original row was quarantined (in the files asked for)
+    first_file: str | None = None  # the file of its first copy, when there were several
 
     def values(self) -> dict:
         """The row as delivered, a contract column under its own name however the file spelt it (`Order_ID `)."""
@@ -93,7 +100,14 @@ def quarantined_rows(con: duckdb.DuckDBPyConnection, *, source: str | None = Non
         """,
         [sources, files, files],
     ).fetchall()
-    return [QuarantinedRow(*r) for r in rows]
+    latest: dict[tuple[str, str], QuarantinedRow] = {}  # in delivery order: the last copy of each stays
+    for r in rows:
+        row = QuarantinedRow(*r)
+        before = latest.pop((row.source, row.original_row), None)
+        if before is not None:
+            row.copies, row.first_file = before.copies + 1, before.first_file or before.file_path
+        latest[row.source, row.original_row] = row
+    return list(latest.values())  # a key moved to the end at each copy: in the order of their latest copies
 
 
 def write_csv(rows: list[QuarantinedRow], path: Path) -> int:

@@ -414,3 +414,47 @@ def test_a_quarantine_share_exactly_at_the_limit_warns_and_does_not_block():
     assert quarantine_share_check(just_above, 0.05).description.startswith(
         "5,001 of this run's 100,000 new rows (5.001%) were quarantined, above the 5.00% limit;")
     assert "(5.00%) were quarantined, within the 5.00% limit" in result.description
+
+
+def test_rows_re_sent_unchanged_from_earlier_files_are_left_out_of_the_quarantine_share(con, settings, land):
+    """A feed that sends every order of the last days again each day (the windowed re-delivery review): day 2's
+    file re-sends day 1's 100 rows beside 10 new ones, 5 of them bad. The share is 5 of the 10 new rows (50 %,
+    blocking), not 5 of 110 (4.55 %, which let the exports go); day 3 re-sends day 2's 110 rows, the 5 bad ones
+    quarantined again, beside 10 new good ones: 0 of 10, where 5 of 120 (4.17 %) kept warning of day 2's rows.
+    Every row is still loaded or quarantined (rows read = loaded + quarantined)."""
+    import dagster as dg
+
+    from orchestration.defs.ingest import quarantine_share_check
+
+    header = "order_id,updated_at,created_at,status,gross_amount,openid,paid_at\n"
+
+    def rows(prefix, n, amount="12.50"):
+        return "".join(f"{prefix}{i},2024-01-0{day} 11:00:00+08,2024-01-0{day} 09:00:00+08,paid,{amount},o{prefix}{i},"
+                       f"2024-01-0{day} 10:00:00+08\n" for i in range(n))
+
+    day = 1
+    day1 = rows("A", 100)
+    land("orders/orders_20240101.csv", header + day1)
+    first = ingest_source(con, "orders", settings, "run1")
+    assert (first.rows_read, first.rows_resent, first.quarantined_share) == (100, 0, 0.0)
+    day = 2
+    day2 = day1 + rows("B", 5) + rows("C", 5, amount="-5.00")
+    land("orders/orders_20240102.csv", header + day2)
+    second = ingest_source(con, "orders", settings, "run2")
+    assert (second.rows_read, second.rows_loaded, second.rows_quarantined) == (110, 105, 5)
+    assert (second.rows_resent, second.rows_resent_quarantined, second.quarantined_share) == (100, 0, 0.5)
+    blocked = quarantine_share_check(second, 0.05)
+    assert blocked.severity == dg.AssetCheckSeverity.ERROR and not blocked.passed
+    assert blocked.description.startswith("5 of this run's 10 new rows (50.00%) were quarantined (100 rows re-sent "
+                                          "unchanged from earlier files left out, 0 of them quarantined again), above")
+    day = 3
+    land("orders/orders_20240103.csv", header + day2 + rows("D", 10))
+    third = ingest_source(con, "orders", settings, "run3")
+    assert (third.rows_read, third.rows_quarantined, third.rows_resent, third.rows_resent_quarantined) == (120, 5, 110, 5)
+    assert third.quarantined_share == 0.0
+    assert quarantine_share_check(third, 0.05).passed
+    # the same files in one run: each content judged once, where it first came
+    con.execute("delete from raw.orders; delete from raw.quarantine; delete from raw.ingestion_ledger")
+    once = ingest_source(con, "orders", settings, "run4")
+    assert (once.rows_read, once.rows_quarantined, once.rows_resent, once.rows_resent_quarantined) == (330, 10, 210, 5)
+    assert once.quarantined_share == 5 / 120

@@ -136,11 +136,16 @@ def _percent(share: float, limit: float) -> str:
 
 
 def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.AssetCheckResult:
-    """Above max_quarantine_share: the run's blocking check fails (exports wait). At or below: it warns."""
+    """Above max_quarantine_share: the run's blocking check fails (exports wait). At or below: it warns. The
+    share is of the run's new content: rows re-sent unchanged from earlier files are left out of both counts
+    (SourceIngestReport.rows_resent; docs/DECISIONS.md, "Re-sent rows")."""
     share = report.quarantined_share or 0.0
+    judged, quarantined = report.rows_judged, report.rows_judged_quarantined
     metadata = {
         "rows_read": report.rows_read,
         "rows_quarantined": report.rows_quarantined,
+        "rows_resent": report.rows_resent,
+        "rows_resent_quarantined": report.rows_resent_quarantined,
         "quarantined_share": float(share),
         "max_quarantine_share": max_share,
         "quarantined_by_rule": dict(sorted(report.quarantine_by_rule.items())),
@@ -148,26 +153,29 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
     # the rules, most broken first: a blocked run names them as a warning does (a delivery whose channel drifted
     # to a value the contract does not know said only "100.00% ... above the limit")
     by_rule = ", ".join(f"{rule} {n:,}" for rule, n in sorted(report.quarantine_by_rule.items(), key=lambda kv: (-kv[1], kv[0])) if n)
+    resent = ""
+    if report.rows_resent:
+        resent = (f" ({report.rows_resent:,} row{'s' if report.rows_resent != 1 else ''} re-sent unchanged from earlier "
+                  f"files left out, {report.rows_resent_quarantined:,} of them quarantined again)")
+    counted = f"{quarantined:,} of this run's {judged:,} new rows ({_percent(share, max_share)}) were quarantined{resent}"
     if share > max_share:
         return dg.AssetCheckResult(
             check_name=CHECK_QUARANTINE_SHARE,
             passed=False,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata=metadata,
-            description=(f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({_percent(share, max_share)}) were "
-                         f"quarantined, above the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)}: "
+            description=(f"{counted}, above the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)}: "
                          "exports and syncs wait, and the next run exports without these rows; to count them, deliver "
                          "them corrected before it, under a new name (`privdom quarantine --csv` writes them out), or "
                          "pause the schedule"),
         )
     return dg.AssetCheckResult(
         check_name=CHECK_QUARANTINE_SHARE,
-        passed=report.rows_quarantined == 0,
+        passed=quarantined == 0,
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
         description=None if report.rows_quarantined == 0 else (
-            f"{report.rows_quarantined:,} of this run's {report.rows_read:,} new rows ({_percent(share, max_share)}) were quarantined, "
-            f"within the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)} "
+            f"{counted}, within the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)} "
             "(`privdom quarantine` lists them)"),
     )
 

@@ -108,6 +108,11 @@ class SourceIngestReport:
     rows_read: int = 0
     rows_loaded: int = 0
     rows_quarantined: int = 0
+    # of rows_read, those identical to a row of an earlier file of the source (a loaded row: the same contract
+    # values, _row_hash; a quarantined one: the same original row): a feed that sends a window of days again
+    # every day. The quarantine share judges the other rows, the run's new content (quarantined_share)
+    rows_resent: int = 0
+    rows_resent_quarantined: int = 0
     quarantine_by_rule: dict[str, int] = field(default_factory=dict)  # every contract rule, 0 included
     # raw rows whose _row_hash this run computed again before loading (a warehouse hashed by an older scheme or
     # DuckDB version: ensure_raw_schema), per source; empty when there were none
@@ -120,8 +125,18 @@ class SourceIngestReport:
     validation: Future | None = None
 
     @property
+    def rows_judged(self) -> int:
+        """The rows the quarantine share judges: rows read but those re-sent unchanged from earlier files."""
+        return self.rows_read - self.rows_resent
+
+    @property
+    def rows_judged_quarantined(self) -> int:
+        return self.rows_quarantined - self.rows_resent_quarantined
+
+    @property
     def quarantined_share(self) -> float | None:
-        return self.rows_quarantined / self.rows_read if self.rows_read else None
+        """Of the run's new content (rows_judged), the share quarantined; None without any."""
+        return self.rows_judged_quarantined / self.rows_judged if self.rows_judged else None
 
     @property
     def rejected(self) -> list[FileResult]:
@@ -138,6 +153,8 @@ class SourceIngestReport:
             "rows_read": self.rows_read,
             "rows_loaded": self.rows_loaded,
             "rows_quarantined": self.rows_quarantined,
+            "rows_resent": self.rows_resent,
+            "rows_resent_quarantined": self.rows_resent_quarantined,
             "quarantined_share": self.quarantined_share,
             "quarantine_by_rule": {k: v for k, v in self.quarantine_by_rule.items() if v},
             "files": [f.as_dict() for f in self.files],
@@ -1490,6 +1507,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 with transaction(con):
                     if staged:
                         _load_rows(con, c, source, load_id, staged, parts)
+                        report.rows_resent, report.rows_resent_quarantined = _resent_rows(con, source, first_id)
                     _insert_ledger(con, ledger_rows)
                     _remember_hashes(con, source, newly_hashed)
                     if staged:
@@ -1551,6 +1569,24 @@ def _load_rows(con, c: SourceContract, source: str, load_id: str, staged: list[_
         f"JOIN {_FILES} p ON p.file_id = j._fid ORDER BY j._fid, j._rn",
         [source, load_id],
     )
+
+
+def _resent_rows(con, source: str, first_id: int) -> tuple[int, int]:
+    """(rows of the files from `first_id` on, loaded or quarantined, identical to a row of an earlier file of
+    `source`; those of them quarantined). A loaded row is identical by its contract values (`_row_hash`), a
+    quarantined one by its original row. A feed that sends every order changed in the last 7 days each day
+    (the windowed re-delivery review) diluted a bad day's share up to 7-fold, 5 bad rows of 10 new ones passing
+    as 5 of 110, and kept a bad row's share up for the 6 days it came again. 1M customers' full load: ~1 s (a
+    semi join of the run's hashes on the table's); a day: ~0.1 s."""
+    loaded = con.execute(
+        f"SELECT count(*) FROM (SELECT _row_hash h, _file_id f FROM raw.{R.q(source)} WHERE _file_id >= ?) n "
+        f"SEMI JOIN (SELECT _row_hash h, _file_id f FROM raw.{R.q(source)}) o ON o.h = n.h AND o.f < n.f",
+        [first_id]).fetchone()[0]
+    quarantined = con.execute(
+        "SELECT count(*) FROM (SELECT original_row r, file_id f FROM raw.quarantine WHERE source = ? AND file_id >= ?) n "
+        "SEMI JOIN (SELECT original_row r, file_id f FROM raw.quarantine WHERE source = ?) o ON o.r = n.r AND o.f < n.f",
+        [source, first_id, source]).fetchone()[0]
+    return int(loaded) + int(quarantined), int(quarantined)
 
 
 def _reset_insertion_order(con) -> None:
