@@ -341,8 +341,26 @@ def test_a_closed_terminal_stops_the_run_as_ctrl_c_does(settings, monkeypatch, c
         return types.SimpleNamespace(success=False, describe=lambda: "privdom run x: FAILED")
 
     monkeypatch.setattr(runner, "run_pipeline", hung_up_run)
-    assert cli.cmd_run(argparse.Namespace(verbose=False, full_refresh=False), settings) == 129
-    assert "interrupted (SIGHUP" in capsys.readouterr().err
+    # as in a terminal's session, whatever this test runs under (CI started with nohup ignores SIGHUP)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        assert cli.cmd_run(argparse.Namespace(verbose=False, full_refresh=False), settings) == 129
+        assert "interrupted (SIGHUP" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # put back
+
+        # under nohup SIGHUP stays ignored: the run goes on when the terminal closes, as it did
+        seen = []
+
+        def run_under_nohup(settings, *, verbose=False, full_refresh=False):
+            seen.append(signal.getsignal(signal.SIGHUP))
+            return types.SimpleNamespace(success=True, describe=lambda: "privdom run x: succeeded")
+
+        monkeypatch.setattr(runner, "run_pipeline", run_under_nohup)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert cli.cmd_run(argparse.Namespace(verbose=False, full_refresh=False), settings) == 0
+        assert seen == [signal.SIG_IGN]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_the_ui_started_in_the_background_of_a_script_stops_on_sigterm(settings, monkeypatch):
