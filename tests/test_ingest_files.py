@@ -1539,3 +1539,16 @@ def test_a_copy_under_a_later_batch_date_is_a_duplicate_that_says_its_rows_keep_
     assert [(f.path, f.status) for f in third.files] == [
         ("channel_events/ce_20240301.csv", "loaded"), ("channel_events/ce_20240302.csv", "duplicate")]
     assert "with batch date 2024-03-01" in third.files[1].error and "not this file's 2024-03-02" in third.files[1].error
+
+
+def test_a_header_only_file_again_under_a_later_date_is_a_duplicate_that_holds_no_rows(con, settings, land):
+    """A feed that sends a window of days writes a header alone on quiet days: the second such file is the same
+    content, a duplicate, and its error said to deliver quarantined rows in a file of their own, which has no
+    sense for a file without rows (windowed re-delivery review). It says that it holds no rows."""
+    land("orders/orders_20240101.csv", "order_id,updated_at,created_at,status,gross_amount,openid,paid_at\n")
+    first = ingest_source(con, "orders", settings, "run1")
+    assert [(f.status, f.rows_read) for f in first.files] == [("loaded", 0)]
+    land("orders/orders_20240102.csv", "order_id,updated_at,created_at,status,gross_amount,openid,paid_at\n")
+    [copy] = ingest_source(con, "orders", settings, "run2").files
+    assert copy.status == "duplicate"
+    assert copy.error.endswith("as orders/orders_20240101.csv, already loaded (it holds no rows)"), copy.error

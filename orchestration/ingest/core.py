@@ -1387,11 +1387,12 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
     report = SourceIngestReport(source=source, load_id=load_id, quarantine_by_rule={r.name: 0 for r in c.rules},
                                 rows_rehashed={k: n for k, n in (rehashed or {}).items() if n})
 
-    ledger = con.execute("SELECT file_path, content_sha256, status, batch_date FROM raw.ingestion_ledger "
+    ledger = con.execute("SELECT file_path, content_sha256, status, batch_date, rows_read FROM raw.ingestion_ledger "
                          "WHERE source = ?", [source]).fetchall()
-    seen = {(p, h): s for p, h, s, _ in ledger}
-    # each loaded content: the file that loaded it, and the batch date its rows were judged with
-    loaded_at = {h: (p, b) for p, h, s, b in ledger if s == "loaded"}
+    seen = {(p, h): s for p, h, s, _, _ in ledger}
+    # each loaded content: the file that loaded it, the batch date its rows were judged with, and how many rows
+    # it held (None while this run has not counted them)
+    loaded_at = {h: (p, b, n) for p, h, s, b, n in ledger if s == "loaded"}
     hashed = {p: ((size, m_ns, c_ns, ino), h) for p, size, m_ns, c_ns, ino, h in con.execute(
         "SELECT file_path, size_bytes, modified_ns, changed_ns, inode, content_sha256 FROM raw.landing_hash_cache "
         "WHERE source = ?", [source]).fetchall()}
@@ -1444,8 +1445,10 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
             f = cand.f
             if result is None:
                 err = f"{f.shown}: duplicate: same content (sha256 {cand.sha[:12]}…) as {fl.shown(loaded_at[cand.sha][0])}, already loaded"
-                judged = loaded_at[cand.sha][1]
-                if judged is not None and f.batch_date is not None and judged != f.batch_date:
+                judged, rows = loaded_at[cand.sha][1:]
+                if rows == 0:  # a header alone: a quiet day's file of a feed that sends a window of days
+                    err += " (it holds no rows)"
+                elif judged is not None and f.batch_date is not None and judged != f.batch_date:
                     # a copy under a later-dated name, meant as a correction of rows quarantined for
                     # timestamp.after_batch: content is loaded once whatever its name (SPEC §2), so nothing changes
                     err += (f" with batch date {judged.isoformat()}: a content is loaded once whatever its name, its "
@@ -1461,7 +1464,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
                 res = FileResult(f.rel_path, "loaded", cand.file_id, f.batch_date, columns_note=result.columns_note)
                 report.files.append(res)
                 staged.append(_Staged(res, f, cand.sha, cand.size, result.encoding, cand.started))
-                loaded_at[cand.sha] = (f.rel_path, f.batch_date)
+                loaded_at[cand.sha] = (f.rel_path, f.batch_date, None)
 
         results, parts = _stage_all(con, c, settings, first, spill, "a")
         for cand in first:
