@@ -8,9 +8,10 @@ ingestion reads it): the event or the order version it was meant to be. A row wi
 whose `updated_at` does not read as a timestamp, cannot be matched and stays open until its file is unloaded.
 
 A row delivered again unchanged (the same original row: a feed that sends the last N days again every day) is
-one row, listed at its latest copy with how many times it came and where first, in the state of that copy: the
-windowed re-delivery review saw one bad row listed 7 times, and its earlier copies "corrected" by a later file
-that re-sent the same bad row beside the valid version.
+one row, listed at its latest copy with how many times it came and where first (the windowed re-delivery review
+saw one bad row listed 7 times). It is corrected once a file loaded after its first copy holds a row of its key:
+a steward's correction stays one while the feed keeps sending the bad row (the diff review), and a bad version
+sent beside its valid one is corrected by the valid one's next copy.
 
 `--csv OUT` writes the rows of one source as a CSV with the contract's columns, the values as delivered, and
 three columns the contract does not know (`_file`, `_row_number`, `_rules`), which ingestion ignores: correct
@@ -104,8 +105,9 @@ def quarantined_rows(con: duckdb.DuckDBPyConnection, *, source: str | None = Non
     for r in rows:
         row = QuarantinedRow(*r)
         before = latest.pop((row.source, row.original_row), None)
-        if before is not None:
+        if before is not None:  # the first copy's state: a later copy is corrected only if the first one is
             row.copies, row.first_file = before.copies + 1, before.first_file or before.file_path
+            row.corrected_in = before.corrected_in
         latest[row.source, row.original_row] = row
     return list(latest.values())  # a key moved to the end at each copy: in the order of their latest copies
 

@@ -265,6 +265,26 @@ def _output_to(path: Path | None) -> Iterator[Callable[[str], None]]:
             os.close(saved[1])
 
 
+@contextlib.contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """SIGTERM's handler as it was before the run, after it. Dagster's interrupt handling leaves SIGTERM set to
+    SIGINT's handler when the run ends (dagster._utils.interrupts.setup_interrupt_handlers): for `privdom run &`
+    in a script, whose SIGINT comes ignored, a SIGTERM during the summary (its wait for the warehouse lock
+    included) was then ignored (diff review); `privdom run` handles it as a Ctrl-C from its start."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if before is not None and signal.getsignal(signal.SIGTERM) is not before:
+            signal.signal(signal.SIGTERM, before)
+
+
 def _fail_abandoned_runs(instance) -> list[str]:
     """Mark earlier `privdom run` runs that were killed (still "started") as failed and free their pool slots,
     and free the slots finished runs of any launcher still hold; returns what it did, a line each.
@@ -544,7 +564,7 @@ def _run_pipeline_locked(settings: Settings, *, verbose: bool, full_refresh: boo
         # terminal, and Ctrl-C stops the wait (Dagster's in-process executor neither logs it at INFO nor heeds it)
         if log_path is not None:
             console(f"privdom run {run_id[:8]}: started; Dagster's and dbt's log: {log_path} (the summary comes at the end)")
-        with _PoolWaitReporter(instance, run_id, console, steps=log_path is not None) as pool_wait:
+        with _PoolWaitReporter(instance, run_id, console, steps=log_path is not None) as pool_wait, _sigterm_kept():
             result = job.execute_in_process(
                 instance=instance,
                 run_id=run_id,

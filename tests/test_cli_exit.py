@@ -393,3 +393,27 @@ def test_the_ui_started_in_the_background_of_a_script_stops_on_sigterm(settings,
         for s, handler in previous.items():
             signal.signal(s, handler)
     assert seen and all(handler is not signal.SIG_IGN for handler in seen.values()), seen
+
+
+def test_sigterm_stays_handled_after_dagster_s_run_when_sigint_came_ignored():
+    """`privdom run &` in a script starts with SIGINT ignored; Dagster's interrupt handling sets SIGTERM to
+    SIGINT's handler when its run ends, so a SIGTERM during the summary (its wait for the lock included) was
+    ignored (diff review). The handler from before the run is put back."""
+    import signal
+
+    from dagster._utils.interrupts import capture_interrupts
+
+    from orchestration.runner import _sigterm_kept
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as privdom run sets it (cli._termination_as_interrupt)
+        with _sigterm_kept():
+            with capture_interrupts():  # as execute_in_process does
+                pass
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # what Dagster leaves
+        assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -589,3 +589,25 @@ def test_unloading_the_redelivery_that_reranked_a_tie_is_taken_in(dbs):
     assert phone[records(full)["orders:O1:buyer"]] == p2
     assert phone[records(inc)["orders:O1:buyer"]] == p2
     assert tables(inc) == tables(full)
+
+
+def test_a_graph_build_before_staging_is_rebuilt_after_an_unload_keeps_the_next_build_full(dbs):
+    """After `privdom unload`, the graph asset materialized alone (the UI's Materialize on it, or a run whose
+    dbt_staging step failed to rebuild) builds in full on the staging that still holds the unloaded file, and
+    must not take the unload marker with it: the build after staging is rebuilt without the file is full."""
+    p1, p2 = "13800000001", "13800000002"
+    shared = [{"event_id": f"e{i}", "openid": f"o{i}", "phone": phone}
+              for i, phone in enumerate((p1, p1, p2, p2))]
+    a = {"order_id": "O1", "updated_at": "2024-01-09 00:00:00", "status": "paid", "phone": p1}
+    b = {"order_id": "O1", "updated_at": "2024-01-09 00:00:00", "status": "refunded", "phone": p2}
+    h = deliver_each_and_compare(dbs, [{"events": shared, "orders": [a]}, {"orders": [b]}, {"orders": [a]}],
+                                 max_degree=1)
+    inc, full = dbs
+    G.invalidate_after_unload(inc)  # privdom unload of the third file
+    assert build_identity_graph(inc, 1, staging_stale=True).mode == "full"  # on staging not yet rebuilt
+    h.orders = [r for r in h.orders if r["file_id"] != 3]
+    h.stage(inc)
+    h.stage(full)
+    assert build_identity_graph(inc, 1).mode == "full"
+    build_identity_graph(full, 1, full_refresh=True)
+    assert tables(inc) == tables(full)

@@ -1552,3 +1552,16 @@ def test_a_header_only_file_again_under_a_later_date_is_a_duplicate_that_holds_n
     [copy] = ingest_source(con, "orders", settings, "run2").files
     assert copy.status == "duplicate"
     assert copy.error.endswith("as orders/orders_20240101.csv, already loaded (it holds no rows)"), copy.error
+
+
+def test_a_header_only_file_and_its_copy_in_one_run_say_it_holds_no_rows(con, settings, land):
+    """Two quiet days of a windowed feed loaded by one run (a run after a weekend): the copy is a duplicate of a
+    content this run loaded, whose rows the ledger does not hold yet; it says it holds no rows, as across runs,
+    not how to re-deliver rows quarantined for timestamp.after_batch."""
+    header = "order_id,updated_at,created_at,status,gross_amount,openid,paid_at\n"
+    land("orders/orders_20240101.csv", header)
+    land("orders/orders_20240102.csv", header)
+    files = ingest_source(con, "orders", settings, "run1").files
+    assert [(f.status, f.rows_read) for f in files][0] == ("loaded", 0)
+    assert files[1].status == "duplicate"
+    assert files[1].error.endswith("as orders/orders_20240101.csv, already loaded (it holds no rows)"), files[1].error

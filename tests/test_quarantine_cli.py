@@ -137,11 +137,11 @@ def test_before_any_load_nothing_is_quarantined_and_a_file_named_is_unknown(tmp_
     assert not (data_dir / "warehouse.duckdb").exists()  # reading made no warehouse
 
 
-def test_a_row_sent_again_unchanged_is_listed_once_in_the_state_of_its_latest_copy(settings, land, capsys):
+def test_a_row_sent_again_unchanged_is_listed_once_at_its_latest_copy(settings, land, capsys):
     """A feed that sends the last days again each day quarantines a bad row once per file (the windowed
-    re-delivery review: 7 lines for one row); and a bad version beside its valid one (same order_id and
-    updated_at) was "corrected" by the next file, which sent both again, the bad one open there. Each original
-    row is listed once, at its latest copy, with how often and where it came first."""
+    re-delivery review: 7 lines for one row). Each original row is listed once, at its latest copy, with how
+    often and where it came first; it is corrected once a file loaded after its first copy holds a row of its
+    key (here the valid version beside the bad one, sent again), whatever copies came after."""
     bad_version = "A2,2024-01-31 11:00:00+08,2024-01-31 09:00:00,lost,12.50,oA2,2024-01-31 10:00:00\n"
     valid_version = "A2,2024-01-31 11:00:00+08,2024-01-31 09:00:00,paid,12.50,oA2,2024-01-31 10:00:00\n"
     no_key = ",2024-01-31 11:00:00+08,2024-01-31 09:00:00,paid,9.00,oA9,2024-01-31 10:00:00\n"
@@ -155,15 +155,32 @@ def test_a_row_sent_again_unchanged_is_listed_once_in_the_state_of_its_latest_co
     _ingest(settings, "orders", "run3")
     rows = _rows(settings)
     assert [(r.file_path, r.row_number, r.rules, r.corrected_in, r.copies, r.first_file) for r in rows] == [
-        ("orders/orders_20240202.csv", 2, "status.in_set", None, 3, "orders/orders_20240131.csv"),
+        ("orders/orders_20240202.csv", 2, "status.in_set", "orders/orders_20240201.csv", 3, "orders/orders_20240131.csv"),
         ("orders/orders_20240202.csv", 3, "order_id.required", None, 3, "orders/orders_20240131.csv")]
     capsys.readouterr()
     assert main(["--data-dir", str(settings.data_dir), "quarantine", "--open"]) == 0
     printed = capsys.readouterr()
     assert printed.out == (
-        "orders/orders_20240202.csv\trow 2\tstatus.in_set\topen (sent 3 times, first in orders/orders_20240131.csv)\n"
         "orders/orders_20240202.csv\trow 3\torder_id.required\topen (sent 3 times, first in orders/orders_20240131.csv)\n")
-    assert printed.err == "2 quarantined row(s) (6 copies: rows sent again unchanged are listed once), 2 open, 0 corrected by a later delivery\n"
+    assert printed.err == "2 quarantined row(s) (6 copies: rows sent again unchanged are listed once), 1 open, 1 corrected by a later delivery\n"
     # one file named: its own copies only
     assert [(r.file_path, r.copies) for r in _rows(settings, files=["orders/orders_20240131.csv"])] == [
         ("orders/orders_20240131.csv", 1), ("orders/orders_20240131.csv", 1)]
+
+
+def test_a_correction_stays_one_while_the_feed_sends_the_bad_row_again(settings, land, capsys):
+    """The steward corrects a bad row and delivers it; the feed's window sends the bad row once more the next day
+    (the source system still holds it). The row stays corrected: it was listed open again, and `--open --csv`
+    wrote it out to be corrected a second time (diff review)."""
+    bad = "A2,2024-01-31 11:00:00+08,2024-01-31 09:00:00,lost,12.50,oA2,2024-01-31 10:00:00\n"
+    land("orders/orders_20240131.csv", HEADER + bad)
+    _ingest(settings, "orders", "run1")
+    land("orders/orders_fix_20240201.csv", HEADER + bad.replace(",lost,", ",paid,"))
+    _ingest(settings, "orders", "run2")
+    land("orders/orders_20240201.csv", HEADER + bad + "A3,2024-02-01 11:00:00+08,2024-02-01 09:00:00,paid,5.00,oA3,2024-02-01 10:00:00\n")
+    _ingest(settings, "orders", "run3")
+    assert [(r.file_path, r.corrected_in, r.copies) for r in _rows(settings)] == [
+        ("orders/orders_20240201.csv", "orders/orders_fix_20240201.csv", 2)]
+    capsys.readouterr()
+    assert main(["--data-dir", str(settings.data_dir), "quarantine", "--open"]) == 0
+    assert capsys.readouterr().out == ""

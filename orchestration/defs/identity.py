@@ -6,6 +6,7 @@ The graph runs on the staged rows; the keys need each component's acquisition ti
 
 import dagster as dg
 
+from orchestration import dbt as dbt_runner
 from orchestration.dbt import full_refresh_requested
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource
 from orchestration.identity import assign_customer_keys, build_identity_graph
@@ -50,7 +51,10 @@ def identity_graph(context: dg.AssetExecutionContext, privdom: PrivdomResource):
     settings = privdom.settings()
     full_refresh = full_refresh_requested(context.run.tags)
     with privdom.writer(context), privdom.connect() as con:
-        report = build_identity_graph(con, max_degree=settings.identity_max_degree, full_refresh=full_refresh)
+        # staging not rebuilt since `privdom unload` (this asset materialized alone): the unload's mark stays
+        stale = dbt_runner.recorded_fingerprint(con, "dbt_staging") in (dbt_runner.UNLOADED, dbt_runner.INCOMPLETE)
+        report = build_identity_graph(con, max_degree=settings.identity_max_degree, full_refresh=full_refresh,
+                                      staging_stale=stale)
     if report.mode == "full":
         context.log.info(f"identity graph built in full: {report.full_build_reason}")
     else:

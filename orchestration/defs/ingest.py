@@ -169,14 +169,19 @@ def quarantine_share_check(report: SourceIngestReport, max_share: float) -> dg.A
                          "them corrected before it, under a new name (`privdom quarantine --csv` writes them out), or "
                          "pause the schedule"),
         )
+    if quarantined == 0:  # none, or only rows quarantined before, sent again unchanged
+        description = None if report.rows_quarantined == 0 else (
+            f"no new row quarantined: the {report.rows_quarantined:,} quarantined were re-sent unchanged from "
+            "earlier files, and judged there (`privdom quarantine` lists them once)")
+        return dg.AssetCheckResult(check_name=CHECK_QUARANTINE_SHARE, passed=True,
+                                   severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description=description)
     return dg.AssetCheckResult(
         check_name=CHECK_QUARANTINE_SHARE,
-        passed=quarantined == 0,
+        passed=False,
         severity=dg.AssetCheckSeverity.WARN,
         metadata=metadata,
-        description=None if report.rows_quarantined == 0 else (
-            f"{counted}, within the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)} "
-            "(`privdom quarantine` lists them)"),
+        description=(f"{counted}, within the {max_share:.2%} limit; by rule: {by_rule}; in {_worst_files(report)} "
+                     "(`privdom quarantine` lists them)"),
     )
 
 

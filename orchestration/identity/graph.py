@@ -492,13 +492,13 @@ def invalidate_after_unload(con) -> None:
         con.execute(f"UPDATE {STATE_TABLE} SET graph_version = ?", [UNLOADED_GRAPH_VERSION])
 
 
-def _write_state(con, marks: dict[str, _Mark], max_degree: int) -> None:
+def _write_state(con, marks: dict[str, _Mark], max_degree: int, version: int = GRAPH_VERSION) -> None:
     """The staging tables' marks taken when the build began, and the output tables' marks as it leaves them."""
     marks = {**marks, **_output_marks(con)}
     con.execute(f"DELETE FROM {STATE_TABLE}")
     con.executemany(
         f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
-        [(s, m.file_id, m.rows, m.checksum, GRAPH_VERSION, int(max_degree)) for s, m in sorted(marks.items())],
+        [(s, m.file_id, m.rows, m.checksum, version, int(max_degree)) for s, m in sorted(marks.items())],
     )
 
 
@@ -517,7 +517,8 @@ def _drop_temp_tables(con) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh: bool = False) -> GraphReport:
+def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh: bool = False,
+                         staging_stale: bool = False) -> GraphReport:
     """Build the identity graph from the three staging tables and write the int_identity__* tables.
 
     ``con`` is an open DuckDB connection (TimeZone already set). ``max_degree`` is
@@ -528,7 +529,9 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
     with the same version and ``max_degree`` and the staging rows it took in are unchanged (row count and
     checksum up to each table's newest file_id then), only the rows of newer files are taken in and only the
     components they touch are computed again (:func:`_build_incremental`); otherwise, or with
-    ``full_refresh``, everything is built from staging. Both give the same tables.
+    ``full_refresh``, everything is built from staging. Both give the same tables. ``staging_stale``: staging
+    was not rebuilt since `privdom unload` (the graph asset materialized alone, or after a failed dbt_staging):
+    a full build on it keeps the unload's mark, for the build after staging's rebuild is full too.
     """
     if max_degree < 0:
         raise ValueError("max_degree must not be negative")
@@ -559,7 +562,8 @@ def build_identity_graph(con, max_degree: int, *, top_n: int = 10, full_refresh:
             _create_state_tables(con)
             _, marks, _ = _marks(con, None)
             _build_full(con, max_degree)
-            _write_state(con, marks, max_degree)
+            keep = staging_stale and reason == UNLOADED_REASON
+            _write_state(con, marks, max_degree, UNLOADED_GRAPH_VERSION if keep else GRAPH_VERSION)
             _log_build(con, "full", reason)
             return _report(con, max_degree, top_n, started, "full", reason, {})
     finally:

@@ -1469,9 +1469,13 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         results, parts = _stage_all(con, c, settings, first, spill, "a")
         for cand in first:
             record(cand, results[cand.file_id])
+        deferred: list[_Candidate] = []  # copies of a content this run loads: told once its rows are counted
         for cand in later:
             if cand.sha in loaded_at:
-                record(cand, None)
+                if cand.sha in run_shas and loaded_at[cand.sha][2] is None:
+                    deferred.append(cand)
+                else:
+                    record(cand, None)
             else:
                 results, more = _stage_all(con, c, settings, [cand], spill, f"b{cand.file_id:09d}-")
                 record(cand, results[cand.file_id])
@@ -1497,6 +1501,13 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
             r_ = s.result
             ledger_rows.append(_ledger_row(r_.file_id, source, s.f, s.sha, s.size, s.encoding, "loaded",
                                            (r_.rows_read, r_.rows_loaded, r_.rows_quarantined), None, load_id, s.started))
+        if deferred:
+            rows_of = {s.sha: s.result.rows_read for s in staged}
+            for cand in deferred:
+                path, batch, _ = loaded_at[cand.sha]
+                loaded_at[cand.sha] = (path, batch, rows_of.get(cand.sha))
+                record(cand, None)
+            report.files.sort(key=lambda r: r.file_id)
         ledger_rows.sort(key=lambda r: r[0])
 
         if keep_frame and staged:
