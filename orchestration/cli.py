@@ -100,9 +100,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             stopped_by = _stopping_signal(received())
             if stopped_by in (None, signal.SIGINT):
                 raise  # a Ctrl-C: main() says so
-            print(f"privdom: interrupted ({_STOPPING_SIGNALS[stopped_by]}) before the run ended: what its steps "
-                  "committed stays, and the next `privdom run` goes on from it", file=sys.stderr)
-            return 128 + stopped_by
+            return _interrupted(stopped_by, " before the run ended")
     print(result.describe())
     stopped_by = _stopping_signal(received())
     if not result.success and stopped_by is not None:
@@ -110,10 +108,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         # DagsterExecutionInterruptedError): the summary read as any failed run, and the status was 1. While a run
         # executes Dagster handles SIGTERM (docker stop, systemd, Kubernetes, `timeout`) with the same handler: the
         # signal review saw such a stop end with 1 and no word of it, like a failed check
-        print(f"privdom: interrupted ({_STOPPING_SIGNALS[stopped_by]}): the run stopped there; what its steps committed "
-              "stays, and the next `privdom run` goes on from it", file=sys.stderr)
-        return 128 + stopped_by
+        return _interrupted(stopped_by, ": the run stopped there")
     return 0 if result.success else 1
+
+
+def _interrupted(signum: int, where: str) -> int:
+    """Say that `signum` stopped `privdom run` (`where`: when), and return the shell's status for it."""
+    print(f"privdom: interrupted ({_STOPPING_SIGNALS[signum]}){where}; what its steps committed stays, and the next "
+          "`privdom run` goes on from it", file=sys.stderr)
+    return 128 + signum
 
 
 # the signals that stop a run as an interrupt (Dagster maps SIGTERM to its SIGINT handler; _termination_as_interrupt

@@ -1472,7 +1472,7 @@ def ingest_source(con: duckdb.DuckDBPyConnection, source: str, settings: Setting
         deferred: list[_Candidate] = []  # copies of a content this run loads: told once its rows are counted
         for cand in later:
             if cand.sha in loaded_at:
-                if cand.sha in run_shas and loaded_at[cand.sha][2] is None:
+                if loaded_at[cand.sha][2] is None:  # loaded by this run (the ledger's rows_read is never NULL)
                     deferred.append(cand)
                 else:
                     record(cand, None)
