@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -442,12 +444,57 @@ def _parse_locked(settings: Settings, fingerprint: str, *, quiet: bool) -> Path:
     stamp = _parse_stamp(fingerprint)
     if stamp is not None:
         PARSE_STAMP_PATH.write_text(stamp, encoding="utf-8")
+    _keep_partial_parse(fingerprint)
     return MANIFEST_PATH
+
+
+# dagster-dbt seeds every build's own target folder with target/partial_parse.msgpack, which is the LAST parse's,
+# whichever data directory it was for: while another data directory's run (or privdom ui) has parsed since, each
+# of this run's three dbt steps found other vars and profile env in it and parsed the whole project again (12-20 s
+# a step on 2 cores, against 1-5 s). Each parse's partial-parse file is kept under its parse fingerprint, and a
+# step seeds its folder with the one of its own fingerprint.
+PARTIAL_PARSE_CACHE = ".privdom-partial-parse"
+PARTIAL_PARSE_CACHE_KEPT = 8
+
+
+def _keep_partial_parse(fingerprint: str) -> None:
+    cache = DBT_PROJECT_DIR / "target" / PARTIAL_PARSE_CACHE
+    source = DBT_PROJECT_DIR / "target" / PARTIAL_PARSE_FILE
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        part = cache / f".{fingerprint}.{os.getpid()}"
+        shutil.copy2(source, part)
+        os.replace(part, cache / f"{fingerprint}.msgpack")
+        kept = sorted(cache.glob("*.msgpack"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in kept[PARTIAL_PARSE_CACHE_KEPT:]:
+            old.unlink(missing_ok=True)
+    except OSError:  # only a cost: the step's dbt parses in full
+        pass
+
+
+def seed_partial_parse(settings: Settings, target_path: Path) -> bool:
+    """Put the partial-parse file of this process's parse fingerprint into a dbt invocation's own target folder
+    (before dagster-dbt copies the shared one, which it does only where none is); False if there is none."""
+    cached = DBT_PROJECT_DIR / "target" / PARTIAL_PARSE_CACHE / f"{parse_fingerprint(settings)}.msgpack"
+    try:
+        target_path.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cached, target_path / PARTIAL_PARSE_FILE)
+    except OSError:
+        return False
+    return True
 
 
 # dagster-dbt gives every dbt invocation a target directory of its own, target/<step>-<run id>-<random>/
 # (compiled SQL, run_results.json, a manifest: ~4.5 MB for the ~155 nodes of a run), and never removes it.
 INVOCATION_DIRS_KEPT = 10
+# how long a folder without run_results.json (a build in progress, or a killed one) is left alone
+IN_PROGRESS_GRACE_S = 24 * 3600
+
+
+def invocation_dir(step: str, run_id: str) -> Path:
+    """A new target folder for one dbt command of a step, named as dagster-dbt names its own
+    (`<step>-<run id's first 7>-<7 random>`), which prune_invocation_dirs and the benchmark find."""
+    return DBT_PROJECT_DIR / "target" / f"{step}-{run_id[:7]}-{secrets.token_hex(4)[:7]}"
 
 
 def prune_invocation_dirs(step: str, keep: int = INVOCATION_DIRS_KEPT) -> int:
@@ -460,6 +507,14 @@ def prune_invocation_dirs(step: str, keep: int = INVOCATION_DIRS_KEPT) -> int:
     except FileNotFoundError:
         return 0
     dirs.sort(key=lambda d: d.stat().st_mtime_ns, reverse=True)
-    for d in dirs[keep:]:
+    # A build still going on (another data directory's step: the folder is shared by every brand) has no
+    # run_results.json yet, and its folder's mtime stops moving once dbt has parsed (compiled SQL and results go
+    # to subfolders): ten shorter builds of other data directories made it "old", and it was removed under dbt,
+    # its dbt.log and the compiled tests _with_reason reads with it. Such a folder goes only once it is a day
+    # old (a killed build's).
+    recent = time.time() - IN_PROGRESS_GRACE_S
+    old = [d for d in dirs[keep:]
+           if (d / "run_results.json").exists() or d.stat().st_mtime < recent]
+    for d in old:
         shutil.rmtree(d, ignore_errors=True)
-    return len(dirs[keep:])
+    return len(old)

@@ -10,11 +10,13 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestration import dbt as dbt_runner
+from orchestration.defs import dbt as defs_dbt  # before the fixture below fakes subprocess.run
 from orchestration.settings import DBT_PROJECT_DIR, load_settings
 
 
@@ -154,6 +156,69 @@ def test_old_dbt_target_directories_are_pruned_per_step(tmp_path, monkeypatch):
     assert left == sorted(names[4:] + keep_anyway + ["manifest.json"])  # the 4 oldest models dirs went
     assert dbt_runner.prune_invocation_dirs("dbt_models", keep=10) == 0
     assert dbt_runner.prune_invocation_dirs("dbt_identity_inputs") == 0
+
+
+def test_under_dg_the_definitions_parse_only_when_something_a_parse_reads_changed(project, tmp_path, monkeypatch):
+    # `privdom ui`, `dg launch` and every run the UI starts import the definitions with DAGSTER_IS_DEV_CLI set:
+    # they parsed every time (7-10 s), and their manifest made every other data directory's next run parse again
+    copy, calls = project
+    monkeypatch.setenv("PRIVDOM_HOME", str(tmp_path / "data"))
+    monkeypatch.setattr(defs_dbt, "using_dagster_dev", lambda: True)
+    defs_dbt.prepare_manifest()
+    defs_dbt.prepare_manifest()
+    assert len(calls) == 1
+    model = copy / "models" / "marts" / "fct_orders.sql"  # an edit still shows up
+    model.write_text(model.read_text(encoding="utf-8") + "\n-- edited\n", encoding="utf-8")
+    defs_dbt.prepare_manifest()
+    assert len(calls) == 2
+
+
+def test_a_build_in_progress_is_not_pruned_by_another_data_directorys_steps(tmp_path, monkeypatch):
+    # target/ is shared by every data directory: a long build of one brand (no run_results.json yet, its folder's
+    # mtime set when dbt finished parsing) must survive ten shorter builds of other brands ending meanwhile
+    monkeypatch.setattr(dbt_runner, "DBT_PROJECT_DIR", tmp_path)
+    target = tmp_path / "target"
+    running = target / "dbt_models-aaaaaaa-bbbbbbb"
+    (running / "compiled").mkdir(parents=True)
+    now = time.time()
+    os.utime(running, (now - 600, now - 600))
+    killed = target / "dbt_models-ccccccc-ddddddd"  # a killed build's, two days old
+    killed.mkdir()
+    os.utime(killed, (now - 2 * 86400, now - 2 * 86400))
+    for i in range(10):
+        d = target / f"dbt_models-{i:07x}-1234567"
+        d.mkdir()
+        (d / "run_results.json").write_text("{}", encoding="utf-8")
+        os.utime(d, (now - 60 + i, now - 60 + i))
+    assert dbt_runner.prune_invocation_dirs("dbt_models") == 1
+    assert running.is_dir() and (running / "compiled").is_dir()
+    assert not killed.exists()
+
+
+def test_a_dbt_step_is_seeded_with_its_own_data_directorys_partial_parse_file(tmp_path, monkeypatch):
+    # target/partial_parse.msgpack is the last parse's, of whichever data directory: a step seeded with another's
+    # (other vars, another warehouse path) parsed the whole project again
+    project = tmp_path / "project"
+    (project / "target").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text("name: x\n", encoding="utf-8")
+    monkeypatch.setattr(dbt_runner, "DBT_PROJECT_DIR", project)
+    brands = {b: load_settings(tmp_path / b, activation_window_days=days) for b, days in (("a", 14), ("b", 30))}
+    def use(settings):  # the profile env a run of that data directory sets (apply_dbt_environment), undone after
+        for key, value in settings.dbt_env().items():
+            monkeypatch.setenv(key, value)
+
+    for brand, settings in brands.items():  # a parses, then b: the shared file is b's
+        use(settings)
+        (project / "target" / "partial_parse.msgpack").write_bytes(f"parsed for {brand}".encode())
+        dbt_runner._keep_partial_parse(dbt_runner.parse_fingerprint(settings))
+    for brand, settings in brands.items():
+        use(settings)
+        step = project / "target" / f"dbt_models-0000000-{brand}{brand}{brand}{brand}{brand}{brand}{brand}"
+        assert dbt_runner.seed_partial_parse(settings, step)
+        assert (step / "partial_parse.msgpack").read_bytes() == f"parsed for {brand}".encode()
+    other = load_settings(tmp_path / "c")
+    use(other)
+    assert not dbt_runner.seed_partial_parse(other, project / "target" / "dbt_models-0000000-ccccccc")
 
 
 def test_the_incremental_fingerprint_follows_what_rows_depend_on_not_the_test_macros(project, tmp_path):

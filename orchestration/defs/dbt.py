@@ -19,11 +19,22 @@ from orchestration.settings import DBT_PROJECT_DIR
 
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR, target=dbt_runner.DBT_TARGET)
-# Under `dg dev` / `dagster dev`, re-parse so edits show up; the parse uses privdom's vars and env (the
-# default preparer would not, and build would then lose partial parsing). Elsewhere the manifest comes from
-# the `dbt parse` that `privdom run`, CI and the tests run first; a missing one is made here as a last resort.
-if using_dagster_dev() or not dbt_project.manifest_path.exists():
-    dbt_runner.parse(current_settings())
+
+
+def prepare_manifest() -> None:
+    """The manifest @dbt_assets reads below. Under `dg` / `dagster dev` (`privdom ui`, `dg launch`, `dg check
+    defs`, and every run the UI's daemon or webserver starts: they inherit `DAGSTER_IS_DEV_CLI`), dbt's project
+    is parsed again when anything a parse reads changed (every project file, the vars, the environment:
+    parse_fingerprint), so edits show up; with privdom's vars and env (the default preparer would not, and build
+    would then lose partial parsing). It parsed on every such import, 7-10 s, and its manifest then differed
+    from the one every other data directory's next `privdom run` had parsed, which parsed again in turn
+    (multi-brand review). Elsewhere the manifest comes from the `dbt parse` that `privdom run`, CI and the tests
+    run first; a missing one is made here as a last resort."""
+    if using_dagster_dev() or not dbt_project.manifest_path.exists():
+        dbt_runner.parse_if_changed(current_settings())
+
+
+prepare_manifest()
 
 
 class PrivdomDbtTranslator(DagsterDbtTranslator):
@@ -93,7 +104,11 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
             if reason:
                 context.log.info(f"incremental models of {name} are rebuilt from raw: {reason}")
                 args.append("--full-refresh")
-            invocation = dbt.cli(args, context=context, raise_on_error=False)
+            # the folder dagster-dbt would name (<step>-<run id>-<random>, as prune_invocation_dirs finds it), seeded
+            # with this data directory's partial-parse file, not the last parse's of any data directory
+            target_path = dbt_runner.invocation_dir(name, context.run.run_id)
+            dbt_runner.seed_partial_parse(settings, target_path)
+            invocation = dbt.cli(args, context=context, raise_on_error=False, target_path=target_path)
             events = list(invocation.stream())
             error = invocation.get_error()
             with privdom.connect() as con:
