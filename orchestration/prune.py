@@ -132,6 +132,51 @@ def _forget_check_executions(index_db: Path, *, known: set[str], keep: set[str])
         con.close()
 
 
+def _forget_snapshots(runs_db: Path) -> int:
+    """Remove the job and execution-plan snapshots (`runs.db`'s `snapshots`) that no remaining run uses, nor
+    a remaining job snapshot names as its parent; returns how many. Dagster's delete_run leaves them, and every
+    `privdom run` stores a new pair (~21 KB): its dbt resource's config names the warm dbt server's client, in a
+    temporary directory of its own (orchestration/warm.py), so no two runs' job snapshots are equal."""
+    import json
+    import zlib
+
+    if not runs_db.exists():
+        return 0
+    con = sqlite3.connect(runs_db, timeout=30)
+    try:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+        if not {"runs", "snapshots"} <= tables:
+            return 0
+        used: set[str] = set()
+        for snapshot_id, body in con.execute("select snapshot_id, run_body from runs"):
+            used.add(snapshot_id)
+            with contextlib.suppress(ValueError, TypeError):
+                run = json.loads(body)
+                used.update(v for v in (run.get("pipeline_snapshot_id"), run.get("execution_plan_snapshot_id")) if v)
+        # a subset job's snapshot names its parent's (lineage_snapshot.parent_snapshot_id), which must stay too
+        pending = list(used)
+        while pending:
+            row = con.execute("select snapshot_body from snapshots where snapshot_id = ?", [pending.pop()]).fetchone()
+            if row is None:
+                continue
+            try:
+                text = zlib.decompress(row[0]).decode()
+            except (zlib.error, TypeError, UnicodeDecodeError):
+                continue
+            for parent in re.findall(r'"parent_snapshot_id": ?"([0-9a-f]+)"', text):
+                if parent not in used:
+                    used.add(parent)
+                    pending.append(parent)
+        orphans = [i for (i,) in con.execute("select snapshot_id from snapshots") if i not in used]
+        with con:
+            for start in range(0, len(orphans), 500):
+                chunk = orphans[start : start + 500]
+                con.execute(f"delete from snapshots where snapshot_id in ({', '.join('?' * len(chunk))})", chunk)
+        return len(orphans)
+    finally:
+        con.close()
+
+
 def _compact(path: Path) -> str | None:
     """VACUUM a SQLite file (it gives the pages of deleted rows back to the file system); the reason when
     another process holds it (a `privdom ui` reading the history): it is compacted by a later prune."""
@@ -199,6 +244,7 @@ def _prune_runs(settings: Settings, cutoff: datetime, report: PruneReport) -> No
                     path.unlink()
     if report.runs or leftovers:
         _forget_check_executions(index_db, known=known, keep=holding)
+        _forget_snapshots(home / "history" / "runs.db")
         for path in (index_db, home / "history" / "runs.db"):
             why = _compact(path)
             if why is None and path.exists():

@@ -174,6 +174,22 @@ def test_second_run_adds_nothing_and_loses_nothing(demo):
     assert _snapshot(data_dir / "warehouse.duckdb") == snapshot
 
 
+def test_two_runs_of_the_same_code_store_one_job_snapshot(demo):
+    # the warm dbt client's path, new each run, was in the dbt resource's config: every run stored a new job and
+    # execution-plan snapshot (~21 KB) in Dagster's runs.db, which deleting runs never frees (long-horizon review)
+    import sqlite3
+
+    _, data_dir, *_ = demo
+    con = sqlite3.connect(data_dir / "dagster" / "history" / "runs.db")
+    try:
+        runs = con.execute("select count(*), count(distinct snapshot_id) from runs").fetchone()
+        snapshots = con.execute("select count(*) from snapshots").fetchone()[0]
+    finally:
+        con.close()
+    assert runs == (2, 1)
+    assert snapshots == 2  # the job's and its execution plan's
+
+
 def test_staging_holds_current_states(demo):
     _, data_dir, _, _, _ = demo
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)

@@ -46,3 +46,23 @@ def test_the_ui_daemon_frees_the_slots_of_finished_runs(tmp_path):
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
         assert "MONITORING" in instance.get_required_daemon_types()
+
+
+def test_the_ui_daemon_purges_old_schedule_and_sensor_ticks(tmp_path):
+    """Dagster's defaults keep every schedule tick and every sensor tick but the skipped ones for good (long-horizon
+    review): the instance privdom writes keeps them 90 days, skipped sensor ticks 7."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickStatus
+
+    from orchestration.cli import instance_config_text
+    from orchestration.settings import load_settings
+
+    settings = load_settings(tmp_path / "data")
+    settings.dagster_home.mkdir(parents=True)
+    (settings.dagster_home / "dagster.yaml").write_text(instance_config_text(settings), encoding="utf-8")
+    with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        schedule = instance.get_tick_retention_settings(InstigatorType.SCHEDULE)
+        sensor = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+    assert {schedule[s] for s in TickStatus} == {90}
+    assert sensor[TickStatus.SKIPPED] == 7
+    assert {sensor[s] for s in (TickStatus.SUCCESS, TickStatus.FAILURE, TickStatus.STARTED)} == {90}

@@ -110,6 +110,34 @@ def test_old_runs_go_with_their_files_and_the_latest_check_evaluations_stay(data
     con.close()
 
 
+def _snapshot_ids(settings) -> set[str]:
+    con = sqlite3.connect(settings.dagster_home / "history" / "runs.db")
+    try:
+        return {i for (i,) in con.execute("select snapshot_id from snapshots")}
+    finally:
+        con.close()
+
+
+def test_the_snapshots_of_pruned_runs_go_and_those_of_kept_runs_stay(data):
+    # every privdom run stores its own job and execution-plan snapshots (its dbt resource names the warm dbt
+    # server's client, in a temporary directory of the run's own); Dagster's delete_run leaves them
+    with dg.DagsterInstance.get() as instance:
+        old = _run(instance, [other])
+        old_snaps = _snapshot_ids(data)
+        kept = _run(instance, [gated], [gated_is_good])
+        kept_run = instance.get_run_by_id(kept)
+        kept_snaps = {kept_run.job_snapshot_id, kept_run.execution_plan_snapshot_id}
+    assert len(old_snaps) == 2 and not old_snaps & kept_snaps
+
+    report = prune(data, older_than_days=1, now=time.time() + 2 * DAY)
+    assert report.runs == [old]
+    assert _snapshot_ids(data) == kept_snaps
+    with dg.DagsterInstance.get() as instance:  # the kept run still reads its snapshots
+        run = instance.get_run_by_id(kept)
+        assert instance.get_job_snapshot(run.job_snapshot_id) is not None
+        assert instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id) is not None
+
+
 def test_old_run_logs_and_sync_audit_rows_go_and_the_sync_state_stays(data):
     now = time.time()
     logs = data.data_dir / "logs"

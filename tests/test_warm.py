@@ -289,3 +289,27 @@ def test_a_command_runs_when_privdom_is_process_1(entries: str, tmp_path: Path) 
     out = subprocess.run([unshare, "-rpf", "--mount-proc", sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3 ['argv=3']", out.stdout
+
+
+def test_the_dbt_resource_runs_dbt_through_the_warm_client_while_its_config_names_the_installed_dbt(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's path is new each run (a temporary directory of its own): as the resource's configured value
+    it made every run's job snapshot a new one in Dagster's runs.db (long-horizon review). The config names the
+    installed dbt; each command runs through whatever `command_executable()` is at that moment."""
+    import dagster as dg
+    from dagster_dbt import DbtCliResource
+
+    from orchestration.defs.resources import PrivdomDbtCliResource, resources
+
+    monkeypatch.delenv("PRIVDOM_DBT_WARM", raising=False)
+    used: list[str] = []
+    monkeypatch.setattr(DbtCliResource, "cli", lambda self, args, **kwargs: used.append(self.dbt_executable))
+    with dbt_runner.warm_dbt() as client:
+        assert client is not None
+        defs = dg.Definitions.merge(resources())
+        resource = defs.resources["dbt"]
+        assert isinstance(resource, PrivdomDbtCliResource)
+        assert resource.dbt_executable == str(dbt_runner.dbt_executable())
+        resource.cli(["build"])
+    resource.cli(["build"])  # the server stopped: the installed dbt
+    assert used == [str(client), str(dbt_runner.dbt_executable())]

@@ -76,6 +76,17 @@ class PrivdomDbtCliResource(DbtCliResource):
     def _initialize_dbt_core_adapter(self, args):  # noqa: ANN001, ANN202 - dagster-dbt's hook
         return None
 
+    def cli(self, args, **kwargs):  # noqa: ANN001, ANN003, ANN201 - dagster-dbt's signature
+        """dbt as `command_executable()` runs it at the time of the command: during `privdom run`, the warm
+        server's client (orchestration/warm.py). The resource's config names the installed dbt, which does not
+        change: the client lives in a temporary directory of its own each run, and as the configured value it
+        made every run's job and execution-plan snapshots new ones (~21 KB a run in Dagster's runs.db, which
+        deleting runs never frees; long-horizon review)."""
+        executable = str(command_executable())
+        if executable != self.dbt_executable and Path(self.dbt_executable) == dbt_executable():
+            return DbtCliResource.cli(self.model_copy(update={"dbt_executable": executable}), args, **kwargs)
+        return super().cli(args, **kwargs)
+
     @cached_property
     def _cli_version(self) -> Version:
         """dagster-dbt asks the dbt executable for its version (`dbt --version`, a process that imports dbt:
@@ -104,7 +115,7 @@ def resources() -> dg.Definitions:
                 project_dir=str(DBT_PROJECT_DIR),
                 profiles_dir=str(DBT_PROJECT_DIR),
                 target=DBT_TARGET,
-                dbt_executable=str(command_executable()),
+                dbt_executable=str(dbt_executable()),  # the warm client in its place at run time: cli() above
             ),
         }
     )
