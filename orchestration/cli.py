@@ -488,15 +488,22 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     with warehouse_lock(settings.data_dir, what="privdom dbt", log=lambda m: print(m, file=sys.stderr)):
         if command in BUILDS_MODELS and not overridden and "--full-refresh" not in rest:
             _warn_of_stale_incremental_models(settings)
-        if overridden and command in BUILDS_MODELS:
-            # incremental models built under other vars than the settings' would be kept by the pipeline's next
-            # run, whose record of what they were built with still matches the settings
+        if command in BUILDS_MODELS:
             from orchestration.warehouse import connection
 
             with connection(settings.warehouse_path) as con:
-                dbt_runner.invalidate_fingerprint(con)
-            print(f"privdom dbt: --vars sets {', '.join(overridden)} otherwise than the settings: the pipeline's next run "
-                  "rebuilds its incremental models from raw", file=sys.stderr)
+                # its tests, if it runs any, report here, not to Dagster, whose gates would pass exports, syncs and
+                # the BI copy materialized alone on the last run's evaluations (dbt_runner.UNTESTED_TABLE)
+                dbt_runner.mark_untested(con, dbt_runner.STEP_ORDER, dbt_runner.MANUAL_BUILD, f"privdom dbt {command}")
+                if overridden:
+                    # incremental models built under other vars than the settings' would be kept by the pipeline's
+                    # next run, whose record of what they were built with still matches the settings
+                    dbt_runner.invalidate_fingerprint(con)
+            print(f"privdom dbt: exports, syncs and the BI copy wait until the pipeline's next whole build (`privdom "
+                  f"run`, or the job whole_graph) has tested what dbt {command} builds", file=sys.stderr)
+            if overridden:
+                print(f"privdom dbt: --vars sets {', '.join(overridden)} otherwise than the settings: the pipeline's "
+                      "next run rebuilds its incremental models from raw", file=sys.stderr)
         return subprocess.run(cmd, cwd=dbt_runner.DBT_PROJECT_DIR).returncode
 
 

@@ -217,6 +217,50 @@ def invalidate_fingerprint(con, step: str | None = None, *, marker: str = INCOMP
                     [marker, dt.datetime.now(dt.UTC), step])
 
 
+# Builds that replaced tables before Dagster recorded their data tests' evaluations. dagster-dbt hands a step's
+# events (its check evaluations among them) to Dagster only once dbt has exited; a run killed inside a dbt step
+# (kill -9, the OOM killer, Ctrl-C) left rebuilt marts whose tests never reported, and the exports materialized
+# alone afterwards from the UI passed the gates on the run before's evaluations (the UI review published a bad
+# mart's segment that way). Each dbt step writes its row before dbt starts and deletes it once its evaluations
+# are Dagster's; a whole build of the step deletes every row of the step. The segment members' gate, the exports,
+# the syncs and the BI copy wait while a row of another run (or of `privdom dbt`) is there.
+UNTESTED_TABLE = "raw.dbt_untested_builds"
+# the run id `privdom dbt` records: its tests, if it ran any, reported to the terminal, not to Dagster
+MANUAL_BUILD = "privdom dbt"
+
+
+def mark_untested(con, steps: tuple[str, ...] | list[str], run_id: str, what: str) -> None:
+    """Record that `steps` begin to replace tables whose tests Dagster has not seen yet."""
+    con.execute("create schema if not exists raw")
+    con.execute(f"create table if not exists {UNTESTED_TABLE} (step varchar not null, run_id varchar not null, "
+                "what varchar not null, started_at timestamptz not null, primary key (step, run_id))")
+    now = dt.datetime.now(dt.UTC)
+    con.executemany(f"insert or replace into {UNTESTED_TABLE} values (?, ?, ?, ?)",
+                    [(step, run_id, what, now) for step in steps])
+
+
+def clear_untested(con, step: str, run_id: str, *, whole: bool) -> None:
+    """Once a build's evaluations are Dagster's: its own row goes, and with a whole build of the step, every
+    row of the step (it rebuilt and tested all of the step's tables)."""
+    if warehouse.table_exists(con, UNTESTED_TABLE):
+        con.execute(f"delete from {UNTESTED_TABLE} where step = ? and (run_id = ? or ?)", [step, run_id, whole])
+
+
+def untested_builds(con, run_id: str | None = None) -> list[str]:
+    """The builds, other than `run_id`'s, that replaced tables whose tests Dagster has not recorded, in the
+    words of the gates that wait for them."""
+    if not warehouse.table_exists(con, UNTESTED_TABLE):
+        return []
+    rows = con.execute(f"select step, run_id, what, started_at from {UNTESTED_TABLE} where run_id <> ? "
+                       "order by started_at, step", [run_id or ""]).fetchall()
+    out = []
+    for step, rid, what, started_at in rows:
+        who = f"`{what}`" if rid == MANUAL_BUILD else f"Dagster run {rid[:8]}"
+        out.append(f"{step} (rebuilt by {who} from {started_at:%Y-%m-%d %H:%M:%S %Z}, which ended before its "
+                   "tests reported to Dagster: build the whole graph, `privdom run` or the job whole_graph)")
+    return out
+
+
 # The dbt steps in the order a run builds them: each reads the tables of the ones before it (through the identity
 # graph and the customer keys, which follow staging's rows by themselves).
 STEP_ORDER = ("dbt_staging", "dbt_identity_inputs", "dbt_models")

@@ -172,3 +172,22 @@ def test_a_build_of_models_the_pipeline_would_rebuild_from_raw_is_warned_of(tmp_
     with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:
         con.execute("update raw.dbt_incremental_state set fingerprint = ?", [current])
     assert "warning" not in _privdom(data_dir, "run", "--select", "no_such_model").stderr
+
+
+def test_a_dbt_command_that_builds_models_holds_back_exports_until_the_pipeline_tests_them(tmp_path, dbt_manifest):
+    """Its tests, if it ran any, reported to the terminal, not to Dagster: the members' gate of the last run still
+    passed, and exports, syncs or the BI copy materialized alone would have published what it built (the UI
+    review's finding, by this path). A command that builds nothing leaves no mark."""
+    data_dir = _data_dir(tmp_path)
+
+    def marked():
+        with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+            return dbt_runner.untested_builds(con)
+
+    _privdom(data_dir, "compile", "--select", "no_such_model")
+    assert marked() == []
+    result = _privdom(data_dir, "run", "--select", "no_such_model")
+    assert "exports, syncs and the BI copy wait until the pipeline's next whole build" in result.stderr
+    waiting = marked()
+    assert [w.split(" ")[0] for w in waiting] == sorted(dbt_runner.STEP_ORDER)
+    assert all("rebuilt by `privdom dbt run` from " in w and "`privdom run` or the job whole_graph" in w for w in waiting)

@@ -470,7 +470,7 @@ def test_a_staging_build_of_some_of_its_assets_leaves_the_record_as_it_was(histo
 
 
 def test_a_rebuild_from_raw_that_did_not_finish_is_rebuilt_again_whatever_the_settings_then(history, tmp_path, monkeypatch,
-                                                                                           dbt_manifest):
+                                                                                           dbt_manifest, capfd):
     """A build under a changed window rebuilt int_customers__purchases from raw and stopped there (a review: a
     later model failed; here: only that model is built, as from the UI). With the window put back, the next run
     matched the old record, stayed incremental and kept the purchases computed under the other window: 32
@@ -482,8 +482,14 @@ def test_a_rebuild_from_raw_that_did_not_finish_is_rebuilt_again_whatever_the_se
     before = snapshot(data_dir / "warehouse.duckdb")
     settings = (data_dir / "privdom.toml").read_text(encoding="utf-8")
     (data_dir / "privdom.toml").write_text(settings + "activation_window_days = 1\n", encoding="utf-8")
+    capfd.readouterr()
     assert _materialize_only(data_dir, tmp_path, monkeypatch, ["intermediate", "int_customers__purchases"]).success
     assert _query(data_dir, "select fingerprint from raw.dbt_incremental_state where step = 'dbt_models'") == [(dbt_runner.INCOMPLETE,)]
+    # the run's log says what it rebuilt: only what was selected (it said the step's incremental models, UI review)
+    logged = " ".join(capfd.readouterr().err.split())
+    assert ("the selected incremental models of dbt_models are rebuilt from raw (the SQL of the incremental models, "
+            "or the vars their rows depend on, changed since the last build); the step's others keep what they hold "
+            "until its next whole build") in logged, logged[-3000:]
     (data_dir / "privdom.toml").write_text(settings, encoding="utf-8")
     _run(data_dir)
     after = snapshot(data_dir / "warehouse.duckdb")

@@ -190,6 +190,14 @@ def test_two_runs_of_the_same_code_store_one_job_snapshot(demo):
     assert snapshots == 2  # the job's and its execution plan's
 
 
+def test_each_dbt_step_clears_its_untested_mark_once_its_evaluations_are_dagsters(demo):
+    from orchestration import dbt as dbt_runner
+
+    _, data_dir, *_ = demo
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute(f"select count(*) from {dbt_runner.UNTESTED_TABLE}").fetchone() == (0,)  # written, cleared
+
+
 def test_staging_holds_current_states(demo):
     _, data_dir, _, _, _ = demo
     con = duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True)

@@ -66,3 +66,52 @@ def test_the_ui_daemon_purges_old_schedule_and_sensor_ticks(tmp_path):
     assert {schedule[s] for s in TickStatus} == {90}
     assert sensor[TickStatus.SKIPPED] == 7
     assert {sensor[s] for s in (TickStatus.SUCCESS, TickStatus.FAILURE, TickStatus.STARTED)} == {90}
+
+
+def test_the_ui_marks_a_killed_privdom_runs_run_failed_once_no_privdom_run_holds_the_run_lock(tmp_path, monkeypatch):
+    """A `privdom run` killed with -9 left its run Started, holding the pool `warehouse`: every UI, sensor and
+    schedule run stayed Queued until someone terminated it in the UI or ran `privdom run` (UI review). The
+    housekeeping sensor `privdom ui` runs does what the next `privdom run` does, when no privdom command holds
+    the run lock (one that does may own the run)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from orchestration.defs.automation import abandoned_cli_runs_sensor
+    from orchestration.locking import RUN_LOCK_FILE_NAME, lock_path
+    from orchestration.runner import LAUNCHER_TAG
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    monkeypatch.setenv("PRIVDOM_HOME", str(data_dir))
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster"), overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        killed = instance.add_run(DagsterRun(job_name="__ASSET_JOB", run_id=make_new_run_id(), tags={LAUNCHER_TAG: "cli"},
+                                             status=dg.DagsterRunStatus.STARTED))
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("warehouse", 1)
+        assert storage.claim_concurrency_slot("warehouse", killed.run_id, "dbt_models").is_claimed
+
+        # a privdom run holds the run lock (another process): its runs are alive, nothing is touched
+        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, os, sys, time
+            fd = os.open({str(lock_path(data_dir, RUN_LOCK_FILE_NAME))!r}, os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            print("held", flush=True)
+            sys.stdin.read()
+            """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            busy = abandoned_cli_runs_sensor(dg.build_sensor_context(instance=instance))
+            assert "holds the run lock" in busy.skip_message
+            assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.STARTED
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+
+        done = abandoned_cli_runs_sensor(dg.build_sensor_context(instance=instance))
+        assert f"run {killed.run_id} was left unfinished by a killed process; marked failed" in done.skip_message
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert [s.run_id for s in storage.get_concurrency_info("warehouse").claimed_slots] == []
+        assert abandoned_cli_runs_sensor(dg.build_sensor_context(instance=instance)).skip_message == (
+            "no abandoned `privdom run` run")

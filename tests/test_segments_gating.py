@@ -190,6 +190,57 @@ def test_the_bi_copy_materialized_on_its_own_waits_like_the_exports(data_dir):
         assert not (data_dir / "bi" / "warehouse.duckdb").exists()
 
 
+def test_tables_a_dbt_build_replaced_before_its_tests_reported_hold_back_exports_syncs_and_the_bi_copy(data_dir, monkeypatch):
+    """A run killed inside a dbt step (kill -9, the OOM killer) left marts rebuilt by a build whose tests never
+    reported: dagster-dbt hands a step's evaluations to Dagster once dbt has exited. Members and exports
+    materialized from the UI then passed the gates on the run before's evaluations and published a bad mart's
+    segment (UI review). The step's mark (what a killed step leaves: dbt_runner.mark_untested) holds them back
+    until a whole build of that step has reported."""
+    import duckdb
+
+    from orchestration import dbt as dbt_runner
+    from orchestration.defs.bi import BI_COPY, bi_warehouse_copy
+
+    monkeypatch.setenv("TEST_GATE_SECRET", "gate")
+    members, export = dg.AssetKey(["segments", "segment_members"]), dg.AssetKey(["exports", "buyers"])
+    with dg.DagsterInstance.ephemeral() as instance, ScriptedServer([], "gate") as server:
+        assets = _upstream(quarantine_ok=True) + _segment_assets(server.url + "/hook") + [bi_warehouse_copy]
+        assert _run(data_dir, instance, assets).success
+        first = (data_dir / "exports" / "buyers" / "LATEST").read_text()
+        sent = len(server.requests)
+        with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:
+            dbt_runner.mark_untested(con, ["dbt_models"], "0b35c56c-killed-run", "dbt_models")
+
+        # the segment members and the exports, materialized on their own
+        held = _run(data_dir, instance, assets, selection=[members, dg.AssetKey(["segments", "segment_definitions"]), export])
+        assert not held.success
+        gate = _checks(held)["segments/segment_members:upstream_checks_passed"]
+        assert not gate.passed
+        assert "dbt_models (rebuilt by Dagster run 0b35c56c from " in gate.description
+        assert "ended before its tests reported to Dagster: build the whole graph" in gate.description
+        assert "segment_exports" not in _step_events(held, "STEP_START")
+        # each on its own: the export, the sync, the BI copy
+        for key, what in ((export, "exports"), (dg.AssetKey(["syncs", "crm"]), "sync to crm"), (BI_COPY, "BI copy")):
+            alone = _run(data_dir, instance, assets, selection=[key])
+            (failure,) = _step_events(alone, "STEP_FAILURE").values()
+            message = failure.event_specific_data.error.message + str(failure.event_specific_data.user_failure_data)
+            assert f"{what} withheld" in message and "0b35c56c" in message, (what, message)
+        assert (data_dir / "exports" / "buyers" / "LATEST").read_text() == first
+        assert len(server.requests) == sent
+
+        # a whole build of the step reports its tests and takes every mark of the step away: everything flows
+        with duckdb.connect(str(data_dir / "warehouse.duckdb")) as con:
+            dbt_runner.mark_untested(con, ["dbt_models"], "a-later-run", "dbt_models")
+            dbt_runner.clear_untested(con, "dbt_models", "a-later-run", whole=False)  # a part of it: the mark stays
+            assert len(dbt_runner.untested_builds(con)) == 1
+            dbt_runner.clear_untested(con, "dbt_models", "a-later-run", whole=True)
+            assert dbt_runner.untested_builds(con) == []
+        ok = _run(data_dir, instance, assets)
+        assert ok.success
+        assert _checks(ok)["segments/segment_members:upstream_checks_passed"].passed
+        assert {"segment_exports", "syncs__crm", "bi__warehouse_copy"} <= set(_step_events(ok, "STEP_SUCCESS"))
+
+
 def test_a_suppression_failure_blocks_every_file_and_request(data_dir, monkeypatch):
     """If membership ever let an opted-out customer in, the blocking check stops exports and syncs."""
     real_build = membership_lib.build_membership

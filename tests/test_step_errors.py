@@ -117,3 +117,28 @@ def test_with_another_dbt_target_no_step_writes_the_warehouse(job, monkeypatch):
     error = _failures(result)["raw__orders"]
     assert error.cls_name == "Failure" and "PRIVDOM_DBT_TARGET=spark" in error.message
     assert not (data_dir / "warehouse.duckdb").exists()
+
+
+def test_a_dbt_step_that_ends_before_its_evaluations_reach_dagster_leaves_its_build_marked(job, monkeypatch):
+    """dagster-dbt hands a step's events to Dagster once dbt has exited: a step that ends in between (a kill, the
+    OOM killer, Ctrl-C) has replaced tables whose tests never reported. Its mark stays, and the gates downstream
+    wait for a whole build (tests/test_segments_gating.py); a step whose evaluations were handed over clears its
+    own (tests/test_pipeline.py)."""
+    from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
+
+    from orchestration import dbt as dbt_runner
+
+    data_dir, job_def = job
+
+    def killed(self):
+        raise KeyboardInterrupt  # where a signal would land: dbt has exited, nothing was handed over yet
+
+    monkeypatch.setattr(DbtCliInvocation, "get_error", killed)
+    with dg.instance_for_test() as instance:
+        result = job_def.execute_in_process(
+            instance=instance, asset_selection=[dg.AssetKey(["staging", "stg_orders"])], raise_on_error=False
+        )
+    assert not result.success
+    with duckdb.connect(str(data_dir / "warehouse.duckdb"), read_only=True) as con:
+        (waiting,) = dbt_runner.untested_builds(con)
+    assert waiting.startswith(f"dbt_staging (rebuilt by Dagster run {result.run_id[:8]} from ")

@@ -6,7 +6,10 @@
   new file whatever its date (including files the sensor missed or whose run failed) and moves the data's
   end forward for the marts and segments.
 
-Both start stopped: turn them on in the UI (Automation) or with `dagster schedule start` / `dagster sensor
+- ``abandoned_cli_runs_sensor`` (every minute, on by default): housekeeping, no run of its own; marks the runs of
+  a killed `privdom run` failed and frees the pool slot they kept, so the runs queued behind it go on.
+
+The first two start stopped: turn them on in the UI (Automation) or with `dagster schedule start` / `dagster sensor
 start`; they need the Dagster daemon, which `privdom ui` (dagster dev) runs.
 """
 
@@ -85,6 +88,34 @@ def landing_files_sensor(context: dg.SensorEvaluationContext):
         f"{change.batch_dates[0] if change.batch_dates else '-'} .. {change.batch_dates[-1] if change.batch_dates else '-'}"
     )
     return run_request_for(change, now_ns - landing.SETTLE_NS)
+
+
+@dg.sensor(
+    name="abandoned_cli_runs_sensor",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Housekeeping, on while `privdom ui` runs: a `privdom run` whose process was killed (kill -9, the OOM "
+        "killer, a closed container) stays Started and keeps the pool `warehouse`, and every UI, sensor and "
+        "schedule run queued behind it for good. When no `privdom run` holds the data directory's run lock, such "
+        "runs are marked failed and their pool slots freed, as the next `privdom run` does."
+    ),
+)
+def abandoned_cli_runs_sensor(context: dg.SensorEvaluationContext):
+    from orchestration.locking import RUN_LOCK_FILE_NAME, WarehouseBusyTimeout, warehouse_lock
+    from orchestration.runner import _fail_abandoned_runs
+
+    settings = current_settings()
+    try:
+        # not waited for: a live `privdom run` (or unload, prune) holds it, and its runs are its own
+        with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom ui (abandoned runs)",
+                            log=lambda message: None, timeout=0):
+            done = _fail_abandoned_runs(context.instance)
+    except WarehouseBusyTimeout:
+        return dg.SkipReason("a privdom command holds the run lock: its runs are alive")
+    for line in done:
+        context.log.warning(line)
+    return dg.SkipReason("; ".join(done) if done else "no abandoned `privdom run` run")
 
 
 daily_full_graph = dg.ScheduleDefinition(

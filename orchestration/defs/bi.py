@@ -38,7 +38,7 @@ def _published_model_keys() -> list[dg.AssetKey]:
     ),
 )
 def bi_warehouse_copy(context: dg.AssetExecutionContext, privdom: PrivdomResource):
-    from orchestration.defs.segments import MEMBERS_GATES, refuse_if_blocked
+    from orchestration.defs.segments import MEMBERS_GATES, refuse_if_blocked, refuse_if_untested
 
     # in a run, Dagster skips this step when the members' blocking checks fail; materialized on its own it looks
     # them up, as the exports do, so that a held-back run's marts and members are not published after all
@@ -47,6 +47,7 @@ def bi_warehouse_copy(context: dg.AssetExecutionContext, privdom: PrivdomResourc
     # the tables' and columns' dbt docs, as comments in the copy (dbt's manifest as the run finds it)
     docs = bi.docs_from_manifest(json.loads(dbt_project.manifest_path.read_text(encoding="utf-8")))
     with privdom.writer(context), privdom.connect() as con:
+        refuse_if_untested(context, con, "BI copy")
         publication = bi.publish(con, settings.bi_dir, run_id=context.run_id, docs=docs)
     if publication.comments_error:
         context.log.warning(f"the BI copy is published without its tables' descriptions: {publication.comments_error}")

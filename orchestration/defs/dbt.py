@@ -96,13 +96,20 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                 through = dbt_runner.loaded_through(con) if name == "dbt_staging" and whole else None
                 # a build of part of the step must not move the models' places in the graph's change log
                 marks = None if whole else dbt_runner.graph_marks(con)
+                # until Dagster has this build's test evaluations, the gates downstream wait (dbt_runner.UNTESTED_TABLE)
+                dbt_runner.mark_untested(con, [name], context.run_id, name)
             # Unit tests check the SQL, not the data: the same code gives the same answer every run, so they run
             # in the test suite (tests/test_pipeline.py), not in every build (dbt's advice for production).
             args = ["build", "--exclude-resource-type", "unit_test", *dbt_runner.dbt_vars_arg(settings)]
             if not dbt_runner.colour_wanted():  # the run's log file, the UI's captured output
                 args.append("--no-use-colors")
-            if reason:
+            if reason and whole:
                 context.log.info(f"incremental models of {name} are rebuilt from raw: {reason}")
+            elif reason:
+                context.log.info(f"the selected incremental models of {name} are rebuilt from raw ({reason}); the "
+                                 f"step's others keep what they hold until its next whole build (`privdom run`, or "
+                                 "the job whole_graph)")
+            if reason:
                 args.append("--full-refresh")
             # the folder dagster-dbt would name (<step>-<run id>-<random>, as prune_invocation_dirs finds it), seeded
             # with this data directory's partial-parse file, not the last parse's of any data directory
@@ -133,6 +140,14 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                 outputs = [_with_reason(context, con, _with_table_metadata(context, con, event), invocation.target_path)
                            for event in events]
         yield from outputs
+        # the evaluations are Dagster's now: the gates downstream may go by them (a step failing anyway on a
+        # warehouse it could not open keeps its row: its dbt may have replaced nothing, but the gates then wait)
+        try:
+            with privdom.writer(context), privdom.connect() as con:
+                dbt_runner.clear_untested(con, name, context.run_id, whole=whole)
+        except Exception:
+            if error is None:
+                raise
         # this invocation's target directory stays (run_results.json for whoever reads it); older ones go
         removed = dbt_runner.prune_invocation_dirs(name)
         if removed:

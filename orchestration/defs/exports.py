@@ -18,6 +18,7 @@ from orchestration.defs.segments import (
     MEMBERS_KEY,
     SEGMENT_DEFINITIONS,
     refuse_if_blocked,
+    refuse_if_untested,
 )
 from orchestration.segments import (
     DestinationUnavailable,
@@ -86,6 +87,7 @@ def build_export_asset(definitions, options) -> dg.AssetsDefinition | None:
         outputs: list = []  # yielded once the connection and the lock are let go (as in the dbt steps: Dagster
         # raises a Ctrl-C where the step is resumed and never closes this generator, which kept both)
         with privdom.writer(context), privdom.connect(read_only=True) as con:
+            refuse_if_untested(context, con, "exports")
             for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
                 d = by_key[key]
                 try:
@@ -182,6 +184,7 @@ def build_sync_asset(destination, definitions) -> dg.AssetsDefinition:
         reports = []
         try:
             with privdom.writer(context), privdom.connect() as con:
+                refuse_if_untested(context, con, f"sync to {destination.name}")
                 for segment in destination.segments:
                     report = sync_segment(con, destination, client, segment, versions[segment], sync_run_id=f"{context.run_id}:{destination.name}:{segment}")
                     context.log.info(f"{destination.name} · {segment}: {report.to_metadata()}")

@@ -12,6 +12,7 @@ import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 from dagster._core.storage.asset_check_execution_record import COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
 
+from orchestration import dbt as dbt_runner
 from orchestration.defs.resources import WAREHOUSE_POOL, PrivdomResource, current_settings
 from orchestration.segments import (
     build_membership,
@@ -185,6 +186,18 @@ def _failed_at_error_since(instance: dg.DagsterInstance, check_keys: list[dg.Ass
     return failed
 
 
+def refuse_if_untested(context: dg.AssetExecutionContext, con, what: str) -> None:
+    """Raise a Failure while a dbt build of another run (or `privdom dbt`) has replaced tables whose tests
+    Dagster has not recorded (dbt_runner.UNTESTED_TABLE): the members' gate of the run before still passes, and
+    an export, sync or BI copy materialized alone would publish from them."""
+    untested = dbt_runner.untested_builds(con, context.run_id)
+    if untested:
+        raise dg.Failure(
+            description=f"{what} withheld: tables were rebuilt without their tests reporting: " + "; ".join(untested),
+            metadata={"untested_builds": untested},
+        )
+
+
 def refuse_if_blocked(context: dg.AssetExecutionContext, check_keys: list[dg.AssetCheckKey], what: str) -> None:
     """Raise a Failure naming the blocking checks whose latest evaluation failed (shown on the step in the UI).
 
@@ -289,6 +302,8 @@ def build_membership_asset(definitions, options, destinations=()) -> dg.AssetsDe
         failed_upstream = failed_upstream_checks(context, MEMBERS_KEY)
         computed_at = dt.datetime.now(dt.UTC)
         with privdom.writer(context), privdom.connect() as con:
+            # tables a dbt build replaced before Dagster had their tests' evaluations (a run killed inside it)
+            failed_upstream += dbt_runner.untested_builds(con, context.run_id)
             unversioned = changed_without_new_version(con, definitions)
             summaries = build_membership(con, definitions, computed_at)
             violations, examples = suppression_violations(con)
