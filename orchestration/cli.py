@@ -488,7 +488,7 @@ def cmd_dbt(args: argparse.Namespace, settings: Settings) -> int:
     with warehouse_lock(settings.data_dir, what="privdom dbt", log=lambda m: print(m, file=sys.stderr)):
         if command in BUILDS_MODELS and not overridden and "--full-refresh" not in rest:
             _warn_of_stale_incremental_models(settings)
-        if command in BUILDS_MODELS:
+        if command in BUILDS_MODELS and not {"-h", "--help"} & set(rest):  # dbt's help builds nothing
             from orchestration.warehouse import connection
 
             with connection(settings.warehouse_path) as con:

@@ -546,19 +546,24 @@ def prune_invocation_dirs(step: str, keep: int = INVOCATION_DIRS_KEPT) -> int:
     were removed. Only directories named as dagster-dbt names them are touched."""
     pattern = re.compile(rf"{re.escape(step)}-[0-9a-f]{{7}}-[0-9a-f]{{7}}")
     target = DBT_PROJECT_DIR / "target"
+    def mtime(d: Path) -> int | None:  # None: gone meanwhile (another data directory's step pruned it)
+        try:
+            return d.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
     try:
-        dirs = [d for d in target.iterdir() if d.is_dir() and pattern.fullmatch(d.name)]
+        found = [(d, mtime(d)) for d in target.iterdir() if pattern.fullmatch(d.name) and d.is_dir()]
     except FileNotFoundError:
         return 0
-    dirs.sort(key=lambda d: d.stat().st_mtime_ns, reverse=True)
+    dirs = sorted(((d, m) for d, m in found if m is not None), key=lambda dm: dm[1], reverse=True)
     # A build still going on (another data directory's step: the folder is shared by every brand) has no
     # run_results.json yet, and its folder's mtime stops moving once dbt has parsed (compiled SQL and results go
     # to subfolders): ten shorter builds of other data directories made it "old", and it was removed under dbt,
     # its dbt.log and the compiled tests _with_reason reads with it. Such a folder goes only once it is a day
     # old (a killed build's).
     recent = time.time() - IN_PROGRESS_GRACE_S
-    old = [d for d in dirs[keep:]
-           if (d / "run_results.json").exists() or d.stat().st_mtime < recent]
+    old = [d for d, m in dirs[keep:] if (d / "run_results.json").exists() or m < recent * 1e9]
     for d in old:
         shutil.rmtree(d, ignore_errors=True)
     return len(old)

@@ -134,9 +134,10 @@ def _forget_check_executions(index_db: Path, *, known: set[str], keep: set[str])
 
 def _forget_snapshots(runs_db: Path) -> int:
     """Remove the job and execution-plan snapshots (`runs.db`'s `snapshots`) that no remaining run uses, nor
-    a remaining job snapshot names as its parent; returns how many. Dagster's delete_run leaves them, and every
-    `privdom run` stores a new pair (~21 KB): its dbt resource's config names the warm dbt server's client, in a
-    temporary directory of its own (orchestration/warm.py), so no two runs' job snapshots are equal."""
+    a remaining job snapshot names as its parent; returns how many. Dagster's delete_run leaves them. Runs of the
+    same code share a pair (~21 KB); each change of the code or the settings that shapes the job, each subset
+    launched from the UI, stores another, and until the dbt resource's config named the installed dbt instead of
+    the warm server's client (a new temporary path each run), every `privdom run` stored one."""
     import json
     import zlib
 

@@ -285,7 +285,7 @@ def _sigterm_kept() -> Iterator[None]:
             signal.signal(signal.SIGTERM, before)
 
 
-def _fail_abandoned_runs(instance) -> list[str]:
+def _fail_abandoned_runs(instance, by: str = "the next `privdom run`") -> list[str]:
     """Mark earlier `privdom run` runs that were killed (still "started") as failed and free their pool slots,
     and free the slots finished runs of any launcher still hold; returns what it did, a line each.
 
@@ -306,7 +306,7 @@ def _fail_abandoned_runs(instance) -> list[str]:
     done = []
     storage = instance.event_log_storage
     for run in abandoned:
-        instance.report_run_failed(run, message="Marked failed by the next `privdom run`: its process ended without finishing it.")
+        instance.report_run_failed(run, message=f"Marked failed by {by}: its process ended without finishing it.")
         storage.free_concurrency_slots_for_run(run.run_id)
         done.append(f"run {run.run_id} was left unfinished by a killed process; marked failed")
     # A slot kept by a run that has finished, whoever launched it: a UI or `dg launch` run whose worker was killed

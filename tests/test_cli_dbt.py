@@ -186,6 +186,8 @@ def test_a_dbt_command_that_builds_models_holds_back_exports_until_the_pipeline_
 
     _privdom(data_dir, "compile", "--select", "no_such_model")
     assert marked() == []
+    assert "wait until" not in _privdom(data_dir, "run", "--help").stderr  # dbt's help builds nothing
+    assert marked() == []
     result = _privdom(data_dir, "run", "--select", "no_such_model")
     assert "exports, syncs and the BI copy wait until the pipeline's next whole build" in result.stderr
     waiting = marked()

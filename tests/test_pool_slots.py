@@ -112,6 +112,9 @@ def test_the_ui_marks_a_killed_privdom_runs_run_failed_once_no_privdom_run_holds
         done = abandoned_cli_runs_sensor(dg.build_sensor_context(instance=instance))
         assert f"run {killed.run_id} was left unfinished by a killed process; marked failed" in done.skip_message
         assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        # the run's failure says who marked it (it said "the next `privdom run`", which never came)
+        (failure,) = [e for e in instance.all_logs(killed.run_id) if e.dagster_event and e.dagster_event.event_type_value == "PIPELINE_FAILURE"]
+        assert "Marked failed by `privdom ui`'s housekeeping sensor abandoned_cli_runs_sensor" in failure.message
         assert [s.run_id for s in storage.get_concurrency_info("warehouse").claimed_slots] == []
         assert abandoned_cli_runs_sensor(dg.build_sensor_context(instance=instance)).skip_message == (
             "no abandoned `privdom run` run")

@@ -119,8 +119,9 @@ def _snapshot_ids(settings) -> set[str]:
 
 
 def test_the_snapshots_of_pruned_runs_go_and_those_of_kept_runs_stay(data):
-    # every privdom run stores its own job and execution-plan snapshots (its dbt resource names the warm dbt
-    # server's client, in a temporary directory of the run's own); Dagster's delete_run leaves them
+    # runs of other jobs (a subset from the UI, a changed code or settings) store their own job and execution-plan
+    # snapshots, and until the dbt resource stopped naming the warm client every privdom run did; Dagster's
+    # delete_run leaves them
     with dg.DagsterInstance.get() as instance:
         old = _run(instance, [other])
         old_snaps = _snapshot_ids(data)

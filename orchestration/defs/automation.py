@@ -110,7 +110,7 @@ def abandoned_cli_runs_sensor(context: dg.SensorEvaluationContext):
         # not waited for: a live `privdom run` (or unload, prune) holds it, and its runs are its own
         with warehouse_lock(settings.data_dir, name=RUN_LOCK_FILE_NAME, what="privdom ui (abandoned runs)",
                             log=lambda message: None, timeout=0):
-            done = _fail_abandoned_runs(context.instance)
+            done = _fail_abandoned_runs(context.instance, by="`privdom ui`'s housekeeping sensor abandoned_cli_runs_sensor")
     except WarehouseBusyTimeout:
         return dg.SkipReason("a privdom command holds the run lock: its runs are alive")
     for line in done:

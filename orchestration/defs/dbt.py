@@ -141,10 +141,13 @@ def _build_dbt_assets(name: str, select: str, exclude: str | None) -> dg.AssetsD
                            for event in events]
         yield from outputs
         # the evaluations are Dagster's now: the gates downstream may go by them (a step failing anyway on a
-        # warehouse it could not open keeps its row: its dbt may have replaced nothing, but the gates then wait)
+        # warehouse it could not open keeps its row: its dbt may have replaced nothing, but the gates then wait).
+        # Only a whole build that succeeded rebuilt and tested every table of the step: one that failed skipped
+        # the models downstream of its error, which keep what another build (a killed run's, `privdom dbt`'s)
+        # left untested, so those builds' rows stay.
         try:
             with privdom.writer(context), privdom.connect() as con:
-                dbt_runner.clear_untested(con, name, context.run_id, whole=whole)
+                dbt_runner.clear_untested(con, name, context.run_id, whole=whole and error is None)
         except Exception:
             if error is None:
                 raise
