@@ -222,7 +222,7 @@ def invalidate_fingerprint(con, step: str | None = None, *, marker: str = INCOMP
 # (kill -9, the OOM killer, Ctrl-C) left rebuilt marts whose tests never reported, and the exports materialized
 # alone afterwards from the UI passed the gates on the run before's evaluations (the UI review published a bad
 # mart's segment that way). Each dbt step writes its row before dbt starts and deletes it once its evaluations
-# are Dagster's; a whole build of the step deletes every row of the step. The segment members' gate, the exports,
+# are Dagster's; a whole build of the step that succeeds deletes every row of the step. The members' gate, the exports,
 # the syncs and the BI copy wait while a row of another run (or of `privdom dbt`) is there.
 UNTESTED_TABLE = "raw.dbt_untested_builds"
 # the run id `privdom dbt` records: its tests, if it ran any, reported to the terminal, not to Dagster
@@ -240,8 +240,8 @@ def mark_untested(con, steps: tuple[str, ...] | list[str], run_id: str, what: st
 
 
 def clear_untested(con, step: str, run_id: str, *, whole: bool) -> None:
-    """Once a build's evaluations are Dagster's: its own row goes, and with a whole build of the step, every
-    row of the step (it rebuilt and tested all of the step's tables)."""
+    """Once a build's evaluations are Dagster's: its own row goes, and with `whole` (a whole build of the step
+    that succeeded: it rebuilt and tested all of the step's tables), every row of the step."""
     if warehouse.table_exists(con, UNTESTED_TABLE):
         con.execute(f"delete from {UNTESTED_TABLE} where step = ? and (run_id = ? or ?)", [step, run_id, whole])
 
